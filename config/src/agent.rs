@@ -1,0 +1,474 @@
+//! The agent's configuration file (`agent.toml`), read once at start and validated into types.
+//! Unknown keys are refused with a suggestion; every error names the file and the field.
+
+use crate::error::ConfigError;
+use crate::reader::Reader;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default UDP port of the QUIC backend (unused by host-gw).
+pub const DEFAULT_QUIC_PORT: u16 = 7946;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// This node's name; the key of its heartbeat and the name in its subnet record.
+    pub node_name: String,
+    /// Stable identity of the machine; `None` means read /etc/machine-id.
+    pub node_id: Option<String>,
+    /// The network (etcd namespace) this agent joins.
+    pub network: String,
+    /// Masquerade pod traffic that leaves the cluster CIDR (never pod-to-pod traffic).
+    pub ip_masq: bool,
+    pub etcd: EtcdConfig,
+    pub underlay: UnderlayConfig,
+    pub bridge: BridgeConfig,
+    pub paths: Paths,
+    pub timers: Timers,
+    pub pods: Vec<PodSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub tls: Option<EtcdTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    /// Client certificate and key, for etcd servers that require client auth.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnderlayConfig {
+    /// Interface that carries traffic between nodes; `None` = the one holding the default route.
+    pub interface: Option<String>,
+    /// Address peers use to reach this node; `None` = the first IPv4 address of the interface.
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConfig {
+    pub name: String,
+    /// Bridge and pod MTU; `None` = the underlay's MTU (host-gw adds no header).
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub subnet_env: PathBuf,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timers {
+    /// Period of the full reconcile (routes, firewall, pods) besides the one on every change.
+    pub reconcile: Duration,
+    /// TTL of the node heartbeat key; it is refreshed at a third of this.
+    pub heartbeat_ttl: Duration,
+    /// TTL of the subnet record's lease; renewed at a tenth of it, so etcd hiccups never withdraw it.
+    pub subnet_lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    pub name: String,
+    /// Named network namespace under /run/netns (created when missing).
+    pub netns: String,
+    /// Interface name inside the pod.
+    pub ifname: String,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/weft"),
+            subnet_env: PathBuf::from("/run/weft/subnet.env"),
+            socket: PathBuf::from("/run/weft/agent.sock"),
+            pid_file: PathBuf::from("/run/weft/agent.pid"),
+        }
+    }
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            reconcile: Duration::from_secs(10),
+            heartbeat_ttl: Duration::from_secs(15),
+            subnet_lease: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:`.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// Node, network and pod names: DNS-label-like (lowercase letters, digits, `-`, `_`, `.`; 1 to 63).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && !s.starts_with(['-', '.'])
+}
+
+/// Namespace names under /run/netns: a plain file name.
+pub fn valid_netns(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s != "."
+        && s != ".."
+        && !s.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
+}
+
+const NAME_RULE: &str = "lowercase letters, digits, '-', '_' or '.', 1 to 63 characters";
+
+impl AgentConfig {
+    /// Reads and validates `path`. Errors name the file, the field and the expectation.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(&source, "", format!("cannot read: {e}")))?;
+        Self::parse(&source, &text)
+    }
+
+    /// Validates the TOML text; `source` names it in errors.
+    pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let msg = e.message().trim().to_string();
+            let at = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map(|(l, c)| format!(" (line {l}, column {c})"))
+                .unwrap_or_default();
+            ConfigError::new(source, "", format!("invalid TOML{at}: {msg}"))
+        })?;
+        let mut r = Reader::new(source, "", &table);
+
+        let node_name = r.req_str("node_name")?;
+        if !valid_name(node_name) {
+            return Err(r.err("node_name", format!("expected {NAME_RULE}, found {node_name:?}")));
+        }
+        let node_id = match r.opt_str("node_id")? {
+            Some(id) if id.trim().is_empty() || id.len() > 128 => {
+                return Err(r.err("node_id", "expected a non-empty string of at most 128 characters"))
+            }
+            other => other.map(str::to_string),
+        };
+        let network = r.opt_str("network")?.unwrap_or("default");
+        if !valid_name(network) {
+            return Err(r.err("network", format!("expected {NAME_RULE}, found {network:?}")));
+        }
+        let ip_masq = r.opt_bool("ip_masq")?.unwrap_or(false);
+
+        let etcd = read_etcd(r.table("etcd")?)?;
+        let underlay = read_underlay(r.table("underlay")?)?;
+        let bridge = read_bridge(r.table("bridge")?)?;
+        let paths = read_paths(r.table("paths")?)?;
+        let timers = read_timers(r.table("timers")?)?;
+        let mut pods = Vec::new();
+        for p in r.table_array("pods")? {
+            pods.push(read_pod(p)?);
+        }
+        for (i, p) in pods.iter().enumerate() {
+            if let Some(j) = pods[..i].iter().position(|q| q.name == p.name) {
+                return Err(ConfigError::new(
+                    source,
+                    format!("pods[{i}].name"),
+                    format!("duplicate pod name {:?} (also pods[{j}])", p.name),
+                ));
+            }
+            if let Some(j) = pods[..i].iter().position(|q| q.netns == p.netns && q.ifname == p.ifname) {
+                return Err(ConfigError::new(
+                    source,
+                    format!("pods[{i}].netns"),
+                    format!("namespace {:?} with interface {:?} is already pods[{j}]", p.netns, p.ifname),
+                ));
+            }
+        }
+        r.finish()?;
+        Ok(Self {
+            node_name: node_name.to_string(),
+            node_id,
+            network: network.to_string(),
+            ip_masq,
+            etcd,
+            underlay,
+            bridge,
+            paths,
+            timers,
+            pods,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn read_etcd(mut r: Reader<'_>) -> Result<EtcdConfig, ConfigError> {
+    let endpoints = r.opt_str_array("endpoints")?.unwrap_or_default();
+    if endpoints.is_empty() {
+        return Err(r.err("endpoints", "expected at least one URL"));
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+        let ok = rest.is_some_and(|h| !h.is_empty() && !h.contains('/') && !h.contains(char::is_whitespace));
+        if !ok {
+            return Err(
+                r.err(&format!("endpoints[{i}]"), format!("expected a URL like http://10.0.0.5:2379, found {e:?}"))
+            );
+        }
+    }
+    let ca = r.opt_str("ca_file")?;
+    let cert = r.opt_str("cert_file")?;
+    let key = r.opt_str("key_file")?;
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) => None,
+        (Some(_), None) => return Err(r.err("key_file", "required when cert_file is set")),
+        (None, Some(_)) => return Err(r.err("cert_file", "required when key_file is set")),
+    };
+    let tls = match (ca, identity) {
+        (Some(ca), identity) => Some(EtcdTls { ca_file: PathBuf::from(ca), identity }),
+        (None, Some(_)) => return Err(r.err("ca_file", "required when a client certificate is set")),
+        (None, None) => None,
+    };
+    if tls.is_some() && endpoints.iter().any(|e| e.starts_with("http://")) {
+        return Err(r.err("endpoints", "expected https:// URLs when ca_file is set"));
+    }
+    let endpoints = endpoints.into_iter().map(str::to_string).collect();
+    r.finish()?;
+    Ok(EtcdConfig { endpoints, tls })
+}
+
+fn read_underlay(mut r: Reader<'_>) -> Result<UnderlayConfig, ConfigError> {
+    let interface = r.opt_str("interface")?;
+    if let Some(i) = interface {
+        if !valid_ifname(i) {
+            return Err(r.err("interface", format!("expected an interface name of 1 to 15 characters, found {i:?}")));
+        }
+    }
+    let public_ip = r.opt_ipv4("public_ip")?;
+    if let Some(ip) = public_ip {
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+            return Err(r.err("public_ip", format!("expected a unicast address other nodes can reach, found {ip}")));
+        }
+    }
+    r.finish()?;
+    Ok(UnderlayConfig { interface: interface.map(str::to_string), public_ip })
+}
+
+fn read_bridge(mut r: Reader<'_>) -> Result<BridgeConfig, ConfigError> {
+    let name = r.opt_str("name")?.unwrap_or("weft0");
+    if !valid_ifname(name) {
+        return Err(r.err("name", format!("expected an interface name of 1 to 15 characters, found {name:?}")));
+    }
+    let mtu = r.opt_int("mtu", 576, 65535)?.map(|m| m as u32);
+    r.finish()?;
+    Ok(BridgeConfig { name: name.to_string(), mtu })
+}
+
+fn read_paths(mut r: Reader<'_>) -> Result<Paths, ConfigError> {
+    let d = Paths::default();
+    let mut take = |key: &'static str, default: PathBuf| -> Result<PathBuf, ConfigError> {
+        match r.opt_str(key)? {
+            None => Ok(default),
+            Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+            Some(p) => Err(r.err(key, format!("expected an absolute path, found {p:?}"))),
+        }
+    };
+    let paths = Paths {
+        state_dir: take("state_dir", d.state_dir)?,
+        subnet_env: take("subnet_env", d.subnet_env)?,
+        socket: take("socket", d.socket)?,
+        pid_file: take("pid_file", d.pid_file)?,
+    };
+    r.finish()?;
+    Ok(paths)
+}
+
+fn read_timers(mut r: Reader<'_>) -> Result<Timers, ConfigError> {
+    let d = Timers::default();
+    let secs = |v: Option<i64>, default: Duration| v.map_or(default, |s| Duration::from_secs(s as u64));
+    let reconcile = secs(r.opt_int("reconcile_secs", 1, 3600)?, d.reconcile);
+    let heartbeat_ttl = secs(r.opt_int("heartbeat_ttl_secs", 3, 3600)?, d.heartbeat_ttl);
+    let subnet_lease = secs(r.opt_int("subnet_lease_secs", 60, 30 * 24 * 3600)?, d.subnet_lease);
+    r.finish()?;
+    Ok(Timers { reconcile, heartbeat_ttl, subnet_lease })
+}
+
+fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
+    let name = r.req_str("name")?;
+    if !valid_name(name) {
+        return Err(r.err("name", format!("expected {NAME_RULE}, found {name:?}")));
+    }
+    let netns = r.opt_str("netns")?.unwrap_or(name);
+    if !valid_netns(netns) {
+        return Err(r.err("netns", format!("expected a namespace name without '/' or spaces, found {netns:?}")));
+    }
+    let ifname = r.opt_str("ifname")?.unwrap_or("eth0");
+    if !valid_ifname(ifname) {
+        return Err(r.err("ifname", format!("expected an interface name of 1 to 15 characters, found {ifname:?}")));
+    }
+    r.finish()?;
+    Ok(PodSpec { name: name.to_string(), netns: netns.to_string(), ifname: ifname.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+node_name = "n1"
+[etcd]
+endpoints = ["http://10.0.0.5:2379"]
+"#;
+
+    fn err(text: &str) -> String {
+        match AgentConfig::parse("agent.toml", text) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_gets_defaults() {
+        let c = AgentConfig::parse("agent.toml", MINIMAL).expect("valid");
+        assert_eq!(c.node_name, "n1");
+        assert_eq!(c.network, "default");
+        assert_eq!(c.bridge.name, "weft0");
+        assert_eq!(c.paths, Paths::default());
+        assert_eq!(c.timers, Timers::default());
+        assert!(!c.ip_masq);
+        assert!(c.pods.is_empty());
+        assert_eq!(c.etcd.tls, None);
+    }
+
+    #[test]
+    fn full_config() {
+        let c = AgentConfig::parse(
+            "agent.toml",
+            r#"
+node_name = "n2"
+node_id = "lab-n2"
+network = "blue"
+ip_masq = true
+[etcd]
+endpoints = ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
+ca_file = "/etc/weft/ca.pem"
+cert_file = "/etc/weft/n2.pem"
+key_file = "/etc/weft/n2.key"
+[underlay]
+interface = "eth1"
+public_ip = "192.0.2.7"
+[bridge]
+name = "br-weft"
+mtu = 1450
+[paths]
+state_dir = "/tmp/s"
+subnet_env = "/tmp/s.env"
+socket = "/tmp/a.sock"
+pid_file = "/tmp/a.pid"
+[timers]
+reconcile_secs = 2
+heartbeat_ttl_secs = 6
+subnet_lease_secs = 3600
+[[pods]]
+name = "p1"
+netns = "lab-n2-p1"
+[[pods]]
+name = "p2"
+ifname = "net0"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.node_id.as_deref(), Some("lab-n2"));
+        assert!(c.ip_masq);
+        assert_eq!(c.etcd.endpoints.len(), 2);
+        let tls = c.etcd.tls.expect("tls");
+        assert_eq!(tls.identity, Some(("/etc/weft/n2.pem".into(), "/etc/weft/n2.key".into())));
+        assert_eq!(c.underlay.public_ip, Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(c.bridge.mtu, Some(1450));
+        assert_eq!(c.timers.reconcile, Duration::from_secs(2));
+        assert_eq!(c.pods[0], PodSpec { name: "p1".into(), netns: "lab-n2-p1".into(), ifname: "eth0".into() });
+        assert_eq!(c.pods[1], PodSpec { name: "p2".into(), netns: "p2".into(), ifname: "net0".into() });
+    }
+
+    #[test]
+    fn every_validation_error_names_file_field_and_expectation() {
+        let cases: &[(&str, &str)] = &[
+            ("", "agent.toml: node_name: required, expected a string"),
+            ("node_name = 3", "agent.toml: node_name: expected a string, found an integer"),
+            ("node_name = \"N1\"", "agent.toml: node_name: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"N1\""),
+            ("node_name = \"n1\"", "agent.toml: etcd.endpoints: expected at least one URL"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = []", "agent.toml: etcd.endpoints: expected at least one URL"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = \"http://a:1\"", "agent.toml: etcd.endpoints: expected an array of strings, found a string"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [1]", "agent.toml: etcd.endpoints[0]: expected a string, found an integer"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"10.0.0.1:2379\"]", "agent.toml: etcd.endpoints[0]: expected a URL like http://10.0.0.5:2379, found \"10.0.0.1:2379\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\ncert_file = \"/c\"", "agent.toml: etcd.key_file: required when cert_file is set"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nkey_file = \"/k\"", "agent.toml: etcd.cert_file: required when key_file is set"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"https://a:1\"]\ncert_file = \"/c\"\nkey_file = \"/k\"", "agent.toml: etcd.ca_file: required when a client certificate is set"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nca_file = \"/ca\"", "agent.toml: etcd.endpoints: expected https:// URLs when ca_file is set"),
+            ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
+            ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, network, node_id, node_name, paths, pods, timers, underlay)"),
+            ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
+            ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
+            ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[underlay]\npublic_ip = \"10.0.0.300\"", "agent.toml: underlay.public_ip: expected an IPv4 address like 192.0.2.10, found \"10.0.0.300\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[underlay]\npublic_ip = \"127.0.0.1\"", "agent.toml: underlay.public_ip: expected a unicast address other nodes can reach, found 127.0.0.1"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[underlay]\ninterface = \"an-interface-name-too-long\"", "agent.toml: underlay.interface: expected an interface name of 1 to 15 characters, found \"an-interface-name-too-long\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[bridge]\nmtu = 70000", "agent.toml: bridge.mtu: expected an integer from 576 to 65535, found 70000"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[paths]\nstate_dir = \"relative\"", "agent.toml: paths.state_dir: expected an absolute path, found \"relative\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[timers]\nreconcile_secs = 0", "agent.toml: timers.reconcile_secs: expected an integer from 1 to 3600, found 0"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[timers]\nreconcile_secs = \"10s\"", "agent.toml: timers.reconcile_secs: expected an integer from 1 to 3600, found a string"),
+            ("node_name = \"n1\"\netcd = 5", "agent.toml: etcd: expected a table, found an integer"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nnetns = \"x\"", "agent.toml: pods[0].name: required, expected a string"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"a\"", "agent.toml: pods[1].name: duplicate pod name \"a\" (also pods[0])"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nnetns = \"x\"\n[[pods]]\nname = \"b\"\nnetns = \"x\"", "agent.toml: pods[1].netns: namespace \"x\" with interface \"eth0\" is already pods[0]"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nnetns = \"../x\"", "agent.toml: pods[0].netns: expected a namespace name without '/' or spaces, found \"../x\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nifnam = \"x\"", "agent.toml: pods[0].ifnam: unknown key (did you mean `ifname`?)"),
+            ("node_name = \"n1\"\npods = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: pods: expected an array of tables ([[...]]), found an integer"),
+            ("node_name = ", "agent.toml: invalid TOML (line 1, column 12): string values must be quoted, expected literal string"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            if want.starts_with("agent.toml: invalid TOML") {
+                assert!(got.starts_with("agent.toml: invalid TOML (line 1"), "for {text:?}: {got}");
+            } else {
+                assert_eq!(&got, want, "for {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn load_names_missing_file() {
+        let e = AgentConfig::load(Path::new("/nonexistent/agent.toml")).expect_err("missing");
+        assert!(e.to_string().starts_with("/nonexistent/agent.toml: cannot read: "), "{e}");
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(valid_name("n1"));
+        assert!(valid_name("node-1.example"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name(&"a".repeat(64)));
+        assert!(valid_ifname("weft-tun0"));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname(""));
+    }
+}

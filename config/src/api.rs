@@ -1,0 +1,102 @@
+//! The local agent API, spoken over the agent's Unix socket: one JSON request per line, one
+//! JSON response per line. Shared by the agent (server) and weftctl (client).
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// Largest request line the agent reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    PodAdd {
+        name: String,
+        /// Defaults to the pod name.
+        #[serde(default)]
+        netns: Option<String>,
+        /// Defaults to eth0.
+        #[serde(default)]
+        ifname: Option<String>,
+    },
+    PodDel {
+        name: String,
+    },
+    PodList,
+    /// Release the subnet, remove everything the agent made, and exit.
+    Leave,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<Status>),
+    Pod(PodInfo),
+    Pods { pods: Vec<PodInfo> },
+    Done,
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub name: String,
+    pub netns: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub host_veth: String,
+    /// `config` (declared in agent.toml) or `api` (added through the socket).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node: String,
+    pub subnet: String,
+    pub public_ip: Ipv4Addr,
+    /// Route installed and matching the desired one.
+    pub route_ok: bool,
+    /// Why the peer cannot be routed (e.g. not on-link for host-gw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub node_id: String,
+    pub network: String,
+    pub pid: u32,
+    pub ready: bool,
+    pub etcd_connected: bool,
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(default)]
+    pub public_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub backend: Option<String>,
+    pub peers: Vec<PeerStatus>,
+    pub pods: Vec<PodInfo>,
+    pub reconciles: u64,
+    pub reconcile_errors: u64,
+    pub skipped_records: u64,
+    /// Last reconcile error, if the latest one failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r: Request = serde_json::from_str(r#"{"op":"pod_add","name":"x"}"#).expect("parse");
+        assert_eq!(r, Request::PodAdd { name: "x".into(), netns: None, ifname: None });
+        assert_eq!(serde_json::to_string(&Request::Status).expect("ser"), r#"{"op":"status"}"#);
+        assert_eq!(serde_json::to_string(&Response::Done).expect("ser"), r#"{"result":"done"}"#);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! The etcd key layout. One place builds and parses keys, so the layout is documented once
+//! (docs/ARCHITECTURE.md) and changed once.
+
+use crate::subnet;
+use ipnet::Ipv4Net;
+
+/// Root of every key weft writes.
+pub const ROOT: &str = "/weft/v1";
+
+/// Keys of one network (`/weft/v1/<network>/...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(network: &str) -> Self {
+        Self { base: format!("{ROOT}/{network}") }
+    }
+
+    /// Network config written by `weftctl network init`.
+    pub fn config(&self) -> String {
+        format!("{}/config", self.base)
+    }
+
+    /// Prefix of all subnet records (ends in `/`).
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.base)
+    }
+
+    pub fn subnet(&self, s: Ipv4Net) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet::to_key_form(s))
+    }
+
+    /// Prefix of all heartbeat keys (ends in `/`).
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.base)
+    }
+
+    pub fn node(&self, name: &str) -> String {
+        format!("{}{}", self.nodes_prefix(), name)
+    }
+
+    /// The part of `key` after the subnets prefix, if it is a subnet key of this network.
+    pub fn subnet_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.subnets_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))
+    }
+
+    /// The node name of a heartbeat key.
+    pub fn node_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.nodes_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let k = Keys::new("default");
+        assert_eq!(k.config(), "/weft/v1/default/config");
+        let s: Ipv4Net = "10.244.1.0/24".parse().expect("literal");
+        assert_eq!(k.subnet(s), "/weft/v1/default/subnets/10.244.1.0-24");
+        assert_eq!(k.node("n1"), "/weft/v1/default/nodes/n1");
+        assert_eq!(k.subnet_segment("/weft/v1/default/subnets/10.244.1.0-24"), Some("10.244.1.0-24"));
+        assert_eq!(k.subnet_segment("/weft/v1/other/subnets/10.244.1.0-24"), None);
+        assert_eq!(k.subnet_segment("/weft/v1/default/subnets/a/b"), None);
+        assert_eq!(k.node_segment("/weft/v1/default/nodes/n1"), Some("n1"));
+    }
+}

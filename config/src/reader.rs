@@ -1,0 +1,197 @@
+//! A small typed reader over a parsed TOML table. It takes fields one by one with the type it
+//! expects, and at the end reports any key nobody asked for (with a "did you mean" when a known
+//! key is close). This gives one-line errors that name the exact field, which serde's derive
+//! cannot do for nested tables.
+
+use crate::error::ConfigError;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use toml::{Table, Value};
+
+pub(crate) struct Reader<'a> {
+    source: &'a str,
+    path: String,
+    table: &'a Table,
+    asked: BTreeSet<&'static str>,
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(source: &'a str, path: impl Into<String>, table: &'a Table) -> Self {
+        Self { source, path: path.into(), table, asked: BTreeSet::new() }
+    }
+
+    pub(crate) fn field_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{}", self.path, key)
+        }
+    }
+
+    pub(crate) fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.source, self.field_path(key), message)
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.asked.insert(key);
+        self.table.get(key)
+    }
+
+    fn wrong_type(&self, key: &str, want: &str, got: &Value) -> ConfigError {
+        self.err(key, format!("expected {want}, found {}", type_name(got)))
+    }
+
+    pub(crate) fn opt_str(&mut self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(self.wrong_type(key, "a string", v)),
+        }
+    }
+
+    pub(crate) fn req_str(&mut self, key: &'static str) -> Result<&'a str, ConfigError> {
+        self.opt_str(key)?.ok_or_else(|| self.err(key, "required, expected a string"))
+    }
+
+    pub(crate) fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.wrong_type(key, "true or false", v)),
+        }
+    }
+
+    /// An integer in `min..=max`.
+    pub(crate) fn opt_int(&mut self, key: &'static str, min: i64, max: i64) -> Result<Option<i64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Integer(i)) if (min..=max).contains(i) => Ok(Some(*i)),
+            Some(Value::Integer(i)) => {
+                Err(self.err(key, format!("expected an integer from {min} to {max}, found {i}")))
+            }
+            Some(v) => Err(self.wrong_type(key, &format!("an integer from {min} to {max}"), v)),
+        }
+    }
+
+    pub(crate) fn opt_ipv4(&mut self, key: &'static str) -> Result<Option<Ipv4Addr>, ConfigError> {
+        match self.opt_str(key)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| self.err(key, format!("expected an IPv4 address like 192.0.2.10, found {s:?}"))),
+        }
+    }
+
+    pub(crate) fn opt_str_array(&mut self, key: &'static str) -> Result<Option<Vec<&'a str>>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.as_str()),
+                        other => {
+                            return Err(self
+                                .err(&format!("{key}[{i}]"), format!("expected a string, found {}", type_name(other))))
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            Some(v) => Err(self.wrong_type(key, "an array of strings", v)),
+        }
+    }
+
+    /// A sub-table; a missing one reads as empty so that defaults apply.
+    pub(crate) fn table(&mut self, key: &'static str) -> Result<Reader<'a>, ConfigError> {
+        static EMPTY: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+        let path = self.field_path(key);
+        match self.get(key) {
+            None => Ok(Reader::new(self.source, path, EMPTY.get_or_init(Table::new))),
+            Some(Value::Table(t)) => Ok(Reader::new(self.source, path, t)),
+            Some(v) => Err(self.wrong_type(key, "a table", v)),
+        }
+    }
+
+    /// An array of tables (`[[key]]`); missing reads as empty.
+    pub(crate) fn table_array(&mut self, key: &'static str) -> Result<Vec<Reader<'a>>, ConfigError> {
+        let base = self.field_path(key);
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::Table(t) => Ok(Reader::new(self.source, format!("{base}[{i}]"), t)),
+                    other => Err(ConfigError::new(
+                        self.source,
+                        format!("{base}[{i}]"),
+                        format!("expected a table, found {}", type_name(other)),
+                    )),
+                })
+                .collect(),
+            Some(v) => Err(self.wrong_type(key, "an array of tables ([[...]])", v)),
+        }
+    }
+
+    /// Fails on the first key that no `get` asked for, suggesting the closest known key.
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
+        for key in self.table.keys() {
+            if self.asked.contains(key.as_str()) {
+                continue;
+            }
+            let best =
+                self.asked.iter().map(|k| (edit_distance(key, k), *k)).filter(|(d, k)| *d <= 2.max(k.len() / 3)).min();
+            let msg = match best {
+                Some((_, k)) => format!("unknown key (did you mean `{k}`?)"),
+                None => {
+                    let known: Vec<_> = self.asked.iter().copied().collect();
+                    format!("unknown key (known keys here: {})", known.join(", "))
+                }
+            };
+            return Err(self.err(key, msg));
+        }
+        Ok(())
+    }
+}
+
+/// Levenshtein distance, for "did you mean" suggestions on short keys.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("endpoint", "endpoints"), 1);
+        assert_eq!(edit_distance("node_nmae", "node_name"), 2);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+}

@@ -1,0 +1,309 @@
+//! Records stored in etcd. They are written by other nodes and by operators, so every read is
+//! validated: unknown fields are tolerated (a newer agent may add some), a newer schema version
+//! is accepted as long as the fields this version needs are there, anything malformed is an
+//! error that names the key.
+
+use crate::error::ConfigError;
+use crate::subnet::{self, parse_cidr};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Largest record value accepted from etcd; anything bigger is refused unread.
+pub const MAX_RECORD_BYTES: usize = 4096;
+
+/// How cross-host traffic is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Plain routes to each peer subnet via the peer's underlay address (needs L2 adjacency).
+    HostGw,
+    /// A tun device whose packets travel as QUIC datagrams between nodes.
+    Quic,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::HostGw => "host-gw",
+            Backend::Quic => "quic",
+        })
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host-gw" => Ok(Backend::HostGw),
+            "quic" => Ok(Backend::Quic),
+            other => Err(format!("expected one of host-gw, quic, found {other:?}")),
+        }
+    }
+}
+
+/// `/weft/v1/<network>/config`: written by `weftctl network init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub schema: u32,
+    /// The cluster CIDR all node subnets are carved from.
+    pub cidr: Ipv4Net,
+    /// Prefix length of each node's subnet.
+    pub subnet_len: u8,
+    pub backend: Backend,
+}
+
+impl NetworkConfig {
+    /// Builds a validated config; `source` names the origin in errors (a flag or an etcd key).
+    pub fn new(source: &str, cidr: &str, subnet_len: u8, backend: Backend) -> Result<Self, ConfigError> {
+        let cidr = parse_cidr(cidr).map_err(|e| ConfigError::new(source, "cidr", e.to_string()))?;
+        let c = Self { schema: SCHEMA_VERSION, cidr, subnet_len, backend };
+        c.validate(source)?;
+        Ok(c)
+    }
+
+    fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        if self.cidr.network() != self.cidr.addr() {
+            return Err(ConfigError::new(source, "cidr", format!("{} has host bits set", self.cidr)));
+        }
+        let min = self.cidr.prefix_len() + 1;
+        if self.subnet_len < min.max(8) || self.subnet_len > 30 {
+            return Err(ConfigError::new(
+                source,
+                "subnet_len",
+                format!(
+                    "expected a prefix length from {} to 30 (longer than the cluster's /{}), found {}",
+                    min.max(8),
+                    self.cidr.prefix_len(),
+                    self.subnet_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates the etcd value stored at `key`.
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        check_size(key, bytes)?;
+        let c: Self = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new(key, "", format!("invalid network config JSON: {e}")))?;
+        c.validate(key)?;
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with derived impls cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `/weft/v1/<network>/subnets/<a.b.c.d-len>`: who owns a subnet and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetRecord {
+    pub schema: u32,
+    /// Node name (what operators see).
+    pub node: String,
+    /// Machine identity (`node_id` or /etc/machine-id): decides who may reuse the record.
+    pub node_id: String,
+    /// Underlay address peers route to (host-gw) or dial (quic).
+    pub public_ip: Ipv4Addr,
+    pub backend: Backend,
+    /// Changes on every agent start, so peers can tell a restart from a long-lived session.
+    #[serde(default)]
+    pub epoch: u64,
+    /// QUIC endpoint (quic backend only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic_endpoint: Option<SocketAddr>,
+    /// SHA-256 fingerprint of the node's certificate (quic backend only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
+}
+
+impl SubnetRecord {
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        check_size(key, bytes)?;
+        let r: Self = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new(key, "", format!("invalid subnet record JSON: {e}")))?;
+        if !crate::agent::valid_name(&r.node) {
+            return Err(ConfigError::new(key, "node", format!("invalid node name {:?}", r.node)));
+        }
+        if r.node_id.is_empty() || r.node_id.len() > 128 {
+            return Err(ConfigError::new(key, "node_id", "expected 1 to 128 characters"));
+        }
+        let ip = r.public_ip;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+            return Err(ConfigError::new(key, "public_ip", format!("expected a unicast address, found {ip}")));
+        }
+        if r.schema == 0 {
+            return Err(ConfigError::new(key, "schema", "expected a version of 1 or more"));
+        }
+        Ok(r)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `/weft/v1/<network>/nodes/<name>`: short-TTL liveness, refreshed by the running agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub schema: u32,
+    pub node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// `ready` once routes and pods are in place, `starting` before.
+    pub status: String,
+    /// Seconds since the Unix epoch of the last refresh.
+    pub updated: u64,
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+impl Heartbeat {
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        check_size(key, bytes)?;
+        serde_json::from_slice(bytes).map_err(|e| ConfigError::new(key, "", format!("invalid heartbeat JSON: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn check_size(key: &str, bytes: &[u8]) -> Result<(), ConfigError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(ConfigError::new(
+            key,
+            "",
+            format!("value of {} bytes exceeds the {MAX_RECORD_BYTES}-byte limit", bytes.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A subnet key's last segment checked against the network: inside the cluster CIDR, of the
+/// configured length, aligned. Errors say what was wrong, for the skip log.
+pub fn check_subnet_key(net: &NetworkConfig, key: &str, last_segment: &str) -> Result<Ipv4Net, ConfigError> {
+    let s = subnet::from_key_form(last_segment)
+        .ok_or_else(|| ConfigError::new(key, "", "expected a subnet key like 10.244.1.0-24"))?;
+    if s.prefix_len() != net.subnet_len {
+        return Err(ConfigError::new(
+            key,
+            "",
+            format!("subnet {s} is not a /{} as the network config says", net.subnet_len),
+        ));
+    }
+    if !subnet::contains(net.cidr, s) {
+        return Err(ConfigError::new(key, "", format!("subnet {s} is outside the cluster CIDR {}", net.cidr)));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> NetworkConfig {
+        NetworkConfig::new("test", "10.244.0.0/16", 24, Backend::HostGw).expect("valid")
+    }
+
+    #[test]
+    fn network_config_validation() {
+        assert_eq!(net().to_json(), r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"host-gw"}"#);
+        let e = NetworkConfig::new("--cidr", "10.244.0.1/16", 24, Backend::HostGw).expect_err("misaligned");
+        assert_eq!(e.to_string(), "--cidr: cidr: 10.244.0.1/16 has host bits set (did you mean 10.244.0.0/16?)");
+        let e = NetworkConfig::new("--subnet-len", "10.244.0.0/16", 16, Backend::HostGw).expect_err("too short");
+        assert_eq!(e.to_string(), "--subnet-len: subnet_len: expected a prefix length from 17 to 30 (longer than the cluster's /16), found 16");
+        assert!(NetworkConfig::new("x", "10.244.0.0/16", 31, Backend::HostGw).is_err());
+        assert!(NetworkConfig::new("x", "10.244.0.0/26", 28, Backend::HostGw).is_ok());
+    }
+
+    #[test]
+    fn network_config_tolerates_unknown_fields_and_rejects_junk() {
+        let k = "/weft/v1/default/config";
+        let c = NetworkConfig::from_json(
+            k,
+            br#"{"schema":2,"cidr":"10.1.0.0/16","subnet_len":24,"backend":"quic","future":{"x":1}}"#,
+        )
+        .expect("ok");
+        assert_eq!(c.backend, Backend::Quic);
+        assert!(NetworkConfig::from_json(k, b"{").is_err());
+        let e = NetworkConfig::from_json(k, br#"{"schema":1,"cidr":"10.1.0.0/16","subnet_len":24,"backend":"vxlan"}"#)
+            .expect_err("backend");
+        assert!(
+            e.to_string().starts_with("/weft/v1/default/config: invalid network config JSON: unknown variant `vxlan`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn subnet_record_round_trip_and_tolerance() {
+        let r = SubnetRecord {
+            schema: 1,
+            node: "n1".into(),
+            node_id: "id-1".into(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            backend: Backend::HostGw,
+            epoch: 7,
+            quic_endpoint: None,
+            cert_fingerprint: None,
+        };
+        let json = r.to_json();
+        assert_eq!(SubnetRecord::from_json("k", json.as_bytes()), Ok(r.clone()));
+        let newer = br#"{"schema":3,"node":"n1","node_id":"id-1","public_ip":"192.0.2.1","backend":"host-gw","epoch":7,"labels":{"zone":"a"}}"#;
+        assert_eq!(SubnetRecord::from_json("k", newer).map(|x| x.node), Ok("n1".into()));
+    }
+
+    #[test]
+    fn subnet_record_rejections() {
+        let bad: &[(&[u8], &str)] = &[
+            (b"not json", "k: invalid subnet record JSON"),
+            (
+                br#"{"schema":1,"node":"N!","node_id":"a","public_ip":"192.0.2.1","backend":"host-gw"}"#,
+                "k: node: invalid node name",
+            ),
+            (
+                br#"{"schema":1,"node":"n","node_id":"","public_ip":"192.0.2.1","backend":"host-gw"}"#,
+                "k: node_id: expected 1 to 128",
+            ),
+            (
+                br#"{"schema":1,"node":"n","node_id":"a","public_ip":"0.0.0.0","backend":"host-gw"}"#,
+                "k: public_ip: expected a unicast",
+            ),
+            (
+                br#"{"schema":0,"node":"n","node_id":"a","public_ip":"192.0.2.1","backend":"host-gw"}"#,
+                "k: schema: expected a version",
+            ),
+            (
+                br#"{"schema":1,"node":"n","public_ip":"192.0.2.1","backend":"host-gw"}"#,
+                "k: invalid subnet record JSON: missing field `node_id`",
+            ),
+        ];
+        for (bytes, want) in bad {
+            let e = SubnetRecord::from_json("k", bytes).expect_err("bad record").to_string();
+            assert!(e.starts_with(want), "{e} should start with {want}");
+        }
+        let big = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert_eq!(
+            SubnetRecord::from_json("k", &big).expect_err("big").to_string(),
+            "k: value of 4097 bytes exceeds the 4096-byte limit"
+        );
+    }
+
+    #[test]
+    fn subnet_keys_checked_against_network() {
+        let n = net();
+        assert_eq!(check_subnet_key(&n, "k", "10.244.3.0-24").map(|s| s.to_string()), Ok("10.244.3.0/24".into()));
+        assert!(check_subnet_key(&n, "k", "10.245.3.0-24")
+            .expect_err("outside")
+            .to_string()
+            .contains("outside the cluster CIDR"));
+        assert!(check_subnet_key(&n, "k", "10.244.3.0-25").expect_err("len").to_string().contains("is not a /24"));
+        assert!(check_subnet_key(&n, "k", "10.244.3.1-24").is_err());
+        assert!(check_subnet_key(&n, "k", "junk").is_err());
+    }
+}
