@@ -1,0 +1,165 @@
+//! Subnet acquisition, decided purely from what etcd holds and what the node remembers.
+//! The daemon turns the decision into one etcd transaction and retries on conflict.
+
+use ipnet::Ipv4Net;
+use weft_config::records::NetworkConfig;
+use weft_config::subnet;
+use weft_config::SubnetRecord;
+
+/// A subnet record as read, for the decision: a malformed one still occupies its key.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub subnet: Ipv4Net,
+    pub record: Option<SubnetRecord>,
+    pub mod_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// A record with this node's identity exists: keep it (update it in place).
+    Reuse { subnet: Ipv4Net, mod_revision: i64 },
+    /// The record carries this node's name but another identity, whose heartbeat is gone:
+    /// the node was reinstalled or renamed machines; take the record over.
+    TakeOver { subnet: Ipv4Net, mod_revision: i64, previous_id: String },
+    /// Claim a subnet whose key must not exist (`create_revision == 0`).
+    Claim { subnet: Ipv4Net, moved_from: Option<Ipv4Net> },
+    /// Another live machine uses this node name.
+    Refuse(String),
+    /// No free subnet left.
+    Exhausted { cidr: Ipv4Net, subnet_len: u8, taken: usize },
+}
+
+pub struct Inputs<'a> {
+    pub net: &'a NetworkConfig,
+    pub node_name: &'a str,
+    pub node_id: &'a str,
+    /// Subnet remembered in the state dir, if any.
+    pub persisted: Option<Ipv4Net>,
+    pub existing: &'a [Existing],
+    /// Identity behind the live heartbeat of this node name, if one exists.
+    pub live_identity: Option<&'a str>,
+}
+
+pub fn decide(i: &Inputs<'_>) -> Decision {
+    let fits = |s: Ipv4Net| s.prefix_len() == i.net.subnet_len && subnet::contains(i.net.cidr, s);
+    let mine: Vec<&Existing> = i
+        .existing
+        .iter()
+        .filter(|e| fits(e.subnet) && e.record.as_ref().is_some_and(|r| r.node_id == i.node_id))
+        .collect();
+    if let Some(e) = mine.iter().find(|e| Some(e.subnet) == i.persisted).or_else(|| mine.first()) {
+        return Decision::Reuse { subnet: e.subnet, mod_revision: e.mod_revision };
+    }
+    let by_name = i.existing.iter().find(|e| fits(e.subnet) && e.record.as_ref().is_some_and(|r| r.node == i.node_name));
+    if let Some(e) = by_name {
+        let other = e.record.as_ref().map(|r| r.node_id.clone()).unwrap_or_default();
+        if i.live_identity == Some(other.as_str()) {
+            return Decision::Refuse(format!(
+                "node name {:?} is held by another live machine (identity {other:?}, subnet {}); give this node another name or stop the other agent",
+                i.node_name, e.subnet
+            ));
+        }
+        return Decision::TakeOver { subnet: e.subnet, mod_revision: e.mod_revision, previous_id: other };
+    }
+    let taken: Vec<Ipv4Net> = i.existing.iter().map(|e| e.subnet).collect();
+    if let Some(p) = i.persisted.filter(|p| fits(*p)) {
+        if !taken.iter().any(|t| subnet::overlaps(*t, p)) {
+            return Decision::Claim { subnet: p, moved_from: None };
+        }
+    }
+    let moved_from = i.persisted;
+    match subnet::first_free(i.net.cidr, i.net.subnet_len, &taken) {
+        Some(s) => Decision::Claim { subnet: s, moved_from: moved_from.filter(|p| *p != s) },
+        None => Decision::Exhausted { cidr: i.net.cidr, subnet_len: i.net.subnet_len, taken: taken.len() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_config::Backend;
+
+    fn net() -> NetworkConfig {
+        NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid")
+    }
+    fn n(s: &str) -> Ipv4Net {
+        s.parse().expect("literal")
+    }
+    fn ex(subnet: &str, node: &str, id: &str, rev: i64) -> Existing {
+        Existing {
+            subnet: n(subnet),
+            record: Some(SubnetRecord {
+                schema: 1,
+                node: node.into(),
+                node_id: id.into(),
+                public_ip: "192.0.2.1".parse().expect("lit"),
+                backend: Backend::HostGw,
+                epoch: 1,
+                quic_endpoint: None,
+                cert_fingerprint: None,
+            }),
+            mod_revision: rev,
+        }
+    }
+    fn decide_with(persisted: Option<&str>, existing: &[Existing], live: Option<&str>) -> Decision {
+        let net = net();
+        decide(&Inputs { net: &net, node_name: "n1", node_id: "id1", persisted: persisted.map(n), existing, live_identity: live })
+    }
+
+    #[test]
+    fn fresh_node_claims_first_free() {
+        assert_eq!(decide_with(None, &[], None), Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: None });
+        let existing = [ex("10.244.0.0/24", "n2", "id2", 5)];
+        assert_eq!(decide_with(None, &existing, None), Decision::Claim { subnet: n("10.244.1.0/24"), moved_from: None });
+    }
+
+    #[test]
+    fn record_with_own_identity_is_reused_even_without_state() {
+        let existing = [ex("10.244.0.0/24", "n2", "id2", 5), ex("10.244.7.0/24", "n1", "id1", 9)];
+        assert_eq!(decide_with(None, &existing, Some("id1")), Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 });
+        assert_eq!(decide_with(Some("10.244.7.0/24"), &existing, None), Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 });
+    }
+
+    #[test]
+    fn persisted_subnet_without_record_is_reclaimed() {
+        let existing = [ex("10.244.0.0/24", "n2", "id2", 5)];
+        assert_eq!(decide_with(Some("10.244.9.0/24"), &existing, None), Decision::Claim { subnet: n("10.244.9.0/24"), moved_from: None });
+    }
+
+    #[test]
+    fn persisted_subnet_taken_by_another_moves() {
+        let existing = [ex("10.244.9.0/24", "n2", "id2", 5)];
+        assert_eq!(
+            decide_with(Some("10.244.9.0/24"), &existing, None),
+            Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: Some(n("10.244.9.0/24")) }
+        );
+    }
+
+    #[test]
+    fn same_name_other_identity_alive_refuses_dead_takes_over() {
+        let existing = [ex("10.244.4.0/24", "n1", "other", 12)];
+        match decide_with(None, &existing, Some("other")) {
+            Decision::Refuse(msg) => assert!(msg.contains("held by another live machine"), "{msg}"),
+            d => panic!("expected refusal, got {d:?}"),
+        }
+        assert_eq!(
+            decide_with(None, &existing, None),
+            Decision::TakeOver { subnet: n("10.244.4.0/24"), mod_revision: 12, previous_id: "other".into() }
+        );
+    }
+
+    #[test]
+    fn exhaustion_counts_malformed_records_as_taken() {
+        let net = NetworkConfig::new("t", "10.244.0.0/26", 28, Backend::HostGw).expect("valid");
+        let mut existing: Vec<Existing> =
+            ["10.244.0.0/28", "10.244.0.16/28", "10.244.0.32/28"].iter().enumerate().map(|(i, s)| ex(s, &format!("m{i}"), &format!("x{i}"), 1)).collect();
+        existing.push(Existing { subnet: n("10.244.0.48/28"), record: None, mod_revision: 4 });
+        let d = decide(&Inputs { net: &net, node_name: "n1", node_id: "id1", persisted: None, existing: &existing, live_identity: None });
+        assert_eq!(d, Decision::Exhausted { cidr: n("10.244.0.0/26"), subnet_len: 28, taken: 4 });
+    }
+
+    #[test]
+    fn persisted_subnet_outside_new_cidr_is_ignored() {
+        assert_eq!(decide_with(Some("10.99.0.0/24"), &[], None), Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: Some(n("10.99.0.0/24")) });
+    }
+}

@@ -1,0 +1,157 @@
+//! Pods: a named network namespace with one veth into the node bridge, an address from the
+//! node subnet and a default route via the bridge. `attach` is the single idempotent operation
+//! that creates or repairs a pod; the state dir records the result and is the source of truth.
+
+use crate::netlink::Netlink;
+use crate::netns;
+use crate::state::{PodRecord, PodSource};
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use weft_config::subnet;
+
+/// Host-side veth name, derived from the pod's namespace and interface so it is stable across
+/// restarts and fits the 15-byte limit.
+pub fn host_veth_name(netns: &str, ifname: &str) -> String {
+    format!("wv{:08x}", fnv32(&format!("{netns}/{ifname}")))
+}
+
+fn temp_peer_name(netns: &str, ifname: &str) -> String {
+    format!("wt{:08x}", fnv32(&format!("{netns}/{ifname}")))
+}
+
+fn fnv32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// Picks the pod's address: keep `current` when it is a valid, unused address of the subnet
+/// (restart, or state dir lost), else the lowest free one.
+pub fn choose_addr(subnet: Ipv4Net, current: &[Ipv4Addr], used_by_others: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    current
+        .iter()
+        .copied()
+        .find(|a| subnet::is_pod_addr(subnet, *a) && !used_by_others.contains(a))
+        .or_else(|| subnet::first_free_addr(subnet, used_by_others))
+}
+
+pub struct PodNet<'a> {
+    pub nl: &'a Netlink,
+    pub bridge_index: u32,
+    pub subnet: Ipv4Net,
+    pub mtu: u32,
+}
+
+pub struct AttachRequest<'a> {
+    pub name: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    pub source: PodSource,
+    /// Address the state dir remembers, if any.
+    pub remembered: Option<Ipv4Addr>,
+    /// weft created the namespace earlier (remembered in the state dir).
+    pub owns_netns: bool,
+}
+
+/// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod.
+pub async fn attach(net: &PodNet<'_>, req: &AttachRequest<'_>, used_by_others: &BTreeSet<Ipv4Addr>) -> Result<PodRecord> {
+    let created = netns::ensure(req.netns).with_context(|| format!("creating namespace {}", req.netns))?;
+    let pod_nl = Netlink::open_in(req.netns)?;
+    let host = host_veth_name(req.netns, req.ifname);
+
+    let mut inside = pod_nl.link(req.ifname).await?;
+    let host_link = net.nl.link(&host).await?;
+    if inside.is_some() && host_link.is_none() {
+        // The interface in the pod is not ours (or its peer is gone): refuse to clobber it.
+        let kind = inside.as_ref().and_then(|l| l.kind.clone()).unwrap_or_default();
+        if kind != "veth" {
+            bail!("namespace {} already has an interface {} ({kind}) that weft did not create", req.netns, req.ifname);
+        }
+        bail!("namespace {} has a veth {} whose host side {host} is missing; delete it or pick another ifname", req.netns, req.ifname);
+    }
+    if inside.is_none() {
+        if let Some(stale) = &host_link {
+            net.nl.del_link(stale.index).await?;
+        }
+        let tmp = temp_peer_name(req.netns, req.ifname);
+        if let Some(old) = net.nl.link(&tmp).await? {
+            net.nl.del_link(old.index).await?;
+        }
+        net.nl.add_veth(&host, &tmp, net.mtu).await?;
+        let peer = net.nl.link(&tmp).await?.context("veth peer vanished after creation")?;
+        net.nl.move_to_netns(peer.index, req.netns).await?;
+        let moved = pod_nl.link(&tmp).await?.context("veth peer missing in the pod namespace")?;
+        pod_nl.rename(moved.index, req.ifname).await?;
+        inside = pod_nl.link(req.ifname).await?;
+    }
+    let inside = inside.context("pod interface missing after creation")?;
+    let host_link = net.nl.link(&host).await?.context("host veth missing after creation")?;
+    if host_link.controller != Some(net.bridge_index) || !host_link.up || host_link.mtu != net.mtu {
+        net.nl.set_link(host_link.index, Some(net.mtu), true, Some(net.bridge_index)).await?;
+    }
+    if !inside.up || inside.mtu != net.mtu {
+        pod_nl.set_link(inside.index, Some(net.mtu), true, None).await?;
+    }
+
+    let present = pod_nl.addrs(inside.index).await?;
+    let mut candidates: Vec<Ipv4Addr> = req.remembered.into_iter().collect();
+    candidates.extend(present.iter().filter(|a| a.prefix_len() == net.subnet.prefix_len()).map(|a| a.addr()));
+    let ip = choose_addr(net.subnet, &candidates, used_by_others).with_context(|| format!("no free address left in {}", net.subnet))?;
+    let want = Ipv4Net::new(ip, net.subnet.prefix_len()).context("pod address")?;
+    for a in present.iter().filter(|a| **a != want) {
+        pod_nl.del_addr(inside.index, *a).await?;
+    }
+    if !present.contains(&want) {
+        pod_nl.add_addr(inside.index, want).await?;
+    }
+    pod_nl.replace_default_route(subnet::gateway(net.subnet), inside.index).await?;
+    Ok(PodRecord {
+        name: req.name.to_string(),
+        netns: req.netns.to_string(),
+        ifname: req.ifname.to_string(),
+        ip,
+        host_veth: host,
+        source: req.source,
+        owns_netns: req.owns_netns || created,
+    })
+}
+
+/// Removes a pod's veth and, when weft created it, its namespace. Absent parts are fine.
+pub async fn detach(nl: &Netlink, pod: &PodRecord, remove_netns: bool) -> Result<()> {
+    if let Some(l) = nl.link(&pod.host_veth).await? {
+        nl.del_link(l.index).await?;
+    }
+    if remove_netns {
+        netns::remove(&pod.netns).with_context(|| format!("removing namespace {}", pod.netns))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_stable_and_short() {
+        let a = host_veth_name("weft0-n1-p1", "eth0");
+        assert_eq!(a, host_veth_name("weft0-n1-p1", "eth0"));
+        assert_ne!(a, host_veth_name("weft0-n1-p2", "eth0"));
+        assert!(a.len() <= 15 && a.starts_with("wv"));
+        assert!(temp_peer_name("x", "eth0").len() <= 15);
+    }
+
+    #[test]
+    fn address_choice_keeps_valid_current_and_avoids_others() {
+        let s: Ipv4Net = "10.244.1.0/24".parse().expect("lit");
+        let ip = |x: &str| x.parse::<Ipv4Addr>().expect("lit");
+        let none = BTreeSet::new();
+        assert_eq!(choose_addr(s, &[], &none), Some(ip("10.244.1.2")));
+        assert_eq!(choose_addr(s, &[ip("10.244.1.7")], &none), Some(ip("10.244.1.7")));
+        // an address of an old subnet is not kept
+        assert_eq!(choose_addr(s, &[ip("10.244.9.7")], &none), Some(ip("10.244.1.2")));
+        // the gateway is never given out
+        assert_eq!(choose_addr(s, &[ip("10.244.1.1")], &none), Some(ip("10.244.1.2")));
+        let used: BTreeSet<_> = [ip("10.244.1.2"), ip("10.244.1.7")].into();
+        assert_eq!(choose_addr(s, &[ip("10.244.1.7")], &used), Some(ip("10.244.1.3")));
+    }
+}

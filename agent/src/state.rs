@@ -1,0 +1,155 @@
+//! The agent's state directory: the subnet it holds and its pods. This is the source of truth for
+//! pods; files are replaced atomically (write, fsync, rename) so a crash never leaves half a file.
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetState {
+    pub network: String,
+    pub subnet: Ipv4Net,
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodSource {
+    Config,
+    Api,
+}
+
+impl PodSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSource::Config => "config",
+            PodSource::Api => "api",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    pub netns: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub host_veth: String,
+    pub source: PodSource,
+    /// weft created the namespace (and removes it with the pod).
+    #[serde(default)]
+    pub owns_netns: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating state dir {}", self.dir.display()))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn load_subnet(&self) -> Result<Option<SubnetState>> {
+        read_json(&self.path("subnet.json"))
+    }
+
+    pub fn save_subnet(&self, s: &SubnetState) -> Result<()> {
+        write_json(&self.path("subnet.json"), s)
+    }
+
+    pub fn load_pods(&self) -> Result<Vec<PodRecord>> {
+        Ok(read_json(&self.path("pods.json"))?.unwrap_or_default())
+    }
+
+    pub fn save_pods(&self, pods: &[PodRecord]) -> Result<()> {
+        write_json(&self.path("pods.json"), &pods)
+    }
+
+    /// Removes the whole state directory (on `--leave`).
+    pub fn remove_all(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.dir.display())),
+        }
+    }
+}
+
+/// Reads a JSON file; a missing file is `None`, a corrupt one an error naming it.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_slice(&bytes).map(Some).with_context(|| format!("{}: invalid state file", path.display()))
+}
+
+/// Replaces `path` atomically with the JSON of `value`.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).context("encoding state")?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, 0o644)
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// The flannel-compatible environment file consumers (CNI plugins, scripts) read.
+pub fn subnet_env(cluster: Ipv4Net, subnet: Ipv4Net, mtu: u32, ip_masq: bool) -> String {
+    let gw = weft_config::subnet::gateway(subnet);
+    format!("FLANNEL_NETWORK={cluster}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n", subnet.prefix_len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_env_uses_flannel_names() {
+        let env = subnet_env("10.244.0.0/16".parse().expect("lit"), "10.244.3.0/24".parse().expect("lit"), 1500, true);
+        assert_eq!(env, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n");
+    }
+
+    #[test]
+    fn state_round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("weft-state-test-{}", std::process::id()));
+        let s = StateDir::new(&dir);
+        assert_eq!(s.load_subnet().expect("missing is fine"), None);
+        let st = SubnetState { network: "default".into(), subnet: "10.244.1.0/24".parse().expect("lit"), node_id: "x".into() };
+        s.save_subnet(&st).expect("save");
+        assert_eq!(s.load_subnet().expect("load"), Some(st));
+        std::fs::write(dir.join("pods.json"), b"{not json").expect("write");
+        let e = s.load_pods().expect_err("corrupt");
+        assert!(format!("{e:#}").contains("pods.json: invalid state file"), "{e:#}");
+        s.remove_all().expect("cleanup");
+        assert!(!dir.exists());
+    }
+}
