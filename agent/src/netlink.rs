@@ -85,15 +85,6 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    pub async fn links(&self) -> Result<Vec<Link>> {
-        let mut out = Vec::new();
-        let mut s = self.handle.link().get().execute();
-        while let Some(m) = s.try_next().await.context("listing links")? {
-            out.push(parse_link(&m));
-        }
-        Ok(out)
-    }
-
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         let mut s = self.handle.link().get().match_name(name.to_string()).execute();
         match s.try_next().await {

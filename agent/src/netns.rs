@@ -17,13 +17,8 @@ pub fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
-/// True when `/run/netns/NAME` is a live namespace mount (not a leftover empty file).
-pub fn exists(name: &str) -> bool {
-    is_nsfs(&path_of(name))
-}
-
 fn is_nsfs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == NSFS_MAGIC).unwrap_or(false)
 }
 
 /// Makes /run/netns a shared mount point as iproute2 does, so namespaces mounted there are
@@ -65,7 +60,7 @@ pub fn ensure(name: &str) -> io::Result<bool> {
         return Err(e);
     }
     // Bring loopback up inside: a pod without lo surprises every program that uses 127.0.0.1.
-    run_in(name, || set_lo_up())??;
+    run_in(name, set_lo_up)??;
     Ok(true)
 }
 

@@ -10,10 +10,6 @@ use weft_config::peers::Peer;
 /// Routes with any other protocol are never touched.
 pub const WEFT_PROTO: u8 = 213;
 
-/// Metric of the fail-closed blackhole for the cluster CIDR (quic): lower priority than any
-/// real route, so it only catches traffic with nowhere else to go.
-pub const BLACKHOLE_METRIC: u32 = 4_000_000_000;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
     Unicast,
@@ -196,9 +192,9 @@ mod tests {
 
     #[test]
     fn plan_keeps_blackhole_and_unicast_to_same_destination_apart() {
-        let bh = Route { dst: net("10.244.0.0/16"), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: BLACKHOLE_METRIC };
+        let bh = Route { dst: net("10.244.0.0/16"), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 4_000_000_000 };
         let desired = vec![bh.clone()];
-        assert!(plan(&desired, &[bh.clone()]).is_empty());
-        assert_eq!(plan(&[], &[bh.clone()]), vec![Action::Del(bh)]);
+        assert!(plan(&desired, std::slice::from_ref(&bh)).is_empty());
+        assert_eq!(plan(&[], std::slice::from_ref(&bh)), vec![Action::Del(bh)]);
     }
 }
