@@ -1,28 +1,46 @@
-//! Binds the firewall module to the agent's config: which rules this node wants.
+//! Binds the firewall module to the agent: which rule set this node wants, and keeping the
+//! blocking iptables/nft calls off the async workers' hot path.
 
-use anyhow::Result;
+use crate::firewall::{self, FirewallSpec, ForwardMode};
+use anyhow::{anyhow, Result};
 use ipnet::Ipv4Net;
 use weft_config::{AgentConfig, NetworkConfig};
 
 pub struct Firewall {
+    inner: firewall::Firewall,
     network: String,
     bridge: String,
     ip_masq: bool,
-    last: std::sync::Mutex<Option<(Ipv4Net, Ipv4Net)>>,
 }
 
 impl Firewall {
     pub fn new(cfg: &AgentConfig) -> Self {
-        Self { network: cfg.network.clone(), bridge: cfg.bridge.name.clone(), ip_masq: cfg.ip_masq, last: Default::default() }
+        Self { inner: firewall::Firewall::system(), network: cfg.network.clone(), bridge: cfg.bridge.name.clone(), ip_masq: cfg.ip_masq }
     }
 
+    fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net) -> FirewallSpec {
+        FirewallSpec {
+            network: self.network.clone(),
+            cluster_cidr: cluster,
+            node_subnet: subnet,
+            bridge: self.bridge.clone(),
+            mode: ForwardMode::Open,
+            ip_masq: self.ip_masq,
+        }
+    }
+
+    /// Checks the rules and restores whatever is missing (a few short processes).
     pub fn ensure(&self, net: &NetworkConfig, subnet: Ipv4Net) -> Result<()> {
-        let _ = (&self.network, &self.bridge, self.ip_masq);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((net.cidr, subnet));
-        Ok(())
+        let spec = self.spec(net.cidr, subnet);
+        // The firewall module logs each repair itself.
+        tokio::task::block_in_place(|| self.inner.ensure(&spec)).map(drop).map_err(|e| anyhow!("firewall: {e}"))
     }
 
+    /// Removes every rule and chain of this network. Needs only the network name.
     pub fn remove(&self) -> Result<()> {
-        Ok(())
+        let spec = self.spec(Ipv4Net::default(), Ipv4Net::default());
+        tokio::task::block_in_place(|| self.inner.remove(&spec)).map_err(|errs| {
+            anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+        })
     }
 }

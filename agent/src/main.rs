@@ -1,15 +1,5 @@
 //! weft-agent: the node agent. See docs/ARCHITECTURE.md for the lifecycle.
 
-mod api;
-mod daemon;
-mod etcd;
-mod firewall_glue;
-mod lease;
-mod netlink;
-mod netns;
-mod pods;
-mod routes;
-mod state;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -19,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weft_config::api::{Request, Response};
+use weft_agent::daemon;
 use weft_config::AgentConfig;
 
 #[derive(Parser, Debug)]
