@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(etcd-server etcd-client iproute2 iptables nftables iperf3 iputils-ping protobuf-compiler
-      netcat-openbsd procps kmod ca-certificates)
+      netcat-openbsd jq procps kmod ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
