@@ -1,0 +1,123 @@
+//! Human output of what the local agent reports (`weftctl agent status`, `weftctl pod list`).
+
+use crate::output::table;
+use weft_config::api::{PodInfo, Status};
+
+pub fn render_status(s: &Status) -> String {
+    let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "node:        {} (id {})\nnetwork:     {}\npid:         {}\nready:       {}\netcd:        {}\n\
+         subnet:      {}\npublic ip:   {}\nbackend:     {}\nreconciles:  {} ({} failed)\nskipped:     {} record(s)\n\
+         last error:  {}\n",
+        s.node,
+        s.node_id,
+        s.network,
+        s.pid,
+        if s.ready { "yes" } else { "no" },
+        if s.etcd_connected { "connected" } else { "not connected" },
+        opt(s.subnet.clone()),
+        opt(s.public_ip.map(|i| i.to_string())),
+        opt(s.backend.clone()),
+        s.reconciles,
+        s.reconcile_errors,
+        s.skipped_records,
+        opt(s.last_error.clone()),
+    );
+    let peers: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.node.clone(),
+                p.subnet.clone(),
+                p.public_ip.to_string(),
+                if p.route_ok { "ok" } else { "missing" }.to_string(),
+                opt(p.problem.clone()),
+            ]
+        })
+        .collect();
+    out.push_str(&format!("\npeers ({}):\n", s.peers.len()));
+    if !peers.is_empty() {
+        out.push_str(&indent(&table(&["NODE", "SUBNET", "PUBLIC-IP", "ROUTE", "PROBLEM"], &peers)));
+    }
+    out.push_str(&format!("\npods ({}):\n", s.pods.len()));
+    if !s.pods.is_empty() {
+        out.push_str(&indent(&render_pods(&s.pods)));
+    }
+    out
+}
+
+pub fn render_pods(pods: &[PodInfo]) -> String {
+    let rows: Vec<Vec<String>> = pods
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                format!("{}/{}", p.ip, p.prefix_len),
+                p.gateway.to_string(),
+                p.netns.clone(),
+                p.ifname.clone(),
+                p.host_veth.clone(),
+                p.source.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "IP", "GATEWAY", "NETNS", "IFNAME", "HOST-VETH", "SOURCE"], &rows)
+}
+
+/// One line for a pod just added.
+pub fn render_pod(p: &PodInfo) -> String {
+    format!(
+        "{}: {}/{} via {} in netns {} ({}, host side {})\n",
+        p.name, p.ip, p.prefix_len, p.gateway, p.netns, p.ifname, p.host_veth
+    )
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn pod() -> PodInfo {
+        PodInfo {
+            name: "p1".into(),
+            netns: "weft0-n1-p1".into(),
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            prefix_len: 24,
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            host_veth: "vp1".into(),
+            source: "config".into(),
+        }
+    }
+
+    #[test]
+    fn status_and_pods() {
+        let s = Status {
+            node: "n1".into(),
+            node_id: "lab-0-n1".into(),
+            network: "default".into(),
+            pid: 9,
+            ready: true,
+            etcd_connected: true,
+            subnet: Some("10.244.1.0/24".into()),
+            public_ip: Some(Ipv4Addr::new(172, 30, 0, 11)),
+            backend: Some("host-gw".into()),
+            peers: vec![],
+            pods: vec![pod()],
+            reconciles: 3,
+            reconcile_errors: 0,
+            skipped_records: 0,
+            last_error: None,
+        };
+        let r = render_status(&s);
+        assert!(r.starts_with("node:        n1 (id lab-0-n1)\n"), "{r}");
+        assert!(r.contains("subnet:      10.244.1.0/24\n"), "{r}");
+        assert!(r.contains("peers (0):\n\npods (1):\n  NAME  IP             GATEWAY"), "{r}");
+        assert_eq!(render_pod(&pod()), "p1: 10.244.1.2/24 via 10.244.1.1 in netns weft0-n1-p1 (eth0, host side vp1)\n");
+    }
+}

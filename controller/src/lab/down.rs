@@ -1,0 +1,147 @@
+//! `lab down`: undo everything a lab made, also after a crash, carrying on past every failure
+//! and reporting all of them at the end.
+
+use super::names::LabNames;
+use super::netns::{self, ns_id};
+use super::procs;
+use super::state::{LabState, ProcRecord, StateError};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Time an agent or etcd gets to exit after SIGTERM before SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DownReport {
+    pub signalled: Vec<u32>,
+    pub namespaces_removed: Vec<String>,
+    /// Things that could not be undone.
+    pub errors: Vec<String>,
+    /// Things worth knowing that did not stop the teardown.
+    pub warnings: Vec<String>,
+}
+
+impl DownReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// An error listing every failure, if there was any.
+    pub fn into_result(self) -> anyhow::Result<Self> {
+        if self.errors.is_empty() {
+            Ok(self)
+        } else {
+            anyhow::bail!("lab down finished with {} error(s): {}", self.errors.len(), self.errors.join("; "))
+        }
+    }
+}
+
+/// Tears down lab `names`. `gone(pid)` tells whether a pid has exited (a caller that is the
+/// parent reaps it there; others pass a /proc check).
+pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
+    let mut report = DownReport::default();
+    let state = match LabState::load(&names.state_file()) {
+        Ok(s) => Some(s),
+        Err(StateError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            report.errors.push(format!("{e}; no process recorded in it was stopped"));
+            None
+        }
+    };
+    if let Some(state) = &state {
+        stop_processes(names, state, gone, &mut report);
+    }
+    warn_leftovers(names, &mut report);
+    remove_namespaces(names, &mut report);
+    match std::fs::remove_dir_all(names.dir()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => report.errors.push(format!("removing {}: {e}", names.dir().display())),
+    }
+    report
+}
+
+fn stop_processes(names: &LabNames, state: &LabState, mut gone: impl FnMut(u32) -> bool, report: &mut DownReport) {
+    let (outside, inside): (Vec<ProcRecord>, Vec<ProcRecord>) =
+        state.processes().into_iter().partition(|p| !names.owns_ns(&p.netns));
+    for p in outside {
+        report.errors.push(format!("not signalling pid {}: its namespace {} is not one of this lab's", p.pid, p.netns));
+    }
+    // Agents first (they would only retry against a vanished etcd), then etcd.
+    let (agents, etcd): (Vec<ProcRecord>, Vec<ProcRecord>) =
+        inside.into_iter().partition(|p| state.agents.values().any(|a| a == p));
+    for group in [agents, etcd] {
+        let (signalled, errors) = procs::terminate(&group, GRACE, &mut gone);
+        report.signalled.extend(signalled);
+        report.errors.extend(errors);
+    }
+}
+
+/// Processes still inside a lab namespace that state.json does not record: not killed (they
+/// are not known to be ours) but named, since they keep the namespace alive.
+fn warn_leftovers(names: &LabNames, report: &mut DownReport) {
+    let Ok(all) = netns::list() else { return };
+    let ids: Vec<_> = all.iter().filter(|n| names.owns_ns(n)).filter_map(|n| ns_id(n)).collect();
+    if ids.is_empty() {
+        return;
+    }
+    for (pid, comm) in procs::find_in_namespaces(&ids) {
+        report.warnings.push(format!(
+            "pid {pid} ({comm}) still runs in a namespace of lab {}; not recorded, not killed",
+            names.id()
+        ));
+    }
+}
+
+fn remove_namespaces(names: &LabNames, report: &mut DownReport) {
+    let all = match netns::list() {
+        Ok(all) => all,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return;
+        }
+    };
+    // Pods first, nodes and the rest after (order does not matter to the kernel; it reads well).
+    let mut mine: Vec<String> = all.into_iter().filter(|n| names.owns_ns(n)).collect();
+    mine.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for ns in mine {
+        match netns::remove(&ns) {
+            Ok(()) => report.namespaces_removed.push(ns),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_result() {
+        assert!(DownReport::default().into_result().is_ok());
+        let r = DownReport { errors: vec!["a".into(), "b".into()], ..DownReport::default() };
+        assert_eq!(r.into_result().expect_err("errors").to_string(), "lab down finished with 2 error(s): a; b");
+    }
+
+    #[test]
+    fn down_of_a_lab_that_never_existed_is_a_no_op() {
+        let root = std::env::temp_dir().join(format!("weftctl-down-{}", std::process::id()));
+        let names = LabNames::with_root("zz9", &root).expect("id");
+        let r = teardown(&names, |_| true);
+        assert!(r.is_ok(), "{r:?}");
+        assert!(r.namespaces_removed.is_empty());
+    }
+
+    #[test]
+    fn unreadable_state_is_reported_and_the_rest_goes_on() {
+        let root = std::env::temp_dir().join(format!("weftctl-down-bad-{}", std::process::id()));
+        let names = LabNames::with_root("zz8", &root).expect("id");
+        std::fs::create_dir_all(names.dir()).expect("dir");
+        std::fs::write(names.state_file(), "{").expect("write");
+        let r = teardown(&names, |_| true);
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        assert!(r.errors[0].contains("not a lab state file"), "{r:?}");
+        assert!(!names.dir().exists(), "the directory is removed anyway");
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

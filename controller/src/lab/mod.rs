@@ -1,0 +1,448 @@
+//! The lab: a whole weft cluster in network namespaces on one machine, with real etcd and real
+//! `weft-agent` processes. `weftctl lab ...` and the integration tests both drive it through
+//! [`Lab`]:
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use weft_controller::lab::{Lab, LabSpec};
+//! let lab = Lab::up(LabSpec { id: "t1".into(), nodes: 2, pods: 1, ..LabSpec::default() })?;
+//! let out = lab.exec("n1/p1", &["ping", "-c1", "10.244.2.2"])?;
+//! assert!(out.status.success());
+//! # Ok(()) }   // dropping `lab` tears everything down (unless WEFT_LAB_KEEP=1)
+//! ```
+//!
+//! Safety: everything happens inside namespaces named `weft<id>-...` that the lab makes; the
+//! root namespace gets no address, route, rule or sysctl. `state.json` records every namespace
+//! and process as they are made, so [`down`] can undo a lab whose `up` crashed.
+
+mod agents;
+pub mod bins;
+pub mod config_gen;
+pub mod down;
+pub mod etcd_server;
+pub mod names;
+pub mod netns;
+pub mod plumbing;
+pub mod procs;
+pub mod state;
+pub mod status;
+
+pub use down::DownReport;
+pub use names::{LabNames, Target};
+pub use netns::in_netns;
+pub use status::{LabStatus, NodeStatus};
+
+use crate::error::UsageError;
+use crate::output::unix_now;
+use anyhow::Context;
+use names::{ETCD_ENDPOINT, ETCD_IP, MAX_NODES, MAX_PODS};
+use serde::{Deserialize, Serialize};
+use state::{LabState, ProcRecord};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use weft_config::Backend;
+
+/// How the underlay is laid out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// One L2 segment: every node on one bridge.
+    #[default]
+    Flat,
+    /// Several segments joined by a router (not built yet).
+    Routed,
+}
+
+impl std::str::FromStr for Topology {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "flat" => Ok(Topology::Flat),
+            "routed" => Ok(Topology::Routed),
+            other => Err(format!("expected flat or routed, found {other:?}")),
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Lab id: namespaces are `weft<id>-...`, files in /run/weft-lab/<id>.
+    pub id: String,
+    pub nodes: usize,
+    /// Pods per node, declared in each agent's config (`p1`.., namespace `weft<id>-n<i>-p<j>`).
+    pub pods: usize,
+    pub backend: Backend,
+    pub topology: Topology,
+    pub ip_masq: bool,
+    pub reconcile_secs: u64,
+    /// `weft-agent` to run; default: next to the current executable (see [`bins`]).
+    pub agent_bin: Option<PathBuf>,
+    /// `weftctl` to run inside namespaces; default: next to the current executable.
+    pub weftctl_bin: Option<PathBuf>,
+    /// How long `up` waits for every agent to be ready.
+    pub ready_timeout_secs: u64,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            id: "0".into(),
+            nodes: 2,
+            pods: 0,
+            backend: Backend::HostGw,
+            topology: Topology::Flat,
+            ip_masq: false,
+            reconcile_secs: 10,
+            agent_bin: None,
+            weftctl_bin: None,
+            ready_timeout_secs: 60,
+        }
+    }
+}
+
+impl LabSpec {
+    /// Checks the spec; errors name the flag and the expectation.
+    pub fn validate(&self) -> Result<(), UsageError> {
+        names::validate_id(&self.id).map_err(|e| UsageError::new(e.to_string()))?;
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return Err(UsageError::new(format!("--nodes: expected 1 to {MAX_NODES}, found {}", self.nodes)));
+        }
+        if self.pods > MAX_PODS {
+            return Err(UsageError::new(format!("--pods: expected 0 to {MAX_PODS}, found {}", self.pods)));
+        }
+        if !(1..=3600).contains(&self.reconcile_secs) {
+            return Err(UsageError::new(format!(
+                "--reconcile-secs: expected 1 to 3600, found {}",
+                self.reconcile_secs
+            )));
+        }
+        if self.topology == Topology::Routed {
+            return Err(UsageError::new("--topology: routed is not implemented yet; use flat"));
+        }
+        Ok(())
+    }
+}
+
+/// A running lab. Made by [`Lab::up`] (torn down when dropped) or [`Lab::attach`] (left alone).
+pub struct Lab {
+    names: LabNames,
+    spec: LabSpec,
+    agent_bin: PathBuf,
+    weftctl_bin: PathBuf,
+    state: Mutex<LabState>,
+    /// Processes this process started: reaped when they exit.
+    children: Mutex<HashMap<u32, Child>>,
+    teardown_on_drop: AtomicBool,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("id", &self.names.id()).field("nodes", &self.spec.nodes).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Lab {
+    /// Builds the lab and waits until every agent is ready. On failure everything made so far
+    /// is torn down (unless WEFT_LAB_KEEP=1) and the error carries the relevant log tail.
+    pub fn up(spec: LabSpec) -> anyhow::Result<Lab> {
+        spec.validate()?;
+        let names = LabNames::new(&spec.id)?;
+        let agent_bin = bins::resolve(bins::AGENT, spec.agent_bin.as_deref(), "--agent-bin")?;
+        let weftctl_bin = bins::resolve(bins::WEFTCTL, spec.weftctl_bin.as_deref(), "--weftctl-bin")?;
+        let etcd_bin = bins::on_path(bins::ETCD, "install Debian's etcd-server package")?;
+        let leftovers: Vec<String> = netns::list()?.into_iter().filter(|n| names.owns_ns(n)).collect();
+        if names.dir().exists() || !leftovers.is_empty() {
+            anyhow::bail!(
+                "lab {id} already exists ({} has {} namespace(s), {} {}); remove it with weftctl lab down --id {id}",
+                netns::NETNS_DIR,
+                leftovers.len(),
+                names.dir().display(),
+                if names.dir().exists() { "exists" } else { "is absent" },
+                id = spec.id
+            );
+        }
+        std::fs::create_dir_all(names.dir()).with_context(|| format!("creating {}", names.dir().display()))?;
+        let state = LabState::new(spec.clone(), agent_bin.clone(), weftctl_bin.clone(), unix_now());
+        let lab = Lab {
+            names,
+            spec,
+            agent_bin,
+            weftctl_bin,
+            state: Mutex::new(state),
+            children: Mutex::new(HashMap::new()),
+            teardown_on_drop: AtomicBool::new(true),
+        };
+        lab.save()?;
+        lab.build(&etcd_bin).with_context(|| format!("building lab {}", lab.names.id()))?;
+        Ok(lab)
+    }
+
+    /// Opens an existing lab from its state.json; dropping it changes nothing.
+    pub fn attach(id: &str) -> anyhow::Result<Lab> {
+        let names = LabNames::new(id).map_err(|e| UsageError::new(e.to_string()))?;
+        let state = LabState::load(&names.state_file())
+            .with_context(|| format!("lab {id} is not running (or was made by another version)"))?;
+        Ok(Lab {
+            names,
+            spec: state.spec.clone(),
+            agent_bin: state.agent_bin.clone(),
+            weftctl_bin: state.weftctl_bin.clone(),
+            state: Mutex::new(state),
+            children: Mutex::new(HashMap::new()),
+            teardown_on_drop: AtomicBool::new(false),
+        })
+    }
+
+    /// Leaves the lab running when this handle is dropped (what `weftctl lab up` does).
+    pub fn detach(&self) {
+        self.teardown_on_drop.store(false, Ordering::SeqCst);
+    }
+
+    /// Tears the lab down now; see [`down`].
+    pub fn down(self) -> DownReport {
+        self.teardown_on_drop.store(false, Ordering::SeqCst);
+        self.teardown()
+    }
+
+    fn teardown(&self) -> DownReport {
+        let report = down::teardown(&self.names, |pid| self.gone(pid));
+        // Reap whatever this process started and that has exited by now.
+        lock(&self.children).retain(|_, c| matches!(c.try_wait(), Ok(None)));
+        report
+    }
+
+    fn build(&self, etcd_bin: &Path) -> anyhow::Result<()> {
+        let n = &self.names;
+        for ns in [n.underlay_ns(), n.etcd_ns(), n.ext_ns()] {
+            self.make_ns(&ns)?;
+        }
+        plumbing::setup_underlay(n)?;
+        plumbing::attach(n, &n.etcd_ns(), "vetcd", ETCD_IP, false)?;
+        let etcd = etcd_server::spawn(n, etcd_bin)?;
+        self.adopt(etcd, &n.etcd_ns(), |s, rec| s.etcd = Some(rec))?;
+        // Nodes are wired while etcd starts.
+        self.setup_nodes()?;
+        self.wait_etcd(Duration::from_secs(30))?;
+        self.network_init()?;
+        for i in 1..=self.spec.nodes {
+            self.start_agent(i)?;
+        }
+        self.wait_all_ready(Duration::from_secs(self.spec.ready_timeout_secs))
+    }
+
+    /// Records a namespace, then makes it (so a crash in between still gets it removed).
+    fn make_ns(&self, ns: &str) -> anyhow::Result<()> {
+        self.update(|s| s.add_namespace(ns))?;
+        plumbing::add_netns(ns)
+    }
+
+    fn setup_nodes(&self) -> anyhow::Result<()> {
+        const PARALLEL: usize = 8;
+        let all: Vec<usize> = (1..=self.spec.nodes).collect();
+        let mut errors = Vec::new();
+        for chunk in all.chunks(PARALLEL) {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = chunk.iter().map(|&i| (i, s.spawn(move || self.setup_node(i)))).collect();
+                for (i, h) in handles {
+                    match h.join() {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => errors.push(format!("node n{i}: {e:#}")),
+                        Err(_) => errors.push(format!("node n{i}: setup thread panicked")),
+                    }
+                }
+            });
+            if !errors.is_empty() {
+                anyhow::bail!("{}", errors.join("; "));
+            }
+        }
+        Ok(())
+    }
+
+    fn setup_node(&self, i: usize) -> anyhow::Result<()> {
+        let ns = self.names.node_ns(i);
+        self.make_ns(&ns)?;
+        plumbing::attach(&self.names, &ns, &format!("vn{i}"), LabNames::node_ip(i), true)?;
+        let p = self.names.node_paths(i);
+        std::fs::create_dir_all(&p.state_dir).with_context(|| format!("creating {}", p.state_dir.display()))?;
+        let spec = config_gen::NodeConfigSpec {
+            pods: self.spec.pods,
+            ip_masq: self.spec.ip_masq,
+            reconcile_secs: self.spec.reconcile_secs,
+        };
+        let text = config_gen::agent_toml(&self.names, i, &spec);
+        std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;
+        // The agent's own parser must accept what the lab writes.
+        let c = weft_config::AgentConfig::load(&p.config).context("generated agent config was refused")?;
+        anyhow::ensure!(c.paths.socket == p.socket, "{}: socket path drifted", p.config.display());
+        Ok(())
+    }
+
+    fn wait_etcd(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let err = match etcd_server::probe(&self.names) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let pid = lock(&self.state).etcd.as_ref().map(|r| r.pid);
+            let dead = pid.is_none_or(|p| self.gone(p));
+            if dead || std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "etcd {} ({err})\n{}",
+                    if dead { "exited before it was healthy" } else { "not healthy within the timeout" },
+                    plumbing::tail(&self.names.etcd_log(), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn network_init(&self) -> anyhow::Result<()> {
+        let mut cmd = netns::command_in(&self.names.etcd_ns(), &self.weftctl_bin)?;
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("WEFT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--etcd", ETCD_ENDPOINT, "--network", names::NETWORK, "network", "init", "--cidr"])
+            .arg(names::CLUSTER_CIDR)
+            .args(["--subnet-len", &names::SUBNET_LEN.to_string(), "--backend", &self.spec.backend.to_string()]);
+        plumbing::run(&mut cmd, "writing the network config").map(drop)
+    }
+
+    /// Registers a process this process spawned: recorded in state.json, reaped later.
+    fn adopt(&self, child: Child, ns: &str, record: impl FnOnce(&mut LabState, ProcRecord)) -> anyhow::Result<u32> {
+        let pid = child.id();
+        let rec = ProcRecord { pid, netns: ns.to_string(), start_ticks: procs::start_ticks(pid) };
+        lock(&self.children).insert(pid, child);
+        self.update(|s| record(s, rec))?;
+        Ok(pid)
+    }
+
+    /// Whether `pid` has exited (reaping it if this process is its parent).
+    fn gone(&self, pid: u32) -> bool {
+        let mut children = lock(&self.children);
+        if let Some(c) = children.get_mut(&pid) {
+            return match c.try_wait() {
+                Ok(None) => false,
+                Ok(Some(_)) | Err(_) => {
+                    children.remove(&pid);
+                    true
+                }
+            };
+        }
+        !procs::observe(pid).alive
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LabState)) -> anyhow::Result<()> {
+        let mut s = lock(&self.state);
+        f(&mut s);
+        s.save(&self.names.state_file())?;
+        Ok(())
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        self.update(|_| ())
+    }
+
+    pub fn id(&self) -> &str {
+        self.names.id()
+    }
+
+    pub fn names(&self) -> &LabNames {
+        &self.names
+    }
+
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.names.dir()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.spec.nodes
+    }
+
+    /// `weft<id>-n<i>` (nodes are 1-based).
+    pub fn node_ns(&self, i: usize) -> String {
+        self.names.node_ns(i)
+    }
+
+    /// `weft<id>-n<i>-p<j>`: pod `j` (1-based) of node `i`, as configured by the lab.
+    pub fn pod_ns(&self, i: usize, j: usize) -> String {
+        self.names.pod_ns(i, &LabNames::pod_name(j))
+    }
+
+    pub fn node_ip(&self, i: usize) -> std::net::Ipv4Addr {
+        LabNames::node_ip(i)
+    }
+
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.names.node_paths(i).dir
+    }
+
+    pub fn node_paths(&self, i: usize) -> names::NodePaths {
+        self.names.node_paths(i)
+    }
+
+    pub fn etcd_endpoint(&self) -> &'static str {
+        ETCD_ENDPOINT
+    }
+
+    pub fn agent_bin(&self) -> &Path {
+        &self.agent_bin
+    }
+
+    pub fn weftctl_bin(&self) -> &Path {
+        &self.weftctl_bin
+    }
+
+    fn check_node(&self, i: usize) -> anyhow::Result<()> {
+        if i == 0 || i > self.spec.nodes {
+            anyhow::bail!("lab {} has nodes n1 to n{}, not n{i}", self.id(), self.spec.nodes);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.teardown_on_drop.load(Ordering::SeqCst) {
+            return;
+        }
+        if std::env::var_os("WEFT_LAB_KEEP").is_some_and(|v| v == "1") {
+            eprintln!(
+                "keeping lab {} (WEFT_LAB_KEEP=1); remove it with: weftctl lab down --id {}",
+                self.id(),
+                self.id()
+            );
+            return;
+        }
+        let report = self.teardown();
+        for e in &report.errors {
+            eprintln!("lab {} down: error: {e}", self.id());
+        }
+        for w in &report.warnings {
+            eprintln!("lab {} down: warning: {w}", self.id());
+        }
+    }
+}
+
+/// Tears down lab `id` whether or not it is running, complete, or recorded: stops the processes
+/// recorded in its state.json (only those still in the lab's namespaces), removes every
+/// namespace named `weft<id>-*` and the lab directory. Idempotent.
+pub fn down(id: &str) -> anyhow::Result<DownReport> {
+    let names = LabNames::new(id).map_err(|e| UsageError::new(e.to_string()))?;
+    Ok(down::teardown(&names, |pid| !procs::observe(pid).alive))
+}

@@ -1,0 +1,266 @@
+//! Every name, path and address of a lab, computed from its id. Pure: no I/O.
+//!
+//! Namespaces are `weft<id>-<name>`: `weft0-u` (underlay and router), `weft0-etcd`, `weft0-ext`,
+//! nodes `weft0-n1`.., pods `weft0-n1-p1`.. (made by the agents). Files live in
+//! `/run/weft-lab/<id>/`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Where labs keep their files.
+pub const LAB_ROOT: &str = "/run/weft-lab";
+/// Underlay bridge address; the underlay namespace routes toward the external namespace.
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// Router side of the link to the external namespace.
+pub const EXT_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The external host: outside the cluster; the router has no route to pod subnets.
+pub const EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const EXT_PREFIX: u8 = 24;
+pub const ETCD_ENDPOINT: &str = "http://172.30.0.2:2379";
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const SUBNET_LEN: u8 = 24;
+pub const NETWORK: &str = "default";
+/// Node addresses are 172.30.0.(10+i).
+pub const MAX_NODES: usize = 200;
+pub const MAX_PODS: usize = 50;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("--id: expected 1 to 12 lowercase letters or digits, found {0:?}")]
+    BadId(String),
+    #[error("expected a target like n1, n1/p2, etcd, u or ext, found {0:?}")]
+    BadTarget(String),
+}
+
+/// Checks a lab id: short, `[a-z0-9]`, so `weft<id>-` prefixes never overlap.
+pub fn validate_id(id: &str) -> Result<(), NameError> {
+    if id.is_empty() || id.len() > 12 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(NameError::BadId(id.to_string()));
+    }
+    Ok(())
+}
+
+/// Files of one node's agent, all inside the node's lab directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub subnet_env: PathBuf,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Names of one lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabNames {
+    id: String,
+    dir: PathBuf,
+}
+
+impl LabNames {
+    pub fn new(id: &str) -> Result<Self, NameError> {
+        Self::with_root(id, Path::new(LAB_ROOT))
+    }
+
+    /// Same names with the files under another root (for tests).
+    pub fn with_root(id: &str, root: &Path) -> Result<Self, NameError> {
+        validate_id(id)?;
+        Ok(Self { id: id.to_string(), dir: root.join(id) })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `weft<id>-`: every namespace of this lab starts with it.
+    pub fn prefix(&self) -> String {
+        format!("weft{}-", self.id)
+    }
+
+    pub fn owns_ns(&self, ns: &str) -> bool {
+        ns.strip_prefix(&self.prefix()).is_some_and(|rest| !rest.is_empty())
+    }
+
+    pub fn underlay_ns(&self) -> String {
+        format!("{}u", self.prefix())
+    }
+
+    pub fn etcd_ns(&self) -> String {
+        format!("{}etcd", self.prefix())
+    }
+
+    pub fn ext_ns(&self) -> String {
+        format!("{}ext", self.prefix())
+    }
+
+    /// `n<i>` (1-based).
+    pub fn node_name(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// `p<j>` (1-based).
+    pub fn pod_name(j: usize) -> String {
+        format!("p{j}")
+    }
+
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix())
+    }
+
+    /// Namespace of pod `pod` on node `i`, as the lab configures it.
+    pub fn pod_ns(&self, i: usize, pod: &str) -> String {
+        format!("{}n{i}-{pod}", self.prefix())
+    }
+
+    pub fn node_id(&self, i: usize) -> String {
+        format!("lab-{}-n{i}", self.id)
+    }
+
+    /// 172.30.0.(10+i); callers keep `i` within [`MAX_NODES`].
+    pub fn node_ip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(172, 30, 0, u8::try_from(10 + i).unwrap_or(255))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn etcd_data_dir(&self) -> PathBuf {
+        self.dir.join("etcd").join("data")
+    }
+
+    pub fn etcd_log(&self) -> PathBuf {
+        self.dir.join("etcd").join("etcd.log")
+    }
+
+    pub fn node_paths(&self, i: usize) -> NodePaths {
+        let dir = self.dir.join(Self::node_name(i));
+        NodePaths {
+            config: dir.join("agent.toml"),
+            state_dir: dir.join("state"),
+            subnet_env: dir.join("subnet.env"),
+            socket: dir.join("agent.sock"),
+            pid_file: dir.join("agent.pid"),
+            log: dir.join("agent.log"),
+            dir,
+        }
+    }
+}
+
+/// What `lab exec` runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Node(usize),
+    /// Node index and pod name.
+    Pod(usize, String),
+    Etcd,
+    Underlay,
+    Ext,
+}
+
+impl FromStr for Target {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        let bad = || NameError::BadTarget(s.to_string());
+        match s {
+            "etcd" => return Ok(Target::Etcd),
+            "u" => return Ok(Target::Underlay),
+            "ext" => return Ok(Target::Ext),
+            _ => {}
+        }
+        let (node, pod) = match s.split_once('/') {
+            Some((n, p)) => (n, Some(p)),
+            None => (s, None),
+        };
+        let i = node
+            .strip_prefix('n')
+            .filter(|d| !d.is_empty() && !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<usize>().ok())
+            .filter(|i| (1..=MAX_NODES).contains(i))
+            .ok_or_else(bad)?;
+        match pod {
+            None => Ok(Target::Node(i)),
+            Some(p) if weft_config::agent::valid_name(p) => Ok(Target::Pod(i, p.to_string())),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl Target {
+    /// The namespace by the lab's naming rule.
+    pub fn netns(&self, names: &LabNames) -> String {
+        match self {
+            Target::Node(i) => names.node_ns(*i),
+            Target::Pod(i, p) => names.pod_ns(*i, p),
+            Target::Etcd => names.etcd_ns(),
+            Target::Underlay => names.underlay_ns(),
+            Target::Ext => names.ext_ns(),
+        }
+    }
+
+    /// The node a target belongs to (whose socket `WEFT_SOCKET` points at).
+    pub fn node(&self) -> Option<usize> {
+        match self {
+            Target::Node(i) | Target::Pod(i, _) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_scheme() {
+        let n = LabNames::new("0").expect("id");
+        assert_eq!(n.underlay_ns(), "weft0-u");
+        assert_eq!(n.etcd_ns(), "weft0-etcd");
+        assert_eq!(n.ext_ns(), "weft0-ext");
+        assert_eq!(n.node_ns(3), "weft0-n3");
+        assert_eq!(n.pod_ns(3, "p2"), "weft0-n3-p2");
+        assert_eq!(n.node_id(3), "lab-0-n3");
+        assert_eq!(LabNames::node_ip(1), Ipv4Addr::new(172, 30, 0, 11));
+        assert_eq!(n.dir(), Path::new("/run/weft-lab/0"));
+        let p = n.node_paths(2);
+        assert_eq!(p.socket, Path::new("/run/weft-lab/0/n2/agent.sock"));
+        assert_eq!(p.config, Path::new("/run/weft-lab/0/n2/agent.toml"));
+        assert!(n.owns_ns("weft0-n1-p1"));
+        assert!(!n.owns_ns("weft01-n1"), "lab 01 is another lab");
+        assert!(!n.owns_ns("weft0-"));
+        assert!(!n.owns_ns("other"));
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(LabNames::new("t7").is_ok());
+        for bad in ["", "A", "a-b", "a/b", "1234567890123"] {
+            assert_eq!(LabNames::new(bad), Err(NameError::BadId(bad.to_string())), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        let n = LabNames::new("2").expect("id");
+        let t: Target = "n1/p2".parse().expect("pod");
+        assert_eq!(t, Target::Pod(1, "p2".into()));
+        assert_eq!(t.netns(&n), "weft2-n1-p2");
+        assert_eq!(t.node(), Some(1));
+        assert_eq!("n12".parse::<Target>(), Ok(Target::Node(12)));
+        assert_eq!("etcd".parse::<Target>().map(|t| t.netns(&n)), Ok("weft2-etcd".into()));
+        assert_eq!("u".parse::<Target>().map(|t| t.netns(&n)), Ok("weft2-u".into()));
+        assert_eq!("ext".parse::<Target>().map(|t| t.node()), Ok(None));
+        for bad in ["", "n", "n0", "n01", "x1", "n1/", "n1/P", "n1/a/b", "n999", "n-1", "/p1"] {
+            assert!(bad.parse::<Target>().is_err(), "{bad:?} should be refused");
+        }
+    }
+}

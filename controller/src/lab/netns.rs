@@ -1,0 +1,181 @@
+//! Entering named network namespaces (`/run/netns/<name>`) safely.
+//!
+//! Only the network namespace is ever entered, and only by a thread made for the purpose
+//! ([`in_netns`]) or by a child between fork and exec ([`enter_on_exec`]): never the calling
+//! thread, never a tokio worker, and never the mount namespace (`ip netns exec` would add a
+//! private one, hiding the pod namespaces the agents bind-mount under /run/netns).
+
+use nix::mount::MntFlags;
+use nix::sched::CloneFlags;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("opening network namespace {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("entering network namespace {name}: {source}")]
+    Setns { name: String, source: nix::Error },
+    #[error("thread for namespace {name} did not start: {source}")]
+    Thread { name: String, source: std::io::Error },
+    #[error("thread entered a namespace other than {name} (inode check failed)")]
+    Mismatch { name: String },
+    #[error("listing {NETNS_DIR}: {0}")]
+    List(std::io::Error),
+    #[error("removing network namespace {name}: {message}")]
+    Remove { name: String, message: String },
+}
+
+/// Identity of a namespace: device and inode of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// The namespace behind `/run/netns/<name>`, if it exists.
+pub fn ns_id(name: &str) -> Option<NsId> {
+    std::fs::metadata(netns_path(name)).ok().map(|m| NsId { dev: m.dev(), ino: m.ino() })
+}
+
+/// The network namespace of process `pid`, if it is alive and visible.
+pub fn pid_ns_id(pid: u32) -> Option<NsId> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| NsId { dev: m.dev(), ino: m.ino() })
+}
+
+fn thread_ns_id() -> Option<NsId> {
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| NsId { dev: m.dev(), ino: m.ino() })
+}
+
+fn open(name: &str) -> Result<File, NetnsError> {
+    let path = netns_path(name);
+    File::open(&path).map_err(|source| NetnsError::Open { path, source })
+}
+
+/// Runs `f` on a new OS thread that first enters network namespace `name`; the calling thread
+/// never changes namespace. Sockets opened inside `f` stay bound to that namespace. A panic in
+/// `f` is resumed in the caller (so test assertions inside `f` fail the test normally).
+pub fn in_netns<T, F>(name: &str, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    let file = open(name)?;
+    let want = ns_id(name);
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn_scoped(s, move || -> Result<T, NetnsError> {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetnsError::Setns { name: name.to_string(), source })?;
+                if want.is_none() || thread_ns_id() != want {
+                    return Err(NetnsError::Mismatch { name: name.to_string() });
+                }
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Thread { name: name.to_string(), source })?;
+        match handle.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Makes `cmd` enter network namespace `name` in the child, after fork and before exec, and
+/// optionally start a new session (so a daemon outlives the terminal that started it).
+pub fn enter_on_exec(cmd: &mut Command, name: &str, new_session: bool) -> Result<(), NetnsError> {
+    let file = open(name)?;
+    // SAFETY: the closure runs in the forked child before exec; it only makes the setns and
+    // setsid system calls (async-signal-safe) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            if new_session {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A `Command` for `program` that runs in network namespace `name`.
+pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, NetnsError> {
+    let mut cmd = Command::new(program);
+    enter_on_exec(&mut cmd, name, false)?;
+    Ok(cmd)
+}
+
+/// Names under /run/netns (none if the directory does not exist).
+pub fn list() -> Result<Vec<String>, NetnsError> {
+    let rd = match std::fs::read_dir(NETNS_DIR) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(NetnsError::List(e)),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(NetnsError::List)?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes a named namespace: detach its bind mount, then the file (what `ip netns del` does,
+/// without giving up on a half-made one). Processes still inside keep the namespace alive.
+pub fn remove(name: &str) -> Result<(), NetnsError> {
+    let path = netns_path(name);
+    let err = |message: String| NetnsError::Remove { name: name.to_string(), message };
+    match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point (a half-made namespace); ENOENT: already gone.
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(err(format!("unmounting {}: {e}", path.display()))),
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(format!("removing {}: {e}", path.display()))),
+    }
+}
+
+/// Writes a sysctl under /proc/sys inside namespace `name` (from a thread that entered it, after
+/// checking it did), e.g. `write_sysctl(ns, "net/ipv4/ip_forward", "1")`.
+pub fn write_sysctl(name: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        key.starts_with("net/") && !key.contains(".."),
+        "refusing sysctl {key}: only per-namespace net/ keys are written by the lab"
+    );
+    let path = Path::new("/proc/sys").join(key);
+    in_netns(name, || std::fs::write(&path, value))?
+        .map_err(|e| anyhow::anyhow!("writing {} in namespace {name}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_namespace_is_an_error_naming_it() {
+        let e = in_netns("weft-no-such-namespace", || ()).expect_err("missing");
+        assert!(e.to_string().starts_with("opening network namespace /run/netns/weft-no-such-namespace: "), "{e}");
+        let e = command_in("weft-no-such-namespace", "true").expect_err("missing");
+        assert!(matches!(e, NetnsError::Open { .. }));
+        assert!(remove("weft-no-such-namespace").is_ok(), "removing a missing namespace is a no-op");
+    }
+
+    #[test]
+    fn sysctls_outside_net_are_refused() {
+        let e = write_sysctl("weft-no-such-namespace", "kernel/hostname", "x").expect_err("refused");
+        assert!(e.to_string().starts_with("refusing sysctl kernel/hostname"), "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The lab's wiring, made with iproute2 inside the lab's namespaces (`ip -n NS -batch -`: one
+//! process per namespace and step). Nothing here touches the root namespace: every `ip` call
+//! names a lab namespace, and sysctls are written from a thread inside one.
+//!
+//! ```text
+//!  weft0-etcd (172.30.0.2) ─┐
+//!  weft0-n1 (172.30.0.11) ──┼─ br0 in weft0-u (172.30.0.1, forwards) ── vext 203.0.113.1 ── weft0-ext (203.0.113.2)
+//!  weft0-nN (172.30.0.10+N)─┘
+//! ```
+
+use super::names::{LabNames, EXT_IP, EXT_PREFIX, EXT_ROUTER_IP, ROUTER_IP, UNDERLAY_PREFIX};
+use super::netns::write_sysctl;
+use anyhow::Context;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+pub const BRIDGE: &str = "br0";
+
+/// Runs `cmd` to completion; a failure names `what`, the command and its stderr.
+pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<Output> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{what}: starting {shown}"))?;
+    if !out.status.success() {
+        anyhow::bail!("{what}: {shown} failed ({}): {}", out.status, one_line(&out.stderr));
+    }
+    Ok(out)
+}
+
+fn one_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `ip netns add NAME`.
+pub fn add_netns(name: &str) -> anyhow::Result<()> {
+    run(Command::new("ip").args(["netns", "add", name]), &format!("creating namespace {name}")).map(drop)
+}
+
+/// Runs `lines` as one `ip -n NS -batch -`; the first failing line stops it and is reported.
+pub fn ip_batch(ns: &str, lines: &[String], what: &str) -> anyhow::Result<()> {
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{what}: starting ip -n {ns} -batch -"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(lines.join("\n").as_bytes()).with_context(|| format!("{what}: feeding ip -batch"))?;
+        stdin.write_all(b"\n").with_context(|| format!("{what}: feeding ip -batch"))?;
+    }
+    let out = child.wait_with_output().with_context(|| format!("{what}: waiting for ip -batch"))?;
+    if !out.status.success() {
+        anyhow::bail!("{what}: ip -n {ns} -batch failed ({}): {}", out.status, one_line(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The underlay bridge and router, and the external namespace behind it.
+pub fn underlay_lines(names: &LabNames) -> (Vec<String>, Vec<String>) {
+    let ext = names.ext_ns();
+    let u = vec![
+        "link set lo up".to_string(),
+        format!("link add {BRIDGE} type bridge"),
+        format!("addr add {ROUTER_IP}/{UNDERLAY_PREFIX} dev {BRIDGE}"),
+        format!("link set {BRIDGE} up"),
+        format!("link add vext type veth peer name eth0 netns {ext}"),
+        format!("addr add {EXT_ROUTER_IP}/{EXT_PREFIX} dev vext"),
+        "link set vext up".to_string(),
+    ];
+    let e = vec![
+        "link set lo up".to_string(),
+        "link set eth0 up".to_string(),
+        format!("addr add {EXT_IP}/{EXT_PREFIX} dev eth0"),
+        format!("route add default via {EXT_ROUTER_IP}"),
+    ];
+    (u, e)
+}
+
+/// Underlay side (`host_if` on the bridge) and inside side (`eth0` with `ip`, default route via
+/// the router) of a namespace attached to the underlay.
+pub fn attach_lines(ns: &str, host_if: &str, ip: Ipv4Addr) -> (Vec<String>, Vec<String>) {
+    let u = vec![
+        format!("link add {host_if} type veth peer name eth0 netns {ns}"),
+        format!("link set {host_if} master {BRIDGE}"),
+        format!("link set {host_if} up"),
+    ];
+    let inside = vec![
+        "link set lo up".to_string(),
+        "link set eth0 up".to_string(),
+        format!("addr add {ip}/{UNDERLAY_PREFIX} dev eth0"),
+        format!("route add default via {ROUTER_IP}"),
+    ];
+    (u, inside)
+}
+
+/// Builds the underlay, router and external namespace (all three namespaces already exist).
+pub fn setup_underlay(names: &LabNames) -> anyhow::Result<()> {
+    let (u, e) = underlay_lines(names);
+    ip_batch(&names.underlay_ns(), &u, "building the underlay")?;
+    ip_batch(&names.ext_ns(), &e, "building the external namespace")?;
+    write_sysctl(&names.underlay_ns(), "net/ipv4/ip_forward", "1")
+}
+
+/// Attaches namespace `ns` (already made) to the underlay bridge with address `ip`.
+pub fn attach(names: &LabNames, ns: &str, host_if: &str, ip: Ipv4Addr, forward: bool) -> anyhow::Result<()> {
+    let (u, inside) = attach_lines(ns, host_if, ip);
+    ip_batch(&names.underlay_ns(), &u, &format!("attaching {ns} to the underlay"))?;
+    ip_batch(ns, &inside, &format!("addressing {ns}"))?;
+    if forward {
+        write_sysctl(ns, "net/ipv4/ip_forward", "1")?;
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a log file, for error messages (or why it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            if all.is_empty() {
+                format!("{} is empty", path.display())
+            } else {
+                format!("last lines of {}:\n{}", path.display(), all[start..].join("\n"))
+            }
+        }
+        Err(e) => format!("cannot read {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wiring_lines_name_only_lab_namespaces() {
+        let names = LabNames::new("5").expect("id");
+        let (u, e) = underlay_lines(&names);
+        assert!(u.contains(&"link add vext type veth peer name eth0 netns weft5-ext".to_string()));
+        assert!(u.contains(&"addr add 172.30.0.1/24 dev br0".to_string()));
+        assert_eq!(e.last().map(String::as_str), Some("route add default via 203.0.113.1"));
+        let (u, inside) = attach_lines("weft5-n2", "vn2", LabNames::node_ip(2));
+        assert_eq!(u[0], "link add vn2 type veth peer name eth0 netns weft5-n2");
+        assert!(inside.contains(&"addr add 172.30.0.12/24 dev eth0".to_string()));
+        assert!(inside.contains(&"route add default via 172.30.0.1".to_string()));
+    }
+
+    #[test]
+    fn tails() {
+        let p = std::env::temp_dir().join(format!("weftctl-tail-{}", std::process::id()));
+        std::fs::write(&p, "a\nb\nc\n").expect("write");
+        assert_eq!(tail(&p, 2), format!("last lines of {}:\nb\nc", p.display()));
+        let _ = std::fs::remove_file(&p);
+        assert!(tail(&p, 2).starts_with("cannot read"));
+    }
+}

@@ -1,0 +1,124 @@
+//! What `lab status` shows: per node, the recorded agent pid, whether it runs, and what the
+//! agent itself reports over its socket.
+
+use super::names::LabNames;
+use crate::output::table;
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use weft_config::api::Status;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    /// `n1`.
+    pub node: String,
+    pub index: usize,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    /// Agent pid recorded in state.json.
+    pub pid: Option<u32>,
+    /// The recorded agent process is alive.
+    pub running: bool,
+    /// The agent's own answer to `status`, when it answered.
+    pub agent: Option<Status>,
+    /// Why there is no answer.
+    pub error: Option<String>,
+}
+
+impl NodeStatus {
+    /// A node about which nothing could be learned.
+    pub fn failed(names: &LabNames, i: usize, error: &str) -> Self {
+        Self {
+            node: LabNames::node_name(i),
+            index: i,
+            netns: names.node_ns(i),
+            underlay_ip: LabNames::node_ip(i),
+            pid: None,
+            running: false,
+            agent: None,
+            error: Some(error.to_string()),
+        }
+    }
+
+    /// Ready by the agent's own account.
+    pub fn ready(&self) -> bool {
+        self.agent.as_ref().is_some_and(|a| a.ready)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LabStatus {
+    pub id: String,
+    pub backend: String,
+    pub etcd_endpoint: String,
+    pub etcd_pid: Option<u32>,
+    pub etcd_running: bool,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The human form of `lab status`.
+pub fn render(s: &LabStatus) -> String {
+    let mut out = format!(
+        "lab {}: backend {}, etcd {} {}\n",
+        s.id,
+        s.backend,
+        s.etcd_endpoint,
+        match (s.etcd_pid, s.etcd_running) {
+            (Some(p), true) => format!("(pid {p}, running)"),
+            (Some(p), false) => format!("(pid {p}, DEAD)"),
+            (None, _) => "(not started)".to_string(),
+        }
+    );
+    let rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let agent = match (n.pid, n.running) {
+                (Some(p), true) => format!("{p}"),
+                (Some(p), false) => format!("{p} (dead)"),
+                (None, _) => "stopped".to_string(),
+            };
+            let (ready, subnet, ip, pods) = match &n.agent {
+                Some(a) => (
+                    if a.ready { "yes" } else { "no" }.to_string(),
+                    a.subnet.clone().unwrap_or_else(|| "-".into()),
+                    a.public_ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
+                    if a.pods.is_empty() {
+                        "-".to_string()
+                    } else {
+                        a.pods.iter().map(|p| format!("{}={}", p.name, p.ip)).collect::<Vec<_>>().join(" ")
+                    },
+                ),
+                None => ("-".into(), "-".into(), "-".into(), n.error.clone().map_or("-".into(), |e| format!("({e})"))),
+            };
+            vec![n.node.clone(), n.underlay_ip.to_string(), agent, ready, subnet, ip, pods]
+        })
+        .collect();
+    out.push_str(&table(&["NODE", "UNDERLAY", "AGENT-PID", "READY", "SUBNET", "PUBLIC-IP", "PODS"], &rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_agent_shows_as_such() {
+        let names = LabNames::new("0").expect("id");
+        let mut n = NodeStatus::failed(&names, 1, "connecting to agent socket /x: refused");
+        n.pid = Some(77);
+        let s = LabStatus {
+            id: "0".into(),
+            backend: "host-gw".into(),
+            etcd_endpoint: "http://172.30.0.2:2379".into(),
+            etcd_pid: Some(5),
+            etcd_running: true,
+            nodes: vec![n],
+        };
+        let r = render(&s);
+        assert!(r.starts_with("lab 0: backend host-gw, etcd http://172.30.0.2:2379 (pid 5, running)\n"), "{r}");
+        assert!(
+            r.contains("n1    172.30.0.11  77 (dead)  -      -       -          (connecting to agent socket"),
+            "{r}"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! `weftctl nodes` and `weftctl node evict`: subnet records joined with heartbeats.
+//!
+//! Records come from other machines, so they are parsed as untrusted input: a malformed one
+//! becomes a row that says so, never a crash.
+
+use crate::etcd::deadline;
+use crate::output::{age, table};
+use anyhow::Context;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use weft_config::{Heartbeat, Keys, SubnetRecord};
+
+/// One line of `weftctl nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRow {
+    /// Node name; `None` for a malformed record.
+    pub node: Option<String>,
+    /// Subnet (from the key), `None` for a node with a heartbeat but no subnet record.
+    pub subnet: Option<String>,
+    pub public_ip: Option<String>,
+    pub backend: Option<String>,
+    pub node_id: Option<String>,
+    /// A heartbeat with the same node id is present.
+    pub alive: bool,
+    /// Seconds since the heartbeat's `updated`.
+    pub age_secs: Option<u64>,
+    pub status: Option<String>,
+    /// What is wrong with the record, if anything.
+    pub problem: Option<String>,
+}
+
+/// A key and its value as read from etcd.
+pub type Kv = (String, Vec<u8>);
+
+/// Joins subnet records with heartbeats. `now` is seconds since the Unix epoch.
+pub fn build_rows(keys: &Keys, subnets: &[Kv], heartbeats: &[Kv], now: u64) -> Vec<NodeRow> {
+    let mut beats: BTreeMap<String, Result<Heartbeat, String>> = BTreeMap::new();
+    for (k, v) in heartbeats {
+        if let Some(name) = keys.node_segment(k) {
+            beats.insert(name.to_string(), Heartbeat::from_json(k, v).map_err(|e| e.to_string()));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    for (k, v) in subnets {
+        let subnet = keys
+            .subnet_segment(k)
+            .map(|seg| weft_config::subnet::from_key_form(seg).map_or_else(|| seg.to_string(), |s| s.to_string()));
+        match SubnetRecord::from_json(k, v) {
+            Ok(r) => {
+                let hb = beats.get(&r.node);
+                seen.insert(r.node.clone());
+                let (alive, age_secs, status, problem) = match hb {
+                    Some(Ok(h)) if h.node_id == r.node_id => {
+                        (true, Some(now.saturating_sub(h.updated)), Some(h.status.clone()), None)
+                    }
+                    Some(Ok(h)) => (false, None, None, Some(format!("heartbeat is from node id {:?}", h.node_id))),
+                    Some(Err(e)) => (false, None, None, Some(e.clone())),
+                    None => (false, None, None, None),
+                };
+                rows.push(NodeRow {
+                    node: Some(r.node),
+                    subnet,
+                    public_ip: Some(r.public_ip.to_string()),
+                    backend: Some(r.backend.to_string()),
+                    node_id: Some(r.node_id),
+                    alive,
+                    age_secs,
+                    status,
+                    problem,
+                });
+            }
+            Err(e) => rows.push(NodeRow {
+                node: None,
+                subnet,
+                public_ip: None,
+                backend: None,
+                node_id: None,
+                alive: false,
+                age_secs: None,
+                status: None,
+                problem: Some(format!("malformed record: {e}")),
+            }),
+        }
+    }
+    // Nodes that beat but hold no subnet (starting, or their record was evicted).
+    for (name, hb) in beats {
+        if seen.contains(&name) {
+            continue;
+        }
+        let (age_secs, status, node_id, problem) = match hb {
+            Ok(h) => {
+                (Some(now.saturating_sub(h.updated)), Some(h.status), Some(h.node_id), Some("no subnet record".into()))
+            }
+            Err(e) => (None, None, None, Some(e)),
+        };
+        rows.push(NodeRow {
+            node: Some(name),
+            subnet: None,
+            public_ip: None,
+            backend: None,
+            node_id,
+            alive: age_secs.is_some(),
+            age_secs,
+            status,
+            problem,
+        });
+    }
+    rows
+}
+
+/// The table of `weftctl nodes`; a NOTE column appears only when some row has a problem.
+pub fn render(rows: &[NodeRow]) -> String {
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let with_notes = rows.iter().any(|r| r.problem.is_some());
+    let mut headers = vec!["NODE", "SUBNET", "PUBLIC-IP", "BACKEND", "ALIVE", "AGE"];
+    if with_notes {
+        headers.push("NOTE");
+    }
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.node.clone().unwrap_or_else(|| "<malformed>".into()),
+                dash(&r.subnet),
+                dash(&r.public_ip),
+                dash(&r.backend),
+                if r.alive { "yes" } else { "no" }.to_string(),
+                r.age_secs.map_or_else(|| "-".into(), |s| age(Duration::from_secs(s))),
+            ];
+            if with_notes {
+                row.push(dash(&r.problem));
+            }
+            row
+        })
+        .collect();
+    table(&headers, &body)
+}
+
+/// Reads every key under `prefix` as (key, value) pairs.
+pub async fn list_prefix(client: &mut Client, prefix: &str, timeout: Duration) -> anyhow::Result<Vec<Kv>> {
+    let resp = deadline(timeout, client.get(prefix, Some(GetOptions::new().with_prefix())))
+        .await
+        .with_context(|| format!("listing {prefix}"))?;
+    Ok(resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect())
+}
+
+pub async fn list(client: &mut Client, network: &str, timeout: Duration, now: u64) -> anyhow::Result<Vec<NodeRow>> {
+    let keys = Keys::new(network);
+    let subnets = list_prefix(client, &keys.subnets_prefix(), timeout).await?;
+    let beats = list_prefix(client, &keys.nodes_prefix(), timeout).await?;
+    Ok(build_rows(&keys, &subnets, &beats, now))
+}
+
+/// Deletes the subnet record(s) of node `name` and its heartbeat. Each record is deleted only if
+/// unchanged since it was read. Returns the deleted subnet keys; none found is an error.
+pub async fn evict(client: &mut Client, network: &str, name: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
+    let keys = Keys::new(network);
+    let prefix = keys.subnets_prefix();
+    let resp = deadline(timeout, client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+        .await
+        .with_context(|| format!("listing {prefix}"))?;
+    let mut compares = Vec::new();
+    let mut ops = Vec::new();
+    let mut deleted = Vec::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if SubnetRecord::from_json(&key, kv.value()).is_ok_and(|r| r.node == name) {
+            compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()));
+            ops.push(TxnOp::delete(key.as_str(), None));
+            deleted.push(key);
+        }
+    }
+    if deleted.is_empty() {
+        anyhow::bail!("node {name} holds no subnet record in network {network}");
+    }
+    ops.push(TxnOp::delete(keys.node(name), None));
+    let r = deadline(timeout, client.txn(Txn::new().when(compares).and_then(ops)))
+        .await
+        .with_context(|| format!("deleting the records of node {name}"))?;
+    if !r.succeeded() {
+        anyhow::bail!("the records of node {name} changed while evicting it; look again with weftctl nodes");
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> Kv {
+        (k.to_string(), v.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn join_records_and_heartbeats() {
+        let keys = Keys::new("default");
+        let subnets = vec![
+            kv(
+                "/weft/v1/default/subnets/10.244.1.0-24",
+                r#"{"schema":1,"node":"n1","node_id":"id1","public_ip":"172.30.0.11","backend":"host-gw"}"#,
+            ),
+            kv(
+                "/weft/v1/default/subnets/10.244.2.0-24",
+                r#"{"schema":1,"node":"n2","node_id":"id2","public_ip":"172.30.0.12","backend":"host-gw"}"#,
+            ),
+            kv("/weft/v1/default/subnets/10.244.3.0-24", "garbage"),
+        ];
+        let beats = vec![
+            kv("/weft/v1/default/nodes/n1", r#"{"schema":1,"node_id":"id1","status":"ready","updated":990}"#),
+            kv("/weft/v1/default/nodes/n2", r#"{"schema":1,"node_id":"other","status":"ready","updated":990}"#),
+            kv("/weft/v1/default/nodes/n4", r#"{"schema":1,"node_id":"id4","status":"starting","updated":999}"#),
+        ];
+        let rows = build_rows(&keys, &subnets, &beats, 1000);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0].node.as_deref(), Some("n1"));
+        assert!(rows[0].alive);
+        assert_eq!(rows[0].age_secs, Some(10));
+        assert_eq!(rows[0].subnet.as_deref(), Some("10.244.1.0/24"));
+        assert!(!rows[1].alive, "heartbeat of another machine does not count");
+        assert!(rows[2].problem.as_deref().is_some_and(|p| p.starts_with("malformed record: ")));
+        assert_eq!(rows[3].node.as_deref(), Some("n4"));
+        assert_eq!(rows[3].problem.as_deref(), Some("no subnet record"));
+
+        let t = render(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NODE         SUBNET         PUBLIC-IP    BACKEND  ALIVE  AGE  NOTE"), "{t}");
+        assert!(lines[1].starts_with("n1           10.244.1.0/24  172.30.0.11  host-gw  yes    10s  -"), "{t}");
+        assert!(
+            lines[3].starts_with("<malformed>  10.244.3.0/24  -            -        no     -    malformed record"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn no_notes_column_when_all_is_well() {
+        let rows = build_rows(&Keys::new("default"), &[], &[], 0);
+        assert_eq!(render(&rows), "NODE  SUBNET  PUBLIC-IP  BACKEND  ALIVE  AGE\n");
+    }
+}
