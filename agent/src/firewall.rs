@@ -34,7 +34,9 @@
 //!      outside the cluster (masqueraded or routed); the `! -s C` keeps a spoofed plaintext
 //!      "reply" from a peer pod's address on the underlay out;
 //!   4. `-d C -j DROP` — any other pod-addressed traffic (plaintext on the underlay, spoofed
-//!      sources on the tun or bridge) is dropped even when the host's policy is ACCEPT.
+//!      sources on the tun or bridge) is dropped even when the host's policy is ACCEPT. This also
+//!      drops new connections to pods from other local interfaces (say, Docker containers) and
+//!      DNAT from the underlay to pods: in quic mode pods are reached through the tunnel only.
 //!
 //! iptables, nat table, only with `ip_masq`: `-I POSTROUTING 1 ... -j WEFT-MASQ-<sfx>`, inside:
 //! `-s C -d C -j RETURN` (pod to pod is never masqueraded), then
@@ -56,13 +58,17 @@
 //! - the jump missing, duplicated, different, or placed after a rule with target `DROP`/`REJECT`
 //!   → removed and inserted at position 1. A jump that is not first but preceded only by other
 //!   rules (Docker re-inserting `DOCKER-USER` at the top, another weft network) is left alone, so
-//!   nobody fights over position 1. The nat jump may be anywhere;
+//!   nobody fights over position 1. (A foreign `DROP` before the jump is thus overtaken, not
+//!   deleted.) The nat jump may be anywhere: its `RETURN` only leaves weft's chain, so a host-wide
+//!   `MASQUERADE` elsewhere in `POSTROUTING` is the host's business either way;
 //! - nft: weft's rules in a chain must equal the wanted list in order, with no foreign rule
 //!   carrying a `drop`/`reject` verdict before the last of them; otherwise they are deleted (by
 //!   handle) and re-inserted at the top in one atomic nft transaction.
 //!
-//! Every part runs even when another fails; the errors are returned together. A missing
-//! `iptables` or `nft` yields [`FirewallError::MissingProgram`] naming it.
+//! Every part runs even when another fails; the errors are returned together (one error as
+//! itself, several as [`FirewallError::Multiple`]). A missing `iptables` or `nft` yields
+//! [`FirewallError::MissingProgram`] naming it. Each change is logged (`info`) as it is made, so
+//! changes made before a failure are not lost from the log.
 //!
 //! `remove` (node leaves) deletes weft's jumps and chains and every rule tagged `weft:<net>` in
 //! foreign forward chains, going on past failures. It depends only on `spec.network`.
@@ -203,7 +209,7 @@ impl Runner for SystemRunner {
     }
 }
 
-/// What one `ensure` did.
+/// What one `ensure` did (each entry has also been logged at `info`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Human-readable list of what was (re)added or fixed; empty when all was in place.
@@ -218,7 +224,7 @@ impl Report {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FirewallError {
-    #[error("`{program}` not found (searched PATH and /usr/sbin, /sbin, /usr/local/sbin); weft needs it for its forwarding rules")]
+    #[error("`{program}` not found (searched PATH and the sbin directories); weft needs it for its forwarding rules")]
     MissingProgram { program: String },
     #[error("`{command}` failed ({status}): {stderr}")]
     CommandFailed { command: String, status: String, stderr: String },
@@ -366,8 +372,8 @@ impl<R: Runner> Firewall<R> {
         let listing = self.xt_list(table)?;
 
         let have: Vec<&Vec<String>> = listing.rules_in(chain).collect();
-        let content_ok = have.len() == want.rules.len()
-            && have.iter().zip(&want.rules).all(|(h, w)| xt_groups(h) == xt_groups(w));
+        let content_ok =
+            have.len() == want.rules.len() && have.iter().zip(&want.rules).all(|(h, w)| xt_groups(h) == xt_groups(w));
         if !listing.chains.contains(chain) {
             self.xt(table, &["-N", chain])?;
             changed.push(format!("iptables -t {table}: created chain {chain}"));
@@ -448,7 +454,8 @@ impl<R: Runner> Firewall<R> {
         let list = json!({ "list": { "chain": { "family": chain.family, "table": chain.table, "name": chain.name } } });
         let text = json!({ "nftables": [list] }).to_string();
         let out = self.runner.run(NFT, &["-j", &text])?;
-        parse_nft_rules(&out, chain).map_err(|detail| FirewallError::Parse { command: render_command(NFT, &["-j", &text]), detail })
+        parse_nft_rules(&out, chain)
+            .map_err(|detail| FirewallError::Parse { command: render_command(NFT, &["-j", &text]), detail })
     }
 
     fn ensure_nft_chain(
@@ -464,9 +471,7 @@ impl<R: Runner> Firewall<R> {
         let content_ok = ours.len() == want.len()
             && ours.iter().zip(want).all(|((_, r), w)| normalize_json(&r.expr) == normalize_json(w));
         let placed_ok = match ours.last() {
-            Some((last, _)) => {
-                !rules[..*last].iter().any(|r| r.comment.as_deref() != Some(tag) && nft_drops(&r.expr))
-            }
+            Some((last, _)) => !rules[..*last].iter().any(|r| r.comment.as_deref() != Some(tag) && nft_drops(&r.expr)),
             None => want.is_empty(),
         };
         if content_ok && placed_ok {
@@ -772,7 +777,9 @@ fn xt_groups(args: &[String]) -> Vec<String> {
 
 /// The `-j`/`-g` target of a rule.
 fn xt_target(args: &[String]) -> Option<&str> {
-    args.windows(2).find(|w| w[0] == "-j" || w[0] == "-g" || w[0] == "--jump" || w[0] == "--goto").map(|w| w[1].as_str())
+    args.windows(2)
+        .find(|w| w[0] == "-j" || w[0] == "-g" || w[0] == "--jump" || w[0] == "--goto")
+        .map(|w| w[1].as_str())
 }
 
 // ---- nft listing ----
@@ -786,7 +793,8 @@ struct NftChain {
 
 impl NftChain {
     fn delete_rule(&self, handle: u64) -> Value {
-        json!({ "delete": { "rule": { "family": self.family, "table": self.table, "chain": self.name, "handle": handle } } })
+        let rule = json!({ "family": self.family, "table": self.table, "chain": self.name, "handle": handle });
+        json!({ "delete": { "rule": rule } })
     }
 }
 
@@ -826,7 +834,8 @@ fn parse_nft_forward_chains(text: &str) -> Result<Vec<NftChain>, String> {
         if str_field(c, "hook") != Some("forward") {
             continue;
         }
-        let (Some(family), Some(table), Some(name)) = (str_field(c, "family"), str_field(c, "table"), str_field(c, "name"))
+        let (Some(family), Some(table), Some(name)) =
+            (str_field(c, "family"), str_field(c, "table"), str_field(c, "name"))
         else {
             return Err(format!("forward chain without family, table or name: {c}"));
         };
@@ -911,5 +920,699 @@ fn into_result(errors: Vec<FirewallError>) -> Result<(), FirewallError> {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         _ => Err(FirewallError::Multiple(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fixtures are real outputs captured on Debian 12 (iptables 1.8.9 nf_tables, nft 1.0.6) inside a
+    //! scratch network namespace; spec: network `t`, cluster 10.244.0.0/16, node 10.244.1.0/24,
+    //! bridge `r-c1`, tun `r-c2`.
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    const DOCKER_FILTER_BEFORE: &str = "-P INPUT ACCEPT
+-P FORWARD DROP
+-P OUTPUT ACCEPT
+-N DOCKER
+-N DOCKER-ISOLATION-STAGE-1
+-N DOCKER-USER
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-USER -j RETURN
+";
+    const DOCKER_FILTER_AFTER: &str = r#"-P INPUT ACCEPT
+-P FORWARD DROP
+-P OUTPUT ACCEPT
+-N DOCKER
+-N DOCKER-ISOLATION-STAGE-1
+-N DOCKER-USER
+-N WEFT-FWD-t
+-A FORWARD -m comment --comment "weft:t" -j WEFT-FWD-t
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-USER -j RETURN
+-A WEFT-FWD-t -s 10.244.0.0/16 -m comment --comment "weft:t" -j ACCEPT
+-A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment "weft:t" -j ACCEPT
+"#;
+    /// After `iptables -F WEFT-FWD-t` (what a firewall reload of the chain looks like).
+    const DOCKER_FILTER_FLUSHED: &str = r#"-P INPUT ACCEPT
+-P FORWARD DROP
+-P OUTPUT ACCEPT
+-N DOCKER
+-N DOCKER-ISOLATION-STAGE-1
+-N DOCKER-USER
+-N WEFT-FWD-t
+-A FORWARD -m comment --comment "weft:t" -j WEFT-FWD-t
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-USER -j RETURN
+"#;
+    const DOCKER_NAT_BEFORE: &str = "-P PREROUTING ACCEPT
+-P INPUT ACCEPT
+-P OUTPUT ACCEPT
+-P POSTROUTING ACCEPT
+-N DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+";
+    const DOCKER_NAT_AFTER: &str = r#"-P PREROUTING ACCEPT
+-P INPUT ACCEPT
+-P OUTPUT ACCEPT
+-P POSTROUTING ACCEPT
+-N DOCKER
+-N WEFT-MASQ-t
+-A POSTROUTING -m comment --comment "weft:t" -j WEFT-MASQ-t
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A WEFT-MASQ-t -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "weft:t" -j RETURN
+-A WEFT-MASQ-t -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft:t" -j MASQUERADE --random-fully
+"#;
+    const DOCKER_CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "filter", "name": "DOCKER", "handle": 1}}, {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-ISOLATION-STAGE-1", "handle": 2}}, {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 3}}, {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 6, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"chain": {"family": "ip", "table": "filter", "name": "WEFT-FWD-t", "handle": 11}}, {"chain": {"family": "ip", "table": "nat", "name": "DOCKER", "handle": 1}}, {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING", "handle": 2, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}, {"chain": {"family": "ip", "table": "nat", "name": "WEFT-MASQ-t", "handle": 4}}]}"#;
+    const TUNNEL_FILTER_AFTER: &str = r#"-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-P OUTPUT ACCEPT
+-N WEFT-FWD-t
+-A FORWARD -m comment --comment "weft:t" -j WEFT-FWD-t
+-A WEFT-FWD-t -s 10.244.0.0/16 -d 10.244.1.0/24 -i r-c2 -m comment --comment "weft:t" -j ACCEPT
+-A WEFT-FWD-t -s 10.244.1.0/24 -i r-c1 -m comment --comment "weft:t" -j ACCEPT
+-A WEFT-FWD-t ! -s 10.244.0.0/16 -d 10.244.1.0/24 -o r-c1 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "weft:t" -j ACCEPT
+-A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment "weft:t" -j DROP
+"#;
+    const EMPTY_FILTER: &str = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n";
+    const EMPTY_NAT: &str = "-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n";
+    /// A pure nftables host: `table inet filter { chain forward { ...; policy drop; ct state invalid drop; } }`.
+    const NFT_CHAINS_BEFORE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}]}"#;
+    const NFT_CHAINS_AFTER: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"chain": {"family": "ip", "table": "filter", "name": "WEFT-FWD-t", "handle": 1}}, {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 4, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}]}"#;
+    const NFT_FORWARD_BEFORE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}}]}"#;
+    const NFT_FORWARD_AFTER: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 4, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 3, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}}]}"#;
+    /// Tunnel rules of `t`, open rules of a second network `t2`, a foreign `ip saddr 10.244.1.2 drop`
+    /// and `ct state invalid drop`.
+    const NFT_FORWARD_TUNNEL: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 12, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c2"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 11, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 10, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "r-c1"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 9, "comment": "weft:t2", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.245.0.0", "len": 16}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 8, "comment": "weft:t2", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.245.0.0", "len": 16}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.244.1.2"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}}]}"#;
+
+    const FILTER_LIST: &str = "iptables -w 5 -t filter -S";
+    const NAT_LIST: &str = "iptables -w 5 -t nat -S";
+    const NFT_CHAINS: &str = "nft -j list chains";
+    const NFT_LIST_FWD: &str = "nft list chain inet filter forward";
+
+    /// Records every command (nft JSON rendered as nft syntax) and answers from a table; commands
+    /// without an entry succeed with empty output.
+    #[derive(Default)]
+    struct Fake {
+        answers: HashMap<String, Result<String, FirewallError>>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Fake {
+        fn with(mut self, command: &str, output: &str) -> Self {
+            self.answers.insert(command.to_string(), Ok(output.to_string()));
+            self
+        }
+        fn failing(mut self, command: &str, err: FirewallError) -> Self {
+            self.answers.insert(command.to_string(), Err(err));
+            self
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+        fn writes(&self) -> Vec<String> {
+            self.calls().into_iter().filter(|c| !is_listing(c)).collect()
+        }
+    }
+
+    fn is_listing(c: &str) -> bool {
+        c.ends_with(" -S") || c == NFT_CHAINS || c.starts_with("nft list chain ")
+    }
+
+    impl Runner for Fake {
+        fn run(&self, program: &str, args: &[&str]) -> Result<String, FirewallError> {
+            let call = describe(program, args);
+            self.calls.borrow_mut().push(call.clone());
+            self.answers.get(&call).cloned().unwrap_or(Ok(String::new()))
+        }
+    }
+
+    fn describe(program: &str, args: &[&str]) -> String {
+        match (program, args) {
+            ("nft", ["-j", doc]) if doc.starts_with('{') => {
+                let doc: Value = serde_json::from_str(doc).expect("nft JSON input");
+                let cmds = doc["nftables"].as_array().expect("nftables array");
+                let lines: Vec<String> = cmds.iter().map(nft_command_text).collect();
+                format!("nft {}", lines.join("; "))
+            }
+            _ => render_command(program, args),
+        }
+    }
+
+    fn nft_command_text(cmd: &Value) -> String {
+        if let Some(c) = cmd.pointer("/list/chain") {
+            return format!("list chain {} {} {}", c["family"].as_str().unwrap_or("?"), c["table"], c["name"])
+                .replace('"', "");
+        }
+        if let Some(r) = cmd.pointer("/delete/rule") {
+            return format!("delete rule {} {} {} handle {}", r["family"], r["table"], r["chain"], r["handle"])
+                .replace('"', "");
+        }
+        if let Some(r) = cmd.pointer("/insert/rule") {
+            let head = format!("insert rule {} {} {}", r["family"], r["table"], r["chain"]).replace('"', "");
+            return format!("{head} {} comment {}", nft_expr_text(&r["expr"]), r["comment"]);
+        }
+        panic!("unexpected nft command {cmd}")
+    }
+
+    /// Just enough of nft's syntax for weft's own rules.
+    fn nft_expr_text(expr: &Value) -> String {
+        let mut out = Vec::new();
+        for e in expr.as_array().expect("expr array") {
+            if e.get("accept").is_some() {
+                out.push("accept".to_string());
+                continue;
+            }
+            let m = e.get("match").expect("match");
+            let left = if let Some(p) = m["left"].get("payload") {
+                format!("ip {}", p["field"].as_str().unwrap_or("?"))
+            } else if let Some(k) = m["left"].pointer("/meta/key") {
+                k.as_str().unwrap_or("?").to_string()
+            } else {
+                format!("ct {}", m["left"].pointer("/ct/key").and_then(Value::as_str).unwrap_or("?"))
+            };
+            let right = match &m["right"] {
+                Value::String(s) if left.ends_with("ifname") => format!("\"{s}\""),
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+                v => format!(
+                    "{}/{}",
+                    v.pointer("/prefix/addr").and_then(Value::as_str).unwrap_or("?"),
+                    v["prefix"]["len"]
+                ),
+            };
+            let op = if m["op"] == "!=" { "!= " } else { "" };
+            out.push(format!("{left} {op}{right}"));
+        }
+        out.join(" ")
+    }
+
+    fn spec(mode: ForwardMode, ip_masq: bool) -> FirewallSpec {
+        FirewallSpec {
+            network: "t".into(),
+            cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            node_subnet: "10.244.1.0/24".parse().expect("subnet"),
+            bridge: "r-c1".into(),
+            mode,
+            ip_masq,
+        }
+    }
+
+    fn tunnel() -> ForwardMode {
+        ForwardMode::Tunnel { tun: "r-c2".into() }
+    }
+
+    fn docker_host(filter: &str, nat: &str) -> Fake {
+        Fake::default().with(FILTER_LIST, filter).with(NAT_LIST, nat).with(NFT_CHAINS, DOCKER_CHAINS)
+    }
+
+    fn nft_host(forward: &str) -> Fake {
+        Fake::default()
+            .with(FILTER_LIST, EMPTY_FILTER)
+            .with(NAT_LIST, EMPTY_NAT)
+            .with(NFT_CHAINS, NFT_CHAINS_BEFORE)
+            .with(NFT_LIST_FWD, forward)
+    }
+
+    #[test]
+    fn first_ensure_on_a_docker_host_writes_chain_jump_and_masquerade() {
+        let fw = Firewall::new(docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE));
+        let report = fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
+        assert_eq!(
+            fw.runner().calls(),
+            [
+                "iptables -w 5 -t filter -S",
+                "iptables -w 5 -t filter -N WEFT-FWD-t",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -I FORWARD 1 -m comment --comment weft:t -j WEFT-FWD-t",
+                "iptables -w 5 -t nat -S",
+                "iptables -w 5 -t nat -N WEFT-MASQ-t",
+                "iptables -w 5 -t nat -A WEFT-MASQ-t -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment weft:t -j RETURN",
+                "iptables -w 5 -t nat -A WEFT-MASQ-t -s 10.244.0.0/16 '!' -d 224.0.0.0/4 -m comment --comment weft:t -j MASQUERADE --random-fully",
+                "iptables -w 5 -t nat -I POSTROUTING 1 -m comment --comment weft:t -j WEFT-MASQ-t",
+                "nft -j list chains",
+            ]
+        );
+        assert_eq!(report.changed.len(), 6, "{report:?}");
+    }
+
+    #[test]
+    fn first_ensure_on_a_pure_nftables_host_inserts_at_the_top_of_the_forward_chain() {
+        let fw = Firewall::new(nft_host(NFT_FORWARD_BEFORE));
+        let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
+        assert_eq!(
+            fw.runner().calls(),
+            [
+                "iptables -w 5 -t filter -S",
+                "iptables -w 5 -t filter -N WEFT-FWD-t",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -I FORWARD 1 -m comment --comment weft:t -j WEFT-FWD-t",
+                "iptables -w 5 -t nat -S",
+                "nft -j list chains",
+                "nft list chain inet filter forward",
+                // One transaction; each insert goes to the top, hence the reverse order.
+                "nft insert rule inet filter forward ip daddr 10.244.0.0/16 accept comment \"weft:t\"; \
+                 insert rule inet filter forward ip saddr 10.244.0.0/16 accept comment \"weft:t\"",
+            ]
+        );
+        assert_eq!(
+            report.changed.last().map(String::as_str),
+            Some("nft inet filter forward: inserted 2 weft rules at the top")
+        );
+    }
+
+    #[test]
+    fn tunnel_rules_on_first_ensure() {
+        let fw = Firewall::new(nft_host(NFT_FORWARD_BEFORE));
+        fw.ensure(&spec(tunnel(), false)).expect("ensure");
+        let writes = fw.runner().writes();
+        assert_eq!(
+            writes[1..5],
+            [
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.0.0/16 -d 10.244.1.0/24 -i r-c2 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.1.0/24 -i r-c1 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t '!' -s 10.244.0.0/16 -d 10.244.1.0/24 -o r-c1 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment weft:t -j DROP",
+            ]
+        );
+        assert_eq!(
+            writes.last().map(String::as_str),
+            Some(
+                "nft insert rule inet filter forward oifname \"r-c1\" ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 ct state established,related accept comment \"weft:t\"; \
+                 insert rule inet filter forward iifname \"r-c1\" ip saddr 10.244.1.0/24 accept comment \"weft:t\"; \
+                 insert rule inet filter forward iifname \"r-c2\" ip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 accept comment \"weft:t\""
+            )
+        );
+    }
+
+    #[test]
+    fn second_ensure_with_everything_in_place_only_lists() {
+        let fw = Firewall::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER));
+        let report = fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
+        assert!(report.is_unchanged(), "{report:?}");
+        assert_eq!(fw.runner().calls(), [FILTER_LIST, NAT_LIST, NFT_CHAINS]);
+
+        let nft = Fake::default()
+            .with(FILTER_LIST, TUNNEL_FILTER_AFTER)
+            .with(NAT_LIST, EMPTY_NAT)
+            .with(NFT_CHAINS, NFT_CHAINS_AFTER)
+            .with(NFT_LIST_FWD, NFT_FORWARD_TUNNEL);
+        let fw = Firewall::new(nft);
+        let report = fw.ensure(&spec(tunnel(), false)).expect("ensure");
+        assert!(report.is_unchanged(), "{report:?}");
+        // iptables-nft's own ip filter FORWARD is not listed through nft.
+        assert_eq!(fw.runner().calls(), [FILTER_LIST, NAT_LIST, NFT_CHAINS, NFT_LIST_FWD]);
+    }
+
+    #[test]
+    fn a_flushed_chain_is_refilled_and_nothing_else_is_touched() {
+        let fw = Firewall::new(docker_host(DOCKER_FILTER_FLUSHED, DOCKER_NAT_AFTER));
+        let report = fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+            ]
+        );
+        assert_eq!(report.changed, ["iptables -t filter: wrote the 2 rules of WEFT-FWD-t"]);
+
+        // A firewall reload that dropped everything: chain, jump and nft rules come back.
+        let fw = Firewall::new(
+            nft_host(NFT_FORWARD_BEFORE).with(FILTER_LIST, DOCKER_FILTER_BEFORE).with(NFT_CHAINS, NFT_CHAINS_AFTER),
+        );
+        let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
+        assert_eq!(report.changed.len(), 4, "{report:?}");
+        assert!(fw.runner().writes().iter().any(|w| w.starts_with("nft insert rule inet filter forward")));
+    }
+
+    #[test]
+    fn ip_masq_false_removes_only_weft_masquerade() {
+        let fw = Firewall::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER));
+        let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "iptables -w 5 -t nat -D POSTROUTING -m comment --comment weft:t -j WEFT-MASQ-t",
+                "iptables -w 5 -t nat -F WEFT-MASQ-t",
+                "iptables -w 5 -t nat -X WEFT-MASQ-t",
+            ]
+        );
+        assert_eq!(report.changed.len(), 2);
+        // Already absent: no writes.
+        let fw = Firewall::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_BEFORE));
+        assert!(fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure").is_unchanged());
+        assert!(fw.runner().writes().is_empty());
+    }
+
+    #[test]
+    fn changed_cidr_or_mode_replaces_the_rules() {
+        let mut s = spec(ForwardMode::Open, false);
+        s.cluster_cidr = "10.250.0.0/16".parse().expect("cidr");
+        s.node_subnet = "10.250.3.0/24".parse().expect("subnet");
+        let fw = Firewall::new(
+            nft_host(NFT_FORWARD_AFTER).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER),
+        );
+        let report = fw.ensure(&s).expect("ensure");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "iptables -w 5 -t filter -F WEFT-FWD-t",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.250.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.250.0.0/16 -m comment --comment weft:t -j ACCEPT",
+                "nft delete rule inet filter forward handle 4; delete rule inet filter forward handle 3; \
+                 insert rule inet filter forward ip daddr 10.250.0.0/16 accept comment \"weft:t\"; \
+                 insert rule inet filter forward ip saddr 10.250.0.0/16 accept comment \"weft:t\"",
+            ]
+        );
+        assert_eq!(report.changed.len(), 2);
+
+        // Open -> Tunnel on the same CIDR: chain refilled, nft rules replaced.
+        let fw = Firewall::new(
+            nft_host(NFT_FORWARD_AFTER).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER),
+        );
+        fw.ensure(&spec(tunnel(), false)).expect("ensure");
+        let writes = fw.runner().writes();
+        assert_eq!(writes[0], "iptables -w 5 -t filter -F WEFT-FWD-t");
+        assert!(writes[5].starts_with(
+            "nft delete rule inet filter forward handle 4; delete rule inet filter forward handle 3; insert"
+        ));
+    }
+
+    #[test]
+    fn jump_placement() {
+        let with_forward = |forward: &str| {
+            let filter = DOCKER_FILTER_AFTER.replace(
+                "-A FORWARD -m comment --comment \"weft:t\" -j WEFT-FWD-t\n-A FORWARD -j DOCKER-USER\n",
+                forward,
+            );
+            Firewall::new(docker_host(&filter, DOCKER_NAT_AFTER))
+        };
+        // Docker re-inserted DOCKER-USER at the top: left alone, no fight over position 1.
+        let fw = with_forward("-A FORWARD -j DOCKER-USER\n-A FORWARD -m comment --comment \"weft:t\" -j WEFT-FWD-t\n");
+        assert!(fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure").is_unchanged());
+        assert!(fw.runner().writes().is_empty());
+
+        // A DROP before the jump: the jump moves to the top.
+        let fw = with_forward(
+            "-A FORWARD -s 10.244.0.0/16 -j DROP\n-A FORWARD -m comment --comment \"weft:t\" -j WEFT-FWD-t\n-A FORWARD -j DOCKER-USER\n",
+        );
+        fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "iptables -w 5 -t filter -D FORWARD -m comment --comment weft:t -j WEFT-FWD-t",
+                "iptables -w 5 -t filter -I FORWARD 1 -m comment --comment weft:t -j WEFT-FWD-t",
+            ]
+        );
+
+        // Duplicate or untagged jumps are replaced by one tagged jump.
+        let fw = with_forward("-A FORWARD -j WEFT-FWD-t\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j WEFT-FWD-t\n");
+        fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "iptables -w 5 -t filter -D FORWARD -j WEFT-FWD-t",
+                "iptables -w 5 -t filter -D FORWARD -j WEFT-FWD-t",
+                "iptables -w 5 -t filter -I FORWARD 1 -m comment --comment weft:t -j WEFT-FWD-t",
+            ]
+        );
+    }
+
+    #[test]
+    fn nft_rules_below_a_foreign_drop_move_back_to_the_top() {
+        // What `nft insert rule inet filter forward ip saddr 10.244.1.2 drop` after weft looks like.
+        let forward = NFT_FORWARD_AFTER.replace(
+            r#"{"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 4,"#,
+            r#"{"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.244.1.2"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 4,"#,
+        );
+        let fw =
+            Firewall::new(nft_host(&forward).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER));
+        let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
+        assert_eq!(report.changed, ["nft inet filter forward: replaced 2 weft rules at the top"]);
+        // Other networks' accepts above weft's rules are fine.
+        let fw = Firewall::new(
+            nft_host(NFT_FORWARD_TUNNEL).with(FILTER_LIST, TUNNEL_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER),
+        );
+        let mut t2 = spec(ForwardMode::Open, false);
+        t2.network = "t2".into();
+        t2.cluster_cidr = "10.245.0.0/16".parse().expect("cidr");
+        t2.node_subnet = "10.245.1.0/24".parse().expect("subnet");
+        fw.ensure(&t2).expect("ensure");
+        assert!(!fw.runner().writes().iter().any(|w| w.starts_with("nft")), "{:?}", fw.runner().writes());
+    }
+
+    #[test]
+    fn remove_deletes_only_weft_rules_of_its_network() {
+        let fw = Firewall::new(
+            docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER)
+                .with(NFT_CHAINS, NFT_CHAINS_AFTER)
+                .with(NFT_LIST_FWD, NFT_FORWARD_TUNNEL),
+        );
+        fw.remove(&spec(tunnel(), true)).expect("remove");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "iptables -w 5 -t filter -D FORWARD -m comment --comment weft:t -j WEFT-FWD-t",
+                "iptables -w 5 -t filter -F WEFT-FWD-t",
+                "iptables -w 5 -t filter -X WEFT-FWD-t",
+                "iptables -w 5 -t nat -D POSTROUTING -m comment --comment weft:t -j WEFT-MASQ-t",
+                "iptables -w 5 -t nat -F WEFT-MASQ-t",
+                "iptables -w 5 -t nat -X WEFT-MASQ-t",
+                // Handles 9 and 8 (network t2), 5 and 2 (foreign) stay.
+                "nft delete rule inet filter forward handle 12; delete rule inet filter forward handle 11; \
+                 delete rule inet filter forward handle 10",
+            ]
+        );
+        // Nothing of weft's left: only listings.
+        let fw = Firewall::new(
+            docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE)
+                .with(NFT_CHAINS, NFT_CHAINS_BEFORE)
+                .with(NFT_LIST_FWD, NFT_FORWARD_BEFORE),
+        );
+        fw.remove(&spec(ForwardMode::Open, false)).expect("remove");
+        assert!(fw.runner().writes().is_empty(), "{:?}", fw.runner().writes());
+    }
+
+    #[test]
+    fn remove_goes_on_past_failures_and_reports_all() {
+        let busy = FirewallError::CommandFailed {
+            command: "iptables".into(),
+            status: "exit status 4".into(),
+            stderr: "Resource temporarily unavailable".into(),
+        };
+        let fw = Firewall::new(
+            docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER)
+                .failing("iptables -w 5 -t filter -D FORWARD -m comment --comment weft:t -j WEFT-FWD-t", busy.clone())
+                .failing("iptables -w 5 -t filter -X WEFT-FWD-t", busy.clone())
+                .failing(NFT_CHAINS, FirewallError::MissingProgram { program: "nft".into() }),
+        );
+        let errors = fw.remove(&spec(ForwardMode::Open, true)).expect_err("failures");
+        assert_eq!(errors, [busy, FirewallError::MissingProgram { program: "nft".into() }]);
+        let writes = fw.runner().writes();
+        assert!(writes.contains(&"iptables -w 5 -t filter -F WEFT-FWD-t".to_string()));
+        assert!(writes.contains(&"iptables -w 5 -t nat -X WEFT-MASQ-t".to_string()));
+        assert_eq!(fw.runner().calls().last().map(String::as_str), Some(NFT_CHAINS));
+    }
+
+    #[test]
+    fn missing_programs_are_named_and_the_rest_still_applied() {
+        let fw = Firewall::new(
+            docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE)
+                .failing(NFT_CHAINS, FirewallError::MissingProgram { program: "nft".into() }),
+        );
+        let err = fw.ensure(&spec(ForwardMode::Open, true)).expect_err("nft missing");
+        assert_eq!(err, FirewallError::MissingProgram { program: "nft".into() });
+        assert!(err.to_string().starts_with("`nft` not found"), "{err}");
+        assert_eq!(fw.runner().writes().len(), 8);
+
+        let gone = FirewallError::MissingProgram { program: "iptables".into() };
+        let fw = Firewall::new(
+            nft_host(NFT_FORWARD_BEFORE).failing(FILTER_LIST, gone.clone()).failing(NAT_LIST, gone.clone()),
+        );
+        // Reported once although both tables failed; nft rules were still written.
+        assert_eq!(fw.ensure(&spec(ForwardMode::Open, true)), Err(gone));
+        assert!(fw.runner().writes().iter().any(|w| w.starts_with("nft insert")));
+    }
+
+    #[test]
+    fn several_failures_are_all_returned() {
+        let broken =
+            FirewallError::CommandFailed { command: "x".into(), status: "exit status 1".into(), stderr: "no".into() };
+        let fw = Firewall::new(
+            nft_host(NFT_FORWARD_BEFORE)
+                .failing("iptables -w 5 -t filter -N WEFT-FWD-t", broken.clone())
+                .failing(NFT_LIST_FWD, FirewallError::Parse { command: "nft".into(), detail: "bad".into() }),
+        );
+        let err = fw.ensure(&spec(ForwardMode::Open, true)).expect_err("failures");
+        let FirewallError::Multiple(errors) = &err else { panic!("expected Multiple, got {err:?}") };
+        assert_eq!(errors.len(), 2);
+        assert!(err.to_string().starts_with("2 firewall steps failed: "), "{err}");
+        // The nat part ran although the filter part failed.
+        assert!(fw.runner().writes().iter().any(|w| w.contains("-t nat -I POSTROUTING 1")));
+    }
+
+    #[test]
+    fn forward_chains_of_iptables_nft_and_other_families_are_skipped() {
+        let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "ip", "table": "mangle", "name": "FORWARD", "handle": 2, "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "forward", "handle": 3, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "ip6", "table": "filter", "name": "forward", "handle": 4, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "bridge", "table": "f", "name": "forward", "handle": 5, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD", "handle": 6, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_INPUT", "handle": 7, "type": "filter", "hook": "input", "prio": 10, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "my fw", "name": "fwd x", "handle": 8, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"table": {"family": "inet", "name": "x", "handle": 9}}, {"set": {"whatever": true}}]}"#;
+        let chains = parse_nft_forward_chains(listing).expect("parse");
+        let names: Vec<String> = chains.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["ip filter forward", "inet firewalld filter_FORWARD", "ip my fw fwd x"]);
+        assert!(parse_nft_forward_chains("").expect("empty").is_empty());
+        assert!(parse_nft_forward_chains(DOCKER_CHAINS).expect("docker").is_empty());
+        assert!(parse_nft_forward_chains("not json").is_err());
+        assert!(parse_nft_forward_chains(r#"{"x": 1}"#).is_err());
+        // Names with spaces go through JSON, never through nft's command-line parser.
+        let fw = Firewall::new(Fake::default());
+        let chain = NftChain { family: "ip".into(), table: "my fw".into(), name: "fwd x".into() };
+        fw.nft_chain_rules(&chain).expect("list");
+        assert_eq!(fw.runner().calls(), ["nft list chain ip my fw fwd x"]);
+    }
+
+    #[test]
+    fn nft_rule_parsing_is_tolerant_but_needs_handles() {
+        let chain = NftChain { family: "inet".into(), table: "filter".into(), name: "forward".into() };
+        let rules = parse_nft_rules(NFT_FORWARD_TUNNEL, &chain).expect("parse");
+        assert_eq!(rules.iter().map(|r| r.handle).collect::<Vec<_>>(), [12, 11, 10, 9, 8, 5, 2]);
+        assert_eq!(rules[3].comment.as_deref(), Some("weft:t2"));
+        assert!(nft_drops(&rules[5].expr) && !nft_drops(&rules[0].expr));
+        let no_handle =
+            r#"{"nftables": [{"rule": {"family": "inet", "table": "filter", "chain": "forward", "expr": []}}]}"#;
+        assert!(parse_nft_rules(no_handle, &chain).is_err());
+        // Our expressions are exactly what nft lists, up to the order of set elements.
+        let listed: Vec<Value> =
+            rules.iter().filter(|r| r.comment.as_deref() == Some("weft:t")).map(|r| r.expr.clone()).collect();
+        let want = nft_rule_exprs(&spec(tunnel(), false));
+        assert_eq!(
+            listed.iter().map(normalize_json).collect::<Vec<_>>(),
+            want.iter().map(normalize_json).collect::<Vec<_>>()
+        );
+        let ct = json!({ "ct": { "key": "state" } });
+        let swapped = json!([nft_match("in", ct.clone(), json!(["related", "established"]))]);
+        let listed = json!([{ "match": { "op": "in", "left": ct, "right": ["established", "related"] } }]);
+        assert_eq!(normalize_json(&swapped), normalize_json(&listed));
+        // A /32 is listed as a plain address.
+        assert_eq!(nft_prefix("10.1.2.3/32".parse().expect("net")), json!("10.1.2.3"));
+        assert_eq!(
+            nft_prefix("10.1.2.3/16".parse().expect("net")),
+            json!({ "prefix": { "addr": "10.1.0.0", "len": 16 } })
+        );
+    }
+
+    #[test]
+    fn iptables_listing_parsing() {
+        let table = XtTable::parse(TUNNEL_FILTER_AFTER).expect("parse");
+        assert!(table.chains.contains("WEFT-FWD-t") && table.chains.contains("FORWARD"));
+        assert_eq!(table.rules_in("WEFT-FWD-t").count(), 4);
+        assert_eq!(
+            split_words(r#"-A X -m comment --comment "a \"b\" c" -j Y"#).expect("split"),
+            ["-A", "X", "-m", "comment", "--comment", "a \"b\" c", "-j", "Y"]
+        );
+        assert!(split_words(r#"-A X --comment "open"#).is_err());
+        assert!(XtTable::parse("# Warning: iptables-legacy tables present\n-P FORWARD DROP\n").is_ok());
+        assert!(XtTable::parse("garbage here").is_err());
+        // Option order does not matter (iptables-legacy prints -i before -s, for example).
+        let nft_order = split_words("-s 10.244.0.0/16 -d 10.244.1.0/24 -i r-c2 -m comment --comment weft:t -j ACCEPT")
+            .expect("split");
+        let other = split_words("-i r-c2 -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment \"weft:t\" -j ACCEPT")
+            .expect("split");
+        assert_eq!(xt_groups(&nft_order), xt_groups(&other));
+        let negated = split_words("! -s 10.244.0.0/16 -j ACCEPT").expect("split");
+        let plain = split_words("-s 10.244.0.0/16 -j ACCEPT").expect("split");
+        assert_ne!(xt_groups(&negated), xt_groups(&plain));
+        assert_eq!(xt_target(&negated), Some("ACCEPT"));
+        assert_eq!(xt_target(&split_words("-g WEFT").expect("split")), Some("WEFT"));
+    }
+
+    #[test]
+    fn chain_names_are_per_network_and_short_enough() {
+        let mut s = spec(ForwardMode::Open, false);
+        assert_eq!(
+            (s.forward_chain(), s.masq_chain(), s.tag()),
+            ("WEFT-FWD-t".into(), "WEFT-MASQ-t".into(), "weft:t".into())
+        );
+        s.network = "a".repeat(18);
+        assert_eq!(s.masq_chain(), format!("WEFT-MASQ-{}", "a".repeat(18)));
+        assert_eq!(s.masq_chain().len(), 28);
+        s.network = "production-cluster-eu-west-1".into();
+        assert_eq!(s.forward_chain(), format!("WEFT-FWD-producti-H{:08X}", fnv1a32(b"production-cluster-eu-west-1")));
+        let other = FirewallSpec { network: "production-cluster-eu-west-2".into(), ..s.clone() };
+        assert_ne!(s.forward_chain(), other.forward_chain());
+        s.network = "x".repeat(63);
+        assert!(s.masq_chain().len() <= 28 && s.forward_chain().len() <= 28);
+        // FNV-1a reference values.
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+    }
+
+    #[test]
+    fn invalid_specs_are_refused_before_any_command() {
+        let cases: Vec<(FirewallSpec, &str)> = vec![
+            (FirewallSpec { network: "Bad Name".into(), ..spec(ForwardMode::Open, false) }, "network name"),
+            (FirewallSpec { bridge: "-j".into(), ..spec(ForwardMode::Open, false) }, "bridge interface"),
+            (FirewallSpec { bridge: "a\"b".into(), ..spec(ForwardMode::Open, false) }, "bridge interface"),
+            (spec(ForwardMode::Tunnel { tun: "sixteen-chars-xx".into() }, false), "tun interface"),
+            (spec(ForwardMode::Tunnel { tun: "r-c1".into() }, false), "both"),
+            (
+                FirewallSpec { node_subnet: "10.99.1.0/24".parse().expect("net"), ..spec(ForwardMode::Open, false) },
+                "not inside",
+            ),
+            (
+                FirewallSpec { cluster_cidr: "0.0.0.0/0".parse().expect("net"), ..spec(ForwardMode::Open, false) },
+                "0.0.0.0/0",
+            ),
+        ];
+        for (s, needle) in cases {
+            let fw = Firewall::new(Fake::default());
+            let err = fw.ensure(&s).expect_err("invalid");
+            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+            assert!(fw.runner().calls().is_empty());
+        }
+        let fw = Firewall::new(Fake::default());
+        assert!(fw.remove(&FirewallSpec { network: String::new(), ..spec(ForwardMode::Open, false) }).is_err());
+        assert!(fw.runner().calls().is_empty());
+    }
+
+    #[test]
+    fn system_runner_errors() {
+        // Harmless programs only: nothing here touches a firewall.
+        let r = SystemRunner;
+        assert_eq!(
+            r.run("weft-no-such-program", &[]),
+            Err(FirewallError::MissingProgram { program: "weft-no-such-program".into() })
+        );
+        assert_eq!(r.run("sh", &["-c", "echo out"]).as_deref(), Ok("out\n"));
+        match r.run("sh", &["-c", "echo 'line one' >&2; echo two >&2; exit 3"]) {
+            Err(FirewallError::CommandFailed { command, status, stderr }) => {
+                assert_eq!(command, "sh -c 'echo '\\''line one'\\'' >&2; echo two >&2; exit 3'");
+                assert_eq!(status, "exit status 3");
+                assert_eq!(stderr, "line one; two");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
