@@ -1,1 +1,141 @@
+//! Helpers for the integration tests: each test builds its own lab (real etcd, real agents,
+//! real kernel, all inside namespaces named `weft<id>-…`), and the lab's `Drop` removes it
+//! again, also when an assertion fails.
 
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+use weft_controller::lab::{in_netns, Lab, LabSpec};
+
+/// Integration tests need root (namespaces, veths, routes). They fail without it, never skip.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "integration tests need root: they build network namespaces; run ./deploy/test.sh as root"
+    );
+}
+
+/// Brings up a lab with `nodes` × `pods`, reconciling every 2 s so "within one reconcile"
+/// checks stay short.
+pub fn lab(id: &str, nodes: usize, pods: usize, tweak: impl FnOnce(&mut LabSpec)) -> Lab {
+    require_root();
+    let mut spec = LabSpec { id: id.into(), nodes, pods, reconcile_secs: 2, ..LabSpec::default() };
+    tweak(&mut spec);
+    match Lab::up(spec) {
+        Ok(l) => l,
+        Err(e) => panic!("lab {id} did not come up: {e:#}"),
+    }
+}
+
+/// The address the agent of node `i` gave pod `pod` (e.g. "p1").
+pub fn pod_ip(lab: &Lab, i: usize, pod: &str) -> Ipv4Addr {
+    let st = lab.wait_ready(i, Duration::from_secs(20)).unwrap_or_else(|e| panic!("node n{i} not ready: {e:#}"));
+    st.pods
+        .iter()
+        .find(|p| p.name == pod)
+        .map(|p| p.ip)
+        .unwrap_or_else(|| panic!("n{i} has no pod {pod}: {:?}", st.pods))
+}
+
+/// One ping with a one-second deadline.
+pub fn ping(lab: &Lab, from: &str, to: Ipv4Addr) -> bool {
+    let to = to.to_string();
+    lab.exec(from, &["ping", "-n", "-q", "-c1", "-W1", &to]).map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Polls `f` every 100 ms until it is true or `timeout` passes; returns how long it took.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node's whole IPv4 main route table, from `ip -j route`, as sorted one-line strings
+/// (`dst [via gw] dev X proto P [scope S] [src A]`).
+pub fn route_table(lab: &Lab, i: usize) -> Vec<String> {
+    let out = lab.exec(&format!("n{i}"), &["ip", "-4", "-j", "route", "show", "table", "main"]).expect("ip route");
+    assert!(out.status.success(), "ip route failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j route output is JSON");
+    let mut lines: Vec<String> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+            let mut line = s("dst").unwrap_or_default();
+            if let Some(t) = s("type").filter(|t| t != "unicast") {
+                line = format!("{t} {line}");
+            }
+            if let Some(g) = s("gateway") {
+                line += &format!(" via {g}");
+            }
+            if let Some(d) = s("dev") {
+                line += &format!(" dev {d}");
+            }
+            if let Some(p) = r.get("protocol").map(|p| p.to_string().trim_matches('"').to_string()) {
+                line += &format!(" proto {p}");
+            }
+            if let Some(sc) = s("scope").filter(|sc| sc != "global") {
+                line += &format!(" scope {sc}");
+            }
+            if let Some(src) = s("prefsrc") {
+                line += &format!(" src {src}");
+            }
+            line
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Opens a TCP connection from `client_ns` to `server_ip:port` served in `server_ns`, sends a
+/// few bytes, and returns the peer address the server saw.
+pub fn tcp_source_seen(server_ns: &str, server_ip: Ipv4Addr, port: u16, client_ns: &str) -> Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server_ns2 = server_ns.to_string();
+    let server = std::thread::spawn(move || -> Result<SocketAddr> {
+        in_netns(&server_ns2, || -> Result<SocketAddr> {
+            let l = TcpListener::bind((server_ip, port)).with_context(|| format!("binding {server_ip}:{port}"))?;
+            let _ = tx.send(());
+            l.set_nonblocking(false)?;
+            let (mut s, peer) = l.accept()?;
+            let mut buf = [0u8; 5];
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.read_exact(&mut buf)?;
+            if &buf != b"hello" {
+                bail!("server got {buf:?}");
+            }
+            Ok(peer)
+        })?
+    });
+    rx.recv_timeout(Duration::from_secs(5)).context("server did not start")?;
+    in_netns(client_ns, || -> Result<()> {
+        let mut c = TcpStream::connect_timeout(&SocketAddr::from((server_ip, port)), Duration::from_secs(5))
+            .with_context(|| format!("connecting to {server_ip}:{port}"))?;
+        c.write_all(b"hello")?;
+        Ok(())
+    })??;
+    server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?
+}
+
+/// Runs a shell-free command in `target` and insists it succeeds; returns stdout.
+pub fn run_ok(lab: &Lab, target: &str, args: &[&str]) -> String {
+    let out = lab.exec(target, args).unwrap_or_else(|e| panic!("{args:?} in {target}: {e:#}"));
+    assert!(
+        out.status.success(),
+        "{args:?} in {target} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,211 @@
+//! host-gw on the lab: real etcd, real agents, real kernel, everything in namespaces.
+//! Each test builds its own lab (its own id) and the lab's Drop removes it, also on failure.
+//! Run one at a time (`--test-threads=1`): several labs at once would fight over the 2 cores.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use weft_controller::lab::Lab;
+use weft_tests::*;
+
+const PODS: [&str; 2] = ["p1", "p2"];
+
+/// Every pod's address, as (node index, pod name, ip).
+fn all_pods(lab: &Lab, nodes: usize) -> Vec<(usize, &'static str, Ipv4Addr)> {
+    (1..=nodes).flat_map(|i| PODS.iter().map(move |p| (i, *p))).map(|(i, p)| (i, p, pod_ip(lab, i, p))).collect()
+}
+
+fn expected_routes(lab: &Lab, i: usize, nodes: usize) -> Vec<String> {
+    let mut want = vec![
+        "default via 172.30.0.1 dev eth0".to_string(),
+        format!("172.30.0.0/24 dev eth0 proto kernel scope link src {}", lab.node_ip(i)),
+    ];
+    for j in 1..=nodes {
+        let st = lab.wait_ready(j, Duration::from_secs(10)).expect("ready");
+        let subnet = st.subnet.expect("subnet");
+        let gw = st.pods.first().map(|p| p.gateway).expect("pods");
+        if j == i {
+            want.push(format!("{subnet} dev weft0 proto kernel scope link src {gw}"));
+        } else {
+            want.push(format!("{subnet} via {} dev eth0 proto 213", lab.node_ip(j)));
+        }
+    }
+    want.sort();
+    want
+}
+
+#[test]
+fn three_nodes_pods_reach_each_other_without_nat() {
+    let lab = lab("t1", 3, 2, |_| {});
+    let pods = all_pods(&lab, 3);
+
+    // Distinct subnets, one per node, and pod addresses inside them.
+    let subnets: std::collections::BTreeSet<String> =
+        (1..=3).map(|i| lab.wait_ready(i, Duration::from_secs(5)).expect("ready").subnet.expect("subnet")).collect();
+    assert_eq!(subnets.len(), 3, "{subnets:?}");
+
+    // Every pod pings every pod on the other nodes.
+    let mut failures = vec![];
+    for (i, p, _) in &pods {
+        for (j, _, ip) in &pods {
+            if i != j && !ping(&lab, &format!("n{i}/{p}"), *ip) {
+                failures.push(format!("n{i}/{p} -> {ip}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "pings failed: {failures:?}");
+
+    // Each node reaches the remote pods itself too.
+    let (_, _, far) = pods[pods.len() - 1];
+    assert!(ping(&lab, "n1", far), "node n1 cannot reach {far}");
+
+    // TCP from n1/p1 to n3/p2: the server sees the client's pod IP (no NAT).
+    let client_ip = pod_ip(&lab, 1, "p1");
+    let server_ip = pod_ip(&lab, 3, "p2");
+    let seen = tcp_source_seen(&lab.pod_ns(3, 2), server_ip, 7001, &lab.pod_ns(1, 1)).expect("tcp");
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(client_ip), "the server must see the client's pod IP");
+
+    // Each node's whole route table is exactly what host-gw should give.
+    for i in 1..=3 {
+        assert_eq!(route_table(&lab, i), expected_routes(&lab, i, 3), "route table of n{i}");
+    }
+
+    // Without ip_masq, pods cannot reach the outside (the router has no route back to pods).
+    assert!(
+        !ping(&lab, "n1/p1", "203.0.113.2".parse().expect("lit")),
+        "pod traffic must not be masqueraded without ip_masq"
+    );
+
+    // weftctl inside the lab sees every node alive.
+    let nodes = run_ok(&lab, "n1", &["weftctl", "nodes", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&nodes).expect("nodes --json");
+    let arr = v.as_array().or_else(|| v.get("nodes").and_then(|n| n.as_array())).expect("array of nodes");
+    assert_eq!(arr.len(), 3, "{nodes}");
+}
+
+#[test]
+fn leave_withdraws_routes_from_peers_within_two_seconds() {
+    let lab = lab("t2", 3, 1, |_| {});
+    let gone = lab.wait_ready(3, Duration::from_secs(5)).expect("ready").subnet.expect("subnet");
+    for i in [1, 2] {
+        assert!(route_table(&lab, i).iter().any(|r| r.starts_with(&gone)), "n{i} should route {gone} first");
+    }
+    lab.leave(3).expect("leave");
+    for i in [1, 2] {
+        let took = wait_for(Duration::from_secs(2), || !route_table(&lab, i).iter().any(|r| r.starts_with(&gone)));
+        assert!(took.is_some(), "n{i} still routes {gone} 2 s after n3 left: {:?}", route_table(&lab, i));
+    }
+    // The leaving node removed what it made.
+    let links = run_ok(&lab, "n3", &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("weft0"), "bridge still on n3: {links}");
+    assert!(!route_table(&lab, 3).iter().any(|r| r.contains("proto 213")), "weft routes left on n3");
+    let names = run_ok(&lab, "n1", &["ip", "netns", "list"]);
+    assert!(!names.contains(&lab.pod_ns(3, 1)), "pod namespace of n3 still exists");
+    let nodes = run_ok(&lab, "n1", &["weftctl", "nodes"]);
+    assert!(!nodes.lines().any(|l| l.split_whitespace().next() == Some("n3")), "n3 still listed:\n{nodes}");
+}
+
+#[test]
+fn restart_keeps_subnet_and_pod_addresses_also_without_state_dir() {
+    let lab = lab("t3", 2, 2, |_| {});
+    let before = lab.wait_ready(1, Duration::from_secs(5)).expect("ready");
+    let ips = |st: &weft_config::api::Status| st.pods.iter().map(|p| (p.name.clone(), p.ip)).collect::<Vec<_>>();
+    let remote = pod_ip(&lab, 2, "p1");
+
+    for wipe_state in [false, true] {
+        let pid = lab.agent_pid(1).expect("pid");
+        lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+        // The data plane outlives the agent.
+        assert!(ping(&lab, "n1/p1", remote), "traffic must keep flowing while the agent is stopped");
+        if wipe_state {
+            let cfg = lab.node_config(1).expect("config");
+            std::fs::remove_dir_all(&cfg.paths.state_dir).expect("remove state dir");
+        }
+        let new_pid = lab.start_agent(1).expect("start");
+        assert_ne!(pid, new_pid, "the agent must really have restarted");
+        let after = lab.wait_ready(1, Duration::from_secs(20)).expect("ready again");
+        assert_eq!(after.subnet, before.subnet, "subnet changed across restart (state wiped: {wipe_state})");
+        assert_eq!(ips(&after), ips(&before), "pod addresses changed (state wiped: {wipe_state})");
+        assert!(ping(&lab, "n1/p1", remote), "no traffic after restart (state wiped: {wipe_state})");
+    }
+}
+
+/// Drops forwarding both ways a host can: Docker's `iptables -P FORWARD DROP` and a pure
+/// nftables `inet filter` forward chain with policy drop.
+fn drop_forwarding(lab: &Lab, node: &str) {
+    run_ok(lab, node, &["iptables", "-P", "FORWARD", "DROP"]);
+    run_ok(lab, node, &["nft", "add", "table", "inet", "filter"]);
+    run_ok(
+        lab,
+        node,
+        &["nft", "add", "chain", "inet", "filter", "forward", "{ type filter hook forward priority 0; policy drop; }"],
+    );
+}
+
+fn flush_weft_rules(lab: &Lab, node: &str) {
+    run_ok(lab, node, &["iptables", "-F", "WEFT-FWD-default"]);
+    run_ok(lab, node, &["nft", "flush", "chain", "inet", "filter", "forward"]);
+}
+
+#[test]
+fn forward_drop_policies_do_not_break_pods_and_rules_come_back() {
+    let lab = lab("t4", 2, 1, |_| {});
+    let (a, b) = (pod_ip(&lab, 1, "p1"), pod_ip(&lab, 2, "p1"));
+    for n in ["n1", "n2"] {
+        drop_forwarding(&lab, n);
+    }
+    // Within one reconcile (2 s) the agents put their accepts into the new chain too.
+    assert!(wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b)).is_some(), "FORWARD DROP broke pod traffic");
+    assert!(ping(&lab, "n2/p1", a));
+
+    // Control: with the agent stopped, flushing the rules really cuts traffic...
+    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    flush_weft_rules(&lab, "n1");
+    assert!(!ping(&lab, "n1/p1", b), "traffic passed without weft's rules: the test proves nothing");
+    // ...and a started agent restores them.
+    lab.start_agent(1).expect("start");
+    lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
+    assert!(wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b)).is_some(), "rules not restored at start");
+
+    // A flush by hand while the agent runs is repaired within one reconcile period.
+    flush_weft_rules(&lab, "n1");
+    let took = wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b));
+    assert!(took.is_some(), "rules not restored within one reconcile");
+}
+
+#[test]
+fn ip_masq_hides_pods_from_the_outside_only() {
+    let lab = lab("t5", 2, 1, |s| s.ip_masq = true);
+    let ext: Ipv4Addr = "203.0.113.2".parse().expect("lit");
+    assert!(ping(&lab, "n1/p1", ext), "with ip_masq a pod reaches the external namespace");
+    let seen = tcp_source_seen(&lab.names().ext_ns(), ext, 7002, &lab.pod_ns(1, 1)).expect("tcp to ext");
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(lab.node_ip(1)), "external side must see the node's address");
+    let (a, b) = (pod_ip(&lab, 1, "p1"), pod_ip(&lab, 2, "p1"));
+    let seen = tcp_source_seen(&lab.pod_ns(2, 1), b, 7003, &lab.pod_ns(1, 1)).expect("tcp pod to pod");
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(a), "pod-to-pod must keep the pod IP with ip_masq on");
+}
+
+#[test]
+fn api_pods_persist_and_config_pods_are_protected() {
+    let lab = lab("t6", 2, 1, |_| {});
+    let ns = format!("{}-extra", lab.node_ns(1));
+    let out = run_ok(&lab, "n1", &["weftctl", "pod", "add", "extra", "--netns", &ns]);
+    assert!(out.contains("extra"), "{out}");
+    let st = lab.wait_ready(1, Duration::from_secs(5)).expect("ready");
+    let extra = st.pods.iter().find(|p| p.name == "extra").expect("extra pod").ip;
+    assert!(ping(&lab, "n2/p1", extra), "API pod not reachable from another node");
+
+    // Deleting a pod declared in agent.toml is refused.
+    let del = lab.exec("n1", &["weftctl", "pod", "del", "p1"]).expect("exec");
+    assert!(!del.status.success(), "deleting a config pod must fail");
+    assert!(String::from_utf8_lossy(&del.stderr).contains("agent.toml"), "{}", String::from_utf8_lossy(&del.stderr));
+
+    // API pods survive a restart with the same address.
+    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    lab.start_agent(1).expect("start");
+    let st = lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
+    assert_eq!(st.pods.iter().find(|p| p.name == "extra").map(|p| p.ip), Some(extra));
+
+    run_ok(&lab, "n1", &["weftctl", "pod", "del", "extra"]);
+    let names = run_ok(&lab, "n1", &["ip", "netns", "list"]);
+    assert!(!names.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())), "pod namespace left: {names}");
+}
