@@ -16,10 +16,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to agent socket {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
-    #[error("talking to agent at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("connecting to agent socket {path}: {error}")]
+    Connect { path: PathBuf, error: std::io::Error },
+    #[error("talking to agent at {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("agent at {path} closed the connection without answering")]
     NoAnswer { path: PathBuf },
     #[error("agent at {path} sent an unreadable answer: {message}")]
@@ -61,9 +61,9 @@ impl AgentClient {
 
     /// Sends one request and reads one response. A `Response::Error` is returned as is.
     pub fn call(&self, req: &Request) -> Result<Response, ClientError> {
-        let io = |source| ClientError::Io { path: self.path.clone(), source };
-        let mut stream = UnixStream::connect(&self.path)
-            .map_err(|source| ClientError::Connect { path: self.path.clone(), source })?;
+        let io = |error| ClientError::Io { path: self.path.clone(), error };
+        let mut stream =
+            UnixStream::connect(&self.path).map_err(|error| ClientError::Connect { path: self.path.clone(), error })?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::BadAnswer {

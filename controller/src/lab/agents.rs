@@ -229,13 +229,17 @@ impl Lab {
     }
 
     pub fn lab_status(&self) -> LabStatus {
+        // Separate statements: a guard in a struct literal would live to its end.
+        let etcd_pid = lock(&self.state).etcd.as_ref().map(|r| r.pid);
+        let etcd_running = self.etcd_pid().is_some();
+        let nodes = self.status();
         LabStatus {
             id: self.id().to_string(),
             backend: self.spec.backend.to_string(),
             etcd_endpoint: ETCD_ENDPOINT.to_string(),
-            etcd_pid: lock(&self.state).etcd.as_ref().map(|r| r.pid),
-            etcd_running: self.etcd_pid().is_some(),
-            nodes: self.status(),
+            etcd_pid,
+            etcd_running,
+            nodes,
         }
     }
 

@@ -42,7 +42,7 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
     let mut report = DownReport::default();
     let state = match LabState::load(&names.state_file()) {
         Ok(s) => Some(s),
-        Err(StateError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(StateError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             report.errors.push(format!("{e}; no process recorded in it was stopped"));
             None

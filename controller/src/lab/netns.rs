@@ -17,12 +17,12 @@ pub const NETNS_DIR: &str = "/run/netns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("opening network namespace {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
-    #[error("entering network namespace {name}: {source}")]
-    Setns { name: String, source: nix::Error },
-    #[error("thread for namespace {name} did not start: {source}")]
-    Thread { name: String, source: std::io::Error },
+    #[error("opening network namespace {path}: {error}")]
+    Open { path: PathBuf, error: std::io::Error },
+    #[error("entering network namespace {name}: {error}")]
+    Setns { name: String, error: nix::Error },
+    #[error("thread for namespace {name} did not start: {error}")]
+    Thread { name: String, error: std::io::Error },
     #[error("thread entered a namespace other than {name} (inode check failed)")]
     Mismatch { name: String },
     #[error("listing {NETNS_DIR}: {0}")]
@@ -58,7 +58,7 @@ fn thread_ns_id() -> Option<NsId> {
 
 fn open(name: &str) -> Result<File, NetnsError> {
     let path = netns_path(name);
-    File::open(&path).map_err(|source| NetnsError::Open { path, source })
+    File::open(&path).map_err(|error| NetnsError::Open { path, error })
 }
 
 /// Runs `f` on a new OS thread that first enters network namespace `name`; the calling thread
@@ -76,13 +76,13 @@ where
             .name(format!("netns-{name}"))
             .spawn_scoped(s, move || -> Result<T, NetnsError> {
                 nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| NetnsError::Setns { name: name.to_string(), source })?;
+                    .map_err(|error| NetnsError::Setns { name: name.to_string(), error })?;
                 if want.is_none() || thread_ns_id() != want {
                     return Err(NetnsError::Mismatch { name: name.to_string() });
                 }
                 Ok(f())
             })
-            .map_err(|source| NetnsError::Thread { name: name.to_string(), source })?;
+            .map_err(|error| NetnsError::Thread { name: name.to_string(), error })?;
         match handle.join() {
             Ok(r) => r,
             Err(panic) => std::panic::resume_unwind(panic),

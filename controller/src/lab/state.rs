@@ -37,12 +37,12 @@ pub struct LabState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a lab state file: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("writing {path}: {error}")]
+    Write { path: PathBuf, error: std::io::Error },
 }
 
 impl LabState {
@@ -89,15 +89,15 @@ impl LabState {
 
     pub fn load(path: &Path) -> Result<Self, StateError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| StateError::Read { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|error| StateError::Read { path: path.to_path_buf(), error })?;
         Self::from_json(path, &text)
     }
 
     /// Writes `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, self.to_json()).map_err(|source| StateError::Write { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, path).map_err(|source| StateError::Write { path: path.to_path_buf(), source })
+        std::fs::write(&tmp, self.to_json()).map_err(|error| StateError::Write { path: tmp.clone(), error })?;
+        std::fs::rename(&tmp, path).map_err(|error| StateError::Write { path: path.to_path_buf(), error })
     }
 }
 
