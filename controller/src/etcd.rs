@@ -82,13 +82,34 @@ pub async fn connect(opts: &EtcdOpts) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// An etcd-client error with the cause it hides: its transport errors print only "transport
+/// error" and drop their source (a TLS or connect failure), so the whole chain is spelled out.
+#[derive(Debug)]
+pub struct Detailed(pub etcd_client::Error);
+
+impl std::fmt::Display for Detailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        if let etcd_client::Error::TransportError(t) = &self.0 {
+            let mut cause = std::error::Error::source(t);
+            while let Some(c) = cause {
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Detailed {}
+
 /// Runs an etcd call with a deadline on top of the client's own timeouts.
-pub async fn deadline<T, E>(timeout: Duration, fut: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
+pub async fn deadline<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> anyhow::Result<T> {
     match tokio::time::timeout(timeout + Duration::from_secs(1), fut).await {
-        Ok(r) => Ok(r?),
+        Ok(r) => Ok(r.map_err(Detailed)?),
         Err(_) => anyhow::bail!("no answer within {} s", timeout.as_secs()),
     }
 }
@@ -96,6 +117,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_other_than_transport_print_as_they_are() {
+        let e = Detailed(etcd_client::Error::InvalidArgs("empty endpoints".into()));
+        assert_eq!(e.to_string(), etcd_client::Error::InvalidArgs("empty endpoints".into()).to_string());
+    }
 
     #[test]
     fn endpoint_parsing() {

@@ -173,7 +173,7 @@ impl Lab {
                 Err(e) => e.to_string(),
             };
             if self.agent_pid(i).is_none() {
-                anyhow::bail!("agent of {node} is not running ({last})\n{}", tail(&log, 20));
+                anyhow::bail!("agent of {node} exited or was never started ({last})\n{}", tail(&log, 20));
             }
             if Instant::now() >= deadline {
                 anyhow::bail!("node {node} not ready after {} s: {last}\n{}", timeout.as_secs(), tail(&log, 20));
