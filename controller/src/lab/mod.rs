@@ -162,11 +162,12 @@ impl Lab {
         let leftovers: Vec<String> = netns::list()?.into_iter().filter(|n| names.owns_ns(n)).collect();
         if names.dir().exists() || !leftovers.is_empty() {
             anyhow::bail!(
-                "lab {id} already exists ({} has {} namespace(s), {} {}); remove it with weftctl lab down --id {id}",
-                netns::NETNS_DIR,
-                leftovers.len(),
+                "lab {id} already exists (directory {}: {}, {} namespace(s) named {}*); remove it with: \
+                 weftctl lab --id {id} down",
                 names.dir().display(),
-                if names.dir().exists() { "exists" } else { "is absent" },
+                if names.dir().exists() { "present" } else { "absent" },
+                leftovers.len(),
+                names.prefix(),
                 id = spec.id
             );
         }
