@@ -447,3 +447,23 @@ pub fn down(id: &str) -> anyhow::Result<DownReport> {
     let names = LabNames::new(id).map_err(|e| UsageError::new(e.to_string()))?;
     Ok(down::teardown(&names, |pid| !procs::observe(pid).alive))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_checks_its_input_before_making_anything() {
+        let bad = |spec: LabSpec| Lab::up(spec).expect_err("refused").to_string();
+        let e = bad(LabSpec { nodes: 0, ..LabSpec::default() });
+        assert_eq!(e, "--nodes: expected 1 to 200, found 0");
+        let e = bad(LabSpec { id: "Bad".into(), ..LabSpec::default() });
+        assert!(e.starts_with("--id: "), "{e}");
+        let e = bad(LabSpec { topology: Topology::Routed, ..LabSpec::default() });
+        assert!(e.starts_with("--topology: routed is not implemented"), "{e}");
+        let e =
+            bad(LabSpec { id: "zz7".into(), agent_bin: Some("/nonexistent/weft-agent".into()), ..LabSpec::default() });
+        assert!(e.starts_with("weft-agent binary not found at /nonexistent/weft-agent"), "{e}");
+        assert!(!Path::new("/run/weft-lab/zz7").exists());
+    }
+}
