@@ -157,7 +157,7 @@ impl Lab {
         spec.validate()?;
         let names = LabNames::new(&spec.id)?;
         let agent_bin = bins::resolve(bins::AGENT, spec.agent_bin.as_deref(), "--agent-bin")?;
-        let weftctl_bin = bins::resolve(bins::WEFTCTL, spec.weftctl_bin.as_deref(), "--weftctl-bin")?;
+        let weftctl_bin = bins::resolve(bins::WEFTCTL, spec.weftctl_bin.as_deref(), "LabSpec::weftctl_bin")?;
         let etcd_bin = bins::on_path(bins::ETCD, "install Debian's etcd-server package")?;
         let leftovers: Vec<String> = netns::list()?.into_iter().filter(|n| names.owns_ns(n)).collect();
         if names.dir().exists() || !leftovers.is_empty() {
