@@ -24,7 +24,8 @@ pub async fn serve(path: &Path, status: Arc<RwLock<Status>>, commands: mpsc::Sen
         Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", path.display())),
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
     let my_uid = nix::unistd::geteuid().as_raw();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -46,7 +47,12 @@ pub async fn serve(path: &Path, status: Arc<RwLock<Status>>, commands: mpsc::Sen
     }
 }
 
-async fn handle(stream: UnixStream, allowed: bool, status: Arc<RwLock<Status>>, commands: mpsc::Sender<Command>) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    allowed: bool,
+    status: Arc<RwLock<Status>>,
+    commands: mpsc::Sender<Command>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -63,7 +69,9 @@ async fn handle(stream: UnixStream, allowed: bool, status: Arc<RwLock<Status>>, 
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Err(e) => Response::Error { message: format!("invalid request: {e}") },
-                Ok(Request::Status) => Response::Status(Box::new(status.read().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone()))),
+                Ok(Request::Status) => Response::Status(Box::new(
+                    status.read().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone()),
+                )),
                 Ok(req) => {
                     let (tx, rx) = oneshot::channel();
                     if commands.send((req, tx)).await.is_err() {

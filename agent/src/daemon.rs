@@ -42,7 +42,8 @@ pub fn node_identity(cfg: &AgentConfig) -> Result<String> {
     if let Some(id) = &cfg.node_id {
         return Ok(id.clone());
     }
-    let id = std::fs::read_to_string("/etc/machine-id").context("reading /etc/machine-id (set node_id in agent.toml instead)")?;
+    let id = std::fs::read_to_string("/etc/machine-id")
+        .context("reading /etc/machine-id (set node_id in agent.toml instead)")?;
     let id = id.trim();
     if id.is_empty() {
         bail!("/etc/machine-id is empty; set node_id in agent.toml");
@@ -252,9 +253,15 @@ impl Daemon {
 
     async fn underlay_info(&self) -> Result<UnderlayInfo> {
         let link = match &self.cfg.underlay.interface {
-            Some(name) => self.nl.link(name).await?.with_context(|| format!("underlay interface {name} does not exist"))?,
+            Some(name) => {
+                self.nl.link(name).await?.with_context(|| format!("underlay interface {name} does not exist"))?
+            }
             None => {
-                let idx = self.nl.default_route_oif().await?.context("no default route to pick the underlay interface from; set underlay.interface")?;
+                let idx = self
+                    .nl
+                    .default_route_oif()
+                    .await?
+                    .context("no default route to pick the underlay interface from; set underlay.interface")?;
                 self.nl.link_by_index(idx).await?.context("default route interface vanished")?
             }
         };
@@ -266,7 +273,10 @@ impl Daemon {
                 }
                 ip
             }
-            None => addrs.first().map(|a| a.addr()).with_context(|| format!("underlay interface {} has no IPv4 address", link.name))?,
+            None => addrs
+                .first()
+                .map(|a| a.addr())
+                .with_context(|| format!("underlay interface {} has no IPv4 address", link.name))?,
         };
         Ok(UnderlayInfo { index: link.index, name: link.name, public_ip, mtu: link.mtu.max(576) })
     }
@@ -277,7 +287,9 @@ impl Daemon {
 
     async fn read_network(&mut self) -> Result<NetworkConfig> {
         let key = self.keys.config();
-        let (bytes, _) = etcd::get(self.client()?, &key).await?.with_context(|| format!("no network config at {key}; run `weftctl network init`"))?;
+        let (bytes, _) = etcd::get(self.client()?, &key)
+            .await?
+            .with_context(|| format!("no network config at {key}; run `weftctl network init`"))?;
         Ok(NetworkConfig::from_json(&key, &bytes)?)
     }
 
@@ -307,11 +319,18 @@ impl Daemon {
             .filter_map(|r| {
                 let seg = self.keys.subnet_segment(&r.key)?;
                 let subnet = subnet::from_key_form(seg)?;
-                Some(Existing { subnet, record: SubnetRecord::from_json(&r.key, &r.value).ok(), mod_revision: r.mod_revision })
+                Some(Existing {
+                    subnet,
+                    record: SubnetRecord::from_json(&r.key, &r.value).ok(),
+                    mod_revision: r.mod_revision,
+                })
             })
             .collect();
         let hb_key = self.keys.node(&self.cfg.node_name);
-        let live = etcd::get(self.client()?, &hb_key).await?.and_then(|(v, _)| Heartbeat::from_json(&hb_key, &v).ok()).map(|h| h.node_id);
+        let live = etcd::get(self.client()?, &hb_key)
+            .await?
+            .and_then(|(v, _)| Heartbeat::from_json(&hb_key, &v).ok())
+            .map(|h| h.node_id);
         let persisted = match self.state.load_subnet() {
             Ok(s) => s.filter(|s| s.network == self.cfg.network).map(|s| s.subnet),
             Err(e) => {
@@ -361,7 +380,11 @@ impl Daemon {
         }
         self.subnet = Some(subnet);
         self.record_value = record;
-        self.state.save_subnet(&SubnetState { network: self.cfg.network.clone(), subnet, node_id: self.node_id.clone() })?;
+        self.state.save_subnet(&SubnetState {
+            network: self.cfg.network.clone(),
+            subnet,
+            node_id: self.node_id.clone(),
+        })?;
         let u = self.underlay.clone().context("underlay unknown")?;
         self.mtu = self.cfg.bridge.mtu.unwrap_or(u.mtu);
         let env = state::subnet_env(net.cidr, subnet, self.mtu, self.cfg.ip_masq);
@@ -418,8 +441,12 @@ impl Daemon {
             }
         }
         known.retain(|p| p.source != PodSource::Config || declared.contains(p.name.as_str()));
-        let mut wanted: Vec<(String, String, String, PodSource)> =
-            self.cfg.pods.iter().map(|p| (p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Config)).collect();
+        let mut wanted: Vec<(String, String, String, PodSource)> = self
+            .cfg
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Config))
+            .collect();
         for p in &known {
             if p.source == PodSource::Api && !declared.contains(p.name.as_str()) {
                 wanted.push((p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Api));
@@ -428,7 +455,12 @@ impl Daemon {
         let mut errors = Vec::new();
         for (name, netns, ifname, source) in wanted {
             let prev = known.iter().find(|p| p.name == name);
-            let used: BTreeSet<Ipv4Addr> = known.iter().filter(|p| p.name != name).map(|p| p.ip).chain(result.iter().map(|p: &PodRecord| p.ip)).collect();
+            let used: BTreeSet<Ipv4Addr> = known
+                .iter()
+                .filter(|p| p.name != name)
+                .map(|p| p.ip)
+                .chain(result.iter().map(|p: &PodRecord| p.ip))
+                .collect();
             let req = AttachRequest {
                 name: &name,
                 netns: &netns,
@@ -559,7 +591,11 @@ impl Daemon {
                 errors.push(format!("{e:#}"));
             }
         }
-        let installed: BTreeSet<Route> = if actions.is_empty() { current.into_iter().collect() } else { self.nl.weft_routes().await?.into_iter().collect() };
+        let installed: BTreeSet<Route> = if actions.is_empty() {
+            current.into_iter().collect()
+        } else {
+            self.nl.weft_routes().await?.into_iter().collect()
+        };
         let peers: Vec<PeerStatus> = self
             .peers
             .peers
@@ -721,7 +757,12 @@ impl Daemon {
                     EventType::Put => {
                         self.records.insert(
                             key.clone(),
-                            RawRecord { key, value: kv.value().to_vec(), create_revision: kv.create_revision(), mod_revision: kv.mod_revision() },
+                            RawRecord {
+                                key,
+                                value: kv.value().to_vec(),
+                                create_revision: kv.create_revision(),
+                                mod_revision: kv.mod_revision(),
+                            },
                         );
                     }
                     EventType::Delete => {
@@ -772,7 +813,14 @@ impl Daemon {
             bail!("namespace {netns} interface {ifname} already belongs to pod {}", p.name);
         }
         let used: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
-        let req = AttachRequest { name: &name, netns: &netns, ifname: &ifname, source: PodSource::Api, remembered: None, owns_netns: false };
+        let req = AttachRequest {
+            name: &name,
+            netns: &netns,
+            ifname: &ifname,
+            source: PodSource::Api,
+            remembered: None,
+            owns_netns: false,
+        };
         let net = PodNet { nl: &self.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
         let rec = pods::attach(&net, &req, &used).await?;
         self.pods.push(rec.clone());
@@ -847,7 +895,13 @@ fn describe(a: &Action) -> String {
 }
 
 /// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.
-pub async fn teardown_local(nl: &Netlink, cfg: &AgentConfig, pods: &[PodRecord], state: &StateDir, fw: &Firewall) -> Vec<String> {
+pub async fn teardown_local(
+    nl: &Netlink,
+    cfg: &AgentConfig,
+    pods: &[PodRecord],
+    state: &StateDir,
+    fw: &Firewall,
+) -> Vec<String> {
     let mut errors = Vec::new();
     match nl.weft_routes().await {
         Ok(routes) => {

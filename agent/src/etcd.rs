@@ -21,7 +21,8 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         let ca = std::fs::read(&tls.ca_file).with_context(|| format!("reading etcd CA {}", tls.ca_file.display()))?;
         let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
         if let Some((cert, key)) = &tls.identity {
-            let c = std::fs::read(cert).with_context(|| format!("reading etcd client certificate {}", cert.display()))?;
+            let c =
+                std::fs::read(cert).with_context(|| format!("reading etcd client certificate {}", cert.display()))?;
             let k = std::fs::read(key).with_context(|| format!("reading etcd client key {}", key.display()))?;
             t = t.identity(Identity::from_pem(c, k));
         }
@@ -41,7 +42,8 @@ pub async fn get(client: &mut Client, key: &str) -> Result<Option<(Vec<u8>, i64)
 
 /// All keys under `prefix`, and the store revision they were read at.
 pub async fn list(client: &mut Client, prefix: &str) -> Result<(Vec<RawRecord>, i64)> {
-    let resp = client.get(prefix, Some(GetOptions::new().with_prefix())).await.with_context(|| format!("listing {prefix}"))?;
+    let resp =
+        client.get(prefix, Some(GetOptions::new().with_prefix())).await.with_context(|| format!("listing {prefix}"))?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let records = resp
         .kvs()
@@ -65,17 +67,21 @@ pub async fn watch_from(client: &mut Client, prefix: &str, revision: i64) -> Res
 
 /// Puts `value` at `key` only if the key does not exist. Returns false on conflict.
 pub async fn create(client: &mut Client, key: &str, value: String, lease: i64) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
+    let txn = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key,
+        value,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
     Ok(client.txn(txn).await.with_context(|| format!("claiming {key}"))?.succeeded())
 }
 
 /// Puts `value` at `key` only if it is still at `mod_revision`. Returns false on conflict.
 pub async fn replace(client: &mut Client, key: &str, value: String, lease: i64, mod_revision: i64) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
-        .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
+    let txn = Txn::new().when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)]).and_then([TxnOp::put(
+        key,
+        value,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
     Ok(client.txn(txn).await.with_context(|| format!("updating {key}"))?.succeeded())
 }
 
@@ -86,7 +92,10 @@ pub async fn delete_if(client: &mut Client, key: &str, value: Vec<u8>) -> Result
 }
 
 pub async fn put(client: &mut Client, key: &str, value: String, lease: i64) -> Result<()> {
-    client.put(key, value, Some(PutOptions::new().with_lease(lease))).await.with_context(|| format!("writing {key}"))?;
+    client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await
+        .with_context(|| format!("writing {key}"))?;
     Ok(())
 }
 

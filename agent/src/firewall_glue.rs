@@ -15,7 +15,12 @@ pub struct Firewall {
 
 impl Firewall {
     pub fn new(cfg: &AgentConfig) -> Self {
-        Self { inner: firewall::Firewall::system(), network: cfg.network.clone(), bridge: cfg.bridge.name.clone(), ip_masq: cfg.ip_masq }
+        Self {
+            inner: firewall::Firewall::system(),
+            network: cfg.network.clone(),
+            bridge: cfg.bridge.name.clone(),
+            ip_masq: cfg.ip_masq,
+        }
     }
 
     fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net) -> FirewallSpec {
@@ -39,8 +44,7 @@ impl Firewall {
     /// Removes every rule and chain of this network. Needs only the network name.
     pub fn remove(&self) -> Result<()> {
         let spec = self.spec(Ipv4Net::default(), Ipv4Net::default());
-        tokio::task::block_in_place(|| self.inner.remove(&spec)).map_err(|errs| {
-            anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-        })
+        tokio::task::block_in_place(|| self.inner.remove(&spec))
+            .map_err(|errs| anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
     }
 }

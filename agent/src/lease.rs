@@ -50,7 +50,8 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
     if let Some(e) = mine.iter().find(|e| Some(e.subnet) == i.persisted).or_else(|| mine.first()) {
         return Decision::Reuse { subnet: e.subnet, mod_revision: e.mod_revision };
     }
-    let by_name = i.existing.iter().find(|e| fits(e.subnet) && e.record.as_ref().is_some_and(|r| r.node == i.node_name));
+    let by_name =
+        i.existing.iter().find(|e| fits(e.subnet) && e.record.as_ref().is_some_and(|r| r.node == i.node_name));
     if let Some(e) = by_name {
         let other = e.record.as_ref().map(|r| r.node_id.clone()).unwrap_or_default();
         if i.live_identity == Some(other.as_str()) {
@@ -103,27 +104,46 @@ mod tests {
     }
     fn decide_with(persisted: Option<&str>, existing: &[Existing], live: Option<&str>) -> Decision {
         let net = net();
-        decide(&Inputs { net: &net, node_name: "n1", node_id: "id1", persisted: persisted.map(n), existing, live_identity: live })
+        decide(&Inputs {
+            net: &net,
+            node_name: "n1",
+            node_id: "id1",
+            persisted: persisted.map(n),
+            existing,
+            live_identity: live,
+        })
     }
 
     #[test]
     fn fresh_node_claims_first_free() {
         assert_eq!(decide_with(None, &[], None), Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: None });
         let existing = [ex("10.244.0.0/24", "n2", "id2", 5)];
-        assert_eq!(decide_with(None, &existing, None), Decision::Claim { subnet: n("10.244.1.0/24"), moved_from: None });
+        assert_eq!(
+            decide_with(None, &existing, None),
+            Decision::Claim { subnet: n("10.244.1.0/24"), moved_from: None }
+        );
     }
 
     #[test]
     fn record_with_own_identity_is_reused_even_without_state() {
         let existing = [ex("10.244.0.0/24", "n2", "id2", 5), ex("10.244.7.0/24", "n1", "id1", 9)];
-        assert_eq!(decide_with(None, &existing, Some("id1")), Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 });
-        assert_eq!(decide_with(Some("10.244.7.0/24"), &existing, None), Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 });
+        assert_eq!(
+            decide_with(None, &existing, Some("id1")),
+            Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 }
+        );
+        assert_eq!(
+            decide_with(Some("10.244.7.0/24"), &existing, None),
+            Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 }
+        );
     }
 
     #[test]
     fn persisted_subnet_without_record_is_reclaimed() {
         let existing = [ex("10.244.0.0/24", "n2", "id2", 5)];
-        assert_eq!(decide_with(Some("10.244.9.0/24"), &existing, None), Decision::Claim { subnet: n("10.244.9.0/24"), moved_from: None });
+        assert_eq!(
+            decide_with(Some("10.244.9.0/24"), &existing, None),
+            Decision::Claim { subnet: n("10.244.9.0/24"), moved_from: None }
+        );
     }
 
     #[test]
@@ -151,15 +171,28 @@ mod tests {
     #[test]
     fn exhaustion_counts_malformed_records_as_taken() {
         let net = NetworkConfig::new("t", "10.244.0.0/26", 28, Backend::HostGw).expect("valid");
-        let mut existing: Vec<Existing> =
-            ["10.244.0.0/28", "10.244.0.16/28", "10.244.0.32/28"].iter().enumerate().map(|(i, s)| ex(s, &format!("m{i}"), &format!("x{i}"), 1)).collect();
+        let mut existing: Vec<Existing> = ["10.244.0.0/28", "10.244.0.16/28", "10.244.0.32/28"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ex(s, &format!("m{i}"), &format!("x{i}"), 1))
+            .collect();
         existing.push(Existing { subnet: n("10.244.0.48/28"), record: None, mod_revision: 4 });
-        let d = decide(&Inputs { net: &net, node_name: "n1", node_id: "id1", persisted: None, existing: &existing, live_identity: None });
+        let d = decide(&Inputs {
+            net: &net,
+            node_name: "n1",
+            node_id: "id1",
+            persisted: None,
+            existing: &existing,
+            live_identity: None,
+        });
         assert_eq!(d, Decision::Exhausted { cidr: n("10.244.0.0/26"), subnet_len: 28, taken: 4 });
     }
 
     #[test]
     fn persisted_subnet_outside_new_cidr_is_ignored() {
-        assert_eq!(decide_with(Some("10.99.0.0/24"), &[], None), Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: Some(n("10.99.0.0/24")) });
+        assert_eq!(
+            decide_with(Some("10.99.0.0/24"), &[], None),
+            Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: Some(n("10.99.0.0/24")) }
+        );
     }
 }

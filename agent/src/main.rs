@@ -1,6 +1,5 @@
 //! weft-agent: the node agent. See docs/ARCHITECTURE.md for the lifecycle.
 
-
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::io::{BufRead, BufReader, Write};
@@ -8,12 +7,16 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use weft_config::api::{Request, Response};
 use weft_agent::daemon;
+use weft_config::api::{Request, Response};
 use weft_config::AgentConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "weft-agent", version, about = "weft node agent: pod subnet lease, bridge and pods, routes to every peer")]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "weft node agent: pod subnet lease, bridge and pods, routes to every peer"
+)]
 struct Cli {
     /// Path of agent.toml.
     #[arg(long, short, default_value = "/etc/weft/agent.toml")]
@@ -63,9 +66,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {

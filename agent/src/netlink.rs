@@ -216,7 +216,13 @@ impl Netlink {
 
     /// The routes weft owns (protocol `WEFT_PROTO`) in the main table.
     pub async fn weft_routes(&self) -> Result<Vec<Route>> {
-        Ok(self.main_routes().await?.iter().filter(|m| m.header.protocol == RouteProtocol::Other(WEFT_PROTO)).filter_map(parse_route).collect())
+        Ok(self
+            .main_routes()
+            .await?
+            .iter()
+            .filter(|m| m.header.protocol == RouteProtocol::Other(WEFT_PROTO))
+            .filter_map(parse_route)
+            .collect())
     }
 
     /// Output interface of the IPv4 default route, if any.
@@ -226,21 +232,33 @@ impl Netlink {
             .await?
             .iter()
             .filter(|m| m.header.destination_prefix_length == 0 && m.header.kind == RouteType::Unicast)
-            .find_map(|m| m.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })))
+            .find_map(|m| {
+                m.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
+            }))
     }
 
     pub async fn apply(&self, action: &Action) -> Result<()> {
         match action {
             Action::Add(r) => match self.handle.route().add(build_route(r)).execute().await {
                 Ok(()) => Ok(()),
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {
-                    self.handle.route().add(build_route(r)).replace().execute().await.with_context(|| format!("replacing route {}", r.dst))
-                }
+                Err(e) if errno(&e) == Some(libc::EEXIST) => self
+                    .handle
+                    .route()
+                    .add(build_route(r))
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("replacing route {}", r.dst)),
                 Err(e) => Err(anyhow!(e).context(format!("adding route {}", r.dst))),
             },
-            Action::Replace { new, .. } => {
-                self.handle.route().add(build_route(new)).replace().execute().await.with_context(|| format!("replacing route {}", new.dst))
-            }
+            Action::Replace { new, .. } => self
+                .handle
+                .route()
+                .add(build_route(new))
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("replacing route {}", new.dst)),
             Action::Del(r) => match self.handle.route().del(build_route(r)).execute().await {
                 Ok(()) => Ok(()),
                 Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
@@ -251,8 +269,18 @@ impl Netlink {
 
     /// Adds (or replaces) a plain route not owned by weft's reconcile, e.g. a pod's default route.
     pub async fn replace_default_route(&self, via: Ipv4Addr, oif: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(via).output_interface(oif).protocol(RouteProtocol::Boot).build();
-        self.handle.route().add(msg).replace().execute().await.with_context(|| format!("setting default route via {via}"))
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(via)
+            .output_interface(oif)
+            .protocol(RouteProtocol::Boot)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("setting default route via {via}"))
     }
 }
 
@@ -270,7 +298,10 @@ fn addr_of(m: &AddressMessage) -> Option<Ipv4Net> {
 }
 
 fn table_of(m: &RouteMessage) -> u32 {
-    m.attributes.iter().find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None }).unwrap_or(u32::from(m.header.table))
+    m.attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(u32::from(m.header.table))
 }
 
 fn inet(a: &RouteAddress) -> Option<Ipv4Addr> {

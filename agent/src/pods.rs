@@ -54,7 +54,11 @@ pub struct AttachRequest<'a> {
 }
 
 /// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod.
-pub async fn attach(net: &PodNet<'_>, req: &AttachRequest<'_>, used_by_others: &BTreeSet<Ipv4Addr>) -> Result<PodRecord> {
+pub async fn attach(
+    net: &PodNet<'_>,
+    req: &AttachRequest<'_>,
+    used_by_others: &BTreeSet<Ipv4Addr>,
+) -> Result<PodRecord> {
     let created = netns::ensure(req.netns).with_context(|| format!("creating namespace {}", req.netns))?;
     let pod_nl = Netlink::open_in(req.netns)?;
     let host = host_veth_name(req.netns, req.ifname);
@@ -67,7 +71,11 @@ pub async fn attach(net: &PodNet<'_>, req: &AttachRequest<'_>, used_by_others: &
         if kind != "veth" {
             bail!("namespace {} already has an interface {} ({kind}) that weft did not create", req.netns, req.ifname);
         }
-        bail!("namespace {} has a veth {} whose host side {host} is missing; delete it or pick another ifname", req.netns, req.ifname);
+        bail!(
+            "namespace {} has a veth {} whose host side {host} is missing; delete it or pick another ifname",
+            req.netns,
+            req.ifname
+        );
     }
     if inside.is_none() {
         if let Some(stale) = &host_link {
@@ -96,7 +104,8 @@ pub async fn attach(net: &PodNet<'_>, req: &AttachRequest<'_>, used_by_others: &
     let present = pod_nl.addrs(inside.index).await?;
     let mut candidates: Vec<Ipv4Addr> = req.remembered.into_iter().collect();
     candidates.extend(present.iter().filter(|a| a.prefix_len() == net.subnet.prefix_len()).map(|a| a.addr()));
-    let ip = choose_addr(net.subnet, &candidates, used_by_others).with_context(|| format!("no free address left in {}", net.subnet))?;
+    let ip = choose_addr(net.subnet, &candidates, used_by_others)
+        .with_context(|| format!("no free address left in {}", net.subnet))?;
     let want = Ipv4Net::new(ip, net.subnet.prefix_len()).context("pod address")?;
     for a in present.iter().filter(|a| **a != want) {
         pod_nl.del_addr(inside.index, *a).await?;

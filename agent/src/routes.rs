@@ -33,7 +33,10 @@ pub struct Route {
 pub enum Action {
     Add(Route),
     /// A route to the same destination exists but differs: replace it in place (no gap).
-    Replace { old: Route, new: Route },
+    Replace {
+        old: Route,
+        new: Route,
+    },
     Del(Route),
 }
 
@@ -57,7 +60,10 @@ pub struct Unroutable {
 /// host-gw: `peer_subnet via peer_public_ip dev <underlay>` for every on-link peer.
 /// A peer that is not on-link would need a gateway host-gw cannot have: it is refused, not
 /// half-installed.
-pub fn host_gw_routes<'a>(peers: impl IntoIterator<Item = &'a Peer>, underlay: &Underlay) -> (Vec<Route>, Vec<Unroutable>) {
+pub fn host_gw_routes<'a>(
+    peers: impl IntoIterator<Item = &'a Peer>,
+    underlay: &Underlay,
+) -> (Vec<Route>, Vec<Unroutable>) {
     let mut routes = Vec::new();
     let mut refused = Vec::new();
     for p in peers {
@@ -192,7 +198,14 @@ mod tests {
 
     #[test]
     fn plan_keeps_blackhole_and_unicast_to_same_destination_apart() {
-        let bh = Route { dst: net("10.244.0.0/16"), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 4_000_000_000 };
+        let bh = Route {
+            dst: net("10.244.0.0/16"),
+            kind: RouteKind::Blackhole,
+            via: None,
+            oif: None,
+            src: None,
+            metric: 4_000_000_000,
+        };
         let desired = vec![bh.clone()];
         assert!(plan(&desired, std::slice::from_ref(&bh)).is_empty());
         assert_eq!(plan(&[], std::slice::from_ref(&bh)), vec![Action::Del(bh)]);

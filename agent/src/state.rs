@@ -125,7 +125,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// The flannel-compatible environment file consumers (CNI plugins, scripts) read.
 pub fn subnet_env(cluster: Ipv4Net, subnet: Ipv4Net, mtu: u32, ip_masq: bool) -> String {
     let gw = weft_config::subnet::gateway(subnet);
-    format!("FLANNEL_NETWORK={cluster}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n", subnet.prefix_len())
+    format!(
+        "FLANNEL_NETWORK={cluster}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n",
+        subnet.prefix_len()
+    )
 }
 
 #[cfg(test)]
@@ -135,7 +138,10 @@ mod tests {
     #[test]
     fn subnet_env_uses_flannel_names() {
         let env = subnet_env("10.244.0.0/16".parse().expect("lit"), "10.244.3.0/24".parse().expect("lit"), 1500, true);
-        assert_eq!(env, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n");
+        assert_eq!(
+            env,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
+        );
     }
 
     #[test]
@@ -143,7 +149,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-state-test-{}", std::process::id()));
         let s = StateDir::new(&dir);
         assert_eq!(s.load_subnet().expect("missing is fine"), None);
-        let st = SubnetState { network: "default".into(), subnet: "10.244.1.0/24".parse().expect("lit"), node_id: "x".into() };
+        let st = SubnetState {
+            network: "default".into(),
+            subnet: "10.244.1.0/24".parse().expect("lit"),
+            node_id: "x".into(),
+        };
         s.save_subnet(&st).expect("save");
         assert_eq!(s.load_subnet().expect("load"), Some(st));
         std::fs::write(dir.join("pods.json"), b"{not json").expect("write");
