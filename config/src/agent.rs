@@ -25,7 +25,26 @@ pub struct AgentConfig {
     pub bridge: BridgeConfig,
     pub paths: Paths,
     pub timers: Timers,
+    /// Settings of the quic backend; required when the network's backend is quic.
+    pub quic: Option<QuicConfig>,
     pub pods: Vec<PodSpec>,
+}
+
+/// The quic backend: a tun device whose packets travel as QUIC datagrams, with mutual TLS
+/// against the cluster CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// UDP port of the QUIC endpoint.
+    pub port: u16,
+    /// Cluster CA certificate (PEM); peers must present certificates it signed.
+    pub ca_file: PathBuf,
+    /// This node's certificate (PEM, SAN = node name) and key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Tun device name.
+    pub tun: String,
+    /// Tun and pod MTU; `None` = derived from the underlay MTU (see docs/ARCHITECTURE.md).
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +194,7 @@ impl AgentConfig {
         let bridge = read_bridge(r.table("bridge")?)?;
         let paths = read_paths(r.table("paths")?)?;
         let timers = read_timers(r.table("timers")?)?;
+        let quic = read_quic(r.table("quic")?)?;
         let mut pods = Vec::new();
         for p in r.table_array("pods")? {
             pods.push(read_pod(p)?);
@@ -206,6 +226,7 @@ impl AgentConfig {
             bridge,
             paths,
             timers,
+            quic,
             pods,
         })
     }
@@ -310,6 +331,30 @@ fn read_timers(mut r: Reader<'_>) -> Result<Timers, ConfigError> {
     Ok(Timers { reconcile, heartbeat_ttl, subnet_lease })
 }
 
+fn read_quic(mut r: Reader<'_>) -> Result<Option<QuicConfig>, ConfigError> {
+    if r.is_empty() {
+        return Ok(None);
+    }
+    let port = r.opt_int("port", 1, 65535)?.map_or(DEFAULT_QUIC_PORT, |p| p as u16);
+    let mut file = |key: &'static str| -> Result<PathBuf, ConfigError> {
+        match r.opt_str(key)? {
+            Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+            Some(p) => Err(r.err(key, format!("expected an absolute path, found {p:?}"))),
+            None => Err(r.err(key, "required in [quic], expected an absolute path")),
+        }
+    };
+    let ca_file = file("ca_file")?;
+    let cert_file = file("cert_file")?;
+    let key_file = file("key_file")?;
+    let tun = r.opt_str("tun")?.unwrap_or("weft-tun0");
+    if !valid_ifname(tun) {
+        return Err(r.err("tun", format!("expected an interface name of 1 to 15 characters, found {tun:?}")));
+    }
+    let mtu = r.opt_int("mtu", 576, 65535)?.map(|m| m as u32);
+    r.finish()?;
+    Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu }))
+}
+
 fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
     let name = r.req_str("name")?;
     if !valid_name(name) {
@@ -355,6 +400,23 @@ endpoints = ["http://10.0.0.5:2379"]
         assert!(!c.ip_masq);
         assert!(c.pods.is_empty());
         assert_eq!(c.etcd.tls, None);
+        assert_eq!(c.quic, None);
+    }
+
+    #[test]
+    fn quic_section() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[quic]\n";
+        let full = format!("{base}ca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"\n");
+        let q = AgentConfig::parse("agent.toml", &full).expect("valid").quic.expect("quic");
+        assert_eq!(q.port, DEFAULT_QUIC_PORT);
+        assert_eq!(q.tun, "weft-tun0");
+        assert_eq!(q.mtu, None);
+        let e = AgentConfig::parse("agent.toml", &format!("{base}ca_file = \"/ca.pem\"")).expect_err("no cert");
+        assert_eq!(e.to_string(), "agent.toml: quic.cert_file: required in [quic], expected an absolute path");
+        let e = AgentConfig::parse("agent.toml", &format!("{full}port = 0")).expect_err("port");
+        assert_eq!(e.to_string(), "agent.toml: quic.port: expected an integer from 1 to 65535, found 0");
+        let e = AgentConfig::parse("agent.toml", &format!("{full}mut = 1400")).expect_err("typo");
+        assert_eq!(e.to_string(), "agent.toml: quic.mut: unknown key (did you mean `mtu`?)");
     }
 
     #[test]
@@ -425,7 +487,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
             ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
-            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, network, node_id, node_name, paths, pods, timers, underlay)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, network, node_id, node_name, paths, pods, quic, timers, underlay)"),
             ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
             ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
             ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),

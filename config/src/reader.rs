@@ -32,6 +32,11 @@ impl<'a> Reader<'a> {
         Self { source, path: path.into(), table, asked: BTreeSet::new() }
     }
 
+    /// True for a table with no keys (also a missing sub-table).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     pub(crate) fn field_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
