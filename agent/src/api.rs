@@ -14,7 +14,15 @@ use weft_config::api::{Request, Response, Status, MAX_REQUEST_BYTES};
 /// A request for the daemon loop, with the channel its answer goes back on.
 pub type Command = (Request, oneshot::Sender<Response>);
 
-pub async fn serve(path: &Path, status: Arc<RwLock<Status>>, commands: mpsc::Sender<Command>) -> Result<()> {
+/// Live parts of the status that change per packet (the quic backend's counters).
+pub type LiveQuic = Arc<RwLock<Option<Box<dyn Fn() -> weft_config::api::QuicStatus + Send + Sync>>>>;
+
+pub async fn serve(
+    path: &Path,
+    status: Arc<RwLock<Status>>,
+    live: LiveQuic,
+    commands: mpsc::Sender<Command>,
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -39,8 +47,9 @@ pub async fn serve(path: &Path, status: Arc<RwLock<Status>>, commands: mpsc::Sen
         let allowed = stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == my_uid).unwrap_or(false);
         let status = status.clone();
         let commands = commands.clone();
+        let live = live.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, allowed, status, commands).await {
+            if let Err(e) = handle(stream, allowed, status, live, commands).await {
                 tracing::debug!(error = %format!("{e:#}"), "api connection ended");
             }
         });
@@ -51,6 +60,7 @@ async fn handle(
     stream: UnixStream,
     allowed: bool,
     status: Arc<RwLock<Status>>,
+    live: LiveQuic,
     commands: mpsc::Sender<Command>,
 ) -> Result<()> {
     let (read, mut write) = stream.into_split();
@@ -69,9 +79,13 @@ async fn handle(
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Err(e) => Response::Error { message: format!("invalid request: {e}") },
-                Ok(Request::Status) => Response::Status(Box::new(
-                    status.read().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone()),
-                )),
+                Ok(Request::Status) => {
+                    let mut st = status.read().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone());
+                    if let Some(f) = live.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        st.quic = Some(f());
+                    }
+                    Response::Status(Box::new(st))
+                }
                 Ok(req) => {
                     let (tx, rx) = oneshot::channel();
                     if commands.send((req, tx)).await.is_err() {

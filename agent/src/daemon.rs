@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use weft_config::api::{PeerStatus, PodInfo, Request, Response, Status};
 use weft_config::peers::{build_peer_set, PeerSet, RawRecord};
-use weft_config::{subnet, AgentConfig, Heartbeat, Keys, NetworkConfig, SubnetRecord};
+use weft_config::{subnet, AgentConfig, Backend, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 
 /// Why the loop ended.
 pub enum Exit {
@@ -86,6 +86,9 @@ pub struct Daemon {
     bridge_index: u32,
     mtu: u32,
     pods: Vec<PodRecord>,
+    live: api::LiveQuic,
+    tunnel: Option<crate::quic::Tunnel>,
+    fingerprint: Option<String>,
 }
 
 impl Daemon {
@@ -109,13 +112,16 @@ impl Daemon {
             reconcile_errors: 0,
             skipped_records: 0,
             last_error: None,
+            quic: None,
         };
         let status = Arc::new(RwLock::new(status));
         let (tx, rx) = mpsc::channel(32);
         let sock = cfg.paths.socket.clone();
         let st = status.clone();
+        let live: api::LiveQuic = Arc::default();
+        let live2 = live.clone();
         tokio::spawn(async move {
-            if let Err(e) = api::serve(&sock, st, tx).await {
+            if let Err(e) = api::serve(&sock, st, live2, tx).await {
                 error!(error = %format!("{e:#}"), "api server stopped");
             }
         });
@@ -147,6 +153,9 @@ impl Daemon {
             bridge_index: 0,
             mtu: 1500,
             pods: vec![],
+            live,
+            tunnel: None,
+            fingerprint: None,
         })
     }
 
@@ -303,15 +312,32 @@ impl Daemon {
             public_ip: u.public_ip,
             backend: net.backend,
             epoch: self.epoch,
-            quic_endpoint: None,
-            cert_fingerprint: None,
+            quic_endpoint: self.quic_endpoint(),
+            cert_fingerprint: self.fingerprint.clone(),
         })
+    }
+
+    fn is_quic(&self) -> bool {
+        self.net.as_ref().is_some_and(|n| n.backend == Backend::Quic)
+    }
+
+    fn quic_endpoint(&self) -> Option<std::net::SocketAddr> {
+        let q = self.cfg.quic.as_ref()?;
+        let u = self.underlay.as_ref()?;
+        self.is_quic().then(|| std::net::SocketAddr::from((u.public_ip, q.port)))
     }
 
     /// One attempt at the subnet: Ok(false) on a lost race (retry at once).
     async fn try_acquire(&mut self) -> Result<bool> {
         let net = self.read_network().await?;
         self.net = Some(net.clone());
+        if net.backend == Backend::Quic {
+            let q = self.cfg.quic.as_ref().context(
+                "the network's backend is quic but agent.toml has no [quic] section (ca_file, cert_file, key_file)",
+            )?;
+            let id = crate::quic::tls::load(q, &self.cfg.node_name)?;
+            self.fingerprint = Some(id.fingerprint);
+        }
         let prefix = self.keys.subnets_prefix();
         let (raw, _) = etcd::list(self.client()?, &prefix).await?;
         let existing: Vec<Existing> = raw
@@ -386,7 +412,13 @@ impl Daemon {
             node_id: self.node_id.clone(),
         })?;
         let u = self.underlay.clone().context("underlay unknown")?;
-        self.mtu = self.cfg.bridge.mtu.unwrap_or(u.mtu);
+        self.mtu = match (net.backend, self.cfg.quic.as_ref()) {
+            (Backend::Quic, Some(q)) => {
+                let tun = q.mtu.unwrap_or_else(|| crate::quic::tun_mtu_for(u.mtu));
+                self.cfg.bridge.mtu.map_or(tun, |b| b.min(tun))
+            }
+            _ => self.cfg.bridge.mtu.unwrap_or(u.mtu),
+        };
         let env = state::subnet_env(net.cidr, subnet, self.mtu, self.cfg.ip_masq);
         state::write_atomic(&self.cfg.paths.subnet_env, env.as_bytes(), 0o644)?;
         self.set_status(|s| {
@@ -411,8 +443,40 @@ impl Daemon {
             }
         }
         self.nl.add_addr(self.bridge_index, gw).await?;
+        self.ensure_tunnel().await?;
         self.apply_firewall();
         self.ensure_pods().await
+    }
+
+    /// quic: the tun device and endpoint (started once; the device persists across restarts).
+    async fn ensure_tunnel(&mut self) -> Result<()> {
+        if !self.is_quic() {
+            return Ok(());
+        }
+        let q = self.cfg.quic.clone().context("no [quic] section")?;
+        if self.tunnel.is_none() {
+            let u = self.underlay.clone().context("underlay unknown")?;
+            let settings = crate::quic::Settings {
+                node: self.cfg.node_name.clone(),
+                local_subnet: self.subnet.context("no subnet")?,
+                tun_mtu: self.mtu,
+                udp_payload: u16::try_from(u.mtu.saturating_sub(crate::quic::UDP_IP_OVERHEAD)).unwrap_or(1472),
+                quic: q.clone(),
+            };
+            let t = crate::quic::Tunnel::start(settings)?;
+            *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(t.status_fn());
+            self.tunnel = Some(t);
+        } else if let Some(t) = &self.tunnel {
+            match t.reload_tls_if_changed() {
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "renewed certificate not usable; keeping the old one"),
+            }
+        }
+        let link = self.nl.link(&q.tun).await?.with_context(|| format!("tun device {} missing", q.tun))?;
+        if !link.up || link.mtu != self.mtu {
+            self.nl.set_link(link.index, Some(self.mtu), true, None).await?;
+        }
+        Ok(())
     }
 
     fn apply_firewall(&mut self) {
@@ -578,7 +642,20 @@ impl Daemon {
         let u = self.underlay.clone().context("underlay unknown")?;
         let prefixes = self.nl.addrs(u.index).await?;
         let underlay = Underlay { ifindex: u.index, ifname: u.name.clone(), prefixes };
-        let (desired, refused) = routes::host_gw_routes(self.peers.peers.values(), &underlay);
+        let (desired, refused) = match (self.is_quic(), self.cfg.quic.as_ref()) {
+            (true, Some(q)) => {
+                let tun = self.nl.link(&q.tun).await?.with_context(|| format!("tun device {} missing", q.tun))?;
+                let net = self.net.as_ref().context("network config unknown")?;
+                let subnet = self.subnet.context("no subnet")?;
+                let (routes, refused, specs) =
+                    routes::quic_routes(self.peers.peers.values(), tun.index, subnet::gateway(subnet), net.cidr);
+                if let Some(t) = &self.tunnel {
+                    t.set_peers(&specs);
+                }
+                (routes, refused)
+            }
+            _ => routes::host_gw_routes(self.peers.peers.values(), &underlay),
+        };
         for r in &refused {
             warn!(peer = %r.node, subnet = %r.subnet, reason = %r.reason, "peer not routable");
         }
@@ -916,6 +993,17 @@ pub async fn teardown_local(
     for p in pods {
         if let Err(e) = pods::detach(nl, p, p.owns_netns).await {
             errors.push(format!("pod {}: {e:#}", p.name));
+        }
+    }
+    if let Some(q) = &cfg.quic {
+        match nl.link(&q.tun).await {
+            Ok(Some(t)) => {
+                if let Err(e) = nl.del_link(t.index).await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{e:#}")),
         }
     }
     if let Err(e) = fw.remove() {

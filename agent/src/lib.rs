@@ -10,5 +10,6 @@ pub mod lease;
 pub mod netlink;
 pub mod netns;
 pub mod pods;
+pub mod quic;
 pub mod routes;
 pub mod state;

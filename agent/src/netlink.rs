@@ -7,7 +7,9 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -352,6 +354,9 @@ fn build_route(r: &Route) -> RouteMessage {
     }
     if r.kind == RouteKind::Blackhole {
         b = b.kind(RouteType::BlackHole);
+    } else if r.via.is_none() {
+        // A device route without a gateway is on-link, as `ip route add … dev X` makes it.
+        b = b.scope(RouteScope::Link);
     }
     b.build()
 }

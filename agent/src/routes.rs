@@ -90,6 +90,53 @@ pub fn host_gw_routes<'a>(
     (routes, refused)
 }
 
+/// Metric of the fail-closed blackhole for the cluster CIDR (quic): the lowest priority, so it
+/// only catches pod traffic that has no other route (the tun is gone), instead of letting it
+/// leave in plaintext through the default route.
+pub const BLACKHOLE_METRIC: u32 = 4_000_000_000;
+
+/// quic: `peer_subnet dev <tun> src <own gateway>` for every peer with a QUIC endpoint (the
+/// source makes the node's own traffic pass the peer's source check), plus the blackhole.
+/// Also returns what the tunnel needs to know about each routable peer.
+pub fn quic_routes<'a>(
+    peers: impl IntoIterator<Item = &'a Peer>,
+    tun_index: u32,
+    gateway: Ipv4Addr,
+    cluster: Ipv4Net,
+) -> (Vec<Route>, Vec<Unroutable>, Vec<crate::quic::PeerSpec>) {
+    let mut routes = vec![Route {
+        dst: cluster,
+        kind: RouteKind::Blackhole,
+        via: None,
+        oif: None,
+        src: None,
+        metric: BLACKHOLE_METRIC,
+    }];
+    let mut refused = Vec::new();
+    let mut specs = Vec::new();
+    for p in peers {
+        match p.quic_endpoint {
+            Some(endpoint) => {
+                routes.push(Route {
+                    dst: p.subnet,
+                    kind: RouteKind::Unicast,
+                    via: None,
+                    oif: Some(tun_index),
+                    src: Some(gateway),
+                    metric: 0,
+                });
+                specs.push(crate::quic::PeerSpec { node: p.node.clone(), subnet: p.subnet, endpoint, epoch: p.epoch });
+            }
+            None => refused.push(Unroutable {
+                node: p.node.clone(),
+                subnet: p.subnet,
+                reason: "its record has no QUIC endpoint (is it running the quic backend?)".into(),
+            }),
+        }
+    }
+    (routes, refused, specs)
+}
+
 /// Actions that turn `current` (the weft-owned routes in the kernel) into `desired`.
 /// Routes are keyed by (destination, kind): one weft route per destination and kind.
 pub fn plan(desired: &[Route], current: &[Route]) -> Vec<Action> {

@@ -85,6 +85,40 @@ pub struct Status {
     /// Last reconcile error, if the latest one failed.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The quic backend's live state (absent for host-gw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QuicStatus {
+    pub tun: String,
+    pub mtu: u32,
+    pub endpoint: String,
+    /// Seconds until this node's certificate expires (negative once expired).
+    pub cert_expires_in_secs: i64,
+    pub peers: Vec<QuicPeerStatus>,
+    /// Decapsulated or tun packets dropped, by reason (`bad_source`, `bad_destination`,
+    /// `malformed`, `no_peer`, `too_big`, `send_failed`, `tun_write`).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Connections refused during the handshake or after it (bad certificate, unknown node, wrong address).
+    pub refused: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QuicPeerStatus {
+    pub node: String,
+    pub subnet: String,
+    pub connected: bool,
+    /// This node dials the peer (the other accepts).
+    pub dialer: bool,
+    pub rtt_us: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Connections made to this peer since start (1 + reconnects).
+    pub connects: u64,
 }
 
 #[cfg(test)]

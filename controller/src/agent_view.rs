@@ -113,6 +113,7 @@ mod tests {
             reconcile_errors: 0,
             skipped_records: 0,
             last_error: None,
+            quic: None,
         };
         let r = render_status(&s);
         assert!(r.starts_with("node:        n1 (id lab-0-n1)\n"), "{r}");

@@ -1,0 +1,559 @@
+//! The quic backend: a tun device whose IP packets travel as QUIC DATAGRAM frames (unreliable,
+//! so no TCP-over-TCP) over one mutually authenticated connection per pair of nodes.
+//!
+//! - Data path: one task reads the tun and sends each packet on the connection of the peer
+//!   owning the destination (a lock-free snapshot lookup, no per-packet allocation: packets are
+//!   split off a large receive buffer); one task per connection receives datagrams, checks
+//!   source and destination, and writes them to the tun.
+//! - Control: the daemon hands over the peer set on every reconcile; of each pair the node with
+//!   the smaller name dials (reconnecting with backoff), the other accepts. A peer whose epoch
+//!   changed (it restarted) is redialled at once.
+
+pub mod packet;
+pub mod tls;
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use ipnet::Ipv4Net;
+use packet::{Drop, Prefix};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+use weft_config::agent::QuicConfig;
+use weft_config::api::{QuicPeerStatus, QuicStatus};
+
+/// IPv4 + UDP headers.
+pub const UDP_IP_OVERHEAD: u32 = 28;
+/// What a QUIC short-header packet carrying one DATAGRAM frame adds, as quinn computes it: flags
+/// (1), destination connection id (quinn's 8 bytes... with margin for its 20-byte maximum
+/// accounted by quinn itself), packet number (up to 4), AEAD tag (16), frame type and length
+/// (up to 3); quinn reports 1434 usable bytes for a 1472-byte UDP payload, so 38 in all.
+pub const QUIC_DATAGRAM_OVERHEAD: u32 = 38;
+
+/// Tun (and pod) MTU for an underlay MTU: what fits in one datagram.
+pub fn tun_mtu_for(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(UDP_IP_OVERHEAD + QUIC_DATAGRAM_OVERHEAD).max(576)
+}
+
+/// A peer as the tunnel needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub endpoint: SocketAddr,
+    pub epoch: u64,
+}
+
+#[derive(Default)]
+struct PeerCounters {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+}
+
+struct Link {
+    conn: quinn::Connection,
+    counters: Arc<PeerCounters>,
+    max_datagram: usize,
+}
+
+/// What the data path reads per packet: peer connections by subnet network address.
+#[derive(Default)]
+struct Snapshot {
+    mask: u32,
+    links: HashMap<u32, Arc<Link>>,
+}
+
+impl Snapshot {
+    #[inline]
+    fn lookup(&self, dst: u32) -> Option<&Arc<Link>> {
+        self.links.get(&(dst & self.mask))
+    }
+}
+
+struct PeerState {
+    spec: PeerSpec,
+    conn: Option<quinn::Connection>,
+    dialing: bool,
+    connects: u64,
+    counters: Arc<PeerCounters>,
+}
+
+pub struct Settings {
+    pub node: String,
+    pub local_subnet: Ipv4Net,
+    pub tun_mtu: u32,
+    /// UDP payload size the underlay carries (underlay MTU − 28).
+    pub udp_payload: u16,
+    pub quic: QuicConfig,
+}
+
+struct Inner {
+    node: String,
+    local: Prefix,
+    mask: u32,
+    tun_name: String,
+    tun_mtu: u32,
+    quic: QuicConfig,
+    dev: tun_rs::AsyncDevice,
+    endpoint: quinn::Endpoint,
+    transport: Arc<quinn::TransportConfig>,
+    client: Mutex<quinn::ClientConfig>,
+    tls_stamp: Mutex<Vec<Option<std::time::SystemTime>>>,
+    cert_not_after: AtomicU64,
+    snapshot: ArcSwap<Snapshot>,
+    peers: Mutex<BTreeMap<String, PeerState>>,
+    drops: [AtomicU64; Drop::ALL.len()],
+    refused: AtomicU64,
+    fingerprint: String,
+}
+
+/// The running backend. Dropping it stops the tasks (the tun device persists).
+pub struct Tunnel {
+    inner: Arc<Inner>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Drop for Tunnel {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.inner.endpoint.close(0u32.into(), b"agent stopping");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// TUNSETPERSIST: keep the device (and the routes through it) when the agent exits, so a
+/// restart neither breaks routes nor lets traffic fall through to the underlay.
+fn set_persist(fd: i32) -> std::io::Result<()> {
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    // SAFETY: fd is an open tun device; the ioctl takes an int by value.
+    if unsafe { libc::ioctl(fd, TUNSETPERSIST, 1 as libc::c_int) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn transport(udp_payload: u16) -> Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(Duration::from_secs(5).try_into().context("idle timeout")?));
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.initial_mtu(udp_payload);
+    t.min_mtu(udp_payload.min(udp_payload.max(1200)));
+    t.mtu_discovery_config(None);
+    t.datagram_receive_buffer_size(Some(16 << 20));
+    t.datagram_send_buffer_size(16 << 20);
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Ok(Arc::new(t))
+}
+
+impl Tunnel {
+    /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the tasks.
+    pub fn start(s: Settings) -> Result<Tunnel> {
+        let id = tls::load(&s.quic, &s.node)?;
+        let transport = transport(s.udp_payload)?;
+        let server = tls::server_config(&id, transport.clone())?;
+        let client = tls::client_config(&id, transport.clone())?;
+        let dev = tun_rs::DeviceBuilder::new()
+            .name(s.quic.tun.clone())
+            .mtu(u16::try_from(s.tun_mtu).unwrap_or(1500))
+            .build_async()
+            .with_context(|| format!("creating tun device {}", s.quic.tun))?;
+        set_persist(dev.as_raw_fd()).with_context(|| format!("making {} persistent", s.quic.tun))?;
+        let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], s.quic.port)))
+            .with_context(|| format!("binding UDP port {}", s.quic.port))?;
+        let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
+        ep_cfg.max_udp_payload_size(s.udp_payload.max(1200)).context("max UDP payload")?;
+        let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .context("starting the QUIC endpoint")?;
+        let mask = u32::from(s.local_subnet.netmask());
+        let inner = Arc::new(Inner {
+            node: s.node,
+            local: Prefix::new(s.local_subnet),
+            mask,
+            tun_name: s.quic.tun.clone(),
+            tun_mtu: s.tun_mtu,
+            quic: s.quic,
+            dev,
+            endpoint,
+            transport,
+            client: Mutex::new(client),
+            tls_stamp: Mutex::new(id.stamp.clone()),
+            cert_not_after: AtomicU64::new(id.not_after.max(0) as u64),
+            snapshot: ArcSwap::from_pointee(Snapshot { mask, links: HashMap::new() }),
+            peers: Mutex::new(BTreeMap::new()),
+            drops: Default::default(),
+            refused: AtomicU64::new(0),
+            fingerprint: id.fingerprint,
+        });
+        let tasks = vec![tokio::spawn(tun_reader(inner.clone())), tokio::spawn(acceptor(inner.clone()))];
+        info!(tun = %inner.tun_name, mtu = inner.tun_mtu, port = inner.quic.port, "quic backend up");
+        Ok(Tunnel { inner, tasks })
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    pub fn tun_name(&self) -> &str {
+        &self.inner.tun_name
+    }
+
+    /// Hands over the current peer set: new peers are dialled (by the dialer of the pair),
+    /// gone ones disconnected, restarted ones (new epoch or endpoint) redialled.
+    pub fn set_peers(&self, peers: &[PeerSpec]) {
+        let inner = &self.inner;
+        let mut to_dial = Vec::new();
+        {
+            let mut st = lock(&inner.peers);
+            st.retain(|node, p| {
+                let keep = peers.iter().any(|s| &s.node == node);
+                if !keep {
+                    if let Some(c) = p.conn.take() {
+                        c.close(1u32.into(), b"peer left");
+                    }
+                    info!(peer = %node, "peer gone");
+                }
+                keep
+            });
+            for spec in peers {
+                match st.get_mut(&spec.node) {
+                    Some(p) if p.spec == *spec => {}
+                    Some(p) => {
+                        let restarted = p.spec.epoch != spec.epoch || p.spec.endpoint != spec.endpoint;
+                        let moved = p.spec.subnet != spec.subnet;
+                        p.spec = spec.clone();
+                        if restarted || moved {
+                            info!(peer = %spec.node, "peer restarted or changed; reconnecting");
+                            if let Some(c) = p.conn.take() {
+                                c.close(2u32.into(), b"peer restarted");
+                            }
+                        }
+                    }
+                    None => {
+                        st.insert(
+                            spec.node.clone(),
+                            PeerState {
+                                spec: spec.clone(),
+                                conn: None,
+                                dialing: false,
+                                connects: 0,
+                                counters: Arc::default(),
+                            },
+                        );
+                    }
+                }
+                if let Some(p) = st.get_mut(&spec.node) {
+                    if inner.node < spec.node && p.conn.is_none() && !p.dialing {
+                        p.dialing = true;
+                        to_dial.push(spec.node.clone());
+                    }
+                }
+            }
+        }
+        publish(inner);
+        for node in to_dial {
+            tokio::spawn(dial(inner.clone(), node));
+        }
+    }
+
+    /// Re-reads the certificate files when they changed; new handshakes use the new ones.
+    pub fn reload_tls_if_changed(&self) -> Result<bool> {
+        let inner = &self.inner;
+        let now = tls::stamp(&inner.quic);
+        if *lock(&inner.tls_stamp) == now {
+            return Ok(false);
+        }
+        let id = tls::load(&inner.quic, &inner.node)?;
+        inner.endpoint.set_server_config(Some(tls::server_config(&id, inner.transport.clone())?));
+        *lock(&inner.client) = tls::client_config(&id, inner.transport.clone())?;
+        inner.cert_not_after.store(id.not_after.max(0) as u64, Relaxed);
+        *lock(&inner.tls_stamp) = id.stamp;
+        info!(fingerprint = %id.fingerprint, "reloaded the node certificate");
+        Ok(true)
+    }
+
+    /// A function giving the live status, for the API task.
+    pub fn status_fn(&self) -> Box<dyn Fn() -> QuicStatus + Send + Sync> {
+        let inner = self.inner.clone();
+        Box::new(move || status_of(&inner))
+    }
+}
+
+fn status_of(inner: &Inner) -> QuicStatus {
+    {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let peers = lock(&inner.peers)
+            .values()
+            .map(|p| QuicPeerStatus {
+                node: p.spec.node.clone(),
+                subnet: p.spec.subnet.to_string(),
+                connected: p.conn.as_ref().is_some_and(|c| c.close_reason().is_none()),
+                dialer: inner.node < p.spec.node,
+                rtt_us: p.conn.as_ref().map_or(0, |c| c.rtt().as_micros() as u64),
+                tx_packets: p.counters.tx_packets.load(Relaxed),
+                tx_bytes: p.counters.tx_bytes.load(Relaxed),
+                rx_packets: p.counters.rx_packets.load(Relaxed),
+                rx_bytes: p.counters.rx_bytes.load(Relaxed),
+                connects: p.connects,
+            })
+            .collect();
+        QuicStatus {
+            tun: inner.tun_name.clone(),
+            mtu: inner.tun_mtu,
+            endpoint: inner.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            cert_expires_in_secs: inner.cert_not_after.load(Relaxed) as i64 - now,
+            peers,
+            drops: Drop::ALL.iter().map(|d| (d.as_str().to_string(), inner.drops[d.index()].load(Relaxed))).collect(),
+            refused: inner.refused.load(Relaxed),
+        }
+    }
+}
+
+#[inline]
+fn count(inner: &Inner, d: Drop) {
+    inner.drops[d.index()].fetch_add(1, Relaxed);
+}
+
+/// Rebuilds the data path's snapshot from the peer table.
+fn publish(inner: &Inner) {
+    let st = lock(&inner.peers);
+    let mut links = HashMap::with_capacity(st.len());
+    for p in st.values() {
+        if let Some(c) = &p.conn {
+            let max_datagram = c.max_datagram_size().unwrap_or(0);
+            links.insert(
+                u32::from(p.spec.subnet.network()),
+                Arc::new(Link { conn: c.clone(), counters: p.counters.clone(), max_datagram }),
+            );
+        }
+    }
+    inner.snapshot.store(Arc::new(Snapshot { mask: inner.mask, links }));
+}
+
+/// Largest packet read from the tun (no offload yet: one MTU-sized packet per read).
+const MAX_PACKET: usize = 65535;
+/// Receive buffer the packets are split off (one allocation per ~45 full-size packets).
+const RECV_BUFFER: usize = 2 << 20;
+
+async fn tun_reader(inner: Arc<Inner>) {
+    let mut buf = BytesMut::with_capacity(RECV_BUFFER);
+    loop {
+        if buf.capacity() < MAX_PACKET {
+            buf = BytesMut::with_capacity(RECV_BUFFER);
+        }
+        buf.resize(MAX_PACKET, 0);
+        let n = match inner.dev.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "reading the tun device");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let pkt = buf.split_to(n).freeze();
+        let dst = match packet::outbound_dst(&pkt) {
+            Ok(d) => d,
+            Err(d) => {
+                count(&inner, d);
+                continue;
+            }
+        };
+        let snap = inner.snapshot.load();
+        let Some(link) = snap.lookup(dst) else {
+            count(&inner, Drop::NoPeer);
+            continue;
+        };
+        if pkt.len() > link.max_datagram {
+            count(&inner, Drop::TooBig);
+            continue;
+        }
+        let len = pkt.len() as u64;
+        match link.conn.send_datagram(pkt) {
+            Ok(()) => {
+                link.counters.tx_packets.fetch_add(1, Relaxed);
+                link.counters.tx_bytes.fetch_add(len, Relaxed);
+            }
+            Err(_) => count(&inner, Drop::SendFailed),
+        }
+    }
+}
+
+/// Receives one connection's datagrams into the tun, checking each.
+async fn receiver(inner: Arc<Inner>, conn: quinn::Connection, peer: Prefix, counters: Arc<PeerCounters>) {
+    while let Ok(d) = conn.read_datagram().await {
+        if let Err(reason) = packet::check_inbound(&d, peer, inner.local) {
+            count(&inner, reason);
+            continue;
+        }
+        counters.rx_packets.fetch_add(1, Relaxed);
+        counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
+        if inner.dev.send(&d).await.is_err() {
+            count(&inner, Drop::TunWrite);
+        }
+    }
+}
+
+/// Makes `conn` the connection of `node`, replacing any older one, and starts its receiver and
+/// a watcher that cleans up (and redials, for the dialer) when it closes.
+fn install(inner: &Arc<Inner>, node: &str, conn: quinn::Connection) -> Result<()> {
+    let (prefix, counters) = {
+        let mut st = lock(&inner.peers);
+        let Some(p) = st.get_mut(node) else { bail!("{node} is not a peer (any more)") };
+        if let Some(old) = p.conn.replace(conn.clone()) {
+            if old.stable_id() != conn.stable_id() {
+                old.close(3u32.into(), b"replaced by a newer connection");
+            }
+        }
+        p.dialing = false;
+        p.connects += 1;
+        (Prefix::new(p.spec.subnet), p.counters.clone())
+    };
+    publish(inner);
+    info!(peer = %node, remote = %conn.remote_address(), max_datagram = ?conn.max_datagram_size(), "tunnel up");
+    if conn.max_datagram_size().is_some_and(|m| m < inner.tun_mtu as usize) {
+        warn!(peer = %node, max_datagram = ?conn.max_datagram_size(), tun_mtu = inner.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
+    }
+    tokio::spawn(receiver(inner.clone(), conn.clone(), prefix, counters));
+    let inner2 = inner.clone();
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let reason = conn.closed().await;
+        let redial = {
+            let mut st = lock(&inner2.peers);
+            match st.get_mut(&node) {
+                Some(p) if p.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) => {
+                    p.conn = None;
+                    let redial = inner2.node < node && !p.dialing;
+                    if redial {
+                        p.dialing = true;
+                    }
+                    redial
+                }
+                Some(p) if p.conn.is_none() && inner2.node < node && !p.dialing => {
+                    p.dialing = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        publish(&inner2);
+        info!(peer = %node, reason = %reason, "tunnel down");
+        if redial {
+            dial(inner2, node).await;
+        }
+    });
+    Ok(())
+}
+
+/// Dials `node` until connected or no longer wanted, backing off from 100 ms to 2 s.
+async fn dial(inner: Arc<Inner>, node: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let target = {
+            let st = lock(&inner.peers);
+            match st.get(&node) {
+                Some(p) if p.conn.is_none() => Some(p.spec.endpoint),
+                _ => None,
+            }
+        };
+        let Some(addr) = target else {
+            if let Some(p) = lock(&inner.peers).get_mut(&node) {
+                p.dialing = false;
+            }
+            return;
+        };
+        let client = lock(&inner.client).clone();
+        let attempt = async {
+            let connecting = inner.endpoint.connect_with(client, addr, &node).context("starting the handshake")?;
+            tokio::time::timeout(Duration::from_secs(3), connecting)
+                .await
+                .context("handshake timed out")?
+                .context("handshake")
+        };
+        match attempt.await {
+            Ok(conn) => match install(&inner, &node, conn) {
+                Ok(()) => return,
+                Err(e) => debug!(peer = %node, error = %format!("{e:#}"), "dropping a fresh connection"),
+            },
+            Err(e) => debug!(peer = %node, %addr, error = %format!("{e:#}"), "dial failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn acceptor(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    inner.refused.fetch_add(1, Relaxed);
+                    warn!(%remote, error = %e, "refused a QUIC handshake");
+                    return;
+                }
+            };
+            match identify(&inner, &conn) {
+                Ok(node) => {
+                    if let Err(e) = install(&inner, &node, conn.clone()) {
+                        conn.close(4u32.into(), b"not a peer");
+                        warn!(%remote, error = %format!("{e:#}"), "refused a connection");
+                        inner.refused.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(e) => {
+                    inner.refused.fetch_add(1, Relaxed);
+                    warn!(%remote, error = %format!("{e:#}"), "refused a connection");
+                    conn.close(4u32.into(), b"unknown node or wrong address");
+                }
+            }
+        });
+    }
+}
+
+/// Who is on the other end: the certificate (already verified against the CA) must name a
+/// peer of the current set, and the connection must come from that peer's advertised address.
+fn identify(inner: &Inner, conn: &quinn::Connection) -> Result<String> {
+    let names = tls::peer_names(conn)?;
+    let remote: IpAddr = conn.remote_address().ip();
+    let st = lock(&inner.peers);
+    for n in &names {
+        if let Some(p) = st.get(n) {
+            if p.spec.endpoint.ip() != remote {
+                bail!(
+                    "certificate names {n}, whose endpoint is {}, but the connection comes from {remote}",
+                    p.spec.endpoint
+                );
+            }
+            return Ok(n.clone());
+        }
+    }
+    bail!("certificate names {names:?}, none of them a peer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtu_arithmetic() {
+        assert_eq!(tun_mtu_for(1500), 1434);
+        assert_eq!(tun_mtu_for(9000), 8934);
+        assert_eq!(tun_mtu_for(600), 576);
+    }
+}
