@@ -11,6 +11,7 @@ pub mod lab;
 pub mod network;
 pub mod nodes;
 pub mod output;
+pub mod pki;
 
 pub use agent_client::{AgentClient, ClientError};
 pub use error::UsageError;
