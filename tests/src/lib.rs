@@ -2,6 +2,8 @@
 //! real kernel, all inside namespaces named `weft<id>-…`), and the lab's `Drop` removes it
 //! again, also when an assertion fails.
 
+pub mod quic_client;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
