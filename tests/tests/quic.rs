@@ -379,3 +379,26 @@ fn atk_ns_create(name: &str) -> String {
     assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
     name.to_string()
 }
+
+#[test]
+fn a_renewed_certificate_is_used_without_a_restart() {
+    let lab = quic_lab("q7", 2, 1);
+    let target = pod_ip(&lab, 2, "p1");
+    let pid = lab.agent_pid(1).expect("pid");
+    let long = status(&lab, 1).quic.expect("quic").cert_expires_in_secs;
+    assert!(long > 300 * 86400, "lab certificates last about a year: {long}");
+    // Renew n1's certificate with a 30-day lifetime, in place.
+    let req = pki::IssueRequest { days: 30, force: true, ..pki::IssueRequest::node("n1") };
+    pki::issue(&lab.pki_dir(), &lab.pki_dir(), &req).expect("renew");
+    let renewed =
+        wait_for(Duration::from_secs(6), || status(&lab, 1).quic.is_some_and(|q| q.cert_expires_in_secs < 31 * 86400));
+    assert!(renewed.is_some(), "the agent did not pick up the renewed certificate");
+    assert_eq!(lab.agent_pid(1), Some(pid), "picked up without a restart");
+    // New handshakes use it: restart the peer so it must verify n1 again.
+    lab.stop_agent(2, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    lab.start_agent(2).expect("start");
+    assert!(
+        wait_for(Duration::from_secs(5), || ping(&lab, "n1/p1", target)).is_some(),
+        "no tunnel with the renewed certificate"
+    );
+}

@@ -1,6 +1,6 @@
 //! The lab's agents and commands: start, stop, leave, wait until ready, status, exec.
 
-use super::names::{LabNames, Target, ETCD_ENDPOINT};
+use super::names::{LabNames, Target, ETCD_ENDPOINT, WEFTCTL_CERT};
 use super::netns::{self, enter_on_exec};
 use super::plumbing::tail;
 use super::procs::{self, Ownership};
@@ -207,7 +207,7 @@ impl Lab {
             node,
             index: i,
             netns: self.names.node_ns(i),
-            underlay_ip: LabNames::node_ip(i),
+            underlay_ip: self.node_ip(i),
             pid: recorded,
             running,
             agent,
@@ -222,7 +222,9 @@ impl Lab {
             hs.into_iter()
                 .enumerate()
                 .map(|(k, h)| {
-                    h.join().unwrap_or_else(|_| NodeStatus::failed(&self.names, k + 1, "status thread panicked"))
+                    h.join().unwrap_or_else(|_| {
+                        NodeStatus::failed(&self.names, k + 1, self.node_ip(k + 1), "status thread panicked")
+                    })
                 })
                 .collect()
         })
@@ -236,6 +238,7 @@ impl Lab {
         LabStatus {
             id: self.id().to_string(),
             backend: self.spec.backend.to_string(),
+            topology: self.spec.topology,
             etcd_endpoint: ETCD_ENDPOINT.to_string(),
             etcd_pid,
             etcd_running,
@@ -263,15 +266,17 @@ impl Lab {
         anyhow::bail!("namespace {ns} does not exist")
     }
 
-    /// A command that runs `program` in `target`'s namespace with WEFT_ETCD, WEFT_SOCKET (node
+    /// A command that runs `program` in `target`'s namespace with WEFT_ETCD and the TLS files
+    /// of weftctl's certificate (WEFT_ETCD_CA, WEFT_ETCD_CERT, WEFT_ETCD_KEY), WEFT_SOCKET (node
     /// and pod targets) and the binaries' directory first on PATH.
     pub fn command(&self, target: &Target, program: impl AsRef<OsStr>) -> anyhow::Result<Command> {
         let ns = self.target_ns(target)?;
         let mut cmd = netns::command_in(&ns, program)?;
         cmd.env("WEFT_ETCD", ETCD_ENDPOINT).env("WEFT_NETWORK", super::names::NETWORK);
-        for k in ["WEFT_ETCD_CA", "WEFT_ETCD_CERT", "WEFT_ETCD_KEY", "WEFT_SOCKET"] {
-            cmd.env_remove(k);
-        }
+        cmd.env_remove("WEFT_SOCKET");
+        let ca = self.names.ca_files().cert;
+        let me = self.names.cert_files(WEFTCTL_CERT);
+        cmd.env("WEFT_ETCD_CA", ca).env("WEFT_ETCD_CERT", me.cert).env("WEFT_ETCD_KEY", me.key);
         if let Some(i) = target.node() {
             cmd.env("WEFT_SOCKET", self.node_config(i)?.paths.socket);
         }

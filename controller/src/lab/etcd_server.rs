@@ -1,10 +1,11 @@
-//! The lab's single-member etcd, run in its own namespace on the underlay.
+//! The lab's single-member etcd, run in its own namespace on the underlay. Clients talk to it
+//! over TLS only (`https://172.30.0.2:2379`) and must present a certificate signed by the lab's
+//! CA (`--client-cert-auth`); the peer URL stays plain HTTP inside the etcd namespace.
 
-use super::names::{LabNames, ETCD_IP};
+use super::names::{LabNames, ETCD_CERT, ETCD_ENDPOINT, ETCD_IP, WEFTCTL_CERT};
 use super::netns::{enter_on_exec, in_netns};
+use crate::etcd::EtcdOpts;
 use anyhow::Context;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,9 +15,10 @@ pub const PEER_PORT: u16 = 2380;
 
 /// The etcd command line for the lab (pure, for tests).
 pub fn etcd_args(names: &LabNames) -> Vec<String> {
-    let client = format!("http://{ETCD_IP}:{CLIENT_PORT}");
+    let client = format!("https://{ETCD_IP}:{CLIENT_PORT}");
     let peer = format!("http://{ETCD_IP}:{PEER_PORT}");
     let name = names.etcd_ns();
+    let tls = names.cert_files(ETCD_CERT);
     vec![
         format!("--name={name}"),
         format!("--data-dir={}", names.etcd_data_dir().display()),
@@ -27,7 +29,23 @@ pub fn etcd_args(names: &LabNames) -> Vec<String> {
         format!("--initial-cluster={name}={peer}"),
         "--initial-cluster-state=new".to_string(),
         format!("--initial-cluster-token={name}"),
+        format!("--cert-file={}", tls.cert.display()),
+        format!("--key-file={}", tls.key.display()),
+        "--client-cert-auth".to_string(),
+        format!("--trusted-ca-file={}", names.ca_files().cert.display()),
     ]
+}
+
+/// How weftctl reaches the lab's etcd: its endpoint, the lab CA and weftctl's client certificate.
+pub fn client_opts(names: &LabNames) -> EtcdOpts {
+    let me = names.cert_files(WEFTCTL_CERT);
+    EtcdOpts {
+        endpoints: vec![ETCD_ENDPOINT.to_string()],
+        ca: Some(names.ca_files().cert),
+        cert: Some(me.cert),
+        key: Some(me.key),
+        timeout: crate::etcd::DEFAULT_TIMEOUT,
+    }
 }
 
 /// Starts etcd in the lab's etcd namespace (its own session), logging to the lab's etcd log.
@@ -50,36 +68,19 @@ pub fn spawn(names: &LabNames, etcd_bin: &Path) -> anyhow::Result<Child> {
     cmd.spawn().with_context(|| format!("starting {}", etcd_bin.display()))
 }
 
-/// One health probe from inside the etcd namespace: `GET /health` on the client port.
+/// One health probe from inside the etcd namespace: connect over TLS with weftctl's client
+/// certificate and read one key, exactly as weftctl and the agents do.
 pub fn probe(names: &LabNames) -> Result<(), String> {
-    let addr = SocketAddr::from((ETCD_IP, CLIENT_PORT));
-    let r = in_netns(&names.etcd_ns(), move || -> std::io::Result<String> {
-        let t = Duration::from_secs(1);
-        let mut s = TcpStream::connect_timeout(&addr, t)?;
-        s.set_read_timeout(Some(t))?;
-        s.set_write_timeout(Some(t))?;
-        s.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-        let mut body = String::new();
-        s.take(64 * 1024).read_to_string(&mut body)?;
-        Ok(body)
+    let opts = EtcdOpts { timeout: Duration::from_secs(1), ..client_opts(names) };
+    let r = in_netns(&names.etcd_ns(), move || -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+        rt.block_on(async { crate::etcd::connect(&opts).await.map(drop) })
     });
     match r {
         Err(e) => Err(e.to_string()),
-        Ok(Err(e)) => Err(format!("GET http://{addr}/health: {e}")),
-        Ok(Ok(body)) if healthy(&body) => Ok(()),
-        Ok(Ok(body)) => Err(format!("GET http://{addr}/health answered {:?}", last_line(&body))),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Ok(Ok(())) => Ok(()),
     }
-}
-
-fn last_line(body: &str) -> &str {
-    body.lines().last().unwrap_or("").trim()
-}
-
-/// Whether an HTTP answer to `/health` says healthy.
-pub fn healthy(response: &str) -> bool {
-    response.starts_with("HTTP/1.")
-        && response.split_once(' ').is_some_and(|(_, r)| r.starts_with("200"))
-        && response.replace(' ', "").contains("\"health\":\"true\"")
 }
 
 #[cfg(test)]
@@ -90,16 +91,20 @@ mod tests {
     fn command_line() {
         let names = LabNames::new("0").expect("id");
         let a = etcd_args(&names);
-        assert!(a.contains(&"--listen-client-urls=http://172.30.0.2:2379".to_string()));
-        assert!(a.contains(&"--initial-cluster=weft0-etcd=http://172.30.0.2:2380".to_string()));
-        assert!(a.contains(&"--data-dir=/run/weft-lab/0/etcd/data".to_string()));
-    }
-
-    #[test]
-    fn health_answers() {
-        assert!(healthy("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{\"health\":\"true\",\"reason\":\"\"}"));
-        assert!(!healthy("HTTP/1.0 503 Service Unavailable\r\n\r\n{\"health\":\"false\"}"));
-        assert!(!healthy("HTTP/1.0 200 OK\r\n\r\n{\"health\":\"false\"}"));
-        assert!(!healthy(""));
+        for want in [
+            "--listen-client-urls=https://172.30.0.2:2379",
+            "--advertise-client-urls=https://172.30.0.2:2379",
+            "--initial-cluster=weft0-etcd=http://172.30.0.2:2380",
+            "--data-dir=/run/weft-lab/0/etcd/data",
+            "--cert-file=/run/weft-lab/0/pki/etcd.pem",
+            "--key-file=/run/weft-lab/0/pki/etcd.key",
+            "--client-cert-auth",
+            "--trusted-ca-file=/run/weft-lab/0/pki/ca.pem",
+        ] {
+            assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+        }
+        let o = client_opts(&names);
+        assert_eq!(o.endpoints, vec!["https://172.30.0.2:2379".to_string()]);
+        assert_eq!(o.cert.as_deref(), Some(Path::new("/run/weft-lab/0/pki/weftctl.pem")));
     }
 }

@@ -35,7 +35,7 @@ pub use status::{LabStatus, NodeStatus};
 use crate::error::UsageError;
 use crate::output::unix_now;
 use anyhow::Context;
-use names::{ETCD_ENDPOINT, ETCD_IP, MAX_NODES, MAX_PODS};
+use names::{ETCD_CERT, ETCD_ENDPOINT, ETCD_IP, MAX_NODES, MAX_PODS, WEFTCTL_CERT};
 use serde::{Deserialize, Serialize};
 use state::{LabState, ProcRecord};
 use std::collections::HashMap;
@@ -53,8 +53,18 @@ pub enum Topology {
     /// One L2 segment: every node on one bridge.
     #[default]
     Flat,
-    /// Several segments joined by a router (not built yet).
+    /// Two L2 segments joined by the underlay namespace as a router: odd nodes on
+    /// 172.30.0.0/24 (with etcd), even nodes on 172.30.1.0/24. UDP crosses; host-gw cannot.
     Routed,
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Topology::Flat => "flat",
+            Topology::Routed => "routed",
+        })
+    }
 }
 
 impl std::str::FromStr for Topology {
@@ -120,9 +130,6 @@ impl LabSpec {
                 "--reconcile-secs: expected 1 to 3600, found {}",
                 self.reconcile_secs
             )));
-        }
-        if self.topology == Topology::Routed {
-            return Err(UsageError::new("--topology: routed is not implemented yet; use flat"));
         }
         Ok(())
     }
@@ -226,8 +233,9 @@ impl Lab {
         for ns in [n.underlay_ns(), n.etcd_ns(), n.ext_ns()] {
             self.make_ns(&ns)?;
         }
-        plumbing::setup_underlay(n)?;
-        plumbing::attach(n, &n.etcd_ns(), "vetcd", ETCD_IP, false)?;
+        self.make_pki()?;
+        plumbing::setup_underlay(n, self.spec.topology)?;
+        plumbing::attach(n, &n.etcd_ns(), "vetcd", plumbing::etcd_addr(), false)?;
         let etcd = etcd_server::spawn(n, etcd_bin)?;
         self.adopt(etcd, &n.etcd_ns(), |s, rec| s.etcd = Some(rec))?;
         // Nodes are wired while etcd starts.
@@ -238,6 +246,24 @@ impl Lab {
             self.start_agent(i)?;
         }
         self.wait_all_ready(Duration::from_secs(self.spec.ready_timeout_secs))
+    }
+
+    /// The lab's CA and every certificate: etcd's server certificate, weftctl's client
+    /// certificate and one per node (etcd client and QUIC certificate alike).
+    fn make_pki(&self) -> anyhow::Result<()> {
+        let dir = self.names.pki_dir();
+        crate::pki::init_ca(&dir, &crate::pki::CaOptions::default()).context("making the lab CA")?;
+        let etcd = crate::pki::IssueRequest {
+            ips: vec![ETCD_IP.into()],
+            dns: vec!["etcd".into()],
+            ..crate::pki::IssueRequest::node(ETCD_CERT)
+        };
+        let mut wanted = vec![etcd, crate::pki::IssueRequest::node(WEFTCTL_CERT)];
+        wanted.extend((1..=self.spec.nodes).map(|i| crate::pki::IssueRequest::node(&LabNames::node_name(i))));
+        for req in &wanted {
+            crate::pki::issue(&dir, &dir, req).with_context(|| format!("issuing the certificate of {}", req.name))?;
+        }
+        Ok(())
     }
 
     /// Records a namespace, then makes it (so a crash in between still gets it removed).
@@ -271,13 +297,14 @@ impl Lab {
     fn setup_node(&self, i: usize) -> anyhow::Result<()> {
         let ns = self.names.node_ns(i);
         self.make_ns(&ns)?;
-        plumbing::attach(&self.names, &ns, &format!("vn{i}"), LabNames::node_ip(i), true)?;
+        plumbing::attach(&self.names, &ns, &format!("vn{i}"), names::node_addr(self.spec.topology, i), true)?;
         let p = self.names.node_paths(i);
         std::fs::create_dir_all(&p.state_dir).with_context(|| format!("creating {}", p.state_dir.display()))?;
         let spec = config_gen::NodeConfigSpec {
             pods: self.spec.pods,
             ip_masq: self.spec.ip_masq,
             reconcile_secs: self.spec.reconcile_secs,
+            backend: self.spec.backend,
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
         std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;
@@ -313,6 +340,10 @@ impl Lab {
             if k.to_string_lossy().starts_with("WEFT_") {
                 cmd.env_remove(k);
             }
+        }
+        let tls = etcd_server::client_opts(&self.names);
+        for (k, v) in [("WEFT_ETCD_CA", &tls.ca), ("WEFT_ETCD_CERT", &tls.cert), ("WEFT_ETCD_KEY", &tls.key)] {
+            cmd.env(k, v.as_deref().context("lab etcd client options without TLS")?);
         }
         cmd.args(["--etcd", ETCD_ENDPOINT, "--network", names::NETWORK, "network", "init", "--cidr"])
             .arg(names::CLUSTER_CIDR)
@@ -385,8 +416,39 @@ impl Lab {
         self.names.pod_ns(i, &LabNames::pod_name(j))
     }
 
+    /// Node `i`'s underlay address, by the lab's topology.
     pub fn node_ip(&self, i: usize) -> std::net::Ipv4Addr {
-        LabNames::node_ip(i)
+        self.node_addr(i).ip
+    }
+
+    /// Node `i`'s underlay address, gateway and segment bridge, by the lab's topology.
+    pub fn node_addr(&self, i: usize) -> names::NodeAddr {
+        names::node_addr(self.spec.topology, i)
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.spec.topology
+    }
+
+    /// `<labdir>/pki`: the lab's CA and certificates (layout in [`crate::pki`]).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.names.pki_dir()
+    }
+
+    /// The lab CA's certificate and key (to issue extra certificates with [`crate::pki::issue`]).
+    pub fn ca_files(&self) -> crate::pki::CertFiles {
+        self.names.ca_files()
+    }
+
+    /// Certificate and key `name` in the pki dir: `n1`.., `etcd`, `weftctl`.
+    pub fn cert_files(&self, name: &str) -> crate::pki::CertFiles {
+        self.names.cert_files(name)
+    }
+
+    /// How to reach the lab's etcd as weftctl does (TLS with weftctl's certificate); connect
+    /// from inside a lab namespace (e.g. [`in_netns`] on a node).
+    pub fn etcd_opts(&self) -> crate::etcd::EtcdOpts {
+        etcd_server::client_opts(&self.names)
     }
 
     pub fn node_dir(&self, i: usize) -> PathBuf {
@@ -459,8 +521,6 @@ mod tests {
         assert_eq!(e, "--nodes: expected 1 to 200, found 0");
         let e = bad(LabSpec { id: "Bad".into(), ..LabSpec::default() });
         assert!(e.starts_with("--id: "), "{e}");
-        let e = bad(LabSpec { topology: Topology::Routed, ..LabSpec::default() });
-        assert!(e.starts_with("--topology: routed is not implemented"), "{e}");
         let e =
             bad(LabSpec { id: "zz7".into(), agent_bin: Some("/nonexistent/weft-agent".into()), ..LabSpec::default() });
         assert!(e.starts_with("weft-agent binary not found at /nonexistent/weft-agent"), "{e}");

@@ -2,16 +2,25 @@
 //!
 //! Namespaces are `weft<id>-<name>`: `weft0-u` (underlay and router), `weft0-etcd`, `weft0-ext`,
 //! nodes `weft0-n1`.., pods `weft0-n1-p1`.. (made by the agents). Files live in
-//! `/run/weft-lab/<id>/`.
+//! `/run/weft-lab/<id>/`, certificates in `/run/weft-lab/<id>/pki/`.
+//!
+//! Addresses: segment A is 172.30.0.0/24 (router .1, etcd .2); in the flat topology every node
+//! is on it at 172.30.0.(10+i). In the routed topology odd nodes stay on A and even nodes sit on
+//! segment B, 172.30.1.0/24 (router 172.30.1.1), at 172.30.1.(10+i).
 
+use super::Topology;
+use crate::pki;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// Where labs keep their files.
 pub const LAB_ROOT: &str = "/run/weft-lab";
-/// Underlay bridge address; the underlay namespace routes toward the external namespace.
+/// Address of the underlay namespace on segment A (bridge `br0`); it routes between the
+/// segments and toward the external namespace.
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+/// Address of the underlay namespace on segment B (bridge `br1`, routed topology only).
+pub const ROUTER_B_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 1, 1);
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 pub const UNDERLAY_PREFIX: u8 = 24;
 /// Router side of the link to the external namespace.
@@ -19,11 +28,16 @@ pub const EXT_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The external host: outside the cluster; the router has no route to pod subnets.
 pub const EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const EXT_PREFIX: u8 = 24;
-pub const ETCD_ENDPOINT: &str = "http://172.30.0.2:2379";
+/// etcd serves clients over TLS only and requires a client certificate signed by the lab's CA.
+pub const ETCD_ENDPOINT: &str = "https://172.30.0.2:2379";
+/// Certificate names in the lab's pki directory besides the nodes' (`n1`..): etcd's server
+/// certificate (SAN IP 172.30.0.2 and DNS `etcd`) and weftctl's client certificate.
+pub const ETCD_CERT: &str = "etcd";
+pub const WEFTCTL_CERT: &str = "weftctl";
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const SUBNET_LEN: u8 = 24;
 pub const NETWORK: &str = "default";
-/// Node addresses are 172.30.0.(10+i).
+/// Node addresses are 172.30.x.(10+i).
 pub const MAX_NODES: usize = 200;
 pub const MAX_PODS: usize = 50;
 
@@ -41,6 +55,31 @@ pub fn validate_id(id: &str) -> Result<(), NameError> {
         return Err(NameError::BadId(id.to_string()));
     }
     Ok(())
+}
+
+/// Where a node sits on the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub ip: Ipv4Addr,
+    /// The router's address on the node's segment (the node's default gateway).
+    pub gateway: Ipv4Addr,
+    /// The bridge of the node's segment in the underlay namespace.
+    pub bridge: &'static str,
+}
+
+/// Bridges of the two segments in the underlay namespace.
+pub const BRIDGE_A: &str = "br0";
+pub const BRIDGE_B: &str = "br1";
+
+/// Where node `i` (1-based, at most [`MAX_NODES`]) sits in `topology`.
+pub fn node_addr(topology: Topology, i: usize) -> NodeAddr {
+    let host = u8::try_from(10 + i).unwrap_or(255);
+    match topology {
+        Topology::Routed if i % 2 == 0 => {
+            NodeAddr { ip: Ipv4Addr::new(172, 30, 1, host), gateway: ROUTER_B_IP, bridge: BRIDGE_B }
+        }
+        _ => NodeAddr { ip: Ipv4Addr::new(172, 30, 0, host), gateway: ROUTER_IP, bridge: BRIDGE_A },
+    }
 }
 
 /// Files of one node's agent, all inside the node's lab directory.
@@ -121,9 +160,10 @@ impl LabNames {
         format!("lab-{}-n{i}", self.id)
     }
 
-    /// 172.30.0.(10+i); callers keep `i` within [`MAX_NODES`].
+    /// 172.30.0.(10+i): node `i`'s address in the *flat* topology. `Lab::node_ip` and
+    /// [`node_addr`] follow the lab's topology.
     pub fn node_ip(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(172, 30, 0, u8::try_from(10 + i).unwrap_or(255))
+        node_addr(Topology::Flat, i).ip
     }
 
     pub fn dir(&self) -> &Path {
@@ -140,6 +180,21 @@ impl LabNames {
 
     pub fn etcd_log(&self) -> PathBuf {
         self.dir.join("etcd").join("etcd.log")
+    }
+
+    /// The lab's CA and certificates (see [`crate::pki`] for the file layout).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// The lab CA's `ca.pem` and `ca.key`.
+    pub fn ca_files(&self) -> pki::CertFiles {
+        pki::ca_files(&self.pki_dir())
+    }
+
+    /// `pki/NAME.pem` and `pki/NAME.key` (`n1`.., [`ETCD_CERT`], [`WEFTCTL_CERT`]).
+    pub fn cert_files(&self, name: &str) -> pki::CertFiles {
+        pki::cert_files(&self.pki_dir(), name)
     }
 
     pub fn node_paths(&self, i: usize) -> NodePaths {
@@ -230,6 +285,9 @@ mod tests {
         assert_eq!(n.pod_ns(3, "p2"), "weft0-n3-p2");
         assert_eq!(n.node_id(3), "lab-0-n3");
         assert_eq!(LabNames::node_ip(1), Ipv4Addr::new(172, 30, 0, 11));
+        assert_eq!(n.pki_dir(), Path::new("/run/weft-lab/0/pki"));
+        assert_eq!(n.ca_files().key, Path::new("/run/weft-lab/0/pki/ca.key"));
+        assert_eq!(n.cert_files("n2").cert, Path::new("/run/weft-lab/0/pki/n2.pem"));
         assert_eq!(n.dir(), Path::new("/run/weft-lab/0"));
         let p = n.node_paths(2);
         assert_eq!(p.socket, Path::new("/run/weft-lab/0/n2/agent.sock"));
@@ -238,6 +296,21 @@ mod tests {
         assert!(!n.owns_ns("weft01-n1"), "lab 01 is another lab");
         assert!(!n.owns_ns("weft0-"));
         assert!(!n.owns_ns("other"));
+    }
+
+    #[test]
+    fn routed_nodes_alternate_between_segments() {
+        let a = |i| node_addr(Topology::Routed, i);
+        assert_eq!(a(1), NodeAddr { ip: Ipv4Addr::new(172, 30, 0, 11), gateway: ROUTER_IP, bridge: "br0" });
+        assert_eq!(a(2), NodeAddr { ip: Ipv4Addr::new(172, 30, 1, 12), gateway: ROUTER_B_IP, bridge: "br1" });
+        assert_eq!(a(3).ip, Ipv4Addr::new(172, 30, 0, 13));
+        assert_eq!(a(200).ip, Ipv4Addr::new(172, 30, 1, 210));
+        for i in 1..=MAX_NODES {
+            let f = node_addr(Topology::Flat, i);
+            assert_eq!((f.gateway, f.bridge), (ROUTER_IP, "br0"));
+            assert_ne!(f.ip, ETCD_IP);
+            assert_ne!(a(i).ip, ETCD_IP);
+        }
     }
 
     #[test]

@@ -7,16 +7,28 @@
 //!  weft0-n1 (172.30.0.11) ──┼─ br0 in weft0-u (172.30.0.1, forwards) ── vext 203.0.113.1 ── weft0-ext (203.0.113.2)
 //!  weft0-nN (172.30.0.10+N)─┘
 //! ```
+//!
+//! The routed topology adds a second segment, `br1` (172.30.1.1/24) in the same underlay
+//! namespace, holding the even nodes; the underlay namespace routes between the segments (and
+//! has no route to pod subnets, so host-gw cannot cross them):
+//!
+//! ```text
+//!  weft0-etcd, weft0-n1, n3.. ── br0 172.30.0.1 ─┐ weft0-u  ┌─ br1 172.30.1.1 ── weft0-n2, n4.. (172.30.1.10+i)
+//!                                                └─ vext ── weft0-ext
+//! ```
 
-use super::names::{LabNames, EXT_IP, EXT_PREFIX, EXT_ROUTER_IP, ROUTER_IP, UNDERLAY_PREFIX};
+use super::names::{
+    LabNames, NodeAddr, BRIDGE_A, BRIDGE_B, EXT_IP, EXT_PREFIX, EXT_ROUTER_IP, ROUTER_B_IP, ROUTER_IP, UNDERLAY_PREFIX,
+};
 use super::netns::write_sysctl;
+use super::Topology;
 use anyhow::Context;
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-pub const BRIDGE: &str = "br0";
+/// Segment A's bridge (the only one in the flat topology).
+pub const BRIDGE: &str = BRIDGE_A;
 
 /// Runs `cmd` to completion; a failure names `what`, the command and its stderr.
 pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<Output> {
@@ -57,18 +69,27 @@ pub fn ip_batch(ns: &str, lines: &[String], what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The underlay bridge and router, and the external namespace behind it.
-pub fn underlay_lines(names: &LabNames) -> (Vec<String>, Vec<String>) {
+/// The underlay bridge(s) and router, and the external namespace behind it.
+pub fn underlay_lines(names: &LabNames, topology: Topology) -> (Vec<String>, Vec<String>) {
     let ext = names.ext_ns();
-    let u = vec![
+    let mut u = vec![
         "link set lo up".to_string(),
-        format!("link add {BRIDGE} type bridge"),
-        format!("addr add {ROUTER_IP}/{UNDERLAY_PREFIX} dev {BRIDGE}"),
-        format!("link set {BRIDGE} up"),
+        format!("link add {BRIDGE_A} type bridge"),
+        format!("addr add {ROUTER_IP}/{UNDERLAY_PREFIX} dev {BRIDGE_A}"),
+        format!("link set {BRIDGE_A} up"),
+    ];
+    if topology == Topology::Routed {
+        u.extend([
+            format!("link add {BRIDGE_B} type bridge"),
+            format!("addr add {ROUTER_B_IP}/{UNDERLAY_PREFIX} dev {BRIDGE_B}"),
+            format!("link set {BRIDGE_B} up"),
+        ]);
+    }
+    u.extend([
         format!("link add vext type veth peer name eth0 netns {ext}"),
         format!("addr add {EXT_ROUTER_IP}/{EXT_PREFIX} dev vext"),
         "link set vext up".to_string(),
-    ];
+    ]);
     let e = vec![
         "link set lo up".to_string(),
         "link set eth0 up".to_string(),
@@ -78,34 +99,39 @@ pub fn underlay_lines(names: &LabNames) -> (Vec<String>, Vec<String>) {
     (u, e)
 }
 
-/// Underlay side (`host_if` on the bridge) and inside side (`eth0` with `ip`, default route via
-/// the router) of a namespace attached to the underlay.
-pub fn attach_lines(ns: &str, host_if: &str, ip: Ipv4Addr) -> (Vec<String>, Vec<String>) {
+/// Underlay side (`host_if` on the segment's bridge) and inside side (`eth0` with the address,
+/// default route via the segment's router) of a namespace attached to the underlay.
+pub fn attach_lines(ns: &str, host_if: &str, addr: NodeAddr) -> (Vec<String>, Vec<String>) {
     let u = vec![
         format!("link add {host_if} type veth peer name eth0 netns {ns}"),
-        format!("link set {host_if} master {BRIDGE}"),
+        format!("link set {host_if} master {}", addr.bridge),
         format!("link set {host_if} up"),
     ];
     let inside = vec![
         "link set lo up".to_string(),
         "link set eth0 up".to_string(),
-        format!("addr add {ip}/{UNDERLAY_PREFIX} dev eth0"),
-        format!("route add default via {ROUTER_IP}"),
+        format!("addr add {}/{UNDERLAY_PREFIX} dev eth0", addr.ip),
+        format!("route add default via {}", addr.gateway),
     ];
     (u, inside)
 }
 
+/// Where etcd sits: segment A in every topology.
+pub fn etcd_addr() -> NodeAddr {
+    NodeAddr { ip: super::names::ETCD_IP, gateway: ROUTER_IP, bridge: BRIDGE_A }
+}
+
 /// Builds the underlay, router and external namespace (all three namespaces already exist).
-pub fn setup_underlay(names: &LabNames) -> anyhow::Result<()> {
-    let (u, e) = underlay_lines(names);
+pub fn setup_underlay(names: &LabNames, topology: Topology) -> anyhow::Result<()> {
+    let (u, e) = underlay_lines(names, topology);
     ip_batch(&names.underlay_ns(), &u, "building the underlay")?;
     ip_batch(&names.ext_ns(), &e, "building the external namespace")?;
     write_sysctl(&names.underlay_ns(), "net/ipv4/ip_forward", "1")
 }
 
-/// Attaches namespace `ns` (already made) to the underlay bridge with address `ip`.
-pub fn attach(names: &LabNames, ns: &str, host_if: &str, ip: Ipv4Addr, forward: bool) -> anyhow::Result<()> {
-    let (u, inside) = attach_lines(ns, host_if, ip);
+/// Attaches namespace `ns` (already made) to its segment's bridge with address `addr.ip`.
+pub fn attach(names: &LabNames, ns: &str, host_if: &str, addr: NodeAddr, forward: bool) -> anyhow::Result<()> {
+    let (u, inside) = attach_lines(ns, host_if, addr);
     ip_batch(&names.underlay_ns(), &u, &format!("attaching {ns} to the underlay"))?;
     ip_batch(ns, &inside, &format!("addressing {ns}"))?;
     if forward {
@@ -134,17 +160,36 @@ pub fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::names::node_addr;
 
     #[test]
     fn wiring_lines_name_only_lab_namespaces() {
         let names = LabNames::new("5").expect("id");
-        let (u, e) = underlay_lines(&names);
+        let (u, e) = underlay_lines(&names, Topology::Flat);
         assert!(u.contains(&"link add vext type veth peer name eth0 netns weft5-ext".to_string()));
         assert!(u.contains(&"addr add 172.30.0.1/24 dev br0".to_string()));
+        assert!(!u.iter().any(|l| l.contains("br1")), "flat has one segment: {u:?}");
         assert_eq!(e.last().map(String::as_str), Some("route add default via 203.0.113.1"));
-        let (u, inside) = attach_lines("weft5-n2", "vn2", LabNames::node_ip(2));
+        let (u, inside) = attach_lines("weft5-n2", "vn2", node_addr(Topology::Flat, 2));
         assert_eq!(u[0], "link add vn2 type veth peer name eth0 netns weft5-n2");
+        assert_eq!(u[1], "link set vn2 master br0");
         assert!(inside.contains(&"addr add 172.30.0.12/24 dev eth0".to_string()));
+        assert!(inside.contains(&"route add default via 172.30.0.1".to_string()));
+    }
+
+    #[test]
+    fn routed_wiring_puts_even_nodes_behind_the_router() {
+        let names = LabNames::new("5").expect("id");
+        let (u, _) = underlay_lines(&names, Topology::Routed);
+        assert!(u.contains(&"addr add 172.30.1.1/24 dev br1".to_string()), "{u:?}");
+        assert!(u.contains(&"addr add 172.30.0.1/24 dev br0".to_string()), "{u:?}");
+        assert!(!u.iter().any(|l| l.contains("10.244.")), "the router must not route pod subnets: {u:?}");
+        let (u, inside) = attach_lines("weft5-n2", "vn2", node_addr(Topology::Routed, 2));
+        assert_eq!(u[1], "link set vn2 master br1");
+        assert!(inside.contains(&"addr add 172.30.1.12/24 dev eth0".to_string()));
+        assert!(inside.contains(&"route add default via 172.30.1.1".to_string()));
+        let (u, inside) = attach_lines("weft5-n3", "vn3", node_addr(Topology::Routed, 3));
+        assert_eq!(u[1], "link set vn3 master br0");
         assert!(inside.contains(&"route add default via 172.30.0.1".to_string()));
     }
 

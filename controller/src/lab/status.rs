@@ -2,6 +2,7 @@
 //! agent itself reports over its socket.
 
 use super::names::LabNames;
+use super::Topology;
 use crate::output::table;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -26,12 +27,12 @@ pub struct NodeStatus {
 
 impl NodeStatus {
     /// A node about which nothing could be learned.
-    pub fn failed(names: &LabNames, i: usize, error: &str) -> Self {
+    pub fn failed(names: &LabNames, i: usize, underlay_ip: Ipv4Addr, error: &str) -> Self {
         Self {
             node: LabNames::node_name(i),
             index: i,
             netns: names.node_ns(i),
-            underlay_ip: LabNames::node_ip(i),
+            underlay_ip,
             pid: None,
             running: false,
             agent: None,
@@ -49,6 +50,7 @@ impl NodeStatus {
 pub struct LabStatus {
     pub id: String,
     pub backend: String,
+    pub topology: Topology,
     pub etcd_endpoint: String,
     pub etcd_pid: Option<u32>,
     pub etcd_running: bool,
@@ -58,9 +60,10 @@ pub struct LabStatus {
 /// The human form of `lab status`.
 pub fn render(s: &LabStatus) -> String {
     let mut out = format!(
-        "lab {}: backend {}, etcd {} {}\n",
+        "lab {}: backend {}, topology {}, etcd {} {}\n",
         s.id,
         s.backend,
+        s.topology,
         s.etcd_endpoint,
         match (s.etcd_pid, s.etcd_running) {
             (Some(p), true) => format!("(pid {p}, running)"),
@@ -104,18 +107,22 @@ mod tests {
     #[test]
     fn dead_agent_shows_as_such() {
         let names = LabNames::new("0").expect("id");
-        let mut n = NodeStatus::failed(&names, 1, "connecting to agent socket /x: refused");
+        let mut n = NodeStatus::failed(&names, 1, LabNames::node_ip(1), "connecting to agent socket /x: refused");
         n.pid = Some(77);
         let s = LabStatus {
             id: "0".into(),
             backend: "host-gw".into(),
-            etcd_endpoint: "http://172.30.0.2:2379".into(),
+            topology: Topology::Flat,
+            etcd_endpoint: "https://172.30.0.2:2379".into(),
             etcd_pid: Some(5),
             etcd_running: true,
             nodes: vec![n],
         };
         let r = render(&s);
-        assert!(r.starts_with("lab 0: backend host-gw, etcd http://172.30.0.2:2379 (pid 5, running)\n"), "{r}");
+        assert!(
+            r.starts_with("lab 0: backend host-gw, topology flat, etcd https://172.30.0.2:2379 (pid 5, running)\n"),
+            "{r}"
+        );
         assert!(
             r.contains("n1    172.30.0.11  77 (dead)  -      -       -          (connecting to agent socket"),
             "{r}"
