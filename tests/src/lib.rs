@@ -43,8 +43,13 @@ pub fn pod_ip(lab: &Lab, i: usize, pod: &str) -> Ipv4Addr {
 
 /// One ping with a one-second deadline.
 pub fn ping(lab: &Lab, from: &str, to: Ipv4Addr) -> bool {
+    ping_within(lab, from, to, "1")
+}
+
+/// One ping waiting at most `secs` (a decimal, e.g. "0.2") for the reply.
+pub fn ping_within(lab: &Lab, from: &str, to: Ipv4Addr, secs: &str) -> bool {
     let to = to.to_string();
-    lab.exec(from, &["ping", "-n", "-q", "-c1", "-W1", &to]).map(|o| o.status.success()).unwrap_or(false)
+    lab.exec(from, &["ping", "-n", "-q", "-c1", "-W", secs, &to]).map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Polls `f` every 100 ms until it is true or `timeout` passes; returns how long it took.

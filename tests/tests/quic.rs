@@ -133,7 +133,7 @@ fn restart_and_time(lab: &Lab, i: usize, target: Ipv4Addr) -> Duration {
     let new_pid = lab.start_agent(i).expect("start");
     assert_ne!(pid, new_pid, "the agent must really have restarted");
     let start = Instant::now();
-    let back = wait_for(Duration::from_secs(10), || ping(lab, "n1/p1", target));
+    let back = wait_for(Duration::from_secs(10), || ping_within(lab, "n1/p1", target, "0.2"));
     assert!(back.is_some(), "tunnel not back 10 s after restarting n{i}");
     start.elapsed()
 }
