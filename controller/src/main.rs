@@ -190,6 +190,8 @@ enum LabCmd {
     /// Stop or start one node's agent.
     #[command(subcommand)]
     Agent(LabAgentCmd),
+    /// Pod-to-pod iperf3 and ping across two nodes: kernel baseline, then a lab per backend.
+    Bench(lab::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -522,5 +524,6 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
             println!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
             Ok(ExitCode::SUCCESS)
         }
+        LabCmd::Bench(b) => lab::bench::cli(id, b),
     }
 }

@@ -16,6 +16,7 @@
 //! and process as they are made, so [`down`] can undo a lab whose `up` crashed.
 
 mod agents;
+pub mod bench;
 pub mod bins;
 pub mod config_gen;
 pub mod down;
