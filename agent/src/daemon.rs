@@ -23,6 +23,8 @@ use weft_config::api::{PeerStatus, PodInfo, Request, Response, Status};
 use weft_config::peers::{build_peer_set, PeerSet, RawRecord};
 use weft_config::{subnet, AgentConfig, Backend, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 
+mod ops;
+
 /// Why the loop ended.
 pub enum Exit {
     /// SIGTERM/SIGINT: leave routes and pods in place.
@@ -113,6 +115,8 @@ impl Daemon {
             skipped_records: 0,
             last_error: None,
             quic: None,
+            health: crate::metrics::initial_health(&cfg, now_secs()),
+            probes: vec![],
         };
         let status = Arc::new(RwLock::new(status));
         let (tx, rx) = mpsc::channel(32);
@@ -120,6 +124,8 @@ impl Daemon {
         let st = status.clone();
         let live: api::LiveQuic = Arc::default();
         let live2 = live.clone();
+        crate::metrics::spawn(&cfg.metrics, status.clone(), live.clone());
+        crate::notify::spawn_watchdog(status.clone(), live.clone());
         tokio::spawn(async move {
             if let Err(e) = api::serve(&sock, st, live2, tx).await {
                 error!(error = %format!("{e:#}"), "api server stopped");
@@ -166,6 +172,7 @@ impl Daemon {
 
     /// Sleeps for `d` while answering API calls with "not ready"; returns early on a signal.
     async fn idle(&mut self, d: Duration, phase: &str) -> Result<(), Shutdown> {
+        self.mark(|h, now| h.loop_tick = now);
         let deadline = tokio::time::sleep(d);
         tokio::pin!(deadline);
         loop {
@@ -185,6 +192,7 @@ impl Daemon {
         state::write_atomic(&self.cfg.paths.pid_file, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
         write_sysctl("net/ipv4/ip_forward", "1")?;
         let r = self.run_inner().await;
+        crate::notify::stopping();
         let _ = std::fs::remove_file(&self.cfg.paths.socket);
         let _ = std::fs::remove_file(&self.cfg.paths.pid_file);
         r
@@ -195,6 +203,7 @@ impl Daemon {
             return Ok(Exit::Signal);
         }
         info!(node = %self.cfg.node_name, subnet = ?self.subnet, "ready");
+        self.on_ready();
         self.main_loop().await
     }
 
@@ -219,6 +228,7 @@ impl Daemon {
                 Ok(c) => {
                     self.client = Some(c);
                     self.set_status(|s| s.etcd_connected = true);
+                    self.mark_etcd_ok();
                     break;
                 }
                 Err(e) => {
@@ -254,7 +264,7 @@ impl Daemon {
             warn!(error = %format!("{e:#}"), "initial peer list failed; retrying on the next reconcile");
         }
         self.reconcile(true).await;
-        if let Err(e) = self.heartbeat().await {
+        if let Err(e) = self.beat().await {
             warn!(error = %format!("{e:#}"), "heartbeat failed");
         }
         Ok(())
@@ -406,6 +416,7 @@ impl Daemon {
         }
         self.subnet = Some(subnet);
         self.record_value = record;
+        self.mark(|h, now| h.record_renewed = now);
         self.state.save_subnet(&SubnetState {
             network: self.cfg.network.clone(),
             subnet,
@@ -512,8 +523,8 @@ impl Daemon {
             .map(|p| (p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Config))
             .collect();
         for p in &known {
-            if p.source == PodSource::Api && !declared.contains(p.name.as_str()) {
-                wanted.push((p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Api));
+            if p.source != PodSource::Config && !declared.contains(p.name.as_str()) && !Self::cni_pod_gone(p) {
+                wanted.push((p.name.clone(), p.netns.clone(), p.ifname.clone(), p.source));
             }
         }
         let mut errors = Vec::new();
@@ -586,6 +597,7 @@ impl Daemon {
         let w = etcd::watch_from(self.client()?, &prefix, rev + 1).await?;
         self.watch = Some(w);
         self.set_status(|s| s.etcd_connected = true);
+                    self.mark_etcd_ok();
         Ok(())
     }
 
@@ -633,6 +645,7 @@ impl Daemon {
                 if !etcd::create(self.client()?, &key, value, lease).await? {
                     bail!("lost the race to re-create {key}");
                 }
+                self.mark(|h, now| h.record_renewed = now);
                 Ok(())
             }
         }
@@ -713,6 +726,7 @@ impl Daemon {
         let ready = errors.is_empty() || self.subnet.is_some();
         self.set_status(|s| {
             s.reconciles += 1;
+            s.health.loop_tick = now_secs();
             s.ready = ready;
             if errors.is_empty() {
                 s.last_error = None;
@@ -791,7 +805,7 @@ impl Daemon {
                     self.reconcile(true).await;
                 }
                 _ = hb.tick() => {
-                    if let Err(e) = self.heartbeat().await {
+                    if let Err(e) = self.beat().await {
                         warn!(error = %format!("{e:#}"), "heartbeat failed");
                     }
                 }
@@ -799,7 +813,7 @@ impl Daemon {
                     let lease = self.subnet_lease;
                     match self.client() {
                         Ok(c) => match etcd::renew(c, lease).await {
-                            Ok(true) => {}
+                            Ok(true) => self.mark(|h, now| (h.record_renewed, h.etcd_ok) = (now, now)),
                             Ok(false) => warn!("subnet lease expired; the record is re-created on the next reconcile"),
                             Err(e) => warn!(error = %format!("{e:#}"), "renewing subnet lease"),
                         },
@@ -849,6 +863,7 @@ impl Daemon {
                 self.revision = self.revision.max(kv.mod_revision());
             }
         }
+        self.mark_etcd_ok();
         self.reconcile(false).await;
     }
 
@@ -859,7 +874,10 @@ impl Daemon {
                 let subnet = self.subnet.unwrap_or_default();
                 return Response::Pods { pods: self.pods.iter().map(|p| self.pod_info(p, subnet)).collect() };
             }
-            Request::PodAdd { name, netns, ifname } => self.pod_add(name, netns, ifname).await,
+            Request::PodAdd { name, netns, ifname, netns_path: Some(path) } => {
+                self.pod_add_path(name, netns, ifname, path).await
+            }
+            Request::PodAdd { name, netns, ifname, netns_path: None } => self.pod_add(name, netns, ifname).await,
             Request::PodDel { name } => self.pod_del(&name).await,
             Request::Leave => self.leave().await.map(|()| Response::Done),
         };

@@ -17,13 +17,13 @@ pub fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
-fn is_nsfs(path: &Path) -> bool {
+pub(crate) fn is_nsfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == NSFS_MAGIC).unwrap_or(false)
 }
 
 /// Makes /run/netns a shared mount point as iproute2 does, so namespaces mounted there are
 /// visible in every mount namespace that shares it.
-fn prepare_dir() -> io::Result<()> {
+pub(crate) fn prepare_dir() -> io::Result<()> {
     fs::create_dir_all(NETNS_DIR)?;
     let dir = Path::new(NETNS_DIR);
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;

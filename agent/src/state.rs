@@ -20,6 +20,8 @@ pub struct SubnetState {
 pub enum PodSource {
     Config,
     Api,
+    /// Added by the CNI plugin with a namespace given as a path (bind-mounted by the agent).
+    Cni,
 }
 
 impl PodSource {
@@ -27,6 +29,7 @@ impl PodSource {
         match self {
             PodSource::Config => "config",
             PodSource::Api => "api",
+            PodSource::Cni => "cni",
         }
     }
 }

@@ -3,12 +3,14 @@
 
 use crate::error::ConfigError;
 use crate::reader::Reader;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default UDP port of the QUIC backend (unused by host-gw).
 pub const DEFAULT_QUIC_PORT: u16 = 7946;
+/// Default address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9472";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -28,6 +30,37 @@ pub struct AgentConfig {
     /// Settings of the quic backend; required when the network's backend is quic.
     pub quic: Option<QuicConfig>,
     pub pods: Vec<PodSpec>,
+    /// `[metrics]`: the HTTP endpoint for /metrics, /healthz and /readyz.
+    pub metrics: MetricsConfig,
+    /// `[probes]`: reachability probes of every peer's gateway, published to etcd.
+    pub probes: ProbesConfig,
+}
+
+/// `[metrics]` of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where to listen; `None` = disabled (`enabled = false`).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: DEFAULT_METRICS_LISTEN.parse().ok() }
+    }
+}
+
+/// `[probes]` of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbesConfig {
+    pub enabled: bool,
+    /// Time between two probe rounds.
+    pub interval: Duration,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: Duration::from_secs(10) }
+    }
 }
 
 /// The quic backend: a tun device whose packets travel as QUIC datagrams, with mutual TLS
@@ -195,6 +228,8 @@ impl AgentConfig {
         let paths = read_paths(r.table("paths")?)?;
         let timers = read_timers(r.table("timers")?)?;
         let quic = read_quic(r.table("quic")?)?;
+        let metrics = read_metrics(r.table("metrics")?)?;
+        let probes = read_probes(r.table("probes")?)?;
         let mut pods = Vec::new();
         for p in r.table_array("pods")? {
             pods.push(read_pod(p)?);
@@ -228,6 +263,8 @@ impl AgentConfig {
             timers,
             quic,
             pods,
+            metrics,
+            probes,
         })
     }
 }
@@ -355,6 +392,29 @@ fn read_quic(mut r: Reader<'_>) -> Result<Option<QuicConfig>, ConfigError> {
     Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu }))
 }
 
+fn read_metrics(mut r: Reader<'_>) -> Result<MetricsConfig, ConfigError> {
+    let enabled = r.opt_bool("enabled")?.unwrap_or(true);
+    let listen = match r.opt_str("listen")? {
+        None => DEFAULT_METRICS_LISTEN.parse().ok(),
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            _ => {
+                return Err(r.err("listen", format!("expected an address and port like 127.0.0.1:9472 or [::1]:9472, found {s:?}")))
+            }
+        },
+    };
+    r.finish()?;
+    Ok(MetricsConfig { listen: listen.filter(|_| enabled) })
+}
+
+fn read_probes(mut r: Reader<'_>) -> Result<ProbesConfig, ConfigError> {
+    let d = ProbesConfig::default();
+    let enabled = r.opt_bool("enabled")?.unwrap_or(d.enabled);
+    let interval = r.opt_int("interval_secs", 1, 3600)?.map_or(d.interval, |s| Duration::from_secs(s as u64));
+    r.finish()?;
+    Ok(ProbesConfig { enabled, interval })
+}
+
 fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
     let name = r.req_str("name")?;
     if !valid_name(name) {
@@ -401,6 +461,20 @@ endpoints = ["http://10.0.0.5:2379"]
         assert!(c.pods.is_empty());
         assert_eq!(c.etcd.tls, None);
         assert_eq!(c.quic, None);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9472".parse().expect("lit")));
+        assert_eq!(c.probes, ProbesConfig::default());
+    }
+
+    #[test]
+    fn metrics_and_probes_sections() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n";
+        let c = AgentConfig::parse("agent.toml", &format!("{base}[metrics]\nlisten = \"[::1]:9100\"\n")).expect("valid");
+        assert_eq!(c.metrics.listen, Some("[::1]:9100".parse().expect("lit")));
+        let c = AgentConfig::parse("agent.toml", &format!("{base}[metrics]\nenabled = false\n")).expect("valid");
+        assert_eq!(c.metrics.listen, None, "enabled = false turns the endpoint off");
+        let c = AgentConfig::parse("agent.toml", &format!("{base}[probes]\nenabled = false\ninterval_secs = 3\n"))
+            .expect("valid");
+        assert_eq!(c.probes, ProbesConfig { enabled: false, interval: Duration::from_secs(3) });
     }
 
     #[test]
@@ -487,7 +561,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
             ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
-            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, network, node_id, node_name, paths, pods, quic, timers, underlay)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
             ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
             ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
             ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),
@@ -505,6 +579,11 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nnetns = \"../x\"", "agent.toml: pods[0].netns: expected a namespace name without '/' or spaces, found \"../x\""),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nifnam = \"x\"", "agent.toml: pods[0].ifnam: unknown key (did you mean `ifname`?)"),
             ("node_name = \"n1\"\npods = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: pods: expected an array of tables ([[...]]), found an integer"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[metrics]\nlisten = \"localhost:9472\"", "agent.toml: metrics.listen: expected an address and port like 127.0.0.1:9472 or [::1]:9472, found \"localhost:9472\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[metrics]\nlisten = \"127.0.0.1:0\"", "agent.toml: metrics.listen: expected an address and port like 127.0.0.1:9472 or [::1]:9472, found \"127.0.0.1:0\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[metrics]\nenabled = 1", "agent.toml: metrics.enabled: expected true or false, found an integer"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[metrics]\nlisen = \"127.0.0.1:1\"", "agent.toml: metrics.lisen: unknown key (did you mean `listen`?)"),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[probes]\ninterval_secs = 0", "agent.toml: probes.interval_secs: expected an integer from 1 to 3600, found 0"),
             ("node_name = ", "agent.toml: invalid TOML (line 1, column 12): string values must be quoted, expected literal string"),
         ];
         for (text, want) in cases {

@@ -19,6 +19,10 @@ pub enum Request {
         /// Defaults to eth0.
         #[serde(default)]
         ifname: Option<String>,
+        /// A namespace given as a path (a CNI runtime's `CNI_NETNS`, e.g. /proc/PID/ns/net): the
+        /// agent bind-mounts it at /run/netns/<netns> and the pod is of source `cni`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns_path: Option<String>,
     },
     PodDel {
         name: String,
@@ -88,6 +92,45 @@ pub struct Status {
     /// The quic backend's live state (absent for host-gw).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicStatus>,
+    /// Progress marks behind /healthz and /readyz (seconds since the Unix epoch).
+    #[serde(default)]
+    pub health: Health,
+    /// The latest reachability probe of every peer's gateway.
+    #[serde(default)]
+    pub probes: Vec<ProbeResult>,
+}
+
+/// When the agent last made progress; the inputs of /healthz, /readyz and their metrics.
+/// Times are seconds since the Unix epoch, 0 = never.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Health {
+    /// The agent process started.
+    pub started: u64,
+    /// The daemon loop last went round (reconcile, heartbeat or a retry while starting).
+    pub loop_tick: u64,
+    /// Seconds without a loop tick after which the loop counts as stuck.
+    pub stuck_after_secs: u64,
+    /// etcd last answered (list, watch event, heartbeat, lease renewal).
+    pub etcd_ok: u64,
+    /// Seconds without an answer from etcd after which the agent is not ready.
+    pub etcd_grace_secs: u64,
+    /// The own subnet record was last written or its lease renewed.
+    pub record_renewed: u64,
+    /// The heartbeat was last refreshed.
+    pub heartbeat: u64,
+}
+
+/// One reachability probe: an ICMP echo from this node's gateway to a peer's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub node: String,
+    pub target: Ipv4Addr,
+    pub ok: bool,
+    /// Round trip of the latest successful probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// When the probe ran (seconds since the Unix epoch).
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -128,7 +171,12 @@ mod tests {
     #[test]
     fn wire_format() {
         let r: Request = serde_json::from_str(r#"{"op":"pod_add","name":"x"}"#).expect("parse");
-        assert_eq!(r, Request::PodAdd { name: "x".into(), netns: None, ifname: None });
+        assert_eq!(r, Request::PodAdd { name: "x".into(), netns: None, ifname: None, netns_path: None });
+        assert_eq!(
+            serde_json::to_string(&r).expect("ser"),
+            r#"{"op":"pod_add","name":"x","netns":null,"ifname":null}"#,
+            "older agents still parse a pod_add without a path"
+        );
         assert_eq!(serde_json::to_string(&Request::Status).expect("ser"), r#"{"op":"status"}"#);
         assert_eq!(serde_json::to_string(&Response::Done).expect("ser"), r#"{"result":"done"}"#);
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());

@@ -41,6 +41,20 @@ impl Keys {
         format!("{}{}", self.nodes_prefix(), name)
     }
 
+    /// Prefix of all probe records (ends in `/`): each agent's reachability of its peers.
+    pub fn probes_prefix(&self) -> String {
+        format!("{}/probes/", self.base)
+    }
+
+    pub fn probe(&self, name: &str) -> String {
+        format!("{}{}", self.probes_prefix(), name)
+    }
+
+    /// The node name of a probe record's key.
+    pub fn probe_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.probes_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))
+    }
+
     /// The part of `key` after the subnets prefix, if it is a subnet key of this network.
     pub fn subnet_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.subnets_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))

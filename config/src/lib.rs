@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 pub mod keys;
 pub mod peers;
+pub mod probes;
 mod reader;
 pub mod records;
 pub mod subnet;

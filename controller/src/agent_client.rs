@@ -91,6 +91,7 @@ impl AgentClient {
             name: name.to_string(),
             netns: netns.map(str::to_string),
             ifname: ifname.map(str::to_string),
+            netns_path: None,
         };
         match self.call_ok(&req)? {
             Response::Pod(p) => Ok(p),

@@ -114,6 +114,8 @@ mod tests {
             skipped_records: 0,
             last_error: None,
             quic: None,
+            health: Default::default(),
+            probes: vec![],
         };
         let r = render_status(&s);
         assert!(r.starts_with("node:        n1 (id lab-0-n1)\n"), "{r}");

@@ -1,0 +1,148 @@
+//! The daemon's operational side, kept apart from the lifecycle in `daemon.rs`: health marks
+//! (what /healthz and /readyz judge), the readiness notification to systemd, the reachability
+//! probe task, and pods whose namespace arrives as a path (the CNI plugin's ADD).
+
+use super::{now_secs, Daemon};
+use crate::pods::{self, AttachRequest, PodNet};
+use crate::state::{PodRecord, PodSource};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use tracing::{info, warn};
+use weft_config::api::{Health, Response};
+
+impl Daemon {
+    /// Records progress (`f` gets the health marks and "now").
+    pub(super) fn mark(&self, f: impl FnOnce(&mut Health, u64)) {
+        let now = now_secs();
+        self.set_status(|s| f(&mut s.health, now));
+    }
+
+    /// etcd answered just now.
+    pub(super) fn mark_etcd_ok(&self) {
+        self.mark(|h, now| h.etcd_ok = now);
+    }
+
+    /// The heartbeat, with its progress marks: the loop went round, and on success the
+    /// heartbeat is fresh and etcd answered.
+    pub(super) async fn beat(&mut self) -> Result<()> {
+        self.mark(|h, now| h.loop_tick = now);
+        self.heartbeat().await?;
+        self.mark(|h, now| (h.heartbeat, h.etcd_ok) = (now, now));
+        Ok(())
+    }
+
+    /// Once, when the node is set up: READY=1 to systemd and the probe task.
+    pub(super) fn on_ready(&mut self) {
+        let subnet = self.subnet.map(|s| s.to_string()).unwrap_or_default();
+        crate::notify::ready(&format!("ready: subnet {subnet}, {} peer(s)", self.peers.peers.len()));
+        if !self.cfg.probes.enabled {
+            return;
+        }
+        if let Some(client) = self.client.clone() {
+            crate::probe::Probe {
+                client,
+                keys: self.keys.clone(),
+                node: self.cfg.node_name.clone(),
+                interval: self.cfg.probes.interval,
+                status: self.status.clone(),
+            }
+            .spawn();
+        }
+    }
+
+    /// A pod from a CNI ADD that comes from a dead namespace: its bind mount under /run/netns is
+    /// gone (a reboot, or someone unmounted it). Such a pod is forgotten, never re-created.
+    pub(super) fn cni_pod_gone(p: &PodRecord) -> bool {
+        let gone = p.source == PodSource::Cni && crate::netns::open(&p.netns).is_err();
+        if gone {
+            info!(pod = %p.name, netns = %p.netns, "CNI pod's namespace is gone; forgetting the pod");
+        }
+        gone
+    }
+
+    /// `pod_add` with a namespace path: bind-mount it at /run/netns/<netns>, then attach.
+    /// Idempotent for the same name, namespace and interface.
+    pub(super) async fn pod_add_path(
+        &mut self,
+        name: String,
+        netns: Option<String>,
+        ifname: Option<String>,
+        path: String,
+    ) -> Result<Response> {
+        use weft_config::agent::{valid_ifname, valid_name, valid_netns};
+        let netns = netns.unwrap_or_else(|| name.clone());
+        let ifname = ifname.unwrap_or_else(|| "eth0".into());
+        if !valid_name(&name) {
+            bail!("invalid pod name {name:?}: lowercase letters, digits, '-', '_' or '.', 1 to 63 characters");
+        }
+        if !valid_netns(&netns) {
+            bail!("invalid namespace name {netns:?}");
+        }
+        if !valid_ifname(&ifname) {
+            bail!("invalid interface name {ifname:?}");
+        }
+        crate::netns_path::check_path(&path).map_err(anyhow::Error::msg)?;
+        let subnet = self.subnet.context("no subnet yet")?;
+        if let Some(p) = self.pods.iter().find(|p| p.name == name) {
+            let same_ns = crate::netns_path::is_attached(&p.netns, Path::new(&path))
+                .with_context(|| format!("opening namespace {path}"))?;
+            if p.netns == netns && p.ifname == ifname && same_ns {
+                let p = p.clone();
+                // Repair anything missing (the ADD may be a retry after a partial failure).
+                let used: BTreeSet<Ipv4Addr> = self.pods.iter().filter(|q| q.name != name).map(|q| q.ip).collect();
+                let req = AttachRequest {
+                    name: &name,
+                    netns: &netns,
+                    ifname: &ifname,
+                    source: PodSource::Cni,
+                    remembered: Some(p.ip),
+                    owns_netns: true,
+                };
+                let net = PodNet { nl: &self.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+                let rec = pods::attach(&net, &req, &used).await?;
+                if rec != p {
+                    if let Some(slot) = self.pods.iter_mut().find(|q| q.name == name) {
+                        *slot = rec.clone();
+                    }
+                    self.state.save_pods(&self.pods)?;
+                    self.publish_pods(subnet);
+                }
+                return Ok(Response::Pod(self.pod_info(&rec, subnet)));
+            }
+            bail!("pod {name} exists with namespace {} and interface {}", p.netns, p.ifname);
+        }
+        if let Some(p) = self.pods.iter().find(|p| p.netns == netns) {
+            bail!("namespace {netns} already belongs to pod {}", p.name);
+        }
+        let mounted = crate::netns_path::attach(&netns, Path::new(&path))
+            .with_context(|| format!("attaching namespace {path} as /run/netns/{netns}"))?;
+        let used: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
+        let req = AttachRequest {
+            name: &name,
+            netns: &netns,
+            ifname: &ifname,
+            source: PodSource::Cni,
+            remembered: None,
+            owns_netns: true,
+        };
+        let net = PodNet { nl: &self.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+        let rec = match pods::attach(&net, &req, &used).await {
+            Ok(r) => r,
+            Err(e) => {
+                if mounted {
+                    if let Err(u) = crate::netns::remove(&netns) {
+                        warn!(netns = %netns, error = %u, "undoing the namespace bind mount");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        self.pods.push(rec.clone());
+        self.state.save_pods(&self.pods)?;
+        self.publish_pods(subnet);
+        info!(pod = %name, ip = %rec.ip, netns = %path, "CNI pod added");
+        Ok(Response::Pod(self.pod_info(&rec, subnet)))
+    }
+}

@@ -1,0 +1,213 @@
+//! Reachability probes: every `[probes] interval_secs` the agent sends one ICMP echo request
+//! from its own gateway address to every peer's gateway address, through the overlay both ways
+//! (host-gw routes or the QUIC tunnel), and waits up to a second for the replies. The results go
+//! into the status (and so `/metrics`) and into `/weft/v1/<net>/probes/<node>` under a lease,
+//! which `weftctl status` reads into a reachability matrix.
+//!
+//! One raw ICMP socket per round (CAP_NET_RAW), run on a blocking thread; a few bytes per peer.
+//! Nothing is sent to anything but peer gateways taken from valid subnet records.
+
+use crate::etcd;
+use anyhow::{Context, Result};
+use etcd_client::Client;
+use ipnet::Ipv4Net;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use weft_config::api::{ProbeResult, Status};
+use weft_config::probes::{PeerProbe, ProbeRecord};
+use weft_config::{subnet, Keys};
+
+const ECHO_REQUEST: u8 = 8;
+const ECHO_REPLY: u8 = 0;
+
+/// RFC 1071 checksum.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An echo request with identifier `id`, sequence `seq` and an 8-byte payload.
+pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = ECHO_REQUEST;
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..16].copy_from_slice(b"weftprob");
+    let c = checksum(&p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// From a raw socket's read (IPv4 header + ICMP): the source and sequence of an echo reply
+/// carrying identifier `id`; `None` for anything else.
+pub fn parse_reply(buf: &[u8], id: u16) -> Option<(Ipv4Addr, u16)> {
+    let ihl = usize::from(*buf.first()? & 0x0f) * 4;
+    if *buf.first()? >> 4 != 4 || ihl < 20 || buf.len() < ihl + 8 {
+        return None;
+    }
+    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+    let icmp = &buf[ihl..];
+    if icmp[0] != ECHO_REPLY || icmp[1] != 0 || u16::from_be_bytes([icmp[4], icmp[5]]) != id {
+        return None;
+    }
+    Some((src, u16::from_be_bytes([icmp[6], icmp[7]])))
+}
+
+/// One round: an echo to every target from `src`, replies collected until `timeout`. Returns
+/// the round trip of each target that answered.
+pub fn round(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io::Result<HashMap<Ipv4Addr, Duration>> {
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    sock.bind(&SocketAddrV4::new(src, 0).into())?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let id = (std::process::id() as u16) ^ (nanos as u16) ^ ((nanos >> 16) as u16);
+    let mut sent = HashMap::new();
+    for (seq, t) in targets.iter().enumerate() {
+        let seq = seq as u16;
+        // A failed send (no route) is simply an unanswered probe.
+        if sock.send_to(&echo_request(id, seq), &SocketAddrV4::new(*t, 0).into()).is_ok() {
+            sent.insert(seq, (*t, Instant::now()));
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    let mut got = HashMap::new();
+    let mut buf = [0u8; 1500];
+    while got.len() < sent.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left))?;
+        let n = match (&sock).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some((from, seq)) = parse_reply(&buf[..n], id) {
+            if let Some((target, at)) = sent.get(&seq) {
+                if *target == from {
+                    got.entry(from).or_insert_with(|| at.elapsed());
+                }
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// What the probe task needs from the daemon.
+pub struct Probe {
+    pub client: Client,
+    pub keys: Keys,
+    pub node: String,
+    pub interval: Duration,
+    pub status: Arc<RwLock<Status>>,
+}
+
+fn now_secs() -> u64 {
+    crate::metrics::now_secs()
+}
+
+impl Probe {
+    /// Runs forever: a round every interval, results into the status and etcd.
+    pub fn spawn(mut self) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut lease = 0i64;
+            loop {
+                tick.tick().await;
+                let results = self.run_round().await;
+                if let Err(e) = self.publish(&results, &mut lease).await {
+                    tracing::debug!(error = %format!("{e:#}"), "publishing probe results");
+                }
+            }
+        });
+    }
+
+    async fn run_round(&self) -> Vec<ProbeResult> {
+        let (own, peers) = {
+            let st = self.status.read().unwrap_or_else(|p| p.into_inner());
+            let own = st.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok());
+            let peers: Vec<(String, Ipv4Addr)> = st
+                .peers
+                .iter()
+                .filter_map(|p| Some((p.node.clone(), subnet::gateway(p.subnet.parse::<Ipv4Net>().ok()?))))
+                .collect();
+            (own, peers)
+        };
+        let Some(own) = own else { return vec![] };
+        let targets: Vec<Ipv4Addr> = peers.iter().map(|(_, t)| *t).collect();
+        let src = subnet::gateway(own);
+        let timeout = (self.interval / 2).min(Duration::from_secs(1));
+        let answered = if targets.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            tokio::task::spawn_blocking(move || round(src, &targets, timeout))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked")))
+        };
+        let answered = answered.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reachability probe failed");
+            HashMap::new()
+        });
+        let at = now_secs();
+        let results: Vec<ProbeResult> = peers
+            .into_iter()
+            .map(|(node, target)| {
+                let rtt = answered.get(&target);
+                ProbeResult { node, target, ok: rtt.is_some(), rtt_us: rtt.map(|d| d.as_micros() as u64), at }
+            })
+            .collect();
+        let mut st = self.status.write().unwrap_or_else(|p| p.into_inner());
+        st.probes = results.clone();
+        results
+    }
+
+    async fn publish(&mut self, results: &[ProbeResult], lease: &mut i64) -> Result<()> {
+        let record = ProbeRecord {
+            schema: weft_config::records::SCHEMA_VERSION,
+            updated: now_secs(),
+            interval_secs: self.interval.as_secs(),
+            peers: results
+                .iter()
+                .map(|r| (r.node.clone(), PeerProbe { ok: r.ok, rtt_us: r.rtt_us }))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        // The record lives a few rounds past the last one, so a dead node's results vanish.
+        let ttl = (self.interval * 3).max(Duration::from_secs(10));
+        if *lease == 0 || !etcd::renew(&mut self.client, *lease).await.unwrap_or(false) {
+            *lease = etcd::grant(&mut self.client, ttl).await.context("probe lease")?;
+        }
+        etcd::put(&mut self.client, &self.keys.probe(&self.node), record.to_json(), *lease).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_packets() {
+        let p = echo_request(0x1234, 7);
+        assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
+        assert_eq!(&p[..8], &[8, 0, p[2], p[3], 0x12, 0x34, 0, 7]);
+        // A reply as a raw socket returns it: IPv4 header (20 bytes) + ICMP.
+        let mut r = vec![0x45, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 2, 1, 10, 244, 1, 1];
+        let mut icmp = p.to_vec();
+        icmp[0] = ECHO_REPLY;
+        r.extend_from_slice(&icmp);
+        assert_eq!(parse_reply(&r, 0x1234), Some(("10.244.2.1".parse().expect("lit"), 7)));
+        assert_eq!(parse_reply(&r, 0x9999), None, "someone else's ping");
+        assert_eq!(parse_reply(&r[..24], 0x1234), None, "truncated");
+        let mut req = r.clone();
+        req[20] = ECHO_REQUEST;
+        assert_eq!(parse_reply(&req, 0x1234), None, "not a reply");
+    }
+}
