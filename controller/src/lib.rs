@@ -5,6 +5,7 @@
 
 pub mod agent_client;
 pub mod agent_view;
+pub mod cluster_status;
 pub mod error;
 pub mod etcd;
 pub mod lab;

@@ -43,6 +43,12 @@ enum Cmd {
     /// The network config agents read at start.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// The cluster at a glance: nodes, subnets, liveness, backend and a reachability matrix
+    /// from the probes agents publish.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// List nodes: subnet records joined with heartbeats.
     Nodes {
         #[arg(long)]
@@ -280,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .into());
     }
     match &cli.cmd {
-        Cmd::Network(_) | Cmd::Nodes { .. } | Cmd::Node(_) => etcd_command(&cli),
+        Cmd::Network(_) | Cmd::Nodes { .. } | Cmd::Node(_) | Cmd::Status { .. } => etcd_command(&cli),
         Cmd::Pod(p) => pod_command(&cli, p),
         Cmd::Agent(AgentCmd::Status { json }) => {
             let s = AgentClient::new(&cli.socket).status()?;
@@ -352,6 +358,10 @@ fn etcd_command(cli: &Cli) -> anyhow::Result<ExitCode> {
             Cmd::Network(NetworkCmd::Show { json }) => {
                 let c = network::show(&mut client, net, t).await?;
                 print_out(*json, &c, || network::render(net, &c))
+            }
+            Cmd::Status { json } => {
+                let s = weft_controller::cluster_status::fetch(&mut client, net, t, output::unix_now()).await?;
+                print_out(*json, &s, || weft_controller::cluster_status::render(&s))
             }
             Cmd::Nodes { json } => {
                 let rows = nodes::list(&mut client, net, t, output::unix_now()).await?;
