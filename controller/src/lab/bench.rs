@@ -821,8 +821,9 @@ impl HostPair {
             anyhow::bail!("namespace {ns} already exists (another bench running, or a crashed one: weftctl lab down)");
         }
         for ns in &all {
-            pair.made.push(ns.clone());
+            // Recorded once made: a name that turned out to be taken is never removed.
             plumbing::add_netns(ns)?;
+            pair.made.push(ns.clone());
         }
         let u = pair.underlay_ns();
         batch(&u, &["link set lo up".into(), "link add br-u type bridge".into(), "link set br-u up".into()])?;
