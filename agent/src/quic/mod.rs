@@ -157,7 +157,13 @@ fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::AsyncDevice> {
             .offload(true)
             .build_async()
     };
-    match build() {
+    // The tunnel carries IPv4 only: no IPv6 on the tun, so the kernel sends nothing there that
+    // would be dropped as malformed.
+    let no_v6 = |dev: tun_rs::AsyncDevice| {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        dev
+    };
+    match build().map(no_v6) {
         Ok(d) => Ok(d),
         Err(first) => {
             warn!(tun = %name, error = %first, "cannot attach to the existing tun device; recreating it");
@@ -165,7 +171,7 @@ fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::AsyncDevice> {
             if !out.as_ref().is_ok_and(|o| o.status.success()) {
                 return Err(first).with_context(|| format!("creating tun device {name}"));
             }
-            build().with_context(|| format!("creating tun device {name}"))
+            build().map(no_v6).with_context(|| format!("creating tun device {name}"))
         }
     }
 }
@@ -198,6 +204,17 @@ impl Tunnel {
         set_persist(dev.as_raw_fd()).with_context(|| format!("making {} persistent", s.quic.tun))?;
         let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], s.quic.port)))
             .with_context(|| format!("binding UDP port {}", s.quic.port))?;
+        // Bursts of a fast TCP flow overrun the default socket buffers (UdpRcvbufErrors); the
+        // FORCE variants (CAP_NET_ADMIN) are not capped by net.core.[rw]mem_max.
+        use nix::sys::socket::{setsockopt, sockopt};
+        for (what, r) in [
+            ("receive", setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER)),
+            ("send", setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER)),
+        ] {
+            if let Err(e) = r {
+                warn!(error = %e, "cannot enlarge the UDP {what} buffer");
+            }
+        }
         let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
         ep_cfg.max_udp_payload_size(s.udp_payload.max(1200)).context("max UDP payload")?;
         let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, Arc::new(quinn::TokioRuntime))
@@ -369,6 +386,9 @@ fn publish(inner: &Inner) {
     }
     inner.snapshot.store(Arc::new(Snapshot { mask: inner.mask, links }));
 }
+
+/// UDP socket buffer size (each way).
+const SOCKET_BUFFER: usize = 8 << 20;
 
 /// Packet arena the outgoing datagrams are copied into and split off (one allocation per
 /// ~1400 full-size packets; quinn keeps each `Bytes` until it is sent).
