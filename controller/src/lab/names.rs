@@ -75,7 +75,7 @@ pub const BRIDGE_B: &str = "br1";
 pub fn node_addr(topology: Topology, i: usize) -> NodeAddr {
     let host = u8::try_from(10 + i).unwrap_or(255);
     match topology {
-        Topology::Routed if i % 2 == 0 => {
+        Topology::Routed if i.is_multiple_of(2) => {
             NodeAddr { ip: Ipv4Addr::new(172, 30, 1, host), gateway: ROUTER_B_IP, bridge: BRIDGE_B }
         }
         _ => NodeAddr { ip: Ipv4Addr::new(172, 30, 0, host), gateway: ROUTER_IP, bridge: BRIDGE_A },
