@@ -4,7 +4,10 @@
 set -euo pipefail
 
 pkgs=(etcd-server etcd-client iproute2 iptables nftables iperf3 iputils-ping protobuf-compiler
-      netcat-openbsd jq procps kmod ca-certificates)
+      netcat-openbsd jq procps kmod ca-certificates
+      systemd containernetworking-plugins curl)
+# systemd: systemd-analyze verifies the unit (these machines need not run systemd as PID 1);
+# containernetworking-plugins: bandwidth and portmap, chained after weft-cni in the CNI tests.
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
