@@ -220,10 +220,14 @@ fn systemd_notify_ready_watchdog_and_stopping() {
     let sock_path = lab.dir().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
     let cfg = lab.node_paths(1).config;
-    let log = std::fs::File::create(lab.dir().join("notify-agent.log")).expect("log");
+    let log_path = lab.dir().join("notify-agent.log");
+    let log = std::fs::File::create(&log_path).expect("log");
     let mut cmd = netns::command_in(&lab.node_ns(1), lab.agent_bin()).expect("command");
+    // Also the logging contract: JSON lines with --log-format json, levels from RUST_LOG.
     cmd.arg("--config")
         .arg(&cfg)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "debug")
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .env_remove("WATCHDOG_PID")
@@ -275,4 +279,18 @@ fn systemd_notify_ready_watchdog_and_stopping() {
             panic!("agent did not exit after SIGTERM")
         });
     assert!(status.success(), "agent exit status {status}");
+
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["target"].is_string() && l["fields"]["message"].is_string()));
+    assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "RUST_LOG=debug shows debug lines");
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO" && l["fields"]["message"] == "ready" && l["fields"]["node"] == "n1"),
+        "no structured 'ready' line"
+    );
 }
