@@ -154,3 +154,25 @@ fn the_example_config_is_what_a_node_runs() {
     assert_eq!(list["plugins"][0]["type"], "weft-cni");
     assert_eq!(list["plugins"][0]["socket"], c.paths.socket.display().to_string());
 }
+
+#[test]
+fn the_vm_guide_config_is_an_agent_toml() {
+    // The agent.toml that deploy/vm/user-data-node.yaml writes, as the agent parses it: the
+    // same format the lab generates for its nodes.
+    let yaml = std::fs::read_to_string(repo().join("deploy/vm/user-data-node.yaml")).expect("user-data");
+    assert!(yaml.starts_with("#cloud-config\n"));
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "- path: /etc/weft/agent.toml");
+    assert!(lines.next().is_some(), "no /etc/weft/agent.toml in the user-data");
+    let body: Vec<&str> = lines
+        .skip_while(|l| l.trim() != "content: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .map(|l| &l[6..])
+        .collect();
+    let text = body.join("\n");
+    let c = AgentConfig::parse("user-data-node.yaml agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(c.node_name, "node-a");
+    assert_eq!(c.etcd.endpoints, vec!["https://10.0.0.5:2379".to_string()]);
+    assert_eq!(c.metrics.listen, Some("0.0.0.0:9472".parse().expect("lit")));
+    assert!(c.quic.is_some());
+}
