@@ -597,7 +597,7 @@ impl Daemon {
         let w = etcd::watch_from(self.client()?, &prefix, rev + 1).await?;
         self.watch = Some(w);
         self.set_status(|s| s.etcd_connected = true);
-                    self.mark_etcd_ok();
+        self.mark_etcd_ok();
         Ok(())
     }
 

@@ -399,7 +399,10 @@ fn read_metrics(mut r: Reader<'_>) -> Result<MetricsConfig, ConfigError> {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => Some(a),
             _ => {
-                return Err(r.err("listen", format!("expected an address and port like 127.0.0.1:9472 or [::1]:9472, found {s:?}")))
+                return Err(r.err(
+                    "listen",
+                    format!("expected an address and port like 127.0.0.1:9472 or [::1]:9472, found {s:?}"),
+                ))
             }
         },
     };
@@ -468,7 +471,8 @@ endpoints = ["http://10.0.0.5:2379"]
     #[test]
     fn metrics_and_probes_sections() {
         let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n";
-        let c = AgentConfig::parse("agent.toml", &format!("{base}[metrics]\nlisten = \"[::1]:9100\"\n")).expect("valid");
+        let c =
+            AgentConfig::parse("agent.toml", &format!("{base}[metrics]\nlisten = \"[::1]:9100\"\n")).expect("valid");
         assert_eq!(c.metrics.listen, Some("[::1]:9100".parse().expect("lit")));
         let c = AgentConfig::parse("agent.toml", &format!("{base}[metrics]\nenabled = false\n")).expect("valid");
         assert_eq!(c.metrics.listen, None, "enabled = false turns the endpoint off");
