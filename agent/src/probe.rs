@@ -104,6 +104,8 @@ pub fn round(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io:
 /// What the probe task needs from the daemon.
 pub struct Probe {
     pub client: Client,
+    /// To connect afresh when publishing keeps failing (another etcd member may be alive).
+    pub etcd: weft_config::agent::EtcdConfig,
     pub keys: Keys,
     pub node: String,
     pub interval: Duration,
@@ -121,11 +123,24 @@ impl Probe {
             let mut tick = tokio::time::interval(self.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut lease = 0i64;
+            let mut failures = 0u32;
             loop {
                 tick.tick().await;
                 let results = self.run_round().await;
-                if let Err(e) = self.publish(&results, &mut lease).await {
-                    tracing::debug!(error = %format!("{e:#}"), "publishing probe results");
+                match self.publish(&results, &mut lease).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "publishing probe results");
+                        failures += 1;
+                        if failures >= 2 {
+                            if let Ok(Ok(c)) =
+                                tokio::time::timeout(Duration::from_secs(10), etcd::connect(&self.etcd)).await
+                            {
+                                self.client = c;
+                                lease = 0;
+                            }
+                        }
+                    }
                 }
             }
         });

@@ -43,6 +43,7 @@ impl Daemon {
         if let Some(client) = self.client.clone() {
             crate::probe::Probe {
                 client,
+                etcd: self.cfg.etcd.clone(),
                 keys: self.keys.clone(),
                 node: self.cfg.node_name.clone(),
                 interval: self.cfg.probes.interval,
