@@ -53,6 +53,50 @@ pub fn ping_within(lab: &Lab, from: &str, to: Ipv4Addr, secs: &str) -> bool {
     lab.exec(from, &["ping", "-n", "-q", "-c1", "-W", secs, &to]).map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// Every pod's address on nodes 1..=nodes, as (node index, pod name, ip).
+pub fn all_pods(lab: &Lab, nodes: usize, pods: &[&'static str]) -> Vec<(usize, &'static str, Ipv4Addr)> {
+    (1..=nodes).flat_map(|i| pods.iter().map(move |p| (i, *p))).map(|(i, p)| (i, p, pod_ip(lab, i, p))).collect()
+}
+
+/// Pings from every pod to every pod on another node; returns the pairs that failed.
+pub fn cross_node_ping_failures(lab: &Lab, pods: &[(usize, &str, Ipv4Addr)]) -> Vec<String> {
+    let mut failures = vec![];
+    for (i, p, _) in pods {
+        for (j, _, ip) in pods {
+            if i != j && !ping(lab, &format!("n{i}/{p}"), *ip) {
+                failures.push(format!("n{i}/{p} -> {ip}"));
+            }
+        }
+    }
+    failures
+}
+
+/// Collects the UDP payloads that reach `ip:port` inside namespace `ns` for `secs` seconds.
+/// Join the handle, then read the channel.
+pub fn udp_collector(
+    ns: String,
+    ip: Ipv4Addr,
+    port: u16,
+    secs: u64,
+) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let r = in_netns(&ns, || {
+            let s = std::net::UdpSocket::bind((ip, port)).expect("bind the UDP collector");
+            s.set_read_timeout(Some(Duration::from_secs(secs))).expect("timeout");
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = s.recv(&mut buf) {
+                let _ = tx.send(buf[..n].to_vec());
+            }
+        });
+        r.expect("entering the collector's namespace");
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("UDP collector did not start");
+    (handle, rx)
+}
+
 /// Polls `f` every 100 ms until it is true or `timeout` passes; returns how long it took.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

@@ -9,11 +9,6 @@ use weft_tests::*;
 
 const PODS: [&str; 2] = ["p1", "p2"];
 
-/// Every pod's address, as (node index, pod name, ip).
-fn all_pods(lab: &Lab, nodes: usize) -> Vec<(usize, &'static str, Ipv4Addr)> {
-    (1..=nodes).flat_map(|i| PODS.iter().map(move |p| (i, *p))).map(|(i, p)| (i, p, pod_ip(lab, i, p))).collect()
-}
-
 fn expected_routes(lab: &Lab, i: usize, nodes: usize) -> Vec<String> {
     let mut want = vec![
         "default via 172.30.0.1 dev eth0".to_string(),
@@ -36,7 +31,7 @@ fn expected_routes(lab: &Lab, i: usize, nodes: usize) -> Vec<String> {
 #[test]
 fn three_nodes_pods_reach_each_other_without_nat() {
     let lab = lab("t1", 3, 2, |_| {});
-    let pods = all_pods(&lab, 3);
+    let pods = all_pods(&lab, 3, &PODS);
 
     // Distinct subnets, one per node, and pod addresses inside them.
     let subnets: std::collections::BTreeSet<String> =
@@ -44,14 +39,7 @@ fn three_nodes_pods_reach_each_other_without_nat() {
     assert_eq!(subnets.len(), 3, "{subnets:?}");
 
     // Every pod pings every pod on the other nodes.
-    let mut failures = vec![];
-    for (i, p, _) in &pods {
-        for (j, _, ip) in &pods {
-            if i != j && !ping(&lab, &format!("n{i}/{p}"), *ip) {
-                failures.push(format!("n{i}/{p} -> {ip}"));
-            }
-        }
-    }
+    let failures = cross_node_ping_failures(&lab, &pods);
     assert!(failures.is_empty(), "pings failed: {failures:?}");
 
     // Each node reaches the remote pods itself too.

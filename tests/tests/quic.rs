@@ -33,16 +33,8 @@ fn quic_endpoint(lab: &Lab, i: usize) -> SocketAddr {
 #[test]
 fn routed_cluster_carries_pod_traffic_through_the_tunnel() {
     let lab = quic_lab("q1", 3, 2);
-    let pods: Vec<(usize, &str, Ipv4Addr)> =
-        (1..=3).flat_map(|i| ["p1", "p2"].map(move |p| (i, p))).map(|(i, p)| (i, p, pod_ip(&lab, i, p))).collect();
-    let mut failures = vec![];
-    for (i, p, _) in &pods {
-        for (j, _, ip) in &pods {
-            if i != j && !ping(&lab, &format!("n{i}/{p}"), *ip) {
-                failures.push(format!("n{i}/{p} -> {ip}"));
-            }
-        }
-    }
+    let pods = all_pods(&lab, 3, &["p1", "p2"]);
+    let failures = cross_node_ping_failures(&lab, &pods);
     assert!(failures.is_empty(), "pings failed: {failures:?}");
     for i in 1..=3 {
         for (j, _, ip) in &pods {
@@ -238,19 +230,7 @@ fn spoofed_inner_source_is_dropped_and_counted() {
     let spoofed_src: Ipv4Addr = "10.244.250.9".parse().expect("lit");
 
     // A UDP listener in n1/p1 collects what arrives.
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let ns = lab.pod_ns(1, 1);
-    let listener = std::thread::spawn(move || {
-        in_netns(&ns, || {
-            let s = UdpSocket::bind((target, 9)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_secs(4))).expect("timeout");
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = s.recv(&mut buf) {
-                let _ = tx.send(buf[..n].to_vec());
-            }
-        })
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let (listener, rx) = udp_collector(lab.pod_ns(1, 1), target, 9, 4);
     let before = drops(&lab, 1, "bad_source");
     const SPOOFED: u64 = 7;
     with_connection(
@@ -271,7 +251,7 @@ fn spoofed_inner_source_is_dropped_and_counted() {
         },
     )
     .expect("tunnel as n2");
-    listener.join().expect("listener").expect("netns");
+    listener.join().expect("listener");
     let got: Vec<Vec<u8>> = rx.try_iter().collect();
     assert!(got.iter().any(|p| p == b"honest"), "the honest packet did not arrive: the test proves nothing");
     assert!(!got.iter().any(|p| p.starts_with(b"spoof")), "a spoofed packet arrived");
@@ -298,19 +278,7 @@ fn plaintext_never_crosses_the_underlay() {
     ip(&["addr", "add", "172.30.0.250/24", "dev", "eth0"]);
     ip(&["link", "set", "eth0", "up"]);
     ip(&["route", "add", "10.244.0.0/16", "via", &lab.node_ip(1).to_string()]);
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let ns = lab.pod_ns(1, 1);
-    let listener = std::thread::spawn(move || {
-        in_netns(&ns, || {
-            let s = UdpSocket::bind((victim, 9)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = s.recv(&mut buf) {
-                let _ = tx.send(buf[..n].to_vec());
-            }
-        })
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let (listener, rx) = udp_collector(lab.pod_ns(1, 1), victim, 9, 2);
     in_netns(&atk, || {
         let s = UdpSocket::bind(("172.30.0.250", 0)).expect("bind");
         for _ in 0..5 {
@@ -324,7 +292,7 @@ fn plaintext_never_crosses_the_underlay() {
         .output()
         .expect("ping");
     assert!(out.status.success(), "the attacker cannot even reach n1: the test proves nothing");
-    listener.join().expect("listener").expect("netns");
+    listener.join().expect("listener");
     assert_eq!(rx.try_iter().count(), 0, "pod-addressed plaintext from the underlay reached the pod");
 
     // With the agent stopped (tun kept, nobody reading it) and even with the tun gone,
