@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
-use weft_config::api::{PeerStatus, PodInfo, Request, Response, Status};
+use weft_config::api::{PeerStatus, PodInfo, Request, Response, RouteRemoved, Status};
 use weft_config::peers::{build_peer_set, PeerSet, RawRecord};
 use weft_config::{subnet, AgentConfig, Backend, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 
@@ -37,6 +37,10 @@ struct Shutdown;
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The node's identity: `node_id` from the config, else /etc/machine-id.
@@ -117,6 +121,7 @@ impl Daemon {
             quic: None,
             health: crate::metrics::initial_health(&cfg, now_secs()),
             probes: vec![],
+            last_route_removed: None,
         };
         let status = Arc::new(RwLock::new(status));
         let (tx, rx) = mpsc::channel(32);
@@ -675,10 +680,16 @@ impl Daemon {
         let current = self.nl.weft_routes().await?;
         let actions = routes::plan(&desired, &current);
         let mut errors = Vec::new();
+        let mut removed = None;
         for a in &actions {
             info!(action = ?describe(a), "route");
-            if let Err(e) = self.nl.apply(a).await {
-                errors.push(format!("{e:#}"));
+            match self.nl.apply(a).await {
+                Err(e) => errors.push(format!("{e:#}")),
+                Ok(()) => {
+                    if let Action::Del(r) = a {
+                        removed = Some(RouteRemoved { subnet: r.dst.to_string(), unix_ms: now_unix_ms() });
+                    }
+                }
             }
         }
         let installed: BTreeSet<Route> = if actions.is_empty() {
@@ -686,19 +697,36 @@ impl Daemon {
         } else {
             self.nl.weft_routes().await?.into_iter().collect()
         };
+        // When each peer's route was first seen installed: carried over from the last snapshot.
+        let now_ms = now_unix_ms();
+        let since: BTreeMap<(String, String), u64> = {
+            let st = self.status.read().unwrap_or_else(|p| p.into_inner());
+            st.peers.iter().map(|p| ((p.node.clone(), p.subnet.clone()), p.route_since_unix_ms)).collect()
+        };
         let peers: Vec<PeerStatus> = self
             .peers
             .peers
             .values()
-            .map(|p| PeerStatus {
-                node: p.node.clone(),
-                subnet: p.subnet.to_string(),
-                public_ip: p.public_ip,
-                route_ok: desired.iter().any(|d| d.dst == p.subnet && installed.contains(d)),
-                problem: refused.iter().find(|r| r.subnet == p.subnet).map(|r| r.reason.clone()),
+            .map(|p| {
+                let subnet = p.subnet.to_string();
+                let route_ok = desired.iter().any(|d| d.dst == p.subnet && installed.contains(d));
+                let before = since.get(&(p.node.clone(), subnet.clone())).copied().filter(|&t| t > 0);
+                PeerStatus {
+                    node: p.node.clone(),
+                    route_since_unix_ms: if route_ok { before.unwrap_or(now_ms) } else { 0 },
+                    subnet,
+                    public_ip: p.public_ip,
+                    route_ok,
+                    problem: refused.iter().find(|r| r.subnet == p.subnet).map(|r| r.reason.clone()),
+                }
             })
             .collect();
-        self.set_status(|s| s.peers = peers);
+        self.set_status(|s| {
+            s.peers = peers;
+            if removed.is_some() {
+                s.last_route_removed = removed;
+            }
+        });
         if errors.is_empty() {
             Ok(())
         } else {

@@ -318,6 +318,7 @@ mod tests {
                     public_ip: "172.30.0.12".parse().expect("lit"),
                     route_ok: true,
                     problem: None,
+                    route_since_unix_ms: 0,
                 },
                 PeerStatus {
                     node: "n3".into(),
@@ -325,6 +326,7 @@ mod tests {
                     public_ip: "172.30.1.13".parse().expect("lit"),
                     route_ok: false,
                     problem: Some("not on-link".into()),
+                    route_since_unix_ms: 0,
                 },
             ],
             pods: vec![],
@@ -358,6 +360,7 @@ mod tests {
                     at: now,
                 },
             ],
+            last_route_removed: None,
         }
     }
 

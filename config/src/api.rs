@@ -65,6 +65,20 @@ pub struct PeerStatus {
     /// Why the peer cannot be routed (e.g. not on-link for host-gw).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// When a reconcile first saw this peer's route installed (ms since the Unix epoch; 0 = not
+    /// installed). Kept while the route stays; `weftctl lab bench --scale` measures join
+    /// convergence with it.
+    #[serde(default)]
+    pub route_since_unix_ms: u64,
+}
+
+/// The last route this agent deleted (a peer left); what `weftctl lab bench --scale` measures
+/// leave convergence with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRemoved {
+    pub subnet: String,
+    /// When the delete was applied (ms since the Unix epoch).
+    pub unix_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +112,9 @@ pub struct Status {
     /// The latest reachability probe of every peer's gateway.
     #[serde(default)]
     pub probes: Vec<ProbeResult>,
+    /// The last route this agent deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_route_removed: Option<RouteRemoved>,
 }
 
 /// When the agent last made progress; the inputs of /healthz, /readyz and their metrics.

@@ -116,6 +116,7 @@ mod tests {
             quic: None,
             health: Default::default(),
             probes: vec![],
+            last_route_removed: None,
         };
         let r = render_status(&s);
         assert!(r.starts_with("node:        n1 (id lab-0-n1)\n"), "{r}");

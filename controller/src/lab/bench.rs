@@ -124,6 +124,16 @@ pub struct BenchArgs {
     /// Seconds each lab gets for every agent to be ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,
+    /// Instead of the data-path rows: an N-node host-gw lab, measuring lab up, join and leave
+    /// convergence, agent RSS and idle CPU, and etcd load (see docs/BENCHMARKS.md).
+    #[arg(long, value_name = "N")]
+    pub scale: Option<usize>,
+    /// With --scale: leave + re-join cycles (each on another node).
+    #[arg(long, default_value_t = 3, requires = "scale")]
+    pub cycles: usize,
+    /// With --scale: seconds of the idle window (agent CPU, etcd revisions).
+    #[arg(long, default_value_t = 60, requires = "scale")]
+    pub idle_secs: u64,
 }
 
 /// What [`run`] measures.
@@ -1045,6 +1055,9 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
 /// `weftctl lab --id ID bench ...`: prints the table (or JSON, or Markdown); exits 1 when a row
 /// failed.
 pub fn cli(id: &str, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(nodes) = args.scale {
+        return super::scale::cli(id, args, nodes);
+    }
     let opts = BenchOpts {
         id: id.to_string(),
         seconds: args.seconds,

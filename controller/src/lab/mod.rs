@@ -25,6 +25,7 @@ pub mod names;
 pub mod netns;
 pub mod plumbing;
 pub mod procs;
+pub mod scale;
 pub mod state;
 pub mod status;
 
