@@ -238,7 +238,9 @@ impl Daemon {
                 }
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), endpoints = ?self.cfg.etcd.endpoints, "etcd not reachable, retrying");
-                    self.idle(backoff.next(), "connecting to etcd").await?;
+                    // At most 1 s apart: a node started during an etcd outage joins as soon
+                    // as etcd is back (a refused connection costs nothing).
+                    self.idle(backoff.next().min(Duration::from_secs(1)), "connecting to etcd").await?;
                 }
             }
         }
@@ -593,6 +595,16 @@ impl Daemon {
         self.set_status(|s| s.pods = infos);
     }
 
+    /// [`Self::relist`]; when that fails on the current connection, connects afresh (trying
+    /// every endpoint, so a dead etcd member is left for a live one) and tries once more.
+    async fn rewatch(&mut self) -> Result<()> {
+        if self.relist().await.is_ok() {
+            return Ok(());
+        }
+        self.client = Some(etcd::connect(&self.cfg.etcd).await?);
+        self.relist().await
+    }
+
     /// Re-reads every subnet record and restarts the watch from that revision.
     async fn relist(&mut self) -> Result<()> {
         let prefix = self.keys.subnets_prefix();
@@ -734,6 +746,40 @@ impl Daemon {
         }
     }
 
+    /// Notices a changed underlay MTU. host-gw: the bridge, the pods and subnet.env follow (the
+    /// plumbing that comes next applies it) unless `bridge.mtu` pins them. quic: the tunnel's
+    /// MTU and QUIC packet size are fixed when it starts, so only a restart adopts the new one.
+    async fn follow_underlay_mtu(&mut self) {
+        let Some(old) = self.underlay.clone() else { return };
+        let Ok(Some(link)) = self.nl.link_by_index(old.index).await else { return };
+        let mtu = link.mtu.max(576);
+        if mtu == old.mtu {
+            return;
+        }
+        self.underlay = Some(UnderlayInfo { mtu, ..old.clone() });
+        if self.is_quic() {
+            warn!(
+                old = old.mtu,
+                new = mtu,
+                tun_mtu = self.mtu,
+                "underlay MTU changed; the quic tunnel keeps its MTU until the agent is restarted"
+            );
+            return;
+        }
+        if self.cfg.bridge.mtu.is_some() {
+            info!(old = old.mtu, new = mtu, "underlay MTU changed; bridge.mtu pins the bridge and pod MTU");
+            return;
+        }
+        info!(old = old.mtu, new = mtu, "underlay MTU changed; the bridge, pods and subnet.env follow");
+        self.mtu = mtu;
+        if let (Some(net), Some(subnet)) = (self.net.as_ref(), self.subnet) {
+            let env = state::subnet_env(net.cidr, subnet, mtu, self.cfg.ip_masq);
+            if let Err(e) = state::write_atomic(&self.cfg.paths.subnet_env, env.as_bytes(), 0o644) {
+                warn!(error = %format!("{e:#}"), "rewriting subnet.env");
+            }
+        }
+    }
+
     /// One reconcile. `full` also re-checks firewall, bridge, pods and the own record.
     async fn reconcile(&mut self, full: bool) {
         self.rebuild_peers();
@@ -744,6 +790,7 @@ impl Daemon {
                     errors.push(format!("own record: {e:#}"));
                 }
             }
+            self.follow_underlay_mtu().await;
             if let Err(e) = self.plumb().await {
                 errors.push(format!("{e:#}"));
             }
@@ -797,7 +844,12 @@ impl Daemon {
         hb.tick().await;
         let mut renew = tokio::time::interval(self.cfg.timers.subnet_lease / 10);
         renew.tick().await;
+        // While the watch is down (etcd away), retry it every second rather than at the next
+        // full reconcile, so nodes that joined meanwhile are routed as soon as etcd is back.
+        let mut rewatch = tokio::time::interval(Duration::from_secs(1));
+        rewatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let watching = self.watch.is_some();
             let watch_msg = async {
                 match self.watch.as_mut() {
                     Some(w) => Some(w.message().await),
@@ -822,7 +874,7 @@ impl Daemon {
                 }
                 _ = tick.tick() => {
                     if self.watch.is_none() {
-                        match self.relist().await {
+                        match self.rewatch().await {
                             Ok(()) => info!("etcd watch re-established"),
                             Err(e) => {
                                 self.set_status(|s| s.etcd_connected = false);
@@ -831,6 +883,12 @@ impl Daemon {
                         }
                     }
                     self.reconcile(true).await;
+                }
+                _ = rewatch.tick(), if !watching => {
+                    if self.rewatch().await.is_ok() {
+                        info!("etcd watch re-established");
+                        self.reconcile(true).await;
+                    }
                 }
                 _ = hb.tick() => {
                     if let Err(e) = self.beat().await {
@@ -856,7 +914,7 @@ impl Daemon {
         let resp = match msg {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => {
-                warn!(error = ?msg.err().map(|e| e.to_string()), "etcd watch broken; re-listing on the next tick");
+                warn!(error = ?msg.err().map(|e| e.to_string()), "etcd watch broken; re-listing every second until etcd answers");
                 self.watch = None;
                 self.set_status(|s| s.etcd_connected = false);
                 return;

@@ -7,11 +7,43 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use weft_config::agent::EtcdConfig;
 use weft_config::peers::RawRecord;
 
+/// Index of the endpoint the last successful [`connect`] used (`usize::MAX`: none yet).
+static LAST_GOOD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The order in which to try `n` endpoints: after the one used last (so a reconnect after a
+/// failure tries the others first), or from an offset taken from the pid (so the agents of a
+/// cluster spread over the members).
+fn try_order(n: usize, last: usize, pid: u32) -> Vec<usize> {
+    let start = if last == usize::MAX { pid as usize } else { last + 1 };
+    (0..n).map(|k| (start + k) % n.max(1)).collect()
+}
+
+/// Connects to one endpoint at a time and keeps the first that answers a linearizable read (so
+/// it is a member of the quorum). etcd-client's balanced channel over several endpoints fails
+/// requests routed to a dead member (etcdv3/etcd-client#39), so the agent never uses one: it
+/// pins one member and, when that breaks, the daemon connects afresh here.
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
+    let order = try_order(cfg.endpoints.len(), LAST_GOOD.load(Ordering::Relaxed), std::process::id());
+    let mut errors = Vec::new();
+    for k in order {
+        let ep = &cfg.endpoints[k];
+        match connect_one(cfg, ep).await {
+            Ok(c) => {
+                LAST_GOOD.store(k, Ordering::Relaxed);
+                return Ok(c);
+            }
+            Err(e) => errors.push(format!("{ep}: {e:#}")),
+        }
+    }
+    Err(anyhow!("no etcd endpoint answered: {}", errors.join("; ")))
+}
+
+async fn connect_one(cfg: &EtcdConfig, endpoint: &str) -> Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5))
@@ -28,9 +60,13 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         }
         opts = opts.with_tls(t);
     }
-    let mut client = Client::connect(&cfg.endpoints, Some(opts)).await.context("connecting to etcd")?;
-    // connect() is lazy about reachability; a status call proves the cluster answers.
-    client.status().await.context("asking etcd for its status")?;
+    let mut client = Client::connect([endpoint], Some(opts)).await.context("connecting to etcd")?;
+    // connect() is lazy about reachability; a linearizable read proves this member answers and
+    // is part of a quorum (a member cut off from the others cannot serve it).
+    client
+        .get("/weft/", Some(GetOptions::new().with_count_only()))
+        .await
+        .context("reading from etcd (is the member part of a quorum?)")?;
     Ok(client)
 }
 
@@ -120,5 +156,19 @@ pub async fn revoke(client: &mut Client, lease: i64) -> Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
         Err(e) => Err(anyhow!(e).context("revoking lease")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_tried_after_the_last_good_one() {
+        assert_eq!(try_order(3, usize::MAX, 7), [1, 2, 0], "first connect: offset by pid");
+        assert_eq!(try_order(3, 0, 7), [1, 2, 0], "after member 0: the others first");
+        assert_eq!(try_order(3, 2, 7), [0, 1, 2]);
+        assert_eq!(try_order(1, 0, 7), [0]);
+        assert!(try_order(0, usize::MAX, 7).is_empty());
     }
 }

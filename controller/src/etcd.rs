@@ -61,7 +61,10 @@ impl EtcdOpts {
     }
 }
 
-/// Connects and proves the connection with one cheap read, all within the timeout.
+/// Connects and proves the connection with one cheap (linearizable) read, all within the
+/// timeout. Endpoints are tried one at a time and the first that answers is kept: etcd-client's
+/// balanced channel over several endpoints fails requests routed to a dead member
+/// (etcdv3/etcd-client#39), so a cluster with one member down would be unusable through it.
 pub async fn connect(opts: &EtcdOpts) -> anyhow::Result<Client> {
     let what = || format!("connecting to etcd at {}", opts.display());
     let mut co = ConnectOptions::new().with_connect_timeout(opts.timeout).with_timeout(opts.timeout);
@@ -75,11 +78,21 @@ pub async fn connect(opts: &EtcdOpts) -> anyhow::Result<Client> {
         }
         co = co.with_tls(tls);
     }
-    let mut client = deadline(opts.timeout, Client::connect(&opts.endpoints, Some(co))).await.with_context(what)?;
-    deadline(opts.timeout, client.get(weft_config::keys::ROOT, Some(GetOptions::new().with_count_only())))
-        .await
-        .with_context(what)?;
-    Ok(client)
+    let mut errors = Vec::new();
+    for ep in &opts.endpoints {
+        let attempt = async {
+            let mut client = deadline(opts.timeout, Client::connect([ep], Some(co.clone()))).await?;
+            deadline(opts.timeout, client.get(weft_config::keys::ROOT, Some(GetOptions::new().with_count_only())))
+                .await?;
+            anyhow::Ok(client)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) if opts.endpoints.len() == 1 => return Err(e.context(what())),
+            Err(e) => errors.push(format!("{ep}: {e:#}")),
+        }
+    }
+    Err(anyhow::anyhow!("{}", errors.join("; ")).context(what()))
 }
 
 /// An etcd-client error with the cause it hides: its transport errors print only "transport
