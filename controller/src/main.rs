@@ -222,6 +222,18 @@ struct UpArgs {
     /// Seconds to wait for every agent to be ready.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
+    /// etcd members (1 to 5), at 172.30.0.2 upward; agents get every endpoint.
+    #[arg(long, default_value_t = 1)]
+    etcd_members: usize,
+    /// Do not start the agents of the last N nodes (start them with `lab agent start`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    deferred_agents: usize,
+    /// Cluster CIDR written by network init.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cidr: String,
+    /// Subnet length written by network init.
+    #[arg(long, default_value_t = 24)]
+    subnet_len: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -470,6 +482,10 @@ fn lab_command(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 agent_bin: up.agent_bin.clone(),
                 weftctl_bin: std::env::current_exe().ok(),
                 ready_timeout_secs: up.ready_timeout,
+                etcd_members: up.etcd_members,
+                deferred_agents: up.deferred_agents,
+                cidr: up.cidr.clone(),
+                subnet_len: up.subnet_len,
             };
             let lab = Lab::up(spec)?;
             lab.detach();

@@ -1,6 +1,6 @@
 //! The lab's agents and commands: start, stop, leave, wait until ready, status, exec.
 
-use super::names::{LabNames, Target, ETCD_ENDPOINT, WEFTCTL_CERT};
+use super::names::{LabNames, Target, WEFTCTL_CERT};
 use super::netns::{self, enter_on_exec};
 use super::plumbing::tail;
 use super::procs::{self, Ownership};
@@ -182,10 +182,13 @@ impl Lab {
         }
     }
 
-    /// [`Lab::wait_ready`] for every node, within one overall timeout.
+    /// [`Lab::wait_ready`] for every node whose agent was started (all but the deferred ones
+    /// after `up`), within one overall timeout.
     pub fn wait_all_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        for i in 1..=self.spec.nodes {
+        let started: Vec<usize> =
+            (1..=self.spec.nodes).filter(|i| lock(&self.state).agents.contains_key(&LabNames::node_name(*i))).collect();
+        for i in started {
             self.wait_ready(i, deadline.saturating_duration_since(Instant::now()))?;
         }
         Ok(())
@@ -239,7 +242,7 @@ impl Lab {
             id: self.id().to_string(),
             backend: self.spec.backend.to_string(),
             topology: self.spec.topology,
-            etcd_endpoint: ETCD_ENDPOINT.to_string(),
+            etcd_endpoint: self.etcd_endpoints().join(","),
             etcd_pid,
             etcd_running,
             nodes,
@@ -272,7 +275,7 @@ impl Lab {
     pub fn command(&self, target: &Target, program: impl AsRef<OsStr>) -> anyhow::Result<Command> {
         let ns = self.target_ns(target)?;
         let mut cmd = netns::command_in(&ns, program)?;
-        cmd.env("WEFT_ETCD", ETCD_ENDPOINT).env("WEFT_NETWORK", super::names::NETWORK);
+        cmd.env("WEFT_ETCD", self.etcd_endpoints().join(",")).env("WEFT_NETWORK", super::names::NETWORK);
         cmd.env_remove("WEFT_SOCKET");
         let ca = self.names.ca_files().cert;
         let me = self.names.cert_files(WEFTCTL_CERT);

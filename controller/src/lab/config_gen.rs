@@ -2,7 +2,7 @@
 //! Every node talks to etcd over TLS with its own certificate (`pki/n<i>.pem`), which is also
 //! its QUIC certificate when the backend is quic.
 
-use super::names::{LabNames, ETCD_ENDPOINT, NETWORK};
+use super::names::{LabNames, NETWORK};
 use std::fmt::Write as _;
 use std::path::Path;
 use weft_config::Backend;
@@ -15,6 +15,8 @@ pub struct NodeConfigSpec {
     pub reconcile_secs: u64,
     /// With quic, a `[quic]` section (default port, the lab CA, the node's certificate).
     pub backend: Backend,
+    /// Client URLs of every etcd member.
+    pub etcd_endpoints: Vec<String>,
 }
 
 /// A TOML basic string (quotes and backslashes escaped, control characters as `\uXXXX`).
@@ -50,10 +52,11 @@ pub fn agent_toml(names: &LabNames, i: usize, spec: &NodeConfigSpec) -> String {
     let _ = writeln!(t, "node_id = {}", q(&names.node_id(i)));
     let _ = writeln!(t, "network = {}", q(NETWORK));
     let _ = writeln!(t, "ip_masq = {}", spec.ip_masq);
+    let endpoints: Vec<String> = spec.etcd_endpoints.iter().map(|e| q(e)).collect();
     let _ = writeln!(
         t,
         "\n[etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}",
-        q(ETCD_ENDPOINT),
+        endpoints.join(", "),
         qp(&ca),
         qp(&me.cert),
         qp(&me.key)
@@ -88,7 +91,13 @@ mod tests {
     #[test]
     fn generated_config_parses_to_what_the_lab_means() {
         let names = LabNames::new("3").expect("id");
-        let spec = NodeConfigSpec { pods: 2, ip_masq: true, reconcile_secs: 4, backend: Backend::HostGw };
+        let spec = NodeConfigSpec {
+            pods: 2,
+            ip_masq: true,
+            reconcile_secs: 4,
+            backend: Backend::HostGw,
+            etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
+        };
         let text = agent_toml(&names, 2, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(c.node_name, "n2");
@@ -113,9 +122,16 @@ mod tests {
         let none = agent_toml(
             &names,
             1,
-            &NodeConfigSpec { pods: 0, ip_masq: false, reconcile_secs: 10, backend: Backend::HostGw },
+            &NodeConfigSpec {
+                pods: 0,
+                ip_masq: false,
+                reconcile_secs: 10,
+                backend: Backend::HostGw,
+                etcd_endpoints: super::super::etcd_server::endpoints(3),
+            },
         );
         let c = AgentConfig::parse("agent.toml", &none).expect("valid");
+        assert_eq!(c.etcd.endpoints.len(), 3, "every member of a 3-member lab: {:?}", c.etcd.endpoints);
         assert!(c.pods.is_empty());
         assert!(!c.ip_masq);
     }
@@ -123,7 +139,13 @@ mod tests {
     #[test]
     fn quic_nodes_get_a_quic_section_with_their_own_certificate() {
         let names = LabNames::new("4").expect("id");
-        let spec = NodeConfigSpec { pods: 1, ip_masq: false, reconcile_secs: 10, backend: Backend::Quic };
+        let spec = NodeConfigSpec {
+            pods: 1,
+            ip_masq: false,
+            reconcile_secs: 10,
+            backend: Backend::Quic,
+            etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
+        };
         let text = agent_toml(&names, 3, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let quic = c.quic.expect("[quic] section");

@@ -20,6 +20,7 @@ pub mod bench;
 pub mod bins;
 pub mod config_gen;
 pub mod down;
+mod etcd_members;
 pub mod etcd_server;
 pub mod names;
 pub mod netns;
@@ -37,7 +38,7 @@ pub use status::{LabStatus, NodeStatus};
 use crate::error::UsageError;
 use crate::output::unix_now;
 use anyhow::Context;
-use names::{ETCD_CERT, ETCD_ENDPOINT, ETCD_IP, MAX_NODES, MAX_PODS, WEFTCTL_CERT};
+use names::{ETCD_CERT, ETCD_ENDPOINT, MAX_NODES, MAX_PODS, WEFTCTL_CERT};
 use serde::{Deserialize, Serialize};
 use state::{LabState, ProcRecord};
 use std::collections::HashMap;
@@ -98,6 +99,31 @@ pub struct LabSpec {
     pub weftctl_bin: Option<PathBuf>,
     /// How long `up` waits for every agent to be ready.
     pub ready_timeout_secs: u64,
+    /// etcd members (1 to 5): member `k` runs in `weft<id>-etcd<k>` (the first in
+    /// `weft<id>-etcd`) at 172.30.0.(1+k); agents get every endpoint.
+    #[serde(default = "one")]
+    pub etcd_members: usize,
+    /// The last this-many nodes are wired and configured, but `up` does not start their agents
+    /// (start them with [`Lab::start_agent`]): nodes that join a running cluster later.
+    #[serde(default)]
+    pub deferred_agents: usize,
+    /// Cluster CIDR and subnet length that `up` writes with `weftctl network init`.
+    #[serde(default = "default_cidr")]
+    pub cidr: String,
+    #[serde(default = "default_subnet_len")]
+    pub subnet_len: u8,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_cidr() -> String {
+    names::CLUSTER_CIDR.to_string()
+}
+
+fn default_subnet_len() -> u8 {
+    names::SUBNET_LEN
 }
 
 impl Default for LabSpec {
@@ -113,6 +139,10 @@ impl Default for LabSpec {
             agent_bin: None,
             weftctl_bin: None,
             ready_timeout_secs: 60,
+            etcd_members: 1,
+            deferred_agents: 0,
+            cidr: default_cidr(),
+            subnet_len: default_subnet_len(),
         }
     }
 }
@@ -133,6 +163,23 @@ impl LabSpec {
                 self.reconcile_secs
             )));
         }
+        if !(1..=etcd_server::MAX_MEMBERS).contains(&self.etcd_members) {
+            return Err(UsageError::new(format!(
+                "--etcd-members: expected 1 to {}, found {}",
+                etcd_server::MAX_MEMBERS,
+                self.etcd_members
+            )));
+        }
+        if self.deferred_agents > self.nodes {
+            return Err(UsageError::new(format!(
+                "--deferred-agents: expected at most --nodes ({}), found {}",
+                self.nodes, self.deferred_agents
+            )));
+        }
+        weft_config::NetworkConfig::new("--cidr", &self.cidr, self.subnet_len, self.backend).map_err(|e| {
+            let flag = if e.field == "subnet_len" { "--subnet-len" } else { "--cidr" };
+            UsageError::new(format!("{flag}: {}", e.message))
+        })?;
         Ok(())
     }
 }
@@ -238,13 +285,15 @@ impl Lab {
         self.make_pki()?;
         plumbing::setup_underlay(n, self.spec.topology)?;
         plumbing::attach(n, &n.etcd_ns(), "vetcd", plumbing::etcd_addr(), false)?;
-        let etcd = etcd_server::spawn(n, etcd_bin)?;
-        self.adopt(etcd, &n.etcd_ns(), |s, rec| s.etcd = Some(rec))?;
+        self.setup_etcd_members()?;
+        for k in 1..=self.spec.etcd_members {
+            self.spawn_etcd_member(etcd_bin, k)?;
+        }
         // Nodes are wired while etcd starts.
         self.setup_nodes()?;
         self.wait_etcd(Duration::from_secs(30))?;
         self.network_init()?;
-        for i in 1..=self.spec.nodes {
+        for i in 1..=self.spec.nodes - self.spec.deferred_agents {
             self.start_agent(i)?;
         }
         self.wait_all_ready(Duration::from_secs(self.spec.ready_timeout_secs))
@@ -256,7 +305,7 @@ impl Lab {
         let dir = self.names.pki_dir();
         crate::pki::init_ca(&dir, &crate::pki::CaOptions::default()).context("making the lab CA")?;
         let etcd = crate::pki::IssueRequest {
-            ips: vec![ETCD_IP.into()],
+            ips: (1..=self.spec.etcd_members).map(|k| etcd_server::member_ip(k).into()).collect(),
             dns: vec!["etcd".into()],
             ..crate::pki::IssueRequest::node(ETCD_CERT)
         };
@@ -307,6 +356,7 @@ impl Lab {
             ip_masq: self.spec.ip_masq,
             reconcile_secs: self.spec.reconcile_secs,
             backend: self.spec.backend,
+            etcd_endpoints: self.etcd_endpoints(),
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
         std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;
@@ -347,9 +397,22 @@ impl Lab {
         for (k, v) in [("WEFT_ETCD_CA", &tls.ca), ("WEFT_ETCD_CERT", &tls.cert), ("WEFT_ETCD_KEY", &tls.key)] {
             cmd.env(k, v.as_deref().context("lab etcd client options without TLS")?);
         }
-        cmd.args(["--etcd", ETCD_ENDPOINT, "--network", names::NETWORK, "network", "init", "--cidr"])
-            .arg(names::CLUSTER_CIDR)
-            .args(["--subnet-len", &names::SUBNET_LEN.to_string(), "--backend", &self.spec.backend.to_string()]);
+        cmd.args([
+            "--etcd",
+            &self.etcd_endpoints().join(","),
+            "--network",
+            names::NETWORK,
+            "network",
+            "init",
+            "--cidr",
+        ])
+        .arg(&self.spec.cidr)
+        .args([
+            "--subnet-len",
+            &self.spec.subnet_len.to_string(),
+            "--backend",
+            &self.spec.backend.to_string(),
+        ]);
         plumbing::run(&mut cmd, "writing the network config").map(drop)
     }
 
@@ -450,7 +513,7 @@ impl Lab {
     /// How to reach the lab's etcd as weftctl does (TLS with weftctl's certificate); connect
     /// from inside a lab namespace (e.g. [`in_netns`] on a node).
     pub fn etcd_opts(&self) -> crate::etcd::EtcdOpts {
-        etcd_server::client_opts(&self.names)
+        etcd_server::client_opts_for(&self.names, self.spec.etcd_members)
     }
 
     pub fn node_dir(&self, i: usize) -> PathBuf {
@@ -463,6 +526,11 @@ impl Lab {
 
     pub fn etcd_endpoint(&self) -> &'static str {
         ETCD_ENDPOINT
+    }
+
+    /// Every etcd member's client URL (member 1 first, which is [`Lab::etcd_endpoint`]).
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        etcd_server::endpoints(self.spec.etcd_members)
     }
 
     pub fn agent_bin(&self) -> &Path {

@@ -31,6 +31,9 @@ pub struct LabState {
     /// Namespaces the lab made (recorded before making each one).
     pub namespaces: Vec<String>,
     pub etcd: Option<ProcRecord>,
+    /// Further etcd members of a multi-member lab by name (`etcd2`, `etcd3`); member 1 is `etcd`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub etcd_members: BTreeMap<String, ProcRecord>,
     /// Running agents by node name (`n1`); removed once stopped.
     pub agents: BTreeMap<String, ProcRecord>,
 }
@@ -56,6 +59,7 @@ impl LabState {
             weftctl_bin,
             namespaces: Vec::new(),
             etcd: None,
+            etcd_members: BTreeMap::new(),
             agents: BTreeMap::new(),
         }
     }
@@ -66,9 +70,9 @@ impl LabState {
         }
     }
 
-    /// Every recorded process: agents first (they use etcd), then etcd.
+    /// Every recorded process: agents first (they use etcd), then etcd's members.
     pub fn processes(&self) -> Vec<ProcRecord> {
-        self.agents.values().cloned().chain(self.etcd.clone()).collect()
+        self.agents.values().cloned().chain(self.etcd.clone()).chain(self.etcd_members.values().cloned()).collect()
     }
 
     pub fn to_json(&self) -> String {
