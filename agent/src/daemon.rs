@@ -971,18 +971,7 @@ impl Daemon {
     }
 
     async fn pod_add(&mut self, name: String, netns: Option<String>, ifname: Option<String>) -> Result<Response> {
-        use weft_config::agent::{valid_ifname, valid_name, valid_netns};
-        let netns = netns.unwrap_or_else(|| name.clone());
-        let ifname = ifname.unwrap_or_else(|| "eth0".into());
-        if !valid_name(&name) {
-            bail!("invalid pod name {name:?}: lowercase letters, digits, '-', '_' or '.', 1 to 63 characters");
-        }
-        if !valid_netns(&netns) {
-            bail!("invalid namespace name {netns:?}");
-        }
-        if !valid_ifname(&ifname) {
-            bail!("invalid interface name {ifname:?}");
-        }
+        let (netns, ifname) = pod_names(&name, netns, ifname)?;
         let subnet = self.subnet.context("no subnet yet")?;
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
             if p.netns == netns && p.ifname == ifname {
@@ -1073,6 +1062,23 @@ fn describe(a: &Action) -> String {
         Action::Replace { old, new } => format!("replace {} via {:?} (was via {:?})", new.dst, new.via, old.via),
         Action::Del(r) => format!("delete {} via {:?}", r.dst, r.via),
     }
+}
+
+/// Checks a pod request's names and fills in the defaults: namespace = pod name, interface eth0.
+fn pod_names(name: &str, netns: Option<String>, ifname: Option<String>) -> Result<(String, String)> {
+    use weft_config::agent::{valid_ifname, valid_name, valid_netns};
+    let netns = netns.unwrap_or_else(|| name.to_string());
+    let ifname = ifname.unwrap_or_else(|| "eth0".into());
+    if !valid_name(name) {
+        bail!("invalid pod name {name:?}: lowercase letters, digits, '-', '_' or '.', 1 to 63 characters");
+    }
+    if !valid_netns(&netns) {
+        bail!("invalid namespace name {netns:?}");
+    }
+    if !valid_ifname(&ifname) {
+        bail!("invalid interface name {ifname:?}");
+    }
+    Ok((netns, ifname))
 }
 
 /// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.

@@ -72,18 +72,7 @@ impl Daemon {
         ifname: Option<String>,
         path: String,
     ) -> Result<Response> {
-        use weft_config::agent::{valid_ifname, valid_name, valid_netns};
-        let netns = netns.unwrap_or_else(|| name.clone());
-        let ifname = ifname.unwrap_or_else(|| "eth0".into());
-        if !valid_name(&name) {
-            bail!("invalid pod name {name:?}: lowercase letters, digits, '-', '_' or '.', 1 to 63 characters");
-        }
-        if !valid_netns(&netns) {
-            bail!("invalid namespace name {netns:?}");
-        }
-        if !valid_ifname(&ifname) {
-            bail!("invalid interface name {ifname:?}");
-        }
+        let (netns, ifname) = super::pod_names(&name, netns, ifname)?;
         crate::netns_path::check_path(&path).map_err(anyhow::Error::msg)?;
         let subnet = self.subnet.context("no subnet yet")?;
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
