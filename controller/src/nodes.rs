@@ -24,7 +24,7 @@ pub struct NodeRow {
     pub node_id: Option<String>,
     /// A heartbeat with the same node id is present.
     pub alive: bool,
-    /// Seconds since the heartbeat's `updated`.
+    /// Seconds since the heartbeat was created (the agent's start; renewals only extend its lease).
     pub age_secs: Option<u64>,
     pub status: Option<String>,
     /// What is wrong with the record, if anything.
