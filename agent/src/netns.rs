@@ -115,7 +115,12 @@ pub fn open(name: &str) -> io::Result<File> {
 
 /// Runs `f` on a fresh OS thread that has entered the named namespace, and waits for it.
 pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    let ns = open(name)?;
+    run_in_file(open(name)?, f)
+}
+
+/// Runs `f` on a fresh OS thread that has entered the namespace `ns` (an open namespace file,
+/// e.g. a runtime's `/proc/PID/ns/net`), and waits for it.
+pub fn run_in_file<T: Send + 'static>(ns: File, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     std::thread::spawn(move || -> io::Result<T> {
         setns(&ns, CloneFlags::CLONE_NEWNET)?;
         Ok(f())

@@ -249,13 +249,7 @@ fn inspect(ifname: &str) -> anyhow::Result<Inside> {
 
 /// Runs `f` on a fresh thread that entered the network namespace at `path`.
 fn in_netns_path<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
-    let ns = std::fs::File::open(path)?;
-    std::thread::spawn(move || -> std::io::Result<T> {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    weft_agent::netns::run_in_file(std::fs::File::open(path)?, f)
 }
 
 /// The MAC address of `ifname` in the calling thread's namespace.
