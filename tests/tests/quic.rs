@@ -26,6 +26,15 @@ fn drops(lab: &Lab, i: usize, reason: &str) -> u64 {
     status(lab, i).quic.expect("quic status").drops.get(reason).copied().unwrap_or(0)
 }
 
+/// Waits until node `i` has tunnels to all of its `peers` peers.
+fn wait_tunnels_up(lab: &Lab, i: usize, peers: usize) {
+    let up = wait_for(Duration::from_secs(10), || {
+        let st = status(lab, i).quic.expect("quic");
+        st.peers.len() == peers && st.peers.iter().all(|p| p.connected)
+    });
+    assert!(up.is_some(), "n{i}'s tunnels did not come up: {:?}", status(lab, i).quic);
+}
+
 fn quic_endpoint(lab: &Lab, i: usize) -> SocketAddr {
     SocketAddr::from((lab.node_ip(i), weft_config::agent::DEFAULT_QUIC_PORT))
 }
@@ -156,11 +165,7 @@ fn only_ca_certificates_of_the_right_node_get_in() {
     let refused = |lab: &Lab| status(lab, 1).quic.expect("quic").refused;
 
     // Let n1's own tunnels settle first, so no dial of n1's is pending while the test connects.
-    let settled = wait_for(Duration::from_secs(10), || {
-        let st = status(&lab, 1).quic.expect("quic");
-        st.peers.len() == 2 && st.peers.iter().all(|p| p.connected)
-    });
-    assert!(settled.is_some(), "n1's tunnels did not come up: {:?}", status(&lab, 1).quic);
+    wait_tunnels_up(&lab, 1, 2);
 
     // Positive control: n2's own CA-issued certificate, from n2's address, is accepted.
     let ok = with_connection(
@@ -241,6 +246,8 @@ fn spoofed_inner_source_is_dropped_and_counted() {
 
     // A UDP listener in n1/p1 collects what arrives.
     let (listener, rx) = udp_collector(lab.pod_ns(1, 1), target, 9, 4);
+    // A dial of n1's still pending would replace the test's connection as n2's.
+    wait_tunnels_up(&lab, 1, 1);
     let before = drops(&lab, 1, "bad_source");
     const SPOOFED: u64 = 7;
     with_connection(
