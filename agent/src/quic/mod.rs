@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use ipnet::Ipv4Net;
 use packet::{Drop, Prefix};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -63,19 +63,8 @@ struct Link {
     max_datagram: usize,
 }
 
-/// What the data path reads per packet: peer connections by subnet network address.
-#[derive(Default)]
-struct Snapshot {
-    mask: u32,
-    links: HashMap<u32, Arc<Link>>,
-}
-
-impl Snapshot {
-    #[inline]
-    fn lookup(&self, dst: u32) -> Option<&Arc<Link>> {
-        self.links.get(&(dst & self.mask))
-    }
-}
+/// What the data path reads per packet: peer connections by subnet.
+type Snapshot = packet::SubnetTable<Arc<Link>>;
 
 struct PeerState {
     spec: PeerSpec,
@@ -233,7 +222,7 @@ impl Tunnel {
             client: Mutex::new(client),
             tls_stamp: Mutex::new(id.stamp.clone()),
             cert_not_after: AtomicU64::new(id.not_after.max(0) as u64),
-            snapshot: ArcSwap::from_pointee(Snapshot { mask, links: HashMap::new() }),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(mask)),
             peers: Mutex::new(BTreeMap::new()),
             drops: Default::default(),
             refused: AtomicU64::new(0),
@@ -374,7 +363,7 @@ fn count(inner: &Inner, d: Drop) {
 /// Rebuilds the data path's snapshot from the peer table.
 fn publish(inner: &Inner) {
     let st = lock(&inner.peers);
-    let mut links = HashMap::with_capacity(st.len());
+    let mut links = Snapshot::new(inner.mask);
     for p in st.values() {
         if let Some(c) = &p.conn {
             let max_datagram = c.max_datagram_size().unwrap_or(0);
@@ -384,7 +373,7 @@ fn publish(inner: &Inner) {
             );
         }
     }
-    inner.snapshot.store(Arc::new(Snapshot { mask: inner.mask, links }));
+    inner.snapshot.store(Arc::new(links));
 }
 
 /// UDP socket buffer size (each way).

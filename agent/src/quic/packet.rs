@@ -68,6 +68,39 @@ impl Prefix {
     }
 }
 
+/// Peers by subnet network address: all node subnets of a network have one length, so the
+/// lookup of a destination is one mask and one hash probe, whatever the number of peers.
+#[derive(Debug, Clone)]
+pub struct SubnetTable<T> {
+    mask: u32,
+    entries: std::collections::HashMap<u32, T>,
+}
+
+impl<T> SubnetTable<T> {
+    /// A table of subnets with netmask `mask` (host order).
+    pub fn new(mask: u32) -> Self {
+        Self { mask, entries: std::collections::HashMap::new() }
+    }
+
+    /// Adds (or replaces) the entry of the subnet containing `net`.
+    pub fn insert(&mut self, net: u32, value: T) {
+        self.entries.insert(net & self.mask, value);
+    }
+
+    #[inline]
+    pub fn lookup(&self, dst: u32) -> Option<&T> {
+        self.entries.get(&(dst & self.mask))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Source and destination of an IPv4 packet after checking the header is sane: version 4, a
 /// header length of at least 20 bytes that fits, and a total length equal to what was read.
 #[inline]
@@ -133,6 +166,17 @@ pub fn build_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnet_table_finds_the_owner_of_any_address_in_a_subnet() {
+        let mut t = SubnetTable::new(0xffff_ff00);
+        t.insert(u32::from(Ipv4Addr::new(10, 244, 2, 0)), "n2");
+        t.insert(u32::from(Ipv4Addr::new(10, 244, 3, 7)), "n3");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.lookup(u32::from(Ipv4Addr::new(10, 244, 2, 200))), Some(&"n2"));
+        assert_eq!(t.lookup(u32::from(Ipv4Addr::new(10, 244, 3, 1))), Some(&"n3"));
+        assert_eq!(t.lookup(u32::from(Ipv4Addr::new(10, 244, 4, 1))), None);
+    }
 
     fn pre(s: &str) -> Prefix {
         Prefix::new(s.parse().expect("lit"))
