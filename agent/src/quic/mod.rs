@@ -182,6 +182,33 @@ pub fn transport(udp_payload: u16) -> Result<Arc<quinn::TransportConfig>> {
     Ok(Arc::new(t))
 }
 
+/// The node's QUIC endpoint on UDP `port` of every address, with enlarged socket buffers and
+/// the stateless-reset key derived from the node key. Shared by the agent and the transport
+/// benchmark (`weft-quic-raw`), so both measure the same socket and endpoint setup.
+pub fn bind_endpoint(
+    port: u16,
+    udp_payload: u16,
+    id: &tls::Identity,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .with_context(|| format!("binding UDP port {port}"))?;
+    // Bursts of a fast TCP flow overrun the default socket buffers (UdpRcvbufErrors); the
+    // FORCE variants (CAP_NET_ADMIN) are not capped by net.core.[rw]mem_max.
+    use nix::sys::socket::{setsockopt, sockopt};
+    for (what, r) in [
+        ("receive", setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER)),
+        ("send", setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            warn!(error = %e, "cannot enlarge the UDP {what} buffer");
+        }
+    }
+    let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(id));
+    ep_cfg.max_udp_payload_size(udp_payload.max(1200)).context("max UDP payload")?;
+    quinn::Endpoint::new(ep_cfg, server, socket, Arc::new(quinn::TokioRuntime)).context("starting the QUIC endpoint")
+}
+
 impl Tunnel {
     /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the tasks.
     pub fn start(s: Settings) -> Result<Tunnel> {
@@ -191,23 +218,7 @@ impl Tunnel {
         let client = tls::client_config(&id, transport.clone())?;
         let dev = open_tun(&s.quic.tun, s.tun_mtu)?;
         set_persist(dev.as_raw_fd()).with_context(|| format!("making {} persistent", s.quic.tun))?;
-        let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], s.quic.port)))
-            .with_context(|| format!("binding UDP port {}", s.quic.port))?;
-        // Bursts of a fast TCP flow overrun the default socket buffers (UdpRcvbufErrors); the
-        // FORCE variants (CAP_NET_ADMIN) are not capped by net.core.[rw]mem_max.
-        use nix::sys::socket::{setsockopt, sockopt};
-        for (what, r) in [
-            ("receive", setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER)),
-            ("send", setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER)),
-        ] {
-            if let Err(e) = r {
-                warn!(error = %e, "cannot enlarge the UDP {what} buffer");
-            }
-        }
-        let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
-        ep_cfg.max_udp_payload_size(s.udp_payload.max(1200)).context("max UDP payload")?;
-        let endpoint = quinn::Endpoint::new(ep_cfg, Some(server), socket, Arc::new(quinn::TokioRuntime))
-            .context("starting the QUIC endpoint")?;
+        let endpoint = bind_endpoint(s.quic.port, s.udp_payload, &id, Some(server))?;
         let mask = u32::from(s.local_subnet.netmask());
         let inner = Arc::new(Inner {
             node: s.node,
