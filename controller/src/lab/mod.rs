@@ -25,6 +25,7 @@ pub mod etcd_server;
 pub mod names;
 pub mod netns;
 pub mod plumbing;
+pub mod peers;
 pub mod procs;
 pub mod scale;
 pub mod state;
