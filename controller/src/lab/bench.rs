@@ -15,6 +15,7 @@
 //! bench left); the root namespace is never touched.
 
 use super::names::LabNames;
+use super::peers::Peer;
 use super::{netns, plumbing, Lab, LabSpec};
 use crate::error::UsageError;
 use anyhow::Context;
@@ -39,8 +40,7 @@ pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RSS_EVERY: Duration = Duration::from_millis(100);
 
 /// One row of the bench table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowKind {
     /// Static routes between two hosts, no agent: the ceiling for any backend.
     Kernel,
@@ -48,25 +48,40 @@ pub enum RowKind {
     HostGw,
     /// A 2-node lab on the quic backend.
     Quic,
+    /// QUIC datagrams alone between the two hosts, no tun (`weft-quic-raw`): the transport's
+    /// ceiling, with the agent's TLS and transport settings.
+    QuinnRaw,
+    /// Another userspace tunnel between the same two hosts (`--with-peers`).
+    Peer(Peer),
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 3] = [RowKind::Kernel, RowKind::HostGw, RowKind::Quic];
+    pub const ALL: [RowKind; 7] = [
+        RowKind::Kernel,
+        RowKind::HostGw,
+        RowKind::Quic,
+        RowKind::QuinnRaw,
+        RowKind::Peer(Peer::Quincy),
+        RowKind::Peer(Peer::WireguardGo),
+        RowKind::Peer(Peer::Boringtun),
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             RowKind::Kernel => "kernel",
             RowKind::HostGw => "host-gw",
             RowKind::Quic => "quic",
+            RowKind::QuinnRaw => "quinn-raw",
+            RowKind::Peer(p) => p.name(),
         }
     }
 
     /// The lab backend this row runs, if it is a lab row.
     pub fn backend(self) -> Option<Backend> {
         match self {
-            RowKind::Kernel => None,
             RowKind::HostGw => Some(Backend::HostGw),
             RowKind::Quic => Some(Backend::Quic),
+            RowKind::Kernel | RowKind::QuinnRaw | RowKind::Peer(_) => None,
         }
     }
 }
@@ -87,17 +102,37 @@ impl std::str::FromStr for RowKind {
     }
 }
 
-/// Parses `--backends` (comma-separated rows). The kernel row always comes first: it is the
-/// reference the ratios are taken against. Duplicates are dropped.
-pub fn parse_rows(list: &str) -> Result<Vec<RowKind>, UsageError> {
+/// Parses `--backends` (comma-separated rows); `with_peers` appends the other userspace
+/// tunnels. The kernel row always comes first: it is the reference the ratios are taken
+/// against. Duplicates are dropped.
+pub fn parse_rows(list: &str, with_peers: bool) -> Result<Vec<RowKind>, UsageError> {
     let mut rows = vec![RowKind::Kernel];
+    let peers = Peer::ALL.into_iter().map(RowKind::Peer).filter(|_| with_peers);
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let r: RowKind = part.parse().map_err(|e| UsageError::new(format!("--backends: {e}")))?;
         if !rows.contains(&r) {
             rows.push(r);
         }
     }
+    for r in peers {
+        if !rows.contains(&r) {
+            rows.push(r);
+        }
+    }
     Ok(rows)
+}
+
+/// Refuses to start when a peer row's tunnel is not installed, naming what is missing.
+pub fn check_peers_installed(rows: &[RowKind]) -> Result<(), UsageError> {
+    let peers: Vec<Peer> = rows.iter().filter_map(|r| if let RowKind::Peer(p) = r { Some(*p) } else { None }).collect();
+    let missing = super::peers::missing(&peers);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "--with-peers: not found on PATH: {}; install them with deploy/bench-peers.sh (or leave out --with-peers)",
+        missing.join(", ")
+    )))
 }
 
 /// `weftctl lab bench` arguments.
@@ -112,9 +147,17 @@ pub struct BenchArgs {
     /// Print the report (machine facts and every figure) as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Rows besides the kernel baseline (always measured first): host-gw, quic.
-    #[arg(long, default_value = "host-gw,quic", value_name = "ROW[,ROW...]")]
+    /// Rows besides the kernel baseline (always measured first): host-gw, quic, quinn-raw,
+    /// quincy, wireguard-go, boringtun.
+    #[arg(long, default_value = "host-gw,quic,quinn-raw", value_name = "ROW[,ROW...]")]
     pub backends: String,
+    /// Also measure the other userspace tunnels between the same two hosts: quincy,
+    /// wireguard-go and boringtun (installed by deploy/bench-peers.sh; missing ones are an error).
+    #[arg(long)]
+    pub with_peers: bool,
+    /// Streams of the second iperf3 run of each row (`-P N`); 0 skips it.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: u32,
     /// Print a Markdown section (machine, command, table) for docs/BENCHMARKS.md or a release note.
     #[arg(long, conflicts_with = "json")]
     pub release_note: bool,
@@ -144,6 +187,8 @@ pub struct BenchOpts {
     pub seconds: u64,
     pub pings: u32,
     pub rows: Vec<RowKind>,
+    /// Streams of the second iperf3 run (0: none).
+    pub parallel: u32,
     pub agent_bin: Option<PathBuf>,
     pub weftctl_bin: Option<PathBuf>,
     pub ready_timeout_secs: u64,
@@ -154,6 +199,9 @@ impl BenchOpts {
         super::names::validate_id(&self.id).map_err(|e| UsageError::new(e.to_string()))?;
         if !(1..=600).contains(&self.seconds) {
             return Err(UsageError::new(format!("--seconds: expected 1 to 600, found {}", self.seconds)));
+        }
+        if self.parallel > 128 {
+            return Err(UsageError::new(format!("--parallel: expected 0 to 128, found {}", self.parallel)));
         }
         if !(1..=10_000).contains(&self.pings) {
             return Err(UsageError::new(format!("--pings: expected 1 to 10000, found {}", self.pings)));
@@ -168,7 +216,7 @@ impl BenchOpts {
     }
 
     pub fn measure_opts(&self) -> MeasureOpts {
-        MeasureOpts { seconds: self.seconds, pings: self.pings }
+        MeasureOpts { seconds: self.seconds, pings: self.pings, parallel: self.parallel }
     }
 }
 
@@ -383,6 +431,11 @@ pub struct RssPeak {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     pub iperf: IperfResult,
+    /// The `-P N` run, when asked for.
+    pub iperf_parallel: Option<IperfResult>,
+    /// CPU of the busiest watched process over an idle window after the runs, in percent of
+    /// one core (lab rows).
+    pub idle_cpu_pct: Option<f64>,
     pub ping: PingSummary,
     pub rss: Vec<RssPeak>,
     /// How the sending node routes to the receiving pod (`ip -o route get`), when checked.
@@ -397,6 +450,10 @@ pub struct RowResult {
     pub rtt_median_ms: Option<f64>,
     /// `gbps` divided by the kernel row's.
     pub gbps_vs_kernel: Option<f64>,
+    /// Gbit/s of the `-P N` run.
+    pub gbps_parallel: Option<f64>,
+    /// Busiest agent's CPU while idle, percent of one core.
+    pub idle_cpu_pct: Option<f64>,
     /// `rtt_median_ms` divided by the kernel row's.
     pub rtt_vs_kernel: Option<f64>,
     pub retransmits: Option<u64>,
@@ -416,6 +473,8 @@ impl RowResult {
             gbps: None,
             rtt_median_ms: None,
             gbps_vs_kernel: None,
+            gbps_parallel: None,
+            idle_cpu_pct: None,
             rtt_vs_kernel: None,
             retransmits: None,
             pings_sent: None,
@@ -427,6 +486,8 @@ impl RowResult {
         match result {
             Ok(m) => {
                 r.gbps = Some(m.iperf.gbps());
+                r.gbps_parallel = m.iperf_parallel.as_ref().map(IperfResult::gbps);
+                r.idle_cpu_pct = m.idle_cpu_pct;
                 r.rtt_median_ms = m.ping.median_ms();
                 r.retransmits = m.iperf.retransmits;
                 r.pings_sent = Some(m.ping.transmitted);
@@ -467,6 +528,8 @@ pub struct BenchReport {
     pub seconds: u64,
     pub pings: u32,
     pub ping_interval_s: f64,
+    /// Streams of each row's second iperf3 run (0: none).
+    pub parallel: u32,
     pub rows: Vec<RowResult>,
 }
 
@@ -490,19 +553,22 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-const HEADERS: [&str; 7] = ["row", "Gbit/s", "x kernel", "RTT ms", "x kernel", "agent RSS MiB", "error"];
+const HEADERS: [&str; 9] =
+    ["row", "Gbit/s", "x kernel", "-P N Gbit/s", "RTT ms", "x kernel", "RSS MiB", "idle CPU %", "error"];
 
 /// The cells of every row, in [`HEADERS`] order (errors cut to their first line).
-fn cells(rows: &[RowResult]) -> Vec<[String; 7]> {
+fn cells(rows: &[RowResult]) -> Vec<[String; 9]> {
     rows.iter()
         .map(|r| {
             [
                 r.row.clone(),
                 fmt_opt(r.gbps, 2),
                 fmt_opt(r.gbps_vs_kernel, 2),
+                fmt_opt(r.gbps_parallel, 2),
                 fmt_opt(r.rtt_median_ms, 3),
                 fmt_opt(r.rtt_vs_kernel, 2),
                 fmt_mib(r.max_rss_kib()),
+                fmt_opt(r.idle_cpu_pct, 1),
                 r.error.as_deref().map(first_line).unwrap_or("").to_string(),
             ]
         })
@@ -523,7 +589,7 @@ pub fn render_table(rows: &[RowResult]) -> String {
         let mut s = String::new();
         for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
             match i {
-                0 | 6 => s.push_str(&format!("{c:<w$}  ")),
+                0 | 8 => s.push_str(&format!("{c:<w$}  ")),
                 _ => s.push_str(&format!("{c:>w$}  ")),
             }
         }
@@ -545,10 +611,61 @@ pub fn render(report: &BenchReport) -> String {
         m.nproc, m.cpu_model, m.kernel, m.date, m.loadavg, report.seconds, report.pings, report.ping_interval_s
     );
     out.push_str(&render_table(&report.rows));
+    let targets = render_targets(&report.rows);
+    if !targets.is_empty() {
+        out.push('\n');
+        out.push_str(&targets);
+    }
     for r in report.rows.iter().filter(|r| r.error.is_some()) {
         out.push_str(&format!("\n{} failed: {}\n", r.row, r.error.as_deref().unwrap_or("")));
     }
     out
+}
+
+/// One comparison of the quic row with another row of the same run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub what: String,
+    /// The measured ratio or difference.
+    pub value: f64,
+    pub met: bool,
+}
+
+/// The quic row against the others of the same run, as docs/BENCHMARKS.md states the goals:
+/// ≥ 2 × quincy, ≥ 5 × the better WireGuard, ≥ 0.6 × quinn-raw, RTT ≤ the best userspace
+/// peer's, `-P N` ≥ one stream. Comparisons whose rows are missing or failed are left out.
+pub fn targets(rows: &[RowResult]) -> Vec<Target> {
+    let get = |name: &str| rows.iter().find(|r| r.row == name && r.error.is_none());
+    let Some(quic) = get(RowKind::Quic.name()) else { return Vec::new() };
+    let Some(q) = quic.gbps else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut ratio = |what: String, other: Option<f64>, at_least: f64| {
+        if let Some(o) = other.filter(|o| *o > 0.0) {
+            out.push(Target { what, value: q / o, met: q / o >= at_least });
+        }
+    };
+    ratio("quic / quincy >= 2".into(), get(Peer::Quincy.name()).and_then(|r| r.gbps), 2.0);
+    let wg = [Peer::WireguardGo, Peer::Boringtun].iter().filter_map(|p| get(p.name())?.gbps).max_by(f64::total_cmp);
+    ratio("quic / best WireGuard >= 5".into(), wg, 5.0);
+    ratio("quic / quinn-raw >= 0.6".into(), get(RowKind::QuinnRaw.name()).and_then(|r| r.gbps), 0.6);
+    if let Some(p) = quic.gbps_parallel.filter(|_| q > 0.0) {
+        out.push(Target { what: "quic -P N / quic 1 stream >= 1".into(), value: p / q, met: p >= q });
+    }
+    if let Some(rtt) = quic.rtt_median_ms {
+        let best = Peer::ALL.iter().filter_map(|p| get(p.name())?.rtt_median_ms).min_by(f64::total_cmp);
+        if let Some(b) = best {
+            out.push(Target { what: "quic RTT - best peer RTT <= 0 ms".into(), value: rtt - b, met: rtt <= b });
+        }
+    }
+    out
+}
+
+/// The targets as lines (`met`/`NOT met`), empty without a quic row.
+pub fn render_targets(rows: &[RowResult]) -> String {
+    targets(rows)
+        .iter()
+        .map(|t| format!("target {}: {:.2} {}\n", t.what, t.value, if t.met { "met" } else { "NOT met" }))
+        .collect()
 }
 
 /// A Markdown section for docs/BENCHMARKS.md or a release note.
@@ -558,14 +675,22 @@ pub fn render_markdown(report: &BenchReport) -> String {
         "Measured {} on {} cores ({}), Linux {}, {}, load average {} at the start, with:\n\n```sh\n{}\n```\n\n",
         m.date, m.nproc, m.cpu_model, m.kernel, m.iperf3, m.loadavg, report.command
     );
-    out.push_str("| row | Gbit/s | × kernel | RTT median ms | × kernel | agent RSS peak MiB |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|\n");
+    out.push_str(&format!(
+        "| row | Gbit/s | × kernel | -P {} Gbit/s | RTT median ms | × kernel | RSS peak MiB | idle CPU % |\n",
+        report.parallel
+    ));
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (r, c) in report.rows.iter().zip(cells(&report.rows)) {
         if r.error.is_some() {
-            out.push_str(&format!("| {} | failed: {} | | | | |\n", c[0], c[6].replace('|', "\\|")));
+            out.push_str(&format!("| {} | failed: {} | | | | | | |\n", c[0], c[8].replace('|', "\\|")));
         } else {
-            out.push_str(&format!("| {} | {} | {} | {} | {} | {} |\n", c[0], c[1], c[2], c[3], c[4], c[5]));
+            out.push_str(&format!("| {} |\n", c[..8].join(" | ")));
         }
+    }
+    let targets = render_targets(&report.rows);
+    if !targets.is_empty() {
+        out.push('\n');
+        out.push_str(&targets);
     }
     out
 }
@@ -671,13 +796,24 @@ impl Drop for IperfServer {
 /// One single-stream TCP iperf3 run of `seconds` from `client_ns` to a server started in
 /// `server_ns` for it, reaching it at `server_ip`.
 pub fn iperf_tcp(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, seconds: u64) -> anyhow::Result<IperfResult> {
+    iperf_tcp_streams(client_ns, server_ns, server_ip, seconds, 1)
+}
+
+/// Like [`iperf_tcp`] with `streams` parallel TCP streams (`-P`).
+pub fn iperf_tcp_streams(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    seconds: u64,
+    streams: u32,
+) -> anyhow::Result<IperfResult> {
     let _server = IperfServer::start(server_ns, IPERF_PORT, LISTEN_TIMEOUT)?;
     let mut cmd = netns::command_in(client_ns, "iperf3")?;
-    cmd.args(["-c", &server_ip.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string()]).args([
-        "--connect-timeout",
-        "5000",
-        "-J",
-    ]);
+    cmd.args(["-c", &server_ip.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string()]);
+    if streams > 1 {
+        cmd.args(["-P", &streams.to_string()]);
+    }
+    cmd.args(["--connect-timeout", "5000", "-J"]);
     let what = format!("iperf3 -c {server_ip} in {client_ns}");
     let out = run_timeout(&mut cmd, None, Duration::from_secs(seconds + 30), &what)?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -789,6 +925,8 @@ pub struct Endpoints {
 pub struct MeasureOpts {
     pub seconds: u64,
     pub pings: u32,
+    /// Streams of a second iperf3 run (`-P N`); 0 or 1: none.
+    pub parallel: u32,
 }
 
 /// One row's measurement: wait until the server pod answers, then the iperf3 run and the pings,
@@ -797,11 +935,35 @@ pub fn measure(ep: &Endpoints, opts: MeasureOpts, watch: &[(String, u32)]) -> an
     wait_reachable(&ep.client_ns, ep.server_ip, REACH_TIMEOUT)?;
     let (res, rss) = with_rss_sampling(watch, RSS_EVERY, || -> anyhow::Result<_> {
         let iperf = iperf_tcp(&ep.client_ns, &ep.server_ns, ep.server_ip, opts.seconds)?;
+        let parallel = match opts.parallel {
+            0 | 1 => None,
+            n => Some(iperf_tcp_streams(&ep.client_ns, &ep.server_ns, ep.server_ip, opts.seconds, n)?),
+        };
         let ping = ping(&ep.client_ns, ep.server_ip, opts.pings)?;
-        Ok((iperf, ping))
+        Ok((iperf, parallel, ping))
     });
-    let (iperf, ping) = res?;
-    Ok(Measurement { iperf, ping, rss, path: None })
+    let (iperf, iperf_parallel, ping) = res?;
+    Ok(Measurement { iperf, iperf_parallel, idle_cpu_pct: None, ping, rss, path: None })
+}
+
+/// How long watched processes are left idle to measure their CPU.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
+/// CPU of the busiest of `pids` over `window` with no traffic, in percent of one core.
+pub fn idle_cpu_pct(pids: &[u32], window: Duration) -> Option<f64> {
+    let t0: Vec<Option<u64>> = pids.iter().map(|&p| super::scale::cpu_ticks(p)).collect();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let secs = start.elapsed().as_secs_f64();
+    let t1: Vec<Option<u64>> = pids.iter().map(|&p| super::scale::cpu_ticks(p)).collect();
+    // Tick counts over seconds stay far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    t0.iter()
+        .zip(&t1)
+        .filter_map(|(a, b)| {
+            Some(b.as_ref()?.saturating_sub(*a.as_ref()?) as f64 / super::scale::CLK_TCK / secs * 100.0)
+        })
+        .max_by(f64::total_cmp)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -981,12 +1143,34 @@ pub fn bench_lab(spec: LabSpec, opts: MeasureOpts, ready_timeout: Duration) -> a
     let checked = wait_reachable(&ep.client_ns, ip, REACH_TIMEOUT)
         .and_then(|()| route_get(&lab.node_ns(1), ip))
         .and_then(|path| check_path(backend, &path, lab.node_ip(2)).map_err(anyhow::Error::msg).map(|()| path));
-    let m = checked.and_then(|path| Ok(Measurement { path: Some(path), ..measure(&ep, opts, &watch)? }));
+    let m = checked.and_then(|path| {
+        let m = measure(&ep, opts, &watch)?;
+        let pids: Vec<u32> = watch.iter().map(|w| w.1).collect();
+        Ok(Measurement { path: Some(path), idle_cpu_pct: idle_cpu_pct(&pids, IDLE_WINDOW), ..m })
+    });
     let report = lab.down();
     for e in report.errors.iter().chain(&report.warnings) {
         eprintln!("bench: lab down: {e}");
     }
     m
+}
+
+/// The quinn-raw row: one QUIC connection's datagram throughput between the two hosts. It has
+/// no TCP and no ping: the RTT column stays empty; RSS is the sender's and receiver's.
+pub fn bench_quinn_raw(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
+    let bin = super::bins::resolve(super::quinn_raw::BIN, None, "WEFT_BIN_DIR")?;
+    let run = super::quinn_raw::bench(names, &bin, seconds, 1)?;
+    Ok(Measurement {
+        iperf: IperfResult { bits_per_second: run.received.gbps * 1e9, retransmits: None },
+        iperf_parallel: None,
+        idle_cpu_pct: None,
+        ping: PingSummary { transmitted: 0, received: 0, times_ms: Vec::new() },
+        rss: run.rss,
+        path: Some(format!(
+            "{} datagrams of {} bytes in {:.2} s over {} connection(s)",
+            run.received.datagrams, run.received.max_datagram, run.received.seconds, run.received.connections
+        )),
+    })
 }
 
 /// Runs every row of `opts` in order, one at a time; a failed row carries its error and the
@@ -1012,7 +1196,12 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
         progress(&format!("bench: {kind}: {} s iperf3 + {} pings", opts.seconds, opts.pings));
         let started = Instant::now();
         let result = match kind.backend() {
-            None => bench_kernel(&names, mo),
+            None if kind == RowKind::Kernel => bench_kernel(&names, mo),
+            None if kind == RowKind::QuinnRaw => bench_quinn_raw(&names, opts.seconds),
+            None => match kind {
+                RowKind::Peer(p) => super::peers::bench(p, &names, mo),
+                _ => Err(anyhow::anyhow!("row {kind} has no runner")),
+            },
             Some(backend) => {
                 let spec = LabSpec {
                     id: opts.id.clone(),
@@ -1048,6 +1237,7 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
         seconds: opts.seconds,
         pings: opts.pings,
         ping_interval_s: PING_INTERVAL_S,
+        parallel: opts.parallel,
         rows,
     })
 }
@@ -1062,11 +1252,13 @@ pub fn cli(id: &str, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         id: id.to_string(),
         seconds: args.seconds,
         pings: args.pings,
-        rows: parse_rows(&args.backends)?,
+        rows: parse_rows(&args.backends, args.with_peers)?,
+        parallel: args.parallel,
         agent_bin: args.agent_bin.clone(),
         weftctl_bin: std::env::current_exe().ok(),
         ready_timeout_secs: args.ready_timeout,
     };
+    check_peers_installed(&opts.rows)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = run(&opts, command, |line| eprintln!("{line}"))?;
     if args.json {
@@ -1330,11 +1522,30 @@ mod tests {
 
     #[test]
     fn rows_flag() {
-        assert_eq!(parse_rows("host-gw,quic").expect("ok"), vec![RowKind::Kernel, RowKind::HostGw, RowKind::Quic]);
-        assert_eq!(parse_rows("quic, kernel,quic").expect("ok"), vec![RowKind::Kernel, RowKind::Quic]);
-        assert_eq!(parse_rows("").expect("ok"), vec![RowKind::Kernel]);
-        let e = parse_rows("host-gw,vxlan").expect_err("bad");
-        assert_eq!(e.to_string(), "--backends: expected one of kernel, host-gw, quic, found \"vxlan\"");
+        let k = RowKind::Kernel;
+        assert_eq!(parse_rows("host-gw,quic", false).expect("ok"), vec![k, RowKind::HostGw, RowKind::Quic]);
+        assert_eq!(parse_rows("quic, kernel,quic", false).expect("ok"), vec![k, RowKind::Quic]);
+        assert_eq!(parse_rows("", false).expect("ok"), vec![k]);
+        assert_eq!(
+            parse_rows("quinn-raw,boringtun", false).expect("ok"),
+            vec![k, RowKind::QuinnRaw, RowKind::Peer(Peer::Boringtun)]
+        );
+        let all = parse_rows("quic,boringtun", true).expect("ok");
+        assert_eq!(
+            all,
+            vec![
+                k,
+                RowKind::Quic,
+                RowKind::Peer(Peer::Boringtun),
+                RowKind::Peer(Peer::Quincy),
+                RowKind::Peer(Peer::WireguardGo)
+            ]
+        );
+        let e = parse_rows("host-gw,vxlan", false).expect_err("bad");
+        assert_eq!(
+            e.to_string(),
+            "--backends: expected one of kernel, host-gw, quic, quinn-raw, quincy, wireguard-go, boringtun, found \"vxlan\""
+        );
     }
 
     #[test]
@@ -1344,6 +1555,7 @@ mod tests {
             seconds: 10,
             pings: 50,
             rows: vec![RowKind::Kernel],
+            parallel: 4,
             agent_bin: None,
             weftctl_bin: None,
             ready_timeout_secs: 60,
@@ -1360,6 +1572,8 @@ mod tests {
     fn measured(gbps: f64, rtt: f64, rss: &[u64]) -> anyhow::Result<Measurement> {
         Ok(Measurement {
             iperf: IperfResult { bits_per_second: gbps * 1e9, retransmits: Some(3) },
+            iperf_parallel: Some(IperfResult { bits_per_second: gbps * 1.1e9, retransmits: Some(4) }),
+            idle_cpu_pct: Some(0.2),
             ping: PingSummary { transmitted: 3, received: 3, times_ms: vec![rtt, rtt, rtt * 2.0] },
             rss: rss
                 .iter()
@@ -1402,10 +1616,10 @@ mod tests {
     fn table() {
         let t = render_table(&sample_rows());
         let want = "\
-row      Gbit/s  x kernel  RTT ms  x kernel  agent RSS MiB  error
-kernel    20.00      1.00   0.040      1.00              -
-host-gw   19.00      0.95   0.050      1.25           12.5
-quic          -         -       -         -              -  building lab b1: agent of n1 exited
+row      Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  error
+kernel    20.00      1.00        22.00   0.040      1.00        -         0.2
+host-gw   19.00      0.95        20.90   0.050      1.25     12.5         0.2
+quic          -         -            -       -         -        -           -  building lab b1: agent of n1 exited
 ";
         assert_eq!(t, want, "\n{t}");
         let report = BenchReport {
@@ -1422,6 +1636,7 @@ quic          -         -       -         -              -  building lab b1: age
             seconds: 10,
             pings: 50,
             ping_interval_s: PING_INTERVAL_S,
+            parallel: 4,
             rows: sample_rows(),
         };
         assert!(!report.all_ok());
@@ -1432,12 +1647,41 @@ quic          -         -       -         -              -  building lab b1: age
         );
         assert!(full.ends_with("\nquic failed: building lab b1: agent of n1 exited\nlast lines of log\n"), "{full}");
         let md = render_markdown(&report);
-        assert!(md.contains("| host-gw | 19.00 | 0.95 | 0.050 | 1.25 | 12.5 |\n"), "{md}");
-        assert!(md.contains("| quic | failed: building lab b1: agent of n1 exited | | | | |\n"), "{md}");
+        assert!(md.contains("| host-gw | 19.00 | 0.95 | 20.90 | 0.050 | 1.25 | 12.5 | 0.2 |\n"), "{md}");
+        assert!(md.contains("| quic | failed: building lab b1: agent of n1 exited | | | | | | |\n"), "{md}");
         let json: serde_json::Value = serde_json::to_value(&report).expect("json");
         assert_eq!(json["rows"][1]["gbps"], 19.0);
         assert_eq!(json["rows"][1]["agent_rss"][1]["peak_kib"], 12_800);
         assert_eq!(json["machine"]["nproc"], 2);
+    }
+
+    #[test]
+    fn targets_compare_quic_with_the_other_rows_of_the_run() {
+        let mut rows = vec![
+            RowResult::new("kernel", measured(10.0, 0.1, &[])),
+            RowResult::new("quic", measured(2.0, 0.4, &[])),
+            RowResult::new("quinn-raw", measured(2.5, 0.1, &[])),
+            RowResult::new("quincy", measured(0.8, 0.9, &[])),
+            RowResult::new("wireguard-go", measured(0.25, 0.3, &[])),
+            RowResult::new("boringtun", Err(anyhow::anyhow!("down"))),
+        ];
+        rows[1].gbps_parallel = Some(1.9);
+        let t = targets(&rows);
+        let got: Vec<(&str, String, bool)> =
+            t.iter().map(|t| (t.what.as_str(), format!("{:.2}", t.value), t.met)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("quic / quincy >= 2", "2.50".to_string(), true),
+                ("quic / best WireGuard >= 5", "8.00".to_string(), true),
+                ("quic / quinn-raw >= 0.6", "0.80".to_string(), true),
+                ("quic -P N / quic 1 stream >= 1", "0.95".to_string(), false),
+                ("quic RTT - best peer RTT <= 0 ms", "0.10".to_string(), false),
+            ]
+        );
+        assert!(render_targets(&rows).contains("target quic RTT - best peer RTT <= 0 ms: 0.10 NOT met\n"));
+        // Without a quic row (or with a failed one) there is nothing to compare.
+        assert!(targets(&rows[2..]).is_empty());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod netns;
 pub mod plumbing;
 pub mod peers;
 pub mod procs;
+pub mod quinn_raw;
 pub mod scale;
 pub mod state;
 pub mod status;

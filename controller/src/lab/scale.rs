@@ -22,7 +22,7 @@ use weft_config::Backend;
 
 /// Linux's USER_HZ (the unit of utime/stime in /proc/<pid>/stat) on every architecture weft
 /// runs on.
-const CLK_TCK: f64 = 100.0;
+pub(crate) const CLK_TCK: f64 = 100.0;
 /// How long one node's route change may take before the bench gives up on it.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -142,7 +142,7 @@ fn loadavg() -> Option<[f64; 3]> {
     parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 

@@ -1,0 +1,205 @@
+//! The `quinn-raw` row of `weftctl lab bench`: QUIC datagrams alone, no tun, between the two
+//! hosts of a [`HostPair`] — the transport's ceiling on this machine. `weft-quic-raw` (a binary
+//! of the agent crate, built with the agent's own TLS, transport and socket settings) sends
+//! full-size DATAGRAM frames as fast as congestion control allows from host 1 to host 2 for
+//! the row's seconds; the receiver's count over the time between its first and last datagram
+//! is the figure. Certificates come from a throwaway CA in a directory removed afterwards.
+
+use super::bench::{self, HostPair, RssPeak};
+use super::names::LabNames;
+use super::netns;
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Binary name, found next to weftctl like weft-agent.
+pub const BIN: &str = "weft-quic-raw";
+/// UDP port of the receiver (the agent's default QUIC port; nothing else runs in the pair).
+pub const PORT: u16 = weft_config::agent::DEFAULT_QUIC_PORT;
+
+/// What the receiver reports (the JSON line `weft-quic-raw server` prints).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Received {
+    pub connections: usize,
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub gbps: f64,
+    pub max_datagram: usize,
+}
+
+/// One quinn-raw run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRun {
+    pub received: Received,
+    /// Peak RSS of the sender and the receiver.
+    pub rss: Vec<RssPeak>,
+}
+
+/// Parses the receiver's output (its last non-empty line).
+pub fn parse_received(stdout: &str) -> Result<Received, String> {
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).ok_or("weft-quic-raw printed nothing")?;
+    let r: Received = serde_json::from_str(line).map_err(|e| format!("weft-quic-raw output {line:?}: {e}"))?;
+    if r.datagrams == 0 || r.seconds <= 0.0 || !r.gbps.is_finite() {
+        return Err(format!("no datagrams arrived ({line})"));
+    }
+    Ok(r)
+}
+
+/// A directory removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("bench: removing {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+/// A child killed (if still running) and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// UDP port `port` bound in the namespace of `pid` (`/proc/<pid>/net/udp`, IPv4).
+fn udp_bound(pid: u32, port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp")).is_ok_and(|t| {
+        t.lines().skip(1).any(|l| l.split_whitespace().nth(1).is_some_and(|a| (a.to_string() + " ").ends_with(&want)))
+    })
+}
+
+fn tls_args(pki: &Path, name: &str) -> Vec<String> {
+    let ca = crate::pki::ca_files(pki);
+    let c = crate::pki::cert_files(pki, name);
+    vec![
+        "--ca".into(),
+        ca.cert.display().to_string(),
+        "--cert".into(),
+        c.cert.display().to_string(),
+        "--key".into(),
+        c.key.display().to_string(),
+        "--name".into(),
+        name.into(),
+    ]
+}
+
+/// Runs the row: a fresh [`HostPair`], `connections` QUIC connections from host 1 to host 2 for
+/// `seconds`. Everything (namespaces, processes, certificate files) is gone when it returns.
+pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> anyhow::Result<RawRun> {
+    let pair = HostPair::up(&names.prefix())?;
+    let dir = TempDir(std::env::temp_dir().join(format!("weft-{}-quinn-raw-{}", names.id(), std::process::id())));
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    crate::pki::init_ca(&dir.0, &crate::pki::CaOptions::default()).context("making a CA")?;
+    for n in ["n1", "n2"] {
+        crate::pki::issue(&dir.0, &dir.0, &crate::pki::IssueRequest::node(n))
+            .with_context(|| format!("issuing the certificate of {n}"))?;
+    }
+    let mut server_cmd = netns::command_in(&pair.host_ns(2), bin)?;
+    server_cmd
+        .args(["server", "--port", &PORT.to_string(), "--connections", &connections.to_string()])
+        .args(["--timeout", &(seconds + 60).to_string()])
+        .args(tls_args(&dir.0, "n2"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut server = Reaped(server_cmd.spawn().with_context(|| format!("starting {}", bin.display()))?);
+    let spid = server.0.id();
+    let deadline = Instant::now() + bench::LISTEN_TIMEOUT;
+    while !udp_bound(spid, PORT) {
+        if let Ok(Some(st)) = server.0.try_wait() {
+            anyhow::bail!("{BIN} server exited ({st}) before binding UDP {PORT}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{BIN} server did not bind UDP {PORT}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut client_cmd = netns::command_in(&pair.host_ns(1), bin)?;
+    client_cmd
+        .args(["client", "--connect", &format!("{}:{PORT}", HostPair::underlay_ip(2)), "--server-name", "n2"])
+        .args(["--seconds", &seconds.to_string(), "--connections", &connections.to_string()])
+        .args(tls_args(&dir.0, "n1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let client = Reaped(client_cmd.spawn().with_context(|| format!("starting {}", bin.display()))?);
+    let watch = vec![("sender".to_string(), client.0.id()), ("receiver".to_string(), spid)];
+    let mut client = client;
+    let (client_out, rss) = bench::with_rss_sampling(&watch, bench::RSS_EVERY, || {
+        wait_output(&mut client.0, Duration::from_secs(seconds + 30), "sender")
+    });
+    let client_out = client_out?;
+    anyhow::ensure!(
+        client_out.status.success(),
+        "{BIN} client failed ({}): {}",
+        client_out.status,
+        last_line(&client_out.stderr)
+    );
+    let server_out = wait_output(&mut server.0, Duration::from_secs(30), "receiver")?;
+    anyhow::ensure!(
+        server_out.status.success(),
+        "{BIN} server failed ({}): {}",
+        server_out.status,
+        last_line(&server_out.stderr)
+    );
+    let received = parse_received(&String::from_utf8_lossy(&server_out.stdout)).map_err(anyhow::Error::msg)?;
+    Ok(RawRun { received, rss })
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string()
+}
+
+/// Waits for `child` to exit within `timeout` (killed after it) and collects its output.
+fn wait_output(child: &mut Child, timeout: Duration, what: &str) -> anyhow::Result<std::process::Output> {
+    use std::io::Read;
+    // The outputs are a line or two of JSON and a few log lines: they fit in the pipe buffers,
+    // so polling the exit before reading cannot deadlock.
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting")? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            anyhow::bail!("{BIN} {what} still running after {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(o) = child.stdout.as_mut() {
+        o.read_to_end(&mut stdout).context("reading stdout")?;
+    }
+    if let Some(e) = child.stderr.as_mut() {
+        e.read_to_end(&mut stderr).context("reading stderr")?;
+    }
+    Ok(std::process::Output { status, stdout, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receiver_output() {
+        let ok = "log line\n{\"connections\":1,\"datagrams\":10,\"bytes\":14340,\"seconds\":0.5,\"gbps\":0.23,\"max_datagram\":1434}\n";
+        let r = parse_received(ok).expect("parses");
+        assert_eq!((r.datagrams, r.max_datagram), (10, 1434));
+        let none = "{\"connections\":1,\"datagrams\":0,\"bytes\":0,\"seconds\":0.0,\"gbps\":0.0,\"max_datagram\":1434}";
+        assert!(parse_received(none).expect_err("nothing arrived").contains("no datagrams"));
+        assert!(parse_received("").is_err());
+        assert!(parse_received("not json").is_err());
+    }
+}
