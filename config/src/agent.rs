@@ -78,7 +78,13 @@ pub struct QuicConfig {
     pub tun: String,
     /// Tun and pod MTU; `None` = derived from the underlay MTU (see docs/ARCHITECTURE.md).
     pub mtu: Option<u32>,
+    /// Threads of the data path (tun, QUIC endpoint, connections). 1 (the default) runs it all
+    /// on one thread with no hand-offs between threads; see docs/BENCHMARKS.md.
+    pub threads: usize,
 }
+
+/// Default of `quic.threads`.
+pub const DEFAULT_QUIC_THREADS: usize = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
@@ -388,8 +394,9 @@ fn read_quic(mut r: Reader<'_>) -> Result<Option<QuicConfig>, ConfigError> {
         return Err(r.err("tun", format!("expected an interface name of 1 to 15 characters, found {tun:?}")));
     }
     let mtu = r.opt_int("mtu", 576, 65535)?.map(|m| m as u32);
+    let threads = r.opt_int("threads", 1, 64)?.map_or(DEFAULT_QUIC_THREADS, |t| t as usize);
     r.finish()?;
-    Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu }))
+    Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu, threads }))
 }
 
 fn read_metrics(mut r: Reader<'_>) -> Result<MetricsConfig, ConfigError> {
@@ -489,6 +496,11 @@ endpoints = ["http://10.0.0.5:2379"]
         assert_eq!(q.port, DEFAULT_QUIC_PORT);
         assert_eq!(q.tun, "weft-tun0");
         assert_eq!(q.mtu, None);
+        assert_eq!(q.threads, DEFAULT_QUIC_THREADS);
+        let two = AgentConfig::parse("agent.toml", &format!("{full}threads = 2")).expect("valid").quic.expect("quic");
+        assert_eq!(two.threads, 2);
+        let e = AgentConfig::parse("agent.toml", &format!("{full}threads = 0")).expect_err("threads");
+        assert_eq!(e.to_string(), "agent.toml: quic.threads: expected an integer from 1 to 64, found 0");
         let e = AgentConfig::parse("agent.toml", &format!("{base}ca_file = \"/ca.pem\"")).expect_err("no cert");
         assert_eq!(e.to_string(), "agent.toml: quic.cert_file: required in [quic], expected an absolute path");
         let e = AgentConfig::parse("agent.toml", &format!("{full}port = 0")).expect_err("port");

@@ -39,6 +39,7 @@ where
         key_file: files.key.to_path_buf(),
         tun: "unused".into(),
         mtu: None,
+        threads: 1,
     };
     let id = tls::load(&q, files.name)?;
     let client = tls::client_config(&id, weft_agent::quic::transport(1472)?)?;

@@ -84,6 +84,7 @@ impl TlsArgs {
             key_file: self.key.clone(),
             tun: String::new(),
             mtu: None,
+            threads: 1,
         };
         tls::load(&q, &self.name)
     }

@@ -83,6 +83,9 @@ pub struct Settings {
     /// UDP payload size the underlay carries (underlay MTU − 28).
     pub udp_payload: u16,
     pub quic: QuicConfig,
+    /// Threads of the data path's runtime (1: a single-threaded runtime, no hand-offs between
+    /// threads on the packet path).
+    pub threads: usize,
 }
 
 struct Inner {
@@ -103,22 +106,33 @@ struct Inner {
     drops: [AtomicU64; Drop::ALL.len()],
     refused: AtomicU64,
     fingerprint: String,
+    /// The data path's runtime: every task of the tunnel runs there.
+    rt: tokio::runtime::Handle,
 }
 
-/// The running backend. Dropping it stops the tasks (the tun device persists).
+/// The running backend. Its tasks run on a runtime of their own, on `threads` dedicated
+/// threads (see [`Settings::threads`]), apart from the agent's control plane. Dropping it
+/// closes the connections and stops that runtime (the tun device persists).
 pub struct Tunnel {
     inner: Arc<Inner>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::ops::Drop for Tunnel {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
         self.inner.endpoint.close(0u32.into(), b"agent stopping");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
+
+/// How long a stopping tunnel waits for its close frames to go out.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -210,8 +224,62 @@ pub fn bind_endpoint(
 }
 
 impl Tunnel {
-    /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the tasks.
+    /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the tasks
+    /// on the data path's own runtime.
     pub fn start(s: Settings) -> Result<Tunnel> {
+        let threads = s.threads.max(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Arc<Inner>>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("weft-quic".into())
+            .spawn(move || {
+                let rt = if threads == 1 {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build()
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .thread_name("weft-quic")
+                        .enable_all()
+                        .build()
+                };
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context("starting the data path runtime")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let inner = match Self::build(s) {
+                        Ok(inner) => inner,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    inner.rt.spawn(tun_reader(inner.clone()));
+                    inner.rt.spawn(acceptor(inner.clone()));
+                    info!(tun = %inner.tun_name, mtu = inner.tun_mtu, port = inner.quic.port, threads, "quic backend up");
+                    let endpoint = inner.endpoint.clone();
+                    if ready_tx.send(Ok(inner)).is_err() {
+                        return;
+                    }
+                    let _ = stop_rx.await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+                });
+                // Dropping the runtime here cancels every task still running on it.
+            })
+            .context("starting the data path thread")?;
+        let inner = match ready_rx.recv() {
+            Ok(r) => r?,
+            Err(_) => bail!("the data path thread exited while starting"),
+        };
+        Ok(Tunnel { inner, stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    /// Everything of [`Tunnel::start`] that must happen inside the data path's runtime (the tun
+    /// device and the endpoint register with its reactor).
+    fn build(s: Settings) -> Result<Arc<Inner>> {
         let id = tls::load(&s.quic, &s.node)?;
         let transport = transport(s.udp_payload)?;
         let server = tls::server_config(&id, transport.clone())?;
@@ -238,10 +306,9 @@ impl Tunnel {
             drops: Default::default(),
             refused: AtomicU64::new(0),
             fingerprint: id.fingerprint,
+            rt: tokio::runtime::Handle::current(),
         });
-        let tasks = vec![tokio::spawn(tun_reader(inner.clone())), tokio::spawn(acceptor(inner.clone()))];
-        info!(tun = %inner.tun_name, mtu = inner.tun_mtu, port = inner.quic.port, "quic backend up");
-        Ok(Tunnel { inner, tasks })
+        Ok(inner)
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -308,7 +375,7 @@ impl Tunnel {
         }
         publish(inner);
         for node in to_dial {
-            tokio::spawn(dial(inner.clone(), node));
+            inner.rt.spawn(dial(inner.clone(), node));
         }
     }
 
@@ -514,10 +581,10 @@ fn install(inner: &Arc<Inner>, node: &str, conn: quinn::Connection) -> Result<()
     if conn.max_datagram_size().is_some_and(|m| m < inner.tun_mtu as usize) {
         warn!(peer = %node, max_datagram = ?conn.max_datagram_size(), tun_mtu = inner.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
     }
-    tokio::spawn(receiver(inner.clone(), conn.clone(), prefix, counters));
+    inner.rt.spawn(receiver(inner.clone(), conn.clone(), prefix, counters));
     let inner2 = inner.clone();
     let node = node.to_string();
-    tokio::spawn(async move {
+    inner.rt.spawn(async move {
         let reason = conn.closed().await;
         let redial = {
             let mut st = lock(&inner2.peers);
@@ -595,7 +662,7 @@ async fn dial(inner: Arc<Inner>, node: String) {
 async fn acceptor(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
         let inner = inner.clone();
-        tokio::spawn(async move {
+        inner.rt.clone().spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
