@@ -754,6 +754,7 @@ impl IperfServer {
     /// Starts the server in `ns` and waits until it listens on `port`.
     pub fn start(ns: &str, port: u16, timeout: Duration) -> anyhow::Result<IperfServer> {
         let mut cmd = netns::command_in(ns, "iperf3")?;
+        netns::die_with_parent(&mut cmd);
         cmd.args(["-s", "-1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -809,6 +810,7 @@ pub fn iperf_tcp_streams(
 ) -> anyhow::Result<IperfResult> {
     let _server = IperfServer::start(server_ns, IPERF_PORT, LISTEN_TIMEOUT)?;
     let mut cmd = netns::command_in(client_ns, "iperf3")?;
+    netns::die_with_parent(&mut cmd);
     cmd.args(["-c", &server_ip.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string()]);
     if streams > 1 {
         cmd.args(["-P", &streams.to_string()]);
@@ -828,6 +830,7 @@ pub fn iperf_tcp_streams(
 pub fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> anyhow::Result<PingSummary> {
     let deadline_s = (f64::from(count) * PING_INTERVAL_S).ceil() + 5.0;
     let mut cmd = netns::command_in(ns, "ping")?;
+    netns::die_with_parent(&mut cmd);
     cmd.args(["-n", "-c", &count.to_string(), "-i", &PING_INTERVAL_S.to_string(), "-W", "1"]).args([
         "-w",
         &format!("{deadline_s}"),
@@ -860,6 +863,7 @@ pub fn wait_reachable(ns: &str, ip: Ipv4Addr, timeout: Duration) -> anyhow::Resu
     let deadline = Instant::now() + timeout;
     loop {
         let mut cmd = netns::command_in(ns, "ping")?;
+        netns::die_with_parent(&mut cmd);
         cmd.args(["-n", "-c", "1", "-W", "1", &ip.to_string()]);
         let out = run_timeout(&mut cmd, None, Duration::from_secs(5), &format!("ping {ip} in {ns}"))?;
         if out.status.success() {

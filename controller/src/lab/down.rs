@@ -52,6 +52,9 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
         stop_processes(names, state, gone, &mut report);
     }
     warn_leftovers(names, &mut report);
+    for path in super::peers::remove_stale_sockets(names.id()) {
+        report.warnings.push(format!("removed {path}, left by a killed bench"));
+    }
     remove_namespaces(names, &mut report);
     match std::fs::remove_dir_all(names.dir()) {
         Ok(()) => {}

@@ -108,6 +108,22 @@ pub fn enter_on_exec(cmd: &mut Command, name: &str, new_session: bool) -> Result
     Ok(())
 }
 
+/// Makes the child of `cmd` receive SIGKILL when the thread that spawned it exits, so a bench
+/// killed with SIGKILL (no guard runs) leaves no tunnel daemon behind. Only for children of
+/// the thread that also waits for them: the signal follows the spawning thread, not the process.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A `Command` for `program` that runs in network namespace `name`.
 pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, NetnsError> {
     let mut cmd = Command::new(program);

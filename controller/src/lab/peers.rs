@@ -183,6 +183,22 @@ pub fn device_name(peer: Peer, id: &str, i: usize) -> String {
     format!("{}{id}{i}", peer.tag())
 }
 
+/// Removes the WireGuard control sockets a killed bench of lab `id` left behind (a SIGKILLed
+/// weftctl runs no guard; its daemons die with it but their sockets stay). Returns what was
+/// removed. Only names this lab's rows use are touched.
+pub fn remove_stale_sockets(id: &str) -> Vec<String> {
+    let mut removed = Vec::new();
+    for peer in [Peer::WireguardGo, Peer::Boringtun] {
+        for i in 1..=2 {
+            let path = std::path::Path::new(WG_SOCKET_DIR).join(format!("{}.sock", device_name(peer, id, i)));
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(path.display().to_string());
+            }
+        }
+    }
+    removed
+}
+
 /// The `dev` of an `ip -o route get` line.
 pub fn route_dev(route: &str) -> Option<&str> {
     let words: Vec<&str> = route.split_whitespace().collect();
@@ -412,6 +428,7 @@ impl Run {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = netns::command_in(ns, program)?;
+        netns::die_with_parent(&mut cmd);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for key in foreign_env(std::env::vars_os().map(|(k, _)| k)) {
             cmd.env_remove(key);

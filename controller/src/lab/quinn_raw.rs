@@ -108,6 +108,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
             .with_context(|| format!("issuing the certificate of {n}"))?;
     }
     let mut server_cmd = netns::command_in(&pair.host_ns(2), bin)?;
+    netns::die_with_parent(&mut server_cmd);
     server_cmd
         .args(["server", "--port", &PORT.to_string(), "--connections", &connections.to_string()])
         .args(["--timeout", &(seconds + 60).to_string()])
@@ -126,6 +127,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut client_cmd = netns::command_in(&pair.host_ns(1), bin)?;
+    netns::die_with_parent(&mut client_cmd);
     client_cmd
         .args(["client", "--connect", &format!("{}:{PORT}", HostPair::underlay_ip(2)), "--server-name", "n2"])
         .args(["--seconds", &seconds.to_string(), "--connections", &connections.to_string()])
