@@ -11,11 +11,18 @@ use weft_controller::pki;
 use weft_tests::quic_client::{with_connection, ClientFiles};
 use weft_tests::*;
 
+/// A routed quic lab whose tunnels are all up. Agents are ready once their routes are in place;
+/// a tunnel can follow up to about 2 s later (a peer may dial before the other has bound its
+/// endpoint, and the lost first packet is resent after quinn's probe timeout).
 fn quic_lab(id: &str, nodes: usize, pods: usize) -> Lab {
-    lab(id, nodes, pods, |s| {
+    let lab = lab(id, nodes, pods, |s| {
         s.backend = weft_config::Backend::Quic;
         s.topology = Topology::Routed;
-    })
+    });
+    for i in 1..=nodes {
+        wait_tunnels_up(&lab, i, nodes - 1);
+    }
+    lab
 }
 
 fn status(lab: &Lab, i: usize) -> weft_config::api::Status {
