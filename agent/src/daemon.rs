@@ -480,7 +480,6 @@ impl Daemon {
                 tun_mtu: self.mtu,
                 udp_payload: u16::try_from(u.mtu.saturating_sub(crate::quic::UDP_IP_OVERHEAD)).unwrap_or(1472),
                 quic: q.clone(),
-                threads: q.threads,
             };
             let t = crate::quic::Tunnel::start(settings)?;
             *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(t.status_fn());

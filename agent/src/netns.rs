@@ -64,18 +64,25 @@ pub fn ensure(name: &str) -> io::Result<bool> {
     Ok(true)
 }
 
-fn set_lo_up() -> io::Result<()> {
-    // SIOCSIFFLAGS on "lo" through a throwaway socket; cheaper than a netlink round trip.
+/// A throwaway socket and an `ifreq` naming `ifname` (cut to 15 bytes), for the `SIOC*IF*`
+/// interface ioctls in the calling thread's namespace: cheaper than a netlink round trip.
+pub fn ifreq(ifname: &str) -> io::Result<(std::os::fd::OwnedFd, libc::ifreq)> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    // SAFETY: a zeroed ifreq is a valid value; at most 15 name bytes keep it NUL-terminated.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
+        *dst = src as libc::c_char;
     }
+    Ok((sock, req))
+}
+
+fn set_lo_up() -> io::Result<()> {
+    let (sock, mut req) = ifreq("lo")?;
     use std::os::fd::AsRawFd;
     // SAFETY: valid socket fd and a properly initialised ifreq for both ioctls.
     unsafe {

@@ -255,17 +255,7 @@ fn in_netns_path<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + '
 /// The MAC address of `ifname` in the calling thread's namespace.
 fn hwaddr(ifname: &str) -> std::io::Result<String> {
     use std::os::fd::AsRawFd;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: a zeroed ifreq is a valid value; the name is NUL-terminated within bounds.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
+    let (sock, mut req) = weft_agent::netns::ifreq(ifname)?;
     // SAFETY: valid socket and ifreq; SIOCGIFHWADDR fills ifr_hwaddr.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
     if rc < 0 {

@@ -160,43 +160,63 @@ async fn server(port: u16, connections: usize, timeout: Duration, args: TlsArgs)
             let conn = incoming.await.context("handshake")?;
             tasks.push(tokio::spawn(count(conn)));
         }
-        let mut total = (0u64, 0u64, None::<Instant>, None::<Instant>, 0usize);
+        let mut total = Tally::default();
         for t in tasks {
-            let (n, bytes, first, last, max) = t.await.context("counting task")?;
-            total.0 += n;
-            total.1 += bytes;
-            total.2 = match (total.2, first) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            total.3 = total.3.max(last);
-            total.4 = total.4.max(max);
+            total.merge(t.await.context("counting task")?);
         }
         Ok::<_, anyhow::Error>(total)
     };
-    let (datagrams, bytes, first, last, max_datagram) =
-        tokio::time::timeout(timeout, work).await.map_err(|_| anyhow!("no result within {timeout:?}"))??;
-    let seconds = match (first, last) {
+    let total = tokio::time::timeout(timeout, work).await.map_err(|_| anyhow!("no result within {timeout:?}"))??;
+    let seconds = match (total.first, total.last) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };
-    let gbps = if seconds > 0.0 { bytes as f64 * 8.0 / seconds / 1e9 } else { 0.0 };
+    let gbps = if seconds > 0.0 { total.bytes as f64 * 8.0 / seconds / 1e9 } else { 0.0 };
     ep.close(0u32.into(), b"done");
-    Ok(Received { connections, datagrams, bytes, seconds, gbps, max_datagram })
+    Ok(Received {
+        connections,
+        datagrams: total.datagrams,
+        bytes: total.bytes,
+        seconds,
+        gbps,
+        max_datagram: total.max_datagram,
+    })
 }
 
-/// Counts one connection's datagrams until it closes: (count, bytes, first, last, max size).
-async fn count(conn: quinn::Connection) -> (u64, u64, Option<Instant>, Option<Instant>, usize) {
-    let (mut n, mut bytes, mut first, mut last) = (0u64, 0u64, None, None);
-    let max = conn.max_datagram_size().unwrap_or(0);
+/// What arrived over one connection, or over several merged.
+#[derive(Debug, Default)]
+struct Tally {
+    datagrams: u64,
+    bytes: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    max_datagram: usize,
+}
+
+impl Tally {
+    fn merge(&mut self, o: Tally) {
+        self.datagrams += o.datagrams;
+        self.bytes += o.bytes;
+        self.first = match (self.first, o.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = self.last.max(o.last);
+        self.max_datagram = self.max_datagram.max(o.max_datagram);
+    }
+}
+
+/// Counts one connection's datagrams until it closes.
+async fn count(conn: quinn::Connection) -> Tally {
+    let mut t = Tally { max_datagram: conn.max_datagram_size().unwrap_or(0), ..Tally::default() };
     while let Ok(d) = conn.read_datagram().await {
         let now = Instant::now();
-        first.get_or_insert(now);
-        last = Some(now);
-        n += 1;
-        bytes += d.len() as u64;
+        t.first.get_or_insert(now);
+        t.last = Some(now);
+        t.datagrams += 1;
+        t.bytes += d.len() as u64;
     }
-    (n, bytes, first, last, max)
+    t
 }
 
 async fn client(

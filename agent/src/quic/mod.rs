@@ -83,9 +83,6 @@ pub struct Settings {
     /// UDP payload size the underlay carries (underlay MTU − 28).
     pub udp_payload: u16,
     pub quic: QuicConfig,
-    /// Threads of the data path's runtime (1: a single-threaded runtime, no hand-offs between
-    /// threads on the packet path).
-    pub threads: usize,
 }
 
 struct Inner {
@@ -110,8 +107,8 @@ struct Inner {
     rt: tokio::runtime::Handle,
 }
 
-/// The running backend. Its tasks run on a runtime of their own, on `threads` dedicated
-/// threads (see [`Settings::threads`]), apart from the agent's control plane. Dropping it
+/// The running backend. Its tasks run on a runtime of their own, on `quic.threads` dedicated
+/// threads (1 by default), apart from the agent's control plane. Dropping it
 /// closes the connections and stops that runtime (the tun device persists).
 pub struct Tunnel {
     inner: Arc<Inner>,
@@ -227,7 +224,7 @@ impl Tunnel {
     /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the tasks
     /// on the data path's own runtime.
     pub fn start(s: Settings) -> Result<Tunnel> {
-        let threads = s.threads.max(1);
+        let threads = s.quic.threads.max(1);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Arc<Inner>>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()

@@ -106,15 +106,15 @@ impl std::str::FromStr for RowKind {
 /// tunnels. The kernel row always comes first: it is the reference the ratios are taken
 /// against. Duplicates are dropped.
 pub fn parse_rows(list: &str, with_peers: bool) -> Result<Vec<RowKind>, UsageError> {
+    let named = list
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| part.parse::<RowKind>().map_err(|e| UsageError::new(format!("--backends: {e}"))));
+    let peers = Peer::ALL.into_iter().filter(|_| with_peers).map(|p| Ok(RowKind::Peer(p)));
     let mut rows = vec![RowKind::Kernel];
-    let peers = Peer::ALL.into_iter().map(RowKind::Peer).filter(|_| with_peers);
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let r: RowKind = part.parse().map_err(|e| UsageError::new(format!("--backends: {e}")))?;
-        if !rows.contains(&r) {
-            rows.push(r);
-        }
-    }
-    for r in peers {
+    for r in named.chain(peers) {
+        let r = r?;
         if !rows.contains(&r) {
             rows.push(r);
         }
@@ -319,12 +319,21 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
 
 /// Whether /proc/net/tcp or tcp6 text shows a socket listening on `port`.
 pub fn tcp_listening(proc_net_tcp: &str, port: u16) -> bool {
-    proc_net_tcp.lines().skip(1).any(|l| {
+    proc_net_sockets(proc_net_tcp).any(|(p, state)| state == "0A" && p == Some(port))
+}
+
+/// Whether a UDP socket is bound to local `port` in `/proc/<pid>/net/udp` text.
+pub fn udp_bound(proc_net_udp: &str, port: u16) -> bool {
+    proc_net_sockets(proc_net_udp).any(|(p, _)| p == Some(port))
+}
+
+/// (local port, state) of every socket in a `/proc/net/{tcp,udp}` table.
+fn proc_net_sockets(text: &str) -> impl Iterator<Item = (Option<u16>, &str)> {
+    text.lines().skip(1).map(|l| {
         let mut f = l.split_whitespace();
         let local = f.nth(1).unwrap_or("");
         let state = f.nth(1).unwrap_or("");
-        let p = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        state == "0A" && p == Some(port)
+        (local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()), state)
     })
 }
 
@@ -708,6 +717,12 @@ pub fn run_timeout(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration, w
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin.write_all(data).with_context(|| format!("{what}: writing its input"))?;
     }
+    collect_timeout(&mut child, timeout, what)
+}
+
+/// Waits for `child` (spawned with piped stdout and stderr) to exit, reading both pipes
+/// meanwhile so a chatty child cannot block on them; kills it after `timeout`.
+pub fn collect_timeout(child: &mut Child, timeout: Duration, what: &str) -> anyhow::Result<Output> {
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     std::thread::scope(|s| {
         let o = s.spawn(move || read_all(out.as_mut()));
@@ -955,19 +970,7 @@ pub const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// CPU of the busiest of `pids` over `window` with no traffic, in percent of one core.
 pub fn idle_cpu_pct(pids: &[u32], window: Duration) -> Option<f64> {
-    let t0: Vec<Option<u64>> = pids.iter().map(|&p| super::scale::cpu_ticks(p)).collect();
-    let start = Instant::now();
-    std::thread::sleep(window);
-    let secs = start.elapsed().as_secs_f64();
-    let t1: Vec<Option<u64>> = pids.iter().map(|&p| super::scale::cpu_ticks(p)).collect();
-    // Tick counts over seconds stay far below 2^52.
-    #[allow(clippy::cast_precision_loss)]
-    t0.iter()
-        .zip(&t1)
-        .filter_map(|(a, b)| {
-            Some(b.as_ref()?.saturating_sub(*a.as_ref()?) as f64 / super::scale::CLK_TCK / secs * 100.0)
-        })
-        .max_by(f64::total_cmp)
+    super::scale::cpu_pct_over(pids, window).into_iter().max_by(f64::total_cmp)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1099,7 +1102,7 @@ impl Drop for HostPair {
 }
 
 /// `ip -n NS -batch -` bounded by a timeout; the first failing line is reported.
-fn batch(ns: &str, lines: &[String]) -> anyhow::Result<()> {
+pub(crate) fn batch(ns: &str, lines: &[String]) -> anyhow::Result<()> {
     let input = lines.join("\n") + "\n";
     let what = format!("ip -n {ns} -batch ({})", lines.first().map_or("", String::as_str));
     let out = run_timeout(
@@ -1199,14 +1202,8 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
     for &kind in &opts.rows {
         progress(&format!("bench: {kind}: {} s iperf3 + {} pings", opts.seconds, opts.pings));
         let started = Instant::now();
-        let result = match kind.backend() {
-            None if kind == RowKind::Kernel => bench_kernel(&names, mo),
-            None if kind == RowKind::QuinnRaw => bench_quinn_raw(&names, opts.seconds),
-            None => match kind {
-                RowKind::Peer(p) => super::peers::bench(p, &names, mo),
-                _ => Err(anyhow::anyhow!("row {kind} has no runner")),
-            },
-            Some(backend) => {
+        let result = match (kind, kind.backend()) {
+            (_, Some(backend)) => {
                 let spec = LabSpec {
                     id: opts.id.clone(),
                     nodes: 2,
@@ -1224,6 +1221,10 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
                 }
                 bench_lab(spec, mo, ready)
             }
+            (RowKind::QuinnRaw, None) => bench_quinn_raw(&names, opts.seconds),
+            (RowKind::Peer(p), None) => super::peers::bench(p, &names, mo),
+            // The kernel row (host-gw and quic always have a backend).
+            (_, None) => bench_kernel(&names, mo),
         };
         let r = RowResult::new(kind.name(), result);
         progress(&format!(

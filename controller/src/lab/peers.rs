@@ -32,7 +32,9 @@
 //! sockets and files removed, and the namespaces deleted when a row returns, Ok or Err. The
 //! root namespace gets no address, route or rule.
 
-use super::bench::{measure, route_get, run_timeout, wait_reachable, HostPair, MeasureOpts, Measurement};
+use super::bench::{
+    batch, measure, route_get, run_timeout, udp_bound, wait_reachable, HostPair, MeasureOpts, Measurement,
+};
 use super::names::LabNames;
 use super::{netns, plumbing};
 use crate::pki;
@@ -41,7 +43,7 @@ use std::ffi::OsString;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddrV4;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,19 +126,13 @@ impl std::fmt::Display for Peer {
 
 /// The binaries of `peers` not found on PATH, e.g. `["quincy-server"]`; empty when all are there.
 pub fn missing(peers: &[Peer]) -> Vec<&'static str> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     let mut out = Vec::new();
     for bin in peers.iter().flat_map(|p| p.binaries().iter().copied()) {
-        if !out.contains(&bin) && !dirs.iter().any(|d| is_executable(&d.join(bin))) {
+        if !out.contains(&bin) && super::bins::on_path(bin, "").is_err() {
             out.push(bin);
         }
     }
     out
-}
-
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// One row: a [`HostPair`] whose pod subnets are routed through `peer`'s tunnel, then
@@ -353,14 +349,6 @@ pub fn fingerprint_from_sha256sum(out: &str) -> Option<String> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{}", hex.to_lowercase()))
 }
 
-/// Whether /proc/net/udp text shows a socket bound to local port `port`.
-pub fn udp_bound(proc_net_udp: &str, port: u16) -> bool {
-    proc_net_udp.lines().skip(1).any(|l| {
-        let local = l.split_whitespace().nth(1).unwrap_or("");
-        local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Effects: the row's files and daemons, and setting up each peer.
 
@@ -528,13 +516,6 @@ fn run_ok(cmd: &mut Command, input: Option<&[u8]>, what: &str) -> anyhow::Result
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `ip -n NS -batch -`, bounded by [`CMD_TIMEOUT`].
-fn ip_batch(ns: &str, lines: &[String]) -> anyhow::Result<()> {
-    let input = lines.join("\n") + "\n";
-    let what = format!("ip -n {ns} -batch ({})", lines.first().map_or("", String::as_str));
-    run_ok(Command::new("ip").args(["-n", ns, "-batch", "-"]), Some(input.as_bytes()), &what).map(drop)
-}
-
 /// Whether device `dev` exists in `ns` with an IPv4 address.
 fn has_ipv4(ns: &str, dev: &str) -> bool {
     let mut cmd = Command::new("ip");
@@ -580,7 +561,7 @@ fn wireguard_up(peer: Peer, names: &LabNames, pair: &HostPair, run: &mut Run) ->
         let endpoint = SocketAddrV4::new(HostPair::underlay_ip(j), WG_PORT);
         let args = wg_set_args(&dev, &keys[i - 1].0, &keys[j - 1].1, &HostPair::pod_subnet(j), endpoint);
         run_ok(netns::command_in(&ns, "wg")?.args(&args), None, &format!("wg set {dev} in {ns}"))?;
-        ip_batch(
+        batch(
             &ns,
             &[format!("link set {dev} mtu {WG_MTU} up"), format!("route add {} dev {dev}", HostPair::pod_subnet(j))],
         )?;
@@ -633,7 +614,7 @@ fn quincy_up(names: &LabNames, pair: &HostPair, run: &mut Run) -> anyhow::Result
     })?;
     let client_pid = run.spawn("kh1 quincy-client", &h1, "quincy-client", &config(&client_toml))?;
     run.wait_for("quincy-client's tun (connected to the server)", TUNNEL_TIMEOUT, || has_ipv4(&h1, &client_dev))?;
-    ip_batch(&h1, &[format!("route add {} dev {client_dev}", HostPair::pod_subnet(2))])?;
+    batch(&h1, &[format!("route add {} dev {client_dev}", HostPair::pod_subnet(2))])?;
     let masq = ["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-o", &client_dev, "-j", "MASQUERADE"];
     run_ok(netns::command_in(&h1, "iptables")?.args(masq), None, &format!("iptables MASQUERADE in {h1}"))?;
     Ok(vec![("kh1 quincy-client".to_string(), client_pid), ("kh2 quincy-server".to_string(), server_pid)])

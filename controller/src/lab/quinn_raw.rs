@@ -75,10 +75,7 @@ impl Drop for Reaped {
 
 /// UDP port `port` bound in the namespace of `pid` (`/proc/<pid>/net/udp`, IPv4).
 fn udp_bound(pid: u32, port: u16) -> bool {
-    let want = format!(":{port:04X} ");
-    std::fs::read_to_string(format!("/proc/{pid}/net/udp")).is_ok_and(|t| {
-        t.lines().skip(1).any(|l| l.split_whitespace().nth(1).is_some_and(|a| (a.to_string() + " ").ends_with(&want)))
-    })
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp")).is_ok_and(|t| bench::udp_bound(&t, port))
 }
 
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
@@ -139,7 +136,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
     let watch = vec![("sender".to_string(), client.0.id()), ("receiver".to_string(), spid)];
     let mut client = client;
     let (client_out, rss) = bench::with_rss_sampling(&watch, bench::RSS_EVERY, || {
-        wait_output(&mut client.0, Duration::from_secs(seconds + 30), "sender")
+        bench::collect_timeout(&mut client.0, Duration::from_secs(seconds + 30), "weft-quic-raw sender")
     });
     let client_out = client_out?;
     anyhow::ensure!(
@@ -148,7 +145,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         client_out.status,
         last_line(&client_out.stderr)
     );
-    let server_out = wait_output(&mut server.0, Duration::from_secs(30), "receiver")?;
+    let server_out = bench::collect_timeout(&mut server.0, Duration::from_secs(30), "weft-quic-raw receiver")?;
     anyhow::ensure!(
         server_out.status.success(),
         "{BIN} server failed ({}): {}",
@@ -161,33 +158,6 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
 
 fn last_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string()
-}
-
-/// Waits for `child` to exit within `timeout` (killed after it) and collects its output.
-fn wait_output(child: &mut Child, timeout: Duration, what: &str) -> anyhow::Result<std::process::Output> {
-    use std::io::Read;
-    // The outputs are a line or two of JSON and a few log lines: they fit in the pipe buffers,
-    // so polling the exit before reading cannot deadlock.
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().context("waiting")? {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            anyhow::bail!("{BIN} {what} still running after {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(o) = child.stdout.as_mut() {
-        o.read_to_end(&mut stdout).context("reading stdout")?;
-    }
-    if let Some(e) = child.stderr.as_mut() {
-        e.read_to_end(&mut stderr).context("reading stderr")?;
-    }
-    Ok(std::process::Output { status, stdout, stderr })
 }
 
 #[cfg(test)]

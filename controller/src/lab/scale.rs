@@ -22,7 +22,7 @@ use weft_config::Backend;
 
 /// Linux's USER_HZ (the unit of utime/stime in /proc/<pid>/stat) on every architecture weft
 /// runs on.
-pub(crate) const CLK_TCK: f64 = 100.0;
+const CLK_TCK: f64 = 100.0;
 /// How long one node's route change may take before the bench gives up on it.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -142,8 +142,21 @@ fn loadavg() -> Option<[f64; 3]> {
     parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
 }
 
-pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+fn cpu_ticks(pid: u32) -> Option<u64> {
     parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU of each of `pids` over the next `window` (sleeping meanwhile), in percent of one core;
+/// processes that vanished are left out.
+pub(crate) fn cpu_pct_over(pids: &[u32], window: Duration) -> Vec<f64> {
+    let t0: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let secs = start.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(t0)
+        .filter_map(|(&p, a)| Some(cpu_ticks(p)?.saturating_sub(a?) as f64 / CLK_TCK / secs * 100.0))
+        .collect()
 }
 
 fn fmt_opt(x: Option<f64>) -> String {
@@ -393,17 +406,10 @@ pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Res
     anyhow::ensure!(pids.len() == n, "only {} of {n} agents running", pids.len());
     log(&format!("idle window: {} s", opts.idle_secs));
     let rev0 = etcd_revision(&lab)?;
-    let ticks0: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
-    let w0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(opts.idle_secs));
-    let ticks1: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
-    let window = w0.elapsed().as_secs_f64();
+    let idle = Duration::from_secs(opts.idle_secs);
+    let mut cpu = cpu_pct_over(&pids, idle);
+    let window = idle.as_secs_f64();
     let rev1 = etcd_revision(&lab)?;
-    let mut cpu: Vec<f64> = ticks0
-        .iter()
-        .zip(&ticks1)
-        .filter_map(|(a, b)| Some((b.as_ref()? - a.as_ref()?) as f64 / CLK_TCK / window * 100.0))
-        .collect();
     let mut rss: Vec<f64> =
         pids.iter().filter_map(|&p| super::bench::vm_rss_kib(p)).map(|k| k as f64 / 1024.0).collect();
     cpu.sort_by(f64::total_cmp);
