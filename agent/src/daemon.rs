@@ -94,6 +94,9 @@ pub struct Daemon {
     pods: Vec<PodRecord>,
     live: api::LiveQuic,
     tunnel: Option<crate::quic::Tunnel>,
+    /// quic: the UDP socket, bound before the record that makes peers dial is published, and
+    /// handed to the tunnel when it starts.
+    quic_socket: Option<std::net::UdpSocket>,
     fingerprint: Option<String>,
 }
 
@@ -166,6 +169,7 @@ impl Daemon {
             pods: vec![],
             live,
             tunnel: None,
+            quic_socket: None,
             fingerprint: None,
         })
     }
@@ -354,6 +358,9 @@ impl Daemon {
             )?;
             let id = crate::quic::tls::load(q, &self.cfg.node_name)?;
             self.fingerprint = Some(id.fingerprint);
+            if self.tunnel.is_none() && self.quic_socket.is_none() {
+                self.quic_socket = Some(crate::quic::bind_socket(q.port)?);
+            }
         }
         let prefix = self.keys.subnets_prefix();
         let (raw, _) = etcd::list(self.client()?, &prefix).await?;
@@ -480,6 +487,7 @@ impl Daemon {
                 tun_mtu: self.mtu,
                 udp_payload: u16::try_from(u.mtu.saturating_sub(crate::quic::UDP_IP_OVERHEAD)).unwrap_or(1472),
                 quic: q.clone(),
+                socket: self.quic_socket.take(),
             };
             let t = crate::quic::Tunnel::start(settings)?;
             *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(t.status_fn());

@@ -12,10 +12,9 @@ use weft_tests::quic_client::{with_connection, ClientFiles};
 use weft_tests::*;
 
 /// A routed quic lab whose tunnels are all up. Agents are ready once their routes are in place;
-/// a tunnel can follow up to about 2 s later (a peer may dial before the other has bound its
-/// endpoint, and the lost first packet is resent after quinn's probe timeout). Tests that
-/// connect as a node rely on this too: a dial of the agent's own still pending would replace
-/// the test's connection.
+/// a tunnel follows once the dialer has seen the peer's record and finished the handshake.
+/// Tests that connect as a node rely on this too: a dial of the agent's own still pending would
+/// replace the test's connection.
 fn quic_lab(id: &str, nodes: usize, pods: usize) -> Lab {
     let lab = lab(id, nodes, pods, |s| {
         s.backend = weft_config::Backend::Quic;

@@ -83,6 +83,8 @@ pub struct Settings {
     /// UDP payload size the underlay carries (underlay MTU − 28).
     pub udp_payload: u16,
     pub quic: QuicConfig,
+    /// The socket bound early by the daemon (see [`bind_socket`]); bound here when `None`.
+    pub socket: Option<std::net::UdpSocket>,
 }
 
 struct Inner {
@@ -193,15 +195,10 @@ pub fn transport(udp_payload: u16) -> Result<Arc<quinn::TransportConfig>> {
     Ok(Arc::new(t))
 }
 
-/// The node's QUIC endpoint on UDP `port` of every address, with enlarged socket buffers and
-/// the stateless-reset key derived from the node key. Shared by the agent and the transport
-/// benchmark (`weft-quic-raw`), so both measure the same socket and endpoint setup.
-pub fn bind_endpoint(
-    port: u16,
-    udp_payload: u16,
-    id: &tls::Identity,
-    server: Option<quinn::ServerConfig>,
-) -> Result<quinn::Endpoint> {
+/// The node's UDP socket on `port` of every address, with enlarged buffers. The agent binds it
+/// before it publishes its record (which tells peers to dial): a peer's first handshake packet
+/// then waits in the socket buffer instead of being lost while the endpoint starts.
+pub fn bind_socket(port: u16) -> Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
         .with_context(|| format!("binding UDP port {port}"))?;
     // Bursts of a fast TCP flow overrun the default socket buffers (UdpRcvbufErrors); the
@@ -215,9 +212,31 @@ pub fn bind_endpoint(
             warn!(error = %e, "cannot enlarge the UDP {what} buffer");
         }
     }
+    Ok(socket)
+}
+
+/// The QUIC endpoint on `socket` (from [`bind_socket`]), with the stateless-reset key derived
+/// from the node key. Shared by the agent and the transport benchmark (`weft-quic-raw`), so both
+/// measure the same socket and endpoint setup.
+pub fn endpoint_on(
+    socket: std::net::UdpSocket,
+    udp_payload: u16,
+    id: &tls::Identity,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint> {
     let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(id));
     ep_cfg.max_udp_payload_size(udp_payload.max(1200)).context("max UDP payload")?;
     quinn::Endpoint::new(ep_cfg, server, socket, Arc::new(quinn::TokioRuntime)).context("starting the QUIC endpoint")
+}
+
+/// [`bind_socket`] and [`endpoint_on`] in one.
+pub fn bind_endpoint(
+    port: u16,
+    udp_payload: u16,
+    id: &tls::Identity,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint> {
+    endpoint_on(bind_socket(port)?, udp_payload, id, server)
 }
 
 impl Tunnel {
@@ -230,13 +249,16 @@ impl Tunnel {
         let thread = std::thread::Builder::new()
             .name("weft-quic".into())
             .spawn(move || {
+                // Only the io and time drivers: the data path spawns no processes and handles no
+                // signals, and the process driver would check for orphans on every park.
                 let rt = if threads == 1 {
-                    tokio::runtime::Builder::new_current_thread().enable_all().build()
+                    tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
                 } else {
                     tokio::runtime::Builder::new_multi_thread()
                         .worker_threads(threads)
                         .thread_name("weft-quic")
-                        .enable_all()
+                        .enable_io()
+                        .enable_time()
                         .build()
                 };
                 let rt = match rt {
@@ -283,7 +305,11 @@ impl Tunnel {
         let client = tls::client_config(&id, transport.clone())?;
         let dev = open_tun(&s.quic.tun, s.tun_mtu)?;
         set_persist(dev.as_raw_fd()).with_context(|| format!("making {} persistent", s.quic.tun))?;
-        let endpoint = bind_endpoint(s.quic.port, s.udp_payload, &id, Some(server))?;
+        let socket = match s.socket {
+            Some(socket) => socket,
+            None => bind_socket(s.quic.port)?,
+        };
+        let endpoint = endpoint_on(socket, s.udp_payload, &id, Some(server))?;
         let mask = u32::from(s.local_subnet.netmask());
         let inner = Arc::new(Inner {
             node: s.node,
