@@ -78,8 +78,8 @@ pub struct QuicConfig {
     pub tun: String,
     /// Tun and pod MTU; `None` = derived from the underlay MTU (see docs/ARCHITECTURE.md).
     pub mtu: Option<u32>,
-    /// Threads of the data path (tun, QUIC endpoint, connections). 1 (the default) runs it all
-    /// on one thread with no hand-offs between threads; see docs/BENCHMARKS.md.
+    /// Accepted (1 to 64) so that older files still load, and ignored: the data path is one
+    /// event loop thread (docs/ARCHITECTURE.md).
     pub threads: usize,
 }
 

@@ -1,28 +1,33 @@
 //! The quic backend: a tun device whose IP packets travel as QUIC DATAGRAM frames (unreliable,
 //! so no TCP-over-TCP) over one mutually authenticated connection per pair of nodes.
 //!
-//! - Data path: one task reads the tun and sends each packet on the connection of the peer
-//!   owning the destination (a lock-free snapshot lookup, no per-packet allocation: packets are
-//!   split off a large receive buffer); one task per connection receives datagrams, checks
-//!   source and destination, and writes them to the tun.
-//! - Control: the daemon hands over the peer set on every reconcile; of each pair the node with
-//!   the smaller name dials (reconnecting with backoff), the other accepts. A peer whose epoch
-//!   changed (it restarted) is redialled at once.
+//! - Data path: one thread runs an event loop over `quinn-proto` (no async runtime): `ppoll` on
+//!   the UDP socket, the tun and a wake-up eventfd; the tun's packets go to the connection of
+//!   the peer owning the destination (a `SubnetTable` lookup); received datagrams are checked
+//!   (source in the peer's subnet, destination in ours) and written to the tun through GRO.
+//!   Compared with the same path on tokio + quinn (tasks, drivers, channels, the runtime's
+//!   self-wakes) it takes a quarter off the round trip: docs/BENCHMARKS.md.
+//! - Control: the daemon hands over the peer set on every reconcile, through a command queue
+//!   and the eventfd. Of each pair the node with the smaller name dials (reconnecting with
+//!   backoff), the other accepts and identifies the peer by its certificate and address. A peer
+//!   whose epoch changed (it restarted) is redialled at once.
 
 pub mod packet;
 pub mod tls;
 
-use anyhow::{bail, Context, Result};
-use arc_swap::ArcSwap;
-use bytes::BytesMut;
+use anyhow::{anyhow, Context, Result};
+use bytes::{Bytes, BytesMut};
 use ipnet::Ipv4Net;
 use packet::{Drop, Prefix};
-use std::collections::BTreeMap;
+use quinn_proto as qp;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{ErrorKind, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use weft_config::agent::QuicConfig;
 use weft_config::api::{QuicPeerStatus, QuicStatus};
@@ -57,25 +62,6 @@ struct PeerCounters {
     rx_bytes: AtomicU64,
 }
 
-struct Link {
-    conn: quinn::Connection,
-    counters: Arc<PeerCounters>,
-    max_datagram: usize,
-}
-
-/// What the data path reads per packet: peer connections by subnet.
-type Snapshot = packet::SubnetTable<Arc<Link>>;
-
-struct PeerState {
-    spec: PeerSpec,
-    conn: Option<quinn::Connection>,
-    dialing: bool,
-    /// Wakes the dial loop: the peer restarted, so a pending attempt (or backoff) is stale.
-    kick: Arc<tokio::sync::Notify>,
-    connects: u64,
-    counters: Arc<PeerCounters>,
-}
-
 pub struct Settings {
     pub node: String,
     pub local_subnet: Ipv4Net,
@@ -87,43 +73,81 @@ pub struct Settings {
     pub socket: Option<std::net::UdpSocket>,
 }
 
-struct Inner {
+/// What the control plane and the API read; the loop writes it.
+struct Shared {
     node: String,
-    local: Prefix,
-    mask: u32,
     tun_name: String,
     tun_mtu: u32,
     quic: QuicConfig,
-    dev: tun_rs::AsyncDevice,
-    endpoint: quinn::Endpoint,
-    transport: Arc<quinn::TransportConfig>,
-    client: Mutex<quinn::ClientConfig>,
+    endpoint: String,
+    fingerprint: String,
+    /// UDP payload of the underlay, for the transport config of renewed TLS configs.
+    udp_payload: u16,
     tls_stamp: Mutex<Vec<Option<std::time::SystemTime>>>,
     cert_not_after: AtomicU64,
-    snapshot: ArcSwap<Snapshot>,
-    peers: Mutex<BTreeMap<String, PeerState>>,
+    /// The peers as the loop last saw them (rebuilt on every change and every second).
+    peers: Mutex<Vec<PeerView>>,
     drops: [AtomicU64; Drop::ALL.len()],
     refused: AtomicU64,
-    fingerprint: String,
-    /// The data path's runtime: every task of the tunnel runs there.
-    rt: tokio::runtime::Handle,
 }
 
-/// The running backend. Its tasks run on a runtime of their own, on `quic.threads` dedicated
-/// threads (1 by default), apart from the agent's control plane. Dropping it
-/// closes the connections and stops that runtime (the tun device persists).
+struct PeerView {
+    node: String,
+    subnet: Ipv4Net,
+    connected: bool,
+    dialer: bool,
+    rtt_us: u64,
+    connects: u64,
+    counters: Arc<PeerCounters>,
+}
+
+enum Cmd {
+    Peers(Vec<PeerSpec>),
+    Tls { server: Arc<qp::ServerConfig>, client: qp::ClientConfig },
+    Stop,
+}
+
+/// Wakes the loop from another thread (an eventfd it polls).
+struct Wake(OwnedFd);
+
+impl Wake {
+    fn new() -> Result<Wake> {
+        // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("creating the data path's eventfd");
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd; a full counter is harmless.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    fn reset(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from our non-blocking eventfd.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
+}
+
+/// The running backend: the data path thread and the way to talk to it. Dropping it closes
+/// the connections (waiting up to [`CLOSE_GRACE`] for the close frames) and stops the thread;
+/// the tun device persists.
 pub struct Tunnel {
-    inner: Arc<Inner>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<Cmd>,
+    wake: Arc<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::ops::Drop for Tunnel {
     fn drop(&mut self) {
-        self.inner.endpoint.close(0u32.into(), b"agent stopping");
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.cmds.send(Cmd::Stop);
+        self.wake.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -132,6 +156,14 @@ impl std::ops::Drop for Tunnel {
 
 /// How long a stopping tunnel waits for its close frames to go out.
 const CLOSE_GRACE: Duration = Duration::from_millis(100);
+/// A dial that has not completed its handshake by then is abandoned and retried.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A tunnel up at least this long counts as healthy: when it closes, it is redialled at once.
+const HEALTHY: Duration = Duration::from_secs(1);
+/// How often the loop refreshes what the API shows (RTTs); changes are shown at once.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -148,34 +180,36 @@ fn set_persist(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens the tun device with offload (IFF_VNET_HDR + TSO/GSO): the kernel hands over TCP
-/// super-packets of up to 64 KB in one read, and takes coalesced ones in one write. A device
-/// left by an older agent without offload is recreated.
-fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::AsyncDevice> {
+/// Opens the tun device with offload (IFF_VNET_HDR + TSO/GSO), non-blocking: the kernel hands
+/// over TCP super-packets of up to 64 KB in one read, and takes coalesced ones in one write. A
+/// device left by an older agent without offload is recreated.
+fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::SyncDevice> {
     let build = || {
         tun_rs::DeviceBuilder::new()
             .name(name.to_string())
             .mtu(u16::try_from(mtu).unwrap_or(1500))
             .offload(true)
-            .build_async()
+            .build_sync()
     };
     // The tunnel carries IPv4 only: no IPv6 on the tun, so the kernel sends nothing there that
     // would be dropped as malformed.
-    let no_v6 = |dev: tun_rs::AsyncDevice| {
+    let no_v6 = |dev: tun_rs::SyncDevice| {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         dev
     };
-    match build().map(no_v6) {
-        Ok(d) => Ok(d),
+    let dev = match build().map(no_v6) {
+        Ok(d) => d,
         Err(first) => {
             warn!(tun = %name, error = %first, "cannot attach to the existing tun device; recreating it");
             let out = std::process::Command::new("ip").args(["link", "del", name]).output();
             if !out.as_ref().is_ok_and(|o| o.status.success()) {
                 return Err(first).with_context(|| format!("creating tun device {name}"));
             }
-            build().map(no_v6).with_context(|| format!("creating tun device {name}"))
+            build().map(no_v6).with_context(|| format!("creating tun device {name}"))?
         }
-    }
+    };
+    dev.set_nonblocking(true).with_context(|| format!("making {name} non-blocking"))?;
+    Ok(dev)
 }
 
 pub fn transport(udp_payload: u16) -> Result<Arc<quinn::TransportConfig>> {
@@ -240,241 +274,148 @@ pub fn bind_endpoint(
 }
 
 impl Tunnel {
-    /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the tasks
-    /// on the data path's own runtime.
+    /// Creates (or re-attaches to) the tun device and the QUIC endpoint, and starts the data
+    /// path thread.
     pub fn start(s: Settings) -> Result<Tunnel> {
-        let threads = s.quic.threads.max(1);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Arc<Inner>>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("weft-quic".into())
-            .spawn(move || {
-                // Only the io and time drivers: the data path spawns no processes and handles no
-                // signals, and the process driver would check for orphans on every park.
-                let rt = if threads == 1 {
-                    tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
-                } else {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(threads)
-                        .thread_name("weft-quic")
-                        .enable_io()
-                        .enable_time()
-                        .build()
-                };
-                let rt = match rt {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context("starting the data path runtime")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let inner = match Self::build(s) {
-                        Ok(inner) => inner,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    inner.rt.spawn(tun_reader(inner.clone()));
-                    inner.rt.spawn(acceptor(inner.clone()));
-                    info!(tun = %inner.tun_name, mtu = inner.tun_mtu, port = inner.quic.port, threads, "quic backend up");
-                    let endpoint = inner.endpoint.clone();
-                    if ready_tx.send(Ok(inner)).is_err() {
-                        return;
-                    }
-                    let _ = stop_rx.await;
-                    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
-                });
-                // Dropping the runtime here cancels every task still running on it.
-            })
-            .context("starting the data path thread")?;
-        let inner = match ready_rx.recv() {
-            Ok(r) => r?,
-            Err(_) => bail!("the data path thread exited while starting"),
-        };
-        Ok(Tunnel { inner, stop: Some(stop_tx), thread: Some(thread) })
-    }
-
-    /// Everything of [`Tunnel::start`] that must happen inside the data path's runtime (the tun
-    /// device and the endpoint register with its reactor).
-    fn build(s: Settings) -> Result<Arc<Inner>> {
+        if s.quic.threads > 1 {
+            info!(threads = s.quic.threads, "quic.threads is ignored: the data path is one event loop thread");
+        }
         let id = tls::load(&s.quic, &s.node)?;
         let transport = transport(s.udp_payload)?;
-        let server = tls::server_config(&id, transport.clone())?;
-        let client = tls::client_config(&id, transport.clone())?;
+        let server = Arc::new(tls::server_config(&id, transport.clone())?);
+        let client = tls::client_config(&id, transport)?;
         let dev = open_tun(&s.quic.tun, s.tun_mtu)?;
         set_persist(dev.as_raw_fd()).with_context(|| format!("making {} persistent", s.quic.tun))?;
         let socket = match s.socket {
             Some(socket) => socket,
             None => bind_socket(s.quic.port)?,
         };
-        let endpoint = endpoint_on(socket, s.udp_payload, &id, Some(server))?;
-        let mask = u32::from(s.local_subnet.netmask());
-        let inner = Arc::new(Inner {
-            node: s.node,
-            local: Prefix::new(s.local_subnet),
-            mask,
+        socket.set_nonblocking(true).context("making the UDP socket non-blocking")?;
+        let udp = quinn_udp::UdpSocketState::new((&socket).into()).context("setting up the UDP socket")?;
+        let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
+        ep_cfg.max_udp_payload_size(s.udp_payload.max(1200)).context("max UDP payload")?;
+        let endpoint = qp::Endpoint::new(Arc::new(ep_cfg), Some(server), false, None);
+        let wake = Arc::new(Wake::new()?);
+        let (cmds, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            node: s.node.clone(),
             tun_name: s.quic.tun.clone(),
             tun_mtu: s.tun_mtu,
-            quic: s.quic,
-            dev,
-            endpoint,
-            transport,
-            client: Mutex::new(client),
+            endpoint: socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            quic: s.quic.clone(),
+            fingerprint: id.fingerprint.clone(),
+            udp_payload: s.udp_payload,
             tls_stamp: Mutex::new(id.stamp.clone()),
             cert_not_after: AtomicU64::new(id.not_after.max(0) as u64),
-            snapshot: ArcSwap::from_pointee(Snapshot::new(mask)),
-            peers: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(Vec::new()),
             drops: Default::default(),
             refused: AtomicU64::new(0),
-            fingerprint: id.fingerprint,
-            rt: tokio::runtime::Handle::current(),
         });
-        Ok(inner)
+        let mask = u32::from(s.local_subnet.netmask());
+        let mut lp = Loop {
+            sh: shared.clone(),
+            local: Prefix::new(s.local_subnet),
+            mask,
+            endpoint,
+            socket,
+            udp,
+            dev,
+            wake: wake.clone(),
+            cmds: rx,
+            client,
+            conns: HashMap::new(),
+            peers: BTreeMap::new(),
+            routes: packet::SubnetTable::new(mask),
+            dirty: Vec::new(),
+            tx: Vec::with_capacity(64 * 1500),
+            rx_batch: Vec::with_capacity(RX_BATCH),
+            rx_spare: Vec::with_capacity(RX_BATCH),
+            gro: tun_rs::GROTable::default(),
+            arena: BytesMut::with_capacity(ARENA),
+            stopping: None,
+            status_due: Instant::now(),
+            tun_mtu: s.tun_mtu as usize,
+        };
+        let thread = std::thread::Builder::new()
+            .name("weft-quic".into())
+            .spawn(move || lp.run())
+            .context("starting the data path thread")?;
+        info!(tun = %shared.tun_name, mtu = shared.tun_mtu, port = shared.quic.port, "quic backend up");
+        Ok(Tunnel { shared, cmds, wake, thread: Some(thread) })
     }
 
     pub fn fingerprint(&self) -> &str {
-        &self.inner.fingerprint
+        &self.shared.fingerprint
     }
 
     pub fn tun_name(&self) -> &str {
-        &self.inner.tun_name
+        &self.shared.tun_name
+    }
+
+    fn send(&self, cmd: Cmd) {
+        if self.cmds.send(cmd).is_ok() {
+            self.wake.wake();
+        }
     }
 
     /// Hands over the current peer set: new peers are dialled (by the dialer of the pair),
     /// gone ones disconnected, restarted ones (new epoch or endpoint) redialled.
     pub fn set_peers(&self, peers: &[PeerSpec]) {
-        let inner = &self.inner;
-        let mut to_dial = Vec::new();
-        {
-            let mut st = lock(&inner.peers);
-            st.retain(|node, p| {
-                let keep = peers.iter().any(|s| &s.node == node);
-                if !keep {
-                    if let Some(c) = p.conn.take() {
-                        c.close(1u32.into(), b"peer left");
-                    }
-                    info!(peer = %node, "peer gone");
-                }
-                keep
-            });
-            for spec in peers {
-                match st.get_mut(&spec.node) {
-                    Some(p) if p.spec == *spec => {}
-                    Some(p) => {
-                        let restarted = p.spec.epoch != spec.epoch || p.spec.endpoint != spec.endpoint;
-                        let moved = p.spec.subnet != spec.subnet;
-                        p.spec = spec.clone();
-                        if restarted || moved {
-                            info!(peer = %spec.node, "peer restarted or changed; reconnecting");
-                            if let Some(c) = p.conn.take() {
-                                c.close(2u32.into(), b"peer restarted");
-                            }
-                            p.kick.notify_one();
-                        }
-                    }
-                    None => {
-                        st.insert(
-                            spec.node.clone(),
-                            PeerState {
-                                spec: spec.clone(),
-                                conn: None,
-                                dialing: false,
-                                kick: Arc::default(),
-                                connects: 0,
-                                counters: Arc::default(),
-                            },
-                        );
-                    }
-                }
-                if let Some(p) = st.get_mut(&spec.node) {
-                    if inner.node < spec.node && p.conn.is_none() && !p.dialing {
-                        p.dialing = true;
-                        to_dial.push(spec.node.clone());
-                    }
-                }
-            }
-        }
-        publish(inner);
-        for node in to_dial {
-            inner.rt.spawn(dial(inner.clone(), node));
-        }
+        self.send(Cmd::Peers(peers.to_vec()));
     }
 
     /// Re-reads the certificate files when they changed; new handshakes use the new ones.
     pub fn reload_tls_if_changed(&self) -> Result<bool> {
-        let inner = &self.inner;
-        let now = tls::stamp(&inner.quic);
-        if *lock(&inner.tls_stamp) == now {
+        let sh = &self.shared;
+        let now = tls::stamp(&sh.quic);
+        if *lock(&sh.tls_stamp) == now {
             return Ok(false);
         }
-        let id = tls::load(&inner.quic, &inner.node)?;
-        inner.endpoint.set_server_config(Some(tls::server_config(&id, inner.transport.clone())?));
-        *lock(&inner.client) = tls::client_config(&id, inner.transport.clone())?;
-        inner.cert_not_after.store(id.not_after.max(0) as u64, Relaxed);
-        *lock(&inner.tls_stamp) = id.stamp;
+        let id = tls::load(&sh.quic, &sh.node)?;
+        let t = transport(sh.udp_payload)?;
+        let server = Arc::new(tls::server_config(&id, t.clone())?);
+        let client = tls::client_config(&id, t)?;
+        self.send(Cmd::Tls { server, client });
+        sh.cert_not_after.store(id.not_after.max(0) as u64, Relaxed);
+        *lock(&sh.tls_stamp) = id.stamp;
         info!(fingerprint = %id.fingerprint, "reloaded the node certificate");
         Ok(true)
     }
 
     /// A function giving the live status, for the API task.
     pub fn status_fn(&self) -> Box<dyn Fn() -> QuicStatus + Send + Sync> {
-        let inner = self.inner.clone();
-        Box::new(move || status_of(&inner))
+        let sh = self.shared.clone();
+        Box::new(move || status_of(&sh))
     }
 }
 
-fn status_of(inner: &Inner) -> QuicStatus {
-    {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let peers = lock(&inner.peers)
-            .values()
-            .map(|p| QuicPeerStatus {
-                node: p.spec.node.clone(),
-                subnet: p.spec.subnet.to_string(),
-                connected: p.conn.as_ref().is_some_and(|c| c.close_reason().is_none()),
-                dialer: inner.node < p.spec.node,
-                rtt_us: p.conn.as_ref().map_or(0, |c| c.rtt().as_micros() as u64),
-                tx_packets: p.counters.tx_packets.load(Relaxed),
-                tx_bytes: p.counters.tx_bytes.load(Relaxed),
-                rx_packets: p.counters.rx_packets.load(Relaxed),
-                rx_bytes: p.counters.rx_bytes.load(Relaxed),
-                connects: p.connects,
-            })
-            .collect();
-        QuicStatus {
-            tun: inner.tun_name.clone(),
-            mtu: inner.tun_mtu,
-            endpoint: inner.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            cert_expires_in_secs: inner.cert_not_after.load(Relaxed) as i64 - now,
-            peers,
-            drops: Drop::ALL.iter().map(|d| (d.as_str().to_string(), inner.drops[d.index()].load(Relaxed))).collect(),
-            refused: inner.refused.load(Relaxed),
-        }
+fn status_of(sh: &Shared) -> QuicStatus {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let peers = lock(&sh.peers)
+        .iter()
+        .map(|p| QuicPeerStatus {
+            node: p.node.clone(),
+            subnet: p.subnet.to_string(),
+            connected: p.connected,
+            dialer: p.dialer,
+            rtt_us: p.rtt_us,
+            tx_packets: p.counters.tx_packets.load(Relaxed),
+            tx_bytes: p.counters.tx_bytes.load(Relaxed),
+            rx_packets: p.counters.rx_packets.load(Relaxed),
+            rx_bytes: p.counters.rx_bytes.load(Relaxed),
+            connects: p.connects,
+        })
+        .collect();
+    QuicStatus {
+        tun: sh.tun_name.clone(),
+        mtu: sh.tun_mtu,
+        endpoint: sh.endpoint.clone(),
+        cert_expires_in_secs: sh.cert_not_after.load(Relaxed) as i64 - now,
+        peers,
+        drops: Drop::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
+        refused: sh.refused.load(Relaxed),
     }
-}
-
-#[inline]
-fn count(inner: &Inner, d: Drop) {
-    inner.drops[d.index()].fetch_add(1, Relaxed);
-}
-
-/// Rebuilds the data path's snapshot from the peer table.
-fn publish(inner: &Inner) {
-    let st = lock(&inner.peers);
-    let mut links = Snapshot::new(inner.mask);
-    for p in st.values() {
-        if let Some(c) = &p.conn {
-            let max_datagram = c.max_datagram_size().unwrap_or(0);
-            links.insert(
-                u32::from(p.spec.subnet.network()),
-                Arc::new(Link { conn: c.clone(), counters: p.counters.clone(), max_datagram }),
-            );
-        }
-    }
-    inner.snapshot.store(Arc::new(links));
 }
 
 /// UDP socket buffer size (each way).
@@ -483,254 +424,692 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// Packet arena the outgoing datagrams are copied into and split off (one allocation per
 /// ~1400 full-size packets; quinn keeps each `Bytes` until it is sent).
 const ARENA: usize = 2 << 20;
-/// Datagrams drained from one connection before they are written to the tun together.
+/// Datagrams gathered before they are written to the tun together (GRO).
 const RX_BATCH: usize = 64;
+/// Tun reads (each up to 64 KB) before the loop looks at the socket again.
+const TUN_READS_PER_TURN: usize = 16;
 
-async fn tun_reader(inner: Arc<Inner>) {
-    use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
-    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
-    let mut bufs = vec![vec![0u8; inner.tun_mtu as usize + 64]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-    let mut arena = BytesMut::with_capacity(ARENA);
-    loop {
-        let n = match inner.dev.recv_multiple(&mut original, &mut bufs, &mut sizes, 0).await {
-            Ok(n) => n,
+/// One connection, dialled or accepted.
+struct Conn {
+    conn: qp::Connection,
+    /// The peer: known from the start when dialled, after identification when accepted.
+    node: Option<String>,
+    dialed: bool,
+    /// Installed as its peer's tunnel (datagrams flow).
+    peer: Option<(Prefix, Arc<PeerCounters>)>,
+    /// Dials not connected by then are abandoned.
+    deadline: Option<Instant>,
+    /// When it was installed as its peer's tunnel.
+    up_since: Option<Instant>,
+    /// Closed by this side (left, replaced, refused, timed out): its end needs no handling.
+    closing: bool,
+    max_datagram: usize,
+    dirty: bool,
+}
+
+struct Peer {
+    spec: PeerSpec,
+    /// The installed connection.
+    conn: Option<qp::ConnectionHandle>,
+    /// A dial in progress.
+    dialing: Option<qp::ConnectionHandle>,
+    /// When to dial next (dialer side, no connection, no dial in progress).
+    next_dial: Option<Instant>,
+    backoff: Duration,
+    connects: u64,
+    counters: Arc<PeerCounters>,
+}
+
+struct Loop {
+    sh: Arc<Shared>,
+    local: Prefix,
+    mask: u32,
+    endpoint: qp::Endpoint,
+    socket: std::net::UdpSocket,
+    udp: quinn_udp::UdpSocketState,
+    dev: tun_rs::SyncDevice,
+    wake: Arc<Wake>,
+    cmds: mpsc::Receiver<Cmd>,
+    client: qp::ClientConfig,
+    conns: HashMap<qp::ConnectionHandle, Conn>,
+    peers: BTreeMap<String, Peer>,
+    /// Peer subnet → installed connection.
+    routes: packet::SubnetTable<qp::ConnectionHandle>,
+    /// Connections with something to do (events, datagrams, packets to send).
+    dirty: Vec<qp::ConnectionHandle>,
+    tx: Vec<u8>,
+    rx_batch: Vec<BytesMut>,
+    rx_spare: Vec<BytesMut>,
+    gro: tun_rs::GROTable,
+    arena: BytesMut,
+    /// Set when stopping: exit once every connection is drained, or at this instant.
+    stopping: Option<Instant>,
+    status_due: Instant,
+    tun_mtu: usize,
+}
+
+fn close_code(code: u32) -> qp::VarInt {
+    qp::VarInt::from_u32(code)
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let gro_segments = self.udp.gro_segments().max(1);
+        let chunk = usize::from(u16::MAX).max(1500 * gro_segments);
+        let mut storage = vec![0u8; chunk * quinn_udp::BATCH_SIZE];
+        let mut metas = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65535];
+        let mut bufs = vec![vec![0u8; self.tun_mtu + 64]; tun_rs::IDEAL_BATCH_SIZE];
+        let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
+        let mut fds = [
+            libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.dev.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.wake.0.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        loop {
+            let now = Instant::now();
+            self.timers(now);
+            self.drive_dirty();
+            if now >= self.status_due {
+                self.publish_status();
+            }
+            if let Some(until) = self.stopping {
+                if self.conns.is_empty() || now >= until {
+                    return;
+                }
+            }
+            let wait = self.next_deadline().map_or(STATUS_EVERY, |t| t.saturating_duration_since(Instant::now()));
+            let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos().into() };
+            for f in &mut fds {
+                f.revents = 0;
+            }
+            // SAFETY: fds is a live array of three pollfd; no signal mask is passed.
+            let r = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(error = %e, "ppoll failed in the data path");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            if fds[2].revents != 0 {
+                self.wake.reset();
+                self.commands();
+            }
+            if fds[0].revents != 0 {
+                self.read_udp(&mut storage, chunk, &mut metas);
+            }
+            if fds[1].revents != 0 {
+                self.read_tun(&mut original, &mut bufs, &mut sizes);
+            }
+        }
+    }
+
+    fn mark(&mut self, ch: qp::ConnectionHandle) {
+        if let Some(c) = self.conns.get_mut(&ch) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(ch);
+            }
+        }
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let mut next = self.stopping.map_or(self.status_due, |s| s.min(self.status_due));
+        for c in self.conns.values_mut() {
+            for t in [c.conn.poll_timeout(), c.deadline].into_iter().flatten() {
+                next = next.min(t);
+            }
+        }
+        for p in self.peers.values() {
+            if let Some(t) = p.next_dial {
+                next = next.min(t);
+            }
+        }
+        Some(next)
+    }
+
+    /// Connection timers, handshake deadlines and due dials.
+    fn timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        let mut abandoned = Vec::new();
+        for (&ch, c) in self.conns.iter_mut() {
+            if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                c.conn.handle_timeout(now);
+                expired.push(ch);
+            }
+            if c.deadline.is_some_and(|t| t <= now) {
+                c.deadline = None;
+                c.closing = true;
+                c.conn.close(now, close_code(0), Bytes::from_static(b"handshake timed out"));
+                abandoned.push(ch);
+                expired.push(ch);
+            }
+        }
+        for ch in expired {
+            self.mark(ch);
+        }
+        for ch in abandoned {
+            let node = self.conns.get_mut(&ch).and_then(|c| c.node.take());
+            if let Some(node) = node {
+                debug!(peer = %node, "dial timed out");
+                self.dial_failed(&node, ch, now);
+            }
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        let due: Vec<String> =
+            self.peers.iter().filter(|(_, p)| p.next_dial.is_some_and(|t| t <= now)).map(|(n, _)| n.clone()).collect();
+        for node in due {
+            self.dial(&node, now);
+        }
+    }
+
+    fn dial(&mut self, node: &str, now: Instant) {
+        let Some(p) = self.peers.get_mut(node) else { return };
+        p.next_dial = None;
+        if p.conn.is_some() || p.dialing.is_some() {
+            return;
+        }
+        match self.endpoint.connect(now, self.client.clone(), p.spec.endpoint, node) {
+            Ok((ch, conn)) => {
+                p.dialing = Some(ch);
+                self.conns.insert(
+                    ch,
+                    Conn {
+                        conn,
+                        node: Some(node.to_string()),
+                        dialed: true,
+                        peer: None,
+                        deadline: Some(now + HANDSHAKE_TIMEOUT),
+                        up_since: None,
+                        closing: false,
+                        max_datagram: 0,
+                        dirty: false,
+                    },
+                );
+                self.mark(ch);
+            }
             Err(e) => {
-                warn!(error = %e, "reading the tun device");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let snap = inner.snapshot.load();
-        for (buf, &size) in bufs.iter().zip(&sizes).take(n) {
-            let pkt = &buf[..size];
-            let dst = match packet::outbound_dst(pkt) {
-                Ok(d) => d,
-                Err(d) => {
-                    count(&inner, d);
-                    continue;
-                }
-            };
-            let Some(link) = snap.lookup(dst) else {
-                count(&inner, Drop::NoPeer);
-                continue;
-            };
-            if size > link.max_datagram {
-                count(&inner, Drop::TooBig);
-                continue;
-            }
-            if arena.capacity() < size {
-                arena = BytesMut::with_capacity(ARENA);
-            }
-            arena.extend_from_slice(pkt);
-            match link.conn.send_datagram(arena.split().freeze()) {
-                Ok(()) => {
-                    link.counters.tx_packets.fetch_add(1, Relaxed);
-                    link.counters.tx_bytes.fetch_add(size as u64, Relaxed);
-                }
-                Err(_) => count(&inner, Drop::SendFailed),
+                debug!(peer = %node, error = %e, "cannot start a handshake");
+                p.next_dial = Some(now + p.backoff);
+                p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
-}
 
-/// Receives one connection's datagrams into the tun: checks each, then writes a batch at a
-/// time through GRO (consecutive TCP segments of one flow become one write).
-async fn receiver(inner: Arc<Inner>, conn: quinn::Connection, peer: Prefix, counters: Arc<PeerCounters>) {
-    use futures::FutureExt;
-    use tun_rs::VIRTIO_NET_HDR_LEN;
-    let mut gro = tun_rs::GROTable::default();
-    let mut bufs: Vec<BytesMut> = Vec::with_capacity(RX_BATCH);
-    let mut spare: Vec<BytesMut> = Vec::with_capacity(RX_BATCH);
-    'outer: loop {
-        let Ok(first) = conn.read_datagram().await else { break };
-        let mut next = Some(first);
-        while let Some(d) = next.take() {
-            match packet::check_inbound(&d, peer, inner.local) {
-                Err(reason) => count(&inner, reason),
-                Ok(()) => {
-                    counters.rx_packets.fetch_add(1, Relaxed);
-                    counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
-                    let mut b = spare.pop().unwrap_or_else(|| BytesMut::with_capacity(VIRTIO_NET_HDR_LEN + 65536));
-                    b.clear();
-                    b.resize(VIRTIO_NET_HDR_LEN, 0);
-                    b.extend_from_slice(&d);
-                    bufs.push(b);
+    /// A dial of `node` (connection `ch`) failed: try again after the backoff.
+    fn dial_failed(&mut self, node: &str, ch: qp::ConnectionHandle, now: Instant) {
+        if let Some(p) = self.peers.get_mut(node) {
+            if p.dialing == Some(ch) {
+                p.dialing = None;
+                if p.conn.is_none() {
+                    p.next_dial = Some(now + p.backoff);
+                    p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
                 }
             }
-            if bufs.len() >= RX_BATCH {
-                break;
-            }
-            next = match conn.read_datagram().now_or_never() {
-                Some(Ok(d)) => Some(d),
-                Some(Err(_)) => {
-                    flush(&inner, &mut gro, &mut bufs, &mut spare).await;
-                    break 'outer;
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(cmd) = self.cmds.try_recv() {
+            match cmd {
+                Cmd::Peers(specs) => self.set_peers(specs),
+                Cmd::Tls { server, client } => {
+                    self.endpoint.set_server_config(Some(server));
+                    self.client = client;
                 }
-                None => None,
-            };
-        }
-        flush(&inner, &mut gro, &mut bufs, &mut spare).await;
-    }
-}
-
-async fn flush(inner: &Inner, gro: &mut tun_rs::GROTable, bufs: &mut Vec<BytesMut>, spare: &mut Vec<BytesMut>) {
-    if bufs.is_empty() {
-        return;
-    }
-    if inner.dev.send_multiple(gro, bufs, tun_rs::VIRTIO_NET_HDR_LEN).await.is_err() {
-        count(inner, Drop::TunWrite);
-    }
-    spare.append(bufs);
-}
-
-/// Makes `conn` the connection of `node`, replacing any older one, and starts its receiver and
-/// a watcher that cleans up (and redials, for the dialer) when it closes.
-fn install(inner: &Arc<Inner>, node: &str, conn: quinn::Connection) -> Result<()> {
-    let (prefix, counters) = {
-        let mut st = lock(&inner.peers);
-        let Some(p) = st.get_mut(node) else { bail!("{node} is not a peer (any more)") };
-        if let Some(old) = p.conn.replace(conn.clone()) {
-            if old.stable_id() != conn.stable_id() {
-                old.close(3u32.into(), b"replaced by a newer connection");
-            }
-        }
-        p.dialing = false;
-        p.connects += 1;
-        (Prefix::new(p.spec.subnet), p.counters.clone())
-    };
-    publish(inner);
-    info!(peer = %node, remote = %conn.remote_address(), max_datagram = ?conn.max_datagram_size(), "tunnel up");
-    if conn.max_datagram_size().is_some_and(|m| m < inner.tun_mtu as usize) {
-        warn!(peer = %node, max_datagram = ?conn.max_datagram_size(), tun_mtu = inner.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
-    }
-    inner.rt.spawn(receiver(inner.clone(), conn.clone(), prefix, counters));
-    let inner2 = inner.clone();
-    let node = node.to_string();
-    inner.rt.spawn(async move {
-        let reason = conn.closed().await;
-        let redial = {
-            let mut st = lock(&inner2.peers);
-            match st.get_mut(&node) {
-                Some(p) if p.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) => {
-                    p.conn = None;
-                    let redial = inner2.node < node && !p.dialing;
-                    if redial {
-                        p.dialing = true;
+                Cmd::Stop => {
+                    let now = Instant::now();
+                    self.stopping = Some(now + CLOSE_GRACE);
+                    let handles: Vec<_> = self.conns.keys().copied().collect();
+                    for ch in handles {
+                        if let Some(c) = self.conns.get_mut(&ch) {
+                            c.conn.close(now, close_code(0), Bytes::from_static(b"agent stopping"));
+                            c.closing = true;
+                        }
+                        self.mark(ch);
                     }
-                    redial
                 }
-                Some(p) if p.conn.is_none() && inner2.node < node && !p.dialing => {
-                    p.dialing = true;
-                    true
-                }
-                _ => false,
             }
-        };
-        publish(&inner2);
-        info!(peer = %node, reason = %reason, "tunnel down");
-        if redial {
-            dial(inner2, node).await;
         }
-    });
-    Ok(())
-}
+    }
 
-/// Dials `node` until connected or no longer wanted, backing off from 50 ms to 1 s. A kick (the
-/// peer restarted) abandons the pending attempt and starts over at once.
-async fn dial(inner: Arc<Inner>, node: String) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let target = {
-            let st = lock(&inner.peers);
-            match st.get(&node) {
-                Some(p) if p.conn.is_none() => Some((p.spec.endpoint, p.kick.clone())),
-                _ => None,
+    fn close(&mut self, ch: qp::ConnectionHandle, code: u32, reason: &'static [u8]) {
+        if let Some(c) = self.conns.get_mut(&ch) {
+            c.conn.close(Instant::now(), close_code(code), Bytes::from_static(reason));
+            c.node = None;
+            c.peer = None;
+            c.closing = true;
+            self.mark(ch);
+        }
+    }
+
+    fn set_peers(&mut self, specs: Vec<PeerSpec>) {
+        let now = Instant::now();
+        let gone: Vec<String> = self.peers.keys().filter(|n| !specs.iter().any(|s| &s.node == *n)).cloned().collect();
+        for node in gone {
+            if let Some(p) = self.peers.remove(&node) {
+                for ch in [p.conn, p.dialing].into_iter().flatten() {
+                    self.close(ch, 1, b"peer left");
+                }
+                info!(peer = %node, "peer gone");
+            }
+        }
+        for spec in specs {
+            let dialer = self.sh.node < spec.node;
+            match self.peers.get_mut(&spec.node) {
+                Some(p) if p.spec == spec => {}
+                Some(p) => {
+                    let restarted = p.spec.epoch != spec.epoch || p.spec.endpoint != spec.endpoint;
+                    let moved = p.spec.subnet != spec.subnet;
+                    p.spec = spec.clone();
+                    if restarted || moved {
+                        info!(peer = %spec.node, "peer restarted or changed; reconnecting");
+                        let old = [p.conn.take(), p.dialing.take()];
+                        p.backoff = BACKOFF_MIN;
+                        if dialer {
+                            p.next_dial = Some(now);
+                        }
+                        for ch in old.into_iter().flatten() {
+                            self.close(ch, 2, b"peer restarted");
+                        }
+                    }
+                }
+                None => {
+                    self.peers.insert(
+                        spec.node.clone(),
+                        Peer {
+                            spec: spec.clone(),
+                            conn: None,
+                            dialing: None,
+                            next_dial: dialer.then_some(now),
+                            backoff: BACKOFF_MIN,
+                            connects: 0,
+                            counters: Arc::default(),
+                        },
+                    );
+                }
+            }
+        }
+        self.rebuild_routes();
+    }
+
+    fn rebuild_routes(&mut self) {
+        let mut routes = packet::SubnetTable::new(self.mask);
+        for p in self.peers.values() {
+            if let Some(ch) = p.conn {
+                routes.insert(u32::from(p.spec.subnet.network()), ch);
+            }
+        }
+        self.routes = routes;
+        self.publish_status();
+    }
+
+    fn publish_status(&mut self) {
+        let view = self
+            .peers
+            .values()
+            .map(|p| {
+                let conn = p.conn.and_then(|ch| self.conns.get(&ch));
+                PeerView {
+                    node: p.spec.node.clone(),
+                    subnet: p.spec.subnet,
+                    connected: conn.is_some(),
+                    dialer: self.sh.node < p.spec.node,
+                    rtt_us: conn.map_or(0, |c| c.conn.rtt().as_micros() as u64),
+                    connects: p.connects,
+                    counters: p.counters.clone(),
+                }
+            })
+            .collect();
+        *lock(&self.sh.peers) = view;
+        self.status_due = Instant::now() + STATUS_EVERY;
+    }
+
+    /// The connection `ch` completed its handshake.
+    fn connected(&mut self, ch: qp::ConnectionHandle) {
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        if c.closing {
+            return;
+        }
+        c.deadline = None;
+        let node = if c.dialed {
+            match c.node.clone() {
+                Some(n) => n,
+                None => return, // abandoned meanwhile
+            }
+        } else {
+            match identify(&self.peers, &c.conn) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.sh.refused.fetch_add(1, Relaxed);
+                    warn!(remote = %c.conn.remote_address(), error = %format!("{e:#}"), "refused a connection");
+                    self.close(ch, 4, b"unknown node or wrong address");
+                    return;
+                }
             }
         };
-        let Some((addr, kick)) = target else {
-            if let Some(p) = lock(&inner.peers).get_mut(&node) {
-                p.dialing = false;
+        let Some(p) = self.peers.get_mut(&node) else {
+            self.close(ch, 4, b"not a peer");
+            return;
+        };
+        let old = p.conn.replace(ch).filter(|&o| o != ch);
+        let pending = p.dialing.take().filter(|&d| d != ch);
+        p.next_dial = None;
+        p.connects += 1;
+        let prefix = Prefix::new(p.spec.subnet);
+        let counters = p.counters.clone();
+        let max = c.conn.datagrams().max_size().unwrap_or(0);
+        c.node = Some(node.clone());
+        c.peer = Some((prefix, counters));
+        c.up_since = Some(Instant::now());
+        c.max_datagram = max;
+        info!(peer = %node, remote = %c.conn.remote_address(), max_datagram = max, "tunnel up");
+        if max < self.tun_mtu {
+            warn!(peer = %node, max_datagram = max, tun_mtu = self.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
+        }
+        if let Some(o) = old {
+            self.close(o, 3, b"replaced by a newer connection");
+        }
+        if let Some(d) = pending {
+            self.close(d, 3, b"replaced by a newer connection");
+        }
+        self.rebuild_routes();
+    }
+
+    /// The connection `ch` is closed (by either side, or timed out).
+    fn lost(&mut self, ch: qp::ConnectionHandle, reason: &qp::ConnectionError) {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        let was_up = c.peer.take().is_some();
+        let lived = c.up_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let node = c.node.take();
+        let dialed = c.dialed;
+        let Some(node) = node else {
+            if !dialed && !was_up {
+                // An accepted handshake that failed (bad certificate, wrong CA).
+                self.sh.refused.fetch_add(1, Relaxed);
+                warn!(remote = %c.conn.remote_address(), error = %reason, "refused a QUIC handshake");
             }
             return;
         };
-        let client = lock(&inner.client).clone();
-        let attempt = async {
-            let connecting = inner.endpoint.connect_with(client, addr, &node).context("starting the handshake")?;
-            tokio::time::timeout(Duration::from_secs(2), connecting)
-                .await
-                .context("handshake timed out")?
-                .context("handshake")
-        };
-        let kicked = tokio::select! {
-            r = attempt => {
-                match r {
-                    Ok(conn) => match install(&inner, &node, conn) {
-                        Ok(()) => return,
-                        Err(e) => debug!(peer = %node, error = %format!("{e:#}"), "dropping a fresh connection"),
-                    },
-                    Err(e) => debug!(peer = %node, %addr, error = %format!("{e:#}"), "dial failed"),
+        let dialer = self.sh.node < node;
+        if let Some(p) = self.peers.get_mut(&node) {
+            if p.conn == Some(ch) {
+                p.conn = None;
+                info!(peer = %node, reason = %reason, "tunnel down");
+                if dialer && p.dialing.is_none() {
+                    // A tunnel that had been up for a while is redialled at once; one closed
+                    // right after its handshake (the peer does not know us yet) backs off.
+                    if lived >= HEALTHY {
+                        p.backoff = BACKOFF_MIN;
+                        p.next_dial = Some(now);
+                    } else {
+                        p.next_dial = Some(now + p.backoff);
+                        p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => false,
-                    _ = kick.notified() => true,
+                self.rebuild_routes();
+            } else if p.dialing == Some(ch) {
+                debug!(peer = %node, error = %reason, "dial failed");
+                self.dial_failed(&node, ch, now);
+            }
+        }
+    }
+
+    /// Runs every dirty connection: endpoint events, application events, datagrams to the tun,
+    /// packets to the socket.
+    fn drive_dirty(&mut self) {
+        while let Some(ch) = self.dirty.pop() {
+            self.drive(ch);
+        }
+    }
+
+    fn drive(&mut self, ch: qp::ConnectionHandle) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        {
+            let Some(c) = self.conns.get_mut(&ch) else { return };
+            c.dirty = false;
+            while let Some(ev) = c.conn.poll_endpoint_events() {
+                if let Some(cev) = self.endpoint.handle_event(ch, ev) {
+                    c.conn.handle_event(cev);
                 }
             }
-            _ = kick.notified() => true,
-        };
-        backoff = if kicked { Duration::from_millis(50) } else { (backoff * 2).min(Duration::from_secs(1)) };
+            while let Some(ev) = c.conn.poll() {
+                match ev {
+                    qp::Event::Connected => events.push(None),
+                    qp::Event::ConnectionLost { reason } => events.push(Some(reason)),
+                    _ => {}
+                }
+            }
+        }
+        for ev in events {
+            match ev {
+                None => self.connected(ch),
+                Some(reason) => self.lost(ch, &reason),
+            }
+        }
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        while let Some(d) = c.conn.datagrams().recv() {
+            let Some((prefix, counters)) = &c.peer else { continue };
+            match packet::check_inbound(&d, *prefix, self.local) {
+                Err(reason) => {
+                    self.sh.drops[reason.index()].fetch_add(1, Relaxed);
+                }
+                Ok(()) => {
+                    counters.rx_packets.fetch_add(1, Relaxed);
+                    counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
+                    let mut b = self
+                        .rx_spare
+                        .pop()
+                        .unwrap_or_else(|| BytesMut::with_capacity(tun_rs::VIRTIO_NET_HDR_LEN + 65536));
+                    b.clear();
+                    b.resize(tun_rs::VIRTIO_NET_HDR_LEN, 0);
+                    b.extend_from_slice(&d);
+                    self.rx_batch.push(b);
+                    if self.rx_batch.len() >= RX_BATCH {
+                        flush_tun(&self.dev, &self.sh, &mut self.gro, &mut self.rx_batch, &mut self.rx_spare);
+                    }
+                }
+            }
+        }
+        flush_tun(&self.dev, &self.sh, &mut self.gro, &mut self.rx_batch, &mut self.rx_spare);
+        let segments = self.udp.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+        loop {
+            self.tx.clear();
+            let Some(t) = c.conn.poll_transmit(now, segments, &mut self.tx) else { break };
+            send_udp(&self.udp, &self.socket, &t, &self.tx[..t.size]);
+        }
+        if c.conn.is_drained() {
+            // The endpoint released the handle with the drained event above.
+            self.conns.remove(&ch);
+        }
     }
-}
 
-async fn acceptor(inner: Arc<Inner>) {
-    while let Some(incoming) = inner.endpoint.accept().await {
-        let inner = inner.clone();
-        inner.rt.clone().spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
+    fn read_udp(&mut self, storage: &mut [u8], chunk: usize, metas: &mut [quinn_udp::RecvMeta]) {
+        loop {
+            let mut iovs: Vec<IoSliceMut<'_>> = storage.chunks_mut(chunk).map(IoSliceMut::new).collect();
+            let n = match self.udp.recv((&self.socket).into(), &mut iovs, metas) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    inner.refused.fetch_add(1, Relaxed);
-                    warn!(%remote, error = %e, "refused a QUIC handshake");
+                    debug!(error = %e, "receiving UDP");
                     return;
                 }
             };
-            match identify(&inner, &conn) {
-                Ok(node) => {
-                    if let Err(e) = install(&inner, &node, conn.clone()) {
-                        conn.close(4u32.into(), b"not a peer");
-                        warn!(%remote, error = %format!("{e:#}"), "refused a connection");
-                        inner.refused.fetch_add(1, Relaxed);
+            let now = Instant::now();
+            for (meta, iov) in metas.iter().zip(iovs.iter()).take(n) {
+                let mut data = BytesMut::from(&iov[..meta.len]);
+                while !data.is_empty() {
+                    let piece = data.split_to(meta.stride.min(data.len()));
+                    let ecn = meta.ecn.and_then(|e| qp::EcnCodepoint::from_bits(e as u8));
+                    self.tx.clear();
+                    match self.endpoint.handle(now, meta.addr, meta.dst_ip, ecn, piece, &mut self.tx) {
+                        Some(qp::DatagramEvent::ConnectionEvent(ch, ev)) => {
+                            if let Some(c) = self.conns.get_mut(&ch) {
+                                c.conn.handle_event(ev);
+                                self.mark(ch);
+                            }
+                        }
+                        Some(qp::DatagramEvent::NewConnection(incoming)) => {
+                            if self.stopping.is_some() {
+                                self.endpoint.ignore(incoming);
+                                continue;
+                            }
+                            match self.endpoint.accept(incoming, now, &mut self.tx, None) {
+                                Ok((ch, conn)) => {
+                                    self.conns.insert(
+                                        ch,
+                                        Conn {
+                                            conn,
+                                            node: None,
+                                            dialed: false,
+                                            peer: None,
+                                            deadline: None,
+                                            up_since: None,
+                                            closing: false,
+                                            max_datagram: 0,
+                                            dirty: false,
+                                        },
+                                    );
+                                    self.mark(ch);
+                                }
+                                Err(e) => {
+                                    self.sh.refused.fetch_add(1, Relaxed);
+                                    warn!(remote = %meta.addr, error = %e.cause, "refused a QUIC handshake");
+                                    if let Some(t) = e.response {
+                                        send_udp(&self.udp, &self.socket, &t, &self.tx[..t.size]);
+                                    }
+                                }
+                            }
+                        }
+                        Some(qp::DatagramEvent::Response(t)) => {
+                            send_udp(&self.udp, &self.socket, &t, &self.tx[..t.size]);
+                        }
+                        None => {}
                     }
                 }
+            }
+            self.drive_dirty();
+        }
+    }
+
+    fn read_tun(&mut self, original: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize]) {
+        for _ in 0..TUN_READS_PER_TURN {
+            let n = match self.dev.recv_multiple(original, bufs, sizes, 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    inner.refused.fetch_add(1, Relaxed);
-                    warn!(%remote, error = %format!("{e:#}"), "refused a connection");
-                    conn.close(4u32.into(), b"unknown node or wrong address");
+                    warn!(error = %e, "reading the tun device");
+                    return;
+                }
+            };
+            for (buf, &size) in bufs.iter().zip(sizes.iter()).take(n) {
+                let pkt = &buf[..size];
+                let dst = match packet::outbound_dst(pkt) {
+                    Ok(d) => d,
+                    Err(d) => {
+                        self.sh.drops[d.index()].fetch_add(1, Relaxed);
+                        continue;
+                    }
+                };
+                let Some(&ch) = self.routes.lookup(dst) else {
+                    self.sh.drops[Drop::NoPeer.index()].fetch_add(1, Relaxed);
+                    continue;
+                };
+                let Some(c) = self.conns.get_mut(&ch) else {
+                    self.sh.drops[Drop::NoPeer.index()].fetch_add(1, Relaxed);
+                    continue;
+                };
+                if size > c.max_datagram {
+                    self.sh.drops[Drop::TooBig.index()].fetch_add(1, Relaxed);
+                    continue;
+                }
+                if self.arena.capacity() < size {
+                    self.arena = BytesMut::with_capacity(ARENA);
+                }
+                self.arena.extend_from_slice(pkt);
+                match c.conn.datagrams().send(self.arena.split().freeze(), true) {
+                    Ok(()) => {
+                        if let Some((_, counters)) = &c.peer {
+                            counters.tx_packets.fetch_add(1, Relaxed);
+                            counters.tx_bytes.fetch_add(size as u64, Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        self.sh.drops[Drop::SendFailed.index()].fetch_add(1, Relaxed);
+                    }
+                }
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(ch);
                 }
             }
-        });
+            self.drive_dirty();
+        }
+    }
+}
+
+/// UDP GSO segments per send, as quinn's own driver uses.
+const MAX_GSO_SEGMENTS: usize = 10;
+
+fn flush_tun(
+    dev: &tun_rs::SyncDevice,
+    sh: &Shared,
+    gro: &mut tun_rs::GROTable,
+    batch: &mut Vec<BytesMut>,
+    spare: &mut Vec<BytesMut>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    if dev.send_multiple(gro, batch, tun_rs::VIRTIO_NET_HDR_LEN).is_err() {
+        sh.drops[Drop::TunWrite.index()].fetch_add(1, Relaxed);
+    }
+    spare.append(batch);
+}
+
+fn send_udp(state: &quinn_udp::UdpSocketState, socket: &std::net::UdpSocket, t: &qp::Transmit, contents: &[u8]) {
+    let transmit = quinn_udp::Transmit {
+        destination: t.destination,
+        ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+        contents,
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    };
+    // A full socket buffer drops the packet: QUIC sees a loss, and so does the TCP inside.
+    if let Err(e) = state.send(socket.into(), &transmit) {
+        if e.kind() != ErrorKind::WouldBlock {
+            debug!(error = %e, destination = %t.destination, "sending UDP");
+        }
     }
 }
 
 /// Who is on the other end: the certificate (already verified against the CA) must name a
 /// peer of the current set, and the connection must come from that peer's advertised address.
-fn identify(inner: &Inner, conn: &quinn::Connection) -> Result<String> {
-    let names = tls::peer_names(conn)?;
+fn identify(peers: &BTreeMap<String, Peer>, conn: &qp::Connection) -> Result<String> {
+    let names = tls::peer_names_of(conn.crypto_session().peer_identity())?;
     let remote: IpAddr = conn.remote_address().ip();
-    let st = lock(&inner.peers);
     for n in &names {
-        if let Some(p) = st.get(n) {
+        if let Some(p) = peers.get(n) {
             if p.spec.endpoint.ip() != remote {
-                bail!(
+                return Err(anyhow!(
                     "certificate names {n}, whose endpoint is {}, but the connection comes from {remote}",
                     p.spec.endpoint
-                );
+                ));
             }
             return Ok(n.clone());
         }
     }
-    bail!("certificate names {names:?}, none of them a peer")
+    Err(anyhow!("certificate names {names:?}, none of them a peer"))
 }
 
 #[cfg(test)]
