@@ -115,7 +115,7 @@ fn run(cli: &Cli) -> Result<()> {
     let client = tls::client_config(&id, transport)?;
     let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
     ep_cfg.max_udp_payload_size(cli.udp_payload.max(1200)).context("max UDP payload")?;
-    let endpoint = qp::Endpoint::new(Arc::new(ep_cfg), Some(server), false, None);
+    let endpoint = qp::Endpoint::new(Arc::new(ep_cfg), Some(server), false, Some(quic::rng_seed()?));
     let socket = quic::bind_socket(cli.port)?;
     socket.set_nonblocking(true).context("non-blocking socket")?;
     let udp = quinn_udp::UdpSocketState::new((&socket).into()).context("UDP socket state")?;

@@ -294,7 +294,7 @@ impl Tunnel {
         let udp = quinn_udp::UdpSocketState::new((&socket).into()).context("setting up the UDP socket")?;
         let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
         ep_cfg.max_udp_payload_size(s.udp_payload.max(1200)).context("max UDP payload")?;
-        let endpoint = qp::Endpoint::new(Arc::new(ep_cfg), Some(server), false, None);
+        let endpoint = qp::Endpoint::new(Arc::new(ep_cfg), Some(server), false, Some(rng_seed()?));
         let wake = Arc::new(Wake::new()?);
         let (cmds, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -416,6 +416,15 @@ fn status_of(sh: &Shared) -> QuicStatus {
         drops: Drop::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
         refused: sh.refused.load(Relaxed),
     }
+}
+
+/// A seed for the endpoint's generator of connection ids and tokens, from the system's
+/// generator (quinn-proto would panic if it could not seed itself).
+pub fn rng_seed() -> Result<[u8; 32]> {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut seed).map_err(|_| anyhow!("the system random generator failed"))?;
+    Ok(seed)
 }
 
 /// UDP socket buffer size (each way).
