@@ -20,7 +20,8 @@ use bytes::{Bytes, BytesMut};
 use ipnet::Ipv4Net;
 use packet::{Drop, Prefix};
 use quinn_proto as qp;
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -327,6 +328,8 @@ impl Tunnel {
             peers: BTreeMap::new(),
             routes: packet::SubnetTable::new(mask),
             dirty: Vec::new(),
+            timer_heap: BinaryHeap::new(),
+            dial_heap: BinaryHeap::new(),
             tx: Vec::with_capacity(64 * 1500),
             rx_batch: Vec::with_capacity(RX_BATCH),
             rx_spare: Vec::with_capacity(RX_BATCH),
@@ -452,6 +455,8 @@ struct Conn {
     up_since: Option<Instant>,
     /// Closed by this side (left, replaced, refused, timed out): its end needs no handling.
     closing: bool,
+    /// quinn-proto's next timeout as last registered in the loop's timer heap.
+    timeout: Option<Instant>,
     max_datagram: usize,
     dirty: bool,
 }
@@ -486,6 +491,12 @@ struct Loop {
     routes: packet::SubnetTable<qp::ConnectionHandle>,
     /// Connections with something to do (events, datagrams, packets to send).
     dirty: Vec<qp::ConnectionHandle>,
+    /// Connection timeouts and handshake deadlines, earliest first. Entries are checked against
+    /// the connection when they come due (a newer entry supersedes an older one), so a wake-up
+    /// costs the same with one peer as with hundreds.
+    timer_heap: BinaryHeap<Reverse<(Instant, qp::ConnectionHandle)>>,
+    /// When each peer is to be dialled, checked against `Peer::next_dial` the same way.
+    dial_heap: BinaryHeap<Reverse<(Instant, String)>>,
     tx: Vec<u8>,
     rx_batch: Vec<BytesMut>,
     rx_spare: Vec<BytesMut>,
@@ -564,17 +575,13 @@ impl Loop {
         }
     }
 
-    fn next_deadline(&mut self) -> Option<Instant> {
+    fn next_deadline(&self) -> Option<Instant> {
         let mut next = self.stopping.map_or(self.status_due, |s| s.min(self.status_due));
-        for c in self.conns.values_mut() {
-            for t in [c.conn.poll_timeout(), c.deadline].into_iter().flatten() {
-                next = next.min(t);
-            }
+        if let Some(Reverse((t, _))) = self.timer_heap.peek() {
+            next = next.min(*t);
         }
-        for p in self.peers.values() {
-            if let Some(t) = p.next_dial {
-                next = next.min(t);
-            }
+        if let Some(Reverse((t, _))) = self.dial_heap.peek() {
+            next = next.min(*t);
         }
         Some(next)
     }
@@ -583,12 +590,18 @@ impl Loop {
     fn timers(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut abandoned = Vec::new();
-        for (&ch, c) in self.conns.iter_mut() {
-            if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+        while let Some(&Reverse((t, ch))) = self.timer_heap.peek() {
+            if t > now {
+                break;
+            }
+            self.timer_heap.pop();
+            let Some(c) = self.conns.get_mut(&ch) else { continue };
+            if c.timeout == Some(t) {
+                c.timeout = None;
                 c.conn.handle_timeout(now);
                 expired.push(ch);
             }
-            if c.deadline.is_some_and(|t| t <= now) {
+            if c.deadline == Some(t) {
                 c.deadline = None;
                 c.closing = true;
                 c.conn.close(now, close_code(0), Bytes::from_static(b"handshake timed out"));
@@ -609,10 +622,14 @@ impl Loop {
         if self.stopping.is_some() {
             return;
         }
-        let due: Vec<String> =
-            self.peers.iter().filter(|(_, p)| p.next_dial.is_some_and(|t| t <= now)).map(|(n, _)| n.clone()).collect();
-        for node in due {
-            self.dial(&node, now);
+        while let Some(Reverse((t, _))) = self.dial_heap.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((t, node))) = self.dial_heap.pop() else { break };
+            if self.peers.get(&node).is_some_and(|p| p.next_dial == Some(t)) {
+                self.dial(&node, now);
+            }
         }
     }
 
@@ -625,6 +642,8 @@ impl Loop {
         match self.endpoint.connect(now, self.client.clone(), p.spec.endpoint, node) {
             Ok((ch, conn)) => {
                 p.dialing = Some(ch);
+                let deadline = now + HANDSHAKE_TIMEOUT;
+                self.timer_heap.push(Reverse((deadline, ch)));
                 self.conns.insert(
                     ch,
                     Conn {
@@ -632,9 +651,10 @@ impl Loop {
                         node: Some(node.to_string()),
                         dialed: true,
                         peer: None,
-                        deadline: Some(now + HANDSHAKE_TIMEOUT),
+                        deadline: Some(deadline),
                         up_since: None,
                         closing: false,
+                        timeout: None,
                         max_datagram: 0,
                         dirty: false,
                     },
@@ -644,6 +664,7 @@ impl Loop {
             Err(e) => {
                 debug!(peer = %node, error = %e, "cannot start a handshake");
                 p.next_dial = Some(now + p.backoff);
+                self.dial_heap.push(Reverse((now + p.backoff, node.to_string())));
                 p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
             }
         }
@@ -656,6 +677,7 @@ impl Loop {
                 p.dialing = None;
                 if p.conn.is_none() {
                     p.next_dial = Some(now + p.backoff);
+                    self.dial_heap.push(Reverse((now + p.backoff, node.to_string())));
                     p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -721,6 +743,7 @@ impl Loop {
                         p.backoff = BACKOFF_MIN;
                         if dialer {
                             p.next_dial = Some(now);
+                            self.dial_heap.push(Reverse((now, spec.node.clone())));
                         }
                         for ch in old.into_iter().flatten() {
                             self.close(ch, 2, b"peer restarted");
@@ -728,6 +751,9 @@ impl Loop {
                     }
                 }
                 None => {
+                    if dialer {
+                        self.dial_heap.push(Reverse((now, spec.node.clone())));
+                    }
                     self.peers.insert(
                         spec.node.clone(),
                         Peer {
@@ -857,13 +883,16 @@ impl Loop {
                 if dialer && p.dialing.is_none() {
                     // A tunnel that had been up for a while is redialled at once; one closed
                     // right after its handshake (the peer does not know us yet) backs off.
-                    if lived >= HEALTHY {
+                    let at = if lived >= HEALTHY {
                         p.backoff = BACKOFF_MIN;
-                        p.next_dial = Some(now);
+                        now
                     } else {
-                        p.next_dial = Some(now + p.backoff);
+                        let at = now + p.backoff;
                         p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
-                    }
+                        at
+                    };
+                    p.next_dial = Some(at);
+                    self.dial_heap.push(Reverse((at, node.clone())));
                 }
                 self.rebuild_routes();
             } else if p.dialing == Some(ch) {
@@ -940,6 +969,16 @@ impl Loop {
         if c.conn.is_drained() {
             // The endpoint released the handle with the drained event above.
             self.conns.remove(&ch);
+            return;
+        }
+        // Register the timeout only when it comes before the registered wake: a later one is
+        // picked up at that wake (an early `handle_timeout` does nothing), so the heap holds
+        // about one entry per connection however often quinn moves its timers.
+        if let Some(t) = c.conn.poll_timeout() {
+            if c.timeout.is_none_or(|cur| t < cur) {
+                c.timeout = Some(t);
+                self.timer_heap.push(Reverse((t, ch)));
+            }
         }
     }
 
@@ -985,6 +1024,7 @@ impl Loop {
                                             deadline: None,
                                             up_since: None,
                                             closing: false,
+                                            timeout: None,
                                             max_datagram: 0,
                                             dirty: false,
                                         },
