@@ -250,28 +250,24 @@ pub fn bind_socket(port: u16) -> Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// The QUIC endpoint on `socket` (from [`bind_socket`]), with the stateless-reset key derived
-/// from the node key. Shared by the agent and the transport benchmark (`weft-quic-raw`), so both
-/// measure the same socket and endpoint setup.
-pub fn endpoint_on(
-    socket: std::net::UdpSocket,
-    udp_payload: u16,
-    id: &tls::Identity,
-    server: Option<quinn::ServerConfig>,
-) -> Result<quinn::Endpoint> {
-    let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(id));
-    ep_cfg.max_udp_payload_size(udp_payload.max(1200)).context("max UDP payload")?;
-    quinn::Endpoint::new(ep_cfg, server, socket, Arc::new(quinn::TokioRuntime)).context("starting the QUIC endpoint")
+/// The endpoint settings: the largest UDP payload, and the stateless-reset key derived from the
+/// node key (so a restarted node's resets close stale connections at once).
+fn endpoint_config(udp_payload: u16, id: &tls::Identity) -> Result<quinn::EndpointConfig> {
+    let mut cfg = quinn::EndpointConfig::new(tls::reset_key(id));
+    cfg.max_udp_payload_size(udp_payload.max(1200)).context("max UDP payload")?;
+    Ok(cfg)
 }
 
-/// [`bind_socket`] and [`endpoint_on`] in one.
+/// A quinn (async) endpoint on UDP `port` with the agent's socket and endpoint settings, for the
+/// transport benchmark `weft-quic-raw`, so it measures what the tunnel's endpoint would carry.
 pub fn bind_endpoint(
     port: u16,
     udp_payload: u16,
     id: &tls::Identity,
     server: Option<quinn::ServerConfig>,
 ) -> Result<quinn::Endpoint> {
-    endpoint_on(bind_socket(port)?, udp_payload, id, server)
+    quinn::Endpoint::new(endpoint_config(udp_payload, id)?, server, bind_socket(port)?, Arc::new(quinn::TokioRuntime))
+        .context("starting the QUIC endpoint")
 }
 
 impl Tunnel {
@@ -293,8 +289,7 @@ impl Tunnel {
         };
         socket.set_nonblocking(true).context("making the UDP socket non-blocking")?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into()).context("setting up the UDP socket")?;
-        let mut ep_cfg = quinn::EndpointConfig::new(tls::reset_key(&id));
-        ep_cfg.max_udp_payload_size(s.udp_payload.max(1200)).context("max UDP payload")?;
+        let ep_cfg = endpoint_config(s.udp_payload, &id)?;
         let endpoint = qp::Endpoint::new(Arc::new(ep_cfg), Some(server), false, Some(rng_seed()?));
         let wake = Arc::new(Wake::new()?);
         let (cmds, rx) = mpsc::channel();
@@ -312,11 +307,9 @@ impl Tunnel {
             drops: Default::default(),
             refused: AtomicU64::new(0),
         });
-        let mask = u32::from(s.local_subnet.netmask());
         let mut lp = Loop {
             sh: shared.clone(),
             local: Prefix::new(s.local_subnet),
-            mask,
             endpoint,
             socket,
             udp,
@@ -326,7 +319,7 @@ impl Tunnel {
             client,
             conns: HashMap::new(),
             peers: BTreeMap::new(),
-            routes: packet::SubnetTable::new(mask),
+            routes: packet::SubnetTable::new(u32::from(s.local_subnet.netmask())),
             dirty: Vec::new(),
             timer_heap: BinaryHeap::new(),
             dial_heap: BinaryHeap::new(),
@@ -337,7 +330,6 @@ impl Tunnel {
             arena: BytesMut::with_capacity(ARENA),
             stopping: None,
             status_due: Instant::now(),
-            tun_mtu: s.tun_mtu as usize,
         };
         let thread = std::thread::Builder::new()
             .name("weft-quic".into())
@@ -423,7 +415,7 @@ fn status_of(sh: &Shared) -> QuicStatus {
 
 /// A seed for the endpoint's generator of connection ids and tokens, from the system's
 /// generator (quinn-proto would panic if it could not seed itself).
-pub fn rng_seed() -> Result<[u8; 32]> {
+fn rng_seed() -> Result<[u8; 32]> {
     use ring::rand::SecureRandom;
     let mut seed = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut seed).map_err(|_| anyhow!("the system random generator failed"))?;
@@ -446,7 +438,6 @@ struct Conn {
     conn: qp::Connection,
     /// The peer: known from the start when dialled, after identification when accepted.
     node: Option<String>,
-    dialed: bool,
     /// Installed as its peer's tunnel (datagrams flow).
     peer: Option<(Prefix, Arc<PeerCounters>)>,
     /// Dials not connected by then are abandoned.
@@ -459,6 +450,24 @@ struct Conn {
     timeout: Option<Instant>,
     max_datagram: usize,
     dirty: bool,
+}
+
+impl Conn {
+    /// A connection in its handshake: dialled to `dialed_to` (the peer, and when to give up),
+    /// or accepted (`None`).
+    fn new(conn: qp::Connection, dialed_to: Option<(&str, Instant)>) -> Conn {
+        Conn {
+            conn,
+            node: dialed_to.map(|(n, _)| n.to_string()),
+            peer: None,
+            deadline: dialed_to.map(|(_, t)| t),
+            up_since: None,
+            closing: false,
+            timeout: None,
+            max_datagram: 0,
+            dirty: false,
+        }
+    }
 }
 
 struct Peer {
@@ -474,10 +483,23 @@ struct Peer {
     counters: Arc<PeerCounters>,
 }
 
+impl Peer {
+    /// Dial at `at`: noted here, and queued in the loop's `dial_heap`.
+    fn dial_at(&mut self, at: Instant, heap: &mut BinaryHeap<Reverse<(Instant, String)>>) {
+        self.next_dial = Some(at);
+        heap.push(Reverse((at, self.spec.node.clone())));
+    }
+
+    /// Dial again after the backoff, which doubles (up to [`BACKOFF_MAX`]).
+    fn retry(&mut self, now: Instant, heap: &mut BinaryHeap<Reverse<(Instant, String)>>) {
+        self.dial_at(now + self.backoff, heap);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
 struct Loop {
     sh: Arc<Shared>,
     local: Prefix,
-    mask: u32,
     endpoint: qp::Endpoint,
     socket: std::net::UdpSocket,
     udp: quinn_udp::UdpSocketState,
@@ -505,7 +527,6 @@ struct Loop {
     /// Set when stopping: exit once every connection is drained, or at this instant.
     stopping: Option<Instant>,
     status_due: Instant,
-    tun_mtu: usize,
 }
 
 fn close_code(code: u32) -> qp::VarInt {
@@ -519,7 +540,7 @@ impl Loop {
         let mut storage = vec![0u8; chunk * quinn_udp::BATCH_SIZE];
         let mut metas = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65535];
-        let mut bufs = vec![vec![0u8; self.tun_mtu + 64]; tun_rs::IDEAL_BATCH_SIZE];
+        let mut bufs = vec![vec![0u8; self.sh.tun_mtu as usize + 64]; tun_rs::IDEAL_BATCH_SIZE];
         let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
         let mut fds = [
             libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -538,7 +559,7 @@ impl Loop {
                     return;
                 }
             }
-            let wait = self.next_deadline().map_or(STATUS_EVERY, |t| t.saturating_duration_since(Instant::now()));
+            let wait = self.next_deadline().saturating_duration_since(Instant::now());
             let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos().into() };
             for f in &mut fds {
                 f.revents = 0;
@@ -575,7 +596,7 @@ impl Loop {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self) -> Instant {
         let mut next = self.stopping.map_or(self.status_due, |s| s.min(self.status_due));
         if let Some(Reverse((t, _))) = self.timer_heap.peek() {
             next = next.min(*t);
@@ -583,7 +604,7 @@ impl Loop {
         if let Some(Reverse((t, _))) = self.dial_heap.peek() {
             next = next.min(*t);
         }
-        Some(next)
+        next
     }
 
     /// Connection timers, handshake deadlines and due dials.
@@ -644,28 +665,12 @@ impl Loop {
                 p.dialing = Some(ch);
                 let deadline = now + HANDSHAKE_TIMEOUT;
                 self.timer_heap.push(Reverse((deadline, ch)));
-                self.conns.insert(
-                    ch,
-                    Conn {
-                        conn,
-                        node: Some(node.to_string()),
-                        dialed: true,
-                        peer: None,
-                        deadline: Some(deadline),
-                        up_since: None,
-                        closing: false,
-                        timeout: None,
-                        max_datagram: 0,
-                        dirty: false,
-                    },
-                );
+                self.conns.insert(ch, Conn::new(conn, Some((node, deadline))));
                 self.mark(ch);
             }
             Err(e) => {
                 debug!(peer = %node, error = %e, "cannot start a handshake");
-                p.next_dial = Some(now + p.backoff);
-                self.dial_heap.push(Reverse((now + p.backoff, node.to_string())));
-                p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                p.retry(now, &mut self.dial_heap);
             }
         }
     }
@@ -676,9 +681,7 @@ impl Loop {
             if p.dialing == Some(ch) {
                 p.dialing = None;
                 if p.conn.is_none() {
-                    p.next_dial = Some(now + p.backoff);
-                    self.dial_heap.push(Reverse((now + p.backoff, node.to_string())));
-                    p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                    p.retry(now, &mut self.dial_heap);
                 }
             }
         }
@@ -742,8 +745,7 @@ impl Loop {
                         let old = [p.conn.take(), p.dialing.take()];
                         p.backoff = BACKOFF_MIN;
                         if dialer {
-                            p.next_dial = Some(now);
-                            self.dial_heap.push(Reverse((now, spec.node.clone())));
+                            p.dial_at(now, &mut self.dial_heap);
                         }
                         for ch in old.into_iter().flatten() {
                             self.close(ch, 2, b"peer restarted");
@@ -751,21 +753,19 @@ impl Loop {
                     }
                 }
                 None => {
+                    let mut p = Peer {
+                        spec: spec.clone(),
+                        conn: None,
+                        dialing: None,
+                        next_dial: None,
+                        backoff: BACKOFF_MIN,
+                        connects: 0,
+                        counters: Arc::default(),
+                    };
                     if dialer {
-                        self.dial_heap.push(Reverse((now, spec.node.clone())));
+                        p.dial_at(now, &mut self.dial_heap);
                     }
-                    self.peers.insert(
-                        spec.node.clone(),
-                        Peer {
-                            spec: spec.clone(),
-                            conn: None,
-                            dialing: None,
-                            next_dial: dialer.then_some(now),
-                            backoff: BACKOFF_MIN,
-                            connects: 0,
-                            counters: Arc::default(),
-                        },
-                    );
+                    self.peers.insert(spec.node.clone(), p);
                 }
             }
         }
@@ -773,7 +773,7 @@ impl Loop {
     }
 
     fn rebuild_routes(&mut self) {
-        let mut routes = packet::SubnetTable::new(self.mask);
+        let mut routes = packet::SubnetTable::new(self.local.mask);
         for p in self.peers.values() {
             if let Some(ch) = p.conn {
                 routes.insert(u32::from(p.spec.subnet.network()), ch);
@@ -811,13 +811,10 @@ impl Loop {
             return;
         }
         c.deadline = None;
-        let node = if c.dialed {
-            match c.node.clone() {
-                Some(n) => n,
-                None => return, // abandoned meanwhile
-            }
-        } else {
-            match identify(&self.peers, &c.conn) {
+        // A dialled connection knows its peer; an accepted one is identified now.
+        let node = match c.node.clone() {
+            Some(n) => n,
+            None => match identify(&self.peers, &c.conn) {
                 Ok(n) => n,
                 Err(e) => {
                     self.sh.refused.fetch_add(1, Relaxed);
@@ -825,7 +822,7 @@ impl Loop {
                     self.close(ch, 4, b"unknown node or wrong address");
                     return;
                 }
-            }
+            },
         };
         let Some(p) = self.peers.get_mut(&node) else {
             self.close(ch, 4, b"not a peer");
@@ -843,8 +840,8 @@ impl Loop {
         c.up_since = Some(Instant::now());
         c.max_datagram = max;
         info!(peer = %node, remote = %c.conn.remote_address(), max_datagram = max, "tunnel up");
-        if max < self.tun_mtu {
-            warn!(peer = %node, max_datagram = max, tun_mtu = self.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
+        if max < self.sh.tun_mtu as usize {
+            warn!(peer = %node, max_datagram = max, tun_mtu = self.sh.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
         }
         if let Some(o) = old {
             self.close(o, 3, b"replaced by a newer connection");
@@ -863,16 +860,13 @@ impl Loop {
             return;
         }
         c.closing = true;
-        let was_up = c.peer.take().is_some();
+        c.peer = None;
         let lived = c.up_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let node = c.node.take();
-        let dialed = c.dialed;
-        let Some(node) = node else {
-            if !dialed && !was_up {
-                // An accepted handshake that failed (bad certificate, wrong CA).
-                self.sh.refused.fetch_add(1, Relaxed);
-                warn!(remote = %c.conn.remote_address(), error = %reason, "refused a QUIC handshake");
-            }
+        // Only an accepted connection not yet identified has no node and is not closing: its
+        // handshake failed (bad certificate, wrong CA).
+        let Some(node) = c.node.take() else {
+            self.sh.refused.fetch_add(1, Relaxed);
+            warn!(remote = %c.conn.remote_address(), error = %reason, "refused a QUIC handshake");
             return;
         };
         let dialer = self.sh.node < node;
@@ -883,16 +877,12 @@ impl Loop {
                 if dialer && p.dialing.is_none() {
                     // A tunnel that had been up for a while is redialled at once; one closed
                     // right after its handshake (the peer does not know us yet) backs off.
-                    let at = if lived >= HEALTHY {
+                    if lived >= HEALTHY {
                         p.backoff = BACKOFF_MIN;
-                        now
+                        p.dial_at(now, &mut self.dial_heap);
                     } else {
-                        let at = now + p.backoff;
-                        p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
-                        at
-                    };
-                    p.next_dial = Some(at);
-                    self.dial_heap.push(Reverse((at, node.clone())));
+                        p.retry(now, &mut self.dial_heap);
+                    }
                 }
                 self.rebuild_routes();
             } else if p.dialing == Some(ch) {
@@ -1014,21 +1004,7 @@ impl Loop {
                             }
                             match self.endpoint.accept(incoming, now, &mut self.tx, None) {
                                 Ok((ch, conn)) => {
-                                    self.conns.insert(
-                                        ch,
-                                        Conn {
-                                            conn,
-                                            node: None,
-                                            dialed: false,
-                                            peer: None,
-                                            deadline: None,
-                                            up_since: None,
-                                            closing: false,
-                                            timeout: None,
-                                            max_datagram: 0,
-                                            dirty: false,
-                                        },
-                                    );
+                                    self.conns.insert(ch, Conn::new(conn, None));
                                     self.mark(ch);
                                 }
                                 Err(e) => {
@@ -1097,10 +1073,7 @@ impl Loop {
                         self.sh.drops[Drop::SendFailed.index()].fetch_add(1, Relaxed);
                     }
                 }
-                if !c.dirty {
-                    c.dirty = true;
-                    self.dirty.push(ch);
-                }
+                self.mark(ch);
             }
             self.drive_dirty();
         }
@@ -1145,7 +1118,7 @@ fn send_udp(state: &quinn_udp::UdpSocketState, socket: &std::net::UdpSocket, t: 
 /// Who is on the other end: the certificate (already verified against the CA) must name a
 /// peer of the current set, and the connection must come from that peer's advertised address.
 fn identify(peers: &BTreeMap<String, Peer>, conn: &qp::Connection) -> Result<String> {
-    let names = tls::peer_names_of(conn.crypto_session().peer_identity())?;
+    let names = tls::peer_names(conn.crypto_session().peer_identity())?;
     let remote: IpAddr = conn.remote_address().ip();
     for n in &names {
         if let Some(p) = peers.get(n) {

@@ -137,13 +137,9 @@ pub fn reset_key(id: &Identity) -> Arc<dyn quinn::crypto::HmacKey> {
     Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed))
 }
 
-/// The DNS names of the certificate a connection's peer presented.
-pub fn peer_names(conn: &quinn::Connection) -> Result<Vec<String>> {
-    peer_names_of(conn.peer_identity())
-}
-
-/// The DNS names of the leaf of a peer identity as quinn hands it over.
-pub fn peer_names_of(identity: Option<Box<dyn std::any::Any>>) -> Result<Vec<String>> {
+/// The DNS names of the leaf certificate of a peer identity as quinn hands it over
+/// (`crypto_session().peer_identity()`).
+pub fn peer_names(identity: Option<Box<dyn std::any::Any>>) -> Result<Vec<String>> {
     let any = identity.context("peer presented no certificate")?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| anyhow!("unexpected peer identity type"))?;
     let leaf = certs.first().context("peer presented an empty chain")?;
