@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Installs the tunnels `weftctl lab bench --with-peers` compares weft's quic backend with, at the
 # versions docs/BENCHMARKS.md reports: wireguard-go (Debian) with wireguard-tools for `wg`,
+# which deploy/install-deps.sh installs with every other Debian package weft uses, and
 # boringtun-cli 0.7.1, quincy-server and quincy-client 3.1.1 (crates.io, built with cargo).
 # Idempotent: a peer already installed at the pinned version is not rebuilt.
 # usage: sudo ./deploy/bench-peers.sh
 set -euo pipefail
-export DEBIAN_FRONTEND=noninteractive
-if ! command -v wireguard-go >/dev/null || ! command -v wg >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends wireguard-go wireguard-tools
-fi
+cd "$(dirname "$0")/.."
+./deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # Build outside the project's target directory so a bench setup never invalidates a test build.
 export CARGO_TARGET_DIR="${BENCH_PEERS_TARGET:-/var/tmp/weft-bench-peers-target}"

@@ -1,27 +1,60 @@
 #!/usr/bin/env bash
-# Installs the Debian packages weft's lab, tests and demo need, if any is missing.
+# Installs every Debian package weft's build, demo, tests and benchmarks use, if any is missing.
+# This is the one list: a fresh machine is a minimal Debian bookworm (mmdebstrap
+# --variant=minbase) plus a Rust toolchain and what linking needs (gcc, libc6-dev), and
+# ./deploy/fresh-root.sh (run by CI) proves the README's commands pass on exactly that.
 # Run as root on Debian (bookworm or later). The Rust toolchain (cargo) must already be there.
+# Installing never starts a service: packages such as etcd-server ship init scripts, and apt
+# runs here under a policy-rc.d that forbids starting them.
 set -euo pipefail
 
-pkgs=(etcd-server etcd-client iproute2 iptables nftables iperf3 iputils-ping protobuf-compiler
-      netcat-openbsd jq procps kmod ca-certificates
-      systemd containernetworking-plugins curl)
-# systemd: systemd-analyze verifies the unit (these machines need not run systemd as PID 1);
-# containernetworking-plugins: bandwidth and portmap, chained after weft-cni in the CNI tests.
+pkgs=(
+  # build: etcd-client compiles etcd's .proto files with protoc; the well-known types they
+  # import (google/protobuf/descriptor.proto, struct.proto) are in libprotobuf-dev.
+  protobuf-compiler libprotobuf-dev
+  # downloads (cargo, apt over https) trust the CAs here; update-ca-certificates keeps local ones.
+  ca-certificates
+  # the lab, the demo and the tests: a real etcd server (etcdctl for poking at it by hand),
+  # namespaces, veth, bridges, routes (ip, ss, tc, bridge), both firewall tools the agent
+  # drives, and modprobe for the tun module.
+  etcd-server etcd-client iproute2 iptables nftables kmod
+  # traffic and probes in the demo, tests and bench: ping, nc (TCP receivers print the source
+  # they see), iperf3 (bench and reliability streams), curl (metrics and health endpoints).
+  iputils-ping netcat-openbsd iperf3 curl
+  # scripts: jq reads `lab status --json` in demo.sh; procps has ps, pgrep, sysctl; coreutils'
+  # timeout and util-linux's unshare/nsenter/mount are in every minimal root already.
+  jq procps
+  # systemd-analyze verifies the unit in the deploy tests (these machines need not run systemd
+  # as PID 1).
+  systemd
+  # the CNI tests chain bandwidth and portmap after weft-cni.
+  containernetworking-plugins
+  # bench peers: the wireguard-go row (and wg to configure it); deploy/bench-peers.sh adds
+  # boringtun and quincy from crates.io.
+  wireguard-go wireguard-tools
+)
+
+[ "$(id -u)" = 0 ] || { echo "error: run as root (installs packages; the lab creates network namespaces)" >&2; exit 1; }
+
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
+  # A policy-rc.d that exits 101 tells invoke-rc.d and deb-systemd-invoke not to start any
+  # service during the install; ours is removed afterwards, one that was already there is kept.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# weft install-deps.sh: no service starts while packages install\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's etcd-server package starts a system etcd on localhost; weft never uses it.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  echo "note: a system etcd is running; weft's lab runs its own inside a namespace and ignores it"
-fi
-command -v cargo >/dev/null || { echo "error: cargo not found; install a Rust toolchain (1.85 or newer) first" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "error: run as root (the lab creates network namespaces)" >&2; exit 1; }
+
+command -v cargo >/dev/null || { echo "error: cargo not found; install a Rust toolchain (1.88 or newer) first" >&2; exit 1; }
 modprobe tun 2>/dev/null || true
+[ -c /dev/net/tun ] || echo "warning: /dev/net/tun is missing; the quic backend and its tests need the tun module" >&2
