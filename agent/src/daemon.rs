@@ -2,7 +2,6 @@
 //! every etcd change and on a timer. One loop owns all state; the API and signals feed into it.
 
 use crate::api::{self, Command};
-use crate::etcd;
 use crate::firewall_glue::Firewall;
 use crate::lease::{self, Decision, Existing};
 use crate::netlink::{write_sysctl, Netlink};
@@ -10,7 +9,6 @@ use crate::pods::{self, AttachRequest, PodNet};
 use crate::routes::{self, Action, Route, Underlay};
 use crate::state::{self, PodRecord, PodSource, StateDir, SubnetState};
 use anyhow::{anyhow, bail, Context, Result};
-use etcd_client::{Client, EventType, WatchStream};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
@@ -22,6 +20,7 @@ use tracing::{error, info, warn};
 use weft_config::api::{PeerStatus, PodInfo, Request, Response, RouteRemoved, Status};
 use weft_config::peers::{build_peer_set, PeerSet, RawRecord};
 use weft_config::{subnet, AgentConfig, Backend, Heartbeat, Keys, NetworkConfig, SubnetRecord};
+use weft_store::{EtcdStore, EventKind, Store, Watch, WatchMsg};
 
 mod ops;
 
@@ -77,7 +76,7 @@ pub struct Daemon {
     sigint: Signal,
     epoch: u64,
     firewall: Firewall,
-    client: Option<Client>,
+    store: Option<EtcdStore>,
     net: Option<NetworkConfig>,
     underlay: Option<UnderlayInfo>,
     subnet: Option<Ipv4Net>,
@@ -86,7 +85,7 @@ pub struct Daemon {
     heartbeat_lease: i64,
     records: BTreeMap<String, RawRecord>,
     revision: i64,
-    watch: Option<WatchStream>,
+    watch: Option<Watch>,
     peers: PeerSet,
     seen_skips: HashSet<(String, i64)>,
     bridge_index: u32,
@@ -152,7 +151,7 @@ impl Daemon {
             sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
             epoch,
-            client: None,
+            store: None,
             net: None,
             underlay: None,
             subnet: None,
@@ -233,9 +232,9 @@ impl Daemon {
         }
         backoff = Backoff::new();
         loop {
-            match etcd::connect(&self.cfg.etcd).await {
+            match EtcdStore::connect(&self.cfg.etcd).await {
                 Ok(c) => {
-                    self.client = Some(c);
+                    self.store = Some(c);
                     self.set_status(|s| s.etcd_connected = true);
                     self.mark_etcd_ok();
                     break;
@@ -311,16 +310,18 @@ impl Daemon {
         Ok(UnderlayInfo { index: link.index, name: link.name, public_ip, mtu: link.mtu.max(576) })
     }
 
-    fn client(&mut self) -> Result<&mut Client> {
-        self.client.as_mut().ok_or_else(|| anyhow!("not connected to etcd"))
+    fn store(&self) -> Result<&EtcdStore> {
+        self.store.as_ref().ok_or_else(|| anyhow!("not connected to etcd"))
     }
 
     async fn read_network(&mut self) -> Result<NetworkConfig> {
         let key = self.keys.config();
-        let (bytes, _) = etcd::get(self.client()?, &key)
+        let rec = self
+            .store()?
+            .get(&key)
             .await?
             .with_context(|| format!("no network config at {key}; run `weftctl network init`"))?;
-        Ok(NetworkConfig::from_json(&key, &bytes)?)
+        Ok(NetworkConfig::from_json(&key, &rec.value)?)
     }
 
     fn own_record(&self) -> Result<SubnetRecord> {
@@ -363,7 +364,7 @@ impl Daemon {
             }
         }
         let prefix = self.keys.subnets_prefix();
-        let (raw, _) = etcd::list(self.client()?, &prefix).await?;
+        let (raw, _) = self.store()?.list(&prefix).await?;
         let existing: Vec<Existing> = raw
             .iter()
             .filter_map(|r| {
@@ -377,9 +378,8 @@ impl Daemon {
             })
             .collect();
         let hb_key = self.keys.node(&self.cfg.node_name);
-        let live = etcd::get(self.client()?, &hb_key)
-            .await?
-            .and_then(|(v, _)| Heartbeat::from_json(&hb_key, &v).ok())
+        let live = (self.store()?.get(&hb_key).await?)
+            .and_then(|r| Heartbeat::from_json(&hb_key, &r.value).ok())
             .map(|h| h.node_id);
         let persisted = match self.state.load_subnet() {
             Ok(s) => s.filter(|s| s.network == self.cfg.network).map(|s| s.subnet),
@@ -399,7 +399,7 @@ impl Daemon {
         let record = self.own_record()?.to_json();
         if self.subnet_lease == 0 {
             let ttl = self.cfg.timers.subnet_lease;
-            self.subnet_lease = etcd::grant(self.client()?, ttl).await?;
+            self.subnet_lease = self.store()?.grant(ttl).await?;
         }
         let lease_id = self.subnet_lease;
         let (subnet, won) = match decision {
@@ -409,19 +409,19 @@ impl Daemon {
             }
             Decision::Reuse { subnet, mod_revision } => {
                 let key = self.keys.subnet(subnet);
-                (subnet, etcd::replace(self.client()?, &key, record.clone(), lease_id, mod_revision).await?)
+                (subnet, self.store()?.replace(&key, record.clone(), lease_id, mod_revision).await?)
             }
             Decision::TakeOver { subnet, mod_revision, previous_id } => {
                 warn!(subnet = %subnet, previous_id = %previous_id, "taking over the record of this node name from a dead identity");
                 let key = self.keys.subnet(subnet);
-                (subnet, etcd::replace(self.client()?, &key, record.clone(), lease_id, mod_revision).await?)
+                (subnet, self.store()?.replace(&key, record.clone(), lease_id, mod_revision).await?)
             }
             Decision::Claim { subnet, moved_from } => {
                 if let Some(old) = moved_from {
                     warn!(old = %old, new = %subnet, "PREVIOUS SUBNET IS TAKEN BY ANOTHER NODE: moving to a new subnet and re-addressing every pod");
                 }
                 let key = self.keys.subnet(subnet);
-                (subnet, etcd::create(self.client()?, &key, record.clone(), lease_id).await?)
+                (subnet, self.store()?.create(&key, record.clone(), lease_id).await?)
             }
         };
         if !won {
@@ -609,17 +609,17 @@ impl Daemon {
         if self.relist().await.is_ok() {
             return Ok(());
         }
-        self.client = Some(etcd::connect(&self.cfg.etcd).await?);
+        self.store = Some(EtcdStore::connect(&self.cfg.etcd).await?);
         self.relist().await
     }
 
     /// Re-reads every subnet record and restarts the watch from that revision.
     async fn relist(&mut self) -> Result<()> {
         let prefix = self.keys.subnets_prefix();
-        let (raw, rev) = etcd::list(self.client()?, &prefix).await?;
+        let (raw, rev) = self.store()?.list(&prefix).await?;
         self.records = raw.into_iter().map(|r| (r.key.clone(), r)).collect();
         self.revision = rev;
-        let w = etcd::watch_from(self.client()?, &prefix, rev + 1).await?;
+        let w = self.store()?.watch(&prefix, rev + 1).await?;
         self.watch = Some(w);
         self.set_status(|s| s.etcd_connected = true);
         self.mark_etcd_ok();
@@ -663,11 +663,11 @@ impl Daemon {
             None => {
                 warn!(subnet = %subnet, "own subnet record missing in etcd; re-creating it");
                 let (lease, ttl) = (self.subnet_lease, self.cfg.timers.subnet_lease);
-                if !etcd::renew(self.client()?, lease).await.unwrap_or(false) {
-                    self.subnet_lease = etcd::grant(self.client()?, ttl).await?;
+                if !self.store()?.keep_alive_once(lease).await.unwrap_or(false) {
+                    self.subnet_lease = self.store()?.grant(ttl).await?;
                 }
                 let (lease, value) = (self.subnet_lease, self.record_value.clone());
-                if !etcd::create(self.client()?, &key, value, lease).await? {
+                if !self.store()?.create(&key, value, lease).await? {
                     bail!("lost the race to re-create {key}");
                 }
                 self.mark(|h, now| h.record_renewed = now);
@@ -826,11 +826,11 @@ impl Daemon {
     async fn heartbeat(&mut self) -> Result<()> {
         let ttl = self.cfg.timers.heartbeat_ttl;
         let lease = self.heartbeat_lease;
-        let alive = lease != 0 && etcd::renew(self.client()?, lease).await?;
+        let alive = lease != 0 && self.store()?.keep_alive_once(lease).await?;
         if alive {
             return Ok(());
         }
-        self.heartbeat_lease = etcd::grant(self.client()?, ttl).await?;
+        self.heartbeat_lease = self.store()?.grant(ttl).await?;
         let hb = Heartbeat {
             schema: weft_config::records::SCHEMA_VERSION,
             node_id: self.node_id.clone(),
@@ -841,7 +841,7 @@ impl Daemon {
         };
         let key = self.keys.node(&self.cfg.node_name);
         let lease = self.heartbeat_lease;
-        etcd::put(self.client()?, &key, hb.to_json(), lease).await
+        self.store()?.put(&key, hb.to_json(), lease).await
     }
 
     async fn main_loop(&mut self) -> Result<Exit> {
@@ -860,7 +860,7 @@ impl Daemon {
             let watching = self.watch.is_some();
             let watch_msg = async {
                 match self.watch.as_mut() {
-                    Some(w) => Some(w.message().await),
+                    Some(w) => Some(w.next().await),
                     None => std::future::pending().await,
                 }
             };
@@ -905,8 +905,8 @@ impl Daemon {
                 }
                 _ = renew.tick() => {
                     let lease = self.subnet_lease;
-                    match self.client() {
-                        Ok(c) => match etcd::renew(c, lease).await {
+                    match self.store() {
+                        Ok(c) => match c.keep_alive_once(lease).await {
                             Ok(true) => self.mark(|h, now| (h.record_renewed, h.etcd_ok) = (now, now)),
                             Ok(false) => warn!("subnet lease expired; the record is re-created on the next reconcile"),
                             Err(e) => warn!(error = %format!("{e:#}"), "renewing subnet lease"),
@@ -918,43 +918,34 @@ impl Daemon {
         }
     }
 
-    async fn on_watch(&mut self, msg: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>) {
-        let resp = match msg {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(_) => {
-                warn!(error = ?msg.err().map(|e| e.to_string()), "etcd watch broken; re-listing every second until etcd answers");
+    async fn on_watch(&mut self, msg: WatchMsg) {
+        match msg {
+            WatchMsg::Broken(error) => {
+                warn!(error = ?error, "etcd watch broken; re-listing every second until etcd answers");
                 self.watch = None;
                 self.set_status(|s| s.etcd_connected = false);
                 return;
             }
-        };
-        if resp.canceled() || resp.compact_revision() > 0 {
-            warn!(compact = resp.compact_revision(), reason = %resp.cancel_reason(), "watch cancelled; re-listing");
-            self.watch = None;
-            if let Err(e) = self.relist().await {
-                warn!(error = %format!("{e:#}"), "re-list failed");
-            }
-        } else {
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match ev.event_type() {
-                    EventType::Put => {
-                        self.records.insert(
-                            key.clone(),
-                            RawRecord {
-                                key,
-                                value: kv.value().to_vec(),
-                                create_revision: kv.create_revision(),
-                                mod_revision: kv.mod_revision(),
-                            },
-                        );
-                    }
-                    EventType::Delete => {
-                        self.records.remove(&key);
-                    }
+            WatchMsg::Compacted { compact_revision, reason } => {
+                warn!(compact = compact_revision, reason = %reason, "watch cancelled; re-listing");
+                self.watch = None;
+                if let Err(e) = self.relist().await {
+                    warn!(error = %format!("{e:#}"), "re-list failed");
                 }
-                self.revision = self.revision.max(kv.mod_revision());
+            }
+            WatchMsg::Events(events) => {
+                for ev in events {
+                    let rev = ev.kv.mod_revision;
+                    match ev.kind {
+                        EventKind::Put => {
+                            self.records.insert(ev.kv.key.clone(), ev.kv);
+                        }
+                        EventKind::Delete => {
+                            self.records.remove(&ev.kv.key);
+                        }
+                    }
+                    self.revision = self.revision.max(rev);
+                }
             }
         }
         self.mark_etcd_ok();
@@ -1032,16 +1023,16 @@ impl Daemon {
             let value = self.record_value.clone().into_bytes();
             let hb = self.keys.node(&self.cfg.node_name);
             let leases = [self.subnet_lease, self.heartbeat_lease];
-            match self.client() {
+            match self.store() {
                 Ok(c) => {
-                    if let Err(e) = etcd::delete_if(c, &key, value).await {
+                    if let Err(e) = c.delete_if(&key, value).await {
                         errors.push(format!("{e:#}"));
                     }
-                    if let Err(e) = c.delete(hb.as_str(), None).await {
-                        errors.push(format!("deleting {hb}: {e}"));
+                    if let Err(e) = c.delete(&hb).await {
+                        errors.push(format!("{e:#}"));
                     }
                     for l in leases.into_iter().filter(|l| *l != 0) {
-                        if let Err(e) = etcd::revoke(c, l).await {
+                        if let Err(e) = c.revoke(l).await {
                             errors.push(format!("{e:#}"));
                         }
                     }
@@ -1173,17 +1164,17 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     let pods = state.load_pods().unwrap_or_default();
     let mut errors = Vec::new();
     if let Ok(Some(s)) = state.load_subnet() {
-        match tokio::time::timeout(Duration::from_secs(10), etcd::connect(&cfg.etcd)).await {
-            Ok(Ok(mut c)) => {
+        match tokio::time::timeout(Duration::from_secs(10), EtcdStore::connect(&cfg.etcd)).await {
+            Ok(Ok(c)) => {
                 let key = keys.subnet(s.subnet);
-                if let Ok(Some((value, _))) = etcd::get(&mut c, &key).await {
-                    if SubnetRecord::from_json(&key, &value).is_ok_and(|r| r.node_id == node_id) {
-                        if let Err(e) = etcd::delete_if(&mut c, &key, value).await {
+                if let Ok(Some(rec)) = c.get(&key).await {
+                    if SubnetRecord::from_json(&key, &rec.value).is_ok_and(|r| r.node_id == node_id) {
+                        if let Err(e) = c.delete_if(&key, rec.value).await {
                             errors.push(format!("{e:#}"));
                         }
                     }
                 }
-                let _ = c.delete(keys.node(&cfg.node_name), None).await;
+                let _ = c.delete(&keys.node(&cfg.node_name)).await;
             }
             Ok(Err(e)) => errors.push(format!("{e:#}")),
             Err(_) => errors.push("timed out connecting to etcd; the subnet record stays until evicted".into()),

@@ -4,7 +4,6 @@
 pub mod api;
 pub mod cni;
 pub mod daemon;
-pub mod etcd;
 pub mod firewall;
 pub mod firewall_glue;
 pub mod http;

@@ -7,9 +7,7 @@
 //! One raw ICMP socket per round (CAP_NET_RAW), run on a blocking thread; a few bytes per peer.
 //! Nothing is sent to anything but peer gateways taken from valid subnet records.
 
-use crate::etcd;
 use anyhow::{Context, Result};
-use etcd_client::Client;
 use ipnet::Ipv4Net;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +18,7 @@ use std::time::{Duration, Instant};
 use weft_config::api::{ProbeResult, Status};
 use weft_config::probes::{PeerProbe, ProbeRecord};
 use weft_config::{subnet, Keys};
+use weft_store::{EtcdStore, Store};
 
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
@@ -103,7 +102,7 @@ pub fn round(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io:
 
 /// What the probe task needs from the daemon.
 pub struct Probe {
-    pub client: Client,
+    pub store: EtcdStore,
     /// To connect afresh when publishing keeps failing (another etcd member may be alive).
     pub etcd: weft_config::agent::EtcdConfig,
     pub keys: Keys,
@@ -134,9 +133,9 @@ impl Probe {
                         failures += 1;
                         if failures >= 2 {
                             if let Ok(Ok(c)) =
-                                tokio::time::timeout(Duration::from_secs(10), etcd::connect(&self.etcd)).await
+                                tokio::time::timeout(Duration::from_secs(10), EtcdStore::connect(&self.etcd)).await
                             {
-                                self.client = c;
+                                self.store = c;
                                 lease = 0;
                             }
                         }
@@ -197,10 +196,10 @@ impl Probe {
         };
         // The record lives a few rounds past the last one, so a dead node's results vanish.
         let ttl = (self.interval * 3).max(Duration::from_secs(10));
-        if *lease == 0 || !etcd::renew(&mut self.client, *lease).await.unwrap_or(false) {
-            *lease = etcd::grant(&mut self.client, ttl).await.context("probe lease")?;
+        if *lease == 0 || !self.store.keep_alive_once(*lease).await.unwrap_or(false) {
+            *lease = self.store.grant(ttl).await.context("probe lease")?;
         }
-        etcd::put(&mut self.client, &self.keys.probe(&self.node), record.to_json(), *lease).await
+        self.store.put(&self.keys.probe(&self.node), record.to_json(), *lease).await
     }
 }
 

@@ -40,9 +40,9 @@ impl Daemon {
         if !self.cfg.probes.enabled {
             return;
         }
-        if let Some(client) = self.client.clone() {
+        if let Some(store) = self.store.clone() {
             crate::probe::Probe {
-                client,
+                store,
                 etcd: self.cfg.etcd.clone(),
                 keys: self.keys.clone(),
                 node: self.cfg.node_name.clone(),

@@ -254,7 +254,8 @@ impl Store for EtcdStore {
     async fn campaign(&self, name: &str, lease: i64, value: impl Into<Vec<u8>> + Send) -> Result<Leadership> {
         // No deadline: campaigning waits for the current leader to go, however long that takes.
         let mut c = self.client.clone();
-        let resp = c.campaign(name, value, lease).await.map_err(Detailed).with_context(|| format!("campaigning in {name}"))?;
+        let resp =
+            c.campaign(name, value, lease).await.map_err(Detailed).with_context(|| format!("campaigning in {name}"))?;
         let k = resp.leader().with_context(|| format!("campaigning in {name}: etcd named no leader key"))?;
         Ok(Leadership {
             name: String::from_utf8_lossy(k.name()).into_owned(),
@@ -266,7 +267,8 @@ impl Store for EtcdStore {
 
     async fn resign(&self, l: &Leadership) -> Result<()> {
         let mut c = self.client.clone();
-        let key = LeaderKey::new().with_name(l.name.as_str()).with_key(l.key.as_str()).with_rev(l.rev).with_lease(l.lease);
+        let key =
+            LeaderKey::new().with_name(l.name.as_str()).with_key(l.key.as_str()).with_rev(l.rev).with_lease(l.lease);
         self.call(c.resign(Some(ResignOptions::new().with_leader(key))))
             .await
             .with_context(|| format!("resigning from {}", l.name))?;

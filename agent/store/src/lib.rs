@@ -78,8 +78,14 @@ impl Compare {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// `lease` 0: no lease.
-    Put { key: String, value: Vec<u8>, lease: i64 },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 impl Op {
@@ -119,8 +125,12 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Applies `then` if every compare holds, else `otherwise`, atomically at one revision.
     /// Returns whether the compares held.
-    fn txn(&self, compares: Vec<Compare>, then: Vec<Op>, otherwise: Vec<Op>)
-        -> impl Future<Output = Result<bool>> + Send;
+    fn txn(
+        &self,
+        compares: Vec<Compare>,
+        then: Vec<Op>,
+        otherwise: Vec<Op>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Writes `key` unconditionally (`lease` 0: no lease).
     fn put(&self, key: &str, value: impl Into<Vec<u8>> + Send, lease: i64) -> impl Future<Output = Result<()>> + Send;
@@ -139,8 +149,12 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Waits until this candidate (`lease` keeps it alive) leads election `name`; `value` is
     /// what [`Store::leader`] reports while it leads.
-    fn campaign(&self, name: &str, lease: i64, value: impl Into<Vec<u8>> + Send)
-        -> impl Future<Output = Result<Leadership>> + Send;
+    fn campaign(
+        &self,
+        name: &str,
+        lease: i64,
+        value: impl Into<Vec<u8>> + Send,
+    ) -> impl Future<Output = Result<Leadership>> + Send;
 
     /// Gives leadership up (deletes the election key if it is still this leadership's).
     fn resign(&self, leadership: &Leadership) -> impl Future<Output = Result<()>> + Send;
@@ -149,7 +163,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn leader(&self, name: &str) -> impl Future<Output = Result<Option<RawRecord>>> + Send;
 
     /// Puts `value` at `key` only if the key does not exist. Returns false on conflict.
-    fn create(&self, key: &str, value: impl Into<Vec<u8>> + Send, lease: i64) -> impl Future<Output = Result<bool>> + Send {
+    fn create(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>> + Send,
+        lease: i64,
+    ) -> impl Future<Output = Result<bool>> + Send {
         let (key, value) = (key.to_string(), value.into());
         async move {
             let put = Op::Put { key: key.clone(), value, lease };
