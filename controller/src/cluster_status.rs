@@ -8,12 +8,12 @@
 
 use crate::nodes::{self, Kv, NodeRow};
 use crate::output::{age, table};
-use etcd_client::Client;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_config::probes::ProbeRecord;
 use weft_config::{Keys, NetworkConfig};
+use weft_store::Store;
 
 /// The state of one (from, to) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,17 +169,17 @@ pub fn render(s: &ClusterStatus) -> String {
 }
 
 /// Reads everything `weftctl status` shows.
-pub async fn fetch(client: &mut Client, network: &str, timeout: Duration, now: u64) -> anyhow::Result<ClusterStatus> {
+pub async fn fetch(store: &impl Store, network: &str, now: u64) -> anyhow::Result<ClusterStatus> {
     let keys = Keys::new(network);
     // A missing or malformed config shows as "not initialised"; the nodes are still worth seeing.
-    let config = nodes::list_prefix(client, &keys.config(), timeout)
+    let config = nodes::list_prefix(store, &keys.config())
         .await?
         .into_iter()
         .find(|(k, _)| *k == keys.config())
         .and_then(|(k, v)| NetworkConfig::from_json(&k, &v).ok());
-    let subnets = nodes::list_prefix(client, &keys.subnets_prefix(), timeout).await?;
-    let beats = nodes::list_prefix(client, &keys.nodes_prefix(), timeout).await?;
-    let probes = nodes::list_prefix(client, &keys.probes_prefix(), timeout).await?;
+    let subnets = nodes::list_prefix(store, &keys.subnets_prefix()).await?;
+    let beats = nodes::list_prefix(store, &keys.nodes_prefix()).await?;
+    let probes = nodes::list_prefix(store, &keys.probes_prefix()).await?;
     Ok(build(network, config, &subnets, &beats, &probes, now))
 }
 

@@ -12,6 +12,12 @@ impl UsageError {
     }
 }
 
+impl From<weft_store::opts::OptsError> for UsageError {
+    fn from(e: weft_store::opts::OptsError) -> Self {
+        Self(e.0)
+    }
+}
+
 impl From<weft_config::ConfigError> for UsageError {
     fn from(e: weft_config::ConfigError) -> Self {
         Self(e.to_string())

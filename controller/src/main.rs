@@ -324,6 +324,7 @@ fn etcd_opts(cli: &Cli) -> Result<EtcdOpts, UsageError> {
         .as_deref()
         .ok_or_else(|| UsageError::new("--etcd: required (or set WEFT_ETCD), e.g. --etcd http://10.0.0.5:2379"))?;
     EtcdOpts::parse("--etcd", url, cli.etcd_ca.clone(), cli.etcd_cert.clone(), cli.etcd_key.clone())
+        .map_err(UsageError::from)
 }
 
 /// `NetworkConfig::new` errors rendered against the flag that holds the bad value.
@@ -348,18 +349,17 @@ fn etcd_command(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
-        let mut client = weft_controller::etcd::connect(&opts).await?;
-        let (net, t) = (cli.network.as_str(), opts.timeout);
+        let store = weft_store::EtcdStore::connect_opts(&opts).await?;
+        let net = cli.network.as_str();
         match &cli.cmd {
             Cmd::Network(NetworkCmd::Init { force, .. }) => {
                 let wanted = wanted.context("network config missing")?;
-                let plan =
-                    network::init(&mut client, net, &wanted, *force, t).await.map_err(|e| match e
-                        .downcast::<network::InitError>()
-                    {
+                let plan = network::init(&store, net, &wanted, *force).await.map_err(|e| {
+                    match e.downcast::<network::InitError>() {
                         Ok(refusal) => UsageError::new(refusal.to_string()).into(),
                         Err(e) => e,
-                    })?;
+                    }
+                })?;
                 match plan {
                     InitPlan::Unchanged => {}
                     InitPlan::Create => println!("network {net} created: {}", network::describe(&wanted)),
@@ -368,19 +368,19 @@ fn etcd_command(cli: &Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Network(NetworkCmd::Show { json }) => {
-                let c = network::show(&mut client, net, t).await?;
+                let c = network::show(&store, net).await?;
                 print_out(*json, &c, || network::render(net, &c))
             }
             Cmd::Status { json } => {
-                let s = weft_controller::cluster_status::fetch(&mut client, net, t, output::unix_now()).await?;
+                let s = weft_controller::cluster_status::fetch(&store, net, output::unix_now()).await?;
                 print_out(*json, &s, || weft_controller::cluster_status::render(&s))
             }
             Cmd::Nodes { json } => {
-                let rows = nodes::list(&mut client, net, t, output::unix_now()).await?;
+                let rows = nodes::list(&store, net, output::unix_now()).await?;
                 print_out(*json, &rows, || nodes::render(&rows))
             }
             Cmd::Node(NodeCmd::Evict { name }) => {
-                for key in nodes::evict(&mut client, net, name, t).await? {
+                for key in nodes::evict(&store, net, name).await? {
                     println!("evicted {name}: deleted {key}");
                 }
                 Ok(ExitCode::SUCCESS)

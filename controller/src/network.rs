@@ -4,11 +4,9 @@
 //! config key's revision and, when the CIDR or subnet length changes, that no subnet record
 //! appeared meanwhile; a lost race re-reads and decides again.
 
-use crate::etcd::deadline;
 use anyhow::Context;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
-use std::time::Duration;
 use weft_config::{Keys, NetworkConfig};
+use weft_store::{Compare, Op, Store};
 
 /// What is stored at the config key now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,50 +75,37 @@ pub fn describe(c: &NetworkConfig) -> String {
 }
 
 /// Writes `wanted` as the network's config. Returns the plan that was carried out.
-pub async fn init(
-    client: &mut Client,
-    network: &str,
-    wanted: &NetworkConfig,
-    force: bool,
-    timeout: Duration,
-) -> anyhow::Result<InitPlan> {
+pub async fn init(store: &impl Store, network: &str, wanted: &NetworkConfig, force: bool) -> anyhow::Result<InitPlan> {
     let keys = Keys::new(network);
     let key = keys.config();
     for _ in 0..5 {
-        let resp = deadline(timeout, client.get(key.as_str(), None)).await.with_context(|| format!("reading {key}"))?;
-        let (existing, mod_rev) = match resp.kvs().first() {
+        let (existing, mod_rev) = match store.get(&key).await? {
             None => (Existing::Absent, 0),
-            Some(kv) => {
-                let e = match NetworkConfig::from_json(&key, kv.value()) {
+            Some(r) => {
+                let e = match NetworkConfig::from_json(&key, &r.value) {
                     Ok(c) => Existing::Valid(c),
                     Err(e) => Existing::Malformed(e.to_string()),
                 };
-                (e, kv.mod_revision())
+                (e, r.mod_revision)
             }
         };
         let prefix = keys.subnets_prefix();
-        let count =
-            deadline(timeout, client.get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())))
-                .await
-                .with_context(|| format!("counting subnet records under {prefix}"))?
-                .count();
+        let (count, _) =
+            store.count(&prefix).await.with_context(|| format!("counting subnet records under {prefix}"))?;
         let plan = plan_init(network, &existing, wanted, force, count)?;
-        let mut compares = vec![if mod_rev == 0 {
-            Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-        } else {
-            Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)
-        }];
+        let mut compares =
+            vec![if mod_rev == 0 { Compare::created_at(&key, 0) } else { Compare::modified_at(&key, mod_rev) }];
         match plan {
             InitPlan::Unchanged => return Ok(plan),
             InitPlan::Replace { addressing_changes: true } => {
                 // No subnet record may appear between the count and the write.
-                compares.push(Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_prefix());
+                compares.push(Compare::created_at(&prefix, 0).with_prefix());
             }
             InitPlan::Create | InitPlan::Replace { addressing_changes: false } => {}
         }
-        let txn = Txn::new().when(compares).and_then(vec![TxnOp::put(key.as_str(), wanted.to_json(), None)]);
-        let r = deadline(timeout, client.txn(txn)).await.with_context(|| format!("writing {key}"))?;
-        if r.succeeded() {
+        let put = vec![Op::put(&key, wanted.to_json(), 0)];
+        let ok = store.txn(compares, put, vec![]).await.with_context(|| format!("writing {key}"))?;
+        if ok {
             return Ok(plan);
         }
         // Someone else wrote meanwhile: look again.
@@ -129,14 +114,13 @@ pub async fn init(
 }
 
 /// Reads the network's config; an absent or malformed one is an error naming the key.
-pub async fn show(client: &mut Client, network: &str, timeout: Duration) -> anyhow::Result<NetworkConfig> {
+pub async fn show(store: &impl Store, network: &str) -> anyhow::Result<NetworkConfig> {
     let key = Keys::new(network).config();
-    let resp = deadline(timeout, client.get(key.as_str(), None)).await.with_context(|| format!("reading {key}"))?;
-    let kv = resp
-        .kvs()
-        .first()
+    let r = store
+        .get(&key)
+        .await?
         .with_context(|| format!("network {network} has no config at {key} (create it with weftctl network init)"))?;
-    Ok(NetworkConfig::from_json(&key, kv.value())?)
+    Ok(NetworkConfig::from_json(&key, &r.value)?)
 }
 
 /// The human form of `network show`.
@@ -180,6 +164,31 @@ mod tests {
         assert!(plan_init("d", &junk, &want, false, 0).expect_err("junk").to_string().contains("unreadable: bad json"));
         assert!(plan_init("d", &junk, &want, true, 1).is_err());
         assert_eq!(plan_init("d", &junk, &want, true, 0), Ok(InitPlan::Replace { addressing_changes: true }));
+    }
+
+    #[tokio::test]
+    async fn init_writes_once_and_guards_live_subnets() {
+        let s = weft_store::MemStore::new();
+        let want = cfg("10.244.0.0/16", 24, Backend::HostGw);
+        let e = show(&s, "d").await.expect_err("nothing yet");
+        assert!(e.to_string().contains("network d has no config at /weft/v1/d/config"), "{e}");
+        assert_eq!(init(&s, "d", &want, false).await.expect("init"), InitPlan::Create);
+        assert_eq!(show(&s, "d").await.expect("show"), want);
+        let rev = s.revision();
+        assert_eq!(init(&s, "d", &want, false).await.expect("again"), InitPlan::Unchanged);
+        assert_eq!(s.revision(), rev, "an unchanged config is not written");
+
+        s.put("/weft/v1/d/subnets/10.244.1.0-24", "{}", 0).await.expect("put");
+        let other = cfg("10.1.0.0/16", 24, Backend::HostGw);
+        let e = init(&s, "d", &other, true).await.expect_err("a subnet is in use");
+        assert!(matches!(e.downcast_ref::<InitError>(), Some(InitError::SubnetsInUse { count: 1, .. })), "{e}");
+        let quic = cfg("10.244.0.0/16", 24, Backend::Quic);
+        assert_eq!(init(&s, "d", &quic, true).await.expect("force"), InitPlan::Replace { addressing_changes: false });
+        assert_eq!(show(&s, "d").await.expect("show"), quic);
+
+        s.set_down(true);
+        let e = init(&s, "d", &want, true).await.expect_err("etcd away");
+        assert!(format!("{e:#}").starts_with("reading /weft/v1/d/config: "), "{e:#}");
     }
 
     #[test]

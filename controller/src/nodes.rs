@@ -3,14 +3,13 @@
 //! Records come from other machines, so they are parsed as untrusted input: a malformed one
 //! becomes a row that says so, never a crash.
 
-use crate::etcd::deadline;
 use crate::output::{age, table};
 use anyhow::Context;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_config::{Heartbeat, Keys, SubnetRecord};
+use weft_store::{Compare, Op, Store};
 
 /// One line of `weftctl nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -140,47 +139,39 @@ pub fn render(rows: &[NodeRow]) -> String {
 }
 
 /// Reads every key under `prefix` as (key, value) pairs.
-pub async fn list_prefix(client: &mut Client, prefix: &str, timeout: Duration) -> anyhow::Result<Vec<Kv>> {
-    let resp = deadline(timeout, client.get(prefix, Some(GetOptions::new().with_prefix())))
-        .await
-        .with_context(|| format!("listing {prefix}"))?;
-    Ok(resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect())
+pub async fn list_prefix(store: &impl Store, prefix: &str) -> anyhow::Result<Vec<Kv>> {
+    let (records, _) = store.list(prefix).await?;
+    Ok(records.into_iter().map(|r| (r.key, r.value)).collect())
 }
 
-pub async fn list(client: &mut Client, network: &str, timeout: Duration, now: u64) -> anyhow::Result<Vec<NodeRow>> {
+pub async fn list(store: &impl Store, network: &str, now: u64) -> anyhow::Result<Vec<NodeRow>> {
     let keys = Keys::new(network);
-    let subnets = list_prefix(client, &keys.subnets_prefix(), timeout).await?;
-    let beats = list_prefix(client, &keys.nodes_prefix(), timeout).await?;
+    let subnets = list_prefix(store, &keys.subnets_prefix()).await?;
+    let beats = list_prefix(store, &keys.nodes_prefix()).await?;
     Ok(build_rows(&keys, &subnets, &beats, now))
 }
 
 /// Deletes the subnet record(s) of node `name` and its heartbeat. Each record is deleted only if
 /// unchanged since it was read. Returns the deleted subnet keys; none found is an error.
-pub async fn evict(client: &mut Client, network: &str, name: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
+pub async fn evict(store: &impl Store, network: &str, name: &str) -> anyhow::Result<Vec<String>> {
     let keys = Keys::new(network);
-    let prefix = keys.subnets_prefix();
-    let resp = deadline(timeout, client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
-        .await
-        .with_context(|| format!("listing {prefix}"))?;
+    let (records, _) = store.list(&keys.subnets_prefix()).await?;
     let mut compares = Vec::new();
     let mut ops = Vec::new();
     let mut deleted = Vec::new();
-    for kv in resp.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        if SubnetRecord::from_json(&key, kv.value()).is_ok_and(|r| r.node == name) {
-            compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()));
-            ops.push(TxnOp::delete(key.as_str(), None));
-            deleted.push(key);
+    for r in records {
+        if SubnetRecord::from_json(&r.key, &r.value).is_ok_and(|rec| rec.node == name) {
+            compares.push(Compare::modified_at(&r.key, r.mod_revision));
+            ops.push(Op::delete(&r.key));
+            deleted.push(r.key);
         }
     }
     if deleted.is_empty() {
         anyhow::bail!("node {name} holds no subnet record in network {network}");
     }
-    ops.push(TxnOp::delete(keys.node(name), None));
-    let r = deadline(timeout, client.txn(Txn::new().when(compares).and_then(ops)))
-        .await
-        .with_context(|| format!("deleting the records of node {name}"))?;
-    if !r.succeeded() {
+    ops.push(Op::delete(&keys.node(name)));
+    let ok = store.txn(compares, ops, vec![]).await.with_context(|| format!("deleting the records of node {name}"))?;
+    if !ok {
         anyhow::bail!("the records of node {name} changed while evicting it; look again with weftctl nodes");
     }
     Ok(deleted)
@@ -232,6 +223,36 @@ mod tests {
             lines[3].starts_with("<malformed>  10.244.3.0/24  -            -        no     -    malformed record"),
             "{t}"
         );
+    }
+
+    #[tokio::test]
+    async fn evict_deletes_the_node_records_and_heartbeat_only() {
+        let s = weft_store::MemStore::new();
+        let rec = |n: &str| {
+            format!(r#"{{"schema":1,"node":"{n}","node_id":"id-{n}","public_ip":"172.30.0.11","backend":"host-gw"}}"#)
+        };
+        s.put("/weft/v1/default/subnets/10.244.1.0-24", rec("n1"), 0).await.expect("put");
+        s.put("/weft/v1/default/subnets/10.244.2.0-24", rec("n2"), 0).await.expect("put");
+        s.put("/weft/v1/default/subnets/10.244.3.0-24", "garbage", 0).await.expect("put");
+        s.put("/weft/v1/default/nodes/n1", "{}", 0).await.expect("put");
+        s.put("/weft/v1/default/nodes/n2", "{}", 0).await.expect("put");
+        let deleted = evict(&s, "default", "n1").await.expect("evict");
+        assert_eq!(deleted, ["/weft/v1/default/subnets/10.244.1.0-24"]);
+        let (left, _) = s.list("/weft/v1/default/").await.expect("list");
+        let left: Vec<&str> = left.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            left,
+            [
+                "/weft/v1/default/nodes/n2",
+                "/weft/v1/default/subnets/10.244.2.0-24",
+                "/weft/v1/default/subnets/10.244.3.0-24"
+            ]
+        );
+        let e = evict(&s, "default", "n1").await.expect_err("nothing left");
+        assert_eq!(e.to_string(), "node n1 holds no subnet record in network default");
+        let rows = list(&s, "default", 0).await.expect("list");
+        assert_eq!(rows.len(), 2, "n2 (joined with its heartbeat) and the malformed record: {rows:?}");
+        assert_eq!(rows[0].node.as_deref(), Some("n2"));
     }
 
     #[test]

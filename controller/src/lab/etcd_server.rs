@@ -158,7 +158,7 @@ pub fn probe_member(names: &LabNames, k: usize) -> Result<(), String> {
     };
     let r = in_netns(&member_ns(names, k), move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
-        rt.block_on(async { crate::etcd::connect(&opts).await.map(drop) })
+        rt.block_on(async { weft_store::EtcdStore::connect_opts(&opts).await.map(drop) })
     });
     match r {
         Err(e) => Err(e.to_string()),

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weft_config::Backend;
+use weft_store::{EtcdStore, EventKind, Store, WatchMsg};
 
 /// Linux's USER_HZ (the unit of utime/stime in /proc/<pid>/stat) on every architecture weft
 /// runs on.
@@ -244,26 +245,25 @@ impl Watcher {
             super::netns::in_netns(&ns, move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 rt.block_on(async move {
-                    let mut client = crate::etcd::connect(&opts).await?;
-                    let mut stream = client
-                        .watch(prefix.as_str(), Some(etcd_client::WatchOptions::new().with_prefix()))
-                        .await
-                        .context("watching the subnets prefix")?;
+                    let store = EtcdStore::connect_opts(&opts).await?;
+                    let mut stream = store.watch(&prefix, 0).await.context("watching the subnets prefix")?;
                     let _ = ready_tx.send(());
                     while !stop2.load(Ordering::SeqCst) {
-                        let msg = match tokio::time::timeout(Duration::from_millis(100), stream.message()).await {
+                        let events = match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
                             Err(_) => continue,
-                            Ok(m) => m.context("watch")?.context("watch ended")?,
+                            Ok(WatchMsg::Events(events)) => events,
+                            Ok(WatchMsg::Broken(Some(e))) => anyhow::bail!("watch: {e}"),
+                            Ok(WatchMsg::Broken(None)) => anyhow::bail!("watch ended"),
+                            // Next comes Broken(None).
+                            Ok(WatchMsg::Compacted { .. }) => continue,
                         };
                         let at_ms = now_ms();
-                        for ev in msg.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            let key = String::from_utf8_lossy(kv.key()).into_owned();
-                            let put = ev.event_type() == etcd_client::EventType::Put;
-                            let node = serde_json::from_slice::<serde_json::Value>(kv.value())
+                        for ev in events {
+                            let put = ev.kind == EventKind::Put;
+                            let node = serde_json::from_slice::<serde_json::Value>(&ev.kv.value)
                                 .ok()
                                 .and_then(|v| v.get("node").and_then(|n| n.as_str()).map(str::to_string));
-                            let segment = key.rsplit('/').next().unwrap_or_default().to_string();
+                            let segment = ev.kv.key.rsplit('/').next().unwrap_or_default().to_string();
                             events2.lock().unwrap_or_else(|p| p.into_inner()).push(Event { segment, put, node, at_ms });
                         }
                     }
@@ -307,9 +307,9 @@ fn etcd_revision(lab: &Lab) -> anyhow::Result<i64> {
     super::netns::in_netns(&lab.names().etcd_ns(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
-            let mut c = crate::etcd::connect(&opts).await?;
-            let r = c.get(weft_config::keys::ROOT, Some(etcd_client::GetOptions::new().with_count_only())).await?;
-            anyhow::Ok(r.header().map_or(0, |h| h.revision()))
+            let store = EtcdStore::connect_opts(&opts).await?;
+            let (_, revision) = store.count(weft_config::keys::ROOT).await?;
+            anyhow::Ok(revision)
         })
     })?
 }
