@@ -32,7 +32,7 @@ pub enum WatchMsg {
 }
 
 enum Inner {
-    Etcd(etcd_client::WatchStream),
+    Etcd(Box<etcd_client::WatchStream>),
     Mem(mpsc::UnboundedReceiver<WatchMsg>),
     Done,
 }
@@ -43,7 +43,7 @@ pub struct Watch(Inner);
 
 impl Watch {
     pub(crate) fn etcd(stream: etcd_client::WatchStream) -> Self {
-        Self(Inner::Etcd(stream))
+        Self(Inner::Etcd(Box::new(stream)))
     }
 
     pub(crate) fn mem(rx: mpsc::UnboundedReceiver<WatchMsg>) -> Self {
