@@ -229,3 +229,16 @@ async fn a_waiting_campaign_fails_when_etcd_goes_away() {
     let r = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("woken").expect("task");
     assert!(r.is_err());
 }
+
+/// Code generic over `S: Store` (as a daemon would be) can spawn the trait's futures.
+fn spawn_get<S: Store>(s: S, key: &'static str) -> tokio::task::JoinHandle<Result<Option<RawRecord>>> {
+    tokio::spawn(async move { s.get(key).await })
+}
+
+#[tokio::test]
+async fn generic_code_can_spawn_store_futures() {
+    let s = MemStore::new();
+    s.put("/k", "v", 0).await.expect("put");
+    let got = spawn_get(s.clone(), "/k").await.expect("task").expect("get").expect("present");
+    assert_eq!((got.value.as_slice(), got.create_revision), (&b"v"[..], 2));
+}
