@@ -1,17 +1,17 @@
-//! Binds the firewall module to the agent: which rule set this node wants, and keeping the
-//! blocking iptables/nft calls off the async workers' hot path.
+//! Binds the firewall module to the agent: the rule set for this node's network, subnet and
+//! forward mode (which the backends decide), and keeping the blocking iptables/nft calls off
+//! the async workers' hot path.
 
 use crate::firewall::{self, FirewallSpec, ForwardMode};
 use anyhow::{anyhow, Result};
 use ipnet::Ipv4Net;
-use weft_config::{AgentConfig, Backend, NetworkConfig};
+use weft_config::AgentConfig;
 
 pub struct Firewall {
     inner: firewall::Firewall,
     network: String,
     bridge: String,
     ip_masq: bool,
-    tun: Option<String>,
 }
 
 impl Firewall {
@@ -21,16 +21,10 @@ impl Firewall {
             network: cfg.network.clone(),
             bridge: cfg.bridge.name.clone(),
             ip_masq: cfg.ip_masq,
-            tun: cfg.quic.as_ref().map(|q| q.tun.clone()),
         }
     }
 
-    fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net, backend: Backend) -> FirewallSpec {
-        let mode = match (backend, &self.tun) {
-            (Backend::Quic, Some(tun)) => ForwardMode::Tunnel { tun: tun.clone() },
-            (Backend::Quic, None) => ForwardMode::Tunnel { tun: "weft-tun0".into() },
-            (Backend::HostGw, _) => ForwardMode::Open,
-        };
+    fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net, mode: ForwardMode) -> FirewallSpec {
         FirewallSpec {
             network: self.network.clone(),
             cluster_cidr: cluster,
@@ -42,15 +36,15 @@ impl Firewall {
     }
 
     /// Checks the rules and restores whatever is missing (a few short processes).
-    pub fn ensure(&self, net: &NetworkConfig, subnet: Ipv4Net) -> Result<()> {
-        let spec = self.spec(net.cidr, subnet, net.backend);
+    pub fn ensure(&self, cluster: Ipv4Net, subnet: Ipv4Net, mode: ForwardMode) -> Result<()> {
+        let spec = self.spec(cluster, subnet, mode);
         // The firewall module logs each repair itself.
         tokio::task::block_in_place(|| self.inner.ensure(&spec)).map(drop).map_err(|e| anyhow!("firewall: {e}"))
     }
 
     /// Removes every rule and chain of this network. Needs only the network name.
     pub fn remove(&self) -> Result<()> {
-        let spec = self.spec(Ipv4Net::default(), Ipv4Net::default(), Backend::HostGw);
+        let spec = self.spec(Ipv4Net::default(), Ipv4Net::default(), ForwardMode::Open);
         tokio::task::block_in_place(|| self.inner.remove(&spec))
             .map_err(|errs| anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
     }
