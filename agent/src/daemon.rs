@@ -4,8 +4,8 @@
 use crate::api::{self, Command};
 use crate::etcd;
 use crate::firewall_glue::Firewall;
+use crate::kernel::{write_sysctl, Kernel, Netlink};
 use crate::lease::{self, Decision, Existing};
-use crate::netlink::{write_sysctl, Netlink};
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::routes::{self, Action, Route, Underlay};
 use crate::state::{self, PodRecord, PodSource, StateDir, SubnetState};
@@ -1091,7 +1091,7 @@ fn pod_names(name: &str, netns: Option<String>, ifname: Option<String>) -> Resul
 
 /// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.
 pub async fn teardown_local(
-    nl: &Netlink,
+    nl: &impl Kernel,
     cfg: &AgentConfig,
     pods: &[PodRecord],
     state: &StateDir,

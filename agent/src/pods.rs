@@ -2,13 +2,12 @@
 //! node subnet and a default route via the bridge. `attach` is the single idempotent operation
 //! that creates or repairs a pod; the state dir records the result and is the source of truth.
 
-use crate::netlink::Netlink;
-use crate::netns;
+use crate::kernel::Kernel;
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use weft_config::subnet;
 
 /// Host-side veth name, derived from the pod's namespace and interface so it is stable across
@@ -35,8 +34,8 @@ pub fn choose_addr(subnet: Ipv4Net, current: &[Ipv4Addr], used_by_others: &BTree
         .or_else(|| subnet::first_free_addr(subnet, used_by_others))
 }
 
-pub struct PodNet<'a> {
-    pub nl: &'a Netlink,
+pub struct PodNet<'a, K> {
+    pub nl: &'a K,
     pub bridge_index: u32,
     pub subnet: Ipv4Net,
     pub mtu: u32,
@@ -54,13 +53,13 @@ pub struct AttachRequest<'a> {
 }
 
 /// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod.
-pub async fn attach(
-    net: &PodNet<'_>,
+pub async fn attach<K: Kernel>(
+    net: &PodNet<'_, K>,
     req: &AttachRequest<'_>,
     used_by_others: &BTreeSet<Ipv4Addr>,
 ) -> Result<PodRecord> {
-    let created = netns::ensure(req.netns).with_context(|| format!("creating namespace {}", req.netns))?;
-    let pod_nl = Netlink::open_in(req.netns)?;
+    let created = net.nl.ensure_netns(req.netns)?;
+    let pod_nl = net.nl.in_netns(req.netns)?;
     let host = host_veth_name(req.netns, req.ifname);
 
     let mut inside = pod_nl.link(req.ifname).await?;
@@ -113,7 +112,7 @@ pub async fn attach(
     if !present.contains(&want) {
         pod_nl.add_addr(inside.index, want).await?;
     }
-    pod_nl.replace_default_route(subnet::gateway(net.subnet), inside.index).await?;
+    pod_nl.replace_default_route(IpAddr::V4(subnet::gateway(net.subnet)), inside.index).await?;
     Ok(PodRecord {
         name: req.name.to_string(),
         netns: req.netns.to_string(),
@@ -126,12 +125,12 @@ pub async fn attach(
 }
 
 /// Removes a pod's veth and, when weft created it, its namespace. Absent parts are fine.
-pub async fn detach(nl: &Netlink, pod: &PodRecord, remove_netns: bool) -> Result<()> {
+pub async fn detach(nl: &impl Kernel, pod: &PodRecord, remove_netns: bool) -> Result<()> {
     if let Some(l) = nl.link(&pod.host_veth).await? {
         nl.del_link(l.index).await?;
     }
     if remove_netns {
-        netns::remove(&pod.netns).with_context(|| format!("removing namespace {}", pod.netns))?;
+        nl.remove_netns(&pod.netns)?;
     }
     Ok(())
 }

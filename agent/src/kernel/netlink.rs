@@ -1,17 +1,23 @@
-//! Thin netlink effects over rtnetlink: links, addresses and weft's routes. Decisions live in
-//! `routes` and `pods`; this module only reads and writes kernel state.
+//! The real [`Kernel`]: thin netlink effects over rtnetlink (links, addresses, weft's routes,
+//! neighbour and FDB entries). Decisions live in `routes`, `pods` and the backends; this module
+//! only reads and writes kernel state.
 
+use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan};
 use crate::routes::{Action, Route, RouteKind, WEFT_PROTO};
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 /// The errno of a netlink failure, if it is one.
@@ -22,16 +28,6 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    pub mtu: u32,
-    pub up: bool,
-    pub kind: Option<String>,
-    pub controller: Option<u32>,
-}
-
 fn parse_link(m: &LinkMessage) -> Link {
     let mut l = Link {
         index: m.header.index,
@@ -40,16 +36,21 @@ fn parse_link(m: &LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         kind: None,
         controller: None,
+        mac: None,
+        vxlan: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::Controller(c) => l.controller = Some(*c),
+            LinkAttribute::Address(b) => l.mac = Mac::from_bytes(b),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        l.kind = Some(k.to_string());
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan = Some(parse_vxlan(v)),
+                        _ => {}
                     }
                 }
             }
@@ -57,6 +58,22 @@ fn parse_link(m: &LinkMessage) -> Link {
         }
     }
     l
+}
+
+fn parse_vxlan(infos: &[InfoVxlan]) -> Vxlan {
+    let mut v = Vxlan { vni: 0, port: 0, local: None, underlay: None, learning: true };
+    for i in infos {
+        match i {
+            InfoVxlan::Id(id) => v.vni = *id,
+            InfoVxlan::Port(p) => v.port = *p,
+            InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Link(l) => v.underlay = Some(*l),
+            InfoVxlan::Learning(on) => v.learning = *on,
+            _ => {}
+        }
+    }
+    v
 }
 
 /// A netlink socket bound to one network namespace (the one it was opened in).
@@ -86,8 +103,86 @@ impl Netlink {
         tokio::spawn(conn);
         Ok(Self { handle })
     }
+}
 
-    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+impl Netlink {
+    /// All IPv4 routes of the main table.
+    async fn main_routes(&self) -> Result<Vec<RouteMessage>> {
+        let mut out = Vec::new();
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(m) = s.try_next().await.context("listing routes")? {
+            if table_of(&m) == u32::from(RouteHeader::RT_TABLE_MAIN) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every neighbour message of `family` on device `ifindex` (a dump filtered here).
+    async fn neighbour_messages(&self, family: AddressFamily, ifindex: u32) -> Result<Vec<NeighbourMessage>> {
+        let mut out = Vec::new();
+        let mut s = self.handle.neighbours().get().set_address_family(family).execute();
+        while let Some(m) = s.try_next().await.context("listing neighbours")? {
+            if m.header.ifindex == ifindex {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn neighbours_of(&self, ifindex: u32) -> Result<Vec<Listed<Neighbour>>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            out.extend(self.neighbour_messages(family, ifindex).await?.iter().filter_map(parse_neighbour));
+        }
+        Ok(out)
+    }
+
+    async fn fdb_of(&self, ifindex: u32) -> Result<Vec<Listed<Fdb>>> {
+        Ok(self.neighbour_messages(AddressFamily::Bridge, ifindex).await?.iter().filter_map(parse_fdb).collect())
+    }
+
+    async fn write_neighbour(&self, n: &Neighbour, replace: bool) -> Result<()> {
+        let mut req =
+            self.handle.neighbours().add(n.ifindex, n.ip).state(NeighbourState::Permanent).link_layer_address(&n.mac.0);
+        req.message_mut().attributes.push(NeighbourAttribute::Protocol(RouteProtocol::Other(WEFT_PROTO)));
+        if replace {
+            req = req.replace();
+        }
+        req.execute()
+            .await
+            .with_context(|| format!("setting neighbour {} lladdr {} on link #{}", n.ip, n.mac, n.ifindex))
+    }
+
+    async fn write_fdb(&self, f: &Fdb, replace: bool) -> Result<()> {
+        let mut req = self
+            .handle
+            .neighbours()
+            .add_bridge(f.ifindex, &f.mac.0)
+            .state(NeighbourState::Permanent)
+            .flags(NeighbourFlags::Own | NeighbourFlags::ExtLearned);
+        req.message_mut().attributes.push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
+        if replace {
+            req = req.replace();
+        }
+        req.execute().await.with_context(|| format!("setting fdb {} dst {} on link #{}", f.mac, f.dst, f.ifindex))
+    }
+}
+
+impl Kernel for Netlink {
+    fn ensure_netns(&self, name: &str) -> Result<bool> {
+        crate::netns::ensure(name).with_context(|| format!("creating namespace {name}"))
+    }
+
+    fn remove_netns(&self, name: &str) -> Result<()> {
+        crate::netns::remove(name).with_context(|| format!("removing namespace {name}"))
+    }
+
+    fn in_netns(&self, name: &str) -> Result<Self> {
+        Self::open_in(name)
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<Link>> {
         let mut s = self.handle.link().get().match_name(name.to_string()).execute();
         match s.try_next().await {
             Ok(Some(m)) => Ok(Some(parse_link(&m))),
@@ -97,7 +192,7 @@ impl Netlink {
         }
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
         let mut s = self.handle.link().get().match_index(index).execute();
         match s.try_next().await {
             Ok(m) => Ok(m.as_ref().map(parse_link)),
@@ -107,7 +202,7 @@ impl Netlink {
     }
 
     /// Creates the bridge if missing, sets its MTU and brings it up. Returns its index.
-    pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+    async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
         let link = match self.link(name).await? {
             Some(l) => l,
             None => {
@@ -129,7 +224,7 @@ impl Netlink {
         Ok(link.index)
     }
 
-    pub async fn set_link(&self, index: u32, mtu: Option<u32>, up: bool, controller: Option<u32>) -> Result<()> {
+    async fn set_link(&self, index: u32, mtu: Option<u32>, up: bool, controller: Option<u32>) -> Result<()> {
         let mut b = LinkUnspec::new_with_index(index);
         if let Some(m) = mtu {
             b = b.mtu(m);
@@ -141,13 +236,13 @@ impl Netlink {
         self.handle.link().set(b.build()).execute().await.with_context(|| format!("setting link #{index}"))
     }
 
-    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+    async fn rename(&self, index: u32, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).name(name.to_string()).build();
         self.handle.link().set(msg).execute().await.with_context(|| format!("renaming link #{index} to {name}"))
     }
 
     /// Creates a veth pair in this namespace.
-    pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+    async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
         self.handle
             .link()
             .add(LinkVeth::new(name, peer).mtu(mtu).build())
@@ -157,13 +252,13 @@ impl Netlink {
     }
 
     /// Moves a link into another (named) network namespace.
-    pub async fn move_to_netns(&self, index: u32, netns: &str) -> Result<()> {
+    async fn move_to_netns(&self, index: u32, netns: &str) -> Result<()> {
         let ns = crate::netns::open(netns)?;
         let msg = LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd()).build();
         self.handle.link().set(msg).execute().await.with_context(|| format!("moving link #{index} into {netns}"))
     }
 
-    pub async fn del_link(&self, index: u32) -> Result<()> {
+    async fn del_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
@@ -171,8 +266,37 @@ impl Netlink {
         }
     }
 
-    /// IPv4 addresses (with prefix) on a link.
-    pub async fn addrs(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+    async fn add_vxlan(&self, name: &str, mtu: u32, spec: &Vxlan) -> Result<u32> {
+        let mut b = LinkVxlan::new(name, spec.vni).mtu(mtu).port(spec.port).learning(spec.learning);
+        match spec.local {
+            Some(IpAddr::V4(ip)) => b = b.local(ip),
+            Some(IpAddr::V6(ip)) => b = b.local6(ip),
+            None => {}
+        }
+        if let Some(dev) = spec.underlay {
+            b = b.dev(dev);
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .with_context(|| format!("creating vxlan device {name} (vni {})", spec.vni))?;
+        Ok(self.link(name).await?.with_context(|| format!("vxlan device {name} vanished after creation"))?.index)
+    }
+
+    async fn add_wireguard(&self, name: &str, mtu: u32) -> Result<u32> {
+        match self.handle.link().add(LinkWireguard::new(name).mtu(mtu).build()).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => return Err(anyhow!(e).context(format!(
+                "creating wireguard device {name}: this kernel has no WireGuard (is the wireguard module available?)"
+            ))),
+            Err(e) => return Err(anyhow!(e).context(format!("creating wireguard device {name}"))),
+        }
+        Ok(self.link(name).await?.with_context(|| format!("wireguard device {name} vanished after creation"))?.index)
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
         let mut out = Vec::new();
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(m) = s.try_next().await.context("listing addresses")? {
@@ -186,15 +310,15 @@ impl Netlink {
         Ok(out)
     }
 
-    pub async fn add_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
-        match self.handle.address().add(index, IpAddr::V4(addr.addr()), addr.prefix_len()).execute().await {
+    async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(anyhow!(e).context(format!("adding {addr} to link #{index}"))),
         }
     }
 
-    pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    async fn del_address(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(m) = s.try_next().await.context("listing addresses")? {
             if m.header.index == index && addr_of(&m) == Some(addr) {
@@ -204,20 +328,8 @@ impl Netlink {
         Ok(())
     }
 
-    /// All IPv4 routes of the main table.
-    async fn main_routes(&self) -> Result<Vec<RouteMessage>> {
-        let mut out = Vec::new();
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(m) = s.try_next().await.context("listing routes")? {
-            if table_of(&m) == u32::from(RouteHeader::RT_TABLE_MAIN) {
-                out.push(m);
-            }
-        }
-        Ok(out)
-    }
-
     /// The routes weft owns (protocol `WEFT_PROTO`) in the main table.
-    pub async fn weft_routes(&self) -> Result<Vec<Route>> {
+    async fn weft_routes(&self) -> Result<Vec<Route>> {
         Ok(self
             .main_routes()
             .await?
@@ -228,7 +340,7 @@ impl Netlink {
     }
 
     /// Output interface of the IPv4 default route, if any.
-    pub async fn default_route_oif(&self) -> Result<Option<u32>> {
+    async fn default_route_oif(&self) -> Result<Option<u32>> {
         Ok(self
             .main_routes()
             .await?
@@ -239,7 +351,7 @@ impl Netlink {
             }))
     }
 
-    pub async fn apply(&self, action: &Action) -> Result<()> {
+    async fn apply(&self, action: &Action) -> Result<()> {
         match action {
             Action::Add(r) => match self.handle.route().add(build_route(r)).execute().await {
                 Ok(()) => Ok(()),
@@ -270,12 +382,19 @@ impl Netlink {
     }
 
     /// Adds (or replaces) a plain route not owned by weft's reconcile, e.g. a pod's default route.
-    pub async fn replace_default_route(&self, via: Ipv4Addr, oif: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(via)
-            .output_interface(oif)
-            .protocol(RouteProtocol::Boot)
-            .build();
+    async fn replace_default_route(&self, via: IpAddr, oif: u32) -> Result<()> {
+        let msg = match via {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(v4)
+                .output_interface(oif)
+                .protocol(RouteProtocol::Boot)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(v6)
+                .output_interface(oif)
+                .protocol(RouteProtocol::Boot)
+                .build(),
+        };
         self.handle
             .route()
             .add(msg)
@@ -284,19 +403,153 @@ impl Netlink {
             .await
             .with_context(|| format!("setting default route via {via}"))
     }
+
+    async fn neighbours(&self, ifindex: u32) -> Result<Vec<Listed<Neighbour>>> {
+        self.neighbours_of(ifindex).await
+    }
+
+    async fn add_neighbour(&self, n: &Neighbour) -> Result<()> {
+        self.write_neighbour(n, false).await
+    }
+
+    async fn replace_neighbour(&self, n: &Neighbour) -> Result<()> {
+        let current = self.neighbours_of(n.ifindex).await?;
+        if let Some(other) = current.iter().find(|l| l.entry.ip == n.ip && l.owner == Owner::Other) {
+            return Err(
+                NotOurs { what: format!("neighbour {} on link #{}", n.ip, n.ifindex), owner: other.owner }.into()
+            );
+        }
+        self.write_neighbour(n, true).await
+    }
+
+    async fn del_neighbour(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        let family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let found = self
+            .neighbour_messages(family, ifindex)
+            .await?
+            .into_iter()
+            .find(|m| parse_neighbour(m).is_some_and(|l| l.entry.ip == ip));
+        let what = || format!("neighbour {ip} on link #{ifindex}");
+        let Some(m) = found else {
+            return Err(anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context(what()));
+        };
+        let owner = parse_neighbour(&m).map(|l| l.owner).unwrap_or(Owner::Other);
+        if owner != Owner::Weft {
+            return Err(NotOurs { what: what(), owner }.into());
+        }
+        self.handle.neighbours().del(m).execute().await.with_context(|| format!("deleting {}", what()))
+    }
+
+    async fn fdb(&self, ifindex: u32) -> Result<Vec<Listed<Fdb>>> {
+        self.fdb_of(ifindex).await
+    }
+
+    async fn add_fdb(&self, f: &Fdb) -> Result<()> {
+        self.write_fdb(f, false).await
+    }
+
+    async fn replace_fdb(&self, f: &Fdb) -> Result<()> {
+        let current = self.fdb_of(f.ifindex).await?;
+        if let Some(other) = current.iter().find(|l| l.entry.mac == f.mac && l.owner == Owner::Other) {
+            return Err(
+                NotOurs { what: format!("fdb entry {} on link #{}", f.mac, f.ifindex), owner: other.owner }.into()
+            );
+        }
+        self.write_fdb(f, true).await
+    }
+
+    async fn del_fdb(&self, ifindex: u32, mac: Mac) -> Result<()> {
+        let found = self
+            .neighbour_messages(AddressFamily::Bridge, ifindex)
+            .await?
+            .into_iter()
+            .filter_map(|m| parse_fdb(&m).map(|l| (m, l)))
+            .find(|(_, l)| l.entry.mac == mac);
+        let what = || format!("fdb entry {mac} on link #{ifindex}");
+        let Some((m, listed)) = found else {
+            return Err(anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context(what()));
+        };
+        if listed.owner != Owner::Weft {
+            return Err(NotOurs { what: what(), owner: listed.owner }.into());
+        }
+        self.handle.neighbours().del(m).execute().await.with_context(|| format!("deleting {}", what()))
+    }
 }
 
-fn addr_of(m: &AddressMessage) -> Option<Ipv4Net> {
+fn addr_of(m: &AddressMessage) -> Option<IpNet> {
     let mut local = None;
     let mut address = None;
     for a in &m.attributes {
         match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
-            AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
             _ => {}
         }
     }
-    local.or(address).and_then(|ip| Ipv4Net::new(ip, m.header.prefix_len).ok())
+    local.or(address).and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok())
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A static entry is permanent (or noarp); anything else the kernel learned and may age out.
+fn is_static(state: NeighbourState) -> bool {
+    matches!(state, NeighbourState::Permanent | NeighbourState::Noarp)
+}
+
+fn parse_neighbour(m: &NeighbourMessage) -> Option<Listed<Neighbour>> {
+    let mut ip = None;
+    let mut mac = None;
+    let mut proto = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => ip = neighbour_ip(d),
+            NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_bytes(b),
+            NeighbourAttribute::Protocol(p) => proto = Some(*p),
+            _ => {}
+        }
+    }
+    let owner = if proto == Some(RouteProtocol::Other(WEFT_PROTO)) {
+        Owner::Weft
+    } else if is_static(m.header.state) {
+        Owner::Other
+    } else {
+        Owner::Learned
+    };
+    // An incomplete or failed entry has no MAC yet: listed with a zero one, so weft can replace it.
+    Some(Listed { entry: Neighbour { ifindex: m.header.ifindex, ip: ip?, mac: mac.unwrap_or_default() }, owner })
+}
+
+fn parse_fdb(m: &NeighbourMessage) -> Option<Listed<Fdb>> {
+    let mut dst = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => dst = neighbour_ip(d),
+            NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_bytes(b),
+            _ => {}
+        }
+    }
+    let owner = if m.header.flags.contains(NeighbourFlags::ExtLearned) {
+        Owner::Weft
+    } else if is_static(m.header.state) {
+        Owner::Other
+    } else {
+        Owner::Learned
+    };
+    Some(Listed { entry: Fdb { ifindex: m.header.ifindex, mac: mac?, dst: dst? }, owner })
 }
 
 fn table_of(m: &RouteMessage) -> u32 {

@@ -1,0 +1,688 @@
+//! An in-memory [`Kernel`]: a model of network namespaces with their links, addresses, routes,
+//! neighbour and FDB entries that applies each call as the kernel would (the same `EEXIST`,
+//! `ENOENT`, `ENODEV` failures, route replace, veth peers dying together, ownership marks kept)
+//! and records, in order, every change a real kernel would have been sent. Tests drive code
+//! that is generic over [`Kernel`] against it and assert "this setup sends these changes".
+
+use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan, WEFT_PROTO};
+use crate::routes::{Action, Route, RouteKind};
+use anyhow::Result;
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Name of the namespace a new [`FakeKernel`] starts in (the host's).
+pub const ROOT: &str = "(root)";
+/// Route protocol of the pod default route (`RTPROT_BOOT`, what `ip route` uses).
+pub const BOOT_PROTO: u8 = 3;
+
+/// One change sent to the kernel, as the agent expressed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    AddNetns(String),
+    RemoveNetns(String),
+    AddBridge { name: String, mtu: u32 },
+    SetLink { index: u32, mtu: Option<u32>, up: bool, controller: Option<u32> },
+    Rename { index: u32, name: String },
+    AddVeth { name: String, peer: String, mtu: u32 },
+    MoveToNetns { index: u32, netns: String },
+    DelLink(u32),
+    AddVxlan { name: String, mtu: u32, spec: Vxlan },
+    AddWireguard { name: String, mtu: u32 },
+    AddAddress { index: u32, addr: IpNet },
+    DelAddress { index: u32, addr: IpNet },
+    Route(Action),
+    ReplaceDefaultRoute { via: IpAddr, oif: u32 },
+    AddNeighbour(Neighbour),
+    ReplaceNeighbour(Neighbour),
+    DelNeighbour { ifindex: u32, ip: IpAddr },
+    AddFdb(Fdb),
+    ReplaceFdb(Fdb),
+    DelFdb { ifindex: u32, mac: Mac },
+}
+
+/// A route in the fake's main table with its protocol number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRoute {
+    pub route: Route,
+    pub proto: u8,
+}
+
+struct FakeLink {
+    link: Link,
+    /// The other end of a veth (indexes are unique across the whole fake).
+    peer: Option<u32>,
+}
+
+#[derive(Default)]
+struct Ns {
+    links: BTreeMap<u32, FakeLink>,
+    addrs: Vec<(u32, IpNet)>,
+    routes: Vec<TableRoute>,
+    neighbours: Vec<Listed<Neighbour>>,
+    fdb: Vec<Listed<Fdb>>,
+}
+
+type Matcher = Box<dyn Fn(&Call) -> bool + Send>;
+
+struct World {
+    netns: BTreeMap<String, Ns>,
+    next_index: u32,
+    calls: Vec<(String, Call)>,
+    faults: Vec<(Matcher, i32)>,
+    wireguard: bool,
+}
+
+/// A handle on one namespace of a shared in-memory kernel. Clones share the kernel.
+#[derive(Clone)]
+pub struct FakeKernel {
+    world: Arc<Mutex<World>>,
+    ns: String,
+}
+
+impl Default for FakeKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn os_err(errno: i32, what: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(std::io::Error::from_raw_os_error(errno)).context(what.into())
+}
+
+fn lo() -> FakeLink {
+    let link = Link {
+        index: 1,
+        name: "lo".into(),
+        mtu: 65536,
+        up: true,
+        kind: None,
+        controller: None,
+        mac: None,
+        vxlan: None,
+    };
+    FakeLink { link, peer: None }
+}
+
+fn new_ns() -> Ns {
+    let mut ns = Ns::default();
+    ns.links.insert(1, lo());
+    ns
+}
+
+impl Ns {
+    fn by_name(&self, name: &str) -> Option<&Link> {
+        self.links.values().map(|l| &l.link).find(|l| l.name == name)
+    }
+    fn get(&self, index: u32, what: &str) -> Result<&FakeLink> {
+        self.links.get(&index).ok_or_else(|| os_err(libc::ENODEV, format!("{what}: no link #{index}")))
+    }
+    fn get_mut(&mut self, index: u32, what: &str) -> Result<&mut FakeLink> {
+        self.links.get_mut(&index).ok_or_else(|| os_err(libc::ENODEV, format!("{what}: no link #{index}")))
+    }
+    fn name_free(&self, name: &str, what: &str) -> Result<()> {
+        if name.is_empty() || name.len() > 15 {
+            return Err(os_err(libc::EINVAL, format!("{what}: invalid interface name {name:?}")));
+        }
+        match self.by_name(name) {
+            Some(_) => Err(os_err(libc::EEXIST, format!("{what}: {name} exists"))),
+            None => Ok(()),
+        }
+    }
+    /// Everything that hangs off a link goes with it (or with its move elsewhere).
+    fn forget(&mut self, index: u32) {
+        self.addrs.retain(|(i, _)| *i != index);
+        self.routes.retain(|r| r.route.oif != Some(index));
+        self.neighbours.retain(|n| n.entry.ifindex != index);
+        self.fdb.retain(|f| f.entry.ifindex != index);
+        for l in self.links.values_mut() {
+            if l.link.controller == Some(index) {
+                l.link.controller = None;
+            }
+        }
+    }
+    fn remove_link(&mut self, index: u32) -> Option<FakeLink> {
+        let l = self.links.remove(&index)?;
+        self.forget(index);
+        Some(l)
+    }
+}
+
+impl World {
+    fn ns(&self, name: &str) -> Result<&Ns> {
+        self.netns.get(name).ok_or_else(|| os_err(libc::ENOENT, format!("network namespace {name} does not exist")))
+    }
+    fn ns_mut(&mut self, name: &str) -> Result<&mut Ns> {
+        self.netns.get_mut(name).ok_or_else(|| os_err(libc::ENOENT, format!("network namespace {name} does not exist")))
+    }
+    /// Records a change as sent; an injected fault for it makes it fail.
+    fn send(&mut self, ns: &str, call: Call) -> Result<()> {
+        let fault = self.faults.iter().position(|(m, _)| m(&call));
+        let what = format!("{call:?}");
+        self.calls.push((ns.to_string(), call));
+        match fault {
+            Some(i) => {
+                let (_, errno) = self.faults.remove(i);
+                Err(os_err(errno, format!("{what} (injected)")))
+            }
+            None => Ok(()),
+        }
+    }
+    fn alloc(&mut self) -> u32 {
+        self.next_index += 1;
+        self.next_index
+    }
+    fn new_link(&mut self, name: &str, mtu: u32, kind: &str) -> Link {
+        let index = self.alloc();
+        let b = index.to_be_bytes();
+        Link {
+            index,
+            name: name.to_string(),
+            mtu,
+            up: false,
+            kind: Some(kind.to_string()),
+            controller: None,
+            mac: Some(Mac([0x02, 0, b[0], b[1], b[2], b[3]])),
+            vxlan: None,
+        }
+    }
+    /// Deletes a link; a veth's peer goes too, wherever it is.
+    fn delete_link(&mut self, ns: &str, index: u32) -> Result<()> {
+        let Some(gone) = self.ns_mut(ns)?.remove_link(index) else { return Ok(()) };
+        if let Some(peer) = gone.peer {
+            for n in self.netns.values_mut() {
+                if n.links.get(&peer).is_some_and(|l| l.peer == Some(index)) {
+                    n.remove_link(peer);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FakeKernel {
+    /// An empty kernel: one namespace ([`ROOT`]) with only `lo`, WireGuard available.
+    pub fn new() -> Self {
+        let world = World {
+            netns: BTreeMap::from([(ROOT.to_string(), new_ns())]),
+            next_index: 1,
+            calls: Vec::new(),
+            faults: Vec::new(),
+            wireguard: true,
+        };
+        Self { world: Arc::new(Mutex::new(world)), ns: ROOT.to_string() }
+    }
+
+    fn w(&self) -> MutexGuard<'_, World> {
+        // A panic while holding the lock is already a failed test; keep going with its state.
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The namespace this handle is bound to.
+    pub fn netns(&self) -> &str {
+        &self.ns
+    }
+
+    /// Models a kernel without the WireGuard module.
+    pub fn without_wireguard(self) -> Self {
+        self.w().wireguard = false;
+        self
+    }
+
+    /// Every change sent so far, in order, with the namespace it went to.
+    pub fn calls(&self) -> Vec<(String, Call)> {
+        self.w().calls.clone()
+    }
+
+    /// The changes sent so far, forgetting them.
+    pub fn take_calls(&self) -> Vec<(String, Call)> {
+        std::mem::take(&mut self.w().calls)
+    }
+
+    /// Makes the next change that `matches` fail with `errno` (after it is recorded).
+    pub fn fail_next(&self, matches: impl Fn(&Call) -> bool + Send + 'static, errno: i32) {
+        self.w().faults.push((Box::new(matches), errno));
+    }
+
+    /// Names of the namespaces that exist.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.w().netns.keys().cloned().collect()
+    }
+
+    /// Every link of this namespace, by index.
+    pub fn links(&self) -> Vec<Link> {
+        self.w().ns(&self.ns).map(|n| n.links.values().map(|l| l.link.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The whole main table of this namespace, weft's and others' routes.
+    pub fn routes(&self) -> Vec<TableRoute> {
+        self.w().ns(&self.ns).map(|n| n.routes.clone()).unwrap_or_default()
+    }
+
+    /// Test setup, not recorded: a device that is up (e.g. the underlay `eth0`). Returns its index.
+    pub fn seed_link(&self, name: &str, kind: &str, mtu: u32) -> u32 {
+        let mut w = self.w();
+        let mut link = w.new_link(name, mtu, kind);
+        link.up = true;
+        let index = link.index;
+        if let Some(ns) = w.netns.get_mut(&self.ns) {
+            ns.links.insert(index, FakeLink { link, peer: None });
+        }
+        index
+    }
+
+    /// Test setup, not recorded: an address on a link.
+    pub fn seed_address(&self, index: u32, addr: IpNet) {
+        if let Some(ns) = self.w().netns.get_mut(&self.ns) {
+            ns.addrs.push((index, addr));
+        }
+    }
+
+    /// Test setup, not recorded: a route with any protocol (another daemon's, the kernel's).
+    pub fn seed_route(&self, route: Route, proto: u8) {
+        if let Some(ns) = self.w().netns.get_mut(&self.ns) {
+            ns.routes.push(TableRoute { route, proto });
+        }
+    }
+
+    /// Test setup, not recorded: a neighbour entry with any owner.
+    pub fn seed_neighbour(&self, entry: Neighbour, owner: Owner) {
+        if let Some(ns) = self.w().netns.get_mut(&self.ns) {
+            ns.neighbours.push(Listed { entry, owner });
+        }
+    }
+
+    /// Test setup, not recorded: an FDB entry with any owner.
+    pub fn seed_fdb(&self, entry: Fdb, owner: Owner) {
+        if let Some(ns) = self.w().netns.get_mut(&self.ns) {
+            ns.fdb.push(Listed { entry, owner });
+        }
+    }
+
+    fn write_neighbour(&self, n: &Neighbour, replace: bool) -> Result<()> {
+        let mut w = self.w();
+        let call = if replace { Call::ReplaceNeighbour(n.clone()) } else { Call::AddNeighbour(n.clone()) };
+        let what = format!("neighbour {} on link #{}", n.ip, n.ifindex);
+        let ns = w.ns(&self.ns)?;
+        let existing = ns.neighbours.iter().position(|l| l.entry.ifindex == n.ifindex && l.entry.ip == n.ip);
+        if let Some(i) = existing.filter(|_| replace) {
+            if ns.neighbours[i].owner == Owner::Other {
+                return Err(NotOurs { what, owner: Owner::Other }.into());
+            }
+        }
+        w.send(&self.ns, call)?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(n.ifindex, &what)?;
+        let listed = Listed { entry: n.clone(), owner: Owner::Weft };
+        match existing {
+            Some(_) if !replace => Err(os_err(libc::EEXIST, format!("adding {what}: exists"))),
+            Some(i) => {
+                ns.neighbours[i] = listed;
+                Ok(())
+            }
+            None => {
+                ns.neighbours.push(listed);
+                Ok(())
+            }
+        }
+    }
+
+    fn write_fdb(&self, f: &Fdb, replace: bool) -> Result<()> {
+        let mut w = self.w();
+        let call = if replace { Call::ReplaceFdb(f.clone()) } else { Call::AddFdb(f.clone()) };
+        let what = format!("fdb entry {} on link #{}", f.mac, f.ifindex);
+        let ns = w.ns(&self.ns)?;
+        let existing = ns.fdb.iter().position(|l| l.entry.ifindex == f.ifindex && l.entry.mac == f.mac);
+        if let Some(i) = existing.filter(|_| replace) {
+            if ns.fdb[i].owner == Owner::Other {
+                return Err(NotOurs { what, owner: Owner::Other }.into());
+            }
+        }
+        w.send(&self.ns, call)?;
+        let ns = w.ns_mut(&self.ns)?;
+        if ns.get(f.ifindex, &what)?.link.kind.as_deref() != Some("vxlan") {
+            return Err(os_err(libc::EOPNOTSUPP, format!("{what}: remote FDB entries need a vxlan device")));
+        }
+        let listed = Listed { entry: f.clone(), owner: Owner::Weft };
+        match existing {
+            Some(_) if !replace => Err(os_err(libc::EEXIST, format!("adding {what}: exists"))),
+            Some(i) => {
+                ns.fdb[i] = listed;
+                Ok(())
+            }
+            None => {
+                ns.fdb.push(listed);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The kernel's key for an IPv4 route in one table: destination, TOS (always 0 here), metric.
+fn same_key(a: &Route, b: &Route) -> bool {
+    a.dst == b.dst && a.metric == b.metric
+}
+
+impl Kernel for FakeKernel {
+    fn ensure_netns(&self, name: &str) -> Result<bool> {
+        let mut w = self.w();
+        if w.netns.contains_key(name) {
+            return Ok(false);
+        }
+        w.send(&self.ns, Call::AddNetns(name.to_string()))?;
+        w.netns.insert(name.to_string(), new_ns());
+        Ok(true)
+    }
+
+    fn remove_netns(&self, name: &str) -> Result<()> {
+        let mut w = self.w();
+        let Some(ns) = w.netns.get(name) else { return Ok(()) };
+        let indexes: Vec<u32> = ns.links.keys().copied().filter(|i| *i != 1).collect();
+        w.send(&self.ns, Call::RemoveNetns(name.to_string()))?;
+        for i in indexes {
+            w.delete_link(name, i)?;
+        }
+        w.netns.remove(name);
+        Ok(())
+    }
+
+    fn in_netns(&self, name: &str) -> Result<Self> {
+        self.w().ns(name)?;
+        Ok(Self { world: self.world.clone(), ns: name.to_string() })
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.w().ns(&self.ns)?.by_name(name).cloned())
+    }
+
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        Ok(self.w().ns(&self.ns)?.links.get(&index).map(|l| l.link.clone()))
+    }
+
+    async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+        let mut w = self.w();
+        let link = match w.ns(&self.ns)?.by_name(name).cloned() {
+            Some(l) => l,
+            None => {
+                w.send(&self.ns, Call::AddBridge { name: name.to_string(), mtu })?;
+                w.ns(&self.ns)?.name_free(name, "creating bridge")?;
+                let link = w.new_link(name, mtu, "bridge");
+                w.ns_mut(&self.ns)?.links.insert(link.index, FakeLink { link: link.clone(), peer: None });
+                link
+            }
+        };
+        if link.kind.as_deref() != Some("bridge") {
+            anyhow::bail!("{name} exists but is a {} device, not a bridge", link.kind.as_deref().unwrap_or("plain"));
+        }
+        if !link.up || link.mtu != mtu {
+            w.send(&self.ns, Call::SetLink { index: link.index, mtu: Some(mtu), up: true, controller: None })?;
+            let l = &mut w.ns_mut(&self.ns)?.get_mut(link.index, "setting bridge")?.link;
+            l.mtu = mtu;
+            l.up = true;
+        }
+        Ok(link.index)
+    }
+
+    async fn set_link(&self, index: u32, mtu: Option<u32>, up: bool, controller: Option<u32>) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::SetLink { index, mtu, up, controller })?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(index, "setting link")?;
+        if let Some(c) = controller {
+            if ns.get(c, "setting the controller")?.link.kind.as_deref() != Some("bridge") {
+                return Err(os_err(libc::EOPNOTSUPP, format!("link #{c} cannot be a controller")));
+            }
+        }
+        let l = &mut ns.get_mut(index, "setting link")?.link;
+        if let Some(m) = mtu {
+            l.mtu = m;
+        }
+        if controller.is_some() {
+            l.controller = controller;
+        }
+        l.up = up;
+        Ok(())
+    }
+
+    async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::Rename { index, name: name.to_string() })?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(index, "renaming")?;
+        ns.name_free(name, "renaming")?;
+        ns.get_mut(index, "renaming")?.link.name = name.to_string();
+        Ok(())
+    }
+
+    async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::AddVeth { name: name.to_string(), peer: peer.to_string(), mtu })?;
+        let ns = w.ns(&self.ns)?;
+        ns.name_free(name, "creating veth")?;
+        ns.name_free(peer, "creating veth")?;
+        if name == peer {
+            return Err(os_err(libc::EEXIST, format!("creating veth: both ends are {name}")));
+        }
+        let a = w.new_link(name, mtu, "veth");
+        let b = w.new_link(peer, mtu, "veth");
+        let (ia, ib) = (a.index, b.index);
+        let ns = w.ns_mut(&self.ns)?;
+        ns.links.insert(ia, FakeLink { link: a, peer: Some(ib) });
+        ns.links.insert(ib, FakeLink { link: b, peer: Some(ia) });
+        Ok(())
+    }
+
+    async fn move_to_netns(&self, index: u32, netns: &str) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::MoveToNetns { index, netns: netns.to_string() })?;
+        let name = w.ns(&self.ns)?.get(index, "moving link")?.link.name.clone();
+        w.ns(netns)?.name_free(&name, &format!("moving {name} into {netns}"))?;
+        let Some(mut l) = w.ns_mut(&self.ns)?.remove_link(index) else {
+            return Err(os_err(libc::ENODEV, format!("moving link #{index}")));
+        };
+        l.link.up = false;
+        l.link.controller = None;
+        w.ns_mut(netns)?.links.insert(index, l);
+        Ok(())
+    }
+
+    async fn del_link(&self, index: u32) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::DelLink(index))?;
+        w.delete_link(&self.ns, index)
+    }
+
+    async fn add_vxlan(&self, name: &str, mtu: u32, spec: &Vxlan) -> Result<u32> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::AddVxlan { name: name.to_string(), mtu, spec: spec.clone() })?;
+        let ns = w.ns(&self.ns)?;
+        ns.name_free(name, "creating vxlan device")?;
+        if spec.vni >= 1 << 24 {
+            return Err(os_err(libc::ERANGE, format!("creating {name}: vni {} out of range", spec.vni)));
+        }
+        if let Some(u) = spec.underlay {
+            ns.get(u, "creating vxlan device")?;
+        }
+        if ns.links.values().filter_map(|l| l.link.vxlan.as_ref()).any(|v| v.vni == spec.vni && v.port == spec.port) {
+            return Err(os_err(libc::EEXIST, format!("creating {name}: a vxlan device with vni {} exists", spec.vni)));
+        }
+        let mut link = w.new_link(name, mtu, "vxlan");
+        link.vxlan = Some(spec.clone());
+        let index = link.index;
+        w.ns_mut(&self.ns)?.links.insert(index, FakeLink { link, peer: None });
+        Ok(index)
+    }
+
+    async fn add_wireguard(&self, name: &str, mtu: u32) -> Result<u32> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::AddWireguard { name: name.to_string(), mtu })?;
+        if !w.wireguard {
+            return Err(os_err(
+                libc::EOPNOTSUPP,
+                format!(
+                "creating wireguard device {name}: this kernel has no WireGuard (is the wireguard module available?)"
+            ),
+            ));
+        }
+        w.ns(&self.ns)?.name_free(name, "creating wireguard device")?;
+        let mut link = w.new_link(name, mtu, "wireguard");
+        link.mac = None;
+        let index = link.index;
+        w.ns_mut(&self.ns)?.links.insert(index, FakeLink { link, peer: None });
+        Ok(index)
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+        let w = self.w();
+        Ok(w.ns(&self.ns)?.addrs.iter().filter(|(i, _)| *i == index).map(|(_, a)| *a).collect())
+    }
+
+    async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::AddAddress { index, addr })?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(index, &format!("adding {addr}"))?;
+        if !ns.addrs.contains(&(index, addr)) {
+            ns.addrs.push((index, addr));
+        }
+        Ok(())
+    }
+
+    async fn del_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut w = self.w();
+        if !w.ns(&self.ns)?.addrs.contains(&(index, addr)) {
+            return Ok(());
+        }
+        w.send(&self.ns, Call::DelAddress { index, addr })?;
+        w.ns_mut(&self.ns)?.addrs.retain(|a| *a != (index, addr));
+        Ok(())
+    }
+
+    async fn weft_routes(&self) -> Result<Vec<Route>> {
+        let w = self.w();
+        Ok(w.ns(&self.ns)?.routes.iter().filter(|r| r.proto == WEFT_PROTO).map(|r| r.route.clone()).collect())
+    }
+
+    async fn apply(&self, action: &Action) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::Route(action.clone()))?;
+        let ns = w.ns_mut(&self.ns)?;
+        match action {
+            Action::Add(r) | Action::Replace { new: r, .. } => {
+                if let Some(oif) = r.oif {
+                    ns.get(oif, &format!("route {}", r.dst))?;
+                }
+                let new = TableRoute { route: r.clone(), proto: WEFT_PROTO };
+                // An add that finds the key taken replaces it, as the real implementation does.
+                match ns.routes.iter().position(|t| same_key(&t.route, r)) {
+                    Some(i) => ns.routes[i] = new,
+                    None => ns.routes.push(new),
+                }
+            }
+            Action::Del(r) => {
+                // The kernel deletes only a route matching every attribute given, the
+                // protocol included; nothing matching (ESRCH) is fine.
+                if let Some(i) = ns.routes.iter().position(|t| t.route == *r && t.proto == WEFT_PROTO) {
+                    ns.routes.remove(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>> {
+        let w = self.w();
+        Ok(w.ns(&self.ns)?
+            .routes
+            .iter()
+            .filter(|t| t.route.dst.prefix_len() == 0 && t.route.kind == RouteKind::Unicast)
+            .find_map(|t| t.route.oif))
+    }
+
+    async fn replace_default_route(&self, via: IpAddr, oif: u32) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::ReplaceDefaultRoute { via, oif })?;
+        let ns = w.ns_mut(&self.ns)?;
+        let what = format!("setting default route via {via}");
+        if !ns.get(oif, &what)?.link.up {
+            return Err(os_err(libc::ENETDOWN, format!("{what}: link #{oif} is down")));
+        }
+        let IpAddr::V4(gw) = via else {
+            return Err(os_err(libc::EAFNOSUPPORT, format!("{what}: the fake models IPv4 routes only")));
+        };
+        if !ns.addrs.iter().any(|(i, a)| *i == oif && a.contains(&via)) {
+            return Err(os_err(libc::ENETUNREACH, format!("{what}: gateway not on-link on #{oif}")));
+        }
+        let route = Route {
+            dst: Ipv4Net::default(),
+            kind: RouteKind::Unicast,
+            via: Some(gw),
+            oif: Some(oif),
+            src: None,
+            metric: 0,
+        };
+        let new = TableRoute { route, proto: BOOT_PROTO };
+        match ns.routes.iter().position(|t| same_key(&t.route, &new.route)) {
+            Some(i) => ns.routes[i] = new,
+            None => ns.routes.push(new),
+        }
+        Ok(())
+    }
+
+    async fn neighbours(&self, ifindex: u32) -> Result<Vec<Listed<Neighbour>>> {
+        let w = self.w();
+        Ok(w.ns(&self.ns)?.neighbours.iter().filter(|l| l.entry.ifindex == ifindex).cloned().collect())
+    }
+
+    async fn add_neighbour(&self, n: &Neighbour) -> Result<()> {
+        self.write_neighbour(n, false)
+    }
+
+    async fn replace_neighbour(&self, n: &Neighbour) -> Result<()> {
+        self.write_neighbour(n, true)
+    }
+
+    async fn del_neighbour(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        let mut w = self.w();
+        let what = format!("neighbour {ip} on link #{ifindex}");
+        let ns = w.ns(&self.ns)?;
+        let Some(i) = ns.neighbours.iter().position(|l| l.entry.ifindex == ifindex && l.entry.ip == ip) else {
+            return Err(os_err(libc::ENOENT, what));
+        };
+        if ns.neighbours[i].owner != Owner::Weft {
+            return Err(NotOurs { what, owner: ns.neighbours[i].owner }.into());
+        }
+        w.send(&self.ns, Call::DelNeighbour { ifindex, ip })?;
+        w.ns_mut(&self.ns)?.neighbours.remove(i);
+        Ok(())
+    }
+
+    async fn fdb(&self, ifindex: u32) -> Result<Vec<Listed<Fdb>>> {
+        let w = self.w();
+        Ok(w.ns(&self.ns)?.fdb.iter().filter(|l| l.entry.ifindex == ifindex).cloned().collect())
+    }
+
+    async fn add_fdb(&self, f: &Fdb) -> Result<()> {
+        self.write_fdb(f, false)
+    }
+
+    async fn replace_fdb(&self, f: &Fdb) -> Result<()> {
+        self.write_fdb(f, true)
+    }
+
+    async fn del_fdb(&self, ifindex: u32, mac: Mac) -> Result<()> {
+        let mut w = self.w();
+        let what = format!("fdb entry {mac} on link #{ifindex}");
+        let ns = w.ns(&self.ns)?;
+        let Some(i) = ns.fdb.iter().position(|l| l.entry.ifindex == ifindex && l.entry.mac == mac) else {
+            return Err(os_err(libc::ENOENT, what));
+        };
+        if ns.fdb[i].owner != Owner::Weft {
+            return Err(NotOurs { what, owner: ns.fdb[i].owner }.into());
+        }
+        w.send(&self.ns, Call::DelFdb { ifindex, mac })?;
+        w.ns_mut(&self.ns)?.fdb.remove(i);
+        Ok(())
+    }
+}
