@@ -288,9 +288,11 @@ impl Kernel for Netlink {
     async fn add_wireguard(&self, name: &str, mtu: u32) -> Result<u32> {
         match self.handle.link().add(LinkWireguard::new(name).mtu(mtu).build()).execute().await {
             Ok(()) => {}
-            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => return Err(anyhow!(e).context(format!(
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
+                return Err(anyhow!(e).context(format!(
                 "creating wireguard device {name}: this kernel has no WireGuard (is the wireguard module available?)"
-            ))),
+            )))
+            }
             Err(e) => return Err(anyhow!(e).context(format!("creating wireguard device {name}"))),
         }
         Ok(self.link(name).await?.with_context(|| format!("wireguard device {name} vanished after creation"))?.index)
@@ -500,13 +502,21 @@ fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
         NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // A bridge-family (FDB) message carries its underlay destination as raw bytes.
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     }
 }
 
-/// A static entry is permanent (or noarp); anything else the kernel learned and may age out.
+/// A static entry is permanent or noarp (`bridge fdb add` sets both bits); anything else the
+/// kernel learned and may age out.
 fn is_static(state: NeighbourState) -> bool {
-    matches!(state, NeighbourState::Permanent | NeighbourState::Noarp)
+    let bits = u16::from(state);
+    bits & (u16::from(NeighbourState::Permanent) | u16::from(NeighbourState::Noarp)) != 0
 }
 
 fn parse_neighbour(m: &NeighbourMessage) -> Option<Listed<Neighbour>> {
