@@ -12,67 +12,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod world;
+use world::{new_ns, os_err, same_key, FakeLink, World};
+pub use world::{Call, TableRoute};
+
 /// Name of the namespace a new [`FakeKernel`] starts in (the host's).
 pub const ROOT: &str = "(root)";
 /// Route protocol of the pod default route (`RTPROT_BOOT`, what `ip route` uses).
 pub const BOOT_PROTO: u8 = 3;
-
-/// One change sent to the kernel, as the agent expressed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
-    AddNetns(String),
-    RemoveNetns(String),
-    AddBridge { name: String, mtu: u32 },
-    SetLink { index: u32, mtu: Option<u32>, up: bool, controller: Option<u32> },
-    Rename { index: u32, name: String },
-    AddVeth { name: String, peer: String, mtu: u32 },
-    MoveToNetns { index: u32, netns: String },
-    DelLink(u32),
-    AddVxlan { name: String, mtu: u32, spec: Vxlan },
-    AddWireguard { name: String, mtu: u32 },
-    AddAddress { index: u32, addr: IpNet },
-    DelAddress { index: u32, addr: IpNet },
-    Route(Action),
-    ReplaceDefaultRoute { via: IpAddr, oif: u32 },
-    AddNeighbour(Neighbour),
-    ReplaceNeighbour(Neighbour),
-    DelNeighbour { ifindex: u32, ip: IpAddr },
-    AddFdb(Fdb),
-    ReplaceFdb(Fdb),
-    DelFdb { ifindex: u32, mac: Mac },
-}
-
-/// A route in the fake's main table with its protocol number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableRoute {
-    pub route: Route,
-    pub proto: u8,
-}
-
-struct FakeLink {
-    link: Link,
-    /// The other end of a veth (indexes are unique across the whole fake).
-    peer: Option<u32>,
-}
-
-#[derive(Default)]
-struct Ns {
-    links: BTreeMap<u32, FakeLink>,
-    addrs: Vec<(u32, IpNet)>,
-    routes: Vec<TableRoute>,
-    neighbours: Vec<Listed<Neighbour>>,
-    fdb: Vec<Listed<Fdb>>,
-}
-
-type Matcher = Box<dyn Fn(&Call) -> bool + Send>;
-
-struct World {
-    netns: BTreeMap<String, Ns>,
-    next_index: u32,
-    calls: Vec<(String, Call)>,
-    faults: Vec<(Matcher, i32)>,
-    wireguard: bool,
-}
 
 /// A handle on one namespace of a shared in-memory kernel. Clones share the kernel.
 #[derive(Clone)]
@@ -84,120 +31,6 @@ pub struct FakeKernel {
 impl Default for FakeKernel {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn os_err(errno: i32, what: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(std::io::Error::from_raw_os_error(errno)).context(what.into())
-}
-
-fn lo() -> FakeLink {
-    let link = Link {
-        index: 1,
-        name: "lo".into(),
-        mtu: 65536,
-        up: true,
-        kind: None,
-        controller: None,
-        mac: None,
-        vxlan: None,
-    };
-    FakeLink { link, peer: None }
-}
-
-fn new_ns() -> Ns {
-    let mut ns = Ns::default();
-    ns.links.insert(1, lo());
-    ns
-}
-
-impl Ns {
-    fn by_name(&self, name: &str) -> Option<&Link> {
-        self.links.values().map(|l| &l.link).find(|l| l.name == name)
-    }
-    fn get(&self, index: u32, what: &str) -> Result<&FakeLink> {
-        self.links.get(&index).ok_or_else(|| os_err(libc::ENODEV, format!("{what}: no link #{index}")))
-    }
-    fn get_mut(&mut self, index: u32, what: &str) -> Result<&mut FakeLink> {
-        self.links.get_mut(&index).ok_or_else(|| os_err(libc::ENODEV, format!("{what}: no link #{index}")))
-    }
-    fn name_free(&self, name: &str, what: &str) -> Result<()> {
-        if name.is_empty() || name.len() > 15 {
-            return Err(os_err(libc::EINVAL, format!("{what}: invalid interface name {name:?}")));
-        }
-        match self.by_name(name) {
-            Some(_) => Err(os_err(libc::EEXIST, format!("{what}: {name} exists"))),
-            None => Ok(()),
-        }
-    }
-    /// Everything that hangs off a link goes with it (or with its move elsewhere).
-    fn forget(&mut self, index: u32) {
-        self.addrs.retain(|(i, _)| *i != index);
-        self.routes.retain(|r| r.route.oif != Some(index));
-        self.neighbours.retain(|n| n.entry.ifindex != index);
-        self.fdb.retain(|f| f.entry.ifindex != index);
-        for l in self.links.values_mut() {
-            if l.link.controller == Some(index) {
-                l.link.controller = None;
-            }
-        }
-    }
-    fn remove_link(&mut self, index: u32) -> Option<FakeLink> {
-        let l = self.links.remove(&index)?;
-        self.forget(index);
-        Some(l)
-    }
-}
-
-impl World {
-    fn ns(&self, name: &str) -> Result<&Ns> {
-        self.netns.get(name).ok_or_else(|| os_err(libc::ENOENT, format!("network namespace {name} does not exist")))
-    }
-    fn ns_mut(&mut self, name: &str) -> Result<&mut Ns> {
-        self.netns.get_mut(name).ok_or_else(|| os_err(libc::ENOENT, format!("network namespace {name} does not exist")))
-    }
-    /// Records a change as sent; an injected fault for it makes it fail.
-    fn send(&mut self, ns: &str, call: Call) -> Result<()> {
-        let fault = self.faults.iter().position(|(m, _)| m(&call));
-        let what = format!("{call:?}");
-        self.calls.push((ns.to_string(), call));
-        match fault {
-            Some(i) => {
-                let (_, errno) = self.faults.remove(i);
-                Err(os_err(errno, format!("{what} (injected)")))
-            }
-            None => Ok(()),
-        }
-    }
-    fn alloc(&mut self) -> u32 {
-        self.next_index += 1;
-        self.next_index
-    }
-    fn new_link(&mut self, name: &str, mtu: u32, kind: &str) -> Link {
-        let index = self.alloc();
-        let b = index.to_be_bytes();
-        Link {
-            index,
-            name: name.to_string(),
-            mtu,
-            up: false,
-            kind: Some(kind.to_string()),
-            controller: None,
-            mac: Some(Mac([0x02, 0, b[0], b[1], b[2], b[3]])),
-            vxlan: None,
-        }
-    }
-    /// Deletes a link; a veth's peer goes too, wherever it is.
-    fn delete_link(&mut self, ns: &str, index: u32) -> Result<()> {
-        let Some(gone) = self.ns_mut(ns)?.remove_link(index) else { return Ok(()) };
-        if let Some(peer) = gone.peer {
-            for n in self.netns.values_mut() {
-                if n.links.get(&peer).is_some_and(|l| l.peer == Some(index)) {
-                    n.remove_link(peer);
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -357,11 +190,6 @@ impl FakeKernel {
             }
         }
     }
-}
-
-/// The kernel's key for an IPv4 route in one table: destination, TOS (always 0 here), metric.
-fn same_key(a: &Route, b: &Route) -> bool {
-    a.dst == b.dst && a.metric == b.metric
 }
 
 impl Kernel for FakeKernel {
