@@ -5,8 +5,8 @@ use crate::api::{self, Command};
 use crate::backend::{self, BuildContext, Drivers, NodeView, Plan, UnderlayInfo};
 use crate::etcd;
 use crate::firewall_glue::Firewall;
+use crate::kernel::{write_sysctl, Kernel, Netlink};
 use crate::lease::{self, Decision, Existing};
-use crate::netlink::{write_sysctl, Netlink};
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::routes::{self, Action, Route};
 use crate::state::{self, PodRecord, PodSource, StateDir, SubnetState};
@@ -87,7 +87,7 @@ pub struct Daemon {
     pods: Vec<PodRecord>,
     live: api::LiveQuic,
     /// The backends carrying cross-host traffic, built from the network config.
-    drivers: Option<Drivers>,
+    drivers: Option<Drivers<Netlink>>,
 }
 
 impl Daemon {
@@ -1020,8 +1020,8 @@ fn pod_names(name: &str, netns: Option<String>, ifname: Option<String>) -> Resul
 }
 
 /// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.
-pub async fn teardown_local(
-    nl: &Netlink,
+pub async fn teardown_local<K: Kernel>(
+    nl: &K,
     cfg: &AgentConfig,
     pods: &[PodRecord],
     state: &StateDir,
@@ -1043,7 +1043,7 @@ pub async fn teardown_local(
             errors.push(format!("pod {}: {e:#}", p.name));
         }
     }
-    for name in backend::leftover_links(cfg) {
+    for name in backend::leftover_links::<K>(cfg) {
         match nl.link(&name).await {
             Ok(Some(t)) => {
                 if let Err(e) = nl.del_link(t.index).await {

@@ -4,15 +4,18 @@
 
 use super::{BuildContext, Driver, NodeView, Plan, Refused, Registration};
 use crate::firewall::ForwardMode;
+use crate::kernel::Kernel;
 use crate::routes::{Route, RouteKind};
 use anyhow::Result;
 use weft_config::peers::Peer;
 
 pub const NAME: &str = "host-gw";
 
-pub static REGISTRATION: Registration = Registration { name: NAME, build, leftover_links: |_| Vec::new() };
+pub fn registration<K: Kernel>() -> Registration<K> {
+    Registration { name: NAME, build: build::<K>, leftover_links: |_| Vec::new() }
+}
 
-fn build(_: &BuildContext) -> Result<Box<dyn Driver>> {
+fn build<K: Kernel>(_: &BuildContext) -> Result<Box<dyn Driver<K>>> {
     Ok(Box::new(HostGw))
 }
 
@@ -24,7 +27,7 @@ pub fn on_link(peer: &Peer, node: &NodeView) -> bool {
     node.prefixes.iter().any(|n| n.contains(&peer.public_ip) && n.addr() != peer.public_ip)
 }
 
-impl Driver for HostGw {
+impl<K: Kernel> Driver<K> for HostGw {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -68,12 +71,13 @@ impl Driver for HostGw {
 mod tests {
     use super::*;
     use crate::backend::tests::{node, peer, via};
+    use crate::kernel::fake::FakeKernel;
 
     #[test]
     fn host_gw_routes_on_link_peers_and_refuses_others() {
         let u = node("172.30.0.11/24");
         let peers = [peer("n2", "10.244.2.0/24", "172.30.0.12"), peer("n3", "10.244.3.0/24", "172.30.1.13")];
-        let plan = HostGw.plan(&peers.iter().collect::<Vec<_>>(), &u);
+        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
         let (routes, refused) = (plan.routes, plan.refused);
         assert_eq!(routes, vec![via("10.244.2.0/24", "172.30.0.12")]);
         assert_eq!(refused.len(), 1);
@@ -90,7 +94,7 @@ mod tests {
 
     #[test]
     fn pod_mtu_is_the_underlay_unless_pinned() {
-        assert_eq!(HostGw.pod_mtu(1500, None), 1500);
-        assert_eq!(HostGw.pod_mtu(1500, Some(9000)), 9000, "bridge.mtu pins it, as before");
+        assert_eq!(Driver::<FakeKernel>::pod_mtu(&HostGw, 1500, None), 1500);
+        assert_eq!(Driver::<FakeKernel>::pod_mtu(&HostGw, 1500, Some(9000)), 9000, "bridge.mtu pins it, as before");
     }
 }

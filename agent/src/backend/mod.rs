@@ -23,7 +23,7 @@ pub mod quic;
 
 use crate::api::LiveQuic;
 use crate::firewall::ForwardMode;
-use crate::netlink::Netlink;
+use crate::kernel::Kernel;
 use crate::routes::Route;
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
@@ -94,8 +94,9 @@ pub struct ForwardPolicy {
     pub overrides: BTreeMap<Ipv4Net, ForwardMode>,
 }
 
-/// One way of carrying cross-host traffic. Object safe, so one node can hold several.
-pub trait Driver: Send {
+/// One way of carrying cross-host traffic, over kernel `K` (netlink, or the fake in tests).
+/// Object safe, so one node can hold several.
+pub trait Driver<K: Kernel>: Send {
     /// The backend's name: as in the network config, and the key of its `backend_data`.
     fn name(&self) -> &'static str;
 
@@ -119,12 +120,12 @@ pub trait Driver: Send {
     }
 
     /// Local plumbing on every full reconcile (devices, data paths). Idempotent.
-    fn ensure<'a>(&'a mut self, _nl: &'a Netlink, _node: &'a NodeView) -> BoxFuture<'a, Result<()>> {
+    fn ensure<'a>(&'a mut self, _nl: &'a K, _node: &'a NodeView) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
 
     /// Reads what [`Driver::plan`] needs from the kernel, before each plan.
-    fn observe<'a>(&'a mut self, _nl: &'a Netlink) -> BoxFuture<'a, Result<()>> {
+    fn observe<'a>(&'a mut self, _nl: &'a K) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
 
@@ -146,9 +147,9 @@ pub trait Driver: Send {
 }
 
 /// What builds a driver; one per backend in [`registry`].
-pub struct Registration {
+pub struct Registration<K: Kernel> {
     pub name: &'static str,
-    pub build: fn(&BuildContext) -> Result<Box<dyn Driver>>,
+    pub build: fn(&BuildContext) -> Result<Box<dyn Driver<K>>>,
     /// Devices this backend may have left on the node, removed by `--leave` whatever backend
     /// the network has now.
     pub leftover_links: fn(&AgentConfig) -> Vec<String>,
@@ -161,33 +162,33 @@ pub struct BuildContext<'a> {
     pub live: &'a LiveQuic,
 }
 
-/// Every backend weft knows. Adding one: a module with a `REGISTRATION`, listed here.
-pub fn registry() -> [&'static Registration; 2] {
-    [&host_gw::REGISTRATION, &quic::REGISTRATION]
+/// Every backend weft knows. Adding one: a module with a `registration()`, listed here.
+pub fn registry<K: Kernel>() -> [Registration<K>; 2] {
+    [host_gw::registration(), quic::registration()]
 }
 
 /// The drivers of a node: built from the network config.
-pub fn build(net: &NetworkConfig, ctx: &BuildContext) -> Result<Drivers> {
+pub fn build<K: Kernel>(net: &NetworkConfig, ctx: &BuildContext) -> Result<Drivers<K>> {
     let name = net.backend.to_string();
-    let Some(reg) = registry().into_iter().find(|r| r.name == name) else {
+    let Some(reg) = registry::<K>().into_iter().find(|r| r.name == name) else {
         bail!("backend {name} is not built into this agent");
     };
     Ok(Drivers { list: vec![(reg.build)(ctx)?] })
 }
 
 /// Every device any backend may have left, for teardown.
-pub fn leftover_links(cfg: &AgentConfig) -> Vec<String> {
-    registry().into_iter().flat_map(|r| (r.leftover_links)(cfg)).collect()
+pub fn leftover_links<K: Kernel>(cfg: &AgentConfig) -> Vec<String> {
+    registry::<K>().into_iter().flat_map(|r| (r.leftover_links)(cfg)).collect()
 }
 
 /// The drivers a node runs, as one.
-pub struct Drivers {
-    list: Vec<Box<dyn Driver>>,
+pub struct Drivers<K: Kernel> {
+    list: Vec<Box<dyn Driver<K>>>,
 }
 
-impl Drivers {
+impl<K: Kernel> Drivers<K> {
     #[cfg(test)]
-    pub fn from_list(list: Vec<Box<dyn Driver>>) -> Self {
+    pub fn from_list(list: Vec<Box<dyn Driver<K>>>) -> Self {
         Self { list }
     }
 
@@ -214,14 +215,14 @@ impl Drivers {
         self.list.iter().filter_map(|d| Some((d.name().to_string(), d.backend_data(underlay)?))).collect()
     }
 
-    pub async fn ensure(&mut self, nl: &Netlink, node: &NodeView) -> Result<()> {
+    pub async fn ensure(&mut self, nl: &K, node: &NodeView) -> Result<()> {
         for d in &mut self.list {
             d.ensure(nl, node).await?;
         }
         Ok(())
     }
 
-    pub async fn observe(&mut self, nl: &Netlink) -> Result<()> {
+    pub async fn observe(&mut self, nl: &K) -> Result<()> {
         for d in &mut self.list {
             d.observe(nl).await?;
         }

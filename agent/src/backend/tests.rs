@@ -1,6 +1,7 @@
 //! Tests of the seam itself (several drivers on one node) and helpers for the drivers' tests.
 
 use super::*;
+use crate::kernel::fake::FakeKernel;
 use crate::routes::RouteKind;
 use weft_config::Backend;
 
@@ -50,7 +51,7 @@ struct Fake {
     mtu: u32,
 }
 
-impl Driver for Fake {
+impl Driver<FakeKernel> for Fake {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -79,7 +80,7 @@ fn tunnel() -> ForwardMode {
     ForwardMode::Tunnel { tun: "weft-tun0".into() }
 }
 
-fn two_drivers() -> Drivers {
+fn two_drivers() -> Drivers<FakeKernel> {
     Drivers::from_list(vec![
         Box::new(Fake { name: "direct", prefix: Some("near"), mode: ForwardMode::Open, mtu: 1500 }),
         Box::new(Fake { name: "encap", prefix: None, mode: tunnel(), mtu: 1424 }),
@@ -154,15 +155,15 @@ key_file = "/nonexistent/n1.key"
     let live = LiveQuic::default();
     let ctx = BuildContext { cfg: &cfg, live: &live };
     let hg = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid");
-    assert_eq!(build(&hg, &ctx).expect("host-gw").names(), "host-gw");
+    assert_eq!(build::<FakeKernel>(&hg, &ctx).expect("host-gw").names(), "host-gw");
     let q = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::Quic).expect("valid");
-    let quic = build(&q, &ctx).expect("quic");
+    let quic = build::<FakeKernel>(&q, &ctx).expect("quic");
     assert_eq!(quic.names(), "quic");
     assert!(quic.fixed_mtu_note().is_some(), "the tunnel's MTU is fixed at start");
-    assert_eq!(leftover_links(&cfg), ["weft-tun0"]);
+    assert_eq!(leftover_links::<FakeKernel>(&cfg), ["weft-tun0"]);
     let mut no_quic = cfg.clone();
     no_quic.quic = None;
-    let e = build(&q, &BuildContext { cfg: &no_quic, live: &live }).err().expect("quic needs [quic]");
+    let e = build::<FakeKernel>(&q, &BuildContext { cfg: &no_quic, live: &live }).err().expect("quic needs [quic]");
     assert!(e.to_string().contains("no [quic] section"), "{e}");
-    assert!(leftover_links(&no_quic).is_empty());
+    assert!(leftover_links::<FakeKernel>(&no_quic).is_empty());
 }

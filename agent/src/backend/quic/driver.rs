@@ -6,7 +6,7 @@ use super::{bind_socket, tls, tun_mtu_for, PeerSpec, Settings, Tunnel, UDP_IP_OV
 use crate::api::LiveQuic;
 use crate::backend::{BuildContext, Driver, NodeView, Plan, Refused, Registration, UnderlayInfo};
 use crate::firewall::ForwardMode;
-use crate::netlink::Netlink;
+use crate::kernel::Kernel;
 use crate::routes::{Route, RouteKind};
 use anyhow::{Context, Result};
 use futures::future::BoxFuture;
@@ -22,10 +22,15 @@ pub const NAME: &str = "quic";
 /// in plaintext through the default route.
 pub const BLACKHOLE_METRIC: u32 = 4_000_000_000;
 
-pub static REGISTRATION: Registration =
-    Registration { name: NAME, build, leftover_links: |cfg| cfg.quic.iter().map(|q| q.tun.clone()).collect() };
+pub fn registration<K: Kernel>() -> Registration<K> {
+    Registration {
+        name: NAME,
+        build: build::<K>,
+        leftover_links: |cfg| cfg.quic.iter().map(|q| q.tun.clone()).collect(),
+    }
+}
 
-fn build(ctx: &BuildContext) -> Result<Box<dyn Driver>> {
+fn build<K: Kernel>(ctx: &BuildContext) -> Result<Box<dyn Driver<K>>> {
     let q =
         ctx.cfg.quic.clone().context(
             "the network's backend is quic but agent.toml has no [quic] section (ca_file, cert_file, key_file)",
@@ -103,7 +108,7 @@ pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
     plan
 }
 
-impl Driver for QuicDriver {
+impl<K: Kernel> Driver<K> for QuicDriver {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -137,7 +142,7 @@ impl Driver for QuicDriver {
 
     /// The tun device and endpoint (started once; the device persists across restarts), the
     /// certificate reloaded when its files changed, the device up at the pod MTU.
-    fn ensure<'a>(&'a mut self, nl: &'a Netlink, node: &'a NodeView) -> BoxFuture<'a, Result<()>> {
+    fn ensure<'a>(&'a mut self, nl: &'a K, node: &'a NodeView) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             match &self.tunnel {
                 None => {
@@ -168,7 +173,7 @@ impl Driver for QuicDriver {
         })
     }
 
-    fn observe<'a>(&'a mut self, nl: &'a Netlink) -> BoxFuture<'a, Result<()>> {
+    fn observe<'a>(&'a mut self, nl: &'a K) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let tun = &self.q.tun;
             self.tun_index = nl.link(tun).await?.with_context(|| format!("tun device {tun} missing"))?.index;

@@ -16,7 +16,7 @@ mod driver;
 pub mod packet;
 pub mod tls;
 
-pub use driver::{specs, QuicDriver, BLACKHOLE_METRIC, NAME, REGISTRATION};
+pub use driver::{registration, specs, QuicDriver, BLACKHOLE_METRIC, NAME};
 
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
