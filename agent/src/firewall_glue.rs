@@ -1,7 +1,7 @@
 //! Binds the firewall module to the agent: which rule set this node wants, and keeping the
 //! blocking iptables/nft calls off the async workers' hot path.
 
-use crate::firewall::{self, FirewallSpec, ForwardMode};
+use crate::firewall::{self, FirewallSpec, ForwardMode, ForwardPolicy};
 use anyhow::{anyhow, Result};
 use ipnet::Ipv4Net;
 use weft_config::{AgentConfig, Backend, NetworkConfig};
@@ -25,32 +25,45 @@ impl Firewall {
         }
     }
 
-    fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net, backend: Backend) -> FirewallSpec {
+    /// One forward mode for every peer of `backend`: open for host-gw, the tun only for quic.
+    pub fn uniform_policy(&self, backend: Backend) -> ForwardPolicy {
         let mode = match (backend, &self.tun) {
             (Backend::Quic, Some(tun)) => ForwardMode::Tunnel { tun: tun.clone() },
             (Backend::Quic, None) => ForwardMode::Tunnel { tun: "weft-tun0".into() },
             (Backend::HostGw, _) => ForwardMode::Open,
         };
+        ForwardPolicy::uniform(mode)
+    }
+
+    fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net, policy: &ForwardPolicy) -> FirewallSpec {
         FirewallSpec {
             network: self.network.clone(),
             cluster_cidr: cluster,
             node_subnet: subnet,
             bridge: self.bridge.clone(),
-            mode,
+            mode: policy.default.clone(),
+            overrides: policy.overrides.clone(),
             ip_masq: self.ip_masq,
         }
     }
 
-    /// Checks the rules and restores whatever is missing (a few short processes).
+    /// Checks the rules and restores whatever is missing (a few short processes); one forward
+    /// mode for the whole cluster CIDR, from the network's backend.
     pub fn ensure(&self, net: &NetworkConfig, subnet: Ipv4Net) -> Result<()> {
-        let spec = self.spec(net.cidr, subnet, net.backend);
+        self.ensure_policy(net, subnet, &self.uniform_policy(net.backend))
+    }
+
+    /// Like [`Self::ensure`] with a forward policy per peer subnet (a node whose peers use
+    /// different backends): `policy.default` for the cluster CIDR, the overrides for their subnets.
+    pub fn ensure_policy(&self, net: &NetworkConfig, subnet: Ipv4Net, policy: &ForwardPolicy) -> Result<()> {
+        let spec = self.spec(net.cidr, subnet, policy);
         // The firewall module logs each repair itself.
         tokio::task::block_in_place(|| self.inner.ensure(&spec)).map(drop).map_err(|e| anyhow!("firewall: {e}"))
     }
 
     /// Removes every rule and chain of this network. Needs only the network name.
     pub fn remove(&self) -> Result<()> {
-        let spec = self.spec(Ipv4Net::default(), Ipv4Net::default(), Backend::HostGw);
+        let spec = self.spec(Ipv4Net::default(), Ipv4Net::default(), &self.uniform_policy(Backend::HostGw));
         tokio::task::block_in_place(|| self.inner.remove(&spec))
             .map_err(|errs| anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
     }
