@@ -805,4 +805,67 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[test]
+    fn a_failed_step_stops_its_part_only() {
+        let broken =
+            FirewallError::CommandFailed { command: "x".into(), status: "exit status 1".into(), stderr: "no".into() };
+        let fw = Firewall::new(docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE).failing(
+            "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
+            broken.clone(),
+        ));
+        assert_eq!(fw.ensure(&spec(ForwardMode::Open, true)), Err(broken));
+        let writes = fw.runner().writes();
+        // Neither the second rule nor the jump of the filter part; the nat part in full.
+        assert!(!writes.iter().any(|w| w.contains("-A WEFT-FWD-t -d") || w.contains("-I FORWARD")));
+        assert_eq!(writes.iter().filter(|w| w.contains("-t nat")).count(), 4, "{writes:?}");
+    }
+
+    #[test]
+    fn ensure_with_overrides_writes_both_tools_rules() {
+        let mut s = spec(tunnel(), false);
+        s.overrides.insert("10.244.2.0/24".parse().expect("net"), ForwardMode::Open);
+        let fw = Firewall::new(nft_host(NFT_FORWARD_BEFORE));
+        let report = fw.ensure(&s).expect("ensure");
+        let writes = fw.runner().writes();
+        assert_eq!(
+            writes[4..7],
+            [
+                "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.2.0/24 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.244.2.0/24 -m comment --comment weft:t -j ACCEPT",
+                "iptables -w 5 -t filter -A WEFT-FWD-t -d 10.244.0.0/16 -m comment --comment weft:t -j DROP",
+            ]
+        );
+        assert!(
+            writes.last().is_some_and(|w| w.starts_with(
+                "nft insert rule inet filter forward ip daddr 10.244.2.0/24 accept comment \"weft:t\"; \
+                 insert rule inet filter forward ip saddr 10.244.2.0/24 accept comment \"weft:t\"; "
+            )),
+            "{writes:?}"
+        );
+        assert_eq!(
+            report.changed.last().map(String::as_str),
+            Some("nft inet filter forward: inserted 5 weft rules at the top")
+        );
+        // An override outside the cluster is refused before any command.
+        s.overrides.insert("10.99.0.0/24".parse().expect("net"), ForwardMode::Open);
+        let fw = Firewall::new(Fake::default());
+        assert!(matches!(fw.ensure(&s), Err(FirewallError::InvalidSpec(_))));
+        assert!(fw.runner().calls().is_empty());
+    }
+
+    #[test]
+    fn a_bad_listing_is_a_parse_error_naming_the_command() {
+        let fw = Firewall::new(docker_host("garbage here", DOCKER_NAT_AFTER));
+        let err = fw.ensure(&spec(ForwardMode::Open, true)).expect_err("parse");
+        assert_eq!(
+            err,
+            FirewallError::Parse {
+                command: "iptables -w 5 -t filter -S".into(),
+                detail: "line 1: unexpected \"garbage here\"".into()
+            }
+        );
+        // Only listings were run: the bad table got no writes and the rest was in place.
+        assert!(fw.runner().writes().is_empty(), "{:?}", fw.runner().writes());
+    }
 }

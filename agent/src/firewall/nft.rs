@@ -293,4 +293,152 @@ mod tests {
             json!({ "prefix": { "addr": "10.1.0.0", "len": 16 } })
         );
     }
+
+    fn fwd() -> NftChain {
+        NftChain { family: "inet".into(), table: "filter".into(), name: "forward".into() }
+    }
+
+    fn rules(listing: &str) -> Vec<NftRule> {
+        parse_nft_rules(listing, &fwd()).expect("rules")
+    }
+
+    /// Moves the rule with `handle` in a listing to the end of the chain (rules are listed in
+    /// chain order).
+    fn move_to_end(listing: &str, handle: u64) -> Vec<NftRule> {
+        let mut r = rules(listing);
+        let i = r.iter().position(|x| x.handle == handle).expect("handle");
+        let moved = r.remove(i);
+        r.push(moved);
+        r
+    }
+
+    #[test]
+    fn golden_nft_rules_are_todays() {
+        let accept = json!({ "accept": null });
+        let ip = |f: &str| json!({ "payload": { "protocol": "ip", "field": f } });
+        let cidr = json!({ "prefix": { "addr": "10.244.0.0", "len": 16 } });
+        let subnet = json!({ "prefix": { "addr": "10.244.1.0", "len": 24 } });
+        let m = |op: &str, l: Value, r: Value| json!({ "match": { "op": op, "left": l, "right": r } });
+        assert_eq!(
+            nft_rule_exprs(&spec(ForwardMode::Open, false)),
+            [json!([m("==", ip("saddr"), cidr.clone()), accept]), json!([m("==", ip("daddr"), cidr.clone()), accept])]
+        );
+        assert_eq!(
+            nft_rule_exprs(&spec(tunnel(), false)),
+            [
+                json!([
+                    m("==", json!({ "meta": { "key": "iifname" } }), json!("r-c2")),
+                    m("==", ip("saddr"), cidr.clone()),
+                    m("==", ip("daddr"), subnet.clone()),
+                    accept
+                ]),
+                json!([
+                    m("==", json!({ "meta": { "key": "iifname" } }), json!("r-c1")),
+                    m("==", ip("saddr"), subnet.clone()),
+                    accept
+                ]),
+                json!([
+                    m("==", json!({ "meta": { "key": "oifname" } }), json!("r-c1")),
+                    m("!=", ip("saddr"), cidr),
+                    m("==", ip("daddr"), subnet),
+                    m("in", json!({ "ct": { "key": "state" } }), json!(["established", "related"])),
+                    accept
+                ]),
+            ]
+        );
+    }
+
+    #[test]
+    fn nft_override_rules_are_accepts_after_the_tunnel_rules() {
+        let mut s = spec(tunnel(), false);
+        s.overrides.insert("10.244.2.0/24".parse().expect("net"), ForwardMode::Open);
+        s.overrides.insert("10.244.5.0/24".parse().expect("net"), ForwardMode::Tunnel { tun: "wg0".into() });
+        s.overrides.insert("10.244.6.0/24".parse().expect("net"), tunnel());
+        let text: Vec<String> = nft_rule_exprs(&s).iter().map(nft_expr_text).collect();
+        assert_eq!(
+            text[3..],
+            [
+                "ip saddr 10.244.2.0/24 accept",
+                "ip daddr 10.244.2.0/24 accept",
+                "iifname \"wg0\" ip saddr 10.244.5.0/24 ip daddr 10.244.1.0/24 accept",
+            ]
+        );
+        assert_eq!(nft_rule_exprs(&s)[..3], nft_rule_exprs(&spec(tunnel(), false))[..]);
+        // Under an open default the two open accepts already cover a tunnel subnet's accepts.
+        let mut open = spec(ForwardMode::Open, false);
+        open.overrides.insert("10.244.2.0/24".parse().expect("net"), tunnel());
+        assert_eq!(nft_rule_exprs(&open), nft_rule_exprs(&spec(ForwardMode::Open, false)));
+    }
+
+    #[test]
+    fn plan_for_a_foreign_chain_with_drop_policy_inserts_at_the_top() {
+        let chains = parse_nft_forward_chains(NFT_CHAINS_BEFORE).expect("chains");
+        assert_eq!(chains, [fwd()]);
+        let plan = plan(&spec(ForwardMode::Open, false), &chains[0], &rules(NFT_FORWARD_BEFORE));
+        assert_eq!(
+            rendered(&plan),
+            ["nft insert rule inet filter forward ip daddr 10.244.0.0/16 accept comment \"weft:t\"; \
+              insert rule inet filter forward ip saddr 10.244.0.0/16 accept comment \"weft:t\""]
+        );
+        assert_eq!(plan[0].change.as_deref(), Some("nft inet filter forward: inserted 2 weft rules at the top"));
+    }
+
+    #[test]
+    fn plan_replaces_weft_rules_out_of_order() {
+        // saddr (handle 4) after daddr (handle 3): same rules, wrong order.
+        let r = move_to_end(NFT_FORWARD_AFTER, 4);
+        let p = plan(&spec(ForwardMode::Open, false), &fwd(), &r);
+        assert_eq!(
+            rendered(&p),
+            ["nft delete rule inet filter forward handle 3; delete rule inet filter forward handle 4; \
+              insert rule inet filter forward ip daddr 10.244.0.0/16 accept comment \"weft:t\"; \
+              insert rule inet filter forward ip saddr 10.244.0.0/16 accept comment \"weft:t\""]
+        );
+        assert_eq!(p[0].change.as_deref(), Some("nft inet filter forward: replaced 2 weft rules at the top"));
+    }
+
+    #[test]
+    fn plan_replaces_weft_rules_behind_a_foreign_drop_but_not_behind_an_accept() {
+        // The foreign `ct state invalid drop` (handle 2) moved to the top: weft's rules are below it.
+        let mut r = rules(NFT_FORWARD_AFTER);
+        r.rotate_right(1);
+        assert_eq!(r[0].handle, 2);
+        let p = plan(&spec(ForwardMode::Open, false), &fwd(), &r);
+        assert_eq!(p.len(), 1);
+        assert!(rendered(&p)[0].starts_with(
+            "nft delete rule inet filter forward handle 4; delete rule inet filter forward handle 3; insert"
+        ));
+        // A reject counts as a drop; a foreign accept does not.
+        r[0].expr = json!([{ "reject": null }]);
+        assert_eq!(plan(&spec(ForwardMode::Open, false), &fwd(), &r).len(), 1);
+        r[0].expr = json!([{ "accept": null }]);
+        assert!(plan(&spec(ForwardMode::Open, false), &fwd(), &r).is_empty());
+    }
+
+    #[test]
+    fn plans_in_sync_are_empty() {
+        assert!(plan(&spec(ForwardMode::Open, false), &fwd(), &rules(NFT_FORWARD_AFTER)).is_empty());
+        // Other networks' rules and foreign drops after weft's rules are fine.
+        assert!(plan(&spec(tunnel(), false), &fwd(), &rules(NFT_FORWARD_TUNNEL)).is_empty());
+        // Set elements listed in another order are still in sync.
+        let swapped = NFT_FORWARD_TUNNEL.replace(r#"["established", "related"]"#, r#"["related", "established"]"#);
+        assert!(plan(&spec(tunnel(), false), &fwd(), &rules(&swapped)).is_empty());
+        // A missing override rule is not in sync.
+        let mut s = spec(tunnel(), false);
+        s.overrides.insert("10.244.2.0/24".parse().expect("net"), ForwardMode::Open);
+        let p = plan(&s, &fwd(), &rules(NFT_FORWARD_TUNNEL));
+        assert_eq!(p[0].change.as_deref(), Some("nft inet filter forward: replaced 5 weft rules at the top"));
+    }
+
+    #[test]
+    fn remove_plan_deletes_only_its_networks_rules() {
+        let p = plan_remove(&spec(tunnel(), false), &fwd(), &rules(NFT_FORWARD_TUNNEL));
+        assert_eq!(
+            rendered(&p),
+            ["nft delete rule inet filter forward handle 12; delete rule inet filter forward handle 11; \
+              delete rule inet filter forward handle 10"]
+        );
+        assert_eq!(p[0].change.as_deref(), Some("nft inet filter forward: deleted 3 weft rules"));
+        assert!(plan_remove(&spec(tunnel(), false), &fwd(), &rules(NFT_FORWARD_BEFORE)).is_empty());
+    }
 }
