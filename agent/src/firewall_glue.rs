@@ -68,3 +68,36 @@ impl Firewall {
             .map_err(|errs| anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glue(extra: &str) -> Firewall {
+        let text = format!("node_name = \"n1\"\nnetwork = \"lab\"\n[etcd]\nendpoints = [\"http://a:1\"]\n{extra}");
+        Firewall::new(&AgentConfig::parse("agent.toml", &text).expect("config"))
+    }
+
+    #[test]
+    fn uniform_policy_follows_the_backend_and_the_configured_tun() {
+        let quic = "[quic]\nca_file = \"/ca.pem\"\ncert_file = \"/n.pem\"\nkey_file = \"/n.key\"\ntun = \"qt0\"\n";
+        assert_eq!(
+            glue(quic).uniform_policy(Backend::Quic),
+            ForwardPolicy::uniform(ForwardMode::Tunnel { tun: "qt0".into() })
+        );
+        assert_eq!(glue("").uniform_policy(Backend::Quic).default, ForwardMode::Tunnel { tun: "weft-tun0".into() });
+        assert_eq!(glue(quic).uniform_policy(Backend::HostGw), ForwardPolicy::uniform(ForwardMode::Open));
+    }
+
+    #[test]
+    fn the_policy_lands_in_the_spec() {
+        let fw = glue("");
+        let mut policy = fw.uniform_policy(Backend::Quic);
+        policy.overrides.insert("10.244.2.0/24".parse().expect("net"), ForwardMode::Open);
+        let spec = fw.spec("10.244.0.0/16".parse().expect("net"), "10.244.1.0/24".parse().expect("net"), &policy);
+        assert_eq!((spec.network.as_str(), spec.bridge.as_str()), ("lab", "weft0"));
+        assert_eq!(spec.mode, policy.default);
+        assert_eq!(spec.overrides, policy.overrides);
+        assert!(spec.validate().is_ok());
+    }
+}

@@ -99,8 +99,9 @@
 //! part that builds something the first failure stops that part (later steps depend on it),
 //! while a part that takes something away goes on. The errors are returned together (one error
 //! as itself, several as [`FirewallError::Multiple`]). A missing `iptables` or `nft` yields
-//! [`FirewallError::MissingProgram`] naming it. Each change is reported and logged (`info`) once
-//! its command succeeded, so changes made before a failure are not lost from the log.
+//! [`FirewallError::MissingProgram`] naming it. A change counts once its command succeeded
+//! ([`Command::change`]); all of them are logged (`info`) at the end of the call, also when a
+//! step failed, so changes made before a failure are not lost from the log.
 //!
 //! `remove` (node leaves) deletes weft's jumps and chains and every rule tagged `weft:<net>` in
 //! foreign forward chains, going on past failures. It depends only on `spec.network`.
