@@ -4,6 +4,7 @@
 use crate::api::{self, Command};
 use crate::backend::{self, BuildContext, Drivers, NodeView, Plan, UnderlayInfo};
 use crate::etcd;
+use crate::firewall::ForwardPolicy;
 use crate::firewall_glue::Firewall;
 use crate::kernel::{write_sysctl, Kernel, Netlink};
 use crate::lease::{self, Decision, Existing};
@@ -88,6 +89,8 @@ pub struct Daemon {
     live: api::LiveQuic,
     /// The backends carrying cross-host traffic, built from the network config.
     drivers: Option<Drivers<Netlink>>,
+    /// The forward policy of the last plan, which the firewall rules follow.
+    forward: Option<ForwardPolicy>,
 }
 
 impl Daemon {
@@ -159,6 +162,7 @@ impl Daemon {
             pods: vec![],
             live,
             drivers: None,
+            forward: None,
         })
     }
 
@@ -451,7 +455,8 @@ impl Daemon {
 
     fn apply_firewall(&mut self) {
         if let (Some(net), Some(subnet), Some(d)) = (self.net.as_ref(), self.subnet, self.drivers.as_ref()) {
-            if let Err(e) = self.firewall.ensure(net.cidr, subnet, d.default_forward()) {
+            let policy = self.forward.clone().unwrap_or_else(|| d.default_forward());
+            if let Err(e) = self.firewall.ensure(net.cidr, subnet, &policy) {
                 warn!(error = %format!("{e:#}"), "firewall rules");
                 self.set_status(|s| {
                     s.reconcile_errors += 1;
@@ -625,8 +630,15 @@ impl Daemon {
         let drivers = self.drivers.as_mut().context("no backend yet")?;
         drivers.observe(&self.nl).await?;
         let peers: Vec<&Peer> = self.peers.peers.values().collect();
-        let (plan, _policy) = drivers.plan(&peers, &node);
+        let (plan, policy) = drivers.plan(&peers, &node);
         drivers.hand_over(&peers, &node);
+        if self.forward.as_ref().is_some_and(|f| *f != policy) {
+            // Peers moved between backends with different forward modes: the rules follow now.
+            self.forward = Some(policy);
+            self.apply_firewall();
+        } else {
+            self.forward = Some(policy);
+        }
         let Plan { routes: desired, refused } = plan;
         for r in &refused {
             warn!(peer = %r.node, subnet = %r.subnet, reason = %r.reason, "peer not routable");

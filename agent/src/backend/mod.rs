@@ -22,7 +22,7 @@ pub mod host_gw;
 pub mod quic;
 
 use crate::api::LiveQuic;
-use crate::firewall::ForwardMode;
+use crate::firewall::{ForwardMode, ForwardPolicy};
 use crate::kernel::Kernel;
 use crate::routes::Route;
 use anyhow::{bail, Result};
@@ -84,14 +84,6 @@ impl Plan {
         self.routes.extend(other.routes);
         self.refused.extend(other.refused);
     }
-}
-
-/// The forward policy of the whole node: a default for the cluster CIDR and the subnets of
-/// peers whose driver wants another mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardPolicy {
-    pub default: ForwardMode,
-    pub overrides: BTreeMap<Ipv4Net, ForwardMode>,
 }
 
 /// One way of carrying cross-host traffic, over kernel `K` (netlink, or the fake in tests).
@@ -273,8 +265,8 @@ impl<K: Kernel> Drivers<K> {
     }
 
     /// The forward policy before any peer is known: the default alone.
-    pub fn default_forward(&self) -> ForwardMode {
-        self.forward_policy(&[]).default
+    pub fn default_forward(&self) -> ForwardPolicy {
+        self.forward_policy(&[])
     }
 
     pub fn hand_over(&mut self, peers: &[&Peer], node: &NodeView) {
