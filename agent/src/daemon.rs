@@ -2,11 +2,13 @@
 //! every etcd change and on a timer. One loop owns all state; the API and signals feed into it.
 
 use crate::api::{self, Command};
+use crate::backend::{self, BuildContext, Drivers, NodeView, Plan, UnderlayInfo};
+use crate::firewall::ForwardPolicy;
 use crate::firewall_glue::Firewall;
+use crate::kernel::{write_sysctl, Kernel, Netlink};
 use crate::lease::{self, Decision, Existing};
-use crate::netlink::{write_sysctl, Netlink};
 use crate::pods::{self, AttachRequest, PodNet};
-use crate::routes::{self, Action, Route, Underlay};
+use crate::routes::{self, Action, Route};
 use crate::state::{self, PodRecord, PodSource, StateDir, SubnetState};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -18,8 +20,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use weft_config::api::{PeerStatus, PodInfo, Request, Response, RouteRemoved, Status};
-use weft_config::peers::{build_peer_set, PeerSet, RawRecord};
-use weft_config::{subnet, AgentConfig, Backend, Heartbeat, Keys, NetworkConfig, SubnetRecord};
+use weft_config::peers::{build_peer_set, Peer, PeerSet, RawRecord};
+use weft_config::{subnet, AgentConfig, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 use weft_store::{EtcdStore, EventKind, Store, Watch, WatchMsg};
 
 mod ops;
@@ -56,14 +58,6 @@ pub fn node_identity(cfg: &AgentConfig) -> Result<String> {
     Ok(id.to_string())
 }
 
-#[derive(Debug, Clone)]
-struct UnderlayInfo {
-    index: u32,
-    name: String,
-    public_ip: Ipv4Addr,
-    mtu: u32,
-}
-
 pub struct Daemon {
     cfg: AgentConfig,
     node_id: String,
@@ -92,11 +86,10 @@ pub struct Daemon {
     mtu: u32,
     pods: Vec<PodRecord>,
     live: api::LiveQuic,
-    tunnel: Option<crate::quic::Tunnel>,
-    /// quic: the UDP socket, bound before the record that makes peers dial is published, and
-    /// handed to the tunnel when it starts.
-    quic_socket: Option<std::net::UdpSocket>,
-    fingerprint: Option<String>,
+    /// The backends carrying cross-host traffic, built from the network config.
+    drivers: Option<Drivers<Netlink>>,
+    /// The forward policy of the last plan, which the firewall rules follow.
+    forward: Option<ForwardPolicy>,
 }
 
 impl Daemon {
@@ -167,9 +160,8 @@ impl Daemon {
             mtu: 1500,
             pods: vec![],
             live,
-            tunnel: None,
-            quic_socket: None,
-            fingerprint: None,
+            drivers: None,
+            forward: None,
         })
     }
 
@@ -327,6 +319,7 @@ impl Daemon {
     fn own_record(&self) -> Result<SubnetRecord> {
         let u = self.underlay.as_ref().context("underlay unknown")?;
         let net = self.net.as_ref().context("network config unknown")?;
+        let drivers = self.drivers.as_ref().context("no backend yet")?;
         Ok(SubnetRecord {
             schema: weft_config::records::SCHEMA_VERSION,
             node: self.cfg.node_name.clone(),
@@ -334,35 +327,28 @@ impl Daemon {
             public_ip: u.public_ip,
             backend: net.backend,
             epoch: self.epoch,
-            quic_endpoint: self.quic_endpoint(),
-            cert_fingerprint: self.fingerprint.clone(),
+            backend_data: drivers.backend_data(u),
         })
     }
 
-    fn is_quic(&self) -> bool {
-        self.net.as_ref().is_some_and(|n| n.backend == Backend::Quic)
-    }
-
-    fn quic_endpoint(&self) -> Option<std::net::SocketAddr> {
-        let q = self.cfg.quic.as_ref()?;
-        let u = self.underlay.as_ref()?;
-        self.is_quic().then(|| std::net::SocketAddr::from((u.public_ip, q.port)))
+    /// The node as the backends see it, with the underlay's current prefixes.
+    async fn node_view(&self) -> Result<NodeView> {
+        let underlay = self.underlay.clone().context("underlay unknown")?;
+        let prefixes = self.nl.addrs(underlay.index).await?;
+        let cluster = self.net.as_ref().context("network config unknown")?.cidr;
+        let subnet = self.subnet.context("no subnet")?;
+        Ok(NodeView { underlay, prefixes, cluster, subnet, mtu: self.mtu })
     }
 
     /// One attempt at the subnet: Ok(false) on a lost race (retry at once).
     async fn try_acquire(&mut self) -> Result<bool> {
         let net = self.read_network().await?;
         self.net = Some(net.clone());
-        if net.backend == Backend::Quic {
-            let q = self.cfg.quic.as_ref().context(
-                "the network's backend is quic but agent.toml has no [quic] section (ca_file, cert_file, key_file)",
-            )?;
-            let id = crate::quic::tls::load(q, &self.cfg.node_name)?;
-            self.fingerprint = Some(id.fingerprint);
-            if self.tunnel.is_none() && self.quic_socket.is_none() {
-                self.quic_socket = Some(crate::quic::bind_socket(q.port)?);
-            }
+        if self.drivers.as_ref().is_none_or(|d| d.names() != net.backend.to_string()) {
+            self.drivers = Some(backend::build(&net, &BuildContext { cfg: &self.cfg, live: &self.live })?);
         }
+        let u = self.underlay.clone().context("underlay unknown")?;
+        self.drivers.as_mut().context("no backend yet")?.prepare(&u)?;
         let prefix = self.keys.subnets_prefix();
         let (raw, _) = self.store()?.list(&prefix).await?;
         let existing: Vec<Existing> = raw
@@ -436,14 +422,7 @@ impl Daemon {
             subnet,
             node_id: self.node_id.clone(),
         })?;
-        let u = self.underlay.clone().context("underlay unknown")?;
-        self.mtu = match (net.backend, self.cfg.quic.as_ref()) {
-            (Backend::Quic, Some(q)) => {
-                let tun = q.mtu.unwrap_or_else(|| crate::quic::tun_mtu_for(u.mtu));
-                self.cfg.bridge.mtu.map_or(tun, |b| b.min(tun))
-            }
-            _ => self.cfg.bridge.mtu.unwrap_or(u.mtu),
-        };
+        self.mtu = self.drivers.as_ref().context("no backend yet")?.pod_mtu(u.mtu, self.cfg.bridge.mtu);
         let env = state::subnet_env(net.cidr, subnet, self.mtu, self.cfg.ip_masq);
         state::write_atomic(&self.cfg.paths.subnet_env, env.as_bytes(), 0o644)?;
         self.set_status(|s| {
@@ -468,46 +447,16 @@ impl Daemon {
             }
         }
         self.nl.add_addr(self.bridge_index, gw).await?;
-        self.ensure_tunnel().await?;
+        let node = self.node_view().await?;
+        self.drivers.as_mut().context("no backend yet")?.ensure(&self.nl, &node).await?;
         self.apply_firewall();
         self.ensure_pods().await
     }
 
-    /// quic: the tun device and endpoint (started once; the device persists across restarts).
-    async fn ensure_tunnel(&mut self) -> Result<()> {
-        if !self.is_quic() {
-            return Ok(());
-        }
-        let q = self.cfg.quic.clone().context("no [quic] section")?;
-        if self.tunnel.is_none() {
-            let u = self.underlay.clone().context("underlay unknown")?;
-            let settings = crate::quic::Settings {
-                node: self.cfg.node_name.clone(),
-                local_subnet: self.subnet.context("no subnet")?,
-                tun_mtu: self.mtu,
-                udp_payload: u16::try_from(u.mtu.saturating_sub(crate::quic::UDP_IP_OVERHEAD)).unwrap_or(1472),
-                quic: q.clone(),
-                socket: self.quic_socket.take(),
-            };
-            let t = crate::quic::Tunnel::start(settings)?;
-            *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(t.status_fn());
-            self.tunnel = Some(t);
-        } else if let Some(t) = &self.tunnel {
-            match t.reload_tls_if_changed() {
-                Ok(_) => {}
-                Err(e) => warn!(error = %format!("{e:#}"), "renewed certificate not usable; keeping the old one"),
-            }
-        }
-        let link = self.nl.link(&q.tun).await?.with_context(|| format!("tun device {} missing", q.tun))?;
-        if !link.up || link.mtu != self.mtu {
-            self.nl.set_link(link.index, Some(self.mtu), true, None).await?;
-        }
-        Ok(())
-    }
-
     fn apply_firewall(&mut self) {
-        if let (Some(net), Some(subnet)) = (self.net.clone(), self.subnet) {
-            if let Err(e) = self.firewall.ensure(&net, subnet) {
+        if let (Some(net), Some(subnet), Some(d)) = (self.net.as_ref(), self.subnet, self.drivers.as_ref()) {
+            let policy = self.forward.clone().unwrap_or_else(|| d.default_forward());
+            if let Err(e) = self.firewall.ensure(net.cidr, subnet, &policy) {
                 warn!(error = %format!("{e:#}"), "firewall rules");
                 self.set_status(|s| {
                     s.reconcile_errors += 1;
@@ -677,23 +626,20 @@ impl Daemon {
     }
 
     async fn reconcile_routes(&mut self) -> Result<()> {
-        let u = self.underlay.clone().context("underlay unknown")?;
-        let prefixes = self.nl.addrs(u.index).await?;
-        let underlay = Underlay { ifindex: u.index, ifname: u.name.clone(), prefixes };
-        let (desired, refused) = match (self.is_quic(), self.cfg.quic.as_ref()) {
-            (true, Some(q)) => {
-                let tun = self.nl.link(&q.tun).await?.with_context(|| format!("tun device {} missing", q.tun))?;
-                let net = self.net.as_ref().context("network config unknown")?;
-                let subnet = self.subnet.context("no subnet")?;
-                let (routes, refused, specs) =
-                    routes::quic_routes(self.peers.peers.values(), tun.index, subnet::gateway(subnet), net.cidr);
-                if let Some(t) = &self.tunnel {
-                    t.set_peers(&specs);
-                }
-                (routes, refused)
-            }
-            _ => routes::host_gw_routes(self.peers.peers.values(), &underlay),
-        };
+        let node = self.node_view().await?;
+        let drivers = self.drivers.as_mut().context("no backend yet")?;
+        drivers.observe(&self.nl).await?;
+        let peers: Vec<&Peer> = self.peers.peers.values().collect();
+        let (plan, policy) = drivers.plan(&peers, &node);
+        drivers.hand_over(&peers, &node);
+        if self.forward.as_ref().is_some_and(|f| *f != policy) {
+            // Peers moved between backends with different forward modes: the rules follow now.
+            self.forward = Some(policy);
+            self.apply_firewall();
+        } else {
+            self.forward = Some(policy);
+        }
+        let Plan { routes: desired, refused } = plan;
         for r in &refused {
             warn!(peer = %r.node, subnet = %r.subnet, reason = %r.reason, "peer not routable");
         }
@@ -755,8 +701,9 @@ impl Daemon {
     }
 
     /// Notices a changed underlay MTU. host-gw: the bridge, the pods and subnet.env follow (the
-    /// plumbing that comes next applies it) unless `bridge.mtu` pins them. quic: the tunnel's
-    /// MTU and QUIC packet size are fixed when it starts, so only a restart adopts the new one.
+    /// plumbing that comes next applies it) unless `bridge.mtu` pins them. A backend whose MTU
+    /// is fixed when it starts (quic's tunnel and QUIC packet size) says so; only a restart
+    /// adopts the new one then.
     async fn follow_underlay_mtu(&mut self) {
         let Some(old) = self.underlay.clone() else { return };
         let Ok(Some(link)) = self.nl.link_by_index(old.index).await else { return };
@@ -765,13 +712,8 @@ impl Daemon {
             return;
         }
         self.underlay = Some(UnderlayInfo { mtu, ..old.clone() });
-        if self.is_quic() {
-            warn!(
-                old = old.mtu,
-                new = mtu,
-                tun_mtu = self.mtu,
-                "underlay MTU changed; the quic tunnel keeps its MTU until the agent is restarted"
-            );
+        if let Some(note) = self.drivers.as_ref().and_then(|d| d.fixed_mtu_note()) {
+            warn!(old = old.mtu, new = mtu, pod_mtu = self.mtu, "{note}");
             return;
         }
         if self.cfg.bridge.mtu.is_some() {
@@ -1081,8 +1023,8 @@ fn pod_names(name: &str, netns: Option<String>, ifname: Option<String>) -> Resul
 }
 
 /// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.
-pub async fn teardown_local(
-    nl: &Netlink,
+pub async fn teardown_local<K: Kernel>(
+    nl: &K,
     cfg: &AgentConfig,
     pods: &[PodRecord],
     state: &StateDir,
@@ -1104,8 +1046,8 @@ pub async fn teardown_local(
             errors.push(format!("pod {}: {e:#}", p.name));
         }
     }
-    if let Some(q) = &cfg.quic {
-        match nl.link(&q.tun).await {
+    for name in backend::leftover_links::<K>(cfg) {
+        match nl.link(&name).await {
             Ok(Some(t)) => {
                 if let Err(e) = nl.del_link(t.index).await {
                     errors.push(format!("{e:#}"));

@@ -96,8 +96,7 @@ mod tests {
                 public_ip: "192.0.2.1".parse().expect("lit"),
                 backend: Backend::HostGw,
                 epoch: 1,
-                quic_endpoint: None,
-                cert_fingerprint: None,
+                backend_data: Default::default(),
             }),
             mod_revision: rev,
         }

@@ -2,19 +2,22 @@
 //! a thin CLI over [`daemon`]; tests and benchmarks use the modules directly.
 
 pub mod api;
+pub mod backend;
 pub mod cni;
 pub mod daemon;
 pub mod firewall;
 pub mod firewall_glue;
 pub mod http;
+pub mod kernel;
 pub mod lease;
 pub mod metrics;
-pub mod netlink;
 pub mod netns;
 pub mod netns_path;
 pub mod notify;
 pub mod pods;
 pub mod probe;
-pub mod quic;
 pub mod routes;
 pub mod state;
+
+/// The quic backend, also at its old path (benchmarks, the fuzzer and tests use it).
+pub use backend::quic;

@@ -2,13 +2,12 @@
 //! node subnet and a default route via the bridge. `attach` is the single idempotent operation
 //! that creates or repairs a pod; the state dir records the result and is the source of truth.
 
-use crate::netlink::Netlink;
-use crate::netns;
+use crate::kernel::Kernel;
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use weft_config::subnet;
 
 /// Host-side veth name, derived from the pod's namespace and interface so it is stable across
@@ -35,8 +34,8 @@ pub fn choose_addr(subnet: Ipv4Net, current: &[Ipv4Addr], used_by_others: &BTree
         .or_else(|| subnet::first_free_addr(subnet, used_by_others))
 }
 
-pub struct PodNet<'a> {
-    pub nl: &'a Netlink,
+pub struct PodNet<'a, K> {
+    pub nl: &'a K,
     pub bridge_index: u32,
     pub subnet: Ipv4Net,
     pub mtu: u32,
@@ -54,13 +53,13 @@ pub struct AttachRequest<'a> {
 }
 
 /// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod.
-pub async fn attach(
-    net: &PodNet<'_>,
+pub async fn attach<K: Kernel>(
+    net: &PodNet<'_, K>,
     req: &AttachRequest<'_>,
     used_by_others: &BTreeSet<Ipv4Addr>,
 ) -> Result<PodRecord> {
-    let created = netns::ensure(req.netns).with_context(|| format!("creating namespace {}", req.netns))?;
-    let pod_nl = Netlink::open_in(req.netns)?;
+    let created = net.nl.ensure_netns(req.netns)?;
+    let pod_nl = net.nl.in_netns(req.netns)?;
     let host = host_veth_name(req.netns, req.ifname);
 
     let mut inside = pod_nl.link(req.ifname).await?;
@@ -113,7 +112,7 @@ pub async fn attach(
     if !present.contains(&want) {
         pod_nl.add_addr(inside.index, want).await?;
     }
-    pod_nl.replace_default_route(subnet::gateway(net.subnet), inside.index).await?;
+    pod_nl.replace_default_route(IpAddr::V4(subnet::gateway(net.subnet)), inside.index).await?;
     Ok(PodRecord {
         name: req.name.to_string(),
         netns: req.netns.to_string(),
@@ -126,12 +125,12 @@ pub async fn attach(
 }
 
 /// Removes a pod's veth and, when weft created it, its namespace. Absent parts are fine.
-pub async fn detach(nl: &Netlink, pod: &PodRecord, remove_netns: bool) -> Result<()> {
+pub async fn detach(nl: &impl Kernel, pod: &PodRecord, remove_netns: bool) -> Result<()> {
     if let Some(l) = nl.link(&pod.host_veth).await? {
         nl.del_link(l.index).await?;
     }
     if remove_netns {
-        netns::remove(&pod.netns).with_context(|| format!("removing namespace {}", pod.netns))?;
+        nl.remove_netns(&pod.netns)?;
     }
     Ok(())
 }
@@ -139,6 +138,113 @@ pub async fn detach(nl: &Netlink, pod: &PodRecord, remove_netns: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::fake::{Call, FakeKernel, ROOT};
+
+    fn request<'a>(netns: &'a str) -> AttachRequest<'a> {
+        AttachRequest {
+            name: "p1",
+            netns,
+            ifname: "eth0",
+            source: PodSource::Config,
+            remembered: None,
+            owns_netns: false,
+        }
+    }
+
+    async fn node() -> (FakeKernel, u32) {
+        let k = FakeKernel::new();
+        let br = k.ensure_bridge("weft0", 1450).await.expect("bridge");
+        k.take_calls();
+        (k, br)
+    }
+
+    fn subnet() -> Ipv4Net {
+        "10.244.1.0/24".parse().expect("literal")
+    }
+
+    #[tokio::test]
+    async fn attach_sends_the_pod_setup_in_order() {
+        let (k, br) = node().await;
+        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
+        assert_eq!(rec.ip, "10.244.1.2".parse::<Ipv4Addr>().expect("literal"));
+        assert!(rec.owns_netns, "weft created the namespace");
+        let host = host_veth_name("ns1", "eth0");
+        let tmp = temp_peer_name("ns1", "eth0");
+        let hostl = k.link(&host).await.expect("lookup").expect("host veth");
+        let pod = k.in_netns("ns1").expect("pod namespace");
+        let inside = pod.link("eth0").await.expect("lookup").expect("pod eth0");
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            k.calls(),
+            vec![
+                (s(ROOT), Call::AddNetns(s("ns1"))),
+                (s(ROOT), Call::AddVeth { name: host.clone(), peer: tmp, mtu: 1450 }),
+                (s(ROOT), Call::MoveToNetns { index: inside.index, netns: s("ns1") }),
+                (s("ns1"), Call::Rename { index: inside.index, name: s("eth0") }),
+                (s(ROOT), Call::SetLink { index: hostl.index, mtu: Some(1450), up: true, controller: Some(br) }),
+                (s("ns1"), Call::SetLink { index: inside.index, mtu: Some(1450), up: true, controller: None }),
+                (s("ns1"), Call::AddAddress { index: inside.index, addr: "10.244.1.2/24".parse().expect("literal") }),
+                (
+                    s("ns1"),
+                    Call::ReplaceDefaultRoute { via: "10.244.1.1".parse().expect("literal"), oif: inside.index }
+                ),
+            ]
+        );
+        assert_eq!(pod.default_route_oif().await.expect("route"), Some(inside.index));
+        assert_eq!(hostl.controller, Some(br));
+    }
+
+    #[tokio::test]
+    async fn attach_again_only_refreshes_the_route_and_repairs_what_drifted() {
+        let (k, br) = node().await;
+        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let first = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
+        k.take_calls();
+        let again = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("again");
+        assert_eq!(again.ip, first.ip);
+        let calls = k.take_calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(matches!(calls[0].1, Call::ReplaceDefaultRoute { .. }), "{calls:?}");
+
+        // Someone moved the pod's address: the remembered one comes back, the stray one goes.
+        let pod = k.in_netns("ns1").expect("pod namespace");
+        let eth0 = pod.link("eth0").await.expect("lookup").expect("eth0").index;
+        pod.del_addr(eth0, "10.244.1.2/24".parse().expect("literal")).await.expect("del");
+        pod.add_addr(eth0, "10.244.1.9/16".parse().expect("literal")).await.expect("add");
+        let req = AttachRequest { remembered: Some(first.ip), ..request("ns1") };
+        attach(&net, &req, &BTreeSet::new()).await.expect("repair");
+        assert_eq!(pod.addrs(eth0).await.expect("list"), vec!["10.244.1.2/24".parse::<Ipv4Net>().expect("literal")]);
+    }
+
+    #[tokio::test]
+    async fn attach_refuses_an_interface_weft_did_not_make() {
+        let (k, br) = node().await;
+        k.ensure_netns("ns1").expect("netns");
+        k.in_netns("ns1").expect("pod").seed_link("eth0", "macvlan", 1500);
+        k.take_calls();
+        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let e = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect_err("not ours");
+        assert!(e.to_string().contains("that weft did not create"), "{e}");
+        assert!(k.calls().is_empty(), "nothing was changed: {:?}", k.calls());
+    }
+
+    #[tokio::test]
+    async fn detach_deletes_the_veth_and_the_namespace_it_owns() {
+        let (k, br) = node().await;
+        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
+        let host = k.link(&rec.host_veth).await.expect("lookup").expect("host veth").index;
+        k.take_calls();
+        detach(&k, &rec, true).await.expect("detach");
+        assert_eq!(
+            k.take_calls(),
+            vec![(ROOT.to_string(), Call::DelLink(host)), (ROOT.to_string(), Call::RemoveNetns("ns1".into()))]
+        );
+        assert_eq!(k.namespaces(), vec![ROOT.to_string()]);
+        detach(&k, &rec, true).await.expect("detaching twice is fine");
+        assert!(k.calls().is_empty());
+    }
 
     #[test]
     fn veth_names_are_stable_and_short() {

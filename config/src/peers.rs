@@ -1,11 +1,11 @@
 //! Turning the raw subnet records of etcd into a trusted peer set. Records written by other
 //! nodes are untrusted: each malformed, misplaced or conflicting one is skipped with a reason.
 
-use crate::records::{check_subnet_key, Backend, NetworkConfig, SubnetRecord};
+use crate::records::{check_subnet_key, Backend, BackendData, NetworkConfig, SubnetRecord};
 use crate::Keys;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 /// One key-value pair as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +25,8 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
     pub backend: Backend,
     pub epoch: u64,
-    pub quic_endpoint: Option<SocketAddr>,
-    pub cert_fingerprint: Option<String>,
+    /// What the peer's backends published (opaque here; each backend reads its own entry).
+    pub backend_data: BackendData,
     pub mod_revision: i64,
 }
 
@@ -102,8 +102,7 @@ pub fn build_peer_set(
             public_ip: rec.public_ip,
             backend: rec.backend,
             epoch: rec.epoch,
-            quic_endpoint: rec.quic_endpoint,
-            cert_fingerprint: rec.cert_fingerprint,
+            backend_data: rec.backend_data,
             mod_revision: r.mod_revision,
         };
         by_node.insert(rec.node, (r.create_revision, peer));

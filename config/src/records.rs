@@ -7,6 +7,7 @@ use crate::error::ConfigError;
 use crate::subnet::{self, parse_cidr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -100,8 +101,20 @@ impl NetworkConfig {
     }
 }
 
+/// What each backend publishes about its node, keyed by backend name (`"quic"`, ...). Opaque
+/// here: only the backend of that name reads its entry (flannel's `BackendData`).
+pub type BackendData = BTreeMap<String, serde_json::Value>;
+
+/// The backend name whose data schema-1 records carried as top-level fields.
+const LEGACY_QUIC: &str = "quic";
+
 /// `/weft/v1/<network>/subnets/<a.b.c.d-len>`: who owns a subnet and how to reach it.
+///
+/// Rolling upgrades: schema-1 agents read `quic_endpoint` and `cert_fingerprint` at the top
+/// level, so a record whose `backend_data` has a `quic` entry is written with those two fields
+/// too; a record from an old agent (top-level fields only) reads as if it had the `quic` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RecordWire", into = "RecordWire")]
 pub struct SubnetRecord {
     pub schema: u32,
     /// Node name (what operators see).
@@ -112,14 +125,75 @@ pub struct SubnetRecord {
     pub public_ip: Ipv4Addr,
     pub backend: Backend,
     /// Changes on every agent start, so peers can tell a restart from a long-lived session.
-    #[serde(default)]
     pub epoch: u64,
-    /// QUIC endpoint (quic backend only).
+    /// Per-backend data (endpoints, keys, MACs), opaque outside the backend that wrote it.
+    pub backend_data: BackendData,
+}
+
+/// The record as it is stored: today's fields plus the schema-1 mirror of the quic data.
+#[derive(Serialize, Deserialize)]
+struct RecordWire {
+    schema: u32,
+    node: String,
+    node_id: String,
+    public_ip: Ipv4Addr,
+    backend: Backend,
+    #[serde(default)]
+    epoch: u64,
+    /// Typed as schema 1 had them, so a malformed one still makes the record invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quic_endpoint: Option<SocketAddr>,
-    /// SHA-256 fingerprint of the node's certificate (quic backend only).
+    quic_endpoint: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_fingerprint: Option<String>,
+    cert_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    backend_data: BackendData,
+}
+
+/// The schema-1 names of the quic entry's fields: (top-level field, key in `backend_data.quic`).
+const LEGACY_QUIC_FIELDS: [(&str, &str); 2] = [("quic_endpoint", "endpoint"), ("cert_fingerprint", "cert_fingerprint")];
+
+impl From<RecordWire> for SubnetRecord {
+    fn from(w: RecordWire) -> Self {
+        let mut backend_data = w.backend_data;
+        if !backend_data.contains_key(LEGACY_QUIC) && (w.quic_endpoint.is_some() || w.cert_fingerprint.is_some()) {
+            let mut q = serde_json::Map::new();
+            let [(_, endpoint), (_, fingerprint)] = LEGACY_QUIC_FIELDS;
+            if let Some(e) = w.quic_endpoint {
+                q.insert(endpoint.to_string(), e.to_string().into());
+            }
+            if let Some(f) = w.cert_fingerprint {
+                q.insert(fingerprint.to_string(), f.into());
+            }
+            backend_data.insert(LEGACY_QUIC.to_string(), serde_json::Value::Object(q));
+        }
+        SubnetRecord {
+            schema: w.schema,
+            node: w.node,
+            node_id: w.node_id,
+            public_ip: w.public_ip,
+            backend: w.backend,
+            epoch: w.epoch,
+            backend_data,
+        }
+    }
+}
+
+impl From<SubnetRecord> for RecordWire {
+    fn from(r: SubnetRecord) -> Self {
+        let legacy = |key: &str| r.backend_data.get(LEGACY_QUIC).and_then(|q| q.get(key)?.as_str().map(String::from));
+        let [(_, endpoint), (_, fingerprint)] = LEGACY_QUIC_FIELDS;
+        RecordWire {
+            quic_endpoint: legacy(endpoint).and_then(|e| e.parse().ok()),
+            cert_fingerprint: legacy(fingerprint),
+            schema: r.schema,
+            node: r.node,
+            node_id: r.node_id,
+            public_ip: r.public_ip,
+            backend: r.backend,
+            epoch: r.epoch,
+            backend_data: r.backend_data,
+        }
+    }
 }
 
 impl SubnetRecord {
@@ -249,13 +323,90 @@ mod tests {
             public_ip: Ipv4Addr::new(192, 0, 2, 1),
             backend: Backend::HostGw,
             epoch: 7,
-            quic_endpoint: None,
-            cert_fingerprint: None,
+            backend_data: BackendData::new(),
         };
         let json = r.to_json();
         assert_eq!(SubnetRecord::from_json("k", json.as_bytes()), Ok(r.clone()));
         let newer = br#"{"schema":3,"node":"n1","node_id":"id-1","public_ip":"192.0.2.1","backend":"host-gw","epoch":7,"labels":{"zone":"a"}}"#;
         assert_eq!(SubnetRecord::from_json("k", newer).map(|x| x.node), Ok("n1".into()));
+    }
+
+    /// What a schema-1 agent (before backend_data) wrote for a quic node, byte for byte.
+    const SCHEMA1_QUIC: &str = r#"{"schema":1,"node":"n2","node_id":"id-2","public_ip":"172.30.0.12","backend":"quic","epoch":1700000000000000000,"quic_endpoint":"172.30.0.12:7946","cert_fingerprint":"ab12"}"#;
+
+    #[test]
+    fn a_schema1_quic_record_reads_as_backend_data() {
+        let r = SubnetRecord::from_json("k", SCHEMA1_QUIC.as_bytes()).expect("schema-1 record");
+        assert_eq!(r.backend, Backend::Quic);
+        assert_eq!(r.backend_data.len(), 1);
+        assert_eq!(
+            r.backend_data["quic"],
+            serde_json::json!({"endpoint": "172.30.0.12:7946", "cert_fingerprint": "ab12"})
+        );
+        // Written back, it is what a schema-1 agent reads: the same top-level fields.
+        let again: serde_json::Value = serde_json::from_str(&r.to_json()).expect("json");
+        assert_eq!(again["quic_endpoint"], "172.30.0.12:7946");
+        assert_eq!(again["cert_fingerprint"], "ab12");
+    }
+
+    /// The fields a schema-1 agent reads, with its types: what it makes of a new record.
+    #[derive(Deserialize)]
+    struct Schema1Reader {
+        schema: u32,
+        node: String,
+        public_ip: Ipv4Addr,
+        backend: Backend,
+        epoch: u64,
+        quic_endpoint: Option<SocketAddr>,
+        cert_fingerprint: Option<String>,
+    }
+
+    #[test]
+    fn a_schema1_agent_reads_what_a_new_agent_writes() {
+        let mut data = BackendData::new();
+        data.insert("quic".into(), serde_json::json!({"endpoint": "172.30.0.11:7946", "cert_fingerprint": "cd34"}));
+        data.insert("vxlan".into(), serde_json::json!({"vtep_mac": "02:00:00:00:00:01"}));
+        let r = SubnetRecord {
+            schema: SCHEMA_VERSION,
+            node: "n1".into(),
+            node_id: "id-1".into(),
+            public_ip: Ipv4Addr::new(172, 30, 0, 11),
+            backend: Backend::Quic,
+            epoch: 9,
+            backend_data: data,
+        };
+        let json = r.to_json();
+        let old: Schema1Reader = serde_json::from_str(&json).expect("a schema-1 agent parses it");
+        assert_eq!((old.schema, old.node.as_str(), old.backend, old.epoch), (1, "n1", Backend::Quic, 9));
+        assert_eq!(old.public_ip, Ipv4Addr::new(172, 30, 0, 11));
+        assert_eq!(old.quic_endpoint, Some("172.30.0.11:7946".parse().expect("literal")));
+        assert_eq!(old.cert_fingerprint.as_deref(), Some("cd34"));
+        // and a new agent reads its own record back unchanged
+        assert_eq!(SubnetRecord::from_json("k", json.as_bytes()), Ok(r));
+    }
+
+    #[test]
+    fn a_host_gw_record_is_written_as_schema1_wrote_it() {
+        let r = SubnetRecord {
+            schema: 1,
+            node: "n1".into(),
+            node_id: "id-1".into(),
+            public_ip: Ipv4Addr::new(172, 30, 0, 11),
+            backend: Backend::HostGw,
+            epoch: 5,
+            backend_data: BackendData::new(),
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"schema":1,"node":"n1","node_id":"id-1","public_ip":"172.30.0.11","backend":"host-gw","epoch":5}"#
+        );
+    }
+
+    #[test]
+    fn a_malformed_schema1_quic_endpoint_still_invalidates_the_record() {
+        let bad = br#"{"schema":1,"node":"n2","node_id":"id-2","public_ip":"172.30.0.12","backend":"quic","quic_endpoint":"nowhere"}"#;
+        let e = SubnetRecord::from_json("k", bad).expect_err("bad endpoint").to_string();
+        assert!(e.starts_with("k: invalid subnet record JSON"), "{e}");
     }
 
     #[test]

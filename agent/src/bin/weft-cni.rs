@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use weft_agent::cni::{self, code, Attachment, CniError, Command, Env, NetConf};
-use weft_agent::netlink::Netlink;
+use weft_agent::kernel::{Kernel, Netlink};
 use weft_config::api::{PodInfo, Request, Response, MAX_REQUEST_BYTES};
 
 /// Largest network config read from stdin.

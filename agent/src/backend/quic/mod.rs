@@ -12,8 +12,11 @@
 //!   backoff), the other accepts and identifies the peer by its certificate and address. A peer
 //!   whose epoch changed (it restarted) is redialled at once.
 
+mod driver;
 pub mod packet;
 pub mod tls;
+
+pub use driver::{registration, specs, QuicDriver, BLACKHOLE_METRIC, NAME};
 
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};

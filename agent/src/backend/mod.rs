@@ -1,0 +1,281 @@
+//! The backend seam: how cross-host traffic is carried, behind one trait.
+//!
+//! A [`Driver`] turns the peer set into kernel state and says what it publishes about this
+//! node. The daemon talks to the node's drivers only through [`Drivers`] and never names one:
+//! - [`registry`] maps a network config's backend name to a factory (flannel's `Register`);
+//!   [`build`] makes the node's drivers from the network config.
+//! - [`Driver::backend_data`] is what a driver publishes in the node's record, under its own
+//!   name; peers' entries reach [`Driver::plan`] as opaque JSON that only that driver reads.
+//! - [`Driver::plan`] is pure: from the peers assigned to the driver and the node's view of
+//!   itself, the routes it wants, the peers it refuses (with a reason) and the forward policy
+//!   for their subnets. The daemon applies all drivers' routes with one diff (`routes::plan`).
+//! - The effects a driver needs of its own (a tun device and its data path, later a VXLAN
+//!   device) happen in [`Driver::prepare`] (before the record is published), [`Driver::ensure`]
+//!   (every full reconcile) and [`Driver::observe`] (before each plan).
+//!
+//! A node may run several drivers at once ([`Drivers`]): each peer goes to the first driver
+//! that [`Driver::accepts`] it, and the last takes every peer left, so `auto` (host-gw for
+//! on-link peers, an encapsulating driver for the rest) and a live backend change (old and new
+//! side by side) need no change here. Today every network has exactly one.
+
+pub mod host_gw;
+pub mod quic;
+
+use crate::api::LiveQuic;
+use crate::firewall::{ForwardMode, ForwardPolicy};
+use crate::kernel::Kernel;
+use crate::routes::Route;
+use anyhow::{bail, Result};
+use futures::future::BoxFuture;
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use weft_config::peers::Peer;
+use weft_config::records::BackendData;
+use weft_config::{AgentConfig, NetworkConfig};
+
+/// The node's underlay interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayInfo {
+    pub index: u32,
+    pub name: String,
+    pub public_ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// What a driver knows of its own node when it plans or plumbs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub underlay: UnderlayInfo,
+    /// Connected prefixes of the underlay interface (address/len as configured on it).
+    pub prefixes: Vec<Ipv4Net>,
+    /// The cluster CIDR.
+    pub cluster: Ipv4Net,
+    /// This node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// MTU of the bridge and pods.
+    pub mtu: u32,
+}
+
+impl NodeView {
+    /// The pod subnet's gateway (the bridge's address).
+    pub fn gateway(&self) -> Ipv4Addr {
+        weft_config::subnet::gateway(self.subnet)
+    }
+}
+
+/// A peer that gets no route, and why (reported in status and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub reason: String,
+}
+
+/// What one driver (or all of them together) wants in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub routes: Vec<Route>,
+    pub refused: Vec<Refused>,
+}
+
+impl Plan {
+    fn extend(&mut self, other: Plan) {
+        self.routes.extend(other.routes);
+        self.refused.extend(other.refused);
+    }
+}
+
+/// One way of carrying cross-host traffic, over kernel `K` (netlink, or the fake in tests).
+/// Object safe, so one node can hold several.
+pub trait Driver<K: Kernel>: Send {
+    /// The backend's name: as in the network config, and the key of its `backend_data`.
+    fn name(&self) -> &'static str;
+
+    /// MTU of the bridge and pods for an underlay MTU, given agent.toml's `bridge.mtu`.
+    fn pod_mtu(&self, underlay_mtu: u32, bridge_mtu: Option<u32>) -> u32;
+
+    /// `None` when a changed underlay MTU can be followed at run time; else why not.
+    fn fixed_mtu_note(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Before the node's record is published (and again on every re-acquire): load
+    /// credentials, bind sockets, anything peers rely on once they see the record.
+    fn prepare(&mut self, _underlay: &UnderlayInfo) -> Result<()> {
+        Ok(())
+    }
+
+    /// What this driver publishes in the node's record under its name, if anything.
+    fn backend_data(&self, _underlay: &UnderlayInfo) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Local plumbing on every full reconcile (devices, data paths). Idempotent.
+    fn ensure<'a>(&'a mut self, _nl: &'a K, _node: &'a NodeView) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Reads what [`Driver::plan`] needs from the kernel, before each plan.
+    fn observe<'a>(&'a mut self, _nl: &'a K) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether this driver carries traffic to `peer` (when several drivers run, the first
+    /// that accepts a peer gets it; the last driver gets every peer left).
+    fn accepts(&self, _peer: &Peer, _node: &NodeView) -> bool {
+        true
+    }
+
+    /// Pure: routes and refusals for the peers assigned to this driver.
+    fn plan(&self, peers: &[&Peer], node: &NodeView) -> Plan;
+
+    /// Hands the planned peers to the driver's data path, if it has one (before the routes
+    /// are applied, so a tunnel dials while the routes go in).
+    fn hand_over(&mut self, _peers: &[&Peer], _node: &NodeView) {}
+
+    /// How forwarded traffic to and from this driver's peers is filtered.
+    fn forward_mode(&self) -> ForwardMode;
+}
+
+/// What builds a driver; one per backend in [`registry`].
+pub struct Registration<K: Kernel> {
+    pub name: &'static str,
+    pub build: fn(&BuildContext) -> Result<Box<dyn Driver<K>>>,
+    /// Devices this backend may have left on the node, removed by `--leave` whatever backend
+    /// the network has now.
+    pub leftover_links: fn(&AgentConfig) -> Vec<String>,
+}
+
+/// What a factory gets.
+pub struct BuildContext<'a> {
+    pub cfg: &'a AgentConfig,
+    /// Where a data path publishes its live status for the API.
+    pub live: &'a LiveQuic,
+}
+
+/// Every backend weft knows. Adding one: a module with a `registration()`, listed here.
+pub fn registry<K: Kernel>() -> [Registration<K>; 2] {
+    [host_gw::registration(), quic::registration()]
+}
+
+/// The drivers of a node: built from the network config.
+pub fn build<K: Kernel>(net: &NetworkConfig, ctx: &BuildContext) -> Result<Drivers<K>> {
+    let name = net.backend.to_string();
+    let Some(reg) = registry::<K>().into_iter().find(|r| r.name == name) else {
+        bail!("backend {name} is not built into this agent");
+    };
+    Ok(Drivers { list: vec![(reg.build)(ctx)?] })
+}
+
+/// Every device any backend may have left, for teardown.
+pub fn leftover_links<K: Kernel>(cfg: &AgentConfig) -> Vec<String> {
+    registry::<K>().into_iter().flat_map(|r| (r.leftover_links)(cfg)).collect()
+}
+
+/// The drivers a node runs, as one.
+pub struct Drivers<K: Kernel> {
+    list: Vec<Box<dyn Driver<K>>>,
+}
+
+impl<K: Kernel> Drivers<K> {
+    #[cfg(test)]
+    pub fn from_list(list: Vec<Box<dyn Driver<K>>>) -> Self {
+        Self { list }
+    }
+
+    /// The backend names, joined by `+` (one name today).
+    pub fn names(&self) -> String {
+        self.list.iter().map(|d| d.name()).collect::<Vec<_>>().join("+")
+    }
+
+    /// The bridge and pod MTU: what every driver can carry.
+    pub fn pod_mtu(&self, underlay_mtu: u32, bridge_mtu: Option<u32>) -> u32 {
+        self.list.iter().map(|d| d.pod_mtu(underlay_mtu, bridge_mtu)).min().unwrap_or(underlay_mtu)
+    }
+
+    pub fn fixed_mtu_note(&self) -> Option<&'static str> {
+        self.list.iter().find_map(|d| d.fixed_mtu_note())
+    }
+
+    pub fn prepare(&mut self, underlay: &UnderlayInfo) -> Result<()> {
+        self.list.iter_mut().try_for_each(|d| d.prepare(underlay))
+    }
+
+    /// Every driver's data for the node's record, keyed by backend name.
+    pub fn backend_data(&self, underlay: &UnderlayInfo) -> BackendData {
+        self.list.iter().filter_map(|d| Some((d.name().to_string(), d.backend_data(underlay)?))).collect()
+    }
+
+    pub async fn ensure(&mut self, nl: &K, node: &NodeView) -> Result<()> {
+        for d in &mut self.list {
+            d.ensure(nl, node).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn observe(&mut self, nl: &K) -> Result<()> {
+        for d in &mut self.list {
+            d.observe(nl).await?;
+        }
+        Ok(())
+    }
+
+    /// Which driver carries each peer: the first that accepts it, else the last.
+    fn assign<'p>(&self, peers: &[&'p Peer], node: &NodeView) -> Vec<Vec<&'p Peer>> {
+        let mut out = vec![Vec::new(); self.list.len()];
+        let last = self.list.len().saturating_sub(1);
+        for p in peers {
+            let i = self.list.iter().position(|d| d.accepts(p, node)).unwrap_or(last);
+            if let Some(v) = out.get_mut(i) {
+                v.push(*p);
+            }
+        }
+        out
+    }
+
+    /// Pure: every driver's plan for its share of the peers, and the forward policy.
+    pub fn plan(&self, peers: &[&Peer], node: &NodeView) -> (Plan, ForwardPolicy) {
+        let shares = self.assign(peers, node);
+        let mut plan = Plan::default();
+        for (d, share) in self.list.iter().zip(&shares) {
+            plan.extend(d.plan(share, node));
+        }
+        (plan, self.forward_policy(&shares))
+    }
+
+    /// Fail closed by default: when any driver tunnels, the cluster CIDR gets its mode, so a
+    /// subnet not seen yet is never forwarded in plaintext; peers of a driver with another mode
+    /// are overrides.
+    fn forward_policy(&self, shares: &[Vec<&Peer>]) -> ForwardPolicy {
+        let modes: Vec<ForwardMode> = self.list.iter().map(|d| d.forward_mode()).collect();
+        let default = modes
+            .iter()
+            .find(|m| !matches!(m, ForwardMode::Open))
+            .or(modes.first())
+            .cloned()
+            .unwrap_or(ForwardMode::Open);
+        let mut overrides = BTreeMap::new();
+        for (mode, share) in modes.iter().zip(shares) {
+            if *mode != default {
+                overrides.extend(share.iter().map(|p| (p.subnet, mode.clone())));
+            }
+        }
+        ForwardPolicy { default, overrides }
+    }
+
+    /// The forward policy before any peer is known: the default alone.
+    pub fn default_forward(&self) -> ForwardPolicy {
+        self.forward_policy(&[])
+    }
+
+    pub fn hand_over(&mut self, peers: &[&Peer], node: &NodeView) {
+        let shares = self.assign(peers, node);
+        for (d, share) in self.list.iter_mut().zip(&shares) {
+            d.hand_over(share, node);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
