@@ -170,6 +170,11 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
         self.peers.get(node)
     }
 
+    #[cfg(test)]
+    fn get_mut_for_test(&mut self, node: &str) -> &mut PeerState<C> {
+        self.peers.get_mut(node).expect("a peer of the test")
+    }
+
     /// Every peer, by name.
     pub fn peers(&self) -> impl Iterator<Item = &PeerState<C>> {
         self.peers.values()
@@ -362,5 +367,370 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
                 Vec::new()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn spec(node: &str, n: u8, epoch: u64) -> PeerSpec {
+        PeerSpec {
+            node: node.to_string(),
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            endpoint: SocketAddr::from(([192, 0, 2, n], 4433)),
+            epoch,
+        }
+    }
+
+    fn dials(actions: &[Action<u32>]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dial { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(actions: &[Action<u32>]) -> Vec<(u32, u32, &'static [u8])> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Close { conn, why } => Some((*conn, why.code(), why.reason())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Node "a" with peer "b" (which "a" dials), dialled and connected on `conn` at `t0`.
+    fn up(conn: u32) -> (PeerTable<u32>, Instant) {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1)], t0);
+        assert_eq!(dials(&t.handle_timeout(t0)), ["b"]);
+        t.dial_started("b", conn, t0);
+        let acts = t.connected("b", conn, t0);
+        assert_eq!(acts[0], Action::Install { node: "b".into(), subnet: spec("b", 2, 1).subnet, conn });
+        (t, t0)
+    }
+
+    /// The instant the next dial of `node` is due, asserting it is waiting for one.
+    fn next_dial(t: &PeerTable<u32>, node: &str) -> Instant {
+        match t.get(node).map(|p| p.phase) {
+            Some(Phase::Waiting { at }) => at,
+            other => panic!("{node} is not waiting to dial: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_smaller_name_dials() {
+        let now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("m");
+        let acts = t.set_peers(vec![spec("a", 1, 1), spec("z", 26, 1)], now);
+        assert_eq!(acts, [Action::Routes]);
+        assert_eq!(t.poll_timeout(), Some(now));
+        let acts = t.handle_timeout(now);
+        assert_eq!(acts, [Action::Dial { node: "z".into(), endpoint: spec("z", 26, 1).endpoint }]);
+        assert!(!t.get("a").unwrap().dialer);
+        assert_eq!(t.get("a").unwrap().phase, Phase::Idle);
+        assert_eq!(t.get("z").unwrap().phase, Phase::Starting);
+        // Much later, "a" is still only waited for.
+        assert!(t.handle_timeout(now + Duration::from_secs(60)).is_empty());
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn both_sides_of_a_pair_agree_on_the_dialer() {
+        let now = Instant::now();
+        let mut a: PeerTable<u32> = PeerTable::new("a");
+        let mut b: PeerTable<u32> = PeerTable::new("b");
+        a.set_peers(vec![spec("b", 2, 1)], now);
+        b.set_peers(vec![spec("a", 1, 1)], now);
+        assert_eq!(dials(&a.handle_timeout(now)), ["b"]);
+        assert!(b.handle_timeout(now).is_empty());
+        // "b" accepts the dial and identifies "a" by its certificate and address.
+        let who = b.identify(&["a".to_string()], IpAddr::from([192, 0, 2, 1])).unwrap().to_string();
+        assert_eq!(who, "a");
+        a.dial_started("b", 7, now);
+        let on_a = a.connected("b", 7, now);
+        let on_b = b.connected(&who, 9, now);
+        assert_eq!(closes(&on_a), []);
+        assert_eq!(closes(&on_b), []);
+        assert_eq!(a.installed().collect::<Vec<_>>(), [(spec("b", 2, 1).subnet, 7)]);
+        assert_eq!(b.installed().collect::<Vec<_>>(), [(spec("a", 1, 1).subnet, 9)]);
+    }
+
+    #[test]
+    fn an_accepted_connection_completing_first_replaces_the_dial() {
+        let now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1)], now);
+        t.handle_timeout(now);
+        t.dial_started("b", 1, now);
+        let acts = t.connected("b", 2, now + MS);
+        assert_eq!(closes(&acts), [(1, 3, &b"replaced by a newer connection"[..])]);
+        assert_eq!(acts.last(), Some(&Action::Routes));
+        // The abandoned dial's loss and deadline change nothing.
+        assert!(t.lost(1, &"closed", now + 2 * MS).is_empty());
+        assert!(t.handle_timeout(now + HANDSHAKE_TIMEOUT).is_empty());
+        assert_eq!(t.get("b").unwrap().installed(), Some(2));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1)], now);
+        let mut waits = Vec::new();
+        for conn in 0..8 {
+            assert_eq!(dials(&t.handle_timeout(now)), ["b"], "dial {conn}");
+            t.dial_started("b", conn, now);
+            assert!(t.lost(conn, &"refused", now + 10 * MS).is_empty());
+            let at = next_dial(&t, "b");
+            waits.push(at - (now + 10 * MS));
+            // Nothing happens before the backoff is over.
+            assert!(t.handle_timeout(at - MS).is_empty());
+            now = at;
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn a_dial_that_cannot_start_backs_off() {
+        let now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1)], now);
+        t.handle_timeout(now);
+        t.dial_not_started("b", now);
+        assert_eq!(next_dial(&t, "b"), now + BACKOFF_MIN);
+        assert_eq!(t.poll_timeout(), Some(now + BACKOFF_MIN));
+        t.handle_timeout(now + BACKOFF_MIN);
+        t.dial_not_started("b", now + BACKOFF_MIN);
+        assert_eq!(next_dial(&t, "b"), now + BACKOFF_MIN + 2 * BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_handshake_not_done_in_two_seconds_is_abandoned() {
+        let now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1)], now);
+        t.handle_timeout(now);
+        t.dial_started("b", 5, now);
+        assert_eq!(t.poll_timeout(), Some(now + HANDSHAKE_TIMEOUT));
+        assert!(t.handle_timeout(now + HANDSHAKE_TIMEOUT - MS).is_empty());
+        let acts = t.handle_timeout(now + HANDSHAKE_TIMEOUT);
+        assert_eq!(closes(&acts), [(5, 0, &b"handshake timed out"[..])]);
+        assert_eq!(next_dial(&t, "b"), now + HANDSHAKE_TIMEOUT + BACKOFF_MIN);
+        // Its loss, reported later by quinn, is not a second failure.
+        assert!(t.lost(5, &"timed out", now + HANDSHAKE_TIMEOUT + MS).is_empty());
+        assert_eq!(t.get("b").unwrap().backoff, 2 * BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_completed_handshake_cancels_its_deadline() {
+        let (mut t, t0) = up(5);
+        assert!(t.handle_timeout(t0 + HANDSHAKE_TIMEOUT).is_empty());
+        assert_eq!(t.get("b").unwrap().installed(), Some(5));
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn an_epoch_change_redials_at_once() {
+        let (mut t, t0) = up(5);
+        // Some failures first, so the backoff is not at its minimum.
+        t.get_mut_for_test("b").backoff = BACKOFF_MAX;
+        let later = t0 + Duration::from_millis(300);
+        let acts = t.set_peers(vec![spec("b", 2, 2)], later);
+        assert_eq!(closes(&acts), [(5, 2, &b"peer restarted"[..])]);
+        assert_eq!(acts.last(), Some(&Action::Routes));
+        assert_eq!(t.installed().count(), 0);
+        assert_eq!(t.poll_timeout(), Some(later));
+        assert_eq!(dials(&t.handle_timeout(later)), ["b"]);
+        assert_eq!(t.get("b").unwrap().backoff, BACKOFF_MIN);
+    }
+
+    #[test]
+    fn an_endpoint_change_redials_the_new_endpoint() {
+        let (mut t, t0) = up(5);
+        let mut moved = spec("b", 2, 1);
+        moved.endpoint = SocketAddr::from(([198, 51, 100, 2], 4433));
+        let acts = t.set_peers(vec![moved.clone()], t0);
+        assert_eq!(closes(&acts), [(5, 2, &b"peer restarted"[..])]);
+        assert_eq!(t.handle_timeout(t0), [Action::Dial { node: "b".into(), endpoint: moved.endpoint }]);
+        // The acceptor closes too, and waits.
+        let mut acc: PeerTable<u32> = PeerTable::new("c");
+        acc.set_peers(vec![spec("b", 2, 1)], t0);
+        acc.connected("b", 8, t0);
+        let acts = acc.set_peers(vec![moved], t0);
+        assert_eq!(closes(&acts), [(8, 2, &b"peer restarted"[..])]);
+        assert_eq!(acc.get("b").unwrap().phase, Phase::Idle);
+        assert!(acc.handle_timeout(t0 + Duration::from_secs(10)).is_empty());
+    }
+
+    #[test]
+    fn a_subnet_change_reconnects_and_routes_the_new_subnet() {
+        let (mut t, t0) = up(5);
+        let moved = spec("b", 9, 1);
+        let acts = t.set_peers(vec![PeerSpec { endpoint: spec("b", 2, 1).endpoint, ..moved.clone() }], t0);
+        assert_eq!(closes(&acts), [(5, 2, &b"peer restarted"[..])]);
+        t.handle_timeout(t0);
+        t.dial_started("b", 6, t0);
+        t.connected("b", 6, t0);
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(moved.subnet, 6)]);
+    }
+
+    #[test]
+    fn an_unchanged_peer_set_changes_nothing() {
+        let (mut t, t0) = up(5);
+        let acts = t.set_peers(vec![spec("b", 2, 1)], t0 + Duration::from_secs(3));
+        assert_eq!(acts, [Action::Routes]);
+        assert_eq!(t.get("b").unwrap().installed(), Some(5));
+        assert!(t.handle_timeout(t0 + Duration::from_secs(10)).is_empty());
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_newer_connection_replaces_the_older_one() {
+        let (mut t, t0) = up(5);
+        let acts = t.connected("b", 6, t0 + Duration::from_secs(5));
+        assert_eq!(
+            acts,
+            [
+                Action::Install { node: "b".into(), subnet: spec("b", 2, 1).subnet, conn: 6 },
+                Action::Close { conn: 5, why: Closing::Replaced },
+                Action::Routes,
+            ]
+        );
+        assert_eq!(Closing::Replaced.code(), 3);
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(spec("b", 2, 1).subnet, 6)]);
+        assert_eq!(t.get("b").unwrap().connects, 2);
+        // The replaced one's end is not a tunnel going down.
+        assert!(t.lost(5, &"replaced", t0 + Duration::from_secs(6)).is_empty());
+        assert_eq!(t.get("b").unwrap().installed(), Some(6));
+    }
+
+    #[test]
+    fn a_tunnel_closing_within_a_second_backs_off() {
+        let (mut t, t0) = up(5);
+        let at = t0 + HEALTHY - MS;
+        assert_eq!(t.lost(5, &"closed by peer", at), [Action::Routes]);
+        assert_eq!(next_dial(&t, "b"), at + BACKOFF_MIN);
+        assert!(t.handle_timeout(at).is_empty());
+        // Up and down again quickly: the backoff doubles.
+        let redial = at + BACKOFF_MIN;
+        assert_eq!(dials(&t.handle_timeout(redial)), ["b"]);
+        t.dial_started("b", 6, redial);
+        t.connected("b", 6, redial);
+        t.lost(6, &"closed by peer", redial + 10 * MS);
+        assert_eq!(next_dial(&t, "b"), redial + 10 * MS + 2 * BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_tunnel_up_a_second_or_more_is_redialled_at_once() {
+        let (mut t, t0) = up(5);
+        t.get_mut_for_test("b").backoff = BACKOFF_MAX;
+        let at = t0 + HEALTHY;
+        assert_eq!(t.lost(5, &"idle timeout", at), [Action::Routes]);
+        assert_eq!(next_dial(&t, "b"), at);
+        assert_eq!(dials(&t.handle_timeout(at)), ["b"]);
+        assert_eq!(t.get("b").unwrap().backoff, BACKOFF_MIN);
+    }
+
+    #[test]
+    fn an_acceptor_whose_tunnel_closes_waits_for_the_peer() {
+        let now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("z");
+        t.set_peers(vec![spec("b", 2, 1)], now);
+        t.connected("b", 3, now);
+        assert_eq!(t.lost(3, &"gone", now + Duration::from_secs(9)), [Action::Routes]);
+        assert_eq!(t.get("b").unwrap().phase, Phase::Idle);
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_removed_peer_is_closed_and_never_dialled() {
+        let (mut t, t0) = up(5);
+        let acts = t.set_peers(vec![], t0);
+        assert_eq!(
+            acts,
+            [Action::Close { conn: 5, why: Closing::PeerLeft }, Action::Forget { node: "b".into() }, Action::Routes]
+        );
+        assert_eq!(Closing::PeerLeft.code(), 1);
+        assert!(t.get("b").is_none());
+        // A peer removed while waiting for its redial: the dial never comes.
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("c", 3, 1)], t0);
+        t.set_peers(vec![], t0);
+        assert!(t.handle_timeout(t0 + Duration::from_secs(1)).is_empty());
+        // One removed while dialling: the dial is closed, its deadline does nothing.
+        t.set_peers(vec![spec("c", 3, 1)], t0);
+        t.handle_timeout(t0);
+        t.dial_started("c", 4, t0);
+        let acts = t.set_peers(vec![], t0 + MS);
+        assert_eq!(closes(&acts), [(4, 1, &b"peer left"[..])]);
+        assert!(t.handle_timeout(t0 + HANDSHAKE_TIMEOUT).is_empty());
+        assert!(t.lost(4, &"closed", t0 + HANDSHAKE_TIMEOUT).is_empty());
+    }
+
+    #[test]
+    fn a_handshake_for_a_node_that_is_not_a_peer_is_closed() {
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        let acts = t.connected("x", 1, Instant::now());
+        assert_eq!(acts, [Action::Close { conn: 1, why: Closing::NotAPeer }]);
+        assert_eq!((Closing::NotAPeer.code(), Closing::NotAPeer.reason()), (4, &b"not a peer"[..]));
+    }
+
+    #[test]
+    fn identification_needs_a_peer_name_and_its_address() {
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1)], Instant::now());
+        let from_b = IpAddr::from([192, 0, 2, 2]);
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(t.identify(&names(&["x", "b"]), from_b), Ok("b"));
+        let wrong = t.identify(&names(&["b"]), IpAddr::from([192, 0, 2, 9])).unwrap_err();
+        assert_eq!(
+            wrong.to_string(),
+            "certificate names b, whose endpoint is 192.0.2.2:4433, but the connection comes from 192.0.2.9"
+        );
+        let none = t.identify(&names(&["x"]), from_b).unwrap_err();
+        assert_eq!(none.to_string(), r#"certificate names ["x"], none of them a peer"#);
+    }
+
+    #[test]
+    fn close_codes_and_reasons_are_the_wire_ones() {
+        let all = [
+            (Closing::AgentStopping, 0, "agent stopping"),
+            (Closing::HandshakeTimedOut, 0, "handshake timed out"),
+            (Closing::PeerLeft, 1, "peer left"),
+            (Closing::PeerRestarted, 2, "peer restarted"),
+            (Closing::Replaced, 3, "replaced by a newer connection"),
+            (Closing::NotAPeer, 4, "not a peer"),
+            (Closing::Unidentified, 4, "unknown node or wrong address"),
+        ];
+        for (why, code, reason) in all {
+            assert_eq!((why.code(), why.reason()), (code, reason.as_bytes()), "{why:?}");
+        }
+    }
+
+    #[test]
+    fn after_handle_timeout_nothing_is_due_in_the_past() {
+        let now = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        t.set_peers(vec![spec("b", 2, 1), spec("c", 3, 1), spec("d", 4, 1)], now);
+        let acts = t.handle_timeout(now);
+        assert_eq!(dials(&acts), ["b", "c", "d"]);
+        t.dial_started("b", 1, now);
+        t.dial_not_started("c", now);
+        t.dial_started("d", 2, now);
+        t.connected("d", 2, now);
+        let next = t.poll_timeout().unwrap();
+        assert_eq!(next, now + BACKOFF_MIN);
+        t.handle_timeout(next);
+        t.dial_not_started("c", next);
+        assert!(t.poll_timeout().unwrap() > next);
     }
 }
