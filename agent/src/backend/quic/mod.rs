@@ -15,7 +15,7 @@
 //!   event loop carries them out.
 //!
 //! Files: `tunnel` (the handle the daemon holds, settings, status), `event_loop` (ppoll,
-//! quinn-udp, the tun, quinn-proto), [`table`] (the peer lifecycle), [`packet`] (checks and the
+//! quinn-udp, the tun, quinn-proto; `event_loop/control.rs` carries out the table's actions), [`table`] (the peer lifecycle), [`packet`] (checks and the
 //! subnet table), [`tls`], `driver` (the backend behind the seam).
 
 mod driver;
