@@ -14,9 +14,10 @@
 //!   table's ([`table`]: a pure state machine on a `now` passed in, returning actions); the
 //!   event loop carries them out.
 //!
-//! Files: `tunnel` (the handle the daemon holds, settings, status), `event_loop` (ppoll,
-//! quinn-udp, the tun, quinn-proto; `event_loop/control.rs` carries out the table's actions), [`table`] (the peer lifecycle), [`packet`] (checks and the
-//! subnet table), [`tls`], `driver` (the backend behind the seam).
+//! Files: `tunnel` (the handle the daemon holds, settings, status); `event_loop` (ppoll,
+//! quinn-udp, the tun, quinn-proto) and `event_loop/control.rs` (commands, the table's actions);
+//! [`table`] (the peer lifecycle); [`packet`] (checks, the subnet table); [`tls`]; `driver` (the
+//! backend behind the seam).
 
 mod driver;
 mod event_loop;

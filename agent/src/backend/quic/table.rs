@@ -379,10 +379,14 @@ mod tests {
     fn spec(node: &str, n: u8, epoch: u64) -> PeerSpec {
         PeerSpec {
             node: node.to_string(),
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet: format!("10.244.{n}.0/24").parse().expect("a valid subnet"),
             endpoint: SocketAddr::from(([192, 0, 2, n], 4433)),
             epoch,
         }
+    }
+
+    fn peer<'t>(t: &'t PeerTable<u32>, node: &str) -> &'t PeerState<u32> {
+        t.get(node).expect("a peer of the test")
     }
 
     fn dials(actions: &[Action<u32>]) -> Vec<&str> {
@@ -434,9 +438,9 @@ mod tests {
         assert_eq!(t.poll_timeout(), Some(now));
         let acts = t.handle_timeout(now);
         assert_eq!(acts, [Action::Dial { node: "z".into(), endpoint: spec("z", 26, 1).endpoint }]);
-        assert!(!t.get("a").unwrap().dialer);
-        assert_eq!(t.get("a").unwrap().phase, Phase::Idle);
-        assert_eq!(t.get("z").unwrap().phase, Phase::Starting);
+        assert!(!peer(&t, "a").dialer);
+        assert_eq!(peer(&t, "a").phase, Phase::Idle);
+        assert_eq!(peer(&t, "z").phase, Phase::Starting);
         // Much later, "a" is still only waited for.
         assert!(t.handle_timeout(now + Duration::from_secs(60)).is_empty());
         assert_eq!(t.poll_timeout(), None);
@@ -452,7 +456,7 @@ mod tests {
         assert_eq!(dials(&a.handle_timeout(now)), ["b"]);
         assert!(b.handle_timeout(now).is_empty());
         // "b" accepts the dial and identifies "a" by its certificate and address.
-        let who = b.identify(&["a".to_string()], IpAddr::from([192, 0, 2, 1])).unwrap().to_string();
+        let who = b.identify(&["a".to_string()], IpAddr::from([192, 0, 2, 1])).expect("identified").to_string();
         assert_eq!(who, "a");
         a.dial_started("b", 7, now);
         let on_a = a.connected("b", 7, now);
@@ -476,7 +480,7 @@ mod tests {
         // The abandoned dial's loss and deadline change nothing.
         assert!(t.lost(1, &"closed", now + 2 * MS).is_empty());
         assert!(t.handle_timeout(now + HANDSHAKE_TIMEOUT).is_empty());
-        assert_eq!(t.get("b").unwrap().installed(), Some(2));
+        assert_eq!(peer(&t, "b").installed(), Some(2));
     }
 
     #[test]
@@ -527,14 +531,14 @@ mod tests {
         assert_eq!(next_dial(&t, "b"), now + HANDSHAKE_TIMEOUT + BACKOFF_MIN);
         // Its loss, reported later by quinn, is not a second failure.
         assert!(t.lost(5, &"timed out", now + HANDSHAKE_TIMEOUT + MS).is_empty());
-        assert_eq!(t.get("b").unwrap().backoff, 2 * BACKOFF_MIN);
+        assert_eq!(peer(&t, "b").backoff, 2 * BACKOFF_MIN);
     }
 
     #[test]
     fn a_completed_handshake_cancels_its_deadline() {
         let (mut t, t0) = up(5);
         assert!(t.handle_timeout(t0 + HANDSHAKE_TIMEOUT).is_empty());
-        assert_eq!(t.get("b").unwrap().installed(), Some(5));
+        assert_eq!(peer(&t, "b").installed(), Some(5));
         assert_eq!(t.poll_timeout(), None);
     }
 
@@ -550,7 +554,7 @@ mod tests {
         assert_eq!(t.installed().count(), 0);
         assert_eq!(t.poll_timeout(), Some(later));
         assert_eq!(dials(&t.handle_timeout(later)), ["b"]);
-        assert_eq!(t.get("b").unwrap().backoff, BACKOFF_MIN);
+        assert_eq!(peer(&t, "b").backoff, BACKOFF_MIN);
     }
 
     #[test]
@@ -567,7 +571,7 @@ mod tests {
         acc.connected("b", 8, t0);
         let acts = acc.set_peers(vec![moved], t0);
         assert_eq!(closes(&acts), [(8, 2, &b"peer restarted"[..])]);
-        assert_eq!(acc.get("b").unwrap().phase, Phase::Idle);
+        assert_eq!(peer(&acc, "b").phase, Phase::Idle);
         assert!(acc.handle_timeout(t0 + Duration::from_secs(10)).is_empty());
     }
 
@@ -588,7 +592,7 @@ mod tests {
         let (mut t, t0) = up(5);
         let acts = t.set_peers(vec![spec("b", 2, 1)], t0 + Duration::from_secs(3));
         assert_eq!(acts, [Action::Routes]);
-        assert_eq!(t.get("b").unwrap().installed(), Some(5));
+        assert_eq!(peer(&t, "b").installed(), Some(5));
         assert!(t.handle_timeout(t0 + Duration::from_secs(10)).is_empty());
         assert_eq!(t.poll_timeout(), None);
     }
@@ -607,10 +611,10 @@ mod tests {
         );
         assert_eq!(Closing::Replaced.code(), 3);
         assert_eq!(t.installed().collect::<Vec<_>>(), [(spec("b", 2, 1).subnet, 6)]);
-        assert_eq!(t.get("b").unwrap().connects, 2);
+        assert_eq!(peer(&t, "b").connects, 2);
         // The replaced one's end is not a tunnel going down.
         assert!(t.lost(5, &"replaced", t0 + Duration::from_secs(6)).is_empty());
-        assert_eq!(t.get("b").unwrap().installed(), Some(6));
+        assert_eq!(peer(&t, "b").installed(), Some(6));
     }
 
     #[test]
@@ -637,7 +641,7 @@ mod tests {
         assert_eq!(t.lost(5, &"idle timeout", at), [Action::Routes]);
         assert_eq!(next_dial(&t, "b"), at);
         assert_eq!(dials(&t.handle_timeout(at)), ["b"]);
-        assert_eq!(t.get("b").unwrap().backoff, BACKOFF_MIN);
+        assert_eq!(peer(&t, "b").backoff, BACKOFF_MIN);
     }
 
     #[test]
@@ -647,7 +651,7 @@ mod tests {
         t.set_peers(vec![spec("b", 2, 1)], now);
         t.connected("b", 3, now);
         assert_eq!(t.lost(3, &"gone", now + Duration::from_secs(9)), [Action::Routes]);
-        assert_eq!(t.get("b").unwrap().phase, Phase::Idle);
+        assert_eq!(peer(&t, "b").phase, Phase::Idle);
         assert_eq!(t.poll_timeout(), None);
     }
 
@@ -691,12 +695,12 @@ mod tests {
         let from_b = IpAddr::from([192, 0, 2, 2]);
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(t.identify(&names(&["x", "b"]), from_b), Ok("b"));
-        let wrong = t.identify(&names(&["b"]), IpAddr::from([192, 0, 2, 9])).unwrap_err();
+        let wrong = t.identify(&names(&["b"]), IpAddr::from([192, 0, 2, 9])).expect_err("not identified");
         assert_eq!(
             wrong.to_string(),
             "certificate names b, whose endpoint is 192.0.2.2:4433, but the connection comes from 192.0.2.9"
         );
-        let none = t.identify(&names(&["x"]), from_b).unwrap_err();
+        let none = t.identify(&names(&["x"]), from_b).expect_err("not identified");
         assert_eq!(none.to_string(), r#"certificate names ["x"], none of them a peer"#);
     }
 
@@ -727,10 +731,10 @@ mod tests {
         t.dial_not_started("c", now);
         t.dial_started("d", 2, now);
         t.connected("d", 2, now);
-        let next = t.poll_timeout().unwrap();
+        let next = t.poll_timeout().expect("a timer");
         assert_eq!(next, now + BACKOFF_MIN);
         t.handle_timeout(next);
         t.dial_not_started("c", next);
-        assert!(t.poll_timeout().unwrap() > next);
+        assert!(t.poll_timeout().expect("a timer") > next);
     }
 }
