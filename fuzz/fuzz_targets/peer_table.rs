@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use weft_agent::quic::table::{Action, Phase, PeerSpec, PeerTable};
+use weft_agent::quic::table::{Action, PeerSpec, PeerTable, Phase};
 
 const ME: &str = "m";
 /// Three peers this node accepts from, three it dials.
@@ -145,8 +145,7 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 // A dial's handshake completes.
-                let dials: Vec<(u32, String)> =
-                    m.open.iter().filter_map(|(c, n)| Some((*c, n.clone()?))).collect();
+                let dials: Vec<(u32, String)> = m.open.iter().filter_map(|(c, n)| Some((*c, n.clone()?))).collect();
                 if let Some((c, node)) = dials.get(usize::from(arg) % dials.len().max(1)).cloned() {
                     m.open.insert(c, None);
                     let actions = m.table.connected(&node, c, m.now);
