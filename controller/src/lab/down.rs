@@ -52,7 +52,7 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
         stop_processes(names, state, gone, &mut report);
     }
     warn_leftovers(names, &mut report);
-    for path in super::peers::remove_stale_sockets(names.id()) {
+    for path in super::bench::peers::remove_stale_sockets(names.id()) {
         report.warnings.push(format!("removed {path}, left by a killed bench"));
     }
     remove_namespaces(names, &mut report);

@@ -24,11 +24,10 @@ mod etcd_members;
 pub mod etcd_server;
 pub mod names;
 pub mod netns;
-pub mod peers;
+
 pub mod plumbing;
 pub mod procs;
-pub mod quinn_raw;
-pub mod scale;
+
 pub mod state;
 pub mod status;
 

@@ -10,9 +10,9 @@
 //! does not affect the figures: the times are the agents' own) and subtracts. One clock: the
 //! whole lab runs on this machine.
 
-use super::names::LabNames;
-use super::{Lab, LabSpec};
 use crate::agent_client::AgentClient;
+use crate::lab::names::LabNames;
+use crate::lab::{Lab, LabSpec};
 use anyhow::Context;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,10 +239,10 @@ impl Watcher {
         let events = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (ns, opts) = (lab.names().etcd_ns(), lab.etcd_opts());
-        let prefix = weft_config::Keys::new(super::names::NETWORK).subnets_prefix();
+        let prefix = weft_config::Keys::new(crate::lab::names::NETWORK).subnets_prefix();
         let (stop2, events2) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> anyhow::Result<()> {
-            super::netns::in_netns(&ns, move || {
+            crate::lab::netns::in_netns(&ns, move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 rt.block_on(async move {
                     let store = EtcdStore::connect_opts(&opts).await?;
@@ -304,7 +304,7 @@ impl Drop for Watcher {
 /// The current etcd revision, read from the etcd namespace.
 fn etcd_revision(lab: &Lab) -> anyhow::Result<i64> {
     let opts = lab.etcd_opts();
-    super::netns::in_netns(&lab.names().etcd_ns(), move || {
+    crate::lab::netns::in_netns(&lab.names().etcd_ns(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let store = EtcdStore::connect_opts(&opts).await?;
@@ -369,7 +369,11 @@ fn status_of(lab: &Lab, i: usize) -> anyhow::Result<weft_config::api::Status> {
 /// Runs the bench; `log` gets progress lines.
 pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Result<ScaleReport> {
     let n = opts.nodes;
-    anyhow::ensure!((3..=super::names::MAX_NODES).contains(&n), "--scale: expected 3 to {}", super::names::MAX_NODES);
+    anyhow::ensure!(
+        (3..=crate::lab::names::MAX_NODES).contains(&n),
+        "--scale: expected 3 to {}",
+        crate::lab::names::MAX_NODES
+    );
     let cycles = opts.cycles.min(n - 1);
     let mut r = ScaleReport {
         command,
@@ -411,7 +415,7 @@ pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Res
     let window = idle.as_secs_f64();
     let rev1 = etcd_revision(&lab)?;
     let mut rss: Vec<f64> =
-        pids.iter().filter_map(|&p| super::bench::vm_rss_kib(p)).map(|k| k as f64 / 1024.0).collect();
+        pids.iter().filter_map(|&p| crate::lab::bench::vm_rss_kib(p)).map(|k| k as f64 / 1024.0).collect();
     cpu.sort_by(f64::total_cmp);
     rss.sort_by(f64::total_cmp);
     r.cpu_pct_max = cpu.last().copied().unwrap_or(0.0);
@@ -470,7 +474,7 @@ pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Res
 }
 
 /// `weftctl lab bench --scale N`.
-pub fn cli(id: &str, args: &super::bench::BenchArgs, nodes: usize) -> anyhow::Result<std::process::ExitCode> {
+pub fn cli(id: &str, args: &crate::lab::bench::BenchArgs, nodes: usize) -> anyhow::Result<std::process::ExitCode> {
     let opts = ScaleOpts {
         id: id.to_string(),
         nodes,

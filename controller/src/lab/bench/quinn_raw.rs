@@ -5,9 +5,9 @@
 //! the row's seconds; the receiver's count over the time between its first and last datagram
 //! is the figure. Certificates come from a throwaway CA in a directory removed afterwards.
 
-use super::bench::{self, HostPair, RssPeak};
-use super::names::LabNames;
-use super::netns;
+use crate::lab::bench::{self, HostPair, RssPeak};
+use crate::lab::names::LabNames;
+use crate::lab::netns;
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -32,11 +32,11 @@
 //! sockets and files removed, and the namespaces deleted when a row returns, Ok or Err. The
 //! root namespace gets no address, route or rule.
 
-use super::bench::{
+use crate::lab::bench::{
     batch, measure, route_get, run_timeout, udp_bound, wait_reachable, HostPair, MeasureOpts, Measurement,
 };
-use super::names::LabNames;
-use super::{netns, plumbing};
+use crate::lab::names::LabNames;
+use crate::lab::{netns, plumbing};
 use crate::pki;
 use anyhow::Context;
 use std::ffi::OsString;
@@ -77,7 +77,7 @@ pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// Another userspace tunnel measured by `--with-peers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Peer {
+pub enum PeerTunnel {
     /// wireguard-go (the Go userspace WireGuard), configured with `wg`.
     WireguardGo,
     /// boringtun-cli (Cloudflare's userspace WireGuard in Rust), configured with `wg`.
@@ -86,14 +86,14 @@ pub enum Peer {
     Quincy,
 }
 
-impl Peer {
-    pub const ALL: [Peer; 3] = [Peer::Quincy, Peer::WireguardGo, Peer::Boringtun];
+impl PeerTunnel {
+    pub const ALL: [PeerTunnel; 3] = [PeerTunnel::Quincy, PeerTunnel::WireguardGo, PeerTunnel::Boringtun];
 
     pub fn name(self) -> &'static str {
         match self {
-            Peer::WireguardGo => "wireguard-go",
-            Peer::Boringtun => "boringtun",
-            Peer::Quincy => "quincy",
+            PeerTunnel::WireguardGo => "wireguard-go",
+            PeerTunnel::Boringtun => "boringtun",
+            PeerTunnel::Quincy => "quincy",
         }
     }
 
@@ -102,33 +102,33 @@ impl Peer {
     /// setup already installs.
     pub fn binaries(self) -> &'static [&'static str] {
         match self {
-            Peer::WireguardGo => &["wireguard-go", "wg"],
-            Peer::Boringtun => &["boringtun-cli", "wg"],
-            Peer::Quincy => &["quincy-server", "quincy-client"],
+            PeerTunnel::WireguardGo => &["wireguard-go", "wg"],
+            PeerTunnel::Boringtun => &["boringtun-cli", "wg"],
+            PeerTunnel::Quincy => &["quincy-server", "quincy-client"],
         }
     }
 
     /// Two letters naming the peer's devices.
     fn tag(self) -> &'static str {
         match self {
-            Peer::WireguardGo => "wg",
-            Peer::Boringtun => "bt",
-            Peer::Quincy => "qc",
+            PeerTunnel::WireguardGo => "wg",
+            PeerTunnel::Boringtun => "bt",
+            PeerTunnel::Quincy => "qc",
         }
     }
 }
 
-impl std::fmt::Display for Peer {
+impl std::fmt::Display for PeerTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
 /// The binaries of `peers` not found on PATH, e.g. `["quincy-server"]`; empty when all are there.
-pub fn missing(peers: &[Peer]) -> Vec<&'static str> {
+pub fn missing(peers: &[PeerTunnel]) -> Vec<&'static str> {
     let mut out = Vec::new();
     for bin in peers.iter().flat_map(|p| p.binaries().iter().copied()) {
-        if !out.contains(&bin) && super::bins::on_path(bin, "").is_err() {
+        if !out.contains(&bin) && crate::lab::bins::on_path(bin, "").is_err() {
             out.push(bin);
         }
     }
@@ -139,7 +139,7 @@ pub fn missing(peers: &[Peer]) -> Vec<&'static str> {
 /// [`measure`] with the tunnel daemons' (name, pid) watched for RSS. `path` is host 1's
 /// `ip -o route get 10.244.2.2`. Everything (processes, files, namespaces) is gone when it
 /// returns, Ok or Err.
-pub fn bench(peer: Peer, names: &LabNames, opts: MeasureOpts) -> anyhow::Result<Measurement> {
+pub fn bench(peer: PeerTunnel, names: &LabNames, opts: MeasureOpts) -> anyhow::Result<Measurement> {
     let missing = missing(&[peer]);
     anyhow::ensure!(
         missing.is_empty(),
@@ -151,8 +151,8 @@ pub fn bench(peer: Peer, names: &LabNames, opts: MeasureOpts) -> anyhow::Result<
     let pair = HostPair::up(&names.prefix())?;
     let mut run = Run::new(names, peer)?;
     let watch = match peer {
-        Peer::WireguardGo | Peer::Boringtun => wireguard_up(peer, names, &pair, &mut run)?,
-        Peer::Quincy => quincy_up(names, &pair, &mut run)?,
+        PeerTunnel::WireguardGo | PeerTunnel::Boringtun => wireguard_up(peer, names, &pair, &mut run)?,
+        PeerTunnel::Quincy => quincy_up(names, &pair, &mut run)?,
     };
     let ep = pair.endpoints();
     wait_reachable(&ep.client_ns, ep.server_ip, TUNNEL_TIMEOUT)
@@ -175,7 +175,7 @@ pub fn bench(peer: Peer, names: &LabNames, opts: MeasureOpts) -> anyhow::Result<
 /// `qc<id><i>`, at most 15 bytes (IFNAMSIZ - 1) with the longest id (12). The two hosts'
 /// names differ because wireguard-go and boringtun name their control socket after the
 /// device in [`WG_SOCKET_DIR`], which all namespaces share.
-pub fn device_name(peer: Peer, id: &str, i: usize) -> String {
+pub fn device_name(peer: PeerTunnel, id: &str, i: usize) -> String {
     format!("{}{id}{i}", peer.tag())
 }
 
@@ -184,7 +184,7 @@ pub fn device_name(peer: Peer, id: &str, i: usize) -> String {
 /// removed. Only names this lab's rows use are touched.
 pub fn remove_stale_sockets(id: &str) -> Vec<String> {
     let mut removed = Vec::new();
-    for peer in [Peer::WireguardGo, Peer::Boringtun] {
+    for peer in [PeerTunnel::WireguardGo, PeerTunnel::Boringtun] {
         for i in 1..=2 {
             let path = std::path::Path::new(WG_SOCKET_DIR).join(format!("{}.sock", device_name(peer, id, i)));
             if std::fs::remove_file(&path).is_ok() {
@@ -375,7 +375,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(names: &LabNames, peer: Peer) -> anyhow::Result<Run> {
+    fn new(names: &LabNames, peer: PeerTunnel) -> anyhow::Result<Run> {
         let mut run = Run { dir: None, made_lab_dir: None, daemons: Vec::new(), sockets: Vec::new() };
         let lab_dir = names.dir();
         if !lab_dir.exists() {
@@ -537,7 +537,12 @@ fn wg_keypair(run: &Run, name: &str) -> anyhow::Result<(PathBuf, String)> {
 }
 
 /// wireguard-go or boringtun on both hosts; returns the daemons to watch.
-fn wireguard_up(peer: Peer, names: &LabNames, pair: &HostPair, run: &mut Run) -> anyhow::Result<Vec<(String, u32)>> {
+fn wireguard_up(
+    peer: PeerTunnel,
+    names: &LabNames,
+    pair: &HostPair,
+    run: &mut Run,
+) -> anyhow::Result<Vec<(String, u32)>> {
     let keys = [wg_keypair(run, "h1")?, wg_keypair(run, "h2")?];
     let mut watch = Vec::new();
     for (i, j) in [(1, 2), (2, 1)] {
@@ -549,7 +554,7 @@ fn wireguard_up(peer: Peer, names: &LabNames, pair: &HostPair, run: &mut Run) ->
             socket.display()
         );
         let (program, args) = match peer {
-            Peer::Boringtun => ("boringtun-cli", boringtun_args(&dev)),
+            PeerTunnel::Boringtun => ("boringtun-cli", boringtun_args(&dev)),
             _ => ("wireguard-go", wireguard_go_args(&dev)),
         };
         let label = format!("kh{i} {program}");
@@ -597,7 +602,8 @@ fn quincy_up(names: &LabNames, pair: &HostPair, run: &mut Run) -> anyhow::Result
     std::fs::write(&files.users, quincy_users_toml(&fingerprint))
         .with_context(|| format!("writing {}", files.users.display()))?;
     let bind = SocketAddrV4::new(server_ip, QUINCY_PORT);
-    let (server_dev, client_dev) = (device_name(Peer::Quincy, names.id(), 2), device_name(Peer::Quincy, names.id(), 1));
+    let (server_dev, client_dev) =
+        (device_name(PeerTunnel::Quincy, names.id(), 2), device_name(PeerTunnel::Quincy, names.id(), 1));
     let server_toml = dir.join("server.toml");
     std::fs::write(&server_toml, quincy_server_toml(&files, &server_dev, bind))
         .with_context(|| format!("writing {}", server_toml.display()))?;
@@ -636,25 +642,25 @@ mod tests {
 
     #[test]
     fn peers_and_binaries() {
-        let names: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+        let names: Vec<&str> = PeerTunnel::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(names, ["quincy", "wireguard-go", "boringtun"]);
-        assert!(Peer::WireguardGo.binaries().contains(&"wg"));
-        assert!(Peer::Boringtun.binaries().contains(&"wg"));
-        assert_eq!(Peer::Quincy.binaries(), ["quincy-server", "quincy-client"]);
-        assert_eq!(Peer::Boringtun.to_string(), "boringtun");
+        assert!(PeerTunnel::WireguardGo.binaries().contains(&"wg"));
+        assert!(PeerTunnel::Boringtun.binaries().contains(&"wg"));
+        assert_eq!(PeerTunnel::Quincy.binaries(), ["quincy-server", "quincy-client"]);
+        assert_eq!(PeerTunnel::Boringtun.to_string(), "boringtun");
         assert!(missing(&[]).is_empty());
     }
 
     #[test]
     fn device_names_fit_and_differ() {
-        for p in Peer::ALL {
+        for p in PeerTunnel::ALL {
             let (a, b) = (device_name(p, "abcdefghijkl", 1), device_name(p, "abcdefghijkl", 2));
             assert!(a.len() <= 15 && b.len() <= 15, "{a} {b}");
             assert_ne!(a, b);
         }
-        assert_eq!(device_name(Peer::WireguardGo, "pz", 1), "wgpz1");
-        assert_eq!(device_name(Peer::Boringtun, "pz", 2), "btpz2");
-        assert_eq!(device_name(Peer::Quincy, "7", 1), "qc71");
+        assert_eq!(device_name(PeerTunnel::WireguardGo, "pz", 1), "wgpz1");
+        assert_eq!(device_name(PeerTunnel::Boringtun, "pz", 2), "btpz2");
+        assert_eq!(device_name(PeerTunnel::Quincy, "7", 1), "qc71");
     }
 
     #[test]

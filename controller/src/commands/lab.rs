@@ -1,0 +1,204 @@
+//! `weftctl lab`: a whole cluster in network namespaces on this machine.
+
+use super::{print_out, UsageError};
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weft_config::Backend;
+use weft_controller::lab::{self, Lab, LabSpec, Target, Topology};
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Lab id: namespaces are weft<id>-*, files in /run/weft-lab/<id>.
+    #[arg(long, global = true, env = "WEFT_LAB_ID", default_value = "0")]
+    id: String,
+    #[command(subcommand)]
+    cmd: LabCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCmd {
+    /// Build the lab and wait until every agent is ready.
+    Up(UpArgs),
+    /// Remove everything the lab made (idempotent; works after a crash).
+    Down,
+    /// Nodes, subnets, pods and agent health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a lab namespace: NODE, NODE/POD, etcd, u or ext.
+    Exec {
+        target: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Stop or start one node's agent.
+    #[command(subcommand)]
+    Agent(LabAgentCmd),
+    /// Pod-to-pod iperf3 and ping across two nodes: kernel baseline, then a lab per backend.
+    Bench(lab::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[arg(long)]
+    nodes: usize,
+    /// Pods per node.
+    #[arg(long, default_value_t = 0)]
+    pods: usize,
+    #[arg(long, value_parser = super::parse_backend, default_value = "host-gw")]
+    backend: Backend,
+    #[arg(long, value_parser = parse_topology, default_value = "flat")]
+    topology: Topology,
+    /// Agents masquerade pod traffic leaving the cluster CIDR.
+    #[arg(long)]
+    ip_masq: bool,
+    #[arg(long, default_value_t = 10)]
+    reconcile_secs: u64,
+    /// weft-agent binary (default: next to weftctl, or in WEFT_BIN_DIR).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+    /// Seconds to wait for every agent to be ready.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+    /// etcd members (1 to 5), at 172.30.0.2 upward; agents get every endpoint.
+    #[arg(long, default_value_t = 1)]
+    etcd_members: usize,
+    /// Do not start the agents of the last N nodes (start them with `lab agent start`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    deferred_agents: usize,
+    /// Cluster CIDR written by network init.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cidr: String,
+    /// Subnet length written by network init.
+    #[arg(long, default_value_t = 24)]
+    subnet_len: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabAgentCmd {
+    /// Stop a node's agent (SIGTERM by default), or make it leave the network.
+    Stop {
+        node: String,
+        #[arg(long, value_enum, default_value = "term", conflicts_with = "leave")]
+        signal: SignalArg,
+        /// Run weft-agent --leave: the agent releases its subnet and exits.
+        #[arg(long)]
+        leave: bool,
+    },
+    /// Start a node's agent again and wait until it is ready.
+    Start {
+        node: String,
+        #[arg(long, default_value_t = 60)]
+        ready_timeout: u64,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum SignalArg {
+    #[value(name = "TERM", alias = "term")]
+    Term,
+    #[value(name = "KILL", alias = "kill")]
+    Kill,
+}
+
+fn parse_topology(s: &str) -> Result<Topology, String> {
+    s.parse()
+}
+
+fn node_index(arg: &str) -> Result<usize, UsageError> {
+    match arg.parse::<Target>() {
+        Ok(Target::Node(i)) => Ok(i),
+        _ => Err(UsageError::new(format!("NODE: expected a node like n1, found {arg:?}"))),
+    }
+}
+
+pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
+    let id = args.id.as_str();
+    match &args.cmd {
+        LabCmd::Up(up) => {
+            let spec = LabSpec {
+                id: id.to_string(),
+                nodes: up.nodes,
+                pods: up.pods,
+                backend: up.backend,
+                topology: up.topology,
+                ip_masq: up.ip_masq,
+                reconcile_secs: up.reconcile_secs,
+                agent_bin: up.agent_bin.clone(),
+                weftctl_bin: std::env::current_exe().ok(),
+                ready_timeout_secs: up.ready_timeout,
+                etcd_members: up.etcd_members,
+                deferred_agents: up.deferred_agents,
+                cidr: up.cidr.clone(),
+                subnet_len: up.subnet_len,
+            };
+            let lab = Lab::up(spec)?;
+            lab.detach();
+            print!("{}", lab::status::render(&lab.lab_status()));
+            println!(
+                "run commands with: weftctl lab --id {id} exec n1 -- CMD; remove with: weftctl lab --id {id} down"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Down => {
+            let report = lab::down(id)?;
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "lab {id}: signalled {} process(es), removed {} namespace(s)",
+                report.signalled.len(),
+                report.namespaces_removed.len()
+            );
+            report.into_result()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Status { json } => {
+            let s = Lab::attach(id)?.lab_status();
+            print_out(*json, &s, || lab::status::render(&s))
+        }
+        LabCmd::Exec { target, cmd } => {
+            let t: Target = target.parse().map_err(|e| UsageError::new(format!("TARGET: {e}")))?;
+            let lab = Lab::attach(id)?;
+            let (program, rest) =
+                cmd.split_first().ok_or_else(|| UsageError::new("CMD: expected a command after --"))?;
+            let status = lab
+                .command(&t, program)?
+                .args(rest)
+                .status()
+                .with_context(|| format!("running {program} in {target}"))?;
+            use std::os::unix::process::ExitStatusExt;
+            let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        LabCmd::Agent(LabAgentCmd::Stop { node, signal, leave }) => {
+            let i = node_index(node)?;
+            let lab = Lab::attach(id)?;
+            if *leave {
+                lab.leave(i)?;
+                println!("{node} left the network");
+            } else {
+                let sig = match signal {
+                    SignalArg::Term => nix::sys::signal::Signal::SIGTERM,
+                    SignalArg::Kill => nix::sys::signal::Signal::SIGKILL,
+                };
+                lab.stop_agent(i, sig)?;
+                println!("agent of {node} stopped ({sig})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Agent(LabAgentCmd::Start { node, ready_timeout }) => {
+            let i = node_index(node)?;
+            let lab = Lab::attach(id)?;
+            let pid = lab.start_agent(i)?;
+            let s = lab.wait_ready(i, std::time::Duration::from_secs(*ready_timeout))?;
+            println!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Bench(b) => lab::bench::cli(id, b),
+    }
+}

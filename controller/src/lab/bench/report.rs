@@ -1,0 +1,332 @@
+//! The bench report: machine facts, rows with their figures and ratios, and its renderings
+//! (table, targets, Markdown).
+
+use super::peers::PeerTunnel;
+use super::*;
+use serde::{Deserialize, Serialize};
+use std::process::Command;
+use std::time::Duration;
+
+/// The machine a report was measured on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    /// When the bench started (UTC).
+    pub date: String,
+    /// `iperf3 --version`, first line.
+    pub iperf3: String,
+    /// /proc/loadavg's 1, 5 and 15 minute figures when the bench started: on a small machine
+    /// a busy neighbour (a build) moves the figures.
+    pub loadavg: String,
+}
+
+/// Reads the machine facts (never fails: unknowns read "unknown").
+pub fn machine_facts() -> Machine {
+    let unknown = || "unknown".to_string();
+    let iperf3 = run_timeout(Command::new("iperf3").arg("--version"), None, Duration::from_secs(5), "iperf3 --version")
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(unknown);
+    Machine {
+        nproc: std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| unknown()),
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| parse_cpu_model(&t))
+            .unwrap_or_else(unknown),
+        date: rfc3339_utc(crate::output::unix_now()),
+        iperf3,
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| unknown()),
+    }
+}
+
+/// Peak RSS of one watched process over a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RssPeak {
+    /// What the process is (`n1`, `n2`, ...).
+    pub name: String,
+    pub pid: u32,
+    /// At the start of the run.
+    pub start_kib: Option<u64>,
+    /// Highest sample during the run.
+    pub peak_kib: Option<u64>,
+}
+
+/// One measured row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub iperf: IperfResult,
+    /// The `-P N` run, when asked for.
+    pub iperf_parallel: Option<IperfResult>,
+    /// CPU of the busiest watched process over an idle window after the runs, in percent of
+    /// one core (lab rows).
+    pub idle_cpu_pct: Option<f64>,
+    pub ping: PingSummary,
+    pub rss: Vec<RssPeak>,
+    /// How the sending node routes to the receiving pod (`ip -o route get`), when checked.
+    pub path: Option<String>,
+}
+
+/// One row of the report: figures, or the error that stopped the row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowResult {
+    pub row: String,
+    pub gbps: Option<f64>,
+    pub rtt_median_ms: Option<f64>,
+    /// `gbps` divided by the kernel row's.
+    pub gbps_vs_kernel: Option<f64>,
+    /// Gbit/s of the `-P N` run.
+    pub gbps_parallel: Option<f64>,
+    /// Busiest agent's CPU while idle, percent of one core.
+    pub idle_cpu_pct: Option<f64>,
+    /// `rtt_median_ms` divided by the kernel row's.
+    pub rtt_vs_kernel: Option<f64>,
+    pub retransmits: Option<u64>,
+    pub pings_sent: Option<u32>,
+    pub pings_received: Option<u32>,
+    /// Peak RSS of every agent during the row (empty for rows without an agent).
+    pub agent_rss: Vec<RssPeak>,
+    /// How the sending node routed to the receiving pod, for rows that check it.
+    pub path: Option<String>,
+    pub error: Option<String>,
+}
+
+impl RowResult {
+    pub fn new(row: &str, result: anyhow::Result<Measurement>) -> Self {
+        let mut r = RowResult {
+            row: row.to_string(),
+            gbps: None,
+            rtt_median_ms: None,
+            gbps_vs_kernel: None,
+            gbps_parallel: None,
+            idle_cpu_pct: None,
+            rtt_vs_kernel: None,
+            retransmits: None,
+            pings_sent: None,
+            pings_received: None,
+            agent_rss: Vec::new(),
+            path: None,
+            error: None,
+        };
+        match result {
+            Ok(m) => {
+                r.gbps = Some(m.iperf.gbps());
+                r.gbps_parallel = m.iperf_parallel.as_ref().map(IperfResult::gbps);
+                r.idle_cpu_pct = m.idle_cpu_pct;
+                r.rtt_median_ms = m.ping.median_ms();
+                r.retransmits = m.iperf.retransmits;
+                r.pings_sent = Some(m.ping.transmitted);
+                r.pings_received = Some(m.ping.received);
+                r.agent_rss = m.rss;
+                r.path = m.path;
+            }
+            Err(e) => r.error = Some(format!("{e:#}")),
+        }
+        r
+    }
+
+    /// Highest peak RSS over the row's agents, in KiB.
+    pub fn max_rss_kib(&self) -> Option<u64> {
+        self.agent_rss.iter().filter_map(|p| p.peak_kib).max()
+    }
+}
+
+/// Sets every row's ratios against the row named `kernel` (left empty without one).
+pub fn fill_ratios(rows: &mut [RowResult]) {
+    let base = rows.iter().find(|r| r.row == RowKind::Kernel.name()).map(|r| (r.gbps, r.rtt_median_ms));
+    let Some((Some(bg), Some(br))) = base else { return };
+    let ratio = |x: Option<f64>, b: f64| x.filter(|_| b > 0.0).map(|x| x / b);
+    for r in rows {
+        r.gbps_vs_kernel = ratio(r.gbps, bg);
+        r.rtt_vs_kernel = ratio(r.rtt_median_ms, br);
+    }
+}
+
+/// A bench run: where, how, and every row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    /// The command line that produced this report.
+    pub command: String,
+    /// The weft-agent binary the lab rows ran.
+    pub agent_bin: Option<String>,
+    pub seconds: u64,
+    pub pings: u32,
+    pub ping_interval_s: f64,
+    /// Streams of each row's second iperf3 run (0: none).
+    pub parallel: u32,
+    pub rows: Vec<RowResult>,
+}
+
+impl BenchReport {
+    pub fn all_ok(&self) -> bool {
+        self.rows.iter().all(|r| r.error.is_none())
+    }
+}
+
+pub(super) fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
+}
+
+pub(super) fn fmt_mib(kib: Option<u64>) -> String {
+    // KiB counts stay far below 2^52, where f64 is exact.
+    #[allow(clippy::cast_precision_loss)]
+    kib.map_or_else(|| "-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+pub(super) fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+pub(super) const HEADERS: [&str; 9] =
+    ["row", "Gbit/s", "x kernel", "-P N Gbit/s", "RTT ms", "x kernel", "RSS MiB", "idle CPU %", "error"];
+
+/// The cells of every row, in [`HEADERS`] order (errors cut to their first line).
+pub(super) fn cells(rows: &[RowResult]) -> Vec<[String; 9]> {
+    rows.iter()
+        .map(|r| {
+            [
+                r.row.clone(),
+                fmt_opt(r.gbps, 2),
+                fmt_opt(r.gbps_vs_kernel, 2),
+                fmt_opt(r.gbps_parallel, 2),
+                fmt_opt(r.rtt_median_ms, 3),
+                fmt_opt(r.rtt_vs_kernel, 2),
+                fmt_mib(r.max_rss_kib()),
+                fmt_opt(r.idle_cpu_pct, 1),
+                r.error.as_deref().map(first_line).unwrap_or("").to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// The human table: the row name left-aligned, figures right-aligned, a failed row's error
+/// (first line) in the last column.
+pub fn render_table(rows: &[RowResult]) -> String {
+    let cells = cells(rows);
+    let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut s = String::new();
+        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
+            match i {
+                0 | 8 => s.push_str(&format!("{c:<w$}  ")),
+                _ => s.push_str(&format!("{c:>w$}  ")),
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let head: Vec<String> = HEADERS.iter().map(|h| h.to_string()).collect();
+    let mut out = line(&head);
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// The full human report: the table, then every failed row's whole error.
+pub fn render(report: &BenchReport) -> String {
+    let m = &report.machine;
+    let mut out = format!(
+        "{} cores, {}, Linux {}, {} (load {}); iperf3 1 TCP stream {} s, ping median of {} every {} s\n\n",
+        m.nproc, m.cpu_model, m.kernel, m.date, m.loadavg, report.seconds, report.pings, report.ping_interval_s
+    );
+    out.push_str(&render_table(&report.rows));
+    let targets = render_targets(&report.rows);
+    if !targets.is_empty() {
+        out.push('\n');
+        out.push_str(&targets);
+    }
+    for r in report.rows.iter().filter(|r| r.error.is_some()) {
+        out.push_str(&format!("\n{} failed: {}\n", r.row, r.error.as_deref().unwrap_or("")));
+    }
+    out
+}
+
+/// One comparison of the quic row with another row of the same run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub what: String,
+    /// The measured ratio or difference.
+    pub value: f64,
+    pub met: bool,
+}
+
+/// The quic row against the others of the same run, as docs/BENCHMARKS.md states the goals:
+/// ≥ 2 × quincy, ≥ 5 × the better WireGuard, ≥ 0.6 × quinn-raw, RTT ≤ the best userspace
+/// peer's, `-P N` ≥ one stream. Comparisons whose rows are missing or failed are left out.
+pub fn targets(rows: &[RowResult]) -> Vec<Target> {
+    let get = |name: &str| rows.iter().find(|r| r.row == name && r.error.is_none());
+    let Some(quic) = get(RowKind::Quic.name()) else { return Vec::new() };
+    let Some(q) = quic.gbps else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut ratio = |what: String, other: Option<f64>, at_least: f64| {
+        if let Some(o) = other.filter(|o| *o > 0.0) {
+            out.push(Target { what, value: q / o, met: q / o >= at_least });
+        }
+    };
+    ratio("quic / quincy >= 2".into(), get(PeerTunnel::Quincy.name()).and_then(|r| r.gbps), 2.0);
+    let wg = [PeerTunnel::WireguardGo, PeerTunnel::Boringtun]
+        .iter()
+        .filter_map(|p| get(p.name())?.gbps)
+        .max_by(f64::total_cmp);
+    ratio("quic / best WireGuard >= 5".into(), wg, 5.0);
+    ratio("quic / quinn-raw >= 0.6".into(), get(RowKind::QuinnRaw.name()).and_then(|r| r.gbps), 0.6);
+    if let Some(p) = quic.gbps_parallel.filter(|_| q > 0.0) {
+        out.push(Target { what: "quic -P N / quic 1 stream >= 1".into(), value: p / q, met: p >= q });
+    }
+    if let Some(rtt) = quic.rtt_median_ms {
+        let best = PeerTunnel::ALL.iter().filter_map(|p| get(p.name())?.rtt_median_ms).min_by(f64::total_cmp);
+        if let Some(b) = best {
+            out.push(Target { what: "quic RTT - best peer RTT <= 0 ms".into(), value: rtt - b, met: rtt <= b });
+        }
+    }
+    out
+}
+
+/// The targets as lines (`met`/`NOT met`), empty without a quic row.
+pub fn render_targets(rows: &[RowResult]) -> String {
+    targets(rows)
+        .iter()
+        .map(|t| format!("target {}: {:.2} {}\n", t.what, t.value, if t.met { "met" } else { "NOT met" }))
+        .collect()
+}
+
+/// A Markdown section for docs/BENCHMARKS.md or a release note.
+pub fn render_markdown(report: &BenchReport) -> String {
+    let m = &report.machine;
+    let mut out = format!(
+        "Measured {} on {} cores ({}), Linux {}, {}, load average {} at the start, with:\n\n```sh\n{}\n```\n\n",
+        m.date, m.nproc, m.cpu_model, m.kernel, m.iperf3, m.loadavg, report.command
+    );
+    out.push_str(&format!(
+        "| row | Gbit/s | × kernel | -P {} Gbit/s | RTT median ms | × kernel | RSS peak MiB | idle CPU % |\n",
+        report.parallel
+    ));
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (r, c) in report.rows.iter().zip(cells(&report.rows)) {
+        if r.error.is_some() {
+            out.push_str(&format!("| {} | failed: {} | | | | | | |\n", c[0], c[8].replace('|', "\\|")));
+        } else {
+            out.push_str(&format!("| {} |\n", c[..8].join(" | ")));
+        }
+    }
+    let targets = render_targets(&report.rows);
+    if !targets.is_empty() {
+        out.push('\n');
+        out.push_str(&targets);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+//! The bench's rows: which tunnels are measured, how `--backends` names them, and whether a
+//! peer row's programs are installed.
+
+use super::peers::PeerTunnel;
+use crate::error::UsageError;
+use weft_config::Backend;
+
+/// One row of the bench table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowKind {
+    /// Static routes between two hosts, no agent: the ceiling for any backend.
+    Kernel,
+    /// A 2-node lab on the host-gw backend.
+    HostGw,
+    /// A 2-node lab on the quic backend.
+    Quic,
+    /// QUIC datagrams alone between the two hosts, no tun (`weft-quic-raw`): the transport's
+    /// ceiling, with the agent's TLS and transport settings.
+    QuinnRaw,
+    /// Another userspace tunnel between the same two hosts (`--with-peers`).
+    PeerTunnel(PeerTunnel),
+}
+
+impl RowKind {
+    pub const ALL: [RowKind; 7] = [
+        RowKind::Kernel,
+        RowKind::HostGw,
+        RowKind::Quic,
+        RowKind::QuinnRaw,
+        RowKind::PeerTunnel(PeerTunnel::Quincy),
+        RowKind::PeerTunnel(PeerTunnel::WireguardGo),
+        RowKind::PeerTunnel(PeerTunnel::Boringtun),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RowKind::Kernel => "kernel",
+            RowKind::HostGw => "host-gw",
+            RowKind::Quic => "quic",
+            RowKind::QuinnRaw => "quinn-raw",
+            RowKind::PeerTunnel(p) => p.name(),
+        }
+    }
+
+    /// The lab backend this row runs, if it is a lab row.
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            RowKind::HostGw => Some(Backend::HostGw),
+            RowKind::Quic => Some(Backend::Quic),
+            RowKind::Kernel | RowKind::QuinnRaw | RowKind::PeerTunnel(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for RowKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RowKind::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            let all: Vec<&str> = RowKind::ALL.iter().map(|r| r.name()).collect();
+            format!("expected one of {}, found {s:?}", all.join(", "))
+        })
+    }
+}
+
+/// Parses `--backends` (comma-separated rows); `with_peers` appends the other userspace
+/// tunnels. The kernel row always comes first: it is the reference the ratios are taken
+/// against. Duplicates are dropped.
+pub fn parse_rows(list: &str, with_peers: bool) -> Result<Vec<RowKind>, UsageError> {
+    let named = list
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| part.parse::<RowKind>().map_err(|e| UsageError::new(format!("--backends: {e}"))));
+    let peers = PeerTunnel::ALL.into_iter().filter(|_| with_peers).map(|p| Ok(RowKind::PeerTunnel(p)));
+    let mut rows = vec![RowKind::Kernel];
+    for r in named.chain(peers) {
+        let r = r?;
+        if !rows.contains(&r) {
+            rows.push(r);
+        }
+    }
+    Ok(rows)
+}
+
+/// Refuses to start when a peer row's tunnel is not installed, naming what is missing.
+pub fn check_peers_installed(rows: &[RowKind]) -> Result<(), UsageError> {
+    let peers: Vec<PeerTunnel> =
+        rows.iter().filter_map(|r| if let RowKind::PeerTunnel(p) = r { Some(*p) } else { None }).collect();
+    let missing = super::peers::missing(&peers);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "--with-peers: not found on PATH: {}; install them with deploy/bench-peers.sh (or leave out --with-peers)",
+        missing.join(", ")
+    )))
+}

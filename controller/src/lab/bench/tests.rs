@@ -1,0 +1,459 @@
+//! Tests of the bench's parsers, rows and report (pure parts; the rows run in the lab tests).
+
+use super::peers::PeerTunnel;
+use super::*;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use weft_config::Backend;
+
+/// `iperf3 -c 127.0.0.1 -t 2 -i 1 -J` (iperf 3.12) in a namespace of its own; only the
+/// indentation (tabs) was changed.
+const IPERF_SAMPLE: &str = r#"{
+  "start": {
+"connected": [{
+    "socket": 5,
+    "local_host": "127.0.0.1",
+    "local_port": 52230,
+    "remote_host": "127.0.0.1",
+    "remote_port": 5201
+  }],
+"version": "iperf 3.12",
+"system_info": "Linux vm 6.18.44-fc-v657 #1 SMP PREEMPT_DYNAMIC @0 x86_64",
+"timestamp": {
+  "time": "Sun, 22 Nov 2026 20:11:58 GMT",
+  "timesecs": 1795378318
+},
+"connecting_to": {
+  "host": "127.0.0.1",
+  "port": 5201
+},
+"cookie": "t3qlc62bhecba4soqalqietm7wvvcmxw3ueb",
+"tcp_mss_default": 32768,
+"target_bitrate": 0,
+"sock_bufsize": 0,
+"sndbuf_actual": 16384,
+"rcvbuf_actual": 131072,
+"test_start": {
+  "protocol": "TCP",
+  "num_streams": 1,
+  "blksize": 131072,
+  "omit": 0,
+  "duration": 2,
+  "bytes": 0,
+  "blocks": 0,
+  "reverse": 0,
+  "tos": 0,
+  "target_bitrate": 0
+}
+  },
+  "intervals": [{
+  "streams": [{
+      "socket": 5,
+      "start": 0,
+      "end": 1.02344,
+      "seconds": 1.0234400033950806,
+      "bytes": 1276641280,
+      "bits_per_second": 9979217351.40287,
+      "retransmits": 31,
+      "snd_cwnd": 785796,
+      "snd_wnd": 24953856,
+      "rtt": 1753,
+      "rttvar": 1301,
+      "pmtu": 65535,
+      "omitted": false,
+      "sender": true
+    }],
+  "sum": {
+    "start": 0,
+    "end": 1.02344,
+    "seconds": 1.0234400033950806,
+    "bytes": 1276641280,
+    "bits_per_second": 9979217351.40287,
+    "retransmits": 31,
+    "omitted": false,
+    "sender": true
+  }
+}, {
+  "streams": [{
+      "socket": 5,
+      "start": 1.02344,
+      "end": 2.00018,
+      "seconds": 0.976740002632141,
+      "bytes": 1867776000,
+      "bits_per_second": 15298040378.947723,
+      "retransmits": 27,
+      "snd_cwnd": 1178694,
+      "snd_wnd": 24953856,
+      "rtt": 116,
+      "rttvar": 95,
+      "pmtu": 65535,
+      "omitted": false,
+      "sender": true
+    }],
+  "sum": {
+    "start": 1.02344,
+    "end": 2.00018,
+    "seconds": 0.976740002632141,
+    "bytes": 1867776000,
+    "bits_per_second": 15298040378.947723,
+    "retransmits": 27,
+    "omitted": false,
+    "sender": true
+  }
+}],
+  "end": {
+"streams": [{
+    "sender": {
+      "socket": 5,
+      "start": 0,
+      "end": 2.00018,
+      "seconds": 2.00018,
+      "bytes": 3144417280,
+      "bits_per_second": 12576537231.649153,
+      "retransmits": 58,
+      "max_snd_cwnd": 1178694,
+      "max_snd_wnd": 24953856,
+      "max_rtt": 1753,
+      "min_rtt": 116,
+      "mean_rtt": 934,
+      "sender": true
+    },
+    "receiver": {
+      "socket": 5,
+      "start": 0,
+      "end": 2.000202,
+      "seconds": 2.00018,
+      "bytes": 3144417280,
+      "bits_per_second": 12576398903.710726,
+      "sender": true
+    }
+  }],
+"sum_sent": {
+  "start": 0,
+  "end": 2.00018,
+  "seconds": 2.00018,
+  "bytes": 3144417280,
+  "bits_per_second": 12576537231.649153,
+  "retransmits": 58,
+  "sender": true
+},
+"sum_received": {
+  "start": 0,
+  "end": 2.000202,
+  "seconds": 2.000202,
+  "bytes": 3144417280,
+  "bits_per_second": 12576398903.710726,
+  "sender": true
+},
+"cpu_utilization_percent": {
+  "host_total": 63.74483902967264,
+  "host_user": 0.057341339809375,
+  "host_system": 63.687447740961,
+  "remote_total": 50.8486557992063,
+  "remote_user": 0.644728435143699,
+  "remote_system": 50.203927364062586
+},
+"sender_tcp_congestion": "bbr",
+"receiver_tcp_congestion": "bbr"
+  }
+}"#;
+
+#[test]
+fn iperf_json() {
+    let r = parse_iperf_json(IPERF_SAMPLE).expect("parse");
+    assert_eq!(r.bits_per_second, 12576398903.710726);
+    assert_eq!(r.retransmits, Some(58));
+    assert!((r.gbps() - 12.5764).abs() < 1e-3);
+    let e = parse_iperf_json(
+        r#"{"start":{"connected":[]},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}"#,
+    )
+    .expect_err("error");
+    assert_eq!(e, "iperf3: unable to connect to server: Connection refused");
+    assert!(parse_iperf_json("").expect_err("empty").starts_with("iperf3 output is not JSON"));
+    assert_eq!(
+        parse_iperf_json(r#"{"end":{"sum_sent":{}}}"#).expect_err("missing"),
+        "iperf3 output has no end.sum_received.bits_per_second"
+    );
+    let r = parse_iperf_json(r#"{"end":{"sum_received":{"bits_per_second":5e9}}}"#).expect("udp-like");
+    assert_eq!(r, IperfResult { bits_per_second: 5e9, retransmits: None });
+}
+
+#[test]
+fn ping_output() {
+    let text = "PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.\n\
+        64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.240 ms\n\
+        64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=0.031 ms\n\
+        64 bytes from 10.244.2.2: icmp_seq=3 ttl=62 time=0.040 ms\n\
+        64 bytes from 10.244.2.2: icmp_seq=4 ttl=62 time=1.05 ms\n\
+        \n--- 10.244.2.2 ping statistics ---\n\
+        5 packets transmitted, 4 received, 20% packet loss, time 211ms\n\
+        rtt min/avg/max/mdev = 0.031/0.340/1.050/0.412 ms\n";
+    let s = parse_ping(text).expect("parse");
+    assert_eq!((s.transmitted, s.received), (5, 4));
+    assert_eq!(s.times_ms, vec![0.240, 0.031, 0.040, 1.05]);
+    assert_eq!(s.median_ms(), Some((0.040 + 0.240) / 2.0));
+    let lost = "PING 10.9.9.9 (10.9.9.9) 56(84) bytes of data.\n\n--- 10.9.9.9 ping statistics ---\n\
+        3 packets transmitted, 0 received, +3 errors, 100% packet loss, time 2046ms\n";
+    let s = parse_ping(lost).expect("parse");
+    assert_eq!((s.transmitted, s.received, s.median_ms()), (3, 0, None));
+    assert!(parse_ping("ping: connect: Network is unreachable\n").is_err());
+}
+
+#[test]
+fn paths() {
+    let peer = Ipv4Addr::new(172, 30, 0, 12);
+    let gw = "10.244.2.2 via 172.30.0.12 dev eth0 src 172.30.0.11 uid 0 \\    cache";
+    assert_eq!(check_path(Backend::HostGw, gw, peer), Ok(()));
+    let e = check_path(Backend::Quic, gw, peer).expect_err("not quic");
+    assert!(e.contains("over the underlay instead of through the quic tun"), "{e}");
+    let tun = "10.244.2.2 dev weft-tun0 src 10.244.1.1 uid 0 \\    cache";
+    assert_eq!(check_path(Backend::Quic, tun, peer), Ok(()));
+    assert!(check_path(Backend::HostGw, tun, peer).expect_err("not host-gw").contains("not via 172.30.0.12"));
+    let default = "10.244.2.2 via 172.30.0.1 dev eth0 src 172.30.0.11 uid 0";
+    assert!(check_path(Backend::Quic, default, peer).is_err());
+    assert!(check_path(Backend::HostGw, default, peer).is_err());
+}
+
+#[test]
+fn medians() {
+    assert_eq!(median(&[]), None);
+    assert_eq!(median(&[3.0]), Some(3.0));
+    assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+    assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
+}
+
+#[test]
+fn proc_files() {
+    let status = "Name:\tweft-agent\nVmPeak:\t  900000 kB\nVmRSS:\t   12345 kB\nRssAnon:\t 8000 kB\n";
+    assert_eq!(parse_vm_rss_kib(status), Some(12345));
+    assert_eq!(parse_vm_rss_kib("Name:\tx\n"), None);
+    assert!(vm_rss_kib(std::process::id()).is_some_and(|k| k > 0));
+    let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+        \x20  0: 00000000:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
+        \x20  1: 0100007F:CB46 0100007F:1451 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n";
+    assert!(tcp_listening(tcp, 5201));
+    assert!(!tcp_listening(tcp, 52038), "an established socket is not listening");
+    let tcp6 = "  sl  local_address                         remote_address                        st\n\
+        \x20  0: 00000000000000000000000000000000:1451 00000000000000000000000000000000:0000 0A 0\n";
+    assert!(tcp_listening(tcp6, 5201));
+    assert!(!tcp_listening(tcp6, 5202));
+    let cpu = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.80GHz\n";
+    assert_eq!(parse_cpu_model(cpu).as_deref(), Some("Intel(R) Xeon(R) Processor @ 2.80GHz"));
+    assert_eq!(parse_cpu_model("processor\t: 0\n"), None);
+}
+
+#[test]
+fn dates() {
+    assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(rfc3339_utc(1_795_378_318), "2026-11-22T20:11:58Z");
+    assert_eq!(rfc3339_utc(4_107_542_399), "2100-02-28T23:59:59Z");
+}
+
+#[test]
+fn rows_flag() {
+    let k = RowKind::Kernel;
+    assert_eq!(parse_rows("host-gw,quic", false).expect("ok"), vec![k, RowKind::HostGw, RowKind::Quic]);
+    assert_eq!(parse_rows("quic, kernel,quic", false).expect("ok"), vec![k, RowKind::Quic]);
+    assert_eq!(parse_rows("", false).expect("ok"), vec![k]);
+    assert_eq!(
+        parse_rows("quinn-raw,boringtun", false).expect("ok"),
+        vec![k, RowKind::QuinnRaw, RowKind::PeerTunnel(PeerTunnel::Boringtun)]
+    );
+    let all = parse_rows("quic,boringtun", true).expect("ok");
+    assert_eq!(
+        all,
+        vec![
+            k,
+            RowKind::Quic,
+            RowKind::PeerTunnel(PeerTunnel::Boringtun),
+            RowKind::PeerTunnel(PeerTunnel::Quincy),
+            RowKind::PeerTunnel(PeerTunnel::WireguardGo)
+        ]
+    );
+    let e = parse_rows("host-gw,vxlan", false).expect_err("bad");
+    assert_eq!(
+        e.to_string(),
+        "--backends: expected one of kernel, host-gw, quic, quinn-raw, quincy, wireguard-go, boringtun, found \"vxlan\""
+    );
+}
+
+#[test]
+fn options_are_checked() {
+    let ok = BenchOpts {
+        id: "b1".into(),
+        seconds: 10,
+        pings: 50,
+        rows: vec![RowKind::Kernel],
+        parallel: 4,
+        agent_bin: None,
+        weftctl_bin: None,
+        ready_timeout_secs: 60,
+    };
+    assert!(ok.validate().is_ok());
+    let e = BenchOpts { seconds: 0, ..ok.clone() }.validate().expect_err("bad");
+    assert_eq!(e.to_string(), "--seconds: expected 1 to 600, found 0");
+    let e = BenchOpts { pings: 0, ..ok.clone() }.validate().expect_err("bad");
+    assert_eq!(e.to_string(), "--pings: expected 1 to 10000, found 0");
+    let e = BenchOpts { id: "B".into(), ..ok }.validate().expect_err("bad");
+    assert!(e.to_string().starts_with("--id: "), "{e}");
+}
+
+fn measured(gbps: f64, rtt: f64, rss: &[u64]) -> anyhow::Result<Measurement> {
+    Ok(Measurement {
+        iperf: IperfResult { bits_per_second: gbps * 1e9, retransmits: Some(3) },
+        iperf_parallel: Some(IperfResult { bits_per_second: gbps * 1.1e9, retransmits: Some(4) }),
+        idle_cpu_pct: Some(0.2),
+        ping: PingSummary { transmitted: 3, received: 3, times_ms: vec![rtt, rtt, rtt * 2.0] },
+        rss: rss
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| RssPeak { name: format!("n{}", i + 1), pid: 100, start_kib: Some(k / 2), peak_kib: Some(k) })
+            .collect(),
+        path: None,
+    })
+}
+
+fn sample_rows() -> Vec<RowResult> {
+    let mut rows = vec![
+        RowResult::new("kernel", measured(20.0, 0.040, &[])),
+        RowResult::new("host-gw", measured(19.0, 0.050, &[10_240, 12_800])),
+        RowResult::new("quic", Err(anyhow::anyhow!("building lab b1: agent of n1 exited\nlast lines of log"))),
+    ];
+    fill_ratios(&mut rows);
+    rows
+}
+
+#[test]
+fn ratios() {
+    let rows = sample_rows();
+    assert_eq!(rows[0].gbps_vs_kernel, Some(1.0));
+    assert_eq!(rows[1].gbps_vs_kernel, Some(0.95));
+    assert!((rows[1].rtt_vs_kernel.expect("ratio") - 1.25).abs() < 1e-9);
+    assert_eq!((rows[2].gbps_vs_kernel, rows[2].rtt_vs_kernel), (None, None));
+    assert_eq!(rows[1].max_rss_kib(), Some(12_800));
+    let mut no_kernel = vec![RowResult::new("host-gw", measured(19.0, 0.05, &[]))];
+    fill_ratios(&mut no_kernel);
+    assert_eq!(no_kernel[0].gbps_vs_kernel, None);
+}
+
+#[test]
+fn table() {
+    let t = render_table(&sample_rows());
+    let want = "\
+row      Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  error
+kernel    20.00      1.00        22.00   0.040      1.00        -         0.2
+host-gw   19.00      0.95        20.90   0.050      1.25     12.5         0.2
+quic          -         -            -       -         -        -           -  building lab b1: agent of n1 exited
+";
+    assert_eq!(t, want, "\n{t}");
+    let report = BenchReport {
+        machine: Machine {
+            nproc: 2,
+            kernel: "6.18.44".into(),
+            cpu_model: "Xeon".into(),
+            date: "2026-11-22T20:11:58Z".into(),
+            iperf3: "iperf 3.12".into(),
+            loadavg: "0.10 0.20 0.30".into(),
+        },
+        command: "weftctl lab bench --backends host-gw,quic".into(),
+        agent_bin: None,
+        seconds: 10,
+        pings: 50,
+        ping_interval_s: PING_INTERVAL_S,
+        parallel: 4,
+        rows: sample_rows(),
+    };
+    assert!(!report.all_ok());
+    let full = render(&report);
+    assert!(
+        full.starts_with("2 cores, Xeon, Linux 6.18.44, 2026-11-22T20:11:58Z (load 0.10 0.20 0.30); iperf3 1 TCP"),
+        "{full}"
+    );
+    assert!(full.ends_with("\nquic failed: building lab b1: agent of n1 exited\nlast lines of log\n"), "{full}");
+    let md = render_markdown(&report);
+    assert!(md.contains("| host-gw | 19.00 | 0.95 | 20.90 | 0.050 | 1.25 | 12.5 | 0.2 |\n"), "{md}");
+    assert!(md.contains("| quic | failed: building lab b1: agent of n1 exited | | | | | | |\n"), "{md}");
+    let json: serde_json::Value = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["rows"][1]["gbps"], 19.0);
+    assert_eq!(json["rows"][1]["agent_rss"][1]["peak_kib"], 12_800);
+    assert_eq!(json["machine"]["nproc"], 2);
+}
+
+#[test]
+fn targets_compare_quic_with_the_other_rows_of_the_run() {
+    let mut rows = vec![
+        RowResult::new("kernel", measured(10.0, 0.1, &[])),
+        RowResult::new("quic", measured(2.0, 0.4, &[])),
+        RowResult::new("quinn-raw", measured(2.5, 0.1, &[])),
+        RowResult::new("quincy", measured(0.8, 0.9, &[])),
+        RowResult::new("wireguard-go", measured(0.25, 0.3, &[])),
+        RowResult::new("boringtun", Err(anyhow::anyhow!("down"))),
+    ];
+    rows[1].gbps_parallel = Some(1.9);
+    let t = targets(&rows);
+    let got: Vec<(&str, String, bool)> =
+        t.iter().map(|t| (t.what.as_str(), format!("{:.2}", t.value), t.met)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("quic / quincy >= 2", "2.50".to_string(), true),
+            ("quic / best WireGuard >= 5", "8.00".to_string(), true),
+            ("quic / quinn-raw >= 0.6", "0.80".to_string(), true),
+            ("quic -P N / quic 1 stream >= 1", "0.95".to_string(), false),
+            ("quic RTT - best peer RTT <= 0 ms", "0.10".to_string(), false),
+        ]
+    );
+    assert!(render_targets(&rows).contains("target quic RTT - best peer RTT <= 0 ms: 0.10 NOT met\n"));
+    // Without a quic row (or with a failed one) there is nothing to compare.
+    assert!(targets(&rows[2..]).is_empty());
+}
+
+#[test]
+fn commands_time_out_and_collect_output() {
+    let out = run_timeout(
+        Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+        None,
+        Duration::from_secs(5),
+        "sh",
+    )
+    .expect("ran");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice(), out.stderr.as_slice()),
+        (Some(3), &b"out\n"[..], &b"err\n"[..])
+    );
+    let out = run_timeout(&mut Command::new("cat"), Some(b"fed"), Duration::from_secs(5), "cat").expect("ran");
+    assert_eq!(out.stdout, b"fed");
+    let started = Instant::now();
+    let e = run_timeout(Command::new("sleep").arg("10"), None, Duration::from_millis(200), "sleep").expect_err("slow");
+    assert_eq!(e.to_string(), "sleep: no result within 0.2 s, killed");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn rss_sampling_sees_this_process() {
+    let me = std::process::id();
+    let (v, peaks) = with_rss_sampling(&[("self".into(), me)], Duration::from_millis(5), || {
+        std::thread::sleep(Duration::from_millis(30));
+        7
+    });
+    assert_eq!(v, 7);
+    assert_eq!(peaks.len(), 1);
+    assert!(peaks[0].peak_kib >= peaks[0].start_kib && peaks[0].peak_kib.is_some(), "{peaks:?}");
+    let (_, none) = with_rss_sampling(&[], RSS_EVERY, || ());
+    assert!(none.is_empty());
+}
+
+#[test]
+fn host_pair_addresses() {
+    assert_eq!(HostPair::underlay_ip(2), Ipv4Addr::new(192, 168, 100, 2));
+    assert_eq!(HostPair::pod_ip(1), Ipv4Addr::new(10, 244, 1, 2));
+    assert_eq!(HostPair::gateway(2), Ipv4Addr::new(10, 244, 2, 1));
+    assert_eq!(HostPair::pod_subnet(2), "10.244.2.0/24");
+    let names = LabNames::new("b7").expect("id");
+    let pair = HostPair { prefix: names.prefix(), made: Vec::new() };
+    assert_eq!(pair.endpoints().client_ns, "weftb7-kc1");
+    assert_eq!(pair.host_ns(2), "weftb7-kh2");
+    assert!(names.owns_ns(&pair.underlay_ns()), "lab down removes what a crashed bench left");
+}
