@@ -1,0 +1,1 @@
+//! Unit tests of the daemon on MemStore, FakeKernel and a fake firewall runner.
