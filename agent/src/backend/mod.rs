@@ -278,4 +278,4 @@ impl<K: Kernel> Drivers<K> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
