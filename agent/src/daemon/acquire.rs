@@ -88,7 +88,8 @@ pub(super) async fn underlay_info<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S
 
 async fn read_network<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S, R>, store: &S) -> Result<NetworkConfig> {
     let key = ctx.keys.config();
-    let rec = store.get(&key).await?.with_context(|| format!("no network config at {key}; run `weftctl network init`"))?;
+    let rec =
+        store.get(&key).await?.with_context(|| format!("no network config at {key}; run `weftctl network init`"))?;
     Ok(NetworkConfig::from_json(&key, &rec.value)?)
 }
 
@@ -111,9 +112,8 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
     let (raw, _) = store.list(&ctx.keys.subnets_prefix()).await?;
     let existing = decide::existing(&ctx.keys, &raw);
     let hb_key = ctx.keys.node(&cfg.node_name);
-    let live = (store.get(&hb_key).await?)
-        .and_then(|r| Heartbeat::from_json(&hb_key, &r.value).ok())
-        .map(|h| h.node_id);
+    let live =
+        (store.get(&hb_key).await?).and_then(|r| Heartbeat::from_json(&hb_key, &r.value).ok()).map(|h| h.node_id);
     let persisted = match ctx.state.load_subnet() {
         Ok(s) => s.filter(|s| s.network == cfg.network).map(|s| s.subnet),
         Err(e) => {

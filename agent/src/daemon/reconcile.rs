@@ -20,7 +20,13 @@ impl<K: Kernel, S: Store> Node<K, S> {
     /// The node as the backends see it, with the underlay's current prefixes.
     pub(super) async fn node_view<R: Runner>(&self, ctx: &Ctx<K, S, R>) -> Result<NodeView> {
         let prefixes = ctx.nl.addrs(self.underlay.index).await?;
-        Ok(NodeView { underlay: self.underlay.clone(), prefixes, cluster: self.net.cidr, subnet: self.subnet, mtu: self.mtu })
+        Ok(NodeView {
+            underlay: self.underlay.clone(),
+            prefixes,
+            cluster: self.net.cidr,
+            subnet: self.subnet,
+            mtu: self.mtu,
+        })
     }
 
     /// After the first plumbing: the first list, reconcile and heartbeat.
@@ -225,8 +231,11 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 }
             }
         }
-        let installed: BTreeSet<Route> =
-            if actions.is_empty() { current.into_iter().collect() } else { nl.weft_routes().await?.into_iter().collect() };
+        let installed: BTreeSet<Route> = if actions.is_empty() {
+            current.into_iter().collect()
+        } else {
+            nl.weft_routes().await?.into_iter().collect()
+        };
         let before = ctx.status.read().unwrap_or_else(|p| p.into_inner()).peers.clone();
         let peers = decide::peer_statuses(&self.peers.peers, &desired, &installed, &refused, &before, now_unix_ms());
         ctx.set_status(|s| {

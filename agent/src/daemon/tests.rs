@@ -120,7 +120,8 @@ impl World {
         let nl = FakeKernel::new();
         let eth0 = nl.seed_link("eth0", "veth", 1500);
         nl.seed_address(eth0, "172.30.0.11/24".parse().expect("addr"));
-        let w = Self { dir: TempDir::new(), nl, eth0, runner: FakeRunner::default(), host: Arc::new(TestHost::default()) };
+        let w =
+            Self { dir: TempDir::new(), nl, eth0, runner: FakeRunner::default(), host: Arc::new(TestHost::default()) };
         let w = Self { host: Arc::new(TestHost { store, ..TestHost::default() }), ..w };
         let net = NetworkConfig::new("test", cidr, 24, Backend::HostGw).expect("net");
         w.put(&Keys::new("lab").config(), net.to_json());
@@ -160,7 +161,8 @@ impl World {
 
     fn daemon(&self) -> (TestDaemon, Handle) {
         let host: Arc<dyn Host<MemStore>> = self.host.clone();
-        let (d, h) = Daemon::with(self.cfg(), "id1".into(), self.nl.clone(), self.runner.clone(), host).expect("daemon");
+        let (d, h) =
+            Daemon::with(self.cfg(), "id1".into(), self.nl.clone(), self.runner.clone(), host).expect("daemon");
         d.ctx.state.create().expect("state dir");
         (d, h)
     }
@@ -188,7 +190,14 @@ impl World {
     }
 
     fn route_via(&self, dst: &str, gw: &str) -> Route {
-        Route { dst: n(dst), kind: RouteKind::Unicast, via: Some(gw.parse().expect("ip")), oif: Some(self.eth0), src: None, metric: 0 }
+        Route {
+            dst: n(dst),
+            kind: RouteKind::Unicast,
+            via: Some(gw.parse().expect("ip")),
+            oif: Some(self.eth0),
+            src: None,
+            metric: 0,
+        }
     }
 }
 
@@ -262,20 +271,24 @@ async fn acquire_claims_the_lowest_free_subnet_and_plumbs_the_bridge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acquire_uses_a_create_transaction_that_loses_to_an_existing_key() {
+async fn claim_attempts_share_one_lease_and_find_their_own_record_again() {
     let w = World::new(CIDR);
     let (d, _h) = w.daemon();
     let Daemon { ctx, .. } = &d;
     let store = w.store().clone();
     let u = acquire::underlay_info(ctx).await.expect("underlay");
+    assert_eq!((u.name.as_str(), u.public_ip.to_string().as_str(), u.mtu), ("eth0", "172.30.0.11", 1500));
     let (mut drivers, mut lease) = (None, 0);
-    // The key appears between the list and the claim: create_revision == 0 no longer holds.
-    let claim = acquire::try_acquire(ctx, &store, &u, &mut drivers, &mut lease).await.expect("attempt");
-    assert_eq!(claim.map(|c| c.subnet), Some(n("10.244.0.0/24")));
-    let rev = store.revision();
-    let raced = store.create(&subnet_key("10.244.0.0/24"), "other", 0).await.expect("create");
-    assert!(!raced, "a second create of the same key fails");
-    assert_eq!(store.revision(), rev, "and writes nothing");
+    let first = acquire::try_acquire(ctx, &store, &u, &mut drivers, &mut lease).await.expect("attempt");
+    assert_eq!(first.map(|c| c.subnet), Some(n("10.244.0.0/24")));
+    assert_ne!(lease, 0, "the attempt granted the record's lease");
+    let rev = store.get(&subnet_key("10.244.0.0/24")).await.expect("get").expect("record");
+    assert_eq!(rev.create_revision, rev.mod_revision, "created by this claim");
+    let again = acquire::try_acquire(ctx, &store, &u, &mut drivers, &mut lease).await.expect("attempt");
+    assert_eq!(again.map(|c| c.subnet), Some(n("10.244.0.0/24")), "the own record is reused, not a second claim");
+    assert_eq!(store.leases(), vec![lease], "one lease across attempts");
+    let (raw, _) = store.list(&Keys::new("lab").subnets_prefix()).await.expect("list");
+    assert_eq!(raw.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +320,8 @@ async fn start_enables_forwarding_through_the_host_and_reports_ready_once() {
         assert!(w.path("agent.pid").exists());
         h.stop.send(()).await.expect("stop");
     };
-    let (exit, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(d.run(), test) }).await.expect("stops");
+    let (exit, ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(d.run(), test) }).await.expect("stops");
     let exit = exit.expect("run");
     assert!(matches!(exit, Exit::Signal));
     assert!(!w.path("agent.pid").exists(), "the pid file goes on exit");
@@ -330,7 +344,8 @@ async fn before_ready_the_api_answers_not_ready() {
         assert!(!status(&h).etcd_connected);
         h.stop.send(()).await.expect("stop");
     };
-    let (exit, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(d.run(), test) }).await.expect("stops");
+    let (exit, ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(d.run(), test) }).await.expect("stops");
     let exit = exit.expect("run");
     assert!(matches!(exit, Exit::Signal));
 }
@@ -550,7 +565,8 @@ async fn a_stale_bridge_address_is_removed() {
 async fn the_firewall_rules_for_the_cluster_are_written_through_the_runner() {
     let w = World::new(CIDR);
     let (_d, h) = w.started().await;
-    let writes: Vec<String> = w.runner.calls().into_iter().filter(|c| c.contains(" -A ") || c.contains(" -I ")).collect();
+    let writes: Vec<String> =
+        w.runner.calls().into_iter().filter(|c| c.contains(" -A ") || c.contains(" -I ")).collect();
     assert!(writes.iter().any(|c| c.contains("10.244.0.0/16") && c.contains("ACCEPT")), "{writes:#?}");
     assert_eq!(status(&h).reconcile_errors, 0, "{:?}", status(&h).last_error);
 }
@@ -603,7 +619,8 @@ async fn leave_releases_everything_in_etcd_and_on_the_node() {
         let resp = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answer").expect("reply");
         assert!(matches!(resp, Response::Done), "{resp:?}");
     };
-    let (exit, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(d.main_loop(), test) }).await.expect("ends");
+    let (exit, ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(d.main_loop(), test) }).await.expect("ends");
     let exit = exit.expect("loop");
     assert!(matches!(exit, Exit::Left));
     assert!(w.get(&subnet_key("10.244.0.0/24")).is_none(), "own record gone");
