@@ -2,22 +2,30 @@
 //! forward policy (which the backends decide), and keeping the blocking iptables/nft calls off
 //! the async workers' hot path.
 
-use crate::firewall::{self, FirewallSpec, ForwardMode, ForwardPolicy};
+use crate::firewall::{self, FirewallSpec, ForwardMode, ForwardPolicy, Runner, SystemRunner};
 use anyhow::{anyhow, Result};
 use ipnet::Ipv4Net;
 use weft_config::AgentConfig;
 
-pub struct Firewall {
-    inner: firewall::Firewall,
+pub struct Firewall<R: Runner = SystemRunner> {
+    inner: firewall::Firewall<R>,
     network: String,
     bridge: String,
     ip_masq: bool,
 }
 
-impl Firewall {
+impl Firewall<SystemRunner> {
+    /// The rules driven through the real `iptables` and `nft`.
     pub fn new(cfg: &AgentConfig) -> Self {
+        Self::with_runner(cfg, SystemRunner)
+    }
+}
+
+impl<R: Runner> Firewall<R> {
+    /// The rules driven through `runner` (a recording fake in tests).
+    pub fn with_runner(cfg: &AgentConfig, runner: R) -> Self {
         Self {
-            inner: firewall::Firewall::system(),
+            inner: firewall::Firewall::new(runner),
             network: cfg.network.clone(),
             bridge: cfg.bridge.name.clone(),
             ip_masq: cfg.ip_masq,

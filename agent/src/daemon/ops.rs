@@ -1,8 +1,10 @@
-//! The daemon's operational side, kept apart from the lifecycle in `daemon.rs`: health marks
+//! The daemon's operational side, kept apart from the lifecycle in `mod.rs`: health marks
 //! (what /healthz and /readyz judge), the readiness notification to systemd, the reachability
 //! probe task, and pods whose namespace arrives as a path (the CNI plugin's ADD).
 
-use super::{now_secs, Daemon};
+use super::{decide, now_secs, Ctx, Node};
+use crate::firewall::Runner;
+use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
@@ -11,8 +13,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use tracing::{info, warn};
 use weft_config::api::{Health, Response};
+use weft_store::Store;
 
-impl Daemon {
+impl<K: Kernel, S: Store, R: Runner> Ctx<K, S, R> {
     /// Records progress (`f` gets the health marks and "now").
     pub(super) fn mark(&self, f: impl FnOnce(&mut Health, u64)) {
         let now = now_secs();
@@ -23,58 +26,50 @@ impl Daemon {
     pub(super) fn mark_etcd_ok(&self) {
         self.mark(|h, now| h.etcd_ok = now);
     }
+}
 
+/// A pod from a CNI ADD that comes from a dead namespace: its bind mount under /run/netns is
+/// gone (a reboot, or someone unmounted it). Such a pod is forgotten, never re-created.
+pub(super) fn cni_pod_gone(p: &PodRecord) -> bool {
+    let gone = p.source == PodSource::Cni && crate::netns::open(&p.netns).is_err();
+    if gone {
+        info!(pod = %p.name, netns = %p.netns, "CNI pod's namespace is gone; forgetting the pod");
+    }
+    gone
+}
+
+impl<K: Kernel, S: Store> Node<K, S> {
     /// The heartbeat, with its progress marks: the loop went round, and on success the
     /// heartbeat is fresh and etcd answered.
-    pub(super) async fn beat(&mut self) -> Result<()> {
-        self.mark(|h, now| h.loop_tick = now);
-        self.heartbeat().await?;
-        self.mark(|h, now| (h.heartbeat, h.etcd_ok) = (now, now));
+    pub(super) async fn beat<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+        ctx.mark(|h, now| h.loop_tick = now);
+        self.heartbeat(ctx).await?;
+        ctx.mark(|h, now| (h.heartbeat, h.etcd_ok) = (now, now));
         Ok(())
     }
 
     /// Once, when the node is set up: READY=1 to systemd and the probe task.
-    pub(super) fn on_ready(&mut self) {
-        let subnet = self.subnet.map(|s| s.to_string()).unwrap_or_default();
-        crate::notify::ready(&format!("ready: subnet {subnet}, {} peer(s)", self.peers.peers.len()));
-        if !self.cfg.probes.enabled {
+    pub(super) fn on_ready<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) {
+        ctx.host.ready(&format!("ready: subnet {}, {} peer(s)", self.subnet, self.peers.peers.len()));
+        if !ctx.cfg.probes.enabled {
             return;
         }
-        if let Some(store) = self.store.clone() {
-            crate::probe::Probe {
-                store,
-                etcd: self.cfg.etcd.clone(),
-                keys: self.keys.clone(),
-                node: self.cfg.node_name.clone(),
-                interval: self.cfg.probes.interval,
-                status: self.status.clone(),
-            }
-            .spawn();
-        }
-    }
-
-    /// A pod from a CNI ADD that comes from a dead namespace: its bind mount under /run/netns is
-    /// gone (a reboot, or someone unmounted it). Such a pod is forgotten, never re-created.
-    pub(super) fn cni_pod_gone(p: &PodRecord) -> bool {
-        let gone = p.source == PodSource::Cni && crate::netns::open(&p.netns).is_err();
-        if gone {
-            info!(pod = %p.name, netns = %p.netns, "CNI pod's namespace is gone; forgetting the pod");
-        }
-        gone
+        ctx.host.spawn_probe(self.store.clone(), ctx.status.clone());
     }
 
     /// `pod_add` with a namespace path: bind-mount it at /run/netns/<netns>, then attach.
     /// Idempotent for the same name, namespace and interface.
-    pub(super) async fn pod_add_path(
+    pub(super) async fn pod_add_path<R: Runner>(
         &mut self,
+        ctx: &Ctx<K, S, R>,
         name: String,
         netns: Option<String>,
         ifname: Option<String>,
         path: String,
     ) -> Result<Response> {
-        let (netns, ifname) = super::pod_names(&name, netns, ifname)?;
+        let (netns, ifname) = decide::pod_names(&name, netns, ifname)?;
         crate::netns_path::check_path(&path).map_err(anyhow::Error::msg)?;
-        let subnet = self.subnet.context("no subnet yet")?;
+        let subnet = self.subnet;
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
             let same_ns = crate::netns_path::is_attached(&p.netns, Path::new(&path))
                 .with_context(|| format!("opening namespace {path}"))?;
@@ -90,16 +85,16 @@ impl Daemon {
                     remembered: Some(p.ip),
                     owns_netns: true,
                 };
-                let net = PodNet { nl: &self.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+                let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
                 let rec = pods::attach(&net, &req, &used).await?;
                 if rec != p {
                     if let Some(slot) = self.pods.iter_mut().find(|q| q.name == name) {
                         *slot = rec.clone();
                     }
-                    self.state.save_pods(&self.pods)?;
-                    self.publish_pods(subnet);
+                    ctx.state.save_pods(&self.pods)?;
+                    self.publish_pods(ctx);
                 }
-                return Ok(Response::Pod(self.pod_info(&rec, subnet)));
+                return Ok(Response::Pod(self.pod_info(&rec)));
             }
             bail!("pod {name} exists with namespace {} and interface {}", p.netns, p.ifname);
         }
@@ -117,7 +112,7 @@ impl Daemon {
             remembered: None,
             owns_netns: true,
         };
-        let net = PodNet { nl: &self.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+        let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
         let rec = match pods::attach(&net, &req, &used).await {
             Ok(r) => r,
             Err(e) => {
@@ -130,9 +125,9 @@ impl Daemon {
             }
         };
         self.pods.push(rec.clone());
-        self.state.save_pods(&self.pods)?;
-        self.publish_pods(subnet);
+        ctx.state.save_pods(&self.pods)?;
+        self.publish_pods(ctx);
         info!(pod = %name, ip = %rec.ip, netns = %path, "CNI pod added");
-        Ok(Response::Pod(self.pod_info(&rec, subnet)))
+        Ok(Response::Pod(self.pod_info(&rec)))
     }
 }

@@ -1,0 +1,79 @@
+//! The API's requests as the running node answers them: pods (list, add, delete) and leave.
+//! Status is served by the API task from the shared snapshot.
+
+use super::{decide, Ctx, Node};
+use crate::firewall::Runner;
+use crate::kernel::Kernel;
+use crate::pods::{self, AttachRequest, PodNet};
+use crate::state::PodSource;
+use anyhow::{anyhow, bail, Result};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use tracing::info;
+use weft_config::api::{Request, Response};
+use weft_store::Store;
+
+impl<K: Kernel, S: Store> Node<K, S> {
+    pub(super) async fn handle<R: Runner>(&mut self, ctx: &Ctx<K, S, R>, req: Request) -> Response {
+        let r = match req {
+            Request::Status => Err(anyhow!("status is served by the API task")),
+            Request::PodList => return Response::Pods { pods: self.pods.iter().map(|p| self.pod_info(p)).collect() },
+            Request::PodAdd { name, netns, ifname, netns_path: Some(path) } => {
+                self.pod_add_path(ctx, name, netns, ifname, path).await
+            }
+            Request::PodAdd { name, netns, ifname, netns_path: None } => self.pod_add(ctx, name, netns, ifname).await,
+            Request::PodDel { name } => self.pod_del(ctx, &name).await,
+            Request::Leave => self.leave(ctx).await.map(|()| Response::Done),
+        };
+        r.unwrap_or_else(|e| Response::Error { message: format!("{e:#}") })
+    }
+
+    async fn pod_add<R: Runner>(
+        &mut self,
+        ctx: &Ctx<K, S, R>,
+        name: String,
+        netns: Option<String>,
+        ifname: Option<String>,
+    ) -> Result<Response> {
+        let (netns, ifname) = decide::pod_names(&name, netns, ifname)?;
+        if let Some(p) = self.pods.iter().find(|p| p.name == name) {
+            if p.netns == netns && p.ifname == ifname {
+                return Ok(Response::Pod(self.pod_info(p)));
+            }
+            bail!("pod {name} exists with namespace {} and interface {}", p.netns, p.ifname);
+        }
+        if let Some(p) = self.pods.iter().find(|p| p.netns == netns && p.ifname == ifname) {
+            bail!("namespace {netns} interface {ifname} already belongs to pod {}", p.name);
+        }
+        let used: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
+        let req = AttachRequest {
+            name: &name,
+            netns: &netns,
+            ifname: &ifname,
+            source: PodSource::Api,
+            remembered: None,
+            owns_netns: false,
+        };
+        let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnet: self.subnet, mtu: self.mtu };
+        let rec = pods::attach(&net, &req, &used).await?;
+        self.pods.push(rec.clone());
+        ctx.state.save_pods(&self.pods)?;
+        self.publish_pods(ctx);
+        info!(pod = %name, ip = %rec.ip, "pod added");
+        Ok(Response::Pod(self.pod_info(&rec)))
+    }
+
+    async fn pod_del<R: Runner>(&mut self, ctx: &Ctx<K, S, R>, name: &str) -> Result<Response> {
+        let Some(pos) = self.pods.iter().position(|p| p.name == name) else { bail!("no pod named {name}") };
+        if self.pods[pos].source == PodSource::Config {
+            bail!("pod {name} is declared in agent.toml; remove it there and restart the agent");
+        }
+        let pod = self.pods[pos].clone();
+        pods::detach(&ctx.nl, &pod, pod.owns_netns).await?;
+        self.pods.remove(pos);
+        ctx.state.save_pods(&self.pods)?;
+        self.publish_pods(ctx);
+        info!(pod = %name, "pod deleted");
+        Ok(Response::Done)
+    }
+}

@@ -1,0 +1,141 @@
+//! Leaving the network: the running node releases its record, heartbeat and leases, then
+//! removes everything weft made on the host; `--leave` without an agent does the same from the
+//! state dir ([`leave_offline`]). Teardown goes on past failures and reports them all.
+
+use super::{node_identity, Ctx, Node};
+use crate::backend;
+use crate::firewall::Runner;
+use crate::firewall_glue::Firewall;
+use crate::kernel::{Kernel, Netlink};
+use crate::pods;
+use crate::routes::Action;
+use crate::state::{PodRecord, StateDir};
+use anyhow::{anyhow, Result};
+use std::time::Duration;
+use tracing::info;
+use weft_config::{AgentConfig, Keys, SubnetRecord};
+use weft_store::{EtcdStore, Store};
+
+impl<K: Kernel, S: Store> Node<K, S> {
+    /// Releases the subnet and removes everything the agent made. Goes on past failures.
+    pub(super) async fn leave<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+        let mut errors = Vec::new();
+        let key = ctx.keys.subnet(self.subnet);
+        let hb = ctx.keys.node(&ctx.cfg.node_name);
+        let c = &self.store;
+        if let Err(e) = c.delete_if(&key, self.record_value.clone().into_bytes()).await {
+            errors.push(format!("{e:#}"));
+        }
+        if let Err(e) = c.delete(&hb).await {
+            errors.push(format!("{e:#}"));
+        }
+        for l in [self.subnet_lease, self.heartbeat_lease].into_iter().filter(|l| *l != 0) {
+            if let Err(e) = c.revoke(l).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &self.pods, &ctx.state, &ctx.firewall).await);
+        self.pods.clear();
+        if errors.is_empty() {
+            info!("left the network; everything weft made on this node is removed");
+            Ok(())
+        } else {
+            Err(anyhow!(errors.join("; ")))
+        }
+    }
+}
+
+/// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.
+pub async fn teardown_local<K: Kernel, R: Runner>(
+    nl: &K,
+    cfg: &AgentConfig,
+    pods: &[PodRecord],
+    state: &StateDir,
+    fw: &Firewall<R>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    match nl.weft_routes().await {
+        Ok(routes) => {
+            for r in routes {
+                if let Err(e) = nl.apply(&Action::Del(r)).await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    for p in pods {
+        if let Err(e) = pods::detach(nl, p, p.owns_netns).await {
+            errors.push(format!("pod {}: {e:#}", p.name));
+        }
+    }
+    for name in backend::leftover_links::<K>(cfg) {
+        match nl.link(&name).await {
+            Ok(Some(t)) => {
+                if let Err(e) = nl.del_link(t.index).await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if let Err(e) = fw.remove() {
+        errors.push(format!("{e:#}"));
+    }
+    match nl.link(&cfg.bridge.name).await {
+        Ok(Some(b)) => {
+            if let Err(e) = nl.del_link(b.index).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    for f in [&cfg.paths.subnet_env] {
+        if let Err(e) = std::fs::remove_file(f) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(format!("removing {}: {e}", f.display()));
+            }
+        }
+    }
+    if let Err(e) = state.remove_all() {
+        errors.push(format!("{e:#}"));
+    }
+    errors
+}
+
+/// `--leave` with no agent running: release the record in etcd (if reachable) and remove what
+/// the state dir says the agent made.
+pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
+    let nl = Netlink::open()?;
+    let state = StateDir::new(&cfg.paths.state_dir);
+    let node_id = node_identity(&cfg)?;
+    let keys = Keys::new(&cfg.network);
+    let pods = state.load_pods().unwrap_or_default();
+    let mut errors = Vec::new();
+    if let Ok(Some(s)) = state.load_subnet() {
+        match tokio::time::timeout(Duration::from_secs(10), EtcdStore::connect(&cfg.etcd)).await {
+            Ok(Ok(c)) => {
+                let key = keys.subnet(s.subnet);
+                if let Ok(Some(rec)) = c.get(&key).await {
+                    if SubnetRecord::from_json(&key, &rec.value).is_ok_and(|r| r.node_id == node_id) {
+                        if let Err(e) = c.delete_if(&key, rec.value).await {
+                            errors.push(format!("{e:#}"));
+                        }
+                    }
+                }
+                let _ = c.delete(&keys.node(&cfg.node_name)).await;
+            }
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(_) => errors.push("timed out connecting to etcd; the subnet record stays until evicted".into()),
+        }
+    }
+    let fw = Firewall::new(&cfg);
+    errors.extend(teardown_local(&nl, &cfg, &pods, &state, &fw).await);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(errors.join("; ")))
+    }
+}

@@ -1,0 +1,131 @@
+//! Local plumbing of a node that holds its subnet: the bridge and its gateway address, the
+//! backends' devices, the firewall rules and the pods (from agent.toml and the state dir).
+
+use super::{decide, ops, Ctx, Node};
+use crate::firewall::Runner;
+use crate::kernel::Kernel;
+use crate::pods::{self, AttachRequest, PodNet};
+use crate::state::{PodRecord, PodSource};
+use anyhow::{anyhow, Result};
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use tracing::{info, warn};
+use weft_config::api::PodInfo;
+use weft_config::subnet;
+use weft_store::Store;
+
+impl<K: Kernel, S: Store> Node<K, S> {
+    /// Bridge, gateway address, firewall and pods.
+    pub(super) async fn plumb<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+        let nl = &ctx.nl;
+        self.bridge_index = nl.ensure_bridge(&ctx.cfg.bridge.name, self.mtu).await?;
+        let plan = decide::bridge(self.subnet, &nl.addrs(self.bridge_index).await?)?;
+        for a in plan.stale {
+            info!(addr = %a, "removing a stale bridge address");
+            nl.del_addr(self.bridge_index, a).await?;
+        }
+        nl.add_addr(self.bridge_index, plan.gateway).await?;
+        let node = self.node_view(ctx).await?;
+        self.drivers.ensure(nl, &node).await?;
+        self.apply_firewall(ctx);
+        self.ensure_pods(ctx).await
+    }
+
+    pub(super) fn apply_firewall<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
+        let policy = self.forward.clone().unwrap_or_else(|| self.drivers.default_forward());
+        if let Err(e) = ctx.firewall.ensure(self.net.cidr, self.subnet, &policy) {
+            warn!(error = %format!("{e:#}"), "firewall rules");
+            ctx.set_status(|s| {
+                s.reconcile_errors += 1;
+                s.last_error = Some(format!("{e:#}"));
+            });
+        }
+    }
+
+    /// Makes every pod of the config and of the state dir exist; forgets config pods that are no
+    /// longer declared.
+    async fn ensure_pods<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+        let (cfg, nl, subnet) = (&ctx.cfg, &ctx.nl, self.subnet);
+        let mut known = if self.pods.is_empty() { ctx.state.load_pods()? } else { self.pods.clone() };
+        let declared: BTreeSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
+        let mut result = Vec::new();
+        for gone in known.iter().filter(|p| p.source == PodSource::Config && !declared.contains(p.name.as_str())) {
+            info!(pod = %gone.name, "pod no longer in agent.toml; removing it");
+            if let Err(e) = pods::detach(nl, gone, gone.owns_netns).await {
+                warn!(pod = %gone.name, error = %format!("{e:#}"), "removing pod");
+            }
+        }
+        known.retain(|p| p.source != PodSource::Config || declared.contains(p.name.as_str()));
+        let mut wanted: Vec<(String, String, String, PodSource)> =
+            cfg.pods.iter().map(|p| (p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Config)).collect();
+        for p in &known {
+            if p.source != PodSource::Config && !declared.contains(p.name.as_str()) && !ops::cni_pod_gone(p) {
+                wanted.push((p.name.clone(), p.netns.clone(), p.ifname.clone(), p.source));
+            }
+        }
+        let mut errors = Vec::new();
+        for (name, netns, ifname, source) in wanted {
+            let prev = known.iter().find(|p| p.name == name);
+            let used: BTreeSet<Ipv4Addr> = known
+                .iter()
+                .filter(|p| p.name != name)
+                .map(|p| p.ip)
+                .chain(result.iter().map(|p: &PodRecord| p.ip))
+                .collect();
+            let req = AttachRequest {
+                name: &name,
+                netns: &netns,
+                ifname: &ifname,
+                source,
+                remembered: prev.map(|p| p.ip),
+                owns_netns: prev.is_some_and(|p| p.owns_netns),
+            };
+            let net = PodNet { nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+            match pods::attach(&net, &req, &used).await {
+                Ok(rec) => {
+                    if prev.is_some_and(|p| p.ip != rec.ip) {
+                        warn!(pod = %name, old = ?prev.map(|p| p.ip), new = %rec.ip, "pod re-addressed");
+                    }
+                    result.push(rec);
+                }
+                Err(e) => {
+                    errors.push(format!("pod {name}: {e:#}"));
+                    if let Some(p) = prev {
+                        result.push(p.clone());
+                    }
+                }
+            }
+        }
+        self.pods = result;
+        ctx.state.save_pods(&self.pods)?;
+        self.publish_pods(ctx);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(errors.join("; ")))
+        }
+    }
+
+    pub(super) fn pod_info(&self, p: &PodRecord) -> PodInfo {
+        pod_info(p, self.subnet)
+    }
+
+    pub(super) fn publish_pods<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
+        let infos: Vec<PodInfo> = self.pods.iter().map(|p| self.pod_info(p)).collect();
+        ctx.set_status(|s| s.pods = infos);
+    }
+}
+
+fn pod_info(p: &PodRecord, subnet: Ipv4Net) -> PodInfo {
+    PodInfo {
+        name: p.name.clone(),
+        netns: p.netns.clone(),
+        ifname: p.ifname.clone(),
+        ip: p.ip,
+        prefix_len: subnet.prefix_len(),
+        gateway: subnet::gateway(subnet),
+        host_veth: p.host_veth.clone(),
+        source: p.source.as_str().to_string(),
+    }
+}
