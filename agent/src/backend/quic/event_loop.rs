@@ -5,7 +5,7 @@
 
 mod control;
 
-use super::packet::{self, DropReason, Prefix};
+use super::packet::{self, Drop, Prefix};
 use super::table::PeerTable;
 use super::tunnel::{Cmd, PeerCounters, Shared, Wake};
 use bytes::BytesMut;
@@ -395,15 +395,15 @@ impl Loop {
                     }
                 };
                 let Some(&ch) = self.routes.lookup(dst) else {
-                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
+                    self.sh.drops[Drop::NoPeer.index()].fetch_add(1, Relaxed);
                     continue;
                 };
                 let Some(c) = self.conns.get_mut(&ch) else {
-                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
+                    self.sh.drops[Drop::NoPeer.index()].fetch_add(1, Relaxed);
                     continue;
                 };
                 if size > c.max_datagram {
-                    self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
+                    self.sh.drops[Drop::TooBig.index()].fetch_add(1, Relaxed);
                     continue;
                 }
                 if self.arena.capacity() < size {
@@ -418,7 +418,7 @@ impl Loop {
                         }
                     }
                     Err(_) => {
-                        self.sh.drops[DropReason::SendFailed.index()].fetch_add(1, Relaxed);
+                        self.sh.drops[Drop::SendFailed.index()].fetch_add(1, Relaxed);
                     }
                 }
                 self.mark(ch);
@@ -442,7 +442,7 @@ fn flush_tun(
         return;
     }
     if dev.send_multiple(gro, batch, tun_rs::VIRTIO_NET_HDR_LEN).is_err() {
-        sh.drops[DropReason::TunWrite.index()].fetch_add(1, Relaxed);
+        sh.drops[Drop::TunWrite.index()].fetch_add(1, Relaxed);
     }
     spare.append(batch);
 }

@@ -2,7 +2,7 @@
 //! and certificates through a command queue, and reads the status of; the tun device it opens.
 
 use super::event_loop::{Io, Loop};
-use super::packet::DropReason;
+use super::packet::Drop;
 use super::{bind_socket, endpoint_config, tls, transport, PeerSpec};
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
@@ -49,7 +49,7 @@ pub(super) struct Shared {
     pub(super) cert_not_after: AtomicU64,
     /// The peers as the loop last saw them (rebuilt on every change and every second).
     pub(super) peers: Mutex<Vec<PeerView>>,
-    pub(super) drops: [AtomicU64; DropReason::ALL.len()],
+    pub(super) drops: [AtomicU64; Drop::ALL.len()],
     pub(super) refused: AtomicU64,
 }
 
@@ -284,7 +284,7 @@ fn status_of(sh: &Shared) -> QuicStatus {
         endpoint: sh.endpoint.clone(),
         cert_expires_in_secs: sh.cert_not_after.load(Relaxed) as i64 - now,
         peers,
-        drops: DropReason::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
+        drops: Drop::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
         refused: sh.refused.load(Relaxed),
     }
 }
