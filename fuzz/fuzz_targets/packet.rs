@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
-use weft_agent::quic::packet::{check_inbound, ipv4_addrs, Drop, Prefix};
+use weft_agent::quic::packet::{check_inbound, ipv4_addrs, DropReason, Prefix};
 
 fn prefix(b: &[u8]) -> (Prefix, ipnet::Ipv4Net) {
     let net = ipnet::Ipv4Net::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), b[4] % 33).expect("len <= 32").trunc();
@@ -35,9 +35,9 @@ fuzz_target!(|data: &[u8]| {
             let (s, d) = addrs.expect("admitted packets parse");
             assert!(pn.contains(&Ipv4Addr::from(s)) && ln.contains(&Ipv4Addr::from(d)));
         }
-        Err(Drop::Malformed) => assert!(addrs.is_err()),
-        Err(Drop::BadSource) => assert!(!pn.contains(&Ipv4Addr::from(addrs.expect("parses").0))),
-        Err(Drop::BadDestination) => assert!(!ln.contains(&Ipv4Addr::from(addrs.expect("parses").1))),
+        Err(DropReason::Malformed) => assert!(addrs.is_err()),
+        Err(DropReason::BadSource) => assert!(!pn.contains(&Ipv4Addr::from(addrs.expect("parses").0))),
+        Err(DropReason::BadDestination) => assert!(!ln.contains(&Ipv4Addr::from(addrs.expect("parses").1))),
         Err(other) => panic!("unexpected verdict {other:?}"),
     }
 });

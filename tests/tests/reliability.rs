@@ -1020,7 +1020,7 @@ fn r7_bad_weftctl_arguments_exit_2_with_one_exact_line() {
 mod props {
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
-    use weft_agent::quic::packet::{build_udp, check_inbound, ipv4_addrs, Drop, Prefix};
+    use weft_agent::quic::packet::{build_udp, check_inbound, ipv4_addrs, DropReason, Prefix};
     use weft_config::peers::{build_peer_set, RawRecord};
     use weft_config::{agent::valid_name, Backend, Keys, NetworkConfig, SubnetRecord};
 
@@ -1108,9 +1108,9 @@ mod props {
                     let (s, d) = ipv4_addrs(&p).expect("admitted packets parse");
                     prop_assert!(pn.contains(&Ipv4Addr::from(s)) && ln.contains(&Ipv4Addr::from(d)));
                 }
-                Err(Drop::Malformed) => prop_assert!(ipv4_addrs(&p).is_err()),
-                Err(Drop::BadSource) => prop_assert!(!pn.contains(&Ipv4Addr::from(ipv4_addrs(&p).expect("parses").0))),
-                Err(Drop::BadDestination) => prop_assert!(!ln.contains(&Ipv4Addr::from(ipv4_addrs(&p).expect("parses").1))),
+                Err(DropReason::Malformed) => prop_assert!(ipv4_addrs(&p).is_err()),
+                Err(DropReason::BadSource) => prop_assert!(!pn.contains(&Ipv4Addr::from(ipv4_addrs(&p).expect("parses").0))),
+                Err(DropReason::BadDestination) => prop_assert!(!ln.contains(&Ipv4Addr::from(ipv4_addrs(&p).expect("parses").1))),
                 Err(other) => prop_assert!(false, "unexpected verdict {:?}", other),
             }
         }

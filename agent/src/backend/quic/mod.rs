@@ -21,7 +21,7 @@ pub use driver::{registration, specs, QuicDriver, BLACKHOLE_METRIC, NAME};
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv4Net;
-use packet::{Drop, Prefix};
+use packet::{DropReason, Prefix};
 use quinn_proto as qp;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -91,7 +91,7 @@ struct Shared {
     cert_not_after: AtomicU64,
     /// The peers as the loop last saw them (rebuilt on every change and every second).
     peers: Mutex<Vec<PeerView>>,
-    drops: [AtomicU64; Drop::ALL.len()],
+    drops: [AtomicU64; DropReason::ALL.len()],
     refused: AtomicU64,
 }
 
@@ -411,7 +411,7 @@ fn status_of(sh: &Shared) -> QuicStatus {
         endpoint: sh.endpoint.clone(),
         cert_expires_in_secs: sh.cert_not_after.load(Relaxed) as i64 - now,
         peers,
-        drops: Drop::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
+        drops: DropReason::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
         refused: sh.refused.load(Relaxed),
     }
 }
@@ -1050,15 +1050,15 @@ impl Loop {
                     }
                 };
                 let Some(&ch) = self.routes.lookup(dst) else {
-                    self.sh.drops[Drop::NoPeer.index()].fetch_add(1, Relaxed);
+                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
                     continue;
                 };
                 let Some(c) = self.conns.get_mut(&ch) else {
-                    self.sh.drops[Drop::NoPeer.index()].fetch_add(1, Relaxed);
+                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
                     continue;
                 };
                 if size > c.max_datagram {
-                    self.sh.drops[Drop::TooBig.index()].fetch_add(1, Relaxed);
+                    self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
                     continue;
                 }
                 if self.arena.capacity() < size {
@@ -1073,7 +1073,7 @@ impl Loop {
                         }
                     }
                     Err(_) => {
-                        self.sh.drops[Drop::SendFailed.index()].fetch_add(1, Relaxed);
+                        self.sh.drops[DropReason::SendFailed.index()].fetch_add(1, Relaxed);
                     }
                 }
                 self.mark(ch);
@@ -1097,7 +1097,7 @@ fn flush_tun(
         return;
     }
     if dev.send_multiple(gro, batch, tun_rs::VIRTIO_NET_HDR_LEN).is_err() {
-        sh.drops[Drop::TunWrite.index()].fetch_add(1, Relaxed);
+        sh.drops[DropReason::TunWrite.index()].fetch_add(1, Relaxed);
     }
     spare.append(batch);
 }

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 /// Why a packet was dropped. `as_str` names the counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum DropReason {
     /// Not a well-formed IPv4 header (IPv6 is not carried yet).
     Malformed,
     /// Inbound: the source is not in the sending peer's subnet (spoofing).
@@ -22,26 +22,26 @@ pub enum Drop {
     TunWrite,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 7] = [
-        Drop::Malformed,
-        Drop::BadSource,
-        Drop::BadDestination,
-        Drop::NoPeer,
-        Drop::TooBig,
-        Drop::SendFailed,
-        Drop::TunWrite,
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Malformed,
+        DropReason::BadSource,
+        DropReason::BadDestination,
+        DropReason::NoPeer,
+        DropReason::TooBig,
+        DropReason::SendFailed,
+        DropReason::TunWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Drop::Malformed => "malformed",
-            Drop::BadSource => "bad_source",
-            Drop::BadDestination => "bad_destination",
-            Drop::NoPeer => "no_peer",
-            Drop::TooBig => "too_big",
-            Drop::SendFailed => "send_failed",
-            Drop::TunWrite => "tun_write",
+            DropReason::Malformed => "malformed",
+            DropReason::BadSource => "bad_source",
+            DropReason::BadDestination => "bad_destination",
+            DropReason::NoPeer => "no_peer",
+            DropReason::TooBig => "too_big",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TunWrite => "tun_write",
         }
     }
 
@@ -104,14 +104,14 @@ impl<T> SubnetTable<T> {
 /// Source and destination of an IPv4 packet after checking the header is sane: version 4, a
 /// header length of at least 20 bytes that fits, and a total length equal to what was read.
 #[inline]
-pub fn ipv4_addrs(pkt: &[u8]) -> Result<(u32, u32), Drop> {
+pub fn ipv4_addrs(pkt: &[u8]) -> Result<(u32, u32), DropReason> {
     if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-        return Err(Drop::Malformed);
+        return Err(DropReason::Malformed);
     }
     let ihl = usize::from(pkt[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
     if ihl < 20 || ihl > pkt.len() || total != pkt.len() {
-        return Err(Drop::Malformed);
+        return Err(DropReason::Malformed);
     }
     let src = u32::from_be_bytes([pkt[12], pkt[13], pkt[14], pkt[15]]);
     let dst = u32::from_be_bytes([pkt[16], pkt[17], pkt[18], pkt[19]]);
@@ -120,20 +120,20 @@ pub fn ipv4_addrs(pkt: &[u8]) -> Result<(u32, u32), Drop> {
 
 /// Destination of an outgoing packet (read from the tun device).
 #[inline]
-pub fn outbound_dst(pkt: &[u8]) -> Result<u32, Drop> {
+pub fn outbound_dst(pkt: &[u8]) -> Result<u32, DropReason> {
     ipv4_addrs(pkt).map(|(_, d)| d)
 }
 
 /// An inbound (decapsulated) packet may enter only if it comes from the sending peer's subnet
 /// and goes to this node's subnet.
 #[inline]
-pub fn check_inbound(pkt: &[u8], peer: Prefix, local: Prefix) -> Result<(), Drop> {
+pub fn check_inbound(pkt: &[u8], peer: Prefix, local: Prefix) -> Result<(), DropReason> {
     let (src, dst) = ipv4_addrs(pkt)?;
     if !peer.contains(src) {
-        return Err(Drop::BadSource);
+        return Err(DropReason::BadSource);
     }
     if !local.contains(dst) {
-        return Err(Drop::BadDestination);
+        return Err(DropReason::BadDestination);
     }
     Ok(())
 }
@@ -192,9 +192,9 @@ mod tests {
         let ok = build_udp(ip("10.244.2.5"), ip("10.244.1.7"), b"x");
         assert_eq!(check_inbound(&ok, peer, local), Ok(()));
         let spoof = build_udp(ip("10.244.3.5"), ip("10.244.1.7"), b"x");
-        assert_eq!(check_inbound(&spoof, peer, local), Err(Drop::BadSource));
+        assert_eq!(check_inbound(&spoof, peer, local), Err(DropReason::BadSource));
         let elsewhere = build_udp(ip("10.244.2.5"), ip("10.244.9.7"), b"x");
-        assert_eq!(check_inbound(&elsewhere, peer, local), Err(Drop::BadDestination));
+        assert_eq!(check_inbound(&elsewhere, peer, local), Err(DropReason::BadDestination));
         // the peer node's own gateway address is in its subnet, so node-originated traffic passes
         let gw = build_udp(ip("10.244.2.1"), ip("10.244.1.7"), b"x");
         assert_eq!(check_inbound(&gw, peer, local), Ok(()));
@@ -204,27 +204,27 @@ mod tests {
     fn malformed_headers() {
         let good = build_udp(ip("10.0.0.1"), ip("10.0.0.2"), b"abc");
         assert!(ipv4_addrs(&good).is_ok());
-        assert_eq!(ipv4_addrs(&good[..19]), Err(Drop::Malformed));
+        assert_eq!(ipv4_addrs(&good[..19]), Err(DropReason::Malformed));
         let mut v6 = good.clone();
         v6[0] = 0x60;
-        assert_eq!(ipv4_addrs(&v6), Err(Drop::Malformed));
+        assert_eq!(ipv4_addrs(&v6), Err(DropReason::Malformed));
         let mut short_ihl = good.clone();
         short_ihl[0] = 0x44;
-        assert_eq!(ipv4_addrs(&short_ihl), Err(Drop::Malformed));
+        assert_eq!(ipv4_addrs(&short_ihl), Err(DropReason::Malformed));
         let mut long_ihl = good.clone();
         long_ihl[0] = 0x4f;
-        assert_eq!(ipv4_addrs(&long_ihl), Err(Drop::Malformed), "a 60-byte header cannot fit in 31 bytes");
+        assert_eq!(ipv4_addrs(&long_ihl), Err(DropReason::Malformed), "a 60-byte header cannot fit in 31 bytes");
         let mut trunc = good.clone();
         trunc.pop();
-        assert_eq!(ipv4_addrs(&trunc), Err(Drop::Malformed), "total length must match");
-        assert_eq!(ipv4_addrs(&[]), Err(Drop::Malformed));
+        assert_eq!(ipv4_addrs(&trunc), Err(DropReason::Malformed), "total length must match");
+        assert_eq!(ipv4_addrs(&[]), Err(DropReason::Malformed));
     }
 
     #[test]
     fn drop_names_are_unique() {
-        let names: std::collections::BTreeSet<_> = Drop::ALL.iter().map(|d| d.as_str()).collect();
-        assert_eq!(names.len(), Drop::ALL.len());
-        for (i, d) in Drop::ALL.iter().enumerate() {
+        let names: std::collections::BTreeSet<_> = DropReason::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        for (i, d) in DropReason::ALL.iter().enumerate() {
             assert_eq!(d.index(), i);
         }
     }
