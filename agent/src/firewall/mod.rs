@@ -280,24 +280,10 @@ impl<R: Runner> Firewall<R> {
     /// write-free when everything is in place; repairs whatever is missing or different.
     pub fn ensure(&self, spec: &FirewallSpec) -> Result<Report, FirewallError> {
         spec.validate()?;
-        let mut p = Progress::default();
-        for table in Table::ALL {
-            match self.xt_list(table) {
-                Ok(listing) => self.execute(iptables::plan(spec, table, &listing), &mut p),
-                Err(e) => p.errors.push(e),
-            }
-        }
-        match self.nft_forward_chains() {
-            Ok(chains) => {
-                for chain in &chains {
-                    match self.nft_chain_rules(chain) {
-                        Ok(rules) => self.execute(nft::plan(spec, chain, &rules), &mut p),
-                        Err(e) => p.errors.push(e),
-                    }
-                }
-            }
-            Err(e) => p.errors.push(e),
-        }
+        let p = self.run_plans(
+            |table, listing| iptables::plan(spec, table, listing),
+            |chain, rules| nft::plan(spec, chain, rules),
+        );
         for c in &p.changed {
             info!(network = %spec.network, change = %c, "firewall repaired");
         }
@@ -308,24 +294,10 @@ impl<R: Runner> Firewall<R> {
     /// past failures and returns all of them. Other networks' and foreign rules stay.
     pub fn remove(&self, spec: &FirewallSpec) -> Result<(), Vec<FirewallError>> {
         spec::validate_network(&spec.network).map_err(|e| vec![e])?;
-        let mut p = Progress::default();
-        for table in Table::ALL {
-            match self.xt_list(table) {
-                Ok(listing) => self.execute(iptables::plan_remove(spec, table, &listing), &mut p),
-                Err(e) => p.errors.push(e),
-            }
-        }
-        match self.nft_forward_chains() {
-            Ok(chains) => {
-                for chain in &chains {
-                    match self.nft_chain_rules(chain) {
-                        Ok(rules) => self.execute(nft::plan_remove(spec, chain, &rules), &mut p),
-                        Err(e) => p.errors.push(e),
-                    }
-                }
-            }
-            Err(e) => p.errors.push(e),
-        }
+        let p = self.run_plans(
+            |table, listing| iptables::plan_remove(spec, table, listing),
+            |chain, rules| nft::plan_remove(spec, chain, rules),
+        );
         for c in &p.changed {
             info!(network = %spec.network, change = %c, "firewall rule removed");
         }
@@ -335,6 +307,34 @@ impl<R: Runner> Firewall<R> {
         } else {
             Err(errors)
         }
+    }
+
+    /// Lists every iptables table and every foreign nft forward chain, and runs the plan each
+    /// listing asks for; a listing that fails is noted and the others still run.
+    fn run_plans(
+        &self,
+        xt: impl Fn(Table, &iptables::XtTable) -> Vec<Command>,
+        nft: impl Fn(&NftChain, &[NftRule]) -> Vec<Command>,
+    ) -> Progress {
+        let mut p = Progress::default();
+        for table in Table::ALL {
+            match self.xt_list(table) {
+                Ok(listing) => self.execute(xt(table, &listing), &mut p),
+                Err(e) => p.errors.push(e),
+            }
+        }
+        match self.nft_forward_chains() {
+            Ok(chains) => {
+                for chain in &chains {
+                    match self.nft_chain_rules(chain) {
+                        Ok(rules) => self.execute(nft(chain, &rules), &mut p),
+                        Err(e) => p.errors.push(e),
+                    }
+                }
+            }
+            Err(e) => p.errors.push(e),
+        }
+        p
     }
 
     /// Runs a plan's commands in order, noting each change; see [`OnFailure`].
