@@ -40,7 +40,7 @@ if [ -z "${WEFT_FRESH_ROOT_PRIVATE:-}" ]; then
 fi
 
 sha=$(git -C "$repo" rev-parse --verify "$commit^{commit}")
-rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+rustup_home=${RUSTUP_HOME:-${HOME:-/root}/.rustup}
 cargo_bin=$(dirname "$(command -v cargo)")
 [ -d "$rustup_home/toolchains" ] || { echo "error: no rustup toolchains under $rustup_home" >&2; exit 1; }
 toolchain=$(rustup show active-toolchain 2>/dev/null | awk '{print $1; exit}')
