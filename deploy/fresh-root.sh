@@ -41,6 +41,7 @@ fi
 
 sha=$(git -C "$repo" rev-parse --verify "$commit^{commit}")
 rustup_home=${RUSTUP_HOME:-${HOME:-/root}/.rustup}
+command -v cargo >/dev/null || { echo "error: cargo not found on PATH; the fresh root borrows this machine's Rust toolchain" >&2; exit 1; }
 cargo_bin=$(dirname "$(command -v cargo)")
 [ -d "$rustup_home/toolchains" ] || { echo "error: no rustup toolchains under $rustup_home" >&2; exit 1; }
 toolchain=$(rustup show active-toolchain 2>/dev/null | awk '{print $1; exit}')
