@@ -236,12 +236,15 @@ impl<K: Kernel> Drivers<K> {
 
     /// Pure: every driver's plan for its share of the peers, and the forward policy.
     pub fn plan(&self, peers: &[&Peer], node: &NodeView) -> (Plan, ForwardPolicy) {
-        let shares = self.assign(peers, node);
+        self.plan_shares(&self.assign(peers, node), node)
+    }
+
+    fn plan_shares(&self, shares: &[Vec<&Peer>], node: &NodeView) -> (Plan, ForwardPolicy) {
         let mut plan = Plan::default();
-        for (d, share) in self.list.iter().zip(&shares) {
+        for (d, share) in self.list.iter().zip(shares) {
             plan.extend(d.plan(share, node));
         }
-        (plan, self.forward_policy(&shares))
+        (plan, self.forward_policy(shares))
     }
 
     /// Fail closed by default: when any driver tunnels, the cluster CIDR gets its mode, so a
@@ -269,11 +272,15 @@ impl<K: Kernel> Drivers<K> {
         self.forward_policy(&[])
     }
 
-    pub fn hand_over(&mut self, peers: &[&Peer], node: &NodeView) {
+    /// [`Drivers::plan`], then the planned peers handed to each driver's data path (before the
+    /// routes are applied), assigning the peers to drivers once for both.
+    pub fn plan_and_hand_over(&mut self, peers: &[&Peer], node: &NodeView) -> (Plan, ForwardPolicy) {
         let shares = self.assign(peers, node);
+        let planned = self.plan_shares(&shares, node);
         for (d, share) in self.list.iter_mut().zip(&shares) {
             d.hand_over(share, node);
         }
+        planned
     }
 }
 

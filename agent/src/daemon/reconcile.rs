@@ -203,14 +203,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let node = self.node_view(ctx).await?;
         self.drivers.observe(nl).await?;
         let peers: Vec<&Peer> = self.peers.peers.values().collect();
-        let (plan, policy) = self.drivers.plan(&peers, &node);
-        self.drivers.hand_over(&peers, &node);
-        if self.forward.as_ref().is_some_and(|f| *f != policy) {
-            // Peers moved between backends with different forward modes: the rules follow now.
-            self.forward = Some(policy);
+        let (plan, policy) = self.drivers.plan_and_hand_over(&peers, &node);
+        // Peers that moved between backends with different forward modes: the rules follow now.
+        let moved = self.forward.as_ref().is_some_and(|f| *f != policy);
+        self.forward = Some(policy);
+        if moved {
             self.apply_firewall(ctx);
-        } else {
-            self.forward = Some(policy);
         }
         let Plan { routes: desired, refused } = plan;
         for r in &refused {
