@@ -64,6 +64,8 @@ struct StreamResult {
     send_errors: u64,
     received: u64,
     lost: u64,
+    /// The sequence numbers lost, as ranges (where in the stream the loss happened).
+    lost_ranges: Vec<(u64, u64)>,
     max_gap: Duration,
 }
 
@@ -78,7 +80,16 @@ impl std::fmt::Display for StreamResult {
             self.lost,
             self.send_errors,
             self.max_gap.as_secs_f64() * 1000.0
-        )
+        )?;
+        if !self.lost_ranges.is_empty() {
+            let ranges: Vec<String> = self
+                .lost_ranges
+                .iter()
+                .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .collect();
+            write!(f, " (lost sequence numbers {}, of 0-{})", ranges.join(", "), self.sent.saturating_sub(1))?;
+        }
+        Ok(())
     }
 }
 
@@ -88,6 +99,12 @@ fn stream(lab: &Lab, from: (usize, usize), to: (usize, usize), port: u16) -> Str
     let dst_ns = lab.pod_ns(to.0, to.1);
     let dst_ip = pod_ip(lab, to.0, &format!("p{}", to.1));
     let label = format!("n{}/p{} -> n{}/p{}", from.0, from.1, to.0, to.1);
+    // The stream measures what a working path loses; an agent is ready before its tunnels
+    // to the other nodes are (quic dials after both records are seen), so wait for the path.
+    let from_pod = format!("n{}/p{}", from.0, from.1);
+    if wait_for(Duration::from_secs(10), || ping_within(lab, &from_pod, dst_ip, "0.2")).is_none() {
+        panic!("{label}: no path within 10 s, before the stream started");
+    }
     let stop_sending = Arc::new(AtomicBool::new(false));
     let stop_receiving = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -153,8 +170,29 @@ impl Stream {
         self.stop_receiving.store(true, Ordering::SeqCst);
         let (got, max_gap) = self.receiver.join().expect("receiver thread");
         let received = got.range(..sent).count() as u64;
-        StreamResult { label: self.label, sent, send_errors, received, lost: sent - received, max_gap }
+        let lost_ranges = missing_ranges(&got, sent);
+        StreamResult { label: self.label, sent, send_errors, received, lost: sent - received, lost_ranges, max_gap }
     }
+}
+
+/// The numbers below `sent` missing from `got`, as inclusive ranges.
+fn missing_ranges(got: &BTreeSet<u64>, sent: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for n in (0..sent).filter(|n| !got.contains(n)) {
+        match ranges.last_mut() {
+            Some(last) if last.1 + 1 == n => last.1 = n,
+            _ => ranges.push((n, n)),
+        }
+    }
+    ranges
+}
+
+#[test]
+fn missing_ranges_name_each_run_of_lost_numbers() {
+    let got: BTreeSet<u64> = [3, 4, 7, 9].into_iter().collect();
+    assert_eq!(missing_ranges(&got, 11), [(0, 2), (5, 6), (8, 8), (10, 10)]);
+    assert_eq!(missing_ranges(&got, 5), [(0, 2)]);
+    assert!(missing_ranges(&(0..4).collect(), 4).is_empty());
 }
 
 fn assert_lossless(results: &[StreamResult]) {
