@@ -164,6 +164,11 @@ const CLOSE_GRACE: Duration = Duration::from_millis(100);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long an accepted connection whose certificate names no current peer is held before it
+/// is refused: a node that just joined publishes its record (which makes peers dial) a moment
+/// before its own peer set reaches the tunnel, and a peer's record reaches us through the watch
+/// a moment after the peer can dial. Refusing at once made the dialer back off and redial.
+const IDENTIFY_GRACE: Duration = Duration::from_secs(2);
 /// A tunnel up at least this long counts as healthy: when it closes, it is redialled at once.
 const HEALTHY: Duration = Duration::from_secs(1);
 /// How often the loop refreshes what the API shows (RTTs); changes are shown at once.
@@ -445,6 +450,9 @@ struct Conn {
     peer: Option<(Prefix, Arc<PeerCounters>)>,
     /// Dials not connected by then are abandoned.
     deadline: Option<Instant>,
+    /// An accepted connection whose certificate names no current peer (yet): refused at this
+    /// instant unless a peer set naming it arrives before.
+    identify_by: Option<Instant>,
     /// When it was installed as its peer's tunnel.
     up_since: Option<Instant>,
     /// Closed by this side (left, replaced, refused, timed out): its end needs no handling.
@@ -464,6 +472,7 @@ impl Conn {
             node: dialed_to.map(|(n, _)| n.to_string()),
             peer: None,
             deadline: dialed_to.map(|(_, t)| t),
+            identify_by: None,
             up_since: None,
             closing: false,
             timeout: None,
@@ -614,6 +623,7 @@ impl Loop {
     fn timers(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut abandoned = Vec::new();
+        let mut unidentified = Vec::new();
         while let Some(&Reverse((t, ch))) = self.timer_heap.peek() {
             if t > now {
                 break;
@@ -632,6 +642,18 @@ impl Loop {
                 abandoned.push(ch);
                 expired.push(ch);
             }
+            if c.identify_by == Some(t) && !c.closing {
+                c.identify_by = None;
+                unidentified.push(ch);
+            }
+        }
+        for ch in unidentified {
+            let names = self.conns.get(&ch).map(|c| tls::peer_names(c.conn.crypto_session().peer_identity()));
+            let why = match names {
+                Some(Ok(names)) => anyhow!("certificate names {names:?}, none of them a peer after {IDENTIFY_GRACE:?}"),
+                _ => anyhow!("no peer identity after {IDENTIFY_GRACE:?}"),
+            };
+            self.refuse(ch, &why);
         }
         for ch in expired {
             self.mark(ch);
@@ -724,6 +746,24 @@ impl Loop {
         }
     }
 
+    /// Refuses the accepted connection `ch` (counted, logged, closed with code 4).
+    fn refuse(&mut self, ch: qp::ConnectionHandle, why: &anyhow::Error) {
+        if let Some(c) = self.conns.get(&ch) {
+            self.sh.refused.fetch_add(1, Relaxed);
+            warn!(remote = %c.conn.remote_address(), error = %format!("{why:#}"), "refused a connection");
+        }
+        self.close(ch, 4, b"unknown node or wrong address");
+    }
+
+    /// Accepted connections held for their peer's record: identified against the new peer set.
+    fn identify_held(&mut self) {
+        let held: Vec<_> =
+            self.conns.iter().filter(|(_, c)| c.identify_by.is_some() && !c.closing).map(|(ch, _)| *ch).collect();
+        for ch in held {
+            self.connected(ch);
+        }
+    }
+
     fn set_peers(&mut self, specs: Vec<PeerSpec>) {
         let now = Instant::now();
         let gone: Vec<String> = self.peers.keys().filter(|n| !specs.iter().any(|s| &s.node == *n)).cloned().collect();
@@ -773,6 +813,7 @@ impl Loop {
             }
         }
         self.rebuild_routes();
+        self.identify_held();
     }
 
     fn rebuild_routes(&mut self) {
@@ -813,20 +854,29 @@ impl Loop {
         if c.closing {
             return;
         }
-        c.deadline = None;
         // A dialled connection knows its peer; an accepted one is identified now.
         let node = match c.node.clone() {
             Some(n) => n,
             None => match identify(&self.peers, &c.conn) {
                 Ok(n) => n,
-                Err(e) => {
-                    self.sh.refused.fetch_add(1, Relaxed);
-                    warn!(remote = %c.conn.remote_address(), error = %format!("{e:#}"), "refused a connection");
-                    self.close(ch, 4, b"unknown node or wrong address");
+                Err(Unidentified::NotYetAPeer(names)) => {
+                    if c.identify_by.is_none() {
+                        let by = Instant::now() + IDENTIFY_GRACE;
+                        c.identify_by = Some(by);
+                        self.timer_heap.push(Reverse((by, ch)));
+                        debug!(remote = %c.conn.remote_address(), ?names, "certificate names no peer yet; holding the connection");
+                    }
+                    return;
+                }
+                Err(Unidentified::Refused(e)) => {
+                    self.refuse(ch, &e);
                     return;
                 }
             },
         };
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        c.deadline = None;
+        c.identify_by = None;
         let Some(p) = self.peers.get_mut(&node) else {
             self.close(ch, 4, b"not a peer");
             return;
@@ -868,6 +918,10 @@ impl Loop {
         // Only an accepted connection not yet identified has no node and is not closing: its
         // handshake failed (bad certificate, wrong CA).
         let Some(node) = c.node.take() else {
+            if c.identify_by.take().is_some() {
+                debug!(remote = %c.conn.remote_address(), error = %reason, "a connection held for identification closed");
+                return;
+            }
             self.sh.refused.fetch_add(1, Relaxed);
             warn!(remote = %c.conn.remote_address(), error = %reason, "refused a QUIC handshake");
             return;
@@ -1118,23 +1172,31 @@ fn send_udp(state: &quinn_udp::UdpSocketState, socket: &std::net::UdpSocket, t: 
     }
 }
 
+/// Why an accepted connection is not (yet) installed as a peer's tunnel.
+enum Unidentified {
+    /// The certificate names no node of the current peer set: held for [`IDENTIFY_GRACE`].
+    NotYetAPeer(Vec<String>),
+    /// Refused now: no usable name, or a peer's name from another address.
+    Refused(anyhow::Error),
+}
+
 /// Who is on the other end: the certificate (already verified against the CA) must name a
 /// peer of the current set, and the connection must come from that peer's advertised address.
-fn identify(peers: &BTreeMap<String, Peer>, conn: &qp::Connection) -> Result<String> {
-    let names = tls::peer_names(conn.crypto_session().peer_identity())?;
+fn identify(peers: &BTreeMap<String, Peer>, conn: &qp::Connection) -> Result<String, Unidentified> {
+    let names = tls::peer_names(conn.crypto_session().peer_identity()).map_err(Unidentified::Refused)?;
     let remote: IpAddr = conn.remote_address().ip();
     for n in &names {
         if let Some(p) = peers.get(n) {
             if p.spec.endpoint.ip() != remote {
-                return Err(anyhow!(
+                return Err(Unidentified::Refused(anyhow!(
                     "certificate names {n}, whose endpoint is {}, but the connection comes from {remote}",
                     p.spec.endpoint
-                ));
+                )));
             }
             return Ok(n.clone());
         }
     }
-    Err(anyhow!("certificate names {names:?}, none of them a peer"))
+    Err(Unidentified::NotYetAPeer(names))
 }
 
 #[cfg(test)]
