@@ -1,0 +1,464 @@
+//! The quic data path's event loop: `ppoll` over the UDP socket (quinn-udp), the tun and a
+//! wake-up eventfd, driving quinn-proto's endpoint and connections, and carrying out the
+//! actions of the peer table ([`super::table`]), which decides the peer lifecycle. This file is
+//! the I/O and the packet path; `control` the commands and the table's actions.
+
+mod control;
+
+use super::packet::{self, DropReason, Prefix};
+use super::table::PeerTable;
+use super::tunnel::{Cmd, PeerCounters, Shared, Wake};
+use bytes::BytesMut;
+use ipnet::Ipv4Net;
+use quinn_proto as qp;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{ErrorKind, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// Packet arena the outgoing datagrams are copied into and split off (one allocation per
+/// ~1400 full-size packets; quinn keeps each `Bytes` until it is sent).
+const ARENA: usize = 2 << 20;
+/// Datagrams gathered before they are written to the tun together (GRO).
+const RX_BATCH: usize = 64;
+/// Tun reads (each up to 64 KB) before the loop looks at the socket again.
+const TUN_READS_PER_TURN: usize = 16;
+
+/// One connection, dialled or accepted.
+struct Conn {
+    conn: qp::Connection,
+    /// The peer: known from the start when dialled, after identification when accepted.
+    node: Option<String>,
+    /// Installed as its peer's tunnel (datagrams flow).
+    peer: Option<(Prefix, Arc<PeerCounters>)>,
+    /// Closed by this side (left, replaced, refused, timed out): its end needs no handling.
+    closing: bool,
+    /// quinn-proto's next timeout as last registered in the loop's timer heap.
+    timeout: Option<Instant>,
+    max_datagram: usize,
+    dirty: bool,
+}
+
+impl Conn {
+    /// A connection in its handshake: dialled to `dialed_to`, or accepted (`None`).
+    fn new(conn: qp::Connection, dialed_to: Option<&str>) -> Conn {
+        Conn {
+            conn,
+            node: dialed_to.map(str::to_string),
+            peer: None,
+            closing: false,
+            timeout: None,
+            max_datagram: 0,
+            dirty: false,
+        }
+    }
+}
+
+/// What the loop does its I/O with: the QUIC endpoint, the UDP socket and the tun device.
+pub(super) struct Io {
+    pub(super) endpoint: qp::Endpoint,
+    pub(super) socket: std::net::UdpSocket,
+    pub(super) udp: quinn_udp::UdpSocketState,
+    pub(super) dev: tun_rs::SyncDevice,
+}
+
+pub(super) struct Loop {
+    sh: Arc<Shared>,
+    local: Prefix,
+    endpoint: qp::Endpoint,
+    socket: std::net::UdpSocket,
+    udp: quinn_udp::UdpSocketState,
+    dev: tun_rs::SyncDevice,
+    wake: Arc<Wake>,
+    cmds: mpsc::Receiver<Cmd>,
+    client: qp::ClientConfig,
+    conns: HashMap<qp::ConnectionHandle, Conn>,
+    /// The peers and the lifecycle of their connections.
+    table: PeerTable<qp::ConnectionHandle>,
+    /// Each peer's traffic counters (kept across its connections, dropped when it leaves).
+    counters: HashMap<String, Arc<PeerCounters>>,
+    /// Peer subnet → installed connection.
+    routes: packet::SubnetTable<qp::ConnectionHandle>,
+    /// Connections with something to do (events, datagrams, packets to send).
+    dirty: Vec<qp::ConnectionHandle>,
+    /// Connection timeouts, earliest first. Entries are checked against the connection when
+    /// they come due (a newer entry supersedes an older one), so a wake-up costs the same with
+    /// one peer as with hundreds.
+    timer_heap: BinaryHeap<Reverse<(Instant, qp::ConnectionHandle)>>,
+    tx: Vec<u8>,
+    rx_batch: Vec<BytesMut>,
+    rx_spare: Vec<BytesMut>,
+    gro: tun_rs::GROTable,
+    arena: BytesMut,
+    /// Set when stopping: exit once every connection is drained, or at this instant.
+    stopping: Option<Instant>,
+    status_due: Instant,
+}
+
+fn close_code(code: u32) -> qp::VarInt {
+    qp::VarInt::from_u32(code)
+}
+
+impl Loop {
+    pub(super) fn new(
+        sh: Arc<Shared>,
+        local_subnet: Ipv4Net,
+        io: Io,
+        wake: Arc<Wake>,
+        cmds: mpsc::Receiver<Cmd>,
+        client: qp::ClientConfig,
+    ) -> Loop {
+        Loop {
+            table: PeerTable::new(&sh.node),
+            sh,
+            local: Prefix::new(local_subnet),
+            endpoint: io.endpoint,
+            socket: io.socket,
+            udp: io.udp,
+            dev: io.dev,
+            wake,
+            cmds,
+            client,
+            conns: HashMap::new(),
+            counters: HashMap::new(),
+            routes: packet::SubnetTable::new(u32::from(local_subnet.netmask())),
+            dirty: Vec::new(),
+            timer_heap: BinaryHeap::new(),
+            tx: Vec::with_capacity(64 * 1500),
+            rx_batch: Vec::with_capacity(RX_BATCH),
+            rx_spare: Vec::with_capacity(RX_BATCH),
+            gro: tun_rs::GROTable::default(),
+            arena: BytesMut::with_capacity(ARENA),
+            stopping: None,
+            status_due: Instant::now(),
+        }
+    }
+
+    pub(super) fn run(&mut self) {
+        let gro_segments = self.udp.gro_segments().max(1);
+        let chunk = usize::from(u16::MAX).max(1500 * gro_segments);
+        let mut storage = vec![0u8; chunk * quinn_udp::BATCH_SIZE];
+        let mut metas = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65535];
+        let mut bufs = vec![vec![0u8; self.sh.tun_mtu as usize + 64]; tun_rs::IDEAL_BATCH_SIZE];
+        let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
+        let mut fds = [
+            libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.dev.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.wake.0.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        loop {
+            let now = Instant::now();
+            self.timers(now);
+            self.drive_dirty();
+            if now >= self.status_due {
+                self.publish_status();
+            }
+            if let Some(until) = self.stopping {
+                if self.conns.is_empty() || now >= until {
+                    return;
+                }
+            }
+            let wait = self.next_deadline().saturating_duration_since(Instant::now());
+            let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos().into() };
+            for f in &mut fds {
+                f.revents = 0;
+            }
+            // SAFETY: fds is a live array of three pollfd; no signal mask is passed.
+            let r = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(error = %e, "ppoll failed in the data path");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            if fds[2].revents != 0 {
+                self.wake.reset();
+                self.commands();
+            }
+            if fds[0].revents != 0 {
+                self.read_udp(&mut storage, chunk, &mut metas);
+            }
+            if fds[1].revents != 0 {
+                self.read_tun(&mut original, &mut bufs, &mut sizes);
+            }
+        }
+    }
+
+    fn mark(&mut self, ch: qp::ConnectionHandle) {
+        if let Some(c) = self.conns.get_mut(&ch) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(ch);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut next = self.stopping.map_or(self.status_due, |s| s.min(self.status_due));
+        if let Some(Reverse((t, _))) = self.timer_heap.peek() {
+            next = next.min(*t);
+        }
+        // A stopping loop dials no more and has closed every connection.
+        if self.stopping.is_none() {
+            if let Some(t) = self.table.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        next
+    }
+
+    /// Connection timers, then the table's handshake deadlines and due dials.
+    fn timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        while let Some(&Reverse((t, ch))) = self.timer_heap.peek() {
+            if t > now {
+                break;
+            }
+            self.timer_heap.pop();
+            let Some(c) = self.conns.get_mut(&ch) else { continue };
+            if c.timeout == Some(t) {
+                c.timeout = None;
+                c.conn.handle_timeout(now);
+                expired.push(ch);
+            }
+        }
+        for ch in expired {
+            self.mark(ch);
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        let actions = self.table.handle_timeout(now);
+        self.execute(actions, now);
+    }
+
+    /// Runs every dirty connection: endpoint events, application events, datagrams to the tun,
+    /// packets to the socket.
+    fn drive_dirty(&mut self) {
+        while let Some(ch) = self.dirty.pop() {
+            self.drive(ch);
+        }
+    }
+
+    fn drive(&mut self, ch: qp::ConnectionHandle) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        {
+            let Some(c) = self.conns.get_mut(&ch) else { return };
+            c.dirty = false;
+            while let Some(ev) = c.conn.poll_endpoint_events() {
+                if let Some(cev) = self.endpoint.handle_event(ch, ev) {
+                    c.conn.handle_event(cev);
+                }
+            }
+            while let Some(ev) = c.conn.poll() {
+                match ev {
+                    qp::Event::Connected => events.push(None),
+                    qp::Event::ConnectionLost { reason } => events.push(Some(reason)),
+                    _ => {}
+                }
+            }
+        }
+        for ev in events {
+            match ev {
+                None => self.connected(ch, now),
+                Some(reason) => self.lost(ch, &reason, now),
+            }
+        }
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        while let Some(d) = c.conn.datagrams().recv() {
+            let Some((prefix, counters)) = &c.peer else { continue };
+            match packet::check_inbound(&d, *prefix, self.local) {
+                Err(reason) => {
+                    self.sh.drops[reason.index()].fetch_add(1, Relaxed);
+                }
+                Ok(()) => {
+                    counters.rx_packets.fetch_add(1, Relaxed);
+                    counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
+                    let mut b = self
+                        .rx_spare
+                        .pop()
+                        .unwrap_or_else(|| BytesMut::with_capacity(tun_rs::VIRTIO_NET_HDR_LEN + 65536));
+                    b.clear();
+                    b.resize(tun_rs::VIRTIO_NET_HDR_LEN, 0);
+                    b.extend_from_slice(&d);
+                    self.rx_batch.push(b);
+                    if self.rx_batch.len() >= RX_BATCH {
+                        flush_tun(&self.dev, &self.sh, &mut self.gro, &mut self.rx_batch, &mut self.rx_spare);
+                    }
+                }
+            }
+        }
+        flush_tun(&self.dev, &self.sh, &mut self.gro, &mut self.rx_batch, &mut self.rx_spare);
+        let segments = self.udp.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+        loop {
+            self.tx.clear();
+            let Some(t) = c.conn.poll_transmit(now, segments, &mut self.tx) else { break };
+            send_udp(&self.udp, &self.socket, &t, &self.tx[..t.size]);
+        }
+        if c.conn.is_drained() {
+            // The endpoint released the handle with the drained event above.
+            self.conns.remove(&ch);
+            return;
+        }
+        // Register the timeout only when it comes before the registered wake: a later one is
+        // picked up at that wake (an early `handle_timeout` does nothing), so the heap holds
+        // about one entry per connection however often quinn moves its timers.
+        if let Some(t) = c.conn.poll_timeout() {
+            if c.timeout.is_none_or(|cur| t < cur) {
+                c.timeout = Some(t);
+                self.timer_heap.push(Reverse((t, ch)));
+            }
+        }
+    }
+
+    fn read_udp(&mut self, storage: &mut [u8], chunk: usize, metas: &mut [quinn_udp::RecvMeta]) {
+        loop {
+            let mut iovs: Vec<IoSliceMut<'_>> = storage.chunks_mut(chunk).map(IoSliceMut::new).collect();
+            let n = match self.udp.recv((&self.socket).into(), &mut iovs, metas) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "receiving UDP");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for (meta, iov) in metas.iter().zip(iovs.iter()).take(n) {
+                let mut data = BytesMut::from(&iov[..meta.len]);
+                while !data.is_empty() {
+                    let piece = data.split_to(meta.stride.min(data.len()));
+                    let ecn = meta.ecn.and_then(|e| qp::EcnCodepoint::from_bits(e as u8));
+                    self.tx.clear();
+                    match self.endpoint.handle(now, meta.addr, meta.dst_ip, ecn, piece, &mut self.tx) {
+                        Some(qp::DatagramEvent::ConnectionEvent(ch, ev)) => {
+                            if let Some(c) = self.conns.get_mut(&ch) {
+                                c.conn.handle_event(ev);
+                                self.mark(ch);
+                            }
+                        }
+                        Some(qp::DatagramEvent::NewConnection(incoming)) => {
+                            if self.stopping.is_some() {
+                                self.endpoint.ignore(incoming);
+                                continue;
+                            }
+                            match self.endpoint.accept(incoming, now, &mut self.tx, None) {
+                                Ok((ch, conn)) => {
+                                    self.conns.insert(ch, Conn::new(conn, None));
+                                    self.mark(ch);
+                                }
+                                Err(e) => {
+                                    self.sh.refused.fetch_add(1, Relaxed);
+                                    warn!(remote = %meta.addr, error = %e.cause, "refused a QUIC handshake");
+                                    if let Some(t) = e.response {
+                                        send_udp(&self.udp, &self.socket, &t, &self.tx[..t.size]);
+                                    }
+                                }
+                            }
+                        }
+                        Some(qp::DatagramEvent::Response(t)) => {
+                            send_udp(&self.udp, &self.socket, &t, &self.tx[..t.size]);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            self.drive_dirty();
+        }
+    }
+
+    fn read_tun(&mut self, original: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize]) {
+        for _ in 0..TUN_READS_PER_TURN {
+            let n = match self.dev.recv_multiple(original, bufs, sizes, 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!(error = %e, "reading the tun device");
+                    return;
+                }
+            };
+            for (buf, &size) in bufs.iter().zip(sizes.iter()).take(n) {
+                let pkt = &buf[..size];
+                let dst = match packet::outbound_dst(pkt) {
+                    Ok(d) => d,
+                    Err(d) => {
+                        self.sh.drops[d.index()].fetch_add(1, Relaxed);
+                        continue;
+                    }
+                };
+                let Some(&ch) = self.routes.lookup(dst) else {
+                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
+                    continue;
+                };
+                let Some(c) = self.conns.get_mut(&ch) else {
+                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
+                    continue;
+                };
+                if size > c.max_datagram {
+                    self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
+                    continue;
+                }
+                if self.arena.capacity() < size {
+                    self.arena = BytesMut::with_capacity(ARENA);
+                }
+                self.arena.extend_from_slice(pkt);
+                match c.conn.datagrams().send(self.arena.split().freeze(), true) {
+                    Ok(()) => {
+                        if let Some((_, counters)) = &c.peer {
+                            counters.tx_packets.fetch_add(1, Relaxed);
+                            counters.tx_bytes.fetch_add(size as u64, Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        self.sh.drops[DropReason::SendFailed.index()].fetch_add(1, Relaxed);
+                    }
+                }
+                self.mark(ch);
+            }
+            self.drive_dirty();
+        }
+    }
+}
+
+/// UDP GSO segments per send, as quinn's own driver uses.
+const MAX_GSO_SEGMENTS: usize = 10;
+
+fn flush_tun(
+    dev: &tun_rs::SyncDevice,
+    sh: &Shared,
+    gro: &mut tun_rs::GROTable,
+    batch: &mut Vec<BytesMut>,
+    spare: &mut Vec<BytesMut>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    if dev.send_multiple(gro, batch, tun_rs::VIRTIO_NET_HDR_LEN).is_err() {
+        sh.drops[DropReason::TunWrite.index()].fetch_add(1, Relaxed);
+    }
+    spare.append(batch);
+}
+
+fn send_udp(state: &quinn_udp::UdpSocketState, socket: &std::net::UdpSocket, t: &qp::Transmit, contents: &[u8]) {
+    let transmit = quinn_udp::Transmit {
+        destination: t.destination,
+        ecn: t.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+        contents,
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    };
+    // A full socket buffer drops the packet: QUIC sees a loss, and so does the TCP inside.
+    if let Err(e) = state.send(socket.into(), &transmit) {
+        if e.kind() != ErrorKind::WouldBlock {
+            debug!(error = %e, destination = %t.destination, "sending UDP");
+        }
+    }
+}

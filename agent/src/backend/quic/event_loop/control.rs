@@ -1,0 +1,184 @@
+//! The event loop's control side: the daemon's commands, and the peer table's actions carried
+//! out on quinn-proto (dial, close, install), the route table and the status the API reads.
+
+use super::{close_code, Conn, Loop};
+use crate::backend::quic::packet::{self, Prefix};
+use crate::backend::quic::table::{Action, Closing};
+use crate::backend::quic::tls;
+use crate::backend::quic::tunnel::{lock, Cmd, PeerView, CLOSE_GRACE, STATUS_EVERY};
+use bytes::Bytes;
+use ipnet::Ipv4Net;
+use quinn_proto as qp;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+impl Loop {
+    /// Carries out what the peer table decided.
+    pub(super) fn execute(&mut self, actions: Vec<Action<qp::ConnectionHandle>>, now: Instant) {
+        for action in actions {
+            match action {
+                Action::Dial { node, endpoint } => self.dial(&node, endpoint, now),
+                Action::Close { conn, why } => self.close(conn, why, now),
+                Action::Refuse { conn, why } => self.refuse(conn, &why, now),
+                Action::Install { node, subnet, conn } => self.install(node, subnet, conn),
+                Action::Routes => self.rebuild_routes(),
+                Action::Forget { node } => {
+                    self.counters.remove(&node);
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, node: &str, endpoint: std::net::SocketAddr, now: Instant) {
+        match self.endpoint.connect(now, self.client.clone(), endpoint, node) {
+            Ok((ch, conn)) => {
+                self.table.dial_started(node, ch, now);
+                self.conns.insert(ch, Conn::new(conn, Some(node)));
+                self.mark(ch);
+            }
+            Err(e) => {
+                debug!(peer = %node, error = %e, "cannot start a handshake");
+                self.table.dial_not_started(node, now);
+            }
+        }
+    }
+
+    pub(super) fn commands(&mut self) {
+        while let Ok(cmd) = self.cmds.try_recv() {
+            match cmd {
+                Cmd::Peers(specs) => {
+                    let now = Instant::now();
+                    let actions = self.table.set_peers(specs, now);
+                    self.execute(actions, now);
+                }
+                Cmd::Tls { server, client } => {
+                    self.endpoint.set_server_config(Some(server));
+                    self.client = client;
+                }
+                Cmd::Stop => {
+                    let now = Instant::now();
+                    self.stopping = Some(now + CLOSE_GRACE);
+                    let handles: Vec<_> = self.conns.keys().copied().collect();
+                    for ch in handles {
+                        if let Some(c) = self.conns.get_mut(&ch) {
+                            let why = Closing::AgentStopping;
+                            c.conn.close(now, close_code(why.code()), Bytes::from_static(why.reason()));
+                            c.closing = true;
+                        }
+                        self.mark(ch);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn close(&mut self, ch: qp::ConnectionHandle, why: Closing, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&ch) {
+            c.conn.close(now, close_code(why.code()), Bytes::from_static(why.reason()));
+            c.node = None;
+            c.peer = None;
+            c.closing = true;
+            self.mark(ch);
+        }
+    }
+
+    /// Refuses the accepted connection `ch`: counted, logged, closed.
+    fn refuse(&mut self, ch: qp::ConnectionHandle, why: &dyn std::fmt::Display, now: Instant) {
+        if let Some(c) = self.conns.get(&ch) {
+            self.sh.refused.fetch_add(1, Relaxed);
+            warn!(remote = %c.conn.remote_address(), error = %why, "refused a connection");
+        }
+        self.close(ch, Closing::Unidentified, now);
+    }
+
+    /// `ch` becomes `node`'s tunnel: its datagrams flow, counted on the peer's counters.
+    fn install(&mut self, node: String, subnet: Ipv4Net, ch: qp::ConnectionHandle) {
+        let counters = self.counters.entry(node.clone()).or_default().clone();
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        let max = c.conn.datagrams().max_size().unwrap_or(0);
+        c.peer = Some((Prefix::new(subnet), counters));
+        c.max_datagram = max;
+        info!(peer = %node, remote = %c.conn.remote_address(), max_datagram = max, "tunnel up");
+        if max < self.sh.tun_mtu as usize {
+            warn!(peer = %node, max_datagram = max, tun_mtu = self.sh.tun_mtu, "datagrams smaller than the tun MTU: large packets will be dropped");
+        }
+        c.node = Some(node);
+    }
+
+    fn rebuild_routes(&mut self) {
+        let mut routes = packet::SubnetTable::new(self.local.mask);
+        for (subnet, ch) in self.table.installed() {
+            routes.insert(u32::from(subnet.network()), ch);
+        }
+        self.routes = routes;
+        self.publish_status();
+    }
+
+    pub(super) fn publish_status(&mut self) {
+        let view = self
+            .table
+            .peers()
+            .map(|p| {
+                let conn = p.installed().and_then(|ch| self.conns.get(&ch));
+                PeerView {
+                    node: p.spec.node.clone(),
+                    subnet: p.spec.subnet,
+                    connected: conn.is_some(),
+                    dialer: p.dialer,
+                    rtt_us: conn.map_or(0, |c| c.conn.rtt().as_micros() as u64),
+                    connects: p.connects,
+                    counters: self.counters.entry(p.spec.node.clone()).or_default().clone(),
+                }
+            })
+            .collect();
+        *lock(&self.sh.peers) = view;
+        self.status_due = Instant::now() + STATUS_EVERY;
+    }
+
+    /// The connection `ch` completed its handshake.
+    pub(super) fn connected(&mut self, ch: qp::ConnectionHandle, now: Instant) {
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        if c.closing {
+            return;
+        }
+        // A dialled connection knows its peer; an accepted one is identified by the table.
+        let actions = match c.node.clone() {
+            Some(node) => self.table.connected(&node, ch, now),
+            None => {
+                let remote = c.conn.remote_address();
+                match tls::peer_names(c.conn.crypto_session().peer_identity()) {
+                    Ok(names) => self.table.accepted(ch, names, remote.ip(), now),
+                    Err(e) => {
+                        self.refuse(ch, &format!("{e:#}"), now);
+                        return;
+                    }
+                }
+            }
+        };
+        self.execute(actions, now);
+    }
+
+    /// The connection `ch` is closed (by either side, or timed out).
+    pub(super) fn lost(&mut self, ch: qp::ConnectionHandle, reason: &qp::ConnectionError, now: Instant) {
+        let Some(c) = self.conns.get_mut(&ch) else { return };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        c.peer = None;
+        // Only an accepted connection not yet identified has no node and is not closing: held
+        // for its peer's record, or its handshake failed (bad certificate, wrong CA).
+        if c.node.take().is_none() {
+            if self.table.held_closed(ch) {
+                debug!(remote = %c.conn.remote_address(), error = %reason, "a connection held for identification closed");
+                return;
+            }
+            self.sh.refused.fetch_add(1, Relaxed);
+            warn!(remote = %c.conn.remote_address(), error = %reason, "refused a QUIC handshake");
+            return;
+        }
+        let actions = self.table.lost(ch, reason, now);
+        self.execute(actions, now);
+    }
+}
