@@ -1,8 +1,10 @@
-//! The two-host topology every non-lab row runs on, and the kernel, lab and quinn-raw rows.
+//! The two-host topology every non-lab row runs on, and the kernel and lab rows.
 
 use super::super::names::LabNames;
 use super::super::{netns, plumbing, Lab, LabSpec};
-use super::*;
+use super::measure::*;
+use super::parse::*;
+use super::report::*;
 use anyhow::Context;
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -192,22 +194,4 @@ pub fn bench_lab(spec: LabSpec, opts: MeasureOpts, ready_timeout: Duration) -> a
         eprintln!("bench: lab down: {e}");
     }
     m
-}
-
-/// The quinn-raw row: one QUIC connection's datagram throughput between the two hosts. It has
-/// no TCP and no ping: the RTT column stays empty; RSS is the sender's and receiver's.
-pub fn bench_quinn_raw(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
-    let bin = crate::lab::bins::resolve(super::quinn_raw::BIN, None, "WEFT_BIN_DIR")?;
-    let run = super::quinn_raw::bench(names, &bin, seconds, 1)?;
-    Ok(Measurement {
-        iperf: IperfResult { bits_per_second: run.received.gbps * 1e9, retransmits: None },
-        iperf_parallel: None,
-        idle_cpu_pct: None,
-        ping: PingSummary { transmitted: 0, received: 0, times_ms: Vec::new() },
-        rss: run.rss,
-        path: Some(format!(
-            "{} datagrams of {} bytes in {:.2} s over {} connection(s)",
-            run.received.datagrams, run.received.max_datagram, run.received.seconds, run.received.connections
-        )),
-    })
 }

@@ -2,7 +2,8 @@
 //! idle CPU sampling.
 
 use super::super::netns;
-use super::*;
+use super::parse::*;
+use super::report::*;
 use anyhow::Context;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -286,8 +287,53 @@ pub const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// CPU of the busiest of `pids` over `window` with no traffic, in percent of one core.
 pub fn idle_cpu_pct(pids: &[u32], window: Duration) -> Option<f64> {
-    super::scale::cpu_pct_over(pids, window).into_iter().max_by(f64::total_cmp)
+    cpu_pct_over(pids, window).into_iter().max_by(f64::total_cmp)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The kernel baseline: two hosts and two pods like shared/bench/baseline.sh.
+
+/// Linux's USER_HZ (the unit of utime/stime in /proc/<pid>/stat) on every architecture weft
+/// runs on.
+const CLK_TCK: f64 = 100.0;
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU of each of `pids` over the next `window` (sleeping meanwhile), in percent of one core;
+/// processes that vanished are left out.
+pub fn cpu_pct_over(pids: &[u32], window: Duration) -> Vec<f64> {
+    let t0: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let secs = start.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(t0)
+        .filter_map(|(&p, a)| Some(cpu_ticks(p)?.saturating_sub(a?) as f64 / CLK_TCK / secs * 100.0))
+        .collect()
+}
+
+/// Reads the machine facts (never fails: unknowns read "unknown").
+pub fn machine_facts() -> Machine {
+    let unknown = || "unknown".to_string();
+    let iperf3 = run_timeout(Command::new("iperf3").arg("--version"), None, Duration::from_secs(5), "iperf3 --version")
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(unknown);
+    Machine {
+        nproc: std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| unknown()),
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| parse_cpu_model(&t))
+            .unwrap_or_else(unknown),
+        date: rfc3339_utc(crate::output::unix_now()),
+        iperf3,
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| unknown()),
+    }
+}

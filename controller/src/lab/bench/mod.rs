@@ -14,6 +14,7 @@
 //! namespaces named `weft<id>-...` (so `weftctl lab down --id ID` also removes what a crashed
 //! bench left); the root namespace is never touched.
 
+mod args;
 mod hosts;
 mod measure;
 mod parse;
@@ -23,6 +24,7 @@ mod report;
 mod rows;
 pub mod scale;
 
+pub use args::*;
 pub use hosts::*;
 pub use measure::*;
 pub use parse::*;
@@ -36,50 +38,6 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-/// `weftctl lab bench` arguments.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// Seconds of the iperf3 run per row.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
-    /// Pings per row (0.05 s apart); the table shows their median RTT.
-    #[arg(long, default_value_t = 50)]
-    pub pings: u32,
-    /// Print the report (machine facts and every figure) as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Rows besides the kernel baseline (always measured first): host-gw, quic, quinn-raw,
-    /// quincy, wireguard-go, boringtun.
-    #[arg(long, default_value = "host-gw,quic,quinn-raw", value_name = "ROW[,ROW...]")]
-    pub backends: String,
-    /// Also measure the other userspace tunnels between the same two hosts: quincy,
-    /// wireguard-go and boringtun (installed by deploy/bench-peers.sh; missing ones are an error).
-    #[arg(long)]
-    pub with_peers: bool,
-    /// Streams of the second iperf3 run of each row (`-P N`); 0 skips it.
-    #[arg(long, default_value_t = 4)]
-    pub parallel: u32,
-    /// Print a Markdown section (machine, command, table) for docs/BENCHMARKS.md or a release note.
-    #[arg(long, conflicts_with = "json")]
-    pub release_note: bool,
-    /// weft-agent binary (default: next to weftctl, or in WEFT_BIN_DIR).
-    #[arg(long)]
-    pub agent_bin: Option<PathBuf>,
-    /// Seconds each lab gets for every agent to be ready.
-    #[arg(long, default_value_t = 60)]
-    pub ready_timeout: u64,
-    /// Instead of the data-path rows: an N-node host-gw lab, measuring lab up, join and leave
-    /// convergence, agent RSS and idle CPU, and etcd load (see docs/BENCHMARKS.md).
-    #[arg(long, value_name = "N")]
-    pub scale: Option<usize>,
-    /// With --scale: leave + re-join cycles (each on another node).
-    #[arg(long, default_value_t = 3, requires = "scale")]
-    pub cycles: usize,
-    /// With --scale: seconds of the idle window (agent CPU, etcd revisions).
-    #[arg(long, default_value_t = 60, requires = "scale")]
-    pub idle_secs: u64,
-}
 
 /// What [`run`] measures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +124,7 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
                 }
                 bench_lab(spec, mo, ready)
             }
-            (RowKind::QuinnRaw, None) => bench_quinn_raw(&names, opts.seconds),
+            (RowKind::QuinnRaw, None) => quinn_raw::row(&names, opts.seconds),
             (RowKind::PeerTunnel(p), None) => peers::bench(p, &names, mo),
             // The kernel row (host-gw and quic always have a backend).
             (_, None) => bench_kernel(&names, mo),

@@ -166,3 +166,14 @@ pub fn check_path(backend: Backend, route: &str, peer_underlay: Ipv4Addr) -> Res
         )),
     }
 }
+
+/// utime + stime (clock ticks) from the text of /proc/<pid>/stat.
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}

@@ -32,9 +32,11 @@
 //! sockets and files removed, and the namespaces deleted when a row returns, Ok or Err. The
 //! root namespace gets no address, route or rule.
 
-use crate::lab::bench::{
-    batch, measure, route_get, run_timeout, udp_bound, wait_reachable, HostPair, MeasureOpts, Measurement,
-};
+use super::hosts::{batch, HostPair};
+use super::measure::{measure, route_get, run_timeout, wait_reachable, MeasureOpts};
+use super::parse::udp_bound;
+use super::report::Measurement;
+use super::rows::{missing, PeerTunnel};
 use crate::lab::names::LabNames;
 use crate::lab::{netns, plumbing};
 use crate::pki;
@@ -74,66 +76,6 @@ pub const QUINCY_USER: &str = "bench";
 /// Where wireguard-go and boringtun make their control sockets (`<device>.sock`); shared by
 /// every namespace, so the two hosts' devices need different names.
 pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
-
-/// Another userspace tunnel measured by `--with-peers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerTunnel {
-    /// wireguard-go (the Go userspace WireGuard), configured with `wg`.
-    WireguardGo,
-    /// boringtun-cli (Cloudflare's userspace WireGuard in Rust), configured with `wg`.
-    Boringtun,
-    /// quincy-server and quincy-client (a QUIC VPN on quinn).
-    Quincy,
-}
-
-impl PeerTunnel {
-    pub const ALL: [PeerTunnel; 3] = [PeerTunnel::Quincy, PeerTunnel::WireguardGo, PeerTunnel::Boringtun];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            PeerTunnel::WireguardGo => "wireguard-go",
-            PeerTunnel::Boringtun => "boringtun",
-            PeerTunnel::Quincy => "quincy",
-        }
-    }
-
-    /// The programs the row runs, which must be on PATH (`deploy/bench-peers.sh` installs them);
-    /// besides these it uses `ip`, and for quincy `iptables` and `sha256sum`, which weft's own
-    /// setup already installs.
-    pub fn binaries(self) -> &'static [&'static str] {
-        match self {
-            PeerTunnel::WireguardGo => &["wireguard-go", "wg"],
-            PeerTunnel::Boringtun => &["boringtun-cli", "wg"],
-            PeerTunnel::Quincy => &["quincy-server", "quincy-client"],
-        }
-    }
-
-    /// Two letters naming the peer's devices.
-    fn tag(self) -> &'static str {
-        match self {
-            PeerTunnel::WireguardGo => "wg",
-            PeerTunnel::Boringtun => "bt",
-            PeerTunnel::Quincy => "qc",
-        }
-    }
-}
-
-impl std::fmt::Display for PeerTunnel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The binaries of `peers` not found on PATH, e.g. `["quincy-server"]`; empty when all are there.
-pub fn missing(peers: &[PeerTunnel]) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    for bin in peers.iter().flat_map(|p| p.binaries().iter().copied()) {
-        if !out.contains(&bin) && crate::lab::bins::on_path(bin, "").is_err() {
-            out.push(bin);
-        }
-    }
-    out
-}
 
 /// One row: a [`HostPair`] whose pod subnets are routed through `peer`'s tunnel, then
 /// [`measure`] with the tunnel daemons' (name, pid) watched for RSS. `path` is host 1's

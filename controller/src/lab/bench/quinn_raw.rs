@@ -5,7 +5,10 @@
 //! the row's seconds; the receiver's count over the time between its first and last datagram
 //! is the figure. Certificates come from a throwaway CA in a directory removed afterwards.
 
-use crate::lab::bench::{self, HostPair, RssPeak};
+use super::hosts::HostPair;
+use super::measure::{collect_timeout, with_rss_sampling, LISTEN_TIMEOUT, RSS_EVERY};
+use super::parse::{IperfResult, PingSummary};
+use super::report::{Measurement, RssPeak};
 use crate::lab::names::LabNames;
 use crate::lab::netns;
 use anyhow::Context;
@@ -75,7 +78,7 @@ impl Drop for Reaped {
 
 /// UDP port `port` bound in the namespace of `pid` (`/proc/<pid>/net/udp`, IPv4).
 fn udp_bound(pid: u32, port: u16) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/net/udp")).is_ok_and(|t| bench::udp_bound(&t, port))
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp")).is_ok_and(|t| super::parse::udp_bound(&t, port))
 }
 
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
@@ -115,7 +118,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         .stderr(Stdio::piped());
     let mut server = Reaped(server_cmd.spawn().with_context(|| format!("starting {}", bin.display()))?);
     let spid = server.0.id();
-    let deadline = Instant::now() + bench::LISTEN_TIMEOUT;
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
     while !udp_bound(spid, PORT) {
         if let Ok(Some(st)) = server.0.try_wait() {
             anyhow::bail!("{BIN} server exited ({st}) before binding UDP {PORT}");
@@ -135,8 +138,8 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
     let client = Reaped(client_cmd.spawn().with_context(|| format!("starting {}", bin.display()))?);
     let watch = vec![("sender".to_string(), client.0.id()), ("receiver".to_string(), spid)];
     let mut client = client;
-    let (client_out, rss) = bench::with_rss_sampling(&watch, bench::RSS_EVERY, || {
-        bench::collect_timeout(&mut client.0, Duration::from_secs(seconds + 30), "weft-quic-raw sender")
+    let (client_out, rss) = with_rss_sampling(&watch, RSS_EVERY, || {
+        collect_timeout(&mut client.0, Duration::from_secs(seconds + 30), "weft-quic-raw sender")
     });
     let client_out = client_out?;
     anyhow::ensure!(
@@ -145,7 +148,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         client_out.status,
         last_line(&client_out.stderr)
     );
-    let server_out = bench::collect_timeout(&mut server.0, Duration::from_secs(30), "weft-quic-raw receiver")?;
+    let server_out = collect_timeout(&mut server.0, Duration::from_secs(30), "weft-quic-raw receiver")?;
     anyhow::ensure!(
         server_out.status.success(),
         "{BIN} server failed ({}): {}",
@@ -174,4 +177,22 @@ mod tests {
         assert!(parse_received("").is_err());
         assert!(parse_received("not json").is_err());
     }
+}
+
+/// The quinn-raw row: one QUIC connection's datagram throughput between the two hosts. It has
+/// no TCP and no ping: the RTT column stays empty; RSS is the sender's and receiver's.
+pub fn row(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
+    let bin = crate::lab::bins::resolve(BIN, None, "WEFT_BIN_DIR")?;
+    let run = bench(names, &bin, seconds, 1)?;
+    Ok(Measurement {
+        iperf: IperfResult { bits_per_second: run.received.gbps * 1e9, retransmits: None },
+        iperf_parallel: None,
+        idle_cpu_pct: None,
+        ping: PingSummary { transmitted: 0, received: 0, times_ms: Vec::new() },
+        rss: run.rss,
+        path: Some(format!(
+            "{} datagrams of {} bytes in {:.2} s over {} connection(s)",
+            run.received.datagrams, run.received.max_datagram, run.received.seconds, run.received.connections
+        )),
+    })
 }

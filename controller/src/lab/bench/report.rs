@@ -1,11 +1,9 @@
 //! The bench report: machine facts, rows with their figures and ratios, and its renderings
 //! (table, targets, Markdown).
 
-use super::peers::PeerTunnel;
-use super::*;
+use super::parse::*;
+use super::rows::*;
 use serde::{Deserialize, Serialize};
-use std::process::Command;
-use std::time::Duration;
 
 /// The machine a report was measured on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,30 +18,6 @@ pub struct Machine {
     /// /proc/loadavg's 1, 5 and 15 minute figures when the bench started: on a small machine
     /// a busy neighbour (a build) moves the figures.
     pub loadavg: String,
-}
-
-/// Reads the machine facts (never fails: unknowns read "unknown").
-pub fn machine_facts() -> Machine {
-    let unknown = || "unknown".to_string();
-    let iperf3 = run_timeout(Command::new("iperf3").arg("--version"), None, Duration::from_secs(5), "iperf3 --version")
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
-        .unwrap_or_else(unknown);
-    Machine {
-        nproc: std::thread::available_parallelism().map(usize::from).unwrap_or(0),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| unknown()),
-        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| parse_cpu_model(&t))
-            .unwrap_or_else(unknown),
-        date: rfc3339_utc(crate::output::unix_now()),
-        iperf3,
-        loadavg: std::fs::read_to_string("/proc/loadavg")
-            .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_else(|_| unknown()),
-    }
 }
 
 /// Peak RSS of one watched process over a run.

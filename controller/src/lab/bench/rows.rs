@@ -1,7 +1,6 @@
 //! The bench's rows: which tunnels are measured, how `--backends` names them, and whether a
 //! peer row's programs are installed.
 
-use super::peers::PeerTunnel;
 use crate::error::UsageError;
 use weft_config::Backend;
 
@@ -92,7 +91,7 @@ pub fn parse_rows(list: &str, with_peers: bool) -> Result<Vec<RowKind>, UsageErr
 pub fn check_peers_installed(rows: &[RowKind]) -> Result<(), UsageError> {
     let peers: Vec<PeerTunnel> =
         rows.iter().filter_map(|r| if let RowKind::PeerTunnel(p) = r { Some(*p) } else { None }).collect();
-    let missing = super::peers::missing(&peers);
+    let missing = missing(&peers);
     if missing.is_empty() {
         return Ok(());
     }
@@ -100,4 +99,64 @@ pub fn check_peers_installed(rows: &[RowKind]) -> Result<(), UsageError> {
         "--with-peers: not found on PATH: {}; install them with deploy/bench-peers.sh (or leave out --with-peers)",
         missing.join(", ")
     )))
+}
+
+/// Another userspace tunnel measured by `--with-peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerTunnel {
+    /// wireguard-go (the Go userspace WireGuard), configured with `wg`.
+    WireguardGo,
+    /// boringtun-cli (Cloudflare's userspace WireGuard in Rust), configured with `wg`.
+    Boringtun,
+    /// quincy-server and quincy-client (a QUIC VPN on quinn).
+    Quincy,
+}
+
+impl PeerTunnel {
+    pub const ALL: [PeerTunnel; 3] = [PeerTunnel::Quincy, PeerTunnel::WireguardGo, PeerTunnel::Boringtun];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerTunnel::WireguardGo => "wireguard-go",
+            PeerTunnel::Boringtun => "boringtun",
+            PeerTunnel::Quincy => "quincy",
+        }
+    }
+
+    /// The programs the row runs, which must be on PATH (`deploy/bench-peers.sh` installs them);
+    /// besides these it uses `ip`, and for quincy `iptables` and `sha256sum`, which weft's own
+    /// setup already installs.
+    pub fn binaries(self) -> &'static [&'static str] {
+        match self {
+            PeerTunnel::WireguardGo => &["wireguard-go", "wg"],
+            PeerTunnel::Boringtun => &["boringtun-cli", "wg"],
+            PeerTunnel::Quincy => &["quincy-server", "quincy-client"],
+        }
+    }
+
+    /// Two letters naming the peer's devices.
+    pub(super) fn tag(self) -> &'static str {
+        match self {
+            PeerTunnel::WireguardGo => "wg",
+            PeerTunnel::Boringtun => "bt",
+            PeerTunnel::Quincy => "qc",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The binaries of `peers` not found on PATH, e.g. `["quincy-server"]`; empty when all are there.
+pub fn missing(peers: &[PeerTunnel]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for bin in peers.iter().flat_map(|p| p.binaries().iter().copied()) {
+        if !out.contains(&bin) && crate::lab::bins::on_path(bin, "").is_err() {
+            out.push(bin);
+        }
+    }
+    out
 }

@@ -10,6 +10,9 @@
 //! does not affect the figures: the times are the agents' own) and subtracts. One clock: the
 //! whole lab runs on this machine.
 
+use super::args::BenchArgs;
+use super::measure::cpu_pct_over;
+use super::parse::vm_rss_kib;
 use crate::agent_client::AgentClient;
 use crate::lab::names::LabNames;
 use crate::lab::{Lab, LabSpec};
@@ -21,9 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weft_config::Backend;
 use weft_store::{EtcdStore, EventKind, Store, WatchMsg};
 
-/// Linux's USER_HZ (the unit of utime/stime in /proc/<pid>/stat) on every architecture weft
-/// runs on.
-const CLK_TCK: f64 = 100.0;
 /// How long one node's route change may take before the bench gives up on it.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -95,17 +95,6 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// utime + stime (clock ticks) from the text of /proc/<pid>/stat.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime 15.
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// The three load averages from /proc/loadavg.
 pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     let mut it = text.split_whitespace().map(|x| x.parse::<f64>().ok());
@@ -141,23 +130,6 @@ fn now_ms() -> u64 {
 
 fn loadavg() -> Option<[f64; 3]> {
     parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// CPU of each of `pids` over the next `window` (sleeping meanwhile), in percent of one core;
-/// processes that vanished are left out.
-pub(crate) fn cpu_pct_over(pids: &[u32], window: Duration) -> Vec<f64> {
-    let t0: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
-    let start = Instant::now();
-    std::thread::sleep(window);
-    let secs = start.elapsed().as_secs_f64();
-    pids.iter()
-        .zip(t0)
-        .filter_map(|(&p, a)| Some(cpu_ticks(p)?.saturating_sub(a?) as f64 / CLK_TCK / secs * 100.0))
-        .collect()
 }
 
 fn fmt_opt(x: Option<f64>) -> String {
@@ -414,8 +386,7 @@ pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Res
     let mut cpu = cpu_pct_over(&pids, idle);
     let window = idle.as_secs_f64();
     let rev1 = etcd_revision(&lab)?;
-    let mut rss: Vec<f64> =
-        pids.iter().filter_map(|&p| crate::lab::bench::vm_rss_kib(p)).map(|k| k as f64 / 1024.0).collect();
+    let mut rss: Vec<f64> = pids.iter().filter_map(|&p| vm_rss_kib(p)).map(|k| k as f64 / 1024.0).collect();
     cpu.sort_by(f64::total_cmp);
     rss.sort_by(f64::total_cmp);
     r.cpu_pct_max = cpu.last().copied().unwrap_or(0.0);
@@ -474,7 +445,7 @@ pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Res
 }
 
 /// `weftctl lab bench --scale N`.
-pub fn cli(id: &str, args: &crate::lab::bench::BenchArgs, nodes: usize) -> anyhow::Result<std::process::ExitCode> {
+pub fn cli(id: &str, args: &BenchArgs, nodes: usize) -> anyhow::Result<std::process::ExitCode> {
     let opts = ScaleOpts {
         id: id.to_string(),
         nodes,
@@ -513,8 +484,8 @@ mod tests {
     #[test]
     fn proc_stat_ticks() {
         let stat = "4242 (weft agent) S 1 4242 4242 0 -1 4194560 812 0 0 0 137 45 0 0 20 0 6 0 9876 12345 678";
-        assert_eq!(parse_stat_ticks(stat), Some(182));
-        assert_eq!(parse_stat_ticks("garbage"), None);
+        assert_eq!(super::super::parse::parse_stat_ticks(stat), Some(182));
+        assert_eq!(super::super::parse::parse_stat_ticks("garbage"), None);
         assert_eq!(parse_loadavg("5.59 4.02 3.25 3/612 1234\n"), Some([5.59, 4.02, 3.25]));
         assert_eq!(parse_loadavg(""), None);
     }

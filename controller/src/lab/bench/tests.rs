@@ -1,6 +1,5 @@
 //! Tests of the bench's parsers, rows and report (pure parts; the rows run in the lab tests).
 
-use super::peers::PeerTunnel;
 use super::*;
 use std::net::Ipv4Addr;
 use std::process::Command;
