@@ -1,14 +1,13 @@
-//! `weftctl`'s library: the etcd-side operator commands (network config, nodes), a client for
-//! the local agent's Unix socket, and the namespace lab that simulates a whole cluster on one
-//! machine. The integration tests drive the lab through this crate's API, the CLI through
-//! `main.rs`; both run the same code.
+//! `weftctl`'s library: the etcd-side operator commands (network config, nodes), certificates
+//! (`pki`), and a client for the local agent's Unix socket. The namespace lab is its own crate
+//! (`controller/lab`, `weft-lab`), built on this one; the `weftctl` binary (`controller/weftctl`)
+//! uses both, and so do the integration tests.
 
 pub mod agent_client;
 pub mod agent_view;
 pub mod cluster_status;
 pub mod error;
 pub mod etcd;
-pub mod lab;
 pub mod network;
 pub mod nodes;
 pub mod output;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-use weft_controller::lab::{in_netns, Lab, LabSpec};
+use weft_lab::{in_netns, Lab, LabSpec};
 
 /// Integration tests need root (namespaces, veths, routes). They fail without it, never skip.
 pub fn require_root() {

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use weft_controller::lab::{in_netns, netns, Lab};
+use weft_lab::{in_netns, netns, Lab};
 
 /// One HTTP exchange from inside namespace `ns`: sends `raw` as is, returns (status, head, body).
 pub fn http_raw(ns: &str, addr: SocketAddr, raw: &[u8]) -> Result<(u16, String, String)> {

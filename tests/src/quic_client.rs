@@ -44,7 +44,7 @@ where
     let id = tls::load(&q, files.name)?;
     let client = tls::client_config(&id, weft_agent::quic::transport(1472)?)?;
     let server_name = server_name.to_string();
-    weft_controller::lab::in_netns(ns, move || -> Result<T> {
+    weft_lab::in_netns(ns, move || -> Result<T> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
         rt.block_on(async move {
             let mut ep = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).context("client endpoint")?;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
-use weft_controller::lab::{in_netns, netns, plumbing, Lab};
+use weft_lab::{in_netns, netns, plumbing, Lab};
 use weft_tests::ops::*;
 use weft_tests::*;
 

@@ -13,7 +13,7 @@ fn repo() -> PathBuf {
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
-    let dir = weft_controller::lab::bins::default_bin_dir(&exe).expect("bin dir");
+    let dir = weft_lab::bins::default_bin_dir(&exe).expect("bin dir");
     for b in ["weft-agent", "weftctl", "weft-cni"] {
         assert!(dir.join(b).exists(), "{} missing: run cargo build --workspace --bins first", dir.join(b).display());
     }

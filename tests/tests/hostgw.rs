@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
-use weft_controller::lab::Lab;
+use weft_lab::Lab;
 use weft_tests::*;
 
 const PODS: [&str; 2] = ["p1", "p2"];

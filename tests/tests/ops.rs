@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use weft_controller::lab::{netns, Lab, Topology};
+use weft_lab::{netns, Lab, Topology};
 use weft_tests::ops::*;
 use weft_tests::*;
 

@@ -6,8 +6,8 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
-use weft_controller::lab::{in_netns, Lab, Topology};
 use weft_controller::pki;
+use weft_lab::{in_netns, Lab, Topology};
 use weft_tests::quic_client::{with_connection, ClientFiles};
 use weft_tests::*;
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_config::api::Status;
 use weft_config::Backend;
-use weft_controller::lab::{etcd_server, in_netns, Lab, Topology};
+use weft_lab::{etcd_server, in_netns, Lab, Topology};
 use weft_tests::*;
 
 fn full() -> bool {
@@ -779,7 +779,7 @@ fn r6_hostile_records_are_skipped_and_counted_once() {
 // 7. Bad config and CLI input (no root needed).
 
 fn bin(name: &str) -> PathBuf {
-    let dir = weft_controller::lab::bins::bin_dir().expect("binary directory");
+    let dir = weft_lab::bins::bin_dir().expect("binary directory");
     let p = dir.join(name);
     assert!(p.is_file(), "{} missing: run cargo build --workspace --bins first", p.display());
     p

@@ -5,8 +5,8 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
-use weft_controller::lab::{in_netns, Lab, LabSpec, Topology};
 use weft_controller::pki;
+use weft_lab::{in_netns, Lab, LabSpec, Topology};
 
 fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "these tests need root: they build network namespaces");
@@ -95,9 +95,9 @@ fn routed_lab_carries_udp_across_segments_but_host_gw_cannot() {
     let ns: Vec<String> = (1..=3).map(|i| lab.node_ns(i)).collect();
     let report = lab.down();
     assert!(report.is_ok(), "{report:?}");
-    let left = weft_controller::lab::netns::list().expect("list");
+    let left = weft_lab::netns::list().expect("list");
     assert!(!left.iter().any(|n| n.starts_with("weftcr1-")), "namespaces left: {left:?}");
-    assert!(ns.iter().all(|n| weft_controller::lab::netns::ns_id(n).is_none()));
+    assert!(ns.iter().all(|n| weft_lab::netns::ns_id(n).is_none()));
 }
 
 /// Connects to the lab's etcd from node `i`'s namespace with `opts`; the error text if refused.

@@ -7,12 +7,12 @@
 
 use super::names::{LabNames, ETCD_CERT, ETCD_IP, WEFTCTL_CERT};
 use super::netns::{enter_on_exec, in_netns};
-use crate::etcd::EtcdOpts;
 use anyhow::Context;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use weft_controller::etcd::EtcdOpts;
 
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
@@ -107,7 +107,7 @@ pub fn client_opts_for(names: &LabNames, members: usize) -> EtcdOpts {
         ca: Some(names.ca_files().cert),
         cert: Some(me.cert),
         key: Some(me.key),
-        timeout: crate::etcd::DEFAULT_TIMEOUT,
+        timeout: weft_controller::etcd::DEFAULT_TIMEOUT,
     }
 }
 

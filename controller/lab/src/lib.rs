@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use weft_controller::lab::{Lab, LabSpec};
+//! use weft_lab::{Lab, LabSpec};
 //! let lab = Lab::up(LabSpec { id: "t1".into(), nodes: 2, pods: 1, ..LabSpec::default() })?;
 //! let out = lab.exec("n1/p1", &["ping", "-c1", "10.244.2.2"])?;
 //! assert!(out.status.success());
@@ -36,8 +36,6 @@ pub use names::{LabNames, Target};
 pub use netns::in_netns;
 pub use status::{LabStatus, NodeStatus};
 
-use crate::error::UsageError;
-use crate::output::unix_now;
 use anyhow::Context;
 use names::{ETCD_CERT, ETCD_ENDPOINT, MAX_NODES, MAX_PODS, WEFTCTL_CERT};
 use serde::{Deserialize, Serialize};
@@ -49,6 +47,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use weft_config::Backend;
+use weft_controller::error::UsageError;
+use weft_controller::output::unix_now;
 
 /// How the underlay is laid out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,16 +304,18 @@ impl Lab {
     /// certificate and one per node (etcd client and QUIC certificate alike).
     fn make_pki(&self) -> anyhow::Result<()> {
         let dir = self.names.pki_dir();
-        crate::pki::init_ca(&dir, &crate::pki::CaOptions::default()).context("making the lab CA")?;
-        let etcd = crate::pki::IssueRequest {
+        weft_controller::pki::init_ca(&dir, &weft_controller::pki::CaOptions::default())
+            .context("making the lab CA")?;
+        let etcd = weft_controller::pki::IssueRequest {
             ips: (1..=self.spec.etcd_members).map(|k| etcd_server::member_ip(k).into()).collect(),
             dns: vec!["etcd".into()],
-            ..crate::pki::IssueRequest::node(ETCD_CERT)
+            ..weft_controller::pki::IssueRequest::node(ETCD_CERT)
         };
-        let mut wanted = vec![etcd, crate::pki::IssueRequest::node(WEFTCTL_CERT)];
-        wanted.extend((1..=self.spec.nodes).map(|i| crate::pki::IssueRequest::node(&LabNames::node_name(i))));
+        let mut wanted = vec![etcd, weft_controller::pki::IssueRequest::node(WEFTCTL_CERT)];
+        wanted.extend((1..=self.spec.nodes).map(|i| weft_controller::pki::IssueRequest::node(&LabNames::node_name(i))));
         for req in &wanted {
-            crate::pki::issue(&dir, &dir, req).with_context(|| format!("issuing the certificate of {}", req.name))?;
+            weft_controller::pki::issue(&dir, &dir, req)
+                .with_context(|| format!("issuing the certificate of {}", req.name))?;
         }
         Ok(())
     }
@@ -496,24 +498,24 @@ impl Lab {
         self.spec.topology
     }
 
-    /// `<labdir>/pki`: the lab's CA and certificates (layout in [`crate::pki`]).
+    /// `<labdir>/pki`: the lab's CA and certificates (layout in [`weft_controller::pki`]).
     pub fn pki_dir(&self) -> PathBuf {
         self.names.pki_dir()
     }
 
-    /// The lab CA's certificate and key (to issue extra certificates with [`crate::pki::issue`]).
-    pub fn ca_files(&self) -> crate::pki::CertFiles {
+    /// The lab CA's certificate and key (to issue extra certificates with [`weft_controller::pki::issue`]).
+    pub fn ca_files(&self) -> weft_controller::pki::CertFiles {
         self.names.ca_files()
     }
 
     /// Certificate and key `name` in the pki dir: `n1`.., `etcd`, `weftctl`.
-    pub fn cert_files(&self, name: &str) -> crate::pki::CertFiles {
+    pub fn cert_files(&self, name: &str) -> weft_controller::pki::CertFiles {
         self.names.cert_files(name)
     }
 
     /// How to reach the lab's etcd as weftctl does (TLS with weftctl's certificate); connect
     /// from inside a lab namespace (e.g. [`in_netns`] on a node).
-    pub fn etcd_opts(&self) -> crate::etcd::EtcdOpts {
+    pub fn etcd_opts(&self) -> weft_controller::etcd::EtcdOpts {
         etcd_server::client_opts_for(&self.names, self.spec.etcd_members)
     }
 

@@ -3,10 +3,10 @@
 
 use super::names::LabNames;
 use super::Topology;
-use crate::output::table;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use weft_config::api::Status;
+use weft_controller::output::table;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {

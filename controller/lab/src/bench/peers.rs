@@ -37,9 +37,8 @@ use super::measure::{measure, route_get, run_timeout, wait_reachable, MeasureOpt
 use super::parse::udp_bound;
 use super::report::Measurement;
 use super::rows::{missing, PeerTunnel};
-use crate::lab::names::LabNames;
-use crate::lab::{netns, plumbing};
-use crate::pki;
+use crate::names::LabNames;
+use crate::{netns, plumbing};
 use anyhow::Context;
 use std::ffi::OsString;
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -49,6 +48,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weft_controller::pki;
 
 /// How long a daemon gets to make its device, control socket or listening socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,15 +13,15 @@
 use super::args::BenchArgs;
 use super::measure::cpu_pct_over;
 use super::parse::vm_rss_kib;
-use crate::agent_client::AgentClient;
-use crate::lab::names::LabNames;
-use crate::lab::{Lab, LabSpec};
+use crate::names::LabNames;
+use crate::{Lab, LabSpec};
 use anyhow::Context;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weft_config::Backend;
+use weft_controller::agent_client::AgentClient;
 use weft_store::{EtcdStore, EventKind, Store, WatchMsg};
 
 /// How long one node's route change may take before the bench gives up on it.
@@ -211,10 +211,10 @@ impl Watcher {
         let events = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (ns, opts) = (lab.names().etcd_ns(), lab.etcd_opts());
-        let prefix = weft_config::Keys::new(crate::lab::names::NETWORK).subnets_prefix();
+        let prefix = weft_config::Keys::new(crate::names::NETWORK).subnets_prefix();
         let (stop2, events2) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> anyhow::Result<()> {
-            crate::lab::netns::in_netns(&ns, move || {
+            crate::netns::in_netns(&ns, move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 rt.block_on(async move {
                     let store = EtcdStore::connect_opts(&opts).await?;
@@ -276,7 +276,7 @@ impl Drop for Watcher {
 /// The current etcd revision, read from the etcd namespace.
 fn etcd_revision(lab: &Lab) -> anyhow::Result<i64> {
     let opts = lab.etcd_opts();
-    crate::lab::netns::in_netns(&lab.names().etcd_ns(), move || {
+    crate::netns::in_netns(&lab.names().etcd_ns(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let store = EtcdStore::connect_opts(&opts).await?;
@@ -341,16 +341,12 @@ fn status_of(lab: &Lab, i: usize) -> anyhow::Result<weft_config::api::Status> {
 /// Runs the bench; `log` gets progress lines.
 pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Result<ScaleReport> {
     let n = opts.nodes;
-    anyhow::ensure!(
-        (3..=crate::lab::names::MAX_NODES).contains(&n),
-        "--scale: expected 3 to {}",
-        crate::lab::names::MAX_NODES
-    );
+    anyhow::ensure!((3..=crate::names::MAX_NODES).contains(&n), "--scale: expected 3 to {}", crate::names::MAX_NODES);
     let cycles = opts.cycles.min(n - 1);
     let mut r = ScaleReport {
         command,
         nodes: n,
-        started_unix: crate::output::unix_now(),
+        started_unix: weft_controller::output::unix_now(),
         loadavg_start: loadavg(),
         idle_secs: opts.idle_secs,
         watches_per_agent: 1,

@@ -330,7 +330,7 @@ pub fn machine_facts() -> Machine {
             .ok()
             .and_then(|t| parse_cpu_model(&t))
             .unwrap_or_else(unknown),
-        date: rfc3339_utc(crate::output::unix_now()),
+        date: rfc3339_utc(weft_controller::output::unix_now()),
         iperf3,
         loadavg: std::fs::read_to_string("/proc/loadavg")
             .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

@@ -9,8 +9,8 @@ use super::hosts::HostPair;
 use super::measure::{collect_timeout, with_rss_sampling, LISTEN_TIMEOUT, RSS_EVERY};
 use super::parse::{IperfResult, PingSummary};
 use super::report::{Measurement, RssPeak};
-use crate::lab::names::LabNames;
-use crate::lab::netns;
+use crate::names::LabNames;
+use crate::netns;
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -82,8 +82,8 @@ fn udp_bound(pid: u32, port: u16) -> bool {
 }
 
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
-    let ca = crate::pki::ca_files(pki);
-    let c = crate::pki::cert_files(pki, name);
+    let ca = weft_controller::pki::ca_files(pki);
+    let c = weft_controller::pki::cert_files(pki, name);
     vec![
         "--ca".into(),
         ca.cert.display().to_string(),
@@ -102,9 +102,9 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
     let pair = HostPair::up(&names.prefix())?;
     let dir = TempDir(std::env::temp_dir().join(format!("weft-{}-quinn-raw-{}", names.id(), std::process::id())));
     std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
-    crate::pki::init_ca(&dir.0, &crate::pki::CaOptions::default()).context("making a CA")?;
+    weft_controller::pki::init_ca(&dir.0, &weft_controller::pki::CaOptions::default()).context("making a CA")?;
     for n in ["n1", "n2"] {
-        crate::pki::issue(&dir.0, &dir.0, &crate::pki::IssueRequest::node(n))
+        weft_controller::pki::issue(&dir.0, &dir.0, &weft_controller::pki::IssueRequest::node(n))
             .with_context(|| format!("issuing the certificate of {n}"))?;
     }
     let mut server_cmd = netns::command_in(&pair.host_ns(2), bin)?;
@@ -163,6 +163,24 @@ fn last_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string()
 }
 
+/// The quinn-raw row: one QUIC connection's datagram throughput between the two hosts. It has
+/// no TCP and no ping: the RTT column stays empty; RSS is the sender's and receiver's.
+pub fn row(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
+    let bin = crate::bins::resolve(BIN, None, "WEFT_BIN_DIR")?;
+    let run = bench(names, &bin, seconds, 1)?;
+    Ok(Measurement {
+        iperf: IperfResult { bits_per_second: run.received.gbps * 1e9, retransmits: None },
+        iperf_parallel: None,
+        idle_cpu_pct: None,
+        ping: PingSummary { transmitted: 0, received: 0, times_ms: Vec::new() },
+        rss: run.rss,
+        path: Some(format!(
+            "{} datagrams of {} bytes in {:.2} s over {} connection(s)",
+            run.received.datagrams, run.received.max_datagram, run.received.seconds, run.received.connections
+        )),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,22 +195,4 @@ mod tests {
         assert!(parse_received("").is_err());
         assert!(parse_received("not json").is_err());
     }
-}
-
-/// The quinn-raw row: one QUIC connection's datagram throughput between the two hosts. It has
-/// no TCP and no ping: the RTT column stays empty; RSS is the sender's and receiver's.
-pub fn row(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
-    let bin = crate::lab::bins::resolve(BIN, None, "WEFT_BIN_DIR")?;
-    let run = bench(names, &bin, seconds, 1)?;
-    Ok(Measurement {
-        iperf: IperfResult { bits_per_second: run.received.gbps * 1e9, retransmits: None },
-        iperf_parallel: None,
-        idle_cpu_pct: None,
-        ping: PingSummary { transmitted: 0, received: 0, times_ms: Vec::new() },
-        rss: run.rss,
-        path: Some(format!(
-            "{} datagrams of {} bytes in {:.2} s over {} connection(s)",
-            run.received.datagrams, run.received.max_datagram, run.received.seconds, run.received.connections
-        )),
-    })
 }

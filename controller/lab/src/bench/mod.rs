@@ -33,11 +33,11 @@ pub use rows::*;
 
 use super::names::LabNames;
 use super::{netns, LabSpec};
-use crate::error::UsageError;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use weft_controller::error::UsageError;
 
 /// What [`run`] measures.
 #[derive(Debug, Clone, PartialEq, Eq)]

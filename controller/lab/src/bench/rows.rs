@@ -1,8 +1,8 @@
 //! The bench's rows: which tunnels are measured, how `--backends` names them, and whether a
 //! peer row's programs are installed.
 
-use crate::error::UsageError;
 use weft_config::Backend;
+use weft_controller::error::UsageError;
 
 /// One row of the bench table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,7 +154,7 @@ impl std::fmt::Display for PeerTunnel {
 pub fn missing(peers: &[PeerTunnel]) -> Vec<&'static str> {
     let mut out = Vec::new();
     for bin in peers.iter().flat_map(|p| p.binaries().iter().copied()) {
-        if !out.contains(&bin) && crate::lab::bins::on_path(bin, "").is_err() {
+        if !out.contains(&bin) && crate::bins::on_path(bin, "").is_err() {
             out.push(bin);
         }
     }

@@ -160,7 +160,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::names::node_addr;
+    use crate::names::node_addr;
 
     #[test]
     fn wiring_lines_name_only_lab_namespaces() {

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weft_config::Backend;
-use weft_controller::lab::{self, Lab, LabSpec, Target, Topology};
+use weft_lab::{self as lab, Lab, LabSpec, Target, Topology};
 
 #[derive(Args, Debug)]
 pub struct LabArgs {

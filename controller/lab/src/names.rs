@@ -9,10 +9,10 @@
 //! segment B, 172.30.1.0/24 (router 172.30.1.1), at 172.30.1.(10+i).
 
 use super::Topology;
-use crate::pki;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use weft_controller::pki;
 
 /// Where labs keep their files.
 pub const LAB_ROOT: &str = "/run/weft-lab";
@@ -182,7 +182,7 @@ impl LabNames {
         self.dir.join("etcd").join("etcd.log")
     }
 
-    /// The lab's CA and certificates (see [`crate::pki`] for the file layout).
+    /// The lab's CA and certificates (see [`weft_controller::pki`] for the file layout).
     pub fn pki_dir(&self) -> PathBuf {
         self.dir.join("pki")
     }

@@ -6,7 +6,6 @@ use super::plumbing::tail;
 use super::procs::{self, Ownership};
 use super::status::{LabStatus, NodeStatus};
 use super::{bins, lock, Lab};
-use crate::agent_client::AgentClient;
 use anyhow::Context;
 use nix::sys::signal::Signal;
 use std::ffi::OsStr;
@@ -14,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use weft_config::api::Status;
 use weft_config::AgentConfig;
+use weft_controller::agent_client::AgentClient;
 
 /// Time an agent gets to exit after a signal or `--leave` before it counts as stuck.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -316,7 +316,7 @@ fn open_log(path: &std::path::Path, what: &str) -> anyhow::Result<std::fs::File>
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "--- weftctl lab, {} (unix time): {what}", crate::output::unix_now())
+    writeln!(f, "--- weftctl lab, {} (unix time): {what}", weft_controller::output::unix_now())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(f)
 }

@@ -5,10 +5,10 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::process::{Child, Command, Stdio};
-use weft_controller::lab::names::LabNames;
-use weft_controller::lab::netns;
-use weft_controller::lab::state::{LabState, ProcRecord};
-use weft_controller::lab::{self, plumbing, procs, LabSpec};
+use weft_lab::names::LabNames;
+use weft_lab::netns;
+use weft_lab::state::{LabState, ProcRecord};
+use weft_lab::{self as lab, plumbing, procs, LabSpec};
 
 fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "these tests need root: they build network namespaces");
