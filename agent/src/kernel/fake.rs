@@ -5,9 +5,9 @@
 //! that is generic over [`Kernel`] against it and assert "this setup sends these changes".
 
 use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan, WEFT_PROTO};
-use crate::routes::{Action, Route, RouteKind};
+use crate::routes::{Action, Family, Route, RouteKind};
 use anyhow::Result;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -361,12 +361,12 @@ impl Kernel for FakeKernel {
         Ok(index)
     }
 
-    async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+    async fn addrs(&self, index: u32) -> Result<Vec<IpNet>> {
         let w = self.w();
         Ok(w.ns(&self.ns)?.addrs.iter().filter(|(i, _)| *i == index).map(|(_, a)| *a).collect())
     }
 
-    async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+    async fn add_addr(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut w = self.w();
         w.send(&self.ns, Call::AddAddress { index, addr })?;
         let ns = w.ns_mut(&self.ns)?;
@@ -377,7 +377,7 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    async fn del_address(&self, index: u32, addr: IpNet) -> Result<()> {
+    async fn del_addr(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut w = self.w();
         if !w.ns(&self.ns)?.addrs.contains(&(index, addr)) {
             return Ok(());
@@ -393,6 +393,9 @@ impl Kernel for FakeKernel {
     }
 
     async fn apply(&self, action: &Action) -> Result<()> {
+        let (Action::Add(r) | Action::Replace { new: r, .. } | Action::Del(r)) = action;
+        // Refused before anything is sent, as the real implementation does.
+        r.check_family()?;
         let mut w = self.w();
         w.send(&self.ns, Call::Route(action.clone()))?;
         let ns = w.ns_mut(&self.ns)?;
@@ -419,11 +422,12 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    async fn default_route_oif(&self) -> Result<Option<u32>> {
+    async fn default_route_oif(&self, family: Family) -> Result<Option<u32>> {
         let w = self.w();
         Ok(w.ns(&self.ns)?
             .routes
             .iter()
+            .filter(|t| t.route.family() == family)
             .filter(|t| t.route.dst.prefix_len() == 0 && t.route.kind == RouteKind::Unicast)
             .find_map(|t| t.route.oif))
     }
@@ -436,20 +440,17 @@ impl Kernel for FakeKernel {
         if !ns.get(oif, &what)?.link.up {
             return Err(os_err(libc::ENETDOWN, format!("{what}: link #{oif} is down")));
         }
-        let IpAddr::V4(gw) = via else {
-            return Err(os_err(libc::EAFNOSUPPORT, format!("{what}: the fake models IPv4 routes only")));
-        };
-        if !ns.addrs.iter().any(|(i, a)| *i == oif && a.contains(&via)) {
+        // An IPv6 link-local gateway is on-link on any device (the kernel gives every IPv6
+        // device a link-local address, which the fake does not model).
+        let link_local = matches!(via, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if !link_local && !ns.addrs.iter().any(|(i, a)| *i == oif && a.contains(&via)) {
             return Err(os_err(libc::ENETUNREACH, format!("{what}: gateway not on-link on #{oif}")));
         }
-        let route = Route {
-            dst: Ipv4Net::default(),
-            kind: RouteKind::Unicast,
-            via: Some(gw),
-            oif: Some(oif),
-            src: None,
-            metric: 0,
+        let dst = match via {
+            IpAddr::V4(_) => IpNet::V4(Ipv4Net::default()),
+            IpAddr::V6(_) => IpNet::V6(Ipv6Net::default()),
         };
+        let route = Route { dst, kind: RouteKind::Unicast, via: Some(via), oif: Some(oif), src: None, metric: 0 };
         let new = TableRoute { route, proto: BOOT_PROTO };
         match ns.routes.iter().position(|t| same_key(&t.route, &new.route)) {
             Some(i) => ns.routes[i] = new,

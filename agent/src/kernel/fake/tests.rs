@@ -1,5 +1,5 @@
 //! Unit tests of the in-memory kernel: the errors the kernel gives, replace semantics,
-//! ownership marks, namespaces and fault injection.
+//! ownership marks, namespaces, both address families and fault injection.
 
 use super::*;
 use crate::kernel::errno;
@@ -54,7 +54,7 @@ async fn a_moved_link_arrives_down_without_addresses_and_needs_a_free_name() {
     k.add_veth("h", "p", 1500).await.expect("pair");
     let p = k.link("p").await.expect("lookup").expect("p").index;
     k.set_link(p, None, true, None).await.expect("up");
-    k.add_address(p, net("10.0.0.1/24")).await.expect("addr");
+    k.add_addr(p, net("10.0.0.1/24")).await.expect("addr");
     assert_eq!(code(k.move_to_netns(p, "nowhere").await), Some(libc::ENOENT));
     k.ensure_netns("pod").expect("netns");
     let pod = k.in_netns("pod").expect("handle");
@@ -65,7 +65,7 @@ async fn a_moved_link_arrives_down_without_addresses_and_needs_a_free_name() {
     let inside = k.in_netns("pod2").expect("handle");
     let l = inside.link_by_index(p).await.expect("lookup").expect("moved link keeps its index");
     assert!(!l.up);
-    assert!(inside.addresses(p).await.expect("list").is_empty());
+    assert!(inside.addrs(p).await.expect("list").is_empty());
 }
 
 #[tokio::test]
@@ -126,14 +126,14 @@ async fn default_route_needs_an_up_link_and_an_on_link_gateway_and_is_replaced()
     assert_eq!(code(k.replace_default_route(ip("10.244.1.1"), p).await), Some(libc::ENETDOWN));
     k.set_link(p, None, true, None).await.expect("up");
     assert_eq!(code(k.replace_default_route(ip("10.244.1.1"), p).await), Some(libc::ENETUNREACH));
-    k.add_address(p, net("10.244.1.2/24")).await.expect("addr");
+    k.add_addr(p, net("10.244.1.2/24")).await.expect("addr");
     k.replace_default_route(ip("10.244.1.1"), p).await.expect("route");
     k.replace_default_route(ip("10.244.1.3"), p).await.expect("replace");
     let defaults: Vec<_> = k.routes().into_iter().filter(|t| t.route.dst.prefix_len() == 0).collect();
     assert_eq!(defaults.len(), 1, "{defaults:?}");
     assert_eq!(defaults[0].route.via, Some("10.244.1.3".parse().expect("literal")));
     assert_eq!(defaults[0].proto, BOOT_PROTO);
-    assert_eq!(k.default_route_oif().await.expect("oif"), Some(p));
+    assert_eq!(k.default_route_oif(Family::V4).await.expect("oif"), Some(p));
     assert!(k.weft_routes().await.expect("list").is_empty(), "the pod route is not weft-marked");
 }
 
@@ -141,15 +141,18 @@ async fn default_route_needs_an_up_link_and_an_on_link_gateway_and_is_replaced()
 async fn addresses_are_idempotent_and_the_v4_view_filters_families() {
     let k = FakeKernel::new();
     let eth = k.seed_link("eth0", "veth", 1500);
-    k.add_address(eth, net("10.0.0.1/24")).await.expect("v4");
-    k.add_address(eth, net("10.0.0.1/24")).await.expect("again");
-    k.add_address(eth, net("fd00::1/64")).await.expect("v6");
-    assert_eq!(k.addresses(eth).await.expect("list").len(), 2);
-    assert_eq!(k.addrs(eth).await.expect("v4 list"), vec!["10.0.0.1/24".parse::<Ipv4Net>().expect("literal")]);
+    k.add_addr(eth, net("10.0.0.1/24")).await.expect("v4");
+    k.add_addr(eth, net("10.0.0.1/24")).await.expect("again");
+    k.add_addr(eth, net("fd00::1/64")).await.expect("v6");
+    assert_eq!(k.addrs(eth).await.expect("list").len(), 2);
+    assert_eq!(
+        crate::kernel::ipv4_only(&k.addrs(eth).await.expect("v4 list")),
+        vec!["10.0.0.1/24".parse::<Ipv4Net>().expect("literal")]
+    );
     k.take_calls();
     k.del_addr(eth, "10.9.9.9/24".parse().expect("literal")).await.expect("absent is fine");
     assert!(k.take_calls().is_empty(), "nothing to delete, nothing sent");
-    assert_eq!(code(k.add_address(42, net("10.0.0.2/24")).await), Some(libc::ENODEV));
+    assert_eq!(code(k.add_addr(42, net("10.0.0.2/24")).await), Some(libc::ENODEV));
 }
 
 #[tokio::test]
@@ -239,4 +242,72 @@ async fn removing_a_namespace_takes_its_veths_peers_along_and_faults_are_one_sho
     k.add_veth("x", "y", 1500).await.expect("the fault fired once");
     let sent: Vec<_> = k.calls().into_iter().filter(|(_, c)| matches!(c, Call::AddVeth { .. })).collect();
     assert_eq!(sent.len(), 3, "every attempt is recorded: {sent:?}");
+}
+
+#[tokio::test]
+async fn ipv6_routes_live_beside_ipv4_ones_and_a_mixed_route_is_never_sent() {
+    let k = FakeKernel::new();
+    let eth = k.seed_link("eth0", "veth", 1500);
+    let v4 = Route { dst: net("0.0.0.0/0"), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 7 };
+    let v6 = Route { dst: net("::/0"), ..v4.clone() };
+    k.apply(&Action::Add(v4.clone())).await.expect("v4 blackhole");
+    k.apply(&Action::Add(v6.clone())).await.expect("v6 blackhole with the same prefix length and metric");
+    k.apply(&Action::Add(route("fd00:2::/64", "fd00:ff::12", eth))).await.expect("v6 add");
+    k.apply(&Action::Add(route("fd00:2::/64", "fd00:ff::99", eth))).await.expect("v6 add over it");
+    assert_eq!(
+        k.weft_routes().await.expect("list"),
+        vec![v4.clone(), v6.clone(), route("fd00:2::/64", "fd00:ff::99", eth)]
+    );
+    k.apply(&Action::Del(v6.clone())).await.expect("del v6");
+    assert_eq!(k.weft_routes().await.expect("list"), vec![v4, route("fd00:2::/64", "fd00:ff::99", eth)]);
+    k.take_calls();
+    let mixed = route("10.244.2.0/24", "fd00:ff::12", eth);
+    let e = k.apply(&Action::Add(mixed)).await.expect_err("a v6 gateway on a v4 route");
+    assert!(e.downcast_ref::<crate::routes::MixedFamily>().is_some(), "{e:#}");
+    assert!(k.take_calls().is_empty(), "a refused route is never sent");
+}
+
+#[tokio::test]
+async fn ipv6_default_route_is_per_family_and_a_link_local_gateway_is_on_link() {
+    let k = FakeKernel::new();
+    k.add_veth("h", "p", 1500).await.expect("pair");
+    let p = k.link("p").await.expect("lookup").expect("p").index;
+    k.set_link(p, None, true, None).await.expect("up");
+    assert_eq!(code(k.replace_default_route(ip("fd00:1::1"), p).await), Some(libc::ENETUNREACH));
+    k.add_addr(p, net("10.244.1.2/24")).await.expect("v4 addr");
+    k.add_addr(p, net("fd00:1::2/64")).await.expect("v6 addr");
+    k.replace_default_route(ip("10.244.1.1"), p).await.expect("v4 default");
+    k.replace_default_route(ip("fd00:1::1"), p).await.expect("v6 default");
+    k.replace_default_route(ip("fe80::1"), p).await.expect("v6 default via a link-local gateway");
+    let defaults: Vec<_> = k.routes().into_iter().map(|t| (t.route.dst, t.route.via, t.proto)).collect();
+    assert_eq!(
+        defaults,
+        vec![(net("0.0.0.0/0"), Some(ip("10.244.1.1")), BOOT_PROTO), (net("::/0"), Some(ip("fe80::1")), BOOT_PROTO)]
+    );
+    assert_eq!(k.default_route_oif(Family::V4).await.expect("oif"), Some(p));
+    assert_eq!(k.default_route_oif(Family::V6).await.expect("oif"), Some(p));
+    let other = FakeKernel::new();
+    assert_eq!(other.default_route_oif(Family::V6).await.expect("oif"), None);
+}
+
+#[tokio::test]
+async fn ipv6_addresses_and_neighbours_go_through_the_same_calls() {
+    let k = FakeKernel::new();
+    let eth = k.seed_link("eth0", "veth", 1500);
+    k.add_addr(eth, net("fd00:1::1/64")).await.expect("v6");
+    k.add_addr(eth, net("fd00:1::1/64")).await.expect("again");
+    k.add_addr(eth, net("10.0.0.1/24")).await.expect("v4");
+    assert_eq!(k.addrs(eth).await.expect("list"), vec![net("fd00:1::1/64"), net("10.0.0.1/24")]);
+    k.del_addr(eth, net("fd00:1::1/64")).await.expect("del v6");
+    assert_eq!(k.addrs(eth).await.expect("list"), vec![net("10.0.0.1/24")]);
+    let ours = Neighbour { ifindex: eth, ip: ip("fd00:1::9"), mac: mac(9) };
+    k.add_neighbour(&ours).await.expect("v6 neighbour");
+    k.add_neighbour(&Neighbour { ip: ip("10.0.0.9"), ..ours.clone() }).await.expect("v4 neighbour, same MAC");
+    k.seed_neighbour(Neighbour { ifindex: eth, ip: ip("fd00:1::8"), mac: mac(8) }, Owner::Other);
+    assert_eq!(code(k.add_neighbour(&ours).await), Some(libc::EEXIST));
+    let e = k.del_neighbour(eth, ip("fd00:1::8")).await.expect_err("foreign");
+    assert!(e.downcast_ref::<NotOurs>().is_some(), "{e:#}");
+    k.del_neighbour(eth, ip("fd00:1::9")).await.expect("del v6");
+    let left: Vec<_> = k.neighbours(eth).await.expect("list").into_iter().map(|l| (l.entry.ip, l.owner)).collect();
+    assert_eq!(left, vec![(ip("10.0.0.9"), Owner::Weft), (ip("fd00:1::8"), Owner::Other)]);
 }

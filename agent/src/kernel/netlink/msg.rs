@@ -1,17 +1,23 @@
 //! Translation between netlink messages and the kernel module's plain types: parsing links,
-//! addresses, routes, neighbour and FDB entries, and building weft's route messages.
+//! addresses, routes, neighbour and FDB entries, and building weft's route messages, for
+//! AF_INET and AF_INET6 alike.
 
 use crate::kernel::{Fdb, Link, Listed, Mac, Neighbour, Owner, Vxlan};
-use crate::routes::{Route, RouteKind, WEFT_PROTO};
-use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use crate::routes::{Family, MixedFamily, Route, RouteKind, WEFT_PROTO};
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The metric the kernel gives an IPv6 route added without one (`IP6_RT_PRIO_USER`): IPv6 has
+/// no metric 0, so weft's metric 0 (the family's default) is this one there.
+pub(super) const IPV6_DEFAULT_METRIC: u32 = 1024;
 
 pub(super) fn parse_link(m: &LinkMessage) -> Link {
     let mut l = Link {
@@ -72,6 +78,14 @@ pub(super) fn addr_of(m: &AddressMessage) -> Option<IpNet> {
         }
     }
     local.or(address).and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok())
+}
+
+/// An IPv6 address is added without duplicate address detection (`nodad`): weft hands out its
+/// addresses itself, and a tentative address could not be a route's preferred source.
+pub(super) fn skip_dad(m: &mut AddressMessage) {
+    if m.header.family == AddressFamily::Inet6 {
+        m.header.flags |= AddressHeaderFlags::Nodad;
+    }
 }
 
 pub(super) fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
@@ -152,57 +166,85 @@ pub(super) fn table_of(m: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(m.header.table))
 }
 
-pub(super) fn inet(a: &RouteAddress) -> Option<Ipv4Addr> {
-    if let RouteAddress::Inet(ip) = a {
-        Some(*ip)
-    } else {
-        None
+pub(super) fn family_of(m: &RouteMessage) -> Option<Family> {
+    match m.header.address_family {
+        AddressFamily::Inet => Some(Family::V4),
+        AddressFamily::Inet6 => Some(Family::V6),
+        _ => None,
     }
 }
 
+pub(super) fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A unicast or blackhole route of either family. Addresses of another family than the
+/// message's are not weft's routes (an IPv4 route with an IPv6 `RTA_VIA` keeps no gateway).
 pub(super) fn parse_route(m: &RouteMessage) -> Option<Route> {
     let kind = match m.header.kind {
         RouteType::Unicast => RouteKind::Unicast,
         RouteType::BlackHole => RouteKind::Blackhole,
         _ => return None,
     };
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut r = Route { dst: Ipv4Net::default(), kind, via: None, oif: None, src: None, metric: 0 };
+    let family = family_of(m)?;
+    let same = |a: &RouteAddress| route_ip(a).filter(|ip| Family::of(*ip) == family);
+    let mut dst = match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let mut r = Route { dst: IpNet::default(), kind, via: None, oif: None, src: None, metric: 0 };
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(d) => dst = inet(d)?,
-            RouteAttribute::Gateway(g) => r.via = inet(g),
+            RouteAttribute::Destination(d) => dst = same(d)?,
+            RouteAttribute::Gateway(g) => r.via = same(g),
             RouteAttribute::Oif(i) => r.oif = Some(*i),
-            RouteAttribute::PrefSource(s) => r.src = inet(s),
+            RouteAttribute::PrefSource(s) => r.src = same(s),
             RouteAttribute::Priority(p) => r.metric = *p,
             _ => {}
         }
     }
-    r.dst = Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
+    if kind == RouteKind::Blackhole {
+        // The kernel lists an IPv6 blackhole on `lo`; weft's blackholes have no device.
+        r.oif = None;
+    }
+    if family == Family::V6 && r.metric == IPV6_DEFAULT_METRIC {
+        r.metric = 0;
+    }
+    r.dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
     Some(r)
 }
 
-pub(super) fn build_route(r: &Route) -> RouteMessage {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix_len())
-        .protocol(RouteProtocol::Other(WEFT_PROTO));
+/// The message that adds, replaces or deletes `r` (of its destination's family), marked as
+/// weft's. Refuses a gateway or source of the other family.
+pub(super) fn build_route(r: &Route) -> Result<RouteMessage, MixedFamily> {
+    r.check_family()?;
+    let mut m = match r.dst {
+        IpNet::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.network(), d.prefix_len()).build(),
+        IpNet::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.network(), d.prefix_len()).build(),
+    };
+    m.header.protocol = RouteProtocol::Other(WEFT_PROTO);
+    // Metric 0 is the family's default: none is sent (IPv6 then gets IPV6_DEFAULT_METRIC).
     if r.metric != 0 {
-        b = b.priority(r.metric);
+        m.attributes.push(RouteAttribute::Priority(r.metric));
     }
     if let Some(v) = r.via {
-        b = b.gateway(v);
+        m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(v)));
     }
     if let Some(o) = r.oif {
-        b = b.output_interface(o);
+        m.attributes.push(RouteAttribute::Oif(o));
     }
     if let Some(s) = r.src {
-        b = b.pref_source(s);
+        m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(s)));
     }
     if r.kind == RouteKind::Blackhole {
-        b = b.kind(RouteType::BlackHole);
+        m.header.kind = RouteType::BlackHole;
     } else if r.via.is_none() {
         // A device route without a gateway is on-link, as `ip route add … dev X` makes it.
-        b = b.scope(RouteScope::Link);
+        m.header.scope = RouteScope::Link;
     }
-    b.build()
+    Ok(m)
 }
