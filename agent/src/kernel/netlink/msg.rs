@@ -248,3 +248,173 @@ pub(super) fn build_route(r: &Route) -> Result<RouteMessage, MixedFamily> {
     }
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::neighbour::NeighbourHeader;
+    use rtnetlink::AddressMessageBuilder;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("literal")
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("literal")
+    }
+    fn route(dst: &str, via: Option<&str>, oif: Option<u32>, src: Option<&str>) -> Route {
+        Route { dst: net(dst), kind: RouteKind::Unicast, via: via.map(ip), oif, src: src.map(ip), metric: 0 }
+    }
+    fn blackhole(dst: &str, metric: u32) -> Route {
+        Route { dst: net(dst), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric }
+    }
+
+    #[test]
+    fn an_ipv4_route_message_is_the_one_weft_always_sent() {
+        let r = Route { metric: 7, ..route("10.244.2.0/24", Some("172.30.0.12"), Some(2), Some("10.244.1.1")) };
+        let old = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(10, 244, 2, 0), 24)
+            .protocol(RouteProtocol::Other(WEFT_PROTO))
+            .priority(7)
+            .gateway(Ipv4Addr::new(172, 30, 0, 12))
+            .output_interface(2)
+            .pref_source(Ipv4Addr::new(10, 244, 1, 1))
+            .build();
+        assert_eq!(build_route(&r).expect("builds"), old);
+        let dev = route("10.244.3.0/24", None, Some(9), Some("10.244.1.1"));
+        let m = build_route(&dev).expect("builds");
+        assert_eq!((m.header.address_family, m.header.scope), (AddressFamily::Inet, RouteScope::Link));
+        let bh = build_route(&blackhole("10.244.0.0/16", 4_000_000_000)).expect("builds");
+        assert_eq!((bh.header.kind, bh.header.scope), (RouteType::BlackHole, RouteScope::Universe));
+    }
+
+    #[test]
+    fn an_ipv6_route_message_carries_ipv6_addresses_and_no_metric_for_the_default() {
+        let r = route("fd00:2::/64", Some("fe80::2"), Some(2), None);
+        let m = build_route(&r).expect("builds");
+        assert_eq!(m.header.address_family, AddressFamily::Inet6);
+        assert_eq!(m.header.destination_prefix_length, 64);
+        assert_eq!(m.header.protocol, RouteProtocol::Other(WEFT_PROTO));
+        assert_eq!(m.header.scope, RouteScope::Universe);
+        assert_eq!(
+            m.attributes,
+            vec![
+                RouteAttribute::Destination(RouteAddress::Inet6("fd00:2::".parse().expect("literal"))),
+                RouteAttribute::Gateway(RouteAddress::Inet6("fe80::2".parse().expect("literal"))),
+                RouteAttribute::Oif(2),
+            ]
+        );
+        let dev = build_route(&route("fd00:3::/64", None, Some(9), Some("fd00:1::1"))).expect("builds");
+        assert_eq!(dev.header.scope, RouteScope::Link);
+        assert!(dev
+            .attributes
+            .contains(&RouteAttribute::PrefSource(RouteAddress::Inet6("fd00:1::1".parse().expect("literal")))));
+        let bh = build_route(&blackhole("fd00::/48", 4_000_000_000)).expect("builds");
+        assert_eq!(bh.header.kind, RouteType::BlackHole);
+        assert!(bh.attributes.contains(&RouteAttribute::Priority(4_000_000_000)));
+    }
+
+    #[test]
+    fn a_route_of_mixed_families_is_never_built() {
+        let e = build_route(&route("10.244.2.0/24", Some("fd00::12"), Some(2), None)).expect_err("mixed");
+        assert_eq!(e.to_string(), "route 10.244.2.0/24: gateway fd00::12 is not IPv4 like the destination");
+        assert!(build_route(&route("fd00:2::/64", None, Some(2), Some("10.244.1.1"))).is_err());
+    }
+
+    #[test]
+    fn built_routes_of_both_families_parse_back_to_themselves() {
+        for r in [
+            route("10.244.2.0/24", Some("172.30.0.12"), Some(2), None),
+            route("10.244.3.0/24", None, Some(9), Some("10.244.1.1")),
+            blackhole("10.244.0.0/16", 4_000_000_000),
+            route("0.0.0.0/0", Some("10.244.1.1"), Some(3), None),
+            route("fd00:2::/64", Some("fe80::2"), Some(2), None),
+            route("fd00:3::/64", None, Some(9), Some("fd00:1::1")),
+            blackhole("fd00::/48", 4_000_000_000),
+            Route { metric: 50, ..route("fd00:4::/64", Some("fd00:ff::4"), Some(2), None) },
+        ] {
+            assert_eq!(parse_route(&build_route(&r).expect("builds")), Some(r.clone()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_routes_as_the_kernel_lists_them_read_as_weft_wrote_them() {
+        // The kernel gives an IPv6 route without a metric 1024 and lists a blackhole on lo.
+        let mut m = build_route(&blackhole("fd00::/48", 0)).expect("builds");
+        m.attributes.push(RouteAttribute::Priority(IPV6_DEFAULT_METRIC));
+        m.attributes.push(RouteAttribute::Oif(1));
+        assert_eq!(parse_route(&m), Some(blackhole("fd00::/48", 0)));
+        // A default route has no destination attribute: the family's unspecified address.
+        let mut d = build_route(&route("::/0", Some("fe80::1"), Some(3), None)).expect("builds");
+        d.attributes.retain(|a| !matches!(a, RouteAttribute::Destination(_)));
+        assert_eq!(parse_route(&d), Some(route("::/0", Some("fe80::1"), Some(3), None)));
+        // IPv4 keeps a metric of 1024 as it is.
+        let v4 = Route { metric: 1024, ..route("10.244.2.0/24", Some("172.30.0.12"), Some(2), None) };
+        assert_eq!(parse_route(&build_route(&v4).expect("builds")), Some(v4));
+    }
+
+    #[test]
+    fn a_route_message_weft_cannot_read_is_skipped() {
+        let mut local = build_route(&route("fd00:2::/64", None, Some(2), None)).expect("builds");
+        local.header.kind = RouteType::Local;
+        assert_eq!(parse_route(&local), None);
+        let mut crossed = build_route(&route("10.244.2.0/24", None, Some(2), None)).expect("builds");
+        crossed.header.address_family = AddressFamily::Inet6;
+        assert_eq!(parse_route(&crossed), None, "an IPv4 destination in an IPv6 message");
+        let mut other = build_route(&route("10.244.2.0/24", None, Some(2), None)).expect("builds");
+        other.header.address_family = AddressFamily::Mpls;
+        assert_eq!(family_of(&other), None);
+        assert_eq!(parse_route(&other), None);
+    }
+
+    #[test]
+    fn addresses_of_both_families_parse_and_only_ipv6_skips_dad() {
+        let mut v4 =
+            AddressMessageBuilder::<Ipv4Addr>::new().index(3).address(Ipv4Addr::new(10, 244, 1, 1), 24).build();
+        let mut v6 = AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(3)
+            .address("fd00:1::1".parse().expect("literal"), 64)
+            .build();
+        assert_eq!(addr_of(&v4), Some(net("10.244.1.1/24")));
+        assert_eq!(addr_of(&v6), Some(net("fd00:1::1/64")));
+        skip_dad(&mut v4);
+        skip_dad(&mut v6);
+        assert!(!v4.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(v6.header.flags.contains(AddressHeaderFlags::Nodad));
+        // As the kernel lists an IPv6 address: IFA_ADDRESS only.
+        v6.attributes.retain(|a| matches!(a, AddressAttribute::Address(_)));
+        assert_eq!(addr_of(&v6), Some(net("fd00:1::1/64")));
+    }
+
+    #[test]
+    fn neighbour_addresses_of_both_families_round_trip() {
+        for s in ["10.244.2.0", "fd00:2::", "fe80::1"] {
+            assert_eq!(neighbour_ip(&neighbour_address(ip(s))), Some(ip(s)));
+        }
+        let raw6: [u8; 16] = "fd00::9".parse::<Ipv6Addr>().expect("literal").octets();
+        assert_eq!(neighbour_ip(&NeighbourAddress::Other(raw6.to_vec())), Some(ip("fd00::9")));
+        assert_eq!(neighbour_ip(&NeighbourAddress::Other(vec![172, 31, 0, 9])), Some(ip("172.31.0.9")));
+        assert_eq!(neighbour_ip(&NeighbourAddress::Other(vec![1, 2, 3])), None);
+    }
+
+    #[test]
+    fn an_ipv6_neighbour_with_weft_protocol_is_weft_s_and_a_static_one_is_another_s() {
+        let mac = vec![2, 0, 0, 0, 0, 9];
+        let msg = |proto: Option<u8>, state: NeighbourState| {
+            let mut m = NeighbourMessage::default();
+            m.header = NeighbourHeader { family: AddressFamily::Inet6, ifindex: 4, state, ..m.header };
+            m.attributes.push(NeighbourAttribute::Destination(neighbour_address(ip("fd00:1::9"))));
+            m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.clone()));
+            if let Some(p) = proto {
+                m.attributes.push(NeighbourAttribute::Protocol(RouteProtocol::Other(p)));
+            }
+            m
+        };
+        let entry = Neighbour { ifindex: 4, ip: ip("fd00:1::9"), mac: Mac([2, 0, 0, 0, 0, 9]) };
+        let ours = parse_neighbour(&msg(Some(WEFT_PROTO), NeighbourState::Permanent)).expect("parses");
+        assert_eq!((ours.entry, ours.owner), (entry.clone(), Owner::Weft));
+        let other = parse_neighbour(&msg(None, NeighbourState::Permanent)).expect("parses");
+        assert_eq!(other.owner, Owner::Other);
+        let learned = parse_neighbour(&msg(None, NeighbourState::Reachable)).expect("parses");
+        assert_eq!(learned.owner, Owner::Learned);
+    }
+}
