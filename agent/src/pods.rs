@@ -2,7 +2,7 @@
 //! node subnet and a default route via the bridge. `attach` is the single idempotent operation
 //! that creates or repairs a pod; the state dir records the result and is the source of truth.
 
-use crate::kernel::Kernel;
+use crate::kernel::{ipv4_only, Kernel};
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -100,17 +100,17 @@ pub async fn attach<K: Kernel>(
         pod_nl.set_link(inside.index, Some(net.mtu), true, None).await?;
     }
 
-    let present = pod_nl.addrs(inside.index).await?;
+    let present = ipv4_only(&pod_nl.addrs(inside.index).await?);
     let mut candidates: Vec<Ipv4Addr> = req.remembered.into_iter().collect();
     candidates.extend(present.iter().filter(|a| a.prefix_len() == net.subnet.prefix_len()).map(|a| a.addr()));
     let ip = choose_addr(net.subnet, &candidates, used_by_others)
         .with_context(|| format!("no free address left in {}", net.subnet))?;
     let want = Ipv4Net::new(ip, net.subnet.prefix_len()).context("pod address")?;
     for a in present.iter().filter(|a| **a != want) {
-        pod_nl.del_addr(inside.index, *a).await?;
+        pod_nl.del_addr(inside.index, (*a).into()).await?;
     }
     if !present.contains(&want) {
-        pod_nl.add_addr(inside.index, want).await?;
+        pod_nl.add_addr(inside.index, want.into()).await?;
     }
     pod_nl.replace_default_route(IpAddr::V4(subnet::gateway(net.subnet)), inside.index).await?;
     Ok(PodRecord {
@@ -191,7 +191,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(pod.default_route_oif().await.expect("route"), Some(inside.index));
+        assert_eq!(pod.default_route_oif(crate::routes::Family::V4).await.expect("route"), Some(inside.index));
         assert_eq!(hostl.controller, Some(br));
     }
 
@@ -214,7 +214,10 @@ mod tests {
         pod.add_addr(eth0, "10.244.1.9/16".parse().expect("literal")).await.expect("add");
         let req = AttachRequest { remembered: Some(first.ip), ..request("ns1") };
         attach(&net, &req, &BTreeSet::new()).await.expect("repair");
-        assert_eq!(pod.addrs(eth0).await.expect("list"), vec!["10.244.1.2/24".parse::<Ipv4Net>().expect("literal")]);
+        assert_eq!(
+            pod.addrs(eth0).await.expect("list"),
+            vec!["10.244.1.2/24".parse::<ipnet::IpNet>().expect("literal")]
+        );
     }
 
     #[tokio::test]

@@ -1,10 +1,12 @@
 //! Route decisions, pure: the routes weft owns and what to change in the kernel to get from the
 //! routes there to the ones the backends plan. The netlink module applies the actions; nothing
-//! here touches the system.
+//! here touches the system. Routes of both address families live in one list: a route's family
+//! is its destination's, and a route only ever matches or replaces one of its own family.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::IpAddr;
 
 /// Route protocol number marking the routes weft owns (`ip route show proto 213`).
 /// Routes with any other protocol are never touched.
@@ -16,16 +18,77 @@ pub enum RouteKind {
     Blackhole,
 }
 
-/// One IPv4 route in the main table, as weft installs it.
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn of_net(net: IpNet) -> Self {
+        Self::of(net.addr())
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// One route in the main table (IPv4 or IPv6), as weft installs it. Its gateway and source, when
+/// set, are of its destination's family ([`Route::check_family`]).
+///
+/// `metric` 0 is the family's default: IPv4 has a metric 0, IPv6 has none and the kernel gives
+/// such a route 1024, which the kernel module lists back as 0.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     pub kind: RouteKind,
-    pub via: Option<Ipv4Addr>,
+    pub via: Option<IpAddr>,
     /// Output interface index (`None` for blackholes).
     pub oif: Option<u32>,
-    pub src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     pub metric: u32,
+}
+
+/// A route whose gateway or source is of another family than its destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route {dst}: {what} {addr} is not {family} like the destination")]
+pub struct MixedFamily {
+    pub dst: IpNet,
+    pub what: &'static str,
+    pub addr: IpAddr,
+    pub family: Family,
+}
+
+impl Route {
+    pub fn family(&self) -> Family {
+        Family::of_net(self.dst)
+    }
+
+    /// The gateway and the source are of the destination's family (the kernel module refuses
+    /// to send anything else).
+    pub fn check_family(&self) -> Result<(), MixedFamily> {
+        let family = self.family();
+        for (what, addr) in [("gateway", self.via), ("source", self.src)] {
+            if let Some(addr) = addr.filter(|a| Family::of(*a) != family) {
+                return Err(MixedFamily { dst: self.dst, what, addr, family });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What reconcile does to the kernel's route table.
@@ -41,7 +104,9 @@ pub enum Action {
 }
 
 /// Actions that turn `current` (the weft-owned routes in the kernel) into `desired`.
-/// Routes are keyed by (destination, kind): one weft route per destination and kind.
+/// Routes are keyed by (destination, kind): one weft route per destination and kind. The
+/// destination carries its family, so a route never matches, replaces or deduplicates one of the
+/// other family, and every IPv4 route sorts before every IPv6 one.
 pub fn plan(desired: &[Route], current: &[Route]) -> Vec<Action> {
     let key = |r: &Route| (r.dst, r.kind);
     let want: BTreeMap<_, &Route> = desired.iter().map(|r| (key(r), r)).collect();
@@ -83,11 +148,14 @@ pub fn plan(desired: &[Route], current: &[Route]) -> Vec<Action> {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().expect("literal")
     }
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().expect("literal")
+    }
+    fn blackhole(dst: &str) -> Route {
+        Route { dst: net(dst), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 }
     }
     fn via(dst: &str, gw: &str) -> Route {
         Route { dst: net(dst), kind: RouteKind::Unicast, via: Some(ip(gw)), oif: Some(2), src: None, metric: 0 }
@@ -134,5 +202,79 @@ mod tests {
         let desired = vec![bh.clone()];
         assert!(plan(&desired, std::slice::from_ref(&bh)).is_empty());
         assert_eq!(plan(&[], std::slice::from_ref(&bh)), vec![Action::Del(bh)]);
+    }
+
+    #[test]
+    fn plan_treats_ipv6_routes_like_ipv4_ones() {
+        let desired = vec![via("fd00:2::/64", "fd00:ff::12"), via("fd00:3::/64", "fd00:ff::13")];
+        let current = vec![via("fd00:3::/64", "fd00:ff::99"), via("fd00:9::/64", "fd00:ff::19")];
+        assert_eq!(
+            plan(&desired, &current),
+            vec![
+                Action::Replace { old: via("fd00:3::/64", "fd00:ff::99"), new: via("fd00:3::/64", "fd00:ff::13") },
+                Action::Del(via("fd00:9::/64", "fd00:ff::19")),
+                Action::Add(via("fd00:2::/64", "fd00:ff::12")),
+            ]
+        );
+        assert!(plan(&desired, &desired).is_empty());
+        let mut dup = via("fd00:2::/64", "fd00:ff::12");
+        dup.metric = 50;
+        assert_eq!(plan(&desired[..1], &[dup.clone(), desired[0].clone()]), vec![Action::Del(dup)]);
+    }
+
+    #[test]
+    fn plan_of_a_mixed_set_never_crosses_families() {
+        // Both families in one plan, ordered by key as for one family (IPv4 keys sort first).
+        let desired = vec![
+            via("fd00:2::/64", "fd00:ff::12"),
+            via("10.244.2.0/24", "172.30.0.12"),
+            via("10.244.3.0/24", "172.30.0.13"),
+            via("fd00:3::/64", "fd00:ff::13"),
+        ];
+        let current = vec![
+            via("fd00:3::/64", "fd00:ff::99"),
+            via("10.244.2.0/24", "172.30.0.12"),
+            via("fd00:9::/64", "fd00:ff::19"),
+            via("10.244.3.0/24", "172.30.0.99"),
+        ];
+        assert_eq!(
+            plan(&desired, &current),
+            vec![
+                Action::Replace { old: via("10.244.3.0/24", "172.30.0.99"), new: via("10.244.3.0/24", "172.30.0.13") },
+                Action::Replace { old: via("fd00:3::/64", "fd00:ff::99"), new: via("fd00:3::/64", "fd00:ff::13") },
+                Action::Del(via("fd00:9::/64", "fd00:ff::19")),
+                Action::Add(via("fd00:2::/64", "fd00:ff::12")),
+            ]
+        );
+        // Destinations that look alike across families are different keys: the default routes,
+        // and an IPv4 subnet beside its IPv4-mapped IPv6 form.
+        assert_eq!(
+            plan(&[blackhole("0.0.0.0/0")], &[blackhole("::/0")]),
+            vec![Action::Del(blackhole("::/0")), Action::Add(blackhole("0.0.0.0/0"))]
+        );
+        let mapped = via("::ffff:10.244.2.0/120", "fd00:ff::12");
+        assert_eq!(
+            plan(&[via("10.244.2.0/24", "172.30.0.12")], std::slice::from_ref(&mapped)),
+            vec![Action::Del(mapped), Action::Add(via("10.244.2.0/24", "172.30.0.12"))]
+        );
+        // Losing every route of one family leaves the other untouched.
+        let v4 = via("10.244.2.0/24", "172.30.0.12");
+        let v6 = via("fd00:2::/64", "fd00:ff::12");
+        assert_eq!(plan(std::slice::from_ref(&v4), &[v6.clone(), v4.clone()]), vec![Action::Del(v6)]);
+    }
+
+    #[test]
+    fn a_route_names_its_family_and_refuses_a_gateway_or_source_of_the_other() {
+        assert_eq!(via("10.244.2.0/24", "172.30.0.12").family(), Family::V4);
+        assert_eq!(via("fd00:2::/64", "fe80::2").family(), Family::V6);
+        assert_eq!(via("10.244.2.0/24", "172.30.0.12").check_family(), Ok(()));
+        assert_eq!(via("fd00:2::/64", "fe80::2").check_family(), Ok(()));
+        assert_eq!(blackhole("::/0").check_family(), Ok(()));
+        let e = via("10.244.2.0/24", "fd00:ff::12").check_family().expect_err("v6 gateway on a v4 route");
+        assert_eq!(e.to_string(), "route 10.244.2.0/24: gateway fd00:ff::12 is not IPv4 like the destination");
+        let mut r = via("fd00:2::/64", "fe80::2");
+        r.src = Some(ip("10.244.1.1"));
+        let e = r.check_family().expect_err("v4 source on a v6 route");
+        assert_eq!(e.to_string(), "route fd00:2::/64: source 10.244.1.1 is not IPv6 like the destination");
     }
 }

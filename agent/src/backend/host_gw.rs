@@ -7,6 +7,7 @@ use crate::firewall::ForwardMode;
 use crate::kernel::Kernel;
 use crate::routes::{Route, RouteKind};
 use anyhow::Result;
+use std::net::IpAddr;
 use weft_config::peers::Peer;
 
 pub const NAME: &str = "host-gw";
@@ -24,7 +25,8 @@ pub struct HostGw;
 /// Whether `peer`'s underlay address is on one of the node's connected prefixes (and is not
 /// the node's own address).
 pub fn on_link(peer: &Peer, node: &NodeView) -> bool {
-    node.prefixes.iter().any(|n| n.contains(&peer.public_ip) && n.addr() != peer.public_ip)
+    let ip = IpAddr::from(peer.public_ip);
+    node.prefixes.iter().any(|n| n.contains(&ip) && n.addr() != ip)
 }
 
 impl<K: Kernel> Driver<K> for HostGw {
@@ -41,9 +43,9 @@ impl<K: Kernel> Driver<K> for HostGw {
         for p in peers {
             if on_link(p, node) {
                 plan.routes.push(Route {
-                    dst: p.subnet,
+                    dst: p.subnet.into(),
                     kind: RouteKind::Unicast,
-                    via: Some(p.public_ip),
+                    via: Some(p.public_ip.into()),
                     oif: Some(node.underlay.index),
                     src: None,
                     metric: 0,

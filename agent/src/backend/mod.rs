@@ -27,7 +27,7 @@ use crate::kernel::Kernel;
 use crate::routes::Route;
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use weft_config::peers::Peer;
@@ -47,8 +47,9 @@ pub struct UnderlayInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub underlay: UnderlayInfo,
-    /// Connected prefixes of the underlay interface (address/len as configured on it).
-    pub prefixes: Vec<Ipv4Net>,
+    /// Connected prefixes of the underlay interface (address/len as configured on it), both
+    /// families.
+    pub prefixes: Vec<IpNet>,
     /// The cluster CIDR.
     pub cluster: Ipv4Net,
     /// This node's pod subnet.

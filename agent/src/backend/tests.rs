@@ -18,7 +18,7 @@ pub fn node(addr: &str) -> NodeView {
     let a = net(addr);
     NodeView {
         underlay: UnderlayInfo { index: 2, name: "eth0".into(), public_ip: a.addr(), mtu: 1500 },
-        prefixes: vec![a],
+        prefixes: vec![a.into()],
         cluster: net("10.244.0.0/16"),
         subnet: net("10.244.1.0/24"),
         mtu: 1500,
@@ -39,7 +39,14 @@ pub fn peer(node: &str, subnet: &str, public: &str) -> Peer {
 }
 
 pub fn via(dst: &str, gw: &str) -> Route {
-    Route { dst: net(dst), kind: RouteKind::Unicast, via: Some(ip(gw)), oif: Some(2), src: None, metric: 0 }
+    Route {
+        dst: net(dst).into(),
+        kind: RouteKind::Unicast,
+        via: Some(ip(gw).into()),
+        oif: Some(2),
+        src: None,
+        metric: 0,
+    }
 }
 
 /// A driver that carries the peers whose node name starts with `prefix` (or every peer), with
@@ -67,7 +74,14 @@ impl Driver<FakeKernel> for Fake {
     fn plan(&self, peers: &[&Peer], _: &NodeView) -> Plan {
         let routes = peers
             .iter()
-            .map(|p| Route { dst: p.subnet, kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 })
+            .map(|p| Route {
+                dst: p.subnet.into(),
+                kind: RouteKind::Blackhole,
+                via: None,
+                oif: None,
+                src: None,
+                metric: 0,
+            })
             .collect();
         Plan { routes, refused: Vec::new() }
     }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use weft_agent::cni::{self, code, Attachment, CniError, Command, Env, NetConf};
 use weft_agent::kernel::{Kernel, Netlink};
+use weft_agent::routes::Family;
 use weft_config::api::{PodInfo, Request, Response, MAX_REQUEST_BYTES};
 
 /// Largest network config read from stdin.
@@ -241,8 +242,8 @@ fn inspect(ifname: &str) -> anyhow::Result<Inside> {
     rt.block_on(async {
         let nl = Netlink::open()?;
         let Some(link) = nl.link(ifname).await? else { return Ok(None) };
-        let addrs = nl.addrs(link.index).await?;
-        let default_ok = nl.default_route_oif().await? == Some(link.index);
+        let addrs = weft_agent::kernel::ipv4_only(&nl.addrs(link.index).await?);
+        let default_ok = nl.default_route_oif(Family::V4).await? == Some(link.index);
         Ok(Some((link.up, addrs, default_ok)))
     })
 }

@@ -4,8 +4,9 @@
 use super::{decide, Ctx, Node};
 use crate::backend::{self, BuildContext, Drivers, UnderlayInfo};
 use crate::firewall::Runner;
-use crate::kernel::Kernel;
+use crate::kernel::{ipv4_only, Kernel};
 use crate::lease::{self, Decision};
+use crate::routes::Family;
 use crate::state::{self, SubnetState};
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -64,13 +65,13 @@ pub(super) async fn underlay_info<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S
         Some(name) => nl.link(name).await?.with_context(|| format!("underlay interface {name} does not exist"))?,
         None => {
             let idx = nl
-                .default_route_oif()
+                .default_route_oif(Family::V4)
                 .await?
                 .context("no default route to pick the underlay interface from; set underlay.interface")?;
             nl.link_by_index(idx).await?.context("default route interface vanished")?
         }
     };
-    let addrs = nl.addrs(link.index).await?;
+    let addrs = ipv4_only(&nl.addrs(link.index).await?);
     let public_ip = match ctx.cfg.underlay.public_ip {
         Some(ip) => {
             if !addrs.iter().any(|a| a.addr() == ip) {

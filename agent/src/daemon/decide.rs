@@ -8,7 +8,7 @@ use crate::kernel::Kernel;
 use crate::lease::Existing;
 use crate::routes::{Action, Route};
 use anyhow::{bail, Result};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use weft_config::api::PeerStatus;
 use weft_config::peers::{Peer, RawRecord, Skipped};
@@ -125,7 +125,7 @@ pub fn peer_statuses(
         .values()
         .map(|p| {
             let subnet = p.subnet.to_string();
-            let route_ok = desired.iter().any(|d| d.dst == p.subnet && installed.contains(d));
+            let route_ok = desired.iter().any(|d| d.dst == IpNet::from(p.subnet) && installed.contains(d));
             let prev = since.get(&(p.node.as_str(), subnet.as_str())).copied().filter(|&t| t > 0);
             PeerStatus {
                 node: p.node.clone(),

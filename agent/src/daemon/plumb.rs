@@ -3,7 +3,7 @@
 
 use super::{decide, ops, Ctx, Node};
 use crate::firewall::Runner;
-use crate::kernel::Kernel;
+use crate::kernel::{ipv4_only, Kernel};
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
 use anyhow::{anyhow, Result};
@@ -20,12 +20,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
     pub(super) async fn plumb<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let nl = &ctx.nl;
         self.bridge_index = nl.ensure_bridge(&ctx.cfg.bridge.name, self.mtu).await?;
-        let plan = decide::bridge(self.subnet, &nl.addrs(self.bridge_index).await?)?;
+        let plan = decide::bridge(self.subnet, &ipv4_only(&nl.addrs(self.bridge_index).await?))?;
         for a in plan.stale {
             info!(addr = %a, "removing a stale bridge address");
-            nl.del_addr(self.bridge_index, a).await?;
+            nl.del_addr(self.bridge_index, a.into()).await?;
         }
-        nl.add_addr(self.bridge_index, plan.gateway).await?;
+        nl.add_addr(self.bridge_index, plan.gateway.into()).await?;
         let node = self.node_view(ctx).await?;
         self.drivers.ensure(nl, &node).await?;
         self.apply_firewall(ctx);

@@ -181,7 +181,7 @@ impl World {
     fn bridge_addrs(&self) -> Option<Vec<IpNet>> {
         let b = self.nl.links().into_iter().find(|l| l.name == "weft0")?;
         let nl = self.nl.clone();
-        Some(futures::executor::block_on(async move { nl.addresses(b.index).await }).expect("addrs"))
+        Some(futures::executor::block_on(async move { nl.addrs(b.index).await }).expect("addrs"))
     }
 
     /// A peer's record as its agent writes it (with its own lease-less put).
@@ -191,7 +191,7 @@ impl World {
 
     fn route_via(&self, dst: &str, gw: &str) -> Route {
         Route {
-            dst: n(dst),
+            dst: n(dst).into(),
             kind: RouteKind::Unicast,
             via: Some(gw.parse().expect("ip")),
             oif: Some(self.eth0),
@@ -468,7 +468,10 @@ async fn a_stale_weft_route_is_removed_and_a_foreign_one_kept() {
     w.nl.seed_route(w.route_via("192.168.50.0/24", "172.30.0.1"), 4);
     let (_d, _h) = w.started().await;
     assert!(w.weft_routes().is_empty(), "weft's route to a subnet nobody holds went");
-    assert!(w.nl.routes().iter().any(|t| t.route.dst == n("192.168.50.0/24")), "someone else's route stays");
+    assert!(
+        w.nl.routes().iter().any(|t| t.route.dst == IpNet::from(n("192.168.50.0/24"))),
+        "someone else's route stays"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The agent's kernel effects behind one trait: links (bridge, veth, vxlan, wireguard),
-//! addresses, weft's routes, neighbour and FDB entries, and named namespaces. [`Netlink`] is the
+//! addresses, weft's routes, neighbour and FDB entries, and named namespaces. Every address in
+//! it is family-generic (`IpNet`/`IpAddr`): IPv4 and IPv6 go through the same calls. [`Netlink`] is the
 //! real implementation; [`fake::FakeKernel`] is an in-memory model that records every change,
 //! so "this setup sends these changes" is a unit test without root.
 //!
@@ -16,7 +17,7 @@ pub use crate::routes::WEFT_PROTO;
 pub use fake::FakeKernel;
 pub use netlink::{write_sysctl, Netlink};
 
-use crate::routes::{Action, Route};
+use crate::routes::{Action, Family, Route};
 use anyhow::Result;
 use ipnet::{IpNet, Ipv4Net};
 use std::fmt;
@@ -137,6 +138,11 @@ pub fn errno(e: &anyhow::Error) -> Option<i32> {
     })
 }
 
+/// The IPv4 ones of `addrs`, for callers whose configuration is IPv4 only.
+pub fn ipv4_only(addrs: &[IpNet]) -> Vec<Ipv4Net> {
+    addrs.iter().filter_map(|a| if let IpNet::V4(v4) = a { Some(*v4) } else { None }).collect()
+}
+
 /// The kernel as the agent uses it: one handle is bound to one network namespace.
 ///
 /// Errors keep the kernel's errno in their chain (see [`errno`]). Where the agent has always
@@ -175,42 +181,31 @@ pub trait Kernel: Clone + Send + Sync + 'static {
     /// has no WireGuard.
     fn add_wireguard(&self, name: &str, mtu: u32) -> impl Future<Output = Result<u32>> + Send;
 
-    /// Addresses (with prefix) on a link, every family.
-    fn addresses(&self, index: u32) -> impl Future<Output = Result<Vec<IpNet>>> + Send;
-    /// Adds an address; one already there is fine.
-    fn add_address(&self, index: u32, addr: IpNet) -> impl Future<Output = Result<()>> + Send;
+    /// Addresses (with prefix) on a link, both families (IPv6 link-local ones included).
+    fn addrs(&self, index: u32) -> impl Future<Output = Result<Vec<IpNet>>> + Send;
+    /// Adds an address; one already there is fine. An IPv6 address is added without duplicate
+    /// address detection (`nodad`): weft hands out its addresses itself, and a tentative address
+    /// could not be a route's source.
+    fn add_addr(&self, index: u32, addr: IpNet) -> impl Future<Output = Result<()>> + Send;
     /// Removes an address; an absent one is fine.
-    fn del_address(&self, index: u32, addr: IpNet) -> impl Future<Output = Result<()>> + Send;
+    fn del_addr(&self, index: u32, addr: IpNet) -> impl Future<Output = Result<()>> + Send;
 
-    /// IPv4 addresses on a link (what the agent uses today).
-    fn addrs(&self, index: u32) -> impl Future<Output = Result<Vec<Ipv4Net>>> + Send {
-        async move {
-            Ok(self
-                .addresses(index)
-                .await?
-                .into_iter()
-                .filter_map(|a| if let IpNet::V4(v4) = a { Some(v4) } else { None })
-                .collect())
-        }
-    }
-    fn add_addr(&self, index: u32, addr: Ipv4Net) -> impl Future<Output = Result<()>> + Send {
-        self.add_address(index, IpNet::V4(addr))
-    }
-    fn del_addr(&self, index: u32, addr: Ipv4Net) -> impl Future<Output = Result<()>> + Send {
-        self.del_address(index, IpNet::V4(addr))
-    }
-
-    /// The routes weft owns (protocol [`WEFT_PROTO`]) in the main IPv4 table.
+    /// The routes weft owns (protocol [`WEFT_PROTO`]) in the main table, both families in one
+    /// list (IPv4 and IPv6 are two tables to the kernel; [`crate::routes::plan`] keeps them
+    /// apart by destination).
     fn weft_routes(&self) -> impl Future<Output = Result<Vec<Route>>> + Send;
-    /// Applies one route action: an add that finds the route there replaces it; deleting an
-    /// absent route is fine.
+    /// Applies one route action, of either family: an add that finds the route there replaces
+    /// it; deleting an absent route is fine. A route whose gateway or source is of another
+    /// family than its destination is refused before anything is sent
+    /// ([`crate::routes::MixedFamily`]).
     fn apply(&self, action: &Action) -> impl Future<Output = Result<()>> + Send;
-    /// Output interface of the IPv4 default route, if any.
-    fn default_route_oif(&self) -> impl Future<Output = Result<Option<u32>>> + Send;
-    /// Adds or replaces the default route via `via` on `oif` (a pod's; not weft-marked).
+    /// Output interface of the default route of `family` in the main table, if any.
+    fn default_route_oif(&self, family: Family) -> impl Future<Output = Result<Option<u32>>> + Send;
+    /// Adds or replaces the default route (of `via`'s family) via `via` on `oif` (a pod's; not
+    /// weft-marked).
     fn replace_default_route(&self, via: IpAddr, oif: u32) -> impl Future<Output = Result<()>> + Send;
 
-    /// Neighbour entries on a device, with their owners.
+    /// Neighbour entries (IPv4 ARP and IPv6 NDP) on a device, with their owners.
     fn neighbours(&self, ifindex: u32) -> impl Future<Output = Result<Vec<Listed<Neighbour>>>> + Send;
     /// Adds a permanent weft-owned neighbour entry; `EEXIST` if any entry for the IP is there.
     fn add_neighbour(&self, n: &Neighbour) -> impl Future<Output = Result<()>> + Send;
@@ -243,6 +238,16 @@ mod tests {
         assert!("02:0a:ff:00:10:01:02".parse::<Mac>().is_err());
         assert!("02:0a:ff:00:10:zz".parse::<Mac>().is_err());
         assert_eq!(Mac::from_bytes(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn ipv4_only_keeps_the_ipv4_addresses_in_order() {
+        let all: Vec<IpNet> = ["fe80::1/64", "10.0.0.1/24", "fd00::1/64", "10.0.1.1/16"]
+            .iter()
+            .map(|s| s.parse().expect("literal"))
+            .collect();
+        let v4: Vec<Ipv4Net> = ["10.0.0.1/24", "10.0.1.1/16"].iter().map(|s| s.parse().expect("literal")).collect();
+        assert_eq!(ipv4_only(&all), v4);
     }
 
     #[test]

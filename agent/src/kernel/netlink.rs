@@ -1,9 +1,9 @@
 //! The real [`Kernel`]: thin netlink effects over rtnetlink (links, addresses, weft's routes,
-//! neighbour and FDB entries). Decisions live in `routes`, `pods` and the backends; this module
+//! neighbour and FDB entries; AF_INET and AF_INET6 alike). Decisions live in `routes`, `pods` and the backends; this module
 //! only reads and writes kernel state.
 
 use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan};
-use crate::routes::{Action, Route, WEFT_PROTO};
+use crate::routes::{Action, Family, Route, WEFT_PROTO};
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -15,7 +15,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 mod msg;
-use msg::{addr_of, build_route, neighbour_address, parse_fdb, parse_link, parse_neighbour, parse_route, table_of};
+use msg::{
+    addr_of, build_route, family_of, neighbour_address, parse_fdb, parse_link, parse_neighbour, parse_route, skip_dad,
+    table_of,
+};
 
 /// The errno of a netlink failure, if it is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -55,12 +58,17 @@ impl Netlink {
 }
 
 impl Netlink {
-    /// All IPv4 routes of the main table.
-    async fn main_routes(&self) -> Result<Vec<RouteMessage>> {
+    /// All routes of `family` in the main table. Messages of another family are dropped: a
+    /// kernel without IPv6 answers an IPv6 dump with every family's routes.
+    async fn main_routes(&self, family: Family) -> Result<Vec<RouteMessage>> {
+        let query = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
         let mut out = Vec::new();
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(m) = s.try_next().await.context("listing routes")? {
-            if table_of(&m) == u32::from(RouteHeader::RT_TABLE_MAIN) {
+        let mut s = self.handle.route().get(query).execute();
+        while let Some(m) = s.try_next().await.with_context(|| format!("listing {family} routes"))? {
+            if family_of(&m) == Some(family) && table_of(&m) == u32::from(RouteHeader::RT_TABLE_MAIN) {
                 out.push(m);
             }
         }
@@ -247,7 +255,7 @@ impl Kernel for Netlink {
         Ok(self.link(name).await?.with_context(|| format!("wireguard device {name} vanished after creation"))?.index)
     }
 
-    async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+    async fn addrs(&self, index: u32) -> Result<Vec<IpNet>> {
         let mut out = Vec::new();
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(m) = s.try_next().await.context("listing addresses")? {
@@ -261,15 +269,17 @@ impl Kernel for Netlink {
         Ok(out)
     }
 
-    async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
+    async fn add_addr(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut req = self.handle.address().add(index, addr.addr(), addr.prefix_len());
+        skip_dad(req.message_mut());
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(anyhow!(e).context(format!("adding {addr} to link #{index}"))),
         }
     }
 
-    async fn del_address(&self, index: u32, addr: IpNet) -> Result<()> {
+    async fn del_addr(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(m) = s.try_next().await.context("listing addresses")? {
             if m.header.index == index && addr_of(&m) == Some(addr) {
@@ -279,21 +289,25 @@ impl Kernel for Netlink {
         Ok(())
     }
 
-    /// The routes weft owns (protocol `WEFT_PROTO`) in the main table.
+    /// The routes weft owns (protocol `WEFT_PROTO`) in the main table: the IPv4 ones, then the
+    /// IPv6 ones.
     async fn weft_routes(&self) -> Result<Vec<Route>> {
-        Ok(self
-            .main_routes()
-            .await?
-            .iter()
-            .filter(|m| m.header.protocol == RouteProtocol::Other(WEFT_PROTO))
-            .filter_map(parse_route)
-            .collect())
+        let mut out = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            out.extend(
+                self.main_routes(family)
+                    .await?
+                    .iter()
+                    .filter(|m| m.header.protocol == RouteProtocol::Other(WEFT_PROTO))
+                    .filter_map(parse_route),
+            );
+        }
+        Ok(out)
     }
 
-    /// Output interface of the IPv4 default route, if any.
-    async fn default_route_oif(&self) -> Result<Option<u32>> {
+    async fn default_route_oif(&self, family: Family) -> Result<Option<u32>> {
         Ok(self
-            .main_routes()
+            .main_routes(family)
             .await?
             .iter()
             .filter(|m| m.header.destination_prefix_length == 0 && m.header.kind == RouteType::Unicast)
@@ -304,12 +318,12 @@ impl Kernel for Netlink {
 
     async fn apply(&self, action: &Action) -> Result<()> {
         match action {
-            Action::Add(r) => match self.handle.route().add(build_route(r)).execute().await {
+            Action::Add(r) => match self.handle.route().add(build_route(r)?).execute().await {
                 Ok(()) => Ok(()),
                 Err(e) if errno(&e) == Some(libc::EEXIST) => self
                     .handle
                     .route()
-                    .add(build_route(r))
+                    .add(build_route(r)?)
                     .replace()
                     .execute()
                     .await
@@ -319,12 +333,12 @@ impl Kernel for Netlink {
             Action::Replace { new, .. } => self
                 .handle
                 .route()
-                .add(build_route(new))
+                .add(build_route(new)?)
                 .replace()
                 .execute()
                 .await
                 .with_context(|| format!("replacing route {}", new.dst)),
-            Action::Del(r) => match self.handle.route().del(build_route(r)).execute().await {
+            Action::Del(r) => match self.handle.route().del(build_route(r)?).execute().await {
                 Ok(()) => Ok(()),
                 Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
                 Err(e) => Err(anyhow!(e).context(format!("deleting route {}", r.dst))),

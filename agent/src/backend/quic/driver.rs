@@ -78,7 +78,7 @@ pub fn specs(peers: &[&Peer]) -> Vec<PeerSpec> {
 pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
     let mut plan = Plan {
         routes: vec![Route {
-            dst: node.cluster,
+            dst: node.cluster.into(),
             kind: RouteKind::Blackhole,
             via: None,
             oif: None,
@@ -90,11 +90,11 @@ pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
     for p in peers {
         if endpoint(p).is_some() {
             plan.routes.push(Route {
-                dst: p.subnet,
+                dst: p.subnet.into(),
                 kind: RouteKind::Unicast,
                 via: None,
                 oif: Some(tun_index),
-                src: Some(node.gateway()),
+                src: Some(node.gateway().into()),
                 metric: 0,
             });
         } else {

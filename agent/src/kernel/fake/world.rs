@@ -179,7 +179,8 @@ impl World {
     }
 }
 
-/// The kernel's key for an IPv4 route in one table: destination, TOS (always 0 here), metric.
+/// The kernel's key for a route in one table: destination (of one family), TOS (always 0 here),
+/// metric.
 pub(super) fn same_key(a: &Route, b: &Route) -> bool {
     a.dst == b.dst && a.metric == b.metric
 }
