@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
-use weft_agent::quic::packet::{check_inbound, outbound_dst, Prefix, SubnetTable};
+use weft_agent::quic::packet::{check_inbound, outbound_dst, Addr, Prefix, SubnetTable};
 
 /// The tun MTU on a 1500-byte underlay (`tun_mtu_for(1500)`).
 const PKT: usize = 1434;
@@ -106,8 +106,8 @@ impl Rng {
 }
 
 fn validation(c: &mut Criterion) {
-    let peer = Prefix::new("10.244.2.0/24".parse().expect("literal"));
-    let local = Prefix::new("10.244.1.0/24".parse().expect("literal"));
+    let peer = Prefix::new("10.244.2.0/24".parse::<ipnet::IpNet>().expect("literal"));
+    let local = Prefix::new("10.244.1.0/24".parse::<ipnet::IpNet>().expect("literal"));
     let good = build_tcp(ip(10, 244, 2, 5), ip(10, 244, 1, 7), 40000, 1, 1, MSS);
     assert_eq!(good.len(), PKT);
     assert!(outbound_dst(&good).is_ok());
@@ -138,17 +138,18 @@ fn peer_lookup(c: &mut Criterion) {
     for peers in [1u32, 10, 100, 1000] {
         // /24 subnets from 10.244.0.0 up (past 10.244.255.0 into 10.245.0.0/16 and on for 1000)
         let base = u32::from(ip(10, 244, 0, 0));
-        let mut table = SubnetTable::new(0xffff_ff00);
+        let mut table = SubnetTable::new(Prefix::new(ipnet::Ipv4Net::new(ip(10, 244, 0, 0), 24).expect("literal")));
         for i in 0..peers {
-            table.insert(base + (i << 8), Arc::new(i));
+            let subnet = ipnet::Ipv4Net::new(Ipv4Addr::from(base + (i << 8)), 24).expect("literal");
+            assert!(table.insert(subnet, Arc::new(i)));
         }
         assert_eq!(table.len(), peers as usize);
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(peers));
-        let dsts: Vec<u32> = (0..LOOKUPS)
+        let dsts: Vec<Addr> = (0..LOOKUPS)
             .map(|_| {
                 let r = rng.next();
                 let subnet = (r >> 32) as u32 % peers;
-                base + (subnet << 8) + 1 + (r as u32 % 254)
+                Addr::V4(base + (subnet << 8) + 1 + (r as u32 % 254))
             })
             .collect();
         assert!(dsts.iter().all(|&d| table.lookup(d).is_some()));

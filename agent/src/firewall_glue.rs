@@ -1,6 +1,7 @@
 //! Binds the firewall module to the agent: the rule set for this node's network, subnet and
 //! forward policy (which the backends decide), and keeping the blocking iptables/nft calls off
-//! the async workers' hot path.
+//! the async workers' hot path. The agent's addresses are IPv4 for now: this is where they become
+//! the family-generic spec's (an IPv4 spec).
 
 use crate::firewall::{self, FirewallSpec, ForwardMode, ForwardPolicy, Runner, SystemRunner};
 use anyhow::{anyhow, Result};
@@ -35,8 +36,8 @@ impl<R: Runner> Firewall<R> {
     fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net, policy: &ForwardPolicy) -> FirewallSpec {
         FirewallSpec {
             network: self.network.clone(),
-            cluster_cidr: cluster,
-            node_subnet: subnet,
+            cluster_cidr: cluster.into(),
+            node_subnet: subnet.into(),
             bridge: self.bridge.clone(),
             mode: policy.default.clone(),
             overrides: policy.overrides.clone(),
@@ -79,5 +80,15 @@ mod tests {
         assert_eq!(spec.mode, policy.default);
         assert_eq!(spec.overrides, policy.overrides);
         assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn the_agent_installs_the_ipv4_rules() {
+        let spec = glue("").spec(
+            "10.244.0.0/16".parse().expect("net"),
+            "10.244.1.0/24".parse().expect("net"),
+            &ForwardPolicy::uniform(ForwardMode::Open),
+        );
+        assert_eq!((spec.family(), spec.tag().as_str()), (firewall::Family::V4, "weft:lab"));
     }
 }

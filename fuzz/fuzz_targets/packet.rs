@@ -1,25 +1,41 @@
-//! Packet validation of the quic data path: `ipv4_addrs` and `check_inbound` on arbitrary bytes.
-//! The first 10 bytes pick the peer and local prefixes; the rest is the packet.
+//! Packet validation of the quic data path: `ip_addrs` (`ipv4_addrs`, `ipv6_addrs`),
+//! `outbound_dst` and `check_inbound` on arbitrary bytes. The first 36 bytes pick the peer and
+//! local prefixes (18 bytes each: which families, a length, an address); the rest is the packet.
 #![no_main]
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
-use std::net::Ipv4Addr;
-use weft_agent::quic::packet::{check_inbound, ipv4_addrs, DropReason, Prefix};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use weft_agent::quic::packet::{
+    check_inbound, ip_addrs, ipv4_addrs, ipv6_addrs, outbound_dst, Addr, DropReason, Prefix,
+};
 
-fn prefix(b: &[u8]) -> (Prefix, ipnet::Ipv4Net) {
-    let net = ipnet::Ipv4Net::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), b[4] % 33).expect("len <= 32").trunc();
-    (Prefix::new(net), net)
+const SPEC: usize = 18;
+
+/// A prefix of no, one or both families (byte 0), with a length (byte 1) and an address (bytes
+/// 2..18, of which an IPv4 prefix takes the first 4); also as the nets it stands for.
+fn prefix(b: &[u8; SPEC]) -> (Prefix, Vec<IpNet>) {
+    let mut nets: Vec<IpNet> = Vec::new();
+    if b[0] & 1 != 0 {
+        let a = Ipv4Addr::new(b[2], b[3], b[4], b[5]);
+        nets.push(Ipv4Net::new(a, b[1] % 33).expect("len <= 32").trunc().into());
+    }
+    if b[0] & 2 != 0 {
+        let a = Ipv6Addr::from(u128::from_be_bytes(std::array::from_fn(|i| b[2 + i])));
+        nets.push(Ipv6Net::new(a, b[1] % 129).expect("len <= 128").trunc().into());
+    }
+    let p = nets.iter().fold(Prefix::NONE, |p, n| p.with(*n));
+    (p, nets)
 }
 
-fuzz_target!(|data: &[u8]| {
-    if data.len() < 10 {
-        let _ = ipv4_addrs(data);
-        return;
-    }
-    let ((peer, pn), (local, ln)) = (prefix(&data[..5]), prefix(&data[5..10]));
-    let pkt = &data[10..];
-    let addrs = ipv4_addrs(pkt);
-    if let Ok((s, d)) = addrs {
+fn inside(nets: &[IpNet], a: Addr) -> bool {
+    let a = IpAddr::from(a);
+    nets.iter().any(|n| n.contains(&a))
+}
+
+fn check_parsers(pkt: &[u8]) {
+    let (v4, v6) = (ipv4_addrs(pkt), ipv6_addrs(pkt));
+    if let Ok((s, d)) = v4 {
         assert!(pkt.len() >= 20 && pkt[0] >> 4 == 4);
         assert_eq!(usize::from(u16::from_be_bytes([pkt[2], pkt[3]])), pkt.len());
         assert_eq!(
@@ -30,14 +46,43 @@ fuzz_target!(|data: &[u8]| {
             )
         );
     }
+    if let Ok((s, d)) = v6 {
+        assert!(pkt.len() >= 40 && pkt[0] >> 4 == 6);
+        assert_eq!(usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + 40, pkt.len());
+        let word = |at: usize| u128::from_be_bytes(std::array::from_fn(|i| pkt[at + i]));
+        assert_eq!((s, d), (word(8), word(24)));
+    }
+    let want = match (v4, v6) {
+        (Ok((s, d)), Err(_)) => Ok((Addr::V4(s), Addr::V4(d))),
+        (Err(_), Ok((s, d))) => Ok((Addr::V6(s), Addr::V6(d))),
+        (Err(e), Err(_)) => Err(e),
+        (Ok(_), Ok(_)) => panic!("a packet parsed as both IPv4 and IPv6"),
+    };
+    assert_eq!(ip_addrs(pkt), want);
+    assert_eq!(outbound_dst(pkt), want.map(|(_, d)| d));
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (Some(peer), Some(local)) = (data.first_chunk::<SPEC>(), data.get(SPEC..).and_then(|d| d.first_chunk::<SPEC>()))
+    else {
+        check_parsers(data);
+        return;
+    };
+    let ((peer, pn), (local, ln)) = (prefix(peer), prefix(local));
+    let pkt = &data[2 * SPEC..];
+    check_parsers(pkt);
+    let addrs = ip_addrs(pkt);
     match check_inbound(pkt, peer, local) {
         Ok(()) => {
             let (s, d) = addrs.expect("admitted packets parse");
-            assert!(pn.contains(&Ipv4Addr::from(s)) && ln.contains(&Ipv4Addr::from(d)));
+            assert!(inside(&pn, s) && inside(&ln, d));
         }
         Err(DropReason::Malformed) => assert!(addrs.is_err()),
-        Err(DropReason::BadSource) => assert!(!pn.contains(&Ipv4Addr::from(addrs.expect("parses").0))),
-        Err(DropReason::BadDestination) => assert!(!ln.contains(&Ipv4Addr::from(addrs.expect("parses").1))),
+        Err(DropReason::BadSource) => assert!(!inside(&pn, addrs.expect("parses").0)),
+        Err(DropReason::BadDestination) => {
+            let (s, d) = addrs.expect("parses");
+            assert!(inside(&pn, s) && !inside(&ln, d));
+        }
         Err(other) => panic!("unexpected verdict {other:?}"),
     }
 });

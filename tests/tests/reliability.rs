@@ -1057,8 +1057,8 @@ fn r7_bad_weftctl_arguments_exit_2_with_one_exact_line() {
 
 mod props {
     use proptest::prelude::*;
-    use std::net::Ipv4Addr;
-    use weft_agent::quic::packet::{build_udp, check_inbound, ipv4_addrs, DropReason, Prefix};
+    use std::net::{IpAddr, Ipv4Addr};
+    use weft_agent::quic::packet::{build_udp, check_inbound, ip_addrs, ipv4_addrs, DropReason, Prefix};
     use weft_config::peers::{build_peer_set, RawRecord};
     use weft_config::{agent::valid_name, Backend, Keys, NetworkConfig, SubnetRecord};
 
@@ -1070,10 +1070,10 @@ mod props {
         ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() }
     }
 
-    fn prefix() -> impl Strategy<Value = (Prefix, ipnet::Ipv4Net)> {
+    fn prefix() -> impl Strategy<Value = (Prefix, ipnet::IpNet)> {
         (any::<u32>(), 8u8..=30).prop_map(|(a, l)| {
             let n = ipnet::Ipv4Net::new(Ipv4Addr::from(a), l).expect("len").trunc();
-            (Prefix::new(n), n)
+            (Prefix::new(n), n.into())
         })
     }
 
@@ -1143,12 +1143,12 @@ mod props {
         fn check_inbound_admits_only_peer_to_local(p in packet(), (peer, pn) in prefix(), (local, ln) in prefix()) {
             match check_inbound(&p, peer, local) {
                 Ok(()) => {
-                    let (s, d) = ipv4_addrs(&p).expect("admitted packets parse");
-                    prop_assert!(pn.contains(&Ipv4Addr::from(s)) && ln.contains(&Ipv4Addr::from(d)));
+                    let (s, d) = ip_addrs(&p).expect("admitted packets parse");
+                    prop_assert!(pn.contains(&IpAddr::from(s)) && ln.contains(&IpAddr::from(d)));
                 }
-                Err(DropReason::Malformed) => prop_assert!(ipv4_addrs(&p).is_err()),
-                Err(DropReason::BadSource) => prop_assert!(!pn.contains(&Ipv4Addr::from(ipv4_addrs(&p).expect("parses").0))),
-                Err(DropReason::BadDestination) => prop_assert!(!ln.contains(&Ipv4Addr::from(ipv4_addrs(&p).expect("parses").1))),
+                Err(DropReason::Malformed) => prop_assert!(ip_addrs(&p).is_err()),
+                Err(DropReason::BadSource) => prop_assert!(!pn.contains(&IpAddr::from(ip_addrs(&p).expect("parses").0))),
+                Err(DropReason::BadDestination) => prop_assert!(!ln.contains(&IpAddr::from(ip_addrs(&p).expect("parses").1))),
                 Err(other) => prop_assert!(false, "unexpected verdict {:?}", other),
             }
         }

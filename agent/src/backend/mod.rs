@@ -262,7 +262,7 @@ impl<K: Kernel> Drivers<K> {
         let mut overrides = BTreeMap::new();
         for (mode, share) in modes.iter().zip(shares) {
             if *mode != default {
-                overrides.extend(share.iter().map(|p| (p.subnet, mode.clone())));
+                overrides.extend(share.iter().map(|p| (p.subnet.into(), mode.clone())));
             }
         }
         ForwardPolicy { default, overrides }

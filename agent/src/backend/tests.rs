@@ -127,7 +127,10 @@ fn a_tunnelling_driver_makes_fail_closed_the_default_and_open_peers_overrides() 
     let peers = [peer("near-a", "10.244.2.0/24", "172.30.0.12"), peer("far-b", "10.244.3.0/24", "172.30.1.13")];
     let (_, policy) = d.plan(&peers.iter().collect::<Vec<_>>(), &n);
     assert_eq!(policy.default, tunnel());
-    assert_eq!(policy.overrides.into_iter().collect::<Vec<_>>(), vec![(net("10.244.2.0/24"), ForwardMode::Open)]);
+    assert_eq!(
+        policy.overrides.into_iter().collect::<Vec<_>>(),
+        vec![(net("10.244.2.0/24").into(), ForwardMode::Open)]
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //!
 //! Fixtures are real outputs captured on Debian 12 (iptables 1.8.9 nf_tables, nft 1.0.6) inside a
 //! scratch network namespace; spec: network `t`, cluster 10.244.0.0/16, node 10.244.1.0/24,
-//! bridge `r-c1`, tun `r-c2`.
+//! bridge `r-c1`, tun `r-c2`. The IPv6 ones (`IP6_*`, `NFT_*6`, `NFT_FORWARD_DUAL`) were captured
+//! the same way with the IPv6 twin of that spec ([`spec6`]: cluster fd00:244::/48, node
+//! fd00:244:0:1::/64, tag `weft:t:ip6`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -98,8 +100,39 @@ pub(super) const NFT_FORWARD_AFTER: &str = r#"{"nftables": [{"metainfo": {"versi
 /// and `ct state invalid drop`.
 pub(super) const NFT_FORWARD_TUNNEL: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 12, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c2"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 11, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 10, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "r-c1"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 9, "comment": "weft:t2", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.245.0.0", "len": 16}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 8, "comment": "weft:t2", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.245.0.0", "len": 16}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.244.1.2"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}}]}"#;
 
+/// `ip6tables -S` after the tunnel rules of [`spec6`].
+pub(super) const IP6_FILTER_AFTER: &str = r#"-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-P OUTPUT ACCEPT
+-N WEFT-FWD-t
+-A FORWARD -m comment --comment "weft:t:ip6" -j WEFT-FWD-t
+-A WEFT-FWD-t -s fd00:244::/48 -d fd00:244:0:1::/64 -i r-c2 -m comment --comment "weft:t:ip6" -j ACCEPT
+-A WEFT-FWD-t -s fd00:244:0:1::/64 -i r-c1 -m comment --comment "weft:t:ip6" -j ACCEPT
+-A WEFT-FWD-t ! -s fd00:244::/48 -d fd00:244:0:1::/64 -o r-c1 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "weft:t:ip6" -j ACCEPT
+-A WEFT-FWD-t -d fd00:244::/48 -m comment --comment "weft:t:ip6" -j DROP
+"#;
+/// `ip6tables -t nat -S` after the masquerade of [`spec6`].
+pub(super) const IP6_NAT_AFTER: &str = r#"-P PREROUTING ACCEPT
+-P INPUT ACCEPT
+-P OUTPUT ACCEPT
+-P POSTROUTING ACCEPT
+-N WEFT-MASQ-t
+-A POSTROUTING -m comment --comment "weft:t:ip6" -j WEFT-MASQ-t
+-A WEFT-MASQ-t -s fd00:244::/48 -d fd00:244::/48 -m comment --comment "weft:t:ip6" -j RETURN
+-A WEFT-MASQ-t -s fd00:244::/48 ! -d ff00::/8 -m comment --comment "weft:t:ip6" -j MASQUERADE --random-fully
+"#;
+/// The chains of a host with `table inet filter`, ip6tables-nft's own tables (after the rules of
+/// [`spec6`]), and a forward chain in a table of family `ip6` and one of family `ip`, each of
+/// someone else's (two captures joined into one listing).
+pub(super) const NFT_CHAINS6: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"chain": {"family": "ip6", "table": "filter", "name": "WEFT-FWD-t", "handle": 1}}, {"chain": {"family": "ip6", "table": "filter", "name": "FORWARD", "handle": 6, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}, {"chain": {"family": "ip6", "table": "nat", "name": "WEFT-MASQ-t", "handle": 1}}, {"chain": {"family": "ip6", "table": "nat", "name": "POSTROUTING", "handle": 4, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}, {"chain": {"family": "ip6", "table": "mine", "name": "forward6", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}, {"chain": {"family": "ip", "table": "mine4", "name": "forward4", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}]}"#;
+/// One `inet` forward chain holding the tunnel rules of both families (handles 9, 8, 7: `weft:t:ip6`;
+/// 6, 5, 4: `weft:t`), then a foreign `ip6 saddr fd00:244:0:1::2 drop` and `ct state invalid drop`.
+pub(super) const NFT_FORWARD_DUAL: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 9, "comment": "weft:t:ip6", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c2"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00:244::", "len": 48}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "fd00:244:0:1::", "len": 64}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 8, "comment": "weft:t:ip6", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00:244:0:1::", "len": 64}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 7, "comment": "weft:t:ip6", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "r-c1"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00:244::", "len": 48}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "fd00:244:0:1::", "len": 64}}}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 6, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c2"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 5, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "r-c1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 4, "comment": "weft:t", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "r-c1"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "fd00:244:0:1::2"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}}]}"#;
+
 pub(super) const FILTER_LIST: &str = "iptables -w 5 -t filter -S";
 pub(super) const NAT_LIST: &str = "iptables -w 5 -t nat -S";
+pub(super) const IP6_FILTER_LIST: &str = "ip6tables -w 5 -t filter -S";
+pub(super) const IP6_NAT_LIST: &str = "ip6tables -w 5 -t nat -S";
 pub(super) const NFT_CHAINS: &str = "nft -j list chains";
 pub(super) const NFT_LIST_FWD: &str = "nft list chain inet filter forward";
 
@@ -178,7 +211,7 @@ pub(super) fn nft_expr_text(expr: &Value) -> String {
         }
         let m = e.get("match").expect("match");
         let left = if let Some(p) = m["left"].get("payload") {
-            format!("ip {}", p["field"].as_str().unwrap_or("?"))
+            format!("{} {}", p["protocol"].as_str().unwrap_or("?"), p["field"].as_str().unwrap_or("?"))
         } else if let Some(k) = m["left"].pointer("/meta/key") {
             k.as_str().unwrap_or("?").to_string()
         } else {
@@ -205,6 +238,15 @@ pub(super) fn spec(mode: ForwardMode, ip_masq: bool) -> FirewallSpec {
         mode,
         overrides: BTreeMap::new(),
         ip_masq,
+    }
+}
+
+/// The IPv6 twin of [`spec`]: cluster fd00:244::/48, node fd00:244:0:1::/64.
+pub(super) fn spec6(mode: ForwardMode, ip_masq: bool) -> FirewallSpec {
+    FirewallSpec {
+        cluster_cidr: "fd00:244::/48".parse().expect("cidr"),
+        node_subnet: "fd00:244:0:1::/64".parse().expect("subnet"),
+        ..spec(mode, ip_masq)
     }
 }
 

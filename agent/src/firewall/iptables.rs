@@ -1,17 +1,36 @@
 //! The iptables side of the firewall, pure: the parser of `iptables -S`, the renderers of weft's
-//! chains and jumps, and the plans that turn a listing into the writes that repair it.
+//! chains and jumps, and the plans that turn a listing into the writes that repair it. An IPv4
+//! spec goes through `iptables`, an IPv6 one through `ip6tables`: the same rules, commands and
+//! listing format, in the kernel's separate IPv6 tables.
 
 use std::collections::HashSet;
 
-use super::spec::FirewallSpec;
+use super::spec::{Family, FirewallSpec};
 use super::{Command, ForwardMode, OnFailure};
 
 /// The iptables program (iptables-nft on a current distribution).
 pub const IPTABLES: &str = "iptables";
+/// Its IPv6 twin.
+pub const IP6TABLES: &str = "ip6tables";
 
 /// Seconds `iptables` waits for the xtables lock (matters with iptables-legacy).
 const XT_WAIT: &str = "5";
-const MULTICAST: &str = "224.0.0.0/4";
+
+/// The program that holds `family`'s tables.
+pub fn program(family: Family) -> &'static str {
+    match family {
+        Family::V4 => IPTABLES,
+        Family::V6 => IP6TABLES,
+    }
+}
+
+/// Multicast destinations, never masqueraded.
+fn multicast(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "224.0.0.0/4",
+        Family::V6 => "ff00::/8",
+    }
+}
 
 /// The iptables tables weft writes to, in the order `ensure` and `remove` visit them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +52,16 @@ impl Table {
     }
 }
 
-/// `iptables -w 5 -t <table> <args>`.
-fn xt(table: Table, args: Vec<String>, on_failure: OnFailure) -> Command {
+/// `iptables -w 5 -t <table> <args>` (`ip6tables` for IPv6).
+fn xt(family: Family, table: Table, args: Vec<String>, on_failure: OnFailure) -> Command {
     let mut all = words(&["-w", XT_WAIT, "-t", table.name()]);
     all.extend(args);
-    Command::new(IPTABLES, all, on_failure)
+    Command::new(program(family), all, on_failure)
 }
 
-/// The command that lists `table` (its output is what [`XtTable::parse`] reads).
-pub fn listing(table: Table) -> Command {
-    xt(table, words(&["-S"]), OnFailure::Stop)
+/// The command that lists `table` of `family` (its output is what [`XtTable::parse`] reads).
+pub fn listing(family: Family, table: Table) -> Command {
+    xt(family, table, words(&["-S"]), OnFailure::Stop)
 }
 
 /// The writes that make `table` look like `spec` asks: in `filter`, weft's forward chain and its
@@ -50,9 +69,11 @@ pub fn listing(table: Table) -> Command {
 /// all is in place. The commands depend on each other: the executor stops at the first failure.
 pub fn plan(spec: &FirewallSpec, table: Table, listing: &XtTable) -> Vec<Command> {
     let tag = spec.tag();
+    let family = spec.family();
     match table {
         Table::Filter => {
             let want = XtChain {
+                family,
                 table,
                 chain: spec.forward_chain(),
                 hook: "FORWARD",
@@ -63,6 +84,7 @@ pub fn plan(spec: &FirewallSpec, table: Table, listing: &XtTable) -> Vec<Command
         }
         Table::Nat if spec.ip_masq => {
             let want = XtChain {
+                family,
                 table,
                 chain: spec.masq_chain(),
                 hook: "POSTROUTING",
@@ -71,22 +93,23 @@ pub fn plan(spec: &FirewallSpec, table: Table, listing: &XtTable) -> Vec<Command
             };
             plan_chain(&want, &tag, listing)
         }
-        Table::Nat => plan_absent(table, &spec.masq_chain(), listing),
+        Table::Nat => plan_absent(family, table, &spec.masq_chain(), listing),
     }
 }
 
 /// The writes that take weft's chain of `table` (and every jump to it) away. Depends only on
-/// `spec.network`; the executor goes on past failures.
+/// `spec.network` and the family; the executor goes on past failures.
 pub fn plan_remove(spec: &FirewallSpec, table: Table, listing: &XtTable) -> Vec<Command> {
     let chain = match table {
         Table::Filter => spec.forward_chain(),
         Table::Nat => spec.masq_chain(),
     };
-    plan_absent(table, &chain, listing)
+    plan_absent(spec.family(), table, &chain, listing)
 }
 
 /// One chain of weft's as it should be.
 struct XtChain {
+    family: Family,
     table: Table,
     chain: String,
     /// The built-in chain that jumps to `chain`.
@@ -97,16 +120,17 @@ struct XtChain {
 }
 
 fn plan_chain(want: &XtChain, tag: &str, listing: &XtTable) -> Vec<Command> {
-    let (table, chain, hook) = (want.table, want.chain.as_str(), want.hook);
+    let (family, table, chain, hook) = (want.family, want.table, want.chain.as_str(), want.hook);
     let name = table.name();
-    let step = |args: Vec<String>| xt(table, args, OnFailure::Stop);
+    let tool = program(family);
+    let step = |args: Vec<String>| xt(family, table, args, OnFailure::Stop);
     let mut out = Vec::new();
 
     let have: Vec<&Vec<String>> = listing.rules_in(chain).collect();
     let content_ok =
         have.len() == want.rules.len() && have.iter().zip(&want.rules).all(|(h, w)| xt_groups(h) == xt_groups(w));
     if !listing.chains.contains(chain) {
-        out.push(step(words(&["-N", chain])).noting(format!("iptables -t {name}: created chain {chain}")));
+        out.push(step(words(&["-N", chain])).noting(format!("{tool} -t {name}: created chain {chain}")));
     } else if !content_ok && !have.is_empty() {
         out.push(step(words(&["-F", chain])));
     }
@@ -115,7 +139,7 @@ fn plan_chain(want: &XtChain, tag: &str, listing: &XtTable) -> Vec<Command> {
         for (i, rule) in want.rules.iter().enumerate() {
             let cmd = step(with_op(&["-A", chain], rule));
             out.push(if i + 1 == n {
-                cmd.noting(format!("iptables -t {name}: wrote the {n} rules of {chain}"))
+                cmd.noting(format!("{tool} -t {name}: wrote the {n} rules of {chain}"))
             } else {
                 cmd
             });
@@ -141,26 +165,26 @@ fn plan_chain(want: &XtChain, tag: &str, listing: &XtTable) -> Vec<Command> {
         let what = if jumps.is_empty() { "inserted" } else { "re-inserted" };
         out.push(
             step(with_op(&["-I", hook, "1"], &jump))
-                .noting(format!("iptables -t {name}: {what} the jump {hook} -> {chain} at position 1")),
+                .noting(format!("{tool} -t {name}: {what} the jump {hook} -> {chain} at position 1")),
         );
     }
     out
 }
 
 /// Deletes every jump to `chain` in `table`, then the chain. Each step stands alone.
-fn plan_absent(table: Table, chain: &str, listing: &XtTable) -> Vec<Command> {
+fn plan_absent(family: Family, table: Table, chain: &str, listing: &XtTable) -> Vec<Command> {
     let name = table.name();
-    let step = |args: Vec<String>| xt(table, args, OnFailure::Continue);
+    let tool = program(family);
+    let step = |args: Vec<String>| xt(family, table, args, OnFailure::Continue);
     let mut out = Vec::new();
     for (from, rule) in listing.rules.iter().filter(|(_, r)| xt_target(r) == Some(chain)) {
         out.push(
-            step(with_op(&["-D", from], rule))
-                .noting(format!("iptables -t {name}: deleted the jump {from} -> {chain}")),
+            step(with_op(&["-D", from], rule)).noting(format!("{tool} -t {name}: deleted the jump {from} -> {chain}")),
         );
     }
     if listing.chains.contains(chain) {
         out.push(step(words(&["-F", chain])));
-        out.push(step(words(&["-X", chain])).noting(format!("iptables -t {name}: deleted chain {chain}")));
+        out.push(step(words(&["-X", chain])).noting(format!("{tool} -t {name}: deleted chain {chain}")));
     }
     out
 }
@@ -258,7 +282,11 @@ pub fn xt_masq_rules(spec: &FirewallSpec) -> Vec<Vec<String>> {
     let cidr = spec.cluster_cidr.trunc().to_string();
     vec![
         with_comment(&tag, words(&["-s", &cidr, "-d", &cidr]), &["RETURN"]),
-        with_comment(&tag, words(&["-s", &cidr, "!", "-d", MULTICAST]), &["MASQUERADE", "--random-fully"]),
+        with_comment(
+            &tag,
+            words(&["-s", &cidr, "!", "-d", multicast(spec.family())]),
+            &["MASQUERADE", "--random-fully"],
+        ),
     ]
 }
 
@@ -666,5 +694,79 @@ mod tests {
             ]
         );
         assert!(plan_remove(&spec(tunnel(), false), Table::Nat, &XtTable::parse(EMPTY_NAT).expect("nat")).is_empty());
+    }
+
+    #[test]
+    fn ipv6_rules_are_the_same_through_ip6tables() {
+        let tag6 = "-m comment --comment weft:t:ip6";
+        assert_eq!(
+            lines(&xt_forward_rules(&spec6(ForwardMode::Open, false))),
+            [format!("-s fd00:244::/48 {tag6} -j ACCEPT"), format!("-d fd00:244::/48 {tag6} -j ACCEPT")]
+        );
+        assert_eq!(
+            lines(&xt_forward_rules(&spec6(tunnel(), false))),
+            [
+                format!("-s fd00:244::/48 -d fd00:244:0:1::/64 -i r-c2 {tag6} -j ACCEPT"),
+                format!("-s fd00:244:0:1::/64 -i r-c1 {tag6} -j ACCEPT"),
+                format!("! -s fd00:244::/48 -d fd00:244:0:1::/64 -o r-c1 -m conntrack --ctstate RELATED,ESTABLISHED {tag6} -j ACCEPT"),
+                format!("-d fd00:244::/48 {tag6} -j DROP"),
+            ]
+        );
+        assert_eq!(
+            lines(&xt_masq_rules(&spec6(tunnel(), true))),
+            [
+                format!("-s fd00:244::/48 -d fd00:244::/48 {tag6} -j RETURN"),
+                format!("-s fd00:244::/48 ! -d ff00::/8 {tag6} -j MASQUERADE --random-fully"),
+            ]
+        );
+        let s = with_override(spec6(tunnel(), false), "fd00:244:0:2::/64", ForwardMode::Open);
+        assert_eq!(
+            lines(&xt_forward_rules(&s))[3..5],
+            [format!("-s fd00:244:0:2::/64 {tag6} -j ACCEPT"), format!("-d fd00:244:0:2::/64 {tag6} -j ACCEPT"),]
+        );
+        // Through ip6tables, with the same steps and notes as iptables.
+        let plan = filter(&spec6(ForwardMode::Open, false), EMPTY_FILTER);
+        assert_eq!(
+            rendered(&plan),
+            [
+                "ip6tables -w 5 -t filter -N WEFT-FWD-t",
+                "ip6tables -w 5 -t filter -A WEFT-FWD-t -s fd00:244::/48 -m comment --comment weft:t:ip6 -j ACCEPT",
+                "ip6tables -w 5 -t filter -A WEFT-FWD-t -d fd00:244::/48 -m comment --comment weft:t:ip6 -j ACCEPT",
+                "ip6tables -w 5 -t filter -I FORWARD 1 -m comment --comment weft:t:ip6 -j WEFT-FWD-t",
+            ]
+        );
+        assert_eq!(
+            changes(&plan),
+            [
+                "ip6tables -t filter: created chain WEFT-FWD-t",
+                "ip6tables -t filter: wrote the 2 rules of WEFT-FWD-t",
+                "ip6tables -t filter: inserted the jump FORWARD -> WEFT-FWD-t at position 1",
+            ]
+        );
+        assert_eq!(listing(Family::V6, Table::Nat).render(), "ip6tables -w 5 -t nat -S");
+        assert_eq!(listing(Family::V4, Table::Nat).render(), NAT_LIST);
+    }
+
+    #[test]
+    fn ip6tables_listings_in_sync_are_empty_plans() {
+        let table = XtTable::parse(IP6_FILTER_AFTER).expect("parse");
+        assert_eq!(table.rules_in("WEFT-FWD-t").count(), 4);
+        assert!(filter(&spec6(tunnel(), false), IP6_FILTER_AFTER).is_empty());
+        assert!(nat(&spec6(tunnel(), true), IP6_NAT_AFTER).is_empty());
+        // Another cluster CIDR: flushed and refilled; without ip_masq the masquerade goes.
+        let mut moved = spec6(tunnel(), false);
+        moved.cluster_cidr = "fd00:250::/48".parse().expect("net");
+        moved.node_subnet = "fd00:250:0:3::/64".parse().expect("net");
+        let r = rendered(&filter(&moved, IP6_FILTER_AFTER));
+        assert_eq!(r[0], "ip6tables -w 5 -t filter -F WEFT-FWD-t");
+        assert_eq!(r.len(), 5, "{r:?}");
+        assert_eq!(
+            rendered(&nat(&spec6(tunnel(), false), IP6_NAT_AFTER)),
+            [
+                "ip6tables -w 5 -t nat -D POSTROUTING -m comment --comment weft:t:ip6 -j WEFT-MASQ-t",
+                "ip6tables -w 5 -t nat -F WEFT-MASQ-t",
+                "ip6tables -w 5 -t nat -X WEFT-MASQ-t",
+            ]
+        );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout: decisions apart from effects (like `routes::plan`)
 //! - [`spec`]: what the firewall should look like ([`FirewallSpec`], [`ForwardMode`],
-//!   [`ForwardPolicy`]), the names weft owns, validation.
+//!   [`ForwardPolicy`], [`Family`]), the names weft owns, validation.
 //! - [`iptables`] and [`nft`]: per tool, the parser of the current listing (`iptables -S` text,
 //!   `nft -j` JSON), the renderers of weft's rules, and pure plans
 //!   (`plan(spec, .., &listing) -> Vec<Command>`) that return exactly the writes needed, in order;
@@ -99,14 +99,25 @@
 //! part that builds something the first failure stops that part (later steps depend on it),
 //! while a part that takes something away goes on. The errors are returned together (one error
 //! as itself, several as [`FirewallError::Multiple`]). A missing `iptables` or `nft` yields
-//! [`FirewallError::MissingProgram`] naming it. A change counts once its command succeeded
+//! [`FirewallError::MissingProgram`] naming it (`ip6tables` for an IPv6 spec). A change counts once its command succeeded
 //! ([`Command::change`]); all of them are logged (`info`) at the end of the call, also when a
 //! step failed, so changes made before a failure are not lost from the log.
 //!
 //! `remove` (node leaves) deletes weft's jumps and chains and every rule tagged `weft:<net>` in
-//! foreign forward chains, going on past failures. It depends only on `spec.network`.
+//! foreign forward chains, going on past failures. It depends only on `spec.network` and the
+//! spec's family.
 //!
-//! Calls are blocking (a few short-lived processes); IPv4 only. Not handled: a `bridge`-family
+//! # Address families
+//! A spec is for one family, the cluster CIDR's; all of its addresses have it
+//! ([`FirewallSpec::validate`]). An IPv4 spec is everything above. An IPv6 spec makes the same
+//! rules through `ip6tables` (its own filter and nat tables, so the chain names are the same),
+//! with `ff00::/8` for the multicast that is never masqueraded, and in nftables `ip6 saddr`/
+//! `ip6 daddr` matches in the foreign forward chains of families `ip6` and `inet` (ip6tables-nft's
+//! own `ip6` tables excluded, as iptables-nft's `ip` ones are). Its tag is `weft:<net>:ip6`, so in
+//! an `inet` chain, which sees both families, each family's spec keeps and removes only its own
+//! rules. A dual-stack node runs one spec per family; the agent today installs the IPv4 one.
+//!
+//! Calls are blocking (a few short-lived processes). Not handled: a `bridge`-family
 //! forward chain with `policy drop` (only relevant with `br_netfilter`), and a host whose
 //! `iptables` is iptables-legacy while something else keeps iptables-nft `FORWARD` rules.
 
@@ -122,9 +133,9 @@ use std::path::Path;
 
 use tracing::{debug, info};
 
-pub use iptables::{Table, IPTABLES};
+pub use iptables::{Table, IP6TABLES, IPTABLES};
 pub use nft::{NftChain, NftRule, NFT};
-pub use spec::{FirewallSpec, ForwardMode, ForwardPolicy};
+pub use spec::{Family, FirewallSpec, ForwardMode, ForwardPolicy};
 
 /// Directories tried when a program is not found in `PATH` (agents started with a user's PATH).
 const SBIN_DIRS: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
@@ -281,6 +292,7 @@ impl<R: Runner> Firewall<R> {
     pub fn ensure(&self, spec: &FirewallSpec) -> Result<Report, FirewallError> {
         spec.validate()?;
         let p = self.run_plans(
+            spec.family(),
             |table, listing| iptables::plan(spec, table, listing),
             |chain, rules| nft::plan(spec, chain, rules),
         );
@@ -295,6 +307,7 @@ impl<R: Runner> Firewall<R> {
     pub fn remove(&self, spec: &FirewallSpec) -> Result<(), Vec<FirewallError>> {
         spec::validate_network(&spec.network).map_err(|e| vec![e])?;
         let p = self.run_plans(
+            spec.family(),
             |table, listing| iptables::plan_remove(spec, table, listing),
             |chain, rules| nft::plan_remove(spec, chain, rules),
         );
@@ -309,21 +322,23 @@ impl<R: Runner> Firewall<R> {
         }
     }
 
-    /// Lists every iptables table and every foreign nft forward chain, and runs the plan each
-    /// listing asks for; a listing that fails is noted and the others still run.
+    /// Lists every iptables (ip6tables) table and every foreign nft forward chain that sees
+    /// `family`'s packets, and runs the plan each listing asks for; a listing that fails is noted
+    /// and the others still run.
     fn run_plans(
         &self,
+        family: Family,
         xt: impl Fn(Table, &iptables::XtTable) -> Vec<Command>,
         nft: impl Fn(&NftChain, &[NftRule]) -> Vec<Command>,
     ) -> Progress {
         let mut p = Progress::default();
         for table in Table::ALL {
-            match self.xt_list(table) {
+            match self.xt_list(family, table) {
                 Ok(listing) => self.execute(xt(table, &listing), &mut p),
                 Err(e) => p.errors.push(e),
             }
         }
-        match self.nft_forward_chains() {
+        match self.nft_forward_chains(family) {
             Ok(chains) => {
                 for chain in &chains {
                     match self.nft_chain_rules(chain) {
@@ -358,13 +373,14 @@ impl<R: Runner> Firewall<R> {
         parse(&out).map_err(|detail| FirewallError::Parse { command: cmd.render(), detail })
     }
 
-    fn xt_list(&self, table: Table) -> Result<iptables::XtTable, FirewallError> {
-        self.list(iptables::listing(table), iptables::XtTable::parse)
+    fn xt_list(&self, family: Family, table: Table) -> Result<iptables::XtTable, FirewallError> {
+        self.list(iptables::listing(family, table), iptables::XtTable::parse)
     }
 
-    /// Foreign forward base chains (families ip and inet, iptables-nft's own excluded).
-    fn nft_forward_chains(&self) -> Result<Vec<NftChain>, FirewallError> {
-        self.list(nft::list_chains(), nft::parse_nft_forward_chains)
+    /// Foreign forward base chains that see `family`'s packets (families ip or ip6, and inet;
+    /// iptables-nft's own excluded).
+    fn nft_forward_chains(&self, family: Family) -> Result<Vec<NftChain>, FirewallError> {
+        self.list(nft::list_chains(), |out| nft::parse_nft_forward_chains(out, family))
     }
 
     fn nft_chain_rules(&self, chain: &NftChain) -> Result<Vec<NftRule>, FirewallError> {
@@ -746,13 +762,13 @@ mod tests {
             {"chain": {"family": "inet", "table": "firewalld", "name": "filter_INPUT", "handle": 7, "type": "filter", "hook": "input", "prio": 10, "policy": "accept"}},
             {"chain": {"family": "ip", "table": "my fw", "name": "fwd x", "handle": 8, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
             {"table": {"family": "inet", "name": "x", "handle": 9}}, {"set": {"whatever": true}}]}"#;
-        let chains = parse_nft_forward_chains(listing).expect("parse");
+        let chains = parse_nft_forward_chains(listing, Family::V4).expect("parse");
         let names: Vec<String> = chains.iter().map(ToString::to_string).collect();
         assert_eq!(names, ["ip filter forward", "inet firewalld filter_FORWARD", "ip my fw fwd x"]);
-        assert!(parse_nft_forward_chains("").expect("empty").is_empty());
-        assert!(parse_nft_forward_chains(DOCKER_CHAINS).expect("docker").is_empty());
-        assert!(parse_nft_forward_chains("not json").is_err());
-        assert!(parse_nft_forward_chains(r#"{"x": 1}"#).is_err());
+        assert!(parse_nft_forward_chains("", Family::V4).expect("empty").is_empty());
+        assert!(parse_nft_forward_chains(DOCKER_CHAINS, Family::V4).expect("docker").is_empty());
+        assert!(parse_nft_forward_chains("not json", Family::V4).is_err());
+        assert!(parse_nft_forward_chains(r#"{"x": 1}"#, Family::V4).is_err());
         // Names with spaces go through JSON, never through nft's command-line parser.
         let fw = Firewall::new(Fake::default());
         let chain = NftChain { family: "ip".into(), table: "my fw".into(), name: "fwd x".into() };
@@ -868,5 +884,86 @@ mod tests {
         );
         // Only listings were run: the bad table got no writes and the rest was in place.
         assert!(fw.runner().writes().is_empty(), "{:?}", fw.runner().writes());
+    }
+
+    fn ip6_host(filter: &str, nat: &str, forward: &str) -> Fake {
+        Fake::default()
+            .with(IP6_FILTER_LIST, filter)
+            .with(IP6_NAT_LIST, nat)
+            .with(NFT_CHAINS, NFT_CHAINS_BEFORE)
+            .with(NFT_LIST_FWD, forward)
+    }
+
+    #[test]
+    fn an_ipv6_spec_goes_through_ip6tables_and_ip6_matches() {
+        let fw = Firewall::new(ip6_host(EMPTY_FILTER, EMPTY_NAT, NFT_FORWARD_BEFORE));
+        let report = fw.ensure(&spec6(tunnel(), true)).expect("ensure");
+        let tag = "-m comment --comment weft:t:ip6";
+        assert_eq!(
+            fw.runner().calls(),
+            [
+                IP6_FILTER_LIST.to_string(),
+                "ip6tables -w 5 -t filter -N WEFT-FWD-t".into(),
+                format!("ip6tables -w 5 -t filter -A WEFT-FWD-t -s fd00:244::/48 -d fd00:244:0:1::/64 -i r-c2 {tag} -j ACCEPT"),
+                format!("ip6tables -w 5 -t filter -A WEFT-FWD-t -s fd00:244:0:1::/64 -i r-c1 {tag} -j ACCEPT"),
+                format!("ip6tables -w 5 -t filter -A WEFT-FWD-t '!' -s fd00:244::/48 -d fd00:244:0:1::/64 -o r-c1 -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
+                format!("ip6tables -w 5 -t filter -A WEFT-FWD-t -d fd00:244::/48 {tag} -j DROP"),
+                format!("ip6tables -w 5 -t filter -I FORWARD 1 {tag} -j WEFT-FWD-t"),
+                IP6_NAT_LIST.into(),
+                "ip6tables -w 5 -t nat -N WEFT-MASQ-t".into(),
+                format!("ip6tables -w 5 -t nat -A WEFT-MASQ-t -s fd00:244::/48 -d fd00:244::/48 {tag} -j RETURN"),
+                format!("ip6tables -w 5 -t nat -A WEFT-MASQ-t -s fd00:244::/48 '!' -d ff00::/8 {tag} -j MASQUERADE --random-fully"),
+                format!("ip6tables -w 5 -t nat -I POSTROUTING 1 {tag} -j WEFT-MASQ-t"),
+                NFT_CHAINS.into(),
+                NFT_LIST_FWD.into(),
+                "nft insert rule inet filter forward oifname \"r-c1\" ip6 saddr != fd00:244::/48 ip6 daddr fd00:244:0:1::/64 ct state established,related accept comment \"weft:t:ip6\"; \
+                 insert rule inet filter forward iifname \"r-c1\" ip6 saddr fd00:244:0:1::/64 accept comment \"weft:t:ip6\"; \
+                 insert rule inet filter forward iifname \"r-c2\" ip6 saddr fd00:244::/48 ip6 daddr fd00:244:0:1::/64 accept comment \"weft:t:ip6\"".into(),
+            ]
+        );
+        assert_eq!(report.changed.len(), 7, "{report:?}");
+        assert_eq!(report.changed[0], "ip6tables -t filter: created chain WEFT-FWD-t");
+
+        // In place (the chain also holds the IPv4 rules): listings only.
+        let fw = Firewall::new(ip6_host(IP6_FILTER_AFTER, IP6_NAT_AFTER, NFT_FORWARD_DUAL));
+        assert!(fw.ensure(&spec6(tunnel(), true)).expect("ensure").is_unchanged());
+        assert_eq!(fw.runner().calls(), [IP6_FILTER_LIST, IP6_NAT_LIST, NFT_CHAINS, NFT_LIST_FWD]);
+    }
+
+    #[test]
+    fn removing_the_ipv6_rules_leaves_the_ipv4_ones() {
+        let fw = Firewall::new(ip6_host(IP6_FILTER_AFTER, IP6_NAT_AFTER, NFT_FORWARD_DUAL));
+        fw.remove(&spec6(tunnel(), true)).expect("remove");
+        assert_eq!(
+            fw.runner().writes(),
+            [
+                "ip6tables -w 5 -t filter -D FORWARD -m comment --comment weft:t:ip6 -j WEFT-FWD-t",
+                "ip6tables -w 5 -t filter -F WEFT-FWD-t",
+                "ip6tables -w 5 -t filter -X WEFT-FWD-t",
+                "ip6tables -w 5 -t nat -D POSTROUTING -m comment --comment weft:t:ip6 -j WEFT-MASQ-t",
+                "ip6tables -w 5 -t nat -F WEFT-MASQ-t",
+                "ip6tables -w 5 -t nat -X WEFT-MASQ-t",
+                // Handles 6, 5, 4 (weft:t, IPv4) stay.
+                "nft delete rule inet filter forward handle 9; delete rule inet filter forward handle 8; \
+                 delete rule inet filter forward handle 7",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_ip6tables_is_named() {
+        let gone = FirewallError::MissingProgram { program: "ip6tables".into() };
+        let fw = Firewall::new(
+            ip6_host(EMPTY_FILTER, EMPTY_NAT, NFT_FORWARD_BEFORE)
+                .failing(IP6_FILTER_LIST, gone.clone())
+                .failing(IP6_NAT_LIST, gone.clone()),
+        );
+        assert_eq!(fw.ensure(&spec6(ForwardMode::Open, true)), Err(gone));
+        assert!(fw.runner().writes().iter().any(|w| w.starts_with("nft insert")));
+        // A spec of mixed families is refused before any command.
+        let fw = Firewall::new(Fake::default());
+        let mixed = FirewallSpec { node_subnet: "10.244.1.0/24".parse().expect("net"), ..spec6(tunnel(), false) };
+        assert!(matches!(fw.ensure(&mixed), Err(FirewallError::InvalidSpec(_))));
+        assert!(fw.runner().calls().is_empty());
     }
 }

@@ -1,17 +1,28 @@
 //! The nftables side of the firewall, pure: the parsers of `nft -j` listings, the renderers of
 //! weft's rule expressions, and the plans that turn a chain's listing into one nft transaction.
+//! An IPv4 spec writes `ip saddr`/`ip daddr` matches into the forward chains of families `ip`
+//! and `inet`, an IPv6 one `ip6 saddr`/`ip6 daddr` matches into those of `ip6` and `inet`.
 
 use serde_json::{json, Value};
 
-use super::spec::FirewallSpec;
+use super::spec::{Family, FirewallSpec};
 use super::{Command, ForwardMode, OnFailure};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// The nftables command-line tool.
 pub const NFT: &str = "nft";
 
-/// Tables iptables-nft creates in family `ip`; their `FORWARD` chain is handled through iptables.
+/// Tables iptables-nft (ip6tables-nft) creates in family `ip` (`ip6`); their `FORWARD` chain is
+/// handled through iptables (ip6tables).
 const IPTABLES_NFT_TABLES: [&str; 5] = ["filter", "mangle", "raw", "security", "nat"];
+
+/// The nft family of `family`'s own tables, and the protocol of its address matches.
+fn nft_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
 
 /// The command that lists every chain (read by [`parse_nft_forward_chains`]).
 pub fn list_chains() -> Command {
@@ -35,6 +46,9 @@ fn transaction(commands: Vec<Value>, on_failure: OnFailure) -> Command {
 /// `rules`: nothing when they are there in order with no foreign drop/reject before the last of
 /// them; otherwise one transaction deleting weft's rules (by handle) and inserting the wanted ones.
 pub fn plan(spec: &FirewallSpec, chain: &NftChain, rules: &[NftRule]) -> Vec<Command> {
+    if !chain.carries(spec.family()) {
+        return Vec::new();
+    }
     let tag = spec.tag();
     let want = nft_rule_exprs(spec);
     let ours: Vec<(usize, &NftRule)> =
@@ -83,18 +97,18 @@ pub(super) fn nft_match(op: &str, left: Value, right: Value) -> Value {
     json!({ "match": { "op": op, "left": left, "right": right } })
 }
 
-fn nft_addr(field: &str) -> Value {
-    json!({ "payload": { "protocol": "ip", "field": field } })
+fn nft_addr(family: Family, field: &str) -> Value {
+    json!({ "payload": { "protocol": nft_family(family), "field": field } })
 }
 
 fn nft_meta(key: &str) -> Value {
     json!({ "meta": { "key": key } })
 }
 
-/// A prefix the way `nft -j` lists it (a /32 is a plain address).
-pub(super) fn nft_prefix(net: Ipv4Net) -> Value {
+/// A prefix the way `nft -j` lists it (a /32 or /128 is a plain address).
+pub(super) fn nft_prefix(net: IpNet) -> Value {
     let net = net.trunc();
-    if net.prefix_len() == 32 {
+    if net.prefix_len() == net.max_prefix_len() {
         json!(net.addr().to_string())
     } else {
         json!({ "prefix": { "addr": net.network().to_string(), "len": net.prefix_len() } })
@@ -104,35 +118,36 @@ pub(super) fn nft_prefix(net: Ipv4Net) -> Value {
 /// The `expr` arrays of weft's nft rules, in chain order, as `nft -j` lists them (see the module
 /// documentation for the rule sets).
 pub fn nft_rule_exprs(spec: &FirewallSpec) -> Vec<Value> {
+    let addr = |field: &str| nft_addr(spec.family(), field);
     let cidr = nft_prefix(spec.cluster_cidr);
     let subnet = nft_prefix(spec.node_subnet);
     let accept = json!({ "accept": null });
     let from_tun = |tun: &str, src: Value| {
         json!([
             nft_match("==", nft_meta("iifname"), json!(tun)),
-            nft_match("==", nft_addr("saddr"), src),
-            nft_match("==", nft_addr("daddr"), subnet.clone()),
+            nft_match("==", addr("saddr"), src),
+            nft_match("==", addr("daddr"), subnet.clone()),
             accept
         ])
     };
     match &spec.mode {
         // Tunnel overrides add only accepts these two already cover; their drops are iptables'.
         ForwardMode::Open => vec![
-            json!([nft_match("==", nft_addr("saddr"), cidr.clone()), accept]),
-            json!([nft_match("==", nft_addr("daddr"), cidr), accept]),
+            json!([nft_match("==", addr("saddr"), cidr.clone()), accept]),
+            json!([nft_match("==", addr("daddr"), cidr), accept]),
         ],
         ForwardMode::Tunnel { tun } => {
             let mut rules = vec![
                 from_tun(tun, cidr.clone()),
                 json!([
                     nft_match("==", nft_meta("iifname"), json!(spec.bridge)),
-                    nft_match("==", nft_addr("saddr"), subnet.clone()),
+                    nft_match("==", addr("saddr"), subnet.clone()),
                     accept
                 ]),
                 json!([
                     nft_match("==", nft_meta("oifname"), json!(spec.bridge)),
-                    nft_match("!=", nft_addr("saddr"), cidr),
-                    nft_match("==", nft_addr("daddr"), subnet.clone()),
+                    nft_match("!=", addr("saddr"), cidr),
+                    nft_match("==", addr("daddr"), subnet.clone()),
                     nft_match("in", json!({ "ct": { "key": "state" } }), json!(["established", "related"])),
                     accept
                 ]),
@@ -140,8 +155,8 @@ pub fn nft_rule_exprs(spec: &FirewallSpec) -> Vec<Value> {
             for (peer, mode) in spec.effective_overrides() {
                 match mode {
                     ForwardMode::Open => {
-                        rules.push(json!([nft_match("==", nft_addr("saddr"), nft_prefix(*peer)), accept]));
-                        rules.push(json!([nft_match("==", nft_addr("daddr"), nft_prefix(*peer)), accept]));
+                        rules.push(json!([nft_match("==", addr("saddr"), nft_prefix(*peer)), accept]));
+                        rules.push(json!([nft_match("==", addr("daddr"), nft_prefix(*peer)), accept]));
                     }
                     ForwardMode::Tunnel { tun: other } => rules.push(from_tun(other, nft_prefix(*peer))),
                 }
@@ -161,6 +176,11 @@ pub struct NftChain {
 }
 
 impl NftChain {
+    /// Whether the chain sees `family`'s packets (an `inet` chain sees both).
+    pub fn carries(&self, family: Family) -> bool {
+        self.family == "inet" || self.family == nft_family(family)
+    }
+
     fn delete_rule(&self, handle: u64) -> Value {
         let rule = json!({ "family": self.family, "table": self.table, "chain": self.name, "handle": handle });
         json!({ "delete": { "rule": rule } })
@@ -197,8 +217,9 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// Foreign forward base chains (families ip and inet, iptables-nft's own excluded).
-pub fn parse_nft_forward_chains(text: &str) -> Result<Vec<NftChain>, String> {
+/// Foreign forward base chains that see `family`'s packets (families ip or ip6, and inet;
+/// iptables-nft's own excluded).
+pub fn parse_nft_forward_chains(text: &str, spec_family: Family) -> Result<Vec<NftChain>, String> {
     let mut chains = Vec::new();
     for item in nft_items(text)? {
         let Some(c) = item.get("chain") else { continue };
@@ -210,13 +231,14 @@ pub fn parse_nft_forward_chains(text: &str) -> Result<Vec<NftChain>, String> {
         else {
             return Err(format!("forward chain without family, table or name: {c}"));
         };
-        if !matches!(family, "ip" | "inet") {
+        let chain = NftChain { family: family.into(), table: table.into(), name: name.into() };
+        if !chain.carries(spec_family) {
             continue;
         }
-        if family == "ip" && name == "FORWARD" && IPTABLES_NFT_TABLES.contains(&table) {
+        if family == nft_family(spec_family) && name == "FORWARD" && IPTABLES_NFT_TABLES.contains(&table) {
             continue;
         }
-        chains.push(NftChain { family: family.into(), table: table.into(), name: name.into() });
+        chains.push(chain);
     }
     Ok(chains)
 }
@@ -372,7 +394,7 @@ mod tests {
 
     #[test]
     fn plan_for_a_foreign_chain_with_drop_policy_inserts_at_the_top() {
-        let chains = parse_nft_forward_chains(NFT_CHAINS_BEFORE).expect("chains");
+        let chains = parse_nft_forward_chains(NFT_CHAINS_BEFORE, Family::V4).expect("chains");
         assert_eq!(chains, [fwd()]);
         let plan = plan(&spec(ForwardMode::Open, false), &chains[0], &rules(NFT_FORWARD_BEFORE));
         assert_eq!(
@@ -440,5 +462,98 @@ mod tests {
         );
         assert_eq!(p[0].change.as_deref(), Some("nft inet filter forward: deleted 3 weft rules"));
         assert!(plan_remove(&spec(tunnel(), false), &fwd(), &rules(NFT_FORWARD_BEFORE)).is_empty());
+    }
+
+    #[test]
+    fn ipv6_rules_match_ip6_addresses_as_nft_lists_them() {
+        let ip6 = |f: &str| json!({ "payload": { "protocol": "ip6", "field": f } });
+        let cidr = json!({ "prefix": { "addr": "fd00:244::", "len": 48 } });
+        let m = |op: &str, l: Value, r: Value| json!({ "match": { "op": op, "left": l, "right": r } });
+        let accept = json!({ "accept": null });
+        assert_eq!(
+            nft_rule_exprs(&spec6(ForwardMode::Open, false)),
+            [json!([m("==", ip6("saddr"), cidr.clone()), accept]), json!([m("==", ip6("daddr"), cidr), accept])]
+        );
+        // The tunnel rules are exactly what nft listed for them (captured).
+        let dual = rules(NFT_FORWARD_DUAL);
+        let listed: Vec<Value> = dual
+            .iter()
+            .filter(|r| r.comment.as_deref() == Some("weft:t:ip6"))
+            .map(|r| normalize_json(&r.expr))
+            .collect();
+        let want: Vec<Value> = nft_rule_exprs(&spec6(tunnel(), false)).iter().map(normalize_json).collect();
+        assert_eq!(listed, want);
+        let text: Vec<String> = nft_rule_exprs(&spec6(tunnel(), false)).iter().map(nft_expr_text).collect();
+        assert_eq!(
+            text,
+            [
+                "iifname \"r-c2\" ip6 saddr fd00:244::/48 ip6 daddr fd00:244:0:1::/64 accept",
+                "iifname \"r-c1\" ip6 saddr fd00:244:0:1::/64 accept",
+                "oifname \"r-c1\" ip6 saddr != fd00:244::/48 ip6 daddr fd00:244:0:1::/64 ct state established,related accept",
+            ]
+        );
+        let mut s = spec6(tunnel(), false);
+        s.overrides.insert("fd00:244:0:2::/64".parse().expect("net"), ForwardMode::Open);
+        let text: Vec<String> = nft_rule_exprs(&s).iter().map(nft_expr_text).collect();
+        assert_eq!(text[3..], ["ip6 saddr fd00:244:0:2::/64 accept", "ip6 daddr fd00:244:0:2::/64 accept"]);
+        // A /128 is listed as a plain address.
+        assert_eq!(nft_prefix("fd00::7/128".parse().expect("net")), json!("fd00::7"));
+        assert_eq!(
+            nft_prefix("fd00::7/64".parse().expect("net")),
+            json!({ "prefix": { "addr": "fd00::", "len": 64 } })
+        );
+    }
+
+    #[test]
+    fn each_family_keeps_and_removes_only_its_own_rules_in_an_inet_chain() {
+        let dual = rules(NFT_FORWARD_DUAL);
+        // Both families' rules in place (the other family's accepts are no drop before ours).
+        assert!(plan(&spec6(tunnel(), false), &fwd(), &dual).is_empty());
+        assert!(plan(&spec(tunnel(), false), &fwd(), &dual).is_empty());
+        // A change of one family replaces that family's rules only.
+        let p = plan(&spec6(ForwardMode::Open, false), &fwd(), &dual);
+        assert_eq!(
+            rendered(&p),
+            ["nft delete rule inet filter forward handle 9; delete rule inet filter forward handle 8; \
+              delete rule inet filter forward handle 7; \
+              insert rule inet filter forward ip6 daddr fd00:244::/48 accept comment \"weft:t:ip6\"; \
+              insert rule inet filter forward ip6 saddr fd00:244::/48 accept comment \"weft:t:ip6\""]
+        );
+        assert_eq!(
+            rendered(&plan_remove(&spec6(tunnel(), false), &fwd(), &dual)),
+            ["nft delete rule inet filter forward handle 9; delete rule inet filter forward handle 8; \
+              delete rule inet filter forward handle 7"]
+        );
+        assert_eq!(
+            rendered(&plan_remove(&spec(tunnel(), false), &fwd(), &dual)),
+            ["nft delete rule inet filter forward handle 6; delete rule inet filter forward handle 5; \
+              delete rule inet filter forward handle 4"]
+        );
+        // The foreign `ip6 ... drop` (handle 3) moved to the top: both families' rules move back
+        // above it (a drop of either family counts).
+        let mut below = dual.clone();
+        let drop = below.remove(below.iter().position(|r| r.handle == 3).expect("handle 3"));
+        below.insert(0, drop);
+        assert_eq!(plan(&spec6(tunnel(), false), &fwd(), &below).len(), 1);
+        assert_eq!(plan(&spec(tunnel(), false), &fwd(), &below).len(), 1);
+    }
+
+    #[test]
+    fn forward_chains_are_picked_by_family() {
+        let names = |family| -> Vec<String> {
+            parse_nft_forward_chains(NFT_CHAINS6, family).expect("parse").iter().map(ToString::to_string).collect()
+        };
+        // ip6tables-nft's own `ip6 filter FORWARD` is handled through ip6tables.
+        assert_eq!(names(Family::V6), ["inet filter forward", "ip6 mine forward6"]);
+        assert_eq!(names(Family::V4), ["inet filter forward", "ip mine4 forward4"]);
+        let v6_only = NftChain { family: "ip6".into(), table: "mine".into(), name: "forward6".into() };
+        let v4_only = NftChain { family: "ip".into(), table: "mine4".into(), name: "forward4".into() };
+        assert!(v6_only.carries(Family::V6) && !v6_only.carries(Family::V4));
+        assert!(v4_only.carries(Family::V4) && !v4_only.carries(Family::V6));
+        assert!(fwd().carries(Family::V4) && fwd().carries(Family::V6));
+        // A plan never writes a family's rules into a chain that cannot see its packets.
+        assert!(plan(&spec6(tunnel(), false), &v4_only, &[]).is_empty());
+        assert!(plan(&spec(tunnel(), false), &v6_only, &[]).is_empty());
+        assert_eq!(plan(&spec6(tunnel(), false), &v6_only, &[]).len(), 1);
     }
 }

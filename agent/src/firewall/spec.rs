@@ -1,23 +1,49 @@
-//! What the firewall should look like for one weft network: the spec, the forward policy, the
-//! names weft owns (tag, chain names) and the validation of everything that reaches a command line.
+//! What the firewall should look like for one weft network and address family: the spec, the
+//! forward policy, the names weft owns (tag, chain names) and the validation of everything that
+//! reaches a command line.
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::FirewallError;
 
 /// Longest network name used verbatim in a chain name (`WEFT-MASQ-` + 18 = 28 characters).
 const MAX_CHAIN_SUFFIX: usize = 18;
 
-/// What the firewall should look like for one weft network on this node.
+/// The address family of a spec: its rules go through `iptables` or `ip6tables`, and match
+/// nft's `ip` or `ip6` addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+/// What the firewall should look like for one weft network and one address family on this
+/// node. The family is the cluster CIDR's; every other address of the spec must have it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallSpec {
-    /// Network name (also the ownership tag `weft:<network>`).
+    /// Network name (also the ownership tag `weft:<network>`, `weft:<network>:ip6` for IPv6).
     pub network: String,
-    pub cluster_cidr: Ipv4Net,
+    pub cluster_cidr: IpNet,
     /// This node's pod subnet; must lie inside `cluster_cidr`.
-    pub node_subnet: Ipv4Net,
+    pub node_subnet: IpNet,
     /// The pod bridge, e.g. `weft0`.
     pub bridge: String,
     /// The forward mode for the whole cluster CIDR (the default of the policy).
@@ -25,7 +51,7 @@ pub struct FirewallSpec {
     /// Peer subnets whose traffic is carried differently from `mode` (say, host-gw peers of a
     /// node whose default is a tunnel). Each lies inside `cluster_cidr`, outside `node_subnet`,
     /// and overlaps no other override. Empty: exactly the rules of `mode` alone.
-    pub overrides: BTreeMap<Ipv4Net, ForwardMode>,
+    pub overrides: BTreeMap<IpNet, ForwardMode>,
     /// Masquerade pod traffic that leaves the cluster CIDR.
     pub ip_masq: bool,
 }
@@ -46,7 +72,7 @@ pub enum ForwardMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardPolicy {
     pub default: ForwardMode,
-    pub overrides: BTreeMap<Ipv4Net, ForwardMode>,
+    pub overrides: BTreeMap<IpNet, ForwardMode>,
 }
 
 impl ForwardPolicy {
@@ -57,9 +83,19 @@ impl ForwardPolicy {
 }
 
 impl FirewallSpec {
-    /// The comment on every rule weft writes for this network.
+    /// The family of the spec's addresses (the cluster CIDR's).
+    pub fn family(&self) -> Family {
+        Family::of(&self.cluster_cidr)
+    }
+
+    /// The comment on every rule weft writes for this network and family. The IPv6 rules have
+    /// their own (`weft:<network>:ip6`, `:` never occurs in a network name): an nft chain of
+    /// family `inet` holds the rules of both families, and each spec keeps only its own.
     pub fn tag(&self) -> String {
-        tag(&self.network)
+        match self.family() {
+            Family::V4 => tag(&self.network),
+            Family::V6 => format!("{}:ip6", tag(&self.network)),
+        }
     }
 
     /// weft's chain in the iptables filter table for this network.
@@ -74,7 +110,7 @@ impl FirewallSpec {
 
     /// The overrides whose mode differs from the default, in address order (the others change
     /// nothing and produce no rule).
-    pub fn effective_overrides(&self) -> impl Iterator<Item = (&Ipv4Net, &ForwardMode)> + '_ {
+    pub fn effective_overrides(&self) -> impl Iterator<Item = (&IpNet, &ForwardMode)> + '_ {
         self.overrides.iter().filter(move |(_, m)| **m != self.mode)
     }
 
@@ -84,17 +120,19 @@ impl FirewallSpec {
         validate_ifname("bridge", &self.bridge)?;
         self.validate_mode(&self.mode)?;
         if self.cluster_cidr.prefix_len() == 0 {
-            return Err(FirewallError::InvalidSpec("cluster CIDR must not be 0.0.0.0/0".into()));
+            return Err(FirewallError::InvalidSpec(format!("cluster CIDR must not be {}", self.cluster_cidr.trunc())));
         }
+        self.validate_family("node subnet", &self.node_subnet)?;
         if !self.cluster_cidr.contains(&self.node_subnet) {
             return Err(FirewallError::InvalidSpec(format!(
                 "node subnet {} is not inside the cluster CIDR {}",
                 self.node_subnet, self.cluster_cidr
             )));
         }
-        let mut seen: Vec<Ipv4Net> = Vec::new();
+        let mut seen: Vec<IpNet> = Vec::new();
         for (subnet, mode) in &self.overrides {
             self.validate_mode(mode)?;
+            self.validate_family("override", subnet)?;
             if *subnet != subnet.trunc() {
                 return Err(FirewallError::InvalidSpec(format!("override {subnet} has host bits set")));
             }
@@ -118,6 +156,20 @@ impl FirewallSpec {
         Ok(())
     }
 
+    /// One spec, one family: `net` must have the cluster CIDR's.
+    fn validate_family(&self, what: &str, net: &IpNet) -> Result<(), FirewallError> {
+        let family = Family::of(net);
+        if family == self.family() {
+            return Ok(());
+        }
+        Err(FirewallError::InvalidSpec(format!(
+            "{what} {net} is {} but the cluster CIDR {} is {}: one spec holds one address family",
+            family.name(),
+            self.cluster_cidr,
+            self.family().name()
+        )))
+    }
+
     fn validate_mode(&self, mode: &ForwardMode) -> Result<(), FirewallError> {
         if let ForwardMode::Tunnel { tun } = mode {
             validate_ifname("tun", tun)?;
@@ -129,7 +181,7 @@ impl FirewallSpec {
     }
 }
 
-fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
@@ -180,7 +232,7 @@ fn validate_ifname(what: &str, name: &str) -> Result<(), FirewallError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{spec, tunnel};
+    use super::super::fixtures::{spec, spec6, tunnel};
     use super::*;
 
     #[test]
@@ -243,5 +295,57 @@ mod tests {
         let eff: Vec<String> = s.effective_overrides().map(|(p, _)| p.to_string()).collect();
         assert_eq!(eff, ["10.244.2.0/24"]);
         assert_eq!(ForwardPolicy::uniform(ForwardMode::Open).overrides.len(), 0);
+    }
+
+    #[test]
+    fn a_spec_is_for_the_family_of_its_cluster_cidr() {
+        let (v4, v6) = (spec(tunnel(), true), spec6(tunnel(), true));
+        assert_eq!((v4.family(), v6.family()), (Family::V4, Family::V6));
+        assert!(v4.validate().is_ok() && v6.validate().is_ok());
+        // The IPv6 rules have their own tag, the chains (in ip6tables' own tables) the same names.
+        assert_eq!((v4.tag(), v6.tag()), ("weft:t".to_string(), "weft:t:ip6".to_string()));
+        assert_eq!((v6.forward_chain(), v6.masq_chain()), (v4.forward_chain(), v4.masq_chain()));
+        let with_override6 = with_override(v6.clone(), "fd00:244:0:2::/64", ForwardMode::Open);
+        assert!(with_override6.validate().is_ok());
+        assert_eq!(with_override6.effective_overrides().count(), 1);
+    }
+
+    #[test]
+    fn mixed_families_are_refused_with_a_clear_error() {
+        let net = |s: &str| -> IpNet { s.parse().expect("net") };
+        let cases = [
+            (
+                FirewallSpec { node_subnet: net("10.244.1.0/24"), ..spec6(tunnel(), false) },
+                "node subnet 10.244.1.0/24 is IPv4 but the cluster CIDR fd00:244::/48 is IPv6",
+            ),
+            (
+                FirewallSpec { node_subnet: net("fd00:244:0:1::/64"), ..spec(tunnel(), false) },
+                "node subnet fd00:244:0:1::/64 is IPv6 but the cluster CIDR 10.244.0.0/16 is IPv4",
+            ),
+            (
+                with_override(spec(tunnel(), false), "fd00:244:0:2::/64", ForwardMode::Open),
+                "override fd00:244:0:2::/64 is IPv6 but the cluster CIDR 10.244.0.0/16 is IPv4",
+            ),
+            (
+                with_override(spec6(tunnel(), false), "10.244.2.0/24", ForwardMode::Open),
+                "override 10.244.2.0/24 is IPv4 but the cluster CIDR fd00:244::/48 is IPv6",
+            ),
+        ];
+        for (s, needle) in cases {
+            let err = s.validate().expect_err(needle);
+            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+        }
+        // The other checks hold for IPv6 as they do for IPv4.
+        let cases = [
+            (FirewallSpec { cluster_cidr: net("::/0"), ..spec6(tunnel(), false) }, "must not be ::/0"),
+            (FirewallSpec { node_subnet: net("fd00:99:0:1::/64"), ..spec6(tunnel(), false) }, "not inside"),
+            (with_override(spec6(tunnel(), false), "fd00:244:0:1::/80", ForwardMode::Open), "overlaps the node subnet"),
+            (with_override(spec6(tunnel(), false), "fd00:244:0:2::1/64", ForwardMode::Open), "host bits"),
+            (with_override(spec6(tunnel(), false), "fd00:99::/64", ForwardMode::Open), "not inside"),
+        ];
+        for (s, needle) in cases {
+            let err = s.validate().expect_err(needle);
+            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+        }
     }
 }

@@ -113,10 +113,12 @@ impl Loop {
         cmds: mpsc::Receiver<Cmd>,
         client: qp::ClientConfig,
     ) -> Loop {
+        // The agent's subnets are IPv4 for now; the data path takes either family.
+        let local = Prefix::new(local_subnet);
         Loop {
             table: PeerTable::new(&sh.node),
             sh,
-            local: Prefix::new(local_subnet),
+            local,
             endpoint: io.endpoint,
             socket: io.socket,
             udp: io.udp,
@@ -126,7 +128,7 @@ impl Loop {
             client,
             conns: HashMap::new(),
             counters: HashMap::new(),
-            routes: packet::SubnetTable::new(u32::from(local_subnet.netmask())),
+            routes: packet::SubnetTable::new(local),
             dirty: Vec::new(),
             timer_heap: BinaryHeap::new(),
             tx: Vec::with_capacity(64 * 1500),

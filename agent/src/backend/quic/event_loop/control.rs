@@ -107,9 +107,11 @@ impl Loop {
     }
 
     fn rebuild_routes(&mut self) {
-        let mut routes = packet::SubnetTable::new(self.local.mask);
+        let mut routes = packet::SubnetTable::new(self.local);
         for (subnet, ch) in self.table.installed() {
-            routes.insert(u32::from(subnet.network()), ch);
+            if !routes.insert(subnet, ch) {
+                warn!(%subnet, "a peer subnet of another length or family than this node's: no route to it");
+            }
         }
         self.routes = routes;
         self.publish_status();
