@@ -18,6 +18,7 @@ pub mod pods;
 pub mod probe;
 pub mod routes;
 pub mod state;
+pub mod v4_adapter;
 
 /// The quic backend, also at its old path (benchmarks, the fuzzer and tests use it).
 pub use backend::quic;

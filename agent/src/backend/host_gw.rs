@@ -6,6 +6,7 @@ use super::{BuildContext, Driver, NodeView, Plan, Refused, Registration};
 use crate::firewall::ForwardMode;
 use crate::kernel::Kernel;
 use crate::routes::{Route, RouteKind};
+use crate::v4_adapter::{v4, v4_addr, NotIpv4};
 use anyhow::Result;
 use weft_config::peers::Peer;
 
@@ -27,6 +28,18 @@ pub fn on_link(peer: &Peer, node: &NodeView) -> bool {
     node.prefixes.iter().any(|n| n.contains(&peer.public_ip) && n.addr() != peer.public_ip)
 }
 
+/// `peer_subnet via peer_public_ip dev <underlay>`, as the routes layer takes it.
+fn route(peer: &Peer, node: &NodeView) -> Result<Route, NotIpv4> {
+    Ok(Route {
+        dst: v4(peer.subnet)?,
+        kind: RouteKind::Unicast,
+        via: Some(v4_addr(peer.public_ip)?),
+        oif: Some(node.underlay.index),
+        src: None,
+        metric: 0,
+    })
+}
+
 impl<K: Kernel> Driver<K> for HostGw {
     fn name(&self) -> &'static str {
         NAME
@@ -39,24 +52,17 @@ impl<K: Kernel> Driver<K> for HostGw {
     fn plan(&self, peers: &[&Peer], node: &NodeView) -> Plan {
         let mut plan = Plan::default();
         for p in peers {
-            if on_link(p, node) {
-                plan.routes.push(Route {
-                    dst: p.subnet,
-                    kind: RouteKind::Unicast,
-                    via: Some(p.public_ip),
-                    oif: Some(node.underlay.index),
-                    src: None,
-                    metric: 0,
-                });
-            } else {
-                plan.refused.push(Refused {
-                    node: p.node.clone(),
-                    subnet: p.subnet,
-                    reason: format!(
-                        "public IP {} is not on-link on {} (host-gw needs the peers on one L2 segment; use the quic backend across routers)",
-                        p.public_ip, node.underlay.name
-                    ),
-                });
+            let refuse = |reason: String| Refused { node: p.node.clone(), subnet: p.subnet, reason };
+            if !on_link(p, node) {
+                plan.refused.push(refuse(format!(
+                    "public IP {} is not on-link on {} (host-gw needs the peers on one L2 segment; use the quic backend across routers)",
+                    p.public_ip, node.underlay.name
+                )));
+                continue;
+            }
+            match route(p, node) {
+                Ok(r) => plan.routes.push(r),
+                Err(e) => plan.refused.push(refuse(e.to_string())),
             }
         }
         plan
@@ -83,6 +89,20 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].node, "n3");
         assert!(refused[0].reason.starts_with("public IP 172.30.1.13 is not on-link on eth0"), "{}", refused[0].reason);
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_refused_while_routes_are_ipv4_only() {
+        let mut u = node("172.30.0.11/24");
+        u.prefixes.push("2001:db8::11/64".parse().expect("literal"));
+        let p = peer("n6", "fd00:10:244:6::/64", "2001:db8::16");
+        assert!(on_link(&p, &u), "on-link is a question for either family");
+        let plan = Driver::<FakeKernel>::plan(&HostGw, &[&p], &u);
+        assert!(plan.routes.is_empty());
+        assert_eq!(
+            plan.refused[0].reason,
+            "fd00:10:244:6::/64 is IPv6, but weft's routes, firewall and quic data path carry IPv4 only so far"
+        );
     }
 
     #[test]

@@ -25,11 +25,12 @@ use crate::api::LiveQuic;
 use crate::firewall::{ForwardMode, ForwardPolicy};
 use crate::kernel::Kernel;
 use crate::routes::Route;
+use crate::v4_adapter::v4;
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use weft_config::peers::Peer;
 use weft_config::records::BackendData;
 use weft_config::{AgentConfig, NetworkConfig};
@@ -39,7 +40,7 @@ use weft_config::{AgentConfig, NetworkConfig};
 pub struct UnderlayInfo {
     pub index: u32,
     pub name: String,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     pub mtu: u32,
 }
 
@@ -47,19 +48,20 @@ pub struct UnderlayInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub underlay: UnderlayInfo,
-    /// Connected prefixes of the underlay interface (address/len as configured on it).
-    pub prefixes: Vec<Ipv4Net>,
+    /// Connected prefixes of the underlay interface (address/len as configured on it), every
+    /// family.
+    pub prefixes: Vec<IpNet>,
     /// The cluster CIDR.
-    pub cluster: Ipv4Net,
+    pub cluster: IpNet,
     /// This node's pod subnet.
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     /// MTU of the bridge and pods.
     pub mtu: u32,
 }
 
 impl NodeView {
     /// The pod subnet's gateway (the bridge's address).
-    pub fn gateway(&self) -> Ipv4Addr {
+    pub fn gateway(&self) -> IpAddr {
         weft_config::subnet::gateway(self.subnet)
     }
 }
@@ -68,7 +70,7 @@ impl NodeView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub node: String,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub reason: String,
 }
 
@@ -261,7 +263,8 @@ impl<K: Kernel> Drivers<K> {
         let mut overrides = BTreeMap::new();
         for (mode, share) in modes.iter().zip(shares) {
             if *mode != default {
-                overrides.extend(share.iter().map(|p| (p.subnet, mode.clone())));
+                // A subnet the IPv4-only firewall cannot take keeps the default (fail closed).
+                overrides.extend(share.iter().filter_map(|p| Some((v4(p.subnet).ok()?, mode.clone()))));
             }
         }
         ForwardPolicy { default, overrides }

@@ -5,11 +5,16 @@ use crate::kernel::fake::FakeKernel;
 use crate::routes::RouteKind;
 use weft_config::Backend;
 
-pub fn net(s: &str) -> Ipv4Net {
+pub fn net(s: &str) -> IpNet {
     s.parse().expect("literal")
 }
 
-pub fn ip(s: &str) -> Ipv4Addr {
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("literal")
+}
+
+/// A route of the IPv4-only routes layer.
+fn v4net(s: &str) -> ipnet::Ipv4Net {
     s.parse().expect("literal")
 }
 
@@ -39,7 +44,8 @@ pub fn peer(node: &str, subnet: &str, public: &str) -> Peer {
 }
 
 pub fn via(dst: &str, gw: &str) -> Route {
-    Route { dst: net(dst), kind: RouteKind::Unicast, via: Some(ip(gw)), oif: Some(2), src: None, metric: 0 }
+    let gw = gw.parse().expect("literal");
+    Route { dst: v4net(dst), kind: RouteKind::Unicast, via: Some(gw), oif: Some(2), src: None, metric: 0 }
 }
 
 /// A driver that carries the peers whose node name starts with `prefix` (or every peer), with
@@ -67,7 +73,10 @@ impl Driver<FakeKernel> for Fake {
     fn plan(&self, peers: &[&Peer], _: &NodeView) -> Plan {
         let routes = peers
             .iter()
-            .map(|p| Route { dst: p.subnet, kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 })
+            .filter_map(|p| {
+                let dst = v4(p.subnet).ok()?;
+                Some(Route { dst, kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 })
+            })
             .collect();
         Plan { routes, refused: Vec::new() }
     }
@@ -113,7 +122,7 @@ fn a_tunnelling_driver_makes_fail_closed_the_default_and_open_peers_overrides() 
     let peers = [peer("near-a", "10.244.2.0/24", "172.30.0.12"), peer("far-b", "10.244.3.0/24", "172.30.1.13")];
     let (_, policy) = d.plan(&peers.iter().collect::<Vec<_>>(), &n);
     assert_eq!(policy.default, tunnel());
-    assert_eq!(policy.overrides.into_iter().collect::<Vec<_>>(), vec![(net("10.244.2.0/24"), ForwardMode::Open)]);
+    assert_eq!(policy.overrides.into_iter().collect::<Vec<_>>(), vec![(v4net("10.244.2.0/24"), ForwardMode::Open)]);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use weft_store::{EventKind, Store, WatchMsg};
 impl<K: Kernel, S: Store> Node<K, S> {
     /// The node as the backends see it, with the underlay's current prefixes.
     pub(super) async fn node_view<R: Runner>(&self, ctx: &Ctx<K, S, R>) -> Result<NodeView> {
-        let prefixes = ctx.nl.addrs(self.underlay.index).await?;
+        let prefixes = ctx.nl.addresses(self.underlay.index).await?;
         Ok(NodeView {
             underlay: self.underlay.clone(),
             prefixes,

@@ -8,6 +8,7 @@ use crate::backend::{BuildContext, Driver, NodeView, Plan, Refused, Registration
 use crate::firewall::ForwardMode;
 use crate::kernel::Kernel;
 use crate::routes::{Route, RouteKind};
+use crate::v4_adapter::{v4, v4_addr};
 use anyhow::{Context, Result};
 use futures::future::BoxFuture;
 use std::net::SocketAddr;
@@ -64,10 +65,12 @@ fn endpoint(peer: &Peer) -> Option<SocketAddr> {
     peer.backend_data.get(NAME)?.get("endpoint")?.as_str()?.parse().ok()
 }
 
-/// The peers the tunnel can reach, as it needs them.
+/// The peers the tunnel can reach, as it needs them: those [`plan`] routes through it (an
+/// endpoint, and a subnet the IPv4-only data path takes).
 pub fn specs(peers: &[&Peer]) -> Vec<PeerSpec> {
     peers
         .iter()
+        .filter(|p| v4(p.subnet).is_ok())
         .filter_map(|p| {
             Some(PeerSpec { node: p.node.clone(), subnet: p.subnet, endpoint: endpoint(p)?, epoch: p.epoch })
         })
@@ -76,9 +79,17 @@ pub fn specs(peers: &[&Peer]) -> Vec<PeerSpec> {
 
 /// Pure: the quic routes for `peers` through the tun at `tun_index`.
 pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
+    let refuse = |p: &Peer, reason: String| Refused { node: p.node.clone(), subnet: p.subnet, reason };
+    let (cluster, gateway) = match (v4(node.cluster), v4_addr(node.gateway())) {
+        (Ok(c), Ok(g)) => (c, g),
+        // Never with a validated network config; without a blackhole no peer gets a route.
+        (Err(e), _) | (_, Err(e)) => {
+            return Plan { routes: Vec::new(), refused: peers.iter().map(|p| refuse(p, e.to_string())).collect() }
+        }
+    };
     let mut plan = Plan {
         routes: vec![Route {
-            dst: node.cluster,
+            dst: cluster,
             kind: RouteKind::Blackhole,
             via: None,
             oif: None,
@@ -88,21 +99,20 @@ pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
         refused: Vec::new(),
     };
     for p in peers {
-        if endpoint(p).is_some() {
-            plan.routes.push(Route {
-                dst: p.subnet,
+        if endpoint(p).is_none() {
+            plan.refused.push(refuse(p, "its record has no QUIC endpoint (is it running the quic backend?)".into()));
+            continue;
+        }
+        match v4(p.subnet) {
+            Ok(dst) => plan.routes.push(Route {
+                dst,
                 kind: RouteKind::Unicast,
                 via: None,
                 oif: Some(tun_index),
-                src: Some(node.gateway()),
+                src: Some(gateway),
                 metric: 0,
-            });
-        } else {
-            plan.refused.push(Refused {
-                node: p.node.clone(),
-                subnet: p.subnet,
-                reason: "its record has no QUIC endpoint (is it running the quic backend?)".into(),
-            });
+            }),
+            Err(e) => plan.refused.push(refuse(p, e.to_string())),
         }
     }
     plan
@@ -227,6 +237,16 @@ mod tests {
         let refused: Vec<_> = p.refused.iter().map(|r| r.node.as_str()).collect();
         assert_eq!(refused, ["n3", "n4"]);
         assert!(p.refused[0].reason.contains("no QUIC endpoint"));
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_refused_and_not_handed_to_the_tunnel() {
+        let n = node("172.30.0.11/24");
+        let p = quic_peer("n6", "fd00:10:244:6::/64", Some("172.30.1.16:7946"));
+        let plan = plan(&[&p], 9, &n);
+        assert_eq!(plan.routes.len(), 1, "the blackhole alone");
+        assert!(plan.refused[0].reason.starts_with("fd00:10:244:6::/64 is IPv6"), "{}", plan.refused[0].reason);
+        assert!(specs(&[&p]).is_empty());
     }
 
     #[test]
