@@ -9,7 +9,8 @@
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+use weft_config::subnet::Family;
 
 /// CNI versions whose result format this plugin writes.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -191,17 +192,19 @@ pub struct Attachment {
     pub ifname: String,
     pub mac: String,
     pub sandbox: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
 }
 
 /// The ADD result in the format of `version`.
 pub fn result(version: &str, a: &Attachment) -> Value {
+    let family = Family::of(a.ip);
     let mut ip = Map::new();
     if version.starts_with("0.") {
-        ip.insert("version".into(), json!("4"));
+        ip.insert("version".into(), json!(if family == Family::V4 { "4" } else { "6" }));
     }
+    let default = if family == Family::V4 { "0.0.0.0/0" } else { "::/0" };
     ip.insert("address".into(), json!(format!("{}/{}", a.ip, a.prefix_len)));
     ip.insert("gateway".into(), json!(a.gateway.to_string()));
     ip.insert("interface".into(), json!(1));
@@ -212,13 +215,14 @@ pub fn result(version: &str, a: &Attachment) -> Value {
             { "name": a.ifname, "mac": a.mac, "sandbox": a.sandbox },
         ],
         "ips": [Value::Object(ip)],
-        "routes": [{ "dst": "0.0.0.0/0", "gw": a.gateway.to_string() }],
+        "routes": [{ "dst": default, "gw": a.gateway.to_string() }],
         "dns": {},
     })
 }
 
-/// From a `prevResult`: the IPv4 address (with prefix) it gave `ifname` in `sandbox`.
-pub fn prev_address(prev: &Value, ifname: &str, sandbox: &str) -> Result<(Ipv4Addr, u8), CniError> {
+/// From a `prevResult`: the address of `family` (with prefix) it gave `ifname` in `sandbox`
+/// (a dual-stack result holds one per family).
+pub fn prev_address(prev: &Value, ifname: &str, sandbox: &str, family: Family) -> Result<(IpAddr, u8), CniError> {
     let bad = |m: &str| CniError::new(code::INVALID_CONFIG, format!("prevResult: {m}"), prev.to_string());
     let ifaces = prev.get("interfaces").and_then(Value::as_array).ok_or_else(|| bad("no interfaces"))?;
     let idx = ifaces
@@ -229,16 +233,26 @@ pub fn prev_address(prev: &Value, ifname: &str, sandbox: &str) -> Result<(Ipv4Ad
         })
         .ok_or_else(|| bad(&format!("no interface {ifname} in sandbox {sandbox}")))?;
     let ips = prev.get("ips").and_then(Value::as_array).ok_or_else(|| bad("no ips"))?;
-    let addr = ips
+    let mut addrs = ips
         .iter()
-        .find(|ip| ip.get("interface").and_then(Value::as_u64) == Some(idx as u64))
-        .and_then(|ip| ip.get("address")?.as_str())
-        .ok_or_else(|| bad(&format!("no address for interface {ifname}")))?;
-    let (a, p) = addr.split_once('/').ok_or_else(|| bad("address without prefix length"))?;
-    match (a.parse::<Ipv4Addr>(), p.parse::<u8>()) {
-        (Ok(a), Ok(p)) if p <= 32 => Ok((a, p)),
-        _ => Err(bad(&format!("address {addr:?} is not IPv4/prefix"))),
+        .filter(|ip| ip.get("interface").and_then(Value::as_u64) == Some(idx as u64))
+        .filter_map(|ip| ip.get("address")?.as_str())
+        .peekable();
+    if addrs.peek().is_none() {
+        return Err(bad(&format!("no address for interface {ifname}")));
     }
+    for addr in addrs {
+        let (a, p) = addr.split_once('/').ok_or_else(|| bad("address without prefix length"))?;
+        match (a.parse::<IpAddr>(), p.parse::<u8>()) {
+            (Ok(a), Ok(p)) if p <= Family::of(a).bits() => {
+                if Family::of(a) == family {
+                    return Ok((a, p));
+                }
+            }
+            _ => return Err(bad(&format!("address {addr:?} is not an address/prefix"))),
+        }
+    }
+    Err(bad(&format!("no {family} address for interface {ifname}")))
 }
 
 /// The VERSION answer.
@@ -329,6 +343,37 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_results_and_dual_stack_prev_results() {
+        let a = Attachment {
+            host_veth: "wv01234567".into(),
+            host_mac: "aa:bb:cc:dd:ee:01".into(),
+            ifname: "eth0".into(),
+            mac: "aa:bb:cc:dd:ee:02".into(),
+            sandbox: "/var/run/netns/c1".into(),
+            ip: "fd00:10:244:1::5".parse().expect("lit"),
+            prefix_len: 64,
+            gateway: "fd00:10:244:1::1".parse().expect("lit"),
+        };
+        let r = result("0.4.0", &a);
+        assert_eq!(r["ips"][0]["version"], "6");
+        assert_eq!(r["ips"][0]["address"], "fd00:10:244:1::5/64");
+        assert_eq!(r["routes"][0], json!({"dst":"::/0","gw":"fd00:10:244:1::1"}));
+        let sb = "/var/run/netns/c1";
+        assert_eq!(prev_address(&r, "eth0", sb, Family::V6), Ok(("fd00:10:244:1::5".parse().expect("lit"), 64)));
+        let e = prev_address(&r, "eth0", sb, Family::V4).expect_err("no v4");
+        assert_eq!(e.msg, "prevResult: no IPv4 address for interface eth0");
+        let mut dual = r.clone();
+        dual["ips"] = json!([
+            {"address": "fd00:10:244:1::5/64", "interface": 1},
+            {"address": "10.244.1.5/24", "interface": 1},
+        ]);
+        assert_eq!(prev_address(&dual, "eth0", sb, Family::V4), Ok(("10.244.1.5".parse().expect("lit"), 24)));
+        dual["ips"][1]["address"] = json!("10.244.1.5/33");
+        let e = prev_address(&dual, "eth0", sb, Family::V4).expect_err("bad prefix");
+        assert_eq!(e.msg, "prevResult: address \"10.244.1.5/33\" is not an address/prefix");
+    }
+
+    #[test]
     fn names_and_results() {
         let n = pod_name("0123456789abcdef0123456789abcdef", "eth0");
         assert_eq!(n, pod_name("0123456789abcdef0123456789abcdef", "eth0"));
@@ -349,8 +394,14 @@ mod tests {
         assert_eq!(r["interfaces"][1]["sandbox"], "/var/run/netns/c1");
         assert_eq!(r["routes"][0], json!({"dst":"0.0.0.0/0","gw":"10.244.1.1"}));
         assert_eq!(result("0.4.0", &a)["ips"][0]["version"], "4");
-        assert_eq!(prev_address(&r, "eth0", "/var/run/netns/c1"), Ok(("10.244.1.5".parse().expect("lit"), 24)));
-        assert_eq!(prev_address(&r, "eth1", "/var/run/netns/c1").expect_err("other if").code, code::INVALID_CONFIG);
+        assert_eq!(
+            prev_address(&r, "eth0", "/var/run/netns/c1", Family::V4),
+            Ok(("10.244.1.5".parse().expect("lit"), 24))
+        );
+        assert_eq!(
+            prev_address(&r, "eth1", "/var/run/netns/c1", Family::V4).expect_err("other if").code,
+            code::INVALID_CONFIG
+        );
         assert_eq!(version_info("1.0.0")["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]));
         assert_eq!(
             CniError::new(7, "m", "d").to_json("1.0.0"),

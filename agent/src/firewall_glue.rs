@@ -1,11 +1,12 @@
 //! Binds the firewall module to the agent: the rule set for this node's network, subnet and
 //! forward policy (which the backends decide), and keeping the blocking iptables/nft calls off
-//! the async workers' hot path. The agent's addresses are IPv4 for now: this is where they become
-//! the family-generic spec's (an IPv4 spec).
+//! the async workers' hot path. A spec is of one family, the cluster CIDR's: the policy's overrides
+//! of the other family are left to that family's spec.
 
 use crate::firewall::{self, FirewallSpec, ForwardMode, ForwardPolicy, Runner, SystemRunner};
 use anyhow::{anyhow, Result};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
+use weft_config::subnet::Family;
 use weft_config::AgentConfig;
 
 pub struct Firewall<R: Runner = SystemRunner> {
@@ -33,21 +34,27 @@ impl<R: Runner> Firewall<R> {
         }
     }
 
-    fn spec(&self, cluster: Ipv4Net, subnet: Ipv4Net, policy: &ForwardPolicy) -> FirewallSpec {
+    fn spec(&self, cluster: IpNet, subnet: IpNet, policy: &ForwardPolicy) -> FirewallSpec {
+        let family = Family::of_net(cluster);
         FirewallSpec {
             network: self.network.clone(),
-            cluster_cidr: cluster.into(),
-            node_subnet: subnet.into(),
+            cluster_cidr: cluster,
+            node_subnet: subnet,
             bridge: self.bridge.clone(),
             mode: policy.default.clone(),
-            overrides: policy.overrides.clone(),
+            overrides: policy
+                .overrides
+                .iter()
+                .filter(|(net, _)| Family::of_net(**net) == family)
+                .map(|(net, mode)| (*net, mode.clone()))
+                .collect(),
             ip_masq: self.ip_masq,
         }
     }
 
     /// Checks the rules and restores whatever is missing (a few short processes): the
     /// policy's default mode for the cluster CIDR, its overrides for their peer subnets.
-    pub fn ensure(&self, cluster: Ipv4Net, subnet: Ipv4Net, policy: &ForwardPolicy) -> Result<()> {
+    pub fn ensure(&self, cluster: IpNet, subnet: IpNet, policy: &ForwardPolicy) -> Result<()> {
         let spec = self.spec(cluster, subnet, policy);
         // The firewall module logs each repair itself.
         tokio::task::block_in_place(|| self.inner.ensure(&spec)).map(drop).map_err(|e| anyhow!("firewall: {e}"))
@@ -55,7 +62,8 @@ impl<R: Runner> Firewall<R> {
 
     /// Removes every rule and chain of this network. Needs only the network name.
     pub fn remove(&self) -> Result<()> {
-        let spec = self.spec(Ipv4Net::default(), Ipv4Net::default(), &ForwardPolicy::uniform(ForwardMode::Open));
+        let none = IpNet::V4(Ipv4Net::default());
+        let spec = self.spec(none, none, &ForwardPolicy::uniform(ForwardMode::Open));
         tokio::task::block_in_place(|| self.inner.remove(&spec))
             .map_err(|errs| anyhow!("firewall: {}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
     }

@@ -1,7 +1,7 @@
 //! Subnet acquisition, decided purely from what etcd holds and what the node remembers.
 //! The daemon turns the decision into one etcd transaction and retries on conflict.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_config::records::NetworkConfig;
 use weft_config::subnet;
 use weft_config::SubnetRecord;
@@ -9,7 +9,7 @@ use weft_config::SubnetRecord;
 /// A subnet record as read, for the decision: a malformed one still occupies its key.
 #[derive(Debug, Clone)]
 pub struct Existing {
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub record: Option<SubnetRecord>,
     pub mod_revision: i64,
 }
@@ -17,16 +17,16 @@ pub struct Existing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A record with this node's identity exists: keep it (update it in place).
-    Reuse { subnet: Ipv4Net, mod_revision: i64 },
+    Reuse { subnet: IpNet, mod_revision: i64 },
     /// The record carries this node's name but another identity, whose heartbeat is gone:
     /// the node was reinstalled or renamed machines; take the record over.
-    TakeOver { subnet: Ipv4Net, mod_revision: i64, previous_id: String },
+    TakeOver { subnet: IpNet, mod_revision: i64, previous_id: String },
     /// Claim a subnet whose key must not exist (`create_revision == 0`).
-    Claim { subnet: Ipv4Net, moved_from: Option<Ipv4Net> },
+    Claim { subnet: IpNet, moved_from: Option<IpNet> },
     /// Another live machine uses this node name.
     Refuse(String),
     /// No free subnet left.
-    Exhausted { cidr: Ipv4Net, subnet_len: u8, taken: usize },
+    Exhausted { cidr: IpNet, subnet_len: u8, taken: usize },
 }
 
 pub struct Inputs<'a> {
@@ -34,14 +34,14 @@ pub struct Inputs<'a> {
     pub node_name: &'a str,
     pub node_id: &'a str,
     /// Subnet remembered in the state dir, if any.
-    pub persisted: Option<Ipv4Net>,
+    pub persisted: Option<IpNet>,
     pub existing: &'a [Existing],
     /// Identity behind the live heartbeat of this node name, if one exists.
     pub live_identity: Option<&'a str>,
 }
 
 pub fn decide(i: &Inputs<'_>) -> Decision {
-    let fits = |s: Ipv4Net| s.prefix_len() == i.net.subnet_len && subnet::contains(i.net.cidr, s);
+    let fits = |s: IpNet| s.prefix_len() == i.net.subnet_len && subnet::contains(i.net.cidr, s);
     let mine: Vec<&Existing> = i
         .existing
         .iter()
@@ -62,7 +62,7 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         }
         return Decision::TakeOver { subnet: e.subnet, mod_revision: e.mod_revision, previous_id: other };
     }
-    let taken: Vec<Ipv4Net> = i.existing.iter().map(|e| e.subnet).collect();
+    let taken: Vec<IpNet> = i.existing.iter().map(|e| e.subnet).collect();
     if let Some(p) = i.persisted.filter(|p| fits(*p)) {
         if !taken.iter().any(|t| subnet::overlaps(*t, p)) {
             return Decision::Claim { subnet: p, moved_from: None };
@@ -83,7 +83,7 @@ mod tests {
     fn net() -> NetworkConfig {
         NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid")
     }
-    fn n(s: &str) -> Ipv4Net {
+    fn n(s: &str) -> IpNet {
         s.parse().expect("literal")
     }
     fn ex(subnet: &str, node: &str, id: &str, rev: i64) -> Existing {
@@ -185,6 +185,26 @@ mod tests {
             live_identity: None,
         });
         assert_eq!(d, Decision::Exhausted { cidr: n("10.244.0.0/26"), subnet_len: 28, taken: 4 });
+    }
+
+    #[test]
+    fn the_decision_is_the_same_for_an_ipv6_pool() {
+        // Built by hand: the network config refuses IPv6 until dual-stack switches it on.
+        let net = NetworkConfig { schema: 1, cidr: n("fd00:10:244::/56"), subnet_len: 64, backend: Backend::HostGw };
+        let existing = [ex("fd00:10:244::/64", "n2", "id2", 5), ex("10.244.1.0/24", "n3", "id3", 6)];
+        let inputs = |persisted| Inputs {
+            net: &net,
+            node_name: "n1",
+            node_id: "id1",
+            persisted,
+            existing: &existing,
+            live_identity: None,
+        };
+        assert_eq!(decide(&inputs(None)), Decision::Claim { subnet: n("fd00:10:244:1::/64"), moved_from: None });
+        assert_eq!(
+            decide(&inputs(Some(n("fd00:10:244:7::/64")))),
+            Decision::Claim { subnet: n("fd00:10:244:7::/64"), moved_from: None }
+        );
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! node subnet and a default route via the bridge. `attach` is the single idempotent operation
 //! that creates or repairs a pod; the state dir records the result and is the source of truth.
 
-use crate::kernel::{ipv4_only, Kernel};
+use crate::kernel::Kernel;
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
-use weft_config::subnet;
+use std::net::IpAddr;
+use weft_config::subnet::{self, Family};
 
 /// Host-side veth name, derived from the pod's namespace and interface so it is stable across
 /// restarts and fits the 15-byte limit.
@@ -26,7 +26,7 @@ fn fnv32(s: &str) -> u32 {
 
 /// Picks the pod's address: keep `current` when it is a valid, unused address of the subnet
 /// (restart, or state dir lost), else the lowest free one.
-pub fn choose_addr(subnet: Ipv4Net, current: &[Ipv4Addr], used_by_others: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub fn choose_addr(subnet: IpNet, current: &[IpAddr], used_by_others: &BTreeSet<IpAddr>) -> Option<IpAddr> {
     current
         .iter()
         .copied()
@@ -34,10 +34,18 @@ pub fn choose_addr(subnet: Ipv4Net, current: &[Ipv4Addr], used_by_others: &BTree
         .or_else(|| subnet::first_free_addr(subnet, used_by_others))
 }
 
+/// Whether weft manages `addr` on an interface that takes addresses from `subnet`: the
+/// addresses of the subnet's family, except IPv6 link-local ones, which the kernel keeps for
+/// neighbour discovery. (The same rule serves the bridge and each family of a dual-stack pod.)
+pub fn managed_addr(subnet: IpNet, addr: IpNet) -> bool {
+    let link_local = matches!(addr, IpNet::V6(a) if a.addr().segments()[0] & 0xffc0 == 0xfe80);
+    Family::of_net(addr) == Family::of_net(subnet) && !link_local
+}
+
 pub struct PodNet<'a, K> {
     pub nl: &'a K,
     pub bridge_index: u32,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub mtu: u32,
 }
 
@@ -47,7 +55,7 @@ pub struct AttachRequest<'a> {
     pub ifname: &'a str,
     pub source: PodSource,
     /// Address the state dir remembers, if any.
-    pub remembered: Option<Ipv4Addr>,
+    pub remembered: Option<IpAddr>,
     /// weft created the namespace earlier (remembered in the state dir).
     pub owns_netns: bool,
 }
@@ -56,7 +64,7 @@ pub struct AttachRequest<'a> {
 pub async fn attach<K: Kernel>(
     net: &PodNet<'_, K>,
     req: &AttachRequest<'_>,
-    used_by_others: &BTreeSet<Ipv4Addr>,
+    used_by_others: &BTreeSet<IpAddr>,
 ) -> Result<PodRecord> {
     let created = net.nl.ensure_netns(req.netns)?;
     let pod_nl = net.nl.in_netns(req.netns)?;
@@ -100,19 +108,20 @@ pub async fn attach<K: Kernel>(
         pod_nl.set_link(inside.index, Some(net.mtu), true, None).await?;
     }
 
-    let present = ipv4_only(&pod_nl.addrs(inside.index).await?);
-    let mut candidates: Vec<Ipv4Addr> = req.remembered.into_iter().collect();
+    let present: Vec<IpNet> =
+        pod_nl.addrs(inside.index).await?.into_iter().filter(|a| managed_addr(net.subnet, *a)).collect();
+    let mut candidates: Vec<IpAddr> = req.remembered.into_iter().collect();
     candidates.extend(present.iter().filter(|a| a.prefix_len() == net.subnet.prefix_len()).map(|a| a.addr()));
     let ip = choose_addr(net.subnet, &candidates, used_by_others)
         .with_context(|| format!("no free address left in {}", net.subnet))?;
-    let want = Ipv4Net::new(ip, net.subnet.prefix_len()).context("pod address")?;
+    let want = IpNet::new(ip, net.subnet.prefix_len()).context("pod address")?;
     for a in present.iter().filter(|a| **a != want) {
-        pod_nl.del_addr(inside.index, (*a).into()).await?;
+        pod_nl.del_addr(inside.index, *a).await?;
     }
     if !present.contains(&want) {
-        pod_nl.add_addr(inside.index, want.into()).await?;
+        pod_nl.add_addr(inside.index, want).await?;
     }
-    pod_nl.replace_default_route(IpAddr::V4(subnet::gateway(net.subnet)), inside.index).await?;
+    pod_nl.replace_default_route(subnet::gateway(net.subnet), inside.index).await?;
     Ok(PodRecord {
         name: req.name.to_string(),
         netns: req.netns.to_string(),
@@ -158,7 +167,7 @@ mod tests {
         (k, br)
     }
 
-    fn subnet() -> Ipv4Net {
+    fn subnet() -> IpNet {
         "10.244.1.0/24".parse().expect("literal")
     }
 
@@ -167,7 +176,7 @@ mod tests {
         let (k, br) = node().await;
         let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
         let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
-        assert_eq!(rec.ip, "10.244.1.2".parse::<Ipv4Addr>().expect("literal"));
+        assert_eq!(rec.ip, "10.244.1.2".parse::<IpAddr>().expect("literal"));
         assert!(rec.owns_netns, "weft created the namespace");
         let host = host_veth_name("ns1", "eth0");
         let tmp = temp_peer_name("ns1", "eth0");
@@ -214,10 +223,34 @@ mod tests {
         pod.add_addr(eth0, "10.244.1.9/16".parse().expect("literal")).await.expect("add");
         let req = AttachRequest { remembered: Some(first.ip), ..request("ns1") };
         attach(&net, &req, &BTreeSet::new()).await.expect("repair");
-        assert_eq!(
-            pod.addrs(eth0).await.expect("list"),
-            vec!["10.244.1.2/24".parse::<ipnet::IpNet>().expect("literal")]
-        );
+        assert_eq!(pod.addrs(eth0).await.expect("list"), vec!["10.244.1.2/24".parse::<IpNet>().expect("literal")]);
+    }
+
+    #[tokio::test]
+    async fn attach_leaves_the_kernels_ipv6_link_local_address_alone() {
+        let (k, br) = node().await;
+        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
+        let pod = k.in_netns("ns1").expect("pod namespace");
+        let eth0 = pod.link("eth0").await.expect("lookup").expect("eth0").index;
+        let ll: IpNet = "fe80::1/64".parse().expect("literal");
+        pod.add_addr(eth0, ll).await.expect("add");
+        k.take_calls();
+        attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("again");
+        let calls = k.take_calls();
+        assert!(!calls.iter().any(|(_, c)| matches!(c, Call::DelAddress { .. })), "{calls:?}");
+        assert!(pod.addrs(eth0).await.expect("list").contains(&ll));
+    }
+
+    #[test]
+    fn managed_addresses_are_those_of_the_subnets_family_but_link_local() {
+        let n = |s: &str| s.parse::<IpNet>().expect("lit");
+        assert!(managed_addr(n("10.244.1.0/24"), n("10.9.9.9/16")));
+        assert!(!managed_addr(n("10.244.1.0/24"), n("fd00::2/64")));
+        assert!(!managed_addr(n("10.244.1.0/24"), n("fe80::1/64")));
+        assert!(managed_addr(n("fd00:10:244:1::/64"), n("fd00:10:244:9::2/64")));
+        assert!(!managed_addr(n("fd00:10:244:1::/64"), n("fe80::1/64")));
+        assert!(!managed_addr(n("fd00:10:244:1::/64"), n("10.244.1.2/24")));
     }
 
     #[tokio::test]
@@ -260,8 +293,8 @@ mod tests {
 
     #[test]
     fn address_choice_keeps_valid_current_and_avoids_others() {
-        let s: Ipv4Net = "10.244.1.0/24".parse().expect("lit");
-        let ip = |x: &str| x.parse::<Ipv4Addr>().expect("lit");
+        let s: IpNet = "10.244.1.0/24".parse().expect("lit");
+        let ip = |x: &str| x.parse::<IpAddr>().expect("lit");
         let none = BTreeSet::new();
         assert_eq!(choose_addr(s, &[], &none), Some(ip("10.244.1.2")));
         assert_eq!(choose_addr(s, &[ip("10.244.1.7")], &none), Some(ip("10.244.1.7")));
@@ -271,5 +304,18 @@ mod tests {
         assert_eq!(choose_addr(s, &[ip("10.244.1.1")], &none), Some(ip("10.244.1.2")));
         let used: BTreeSet<_> = [ip("10.244.1.2"), ip("10.244.1.7")].into();
         assert_eq!(choose_addr(s, &[ip("10.244.1.7")], &used), Some(ip("10.244.1.3")));
+    }
+
+    #[test]
+    fn address_choice_in_an_ipv6_subnet() {
+        let s: IpNet = "fd00:10:244:1::/64".parse().expect("lit");
+        let ip = |x: &str| x.parse::<IpAddr>().expect("lit");
+        let none = BTreeSet::new();
+        assert_eq!(choose_addr(s, &[], &none), Some(ip("fd00:10:244:1::2")));
+        assert_eq!(choose_addr(s, &[ip("fd00:10:244:1::abcd")], &none), Some(ip("fd00:10:244:1::abcd")));
+        assert_eq!(choose_addr(s, &[ip("10.244.1.7")], &none), Some(ip("fd00:10:244:1::2")), "other family");
+        assert_eq!(choose_addr(s, &[ip("fd00:10:244:1::1")], &none), Some(ip("fd00:10:244:1::2")), "gateway");
+        let used: BTreeSet<_> = [ip("fd00:10:244:1::2")].into();
+        assert_eq!(choose_addr(s, &[], &used), Some(ip("fd00:10:244:1::3")));
     }
 }

@@ -8,11 +8,11 @@
 //! Nothing is sent to anything but peer gateways taken from valid subnet records.
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use weft_config::api::{ProbeResult, Status};
@@ -59,9 +59,21 @@ pub fn parse_reply(buf: &[u8], id: u16) -> Option<(Ipv4Addr, u16)> {
     Some((src, u16::from_be_bytes([icmp[6], icmp[7]])))
 }
 
-/// One round: an echo to every target from `src`, replies collected until `timeout`. Returns
-/// the round trip of each target that answered.
-pub fn round(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io::Result<HashMap<Ipv4Addr, Duration>> {
+/// One round from the own gateway `src` to the `targets` of its family: the round trip of each
+/// target that answered. ICMPv4 only so far: an IPv6 `src` is an error, and targets of the
+/// other family stay unanswered.
+pub fn round(src: IpAddr, targets: &[IpAddr], timeout: Duration) -> std::io::Result<HashMap<IpAddr, Duration>> {
+    let IpAddr::V4(src) = src else {
+        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "ICMPv6 probes are not implemented yet"));
+    };
+    let v4: Vec<Ipv4Addr> =
+        targets.iter().filter_map(|t| if let IpAddr::V4(a) = t { Some(*a) } else { None }).collect();
+    Ok(round_v4(src, &v4, timeout)?.into_iter().map(|(a, rtt)| (IpAddr::V4(a), rtt)).collect())
+}
+
+/// One ICMPv4 round: an echo to every target from `src`, replies collected until `timeout`.
+/// Returns the round trip of each target that answered.
+fn round_v4(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io::Result<HashMap<Ipv4Addr, Duration>> {
     let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
     sock.bind(&SocketAddrV4::new(src, 0).into())?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -148,16 +160,16 @@ impl Probe {
     async fn run_round(&self) -> Vec<ProbeResult> {
         let (own, peers) = {
             let st = self.status.read().unwrap_or_else(|p| p.into_inner());
-            let own = st.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok());
-            let peers: Vec<(String, Ipv4Addr)> = st
+            let own = st.subnet.as_deref().and_then(|s| s.parse::<IpNet>().ok());
+            let peers: Vec<(String, IpAddr)> = st
                 .peers
                 .iter()
-                .filter_map(|p| Some((p.node.clone(), subnet::gateway(p.subnet.parse::<Ipv4Net>().ok()?))))
+                .filter_map(|p| Some((p.node.clone(), subnet::gateway(p.subnet.parse::<IpNet>().ok()?))))
                 .collect();
             (own, peers)
         };
         let Some(own) = own else { return vec![] };
-        let targets: Vec<Ipv4Addr> = peers.iter().map(|(_, t)| *t).collect();
+        let targets: Vec<IpAddr> = peers.iter().map(|(_, t)| *t).collect();
         let src = subnet::gateway(own);
         let timeout = (self.interval / 2).min(Duration::from_secs(1));
         let answered = if targets.is_empty() {
@@ -223,5 +235,11 @@ mod tests {
         let mut req = r.clone();
         req[20] = ECHO_REQUEST;
         assert_eq!(parse_reply(&req, 0x1234), None, "not a reply");
+    }
+
+    #[test]
+    fn an_ipv6_round_is_refused_before_any_socket() {
+        let e = round("fd00:10:244:1::1".parse().expect("lit"), &[], Duration::from_millis(1)).expect_err("v6");
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
     }
 }

@@ -5,7 +5,6 @@
 
 use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
 /// Route protocol number marking the routes weft owns (`ip route show proto 213`).
@@ -18,34 +17,8 @@ pub enum RouteKind {
     Blackhole,
 }
 
-/// An address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    pub fn of_net(net: IpNet) -> Self {
-        Self::of(net.addr())
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
+/// The address family of a route (the config crate's, shared by every layer).
+pub use weft_config::subnet::Family;
 
 /// One route in the main table (IPv4 or IPv6), as weft installs it. Its gateway and source, when
 /// set, are of its destination's family ([`Route::check_family`]).

@@ -2,16 +2,16 @@
 //! pods; files are replaced atomically (write, fsync, rename) so a crash never leaves half a file.
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetState {
     pub network: String,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub node_id: String,
 }
 
@@ -39,7 +39,7 @@ pub struct PodRecord {
     pub name: String,
     pub netns: String,
     pub ifname: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub host_veth: String,
     pub source: PodSource,
     /// weft created the namespace (and removes it with the pod).
@@ -126,7 +126,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 /// The flannel-compatible environment file consumers (CNI plugins, scripts) read.
-pub fn subnet_env(cluster: Ipv4Net, subnet: Ipv4Net, mtu: u32, ip_masq: bool) -> String {
+pub fn subnet_env(cluster: IpNet, subnet: IpNet, mtu: u32, ip_masq: bool) -> String {
     let gw = weft_config::subnet::gateway(subnet);
     format!(
         "FLANNEL_NETWORK={cluster}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n",
@@ -145,6 +145,30 @@ mod tests {
             env,
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
         );
+    }
+
+    #[test]
+    fn state_files_keep_their_json() {
+        let st = SubnetState {
+            network: "default".into(),
+            subnet: "10.244.1.0/24".parse().expect("lit"),
+            node_id: "x".into(),
+        };
+        let pod = PodRecord {
+            name: "p1".into(),
+            netns: "ns1".into(),
+            ifname: "eth0".into(),
+            ip: "10.244.1.2".parse().expect("lit"),
+            host_veth: "wv0123abcd".into(),
+            source: PodSource::Cni,
+            owns_netns: true,
+        };
+        let subnet_json = "{\n  \"network\": \"default\",\n  \"subnet\": \"10.244.1.0/24\",\n  \"node_id\": \"x\"\n}";
+        let pods_json = "[\n  {\n    \"name\": \"p1\",\n    \"netns\": \"ns1\",\n    \"ifname\": \"eth0\",\n    \"ip\": \"10.244.1.2\",\n    \"host_veth\": \"wv0123abcd\",\n    \"source\": \"cni\",\n    \"owns_netns\": true\n  }\n]";
+        assert_eq!(serde_json::to_string_pretty(&st).expect("json"), subnet_json);
+        assert_eq!(serde_json::to_string_pretty(std::slice::from_ref(&pod)).expect("json"), pods_json);
+        assert_eq!(serde_json::from_str::<SubnetState>(subnet_json).expect("read back"), st);
+        assert_eq!(serde_json::from_str::<Vec<PodRecord>>(pods_json).expect("read back"), vec![pod]);
     }
 
     #[test]

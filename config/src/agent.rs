@@ -3,7 +3,8 @@
 
 use crate::error::ConfigError;
 use crate::reader::Reader;
-use std::net::{Ipv4Addr, SocketAddr};
+use crate::records::PRIMARY_FAMILY;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -103,8 +104,9 @@ pub struct EtcdTls {
 pub struct UnderlayConfig {
     /// Interface that carries traffic between nodes; `None` = the one holding the default route.
     pub interface: Option<String>,
-    /// Address peers use to reach this node; `None` = the first IPv4 address of the interface.
-    pub public_ip: Option<Ipv4Addr>,
+    /// Address peers use to reach this node (IPv4); `None` = the first IPv4 address of the
+    /// interface.
+    pub public_ip: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,9 +327,9 @@ fn read_underlay(mut r: Reader<'_>) -> Result<UnderlayConfig, ConfigError> {
             return Err(r.err("interface", format!("expected an interface name of 1 to 15 characters, found {i:?}")));
         }
     }
-    let public_ip = r.opt_ipv4("public_ip")?;
+    let public_ip = r.opt_ip("public_ip", PRIMARY_FAMILY)?;
     if let Some(ip) = public_ip {
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+        if !crate::subnet::is_unicast(ip) {
             return Err(r.err("public_ip", format!("expected a unicast address other nodes can reach, found {ip}")));
         }
     }
@@ -552,7 +554,7 @@ ifname = "net0"
         assert_eq!(c.etcd.endpoints.len(), 2);
         let tls = c.etcd.tls.expect("tls");
         assert_eq!(tls.identity, Some(("/etc/weft/n2.pem".into(), "/etc/weft/n2.key".into())));
-        assert_eq!(c.underlay.public_ip, Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(c.underlay.public_ip, Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))));
         assert_eq!(c.bridge.mtu, Some(1450));
         assert_eq!(c.timers.reconcile, Duration::from_secs(2));
         assert_eq!(c.pods[0], PodSpec { name: "p1".into(), netns: "lab-n2-p1".into(), ifname: "eth0".into() });
@@ -610,6 +612,16 @@ ifname = "net0"
                 assert_eq!(&got, want, "for {text:?}");
             }
         }
+    }
+
+    #[test]
+    fn an_ipv6_public_ip_is_refused_until_ipv6_is_switched_on() {
+        let e =
+            err("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[underlay]\npublic_ip = \"2001:db8::7\"");
+        assert_eq!(
+            e,
+            "agent.toml: underlay.public_ip: expected an IPv4 address like 192.0.2.10, found \"2001:db8::7\""
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! JSON response per line. Shared by the agent (server) and weftctl (client).
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Largest request line the agent reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -47,9 +47,9 @@ pub struct PodInfo {
     pub name: String,
     pub netns: String,
     pub ifname: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub host_veth: String,
     /// `config` (declared in agent.toml) or `api` (added through the socket).
     pub source: String,
@@ -59,7 +59,7 @@ pub struct PodInfo {
 pub struct PeerStatus {
     pub node: String,
     pub subnet: String,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     /// Route installed and matching the desired one.
     pub route_ok: bool,
     /// Why the peer cannot be routed (e.g. not on-link for host-gw).
@@ -92,7 +92,7 @@ pub struct Status {
     #[serde(default)]
     pub subnet: Option<String>,
     #[serde(default)]
-    pub public_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<IpAddr>,
     #[serde(default)]
     pub backend: Option<String>,
     pub peers: Vec<PeerStatus>,
@@ -141,7 +141,7 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeResult {
     pub node: String,
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub ok: bool,
     /// Round trip of the latest successful probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,8 +1,8 @@
 //! The etcd key layout. One place builds and parses keys, so the layout is documented once
 //! (docs/ARCHITECTURE.md) and changed once.
 
-use crate::subnet;
-use ipnet::Ipv4Net;
+use crate::subnet::{self, Family};
+use ipnet::IpNet;
 
 /// Root of every key weft writes.
 pub const ROOT: &str = "/weft/v1";
@@ -23,13 +23,23 @@ impl Keys {
         format!("{}/config", self.base)
     }
 
-    /// Prefix of all subnet records (ends in `/`).
+    /// Prefix of all IPv4 subnet records (ends in `/`): every node's lease.
     pub fn subnets_prefix(&self) -> String {
-        format!("{}/subnets/", self.base)
+        self.subnets_prefix_of(Family::V4)
     }
 
-    pub fn subnet(&self, s: Ipv4Net) -> String {
-        format!("{}{}", self.subnets_prefix(), subnet::to_key_form(s))
+    /// Prefix of the subnet records of one family (ends in `/`): `subnets/` for IPv4 (as ever),
+    /// `subnets6/` for IPv6, where a dual-stack node keeps its second lease.
+    pub fn subnets_prefix_of(&self, family: Family) -> String {
+        match family {
+            Family::V4 => format!("{}/subnets/", self.base),
+            Family::V6 => format!("{}/subnets6/", self.base),
+        }
+    }
+
+    /// The record key of `s`, under the prefix of its family.
+    pub fn subnet(&self, s: IpNet) -> String {
+        format!("{}{}", self.subnets_prefix_of(Family::of_net(s)), subnet::to_key_form(s))
     }
 
     /// Prefix of all heartbeat keys (ends in `/`).
@@ -74,12 +84,23 @@ mod tests {
     fn layout() {
         let k = Keys::new("default");
         assert_eq!(k.config(), "/weft/v1/default/config");
-        let s: Ipv4Net = "10.244.1.0/24".parse().expect("literal");
+        let s: IpNet = "10.244.1.0/24".parse().expect("literal");
         assert_eq!(k.subnet(s), "/weft/v1/default/subnets/10.244.1.0-24");
         assert_eq!(k.node("n1"), "/weft/v1/default/nodes/n1");
         assert_eq!(k.subnet_segment("/weft/v1/default/subnets/10.244.1.0-24"), Some("10.244.1.0-24"));
         assert_eq!(k.subnet_segment("/weft/v1/other/subnets/10.244.1.0-24"), None);
         assert_eq!(k.subnet_segment("/weft/v1/default/subnets/a/b"), None);
         assert_eq!(k.node_segment("/weft/v1/default/nodes/n1"), Some("n1"));
+    }
+
+    #[test]
+    fn each_family_has_its_own_subnet_prefix() {
+        let k = Keys::new("default");
+        assert_eq!(k.subnets_prefix(), "/weft/v1/default/subnets/");
+        assert_eq!(k.subnets_prefix_of(Family::V6), "/weft/v1/default/subnets6/");
+        let s: IpNet = "fd00:10:244:1::/64".parse().expect("literal");
+        assert_eq!(k.subnet(s), "/weft/v1/default/subnets6/fd00:10:244:1::-64");
+        // An IPv6 key is never listed with, nor read as, an IPv4 one.
+        assert_eq!(k.subnet_segment(&k.subnet(s)), None);
     }
 }

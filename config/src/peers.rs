@@ -3,9 +3,9 @@
 
 use crate::records::{check_subnet_key, Backend, BackendData, NetworkConfig, SubnetRecord};
 use crate::Keys;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// One key-value pair as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,10 +19,10 @@ pub struct RawRecord {
 /// A validated peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub node: String,
     pub node_id: String,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     pub backend: Backend,
     pub epoch: u64,
     /// What the peer's backends published (opaque here; each backend reads its own entry).
@@ -41,7 +41,7 @@ pub struct Skipped {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerSet {
     /// Peers by subnet (the set other code iterates in a stable order).
-    pub peers: BTreeMap<Ipv4Net, Peer>,
+    pub peers: BTreeMap<IpNet, Peer>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -52,7 +52,7 @@ pub fn build_peer_set(
     keys: &Keys,
     records: &[RawRecord],
     own_node: &str,
-    own_subnet: Option<Ipv4Net>,
+    own_subnet: Option<IpNet>,
 ) -> PeerSet {
     let mut out = PeerSet::default();
     let mut skip = |r: &RawRecord, reason: String| {
@@ -132,7 +132,7 @@ mod tests {
         let net = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid");
         let keys = Keys::new("default");
         let p = "/weft/v1/default/subnets/";
-        let own: Ipv4Net = "10.244.1.0/24".parse().expect("literal");
+        let own: IpNet = "10.244.1.0/24".parse().expect("literal");
         let records = vec![
             raw(&format!("{p}10.244.1.0-24"), &rec("n1", "192.0.2.1"), 1),
             raw(&format!("{p}10.244.2.0-24"), &rec("n2", "192.0.2.2"), 2),
@@ -160,10 +160,30 @@ mod tests {
     fn foreign_record_on_own_subnet_is_skipped() {
         let net = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid");
         let keys = Keys::new("default");
-        let own: Ipv4Net = "10.244.1.0/24".parse().expect("literal");
+        let own: IpNet = "10.244.1.0/24".parse().expect("literal");
         let records = vec![raw("/weft/v1/default/subnets/10.244.1.0-24", &rec("intruder", "192.0.2.9"), 1)];
         let set = build_peer_set(&net, &keys, &records, "n1", Some(own));
         assert!(set.peers.is_empty());
         assert_eq!(set.skipped.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_subnets_and_addresses_are_skipped_with_the_reason() {
+        let net = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid");
+        let keys = Keys::new("default");
+        let records = vec![
+            raw("/weft/v1/default/subnets/fd00:10:244:2::-64", &rec("n2", "192.0.2.2"), 1),
+            raw("/weft/v1/default/subnets/10.244.3.0-24", &rec("n3", "2001:db8::3"), 2),
+        ];
+        let set = build_peer_set(&net, &keys, &records, "n1", None);
+        assert!(set.peers.is_empty());
+        let reasons: Vec<_> = set.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "expected an IPv4 subnet key like 10.244.1.0-24, found the IPv6 subnet fd00:10:244:2::/64",
+                "public_ip: expected an IPv4 address like 192.0.2.10, found 2001:db8::3",
+            ]
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! cannot do for nested tables.
 
 use crate::error::ConfigError;
+use crate::subnet::Family;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use toml::{Table, Value};
 
 pub(crate) struct Reader<'a> {
@@ -90,13 +91,17 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn opt_ipv4(&mut self, key: &'static str) -> Result<Option<Ipv4Addr>, ConfigError> {
+    /// An address of `family` (the other family is refused like any other non-address).
+    pub(crate) fn opt_ip(&mut self, key: &'static str, family: Family) -> Result<Option<IpAddr>, ConfigError> {
         match self.opt_str(key)? {
             None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| self.err(key, format!("expected an IPv4 address like 192.0.2.10, found {s:?}"))),
+            Some(s) => {
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if Family::of(ip) == family => Ok(Some(ip)),
+                    _ => Err(self
+                        .err(key, format!("expected an {family} address like {}, found {s:?}", family.example_addr()))),
+                }
+            }
         }
     }
 

@@ -4,12 +4,12 @@
 //! error that names the key.
 
 use crate::error::ConfigError;
-use crate::subnet::{self, parse_cidr};
-use ipnet::Ipv4Net;
+use crate::subnet::{self, parse_cidr, CidrError, Family};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -46,12 +46,17 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// The family of the cluster CIDR (`cidr`), of the subnets under `subnets/` and of the
+/// underlay addresses: IPv4, the only family switched on. Dual-stack adds IPv6 in fields of
+/// its own (`cidr6`, `subnets6/`) instead of changing what these hold.
+pub const PRIMARY_FAMILY: Family = Family::V4;
+
 /// `/weft/v1/<network>/config`: written by `weftctl network init`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {
     pub schema: u32,
-    /// The cluster CIDR all node subnets are carved from.
-    pub cidr: Ipv4Net,
+    /// The cluster CIDR all node subnets are carved from (IPv4).
+    pub cidr: IpNet,
     /// Prefix length of each node's subnet.
     pub subnet_len: u8,
     pub backend: Backend,
@@ -67,23 +72,7 @@ impl NetworkConfig {
     }
 
     fn validate(&self, source: &str) -> Result<(), ConfigError> {
-        if self.cidr.network() != self.cidr.addr() {
-            return Err(ConfigError::new(source, "cidr", format!("{} has host bits set", self.cidr)));
-        }
-        let min = self.cidr.prefix_len() + 1;
-        if self.subnet_len < min.max(8) || self.subnet_len > 30 {
-            return Err(ConfigError::new(
-                source,
-                "subnet_len",
-                format!(
-                    "expected a prefix length from {} to 30 (longer than the cluster's /{}), found {}",
-                    min.max(8),
-                    self.cidr.prefix_len(),
-                    self.subnet_len
-                ),
-            ));
-        }
-        Ok(())
+        check_pool(source, ("cidr", "subnet_len"), PRIMARY_FAMILY, self.cidr, self.subnet_len)
     }
 
     /// Parses and validates the etcd value stored at `key`.
@@ -99,6 +88,38 @@ impl NetworkConfig {
         // Serialising plain data with derived impls cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// One address pool of a network config: `cidr` of `family`, carved into subnets of
+/// `subnet_len`, each leaving room for a gateway and pods (at most /30 in IPv4, /126 in IPv6).
+/// The two field names are those errors name.
+fn check_pool(
+    source: &str,
+    (cidr_field, len_field): (&str, &str),
+    family: Family,
+    cidr: IpNet,
+    subnet_len: u8,
+) -> Result<(), ConfigError> {
+    if Family::of_net(cidr) != family {
+        let e = CidrError::Syntax { family, given: cidr.to_string() };
+        return Err(ConfigError::new(source, cidr_field, e.to_string()));
+    }
+    if cidr.network() != cidr.addr() {
+        return Err(ConfigError::new(source, cidr_field, format!("{cidr} has host bits set")));
+    }
+    let min = (cidr.prefix_len() + 1).max(8);
+    let max = family.bits() - 2;
+    if subnet_len < min || subnet_len > max {
+        return Err(ConfigError::new(
+            source,
+            len_field,
+            format!(
+                "expected a prefix length from {min} to {max} (longer than the cluster's /{}), found {subnet_len}",
+                cidr.prefix_len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What each backend publishes about its node, keyed by backend name (`"quic"`, ...). Opaque
@@ -121,8 +142,8 @@ pub struct SubnetRecord {
     pub node: String,
     /// Machine identity (`node_id` or /etc/machine-id): decides who may reuse the record.
     pub node_id: String,
-    /// Underlay address peers route to (host-gw) or dial (quic).
-    pub public_ip: Ipv4Addr,
+    /// Underlay address peers route to (host-gw) or dial (quic); IPv4.
+    pub public_ip: IpAddr,
     pub backend: Backend,
     /// Changes on every agent start, so peers can tell a restart from a long-lived session.
     pub epoch: u64,
@@ -136,7 +157,7 @@ struct RecordWire {
     schema: u32,
     node: String,
     node_id: String,
-    public_ip: Ipv4Addr,
+    public_ip: IpAddr,
     backend: Backend,
     #[serde(default)]
     epoch: u64,
@@ -208,7 +229,14 @@ impl SubnetRecord {
             return Err(ConfigError::new(key, "node_id", "expected 1 to 128 characters"));
         }
         let ip = r.public_ip;
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+        if Family::of(ip) != PRIMARY_FAMILY {
+            return Err(ConfigError::new(
+                key,
+                "public_ip",
+                format!("expected an {PRIMARY_FAMILY} address like {}, found {ip}", PRIMARY_FAMILY.example_addr()),
+            ));
+        }
+        if !subnet::is_unicast(ip) {
             return Err(ConfigError::new(key, "public_ip", format!("expected a unicast address, found {ip}")));
         }
         if r.schema == 0 {
@@ -228,7 +256,7 @@ pub struct Heartbeat {
     pub schema: u32,
     pub node_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet: Option<Ipv4Net>,
+    pub subnet: Option<IpNet>,
     /// `ready` once routes and pods are in place, `starting` before.
     pub status: String,
     /// Seconds since the Unix epoch of the last refresh.
@@ -259,11 +287,20 @@ fn check_size(key: &str, bytes: &[u8]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A subnet key's last segment checked against the network: inside the cluster CIDR, of the
-/// configured length, aligned. Errors say what was wrong, for the skip log.
-pub fn check_subnet_key(net: &NetworkConfig, key: &str, last_segment: &str) -> Result<Ipv4Net, ConfigError> {
+/// A subnet key's last segment (under `subnets/`) checked against the network: of the cluster
+/// CIDR's family, inside it, of the configured length, aligned. Errors say what was wrong, for
+/// the skip log.
+pub fn check_subnet_key(net: &NetworkConfig, key: &str, last_segment: &str) -> Result<IpNet, ConfigError> {
     let s = subnet::from_key_form(last_segment)
         .ok_or_else(|| ConfigError::new(key, "", "expected a subnet key like 10.244.1.0-24"))?;
+    let (want, got) = (Family::of_net(net.cidr), Family::of_net(s));
+    if got != want {
+        return Err(ConfigError::new(
+            key,
+            "",
+            format!("expected an {want} subnet key like {}, found the {got} subnet {s}", want.example_key()),
+        ));
+    }
     if s.prefix_len() != net.subnet_len {
         return Err(ConfigError::new(
             key,
@@ -280,6 +317,7 @@ pub fn check_subnet_key(net: &NetworkConfig, key: &str, last_segment: &str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn net() -> NetworkConfig {
         NetworkConfig::new("test", "10.244.0.0/16", 24, Backend::HostGw).expect("valid")
@@ -320,7 +358,7 @@ mod tests {
             schema: 1,
             node: "n1".into(),
             node_id: "id-1".into(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             backend: Backend::HostGw,
             epoch: 7,
             backend_data: BackendData::new(),
@@ -370,7 +408,7 @@ mod tests {
             schema: SCHEMA_VERSION,
             node: "n1".into(),
             node_id: "id-1".into(),
-            public_ip: Ipv4Addr::new(172, 30, 0, 11),
+            public_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 11)),
             backend: Backend::Quic,
             epoch: 9,
             backend_data: data,
@@ -391,7 +429,7 @@ mod tests {
             schema: 1,
             node: "n1".into(),
             node_id: "id-1".into(),
-            public_ip: Ipv4Addr::new(172, 30, 0, 11),
+            public_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 11)),
             backend: Backend::HostGw,
             epoch: 5,
             backend_data: BackendData::new(),
@@ -456,5 +494,53 @@ mod tests {
         assert!(check_subnet_key(&n, "k", "10.244.3.0-25").expect_err("len").to_string().contains("is not a /24"));
         assert!(check_subnet_key(&n, "k", "10.244.3.1-24").is_err());
         assert!(check_subnet_key(&n, "k", "junk").is_err());
+    }
+
+    #[test]
+    fn an_ipv6_cluster_cidr_is_refused_until_ipv6_is_switched_on() {
+        let e = NetworkConfig::new("--cidr", "fd00:10:244::/56", 64, Backend::HostGw).expect_err("ipv6");
+        assert_eq!(e.to_string(), "--cidr: cidr: expected an IPv4 CIDR like 10.244.0.0/16, found \"fd00:10:244::/56\"");
+        let k = "/weft/v1/default/config";
+        let e = NetworkConfig::from_json(
+            k,
+            br#"{"schema":1,"cidr":"fd00:10:244::/56","subnet_len":64,"backend":"host-gw"}"#,
+        )
+        .expect_err("ipv6");
+        assert_eq!(
+            e.to_string(),
+            "/weft/v1/default/config: cidr: expected an IPv4 CIDR like 10.244.0.0/16, found \"fd00:10:244::/56\""
+        );
+    }
+
+    #[test]
+    fn an_ipv6_subnet_under_subnets_is_refused() {
+        let e = check_subnet_key(&net(), "/weft/v1/default/subnets/fd00:10:244:1::-64", "fd00:10:244:1::-64")
+            .expect_err("ipv6");
+        assert_eq!(
+            e.to_string(),
+            "/weft/v1/default/subnets/fd00:10:244:1::-64: expected an IPv4 subnet key like 10.244.1.0-24, found the IPv6 subnet fd00:10:244:1::/64"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_public_ip_in_a_record_is_refused() {
+        let v6 =
+            br#"{"schema":1,"node":"n2","node_id":"id-2","public_ip":"2001:db8::12","backend":"host-gw","epoch":1}"#;
+        let e = SubnetRecord::from_json("k", v6).expect_err("ipv6");
+        assert_eq!(e.to_string(), "k: public_ip: expected an IPv4 address like 192.0.2.10, found 2001:db8::12");
+    }
+
+    #[test]
+    fn the_pool_check_knows_both_families() {
+        let v6: IpNet = "fd00:10:244::/56".parse().expect("literal");
+        assert_eq!(check_pool("x", ("cidr6", "subnet_len6"), Family::V6, v6, 64), Ok(()));
+        let e = check_pool("x", ("cidr6", "subnet_len6"), Family::V6, v6, 127).expect_err("too long");
+        assert_eq!(
+            e.to_string(),
+            "x: subnet_len6: expected a prefix length from 57 to 126 (longer than the cluster's /56), found 127"
+        );
+        let v4: IpNet = "10.244.0.0/16".parse().expect("literal");
+        let e = check_pool("x", ("cidr6", "subnet_len6"), Family::V6, v4, 24).expect_err("family");
+        assert_eq!(e.to_string(), "x: cidr6: expected an IPv6 CIDR like fd00:10:244::/56, found \"10.244.0.0/16\"");
     }
 }

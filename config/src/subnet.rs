@@ -1,108 +1,259 @@
-//! Subnet math over IPv4 prefixes: carving a cluster CIDR into node subnets, finding a free one,
-//! addressing inside a node subnet, and the `a.b.c.d-len` form used in etcd keys.
+//! Subnet math over IP prefixes of either family: carving a cluster CIDR into node subnets,
+//! finding a free one, addressing inside a node subnet, and the `addr-len` form used in etcd
+//! keys (`10.244.1.0-24`, `fd00:10:244:1::-64`).
 //!
-//! Everything is pure and works on `ipnet::Ipv4Net`; an IPv6 twin would mirror these functions.
+//! Everything is pure and works on `IpNet`/`IpAddr`; addresses are handled as `u128`, so one
+//! implementation serves IPv4 and IPv6. Which family a field accepts is decided by its reader
+//! (IPv4 is the only family switched on today; see `records::NetworkConfig`).
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn of_net(net: IpNet) -> Family {
+        Family::of(net.addr())
+    }
+
+    /// Address length in bits: 32 or 128.
+    pub fn bits(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// A CIDR of this family, for messages.
+    pub fn example_cidr(self) -> &'static str {
+        match self {
+            Family::V4 => "10.244.0.0/16",
+            Family::V6 => "fd00:10:244::/56",
+        }
+    }
+
+    /// An address of this family, for messages.
+    pub fn example_addr(self) -> &'static str {
+        match self {
+            Family::V4 => "192.0.2.10",
+            Family::V6 => "2001:db8::10",
+        }
+    }
+
+    /// A subnet key of this family, for messages.
+    pub fn example_key(self) -> &'static str {
+        match self {
+            Family::V4 => "10.244.1.0-24",
+            Family::V6 => "fd00:10:244:1::-64",
+        }
+    }
+
+    /// The highest address of the family as a number.
+    fn max(self) -> u128 {
+        match self {
+            Family::V4 => u128::from(u32::MAX),
+            Family::V6 => u128::MAX,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// An address as a number (IPv4 in the low 32 bits).
+fn num(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address `n` of `family`; `n` is clamped to the family's range.
+fn addr(family: Family, n: u128) -> IpAddr {
+    let n = n.min(family.max());
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX))),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+    }
+}
+
+/// `a + n`, saturating at the family's highest address.
+fn add(a: IpAddr, n: u128) -> IpAddr {
+    addr(Family::of(a), num(a).saturating_add(n))
+}
+
+/// `a - n`, saturating at the family's lowest address.
+fn sub(a: IpAddr, n: u128) -> IpAddr {
+    addr(Family::of(a), num(a).saturating_sub(n))
+}
 
 /// Why a prefix string was refused. `Display` gives the expectation, lowercase.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
-    #[error("expected an IPv4 CIDR like 10.244.0.0/16, found {0:?}")]
-    Syntax(String),
+    /// Not a prefix of the family asked for (garbage, or the other family).
+    #[error("expected an {family} CIDR like {}, found {given:?}", family.example_cidr())]
+    Syntax { family: Family, given: String },
     #[error("{given} has host bits set (did you mean {network}?)")]
-    Misaligned { given: String, network: Ipv4Net },
+    Misaligned { given: String, network: IpNet },
 }
 
-/// Parses `a.b.c.d/len`, refusing host bits (a misaligned CIDR is almost always a typo).
-pub fn parse_cidr(s: &str) -> Result<Ipv4Net, CidrError> {
-    let net: Ipv4Net = s.trim().parse().map_err(|_| CidrError::Syntax(s.to_string()))?;
+/// Parses an IPv4 `a.b.c.d/len` (the cluster CIDR), refusing host bits (a misaligned CIDR is
+/// almost always a typo).
+pub fn parse_cidr(s: &str) -> Result<IpNet, CidrError> {
+    parse_cidr_of(Family::V4, s)
+}
+
+/// Parses a prefix of `family`, refusing the other family and host bits.
+pub fn parse_cidr_of(family: Family, s: &str) -> Result<IpNet, CidrError> {
+    let syntax = || CidrError::Syntax { family, given: s.to_string() };
+    let net: IpNet = s.trim().parse().map_err(|_| syntax())?;
+    if Family::of_net(net) != family {
+        return Err(syntax());
+    }
     if net.addr() != net.network() {
         return Err(CidrError::Misaligned { given: s.to_string(), network: net.trunc() });
     }
     Ok(net)
 }
 
-/// How many subnets of `subnet_len` a cluster CIDR holds (saturating at `u32::MAX`).
-pub fn subnet_count(cidr: Ipv4Net, subnet_len: u8) -> u64 {
-    if subnet_len < cidr.prefix_len() || subnet_len > 32 {
+/// How many subnets of `subnet_len` a cluster CIDR holds (saturating at `u64::MAX`, which only
+/// IPv6 reaches).
+pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> u64 {
+    if subnet_len < cidr.prefix_len() || subnet_len > Family::of_net(cidr).bits() {
         return 0;
     }
-    1u64 << (subnet_len - cidr.prefix_len())
+    1u64.checked_shl(u32::from(subnet_len - cidr.prefix_len())).unwrap_or(u64::MAX)
+}
+
+/// Host bits of a subnet of `subnet_len` in `family` (the shift between subnet indexes).
+fn host_bits(family: Family, subnet_len: u8) -> u32 {
+    u32::from(family.bits().saturating_sub(subnet_len))
 }
 
 /// The `index`th subnet of `subnet_len` inside `cidr`, if there is one.
-pub fn nth_subnet(cidr: Ipv4Net, subnet_len: u8, index: u64) -> Option<Ipv4Net> {
+pub fn nth_subnet(cidr: IpNet, subnet_len: u8, index: u64) -> Option<IpNet> {
     if index >= subnet_count(cidr, subnet_len) {
         return None;
     }
-    let step = 1u64 << (32 - u32::from(subnet_len));
-    let base = u64::from(u32::from(cidr.network()));
-    let addr = u32::try_from(base + index * step).ok()?;
-    Ipv4Net::new(Ipv4Addr::from(addr), subnet_len).ok()
+    let family = Family::of_net(cidr);
+    // index < 2^(subnet_len - cidr len), so the offset stays inside the cidr; a shift of 128
+    // only happens for ::/0 carved into ::/0, whose one index is 0.
+    let offset = u128::from(index).checked_shl(host_bits(family, subnet_len)).unwrap_or(0);
+    let n = num(cidr.network()).checked_add(offset)?;
+    IpNet::new(addr(family, n), subnet_len).ok()
+}
+
+/// The index of `subnet` among the subnets of `subnet_len` in `cidr` (the inverse of
+/// [`nth_subnet`]); `None` unless it is one of them.
+pub fn index_of(cidr: IpNet, subnet_len: u8, subnet: IpNet) -> Option<u64> {
+    if subnet.prefix_len() != subnet_len || !contains(cidr, subnet) || subnet.addr() != subnet.network() {
+        return None;
+    }
+    let shift = host_bits(Family::of_net(cidr), subnet_len);
+    let delta = num(subnet.network()) - num(cidr.network());
+    u64::try_from(delta.checked_shr(shift).unwrap_or(0)).ok()
 }
 
 /// The lowest subnet of `subnet_len` in `cidr` that overlaps none of `taken`.
-/// `taken` may hold prefixes of any length (a hostile record need not be aligned).
-pub fn first_free(cidr: Ipv4Net, subnet_len: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+/// `taken` may hold prefixes of any length and family (a hostile record need not be aligned).
+pub fn first_free(cidr: IpNet, subnet_len: u8, taken: &[IpNet]) -> Option<IpNet> {
     let count = subnet_count(cidr, subnet_len);
     // Exact matches are the common case: index them so a large cluster stays O(n log n).
-    let exact: BTreeSet<Ipv4Net> = taken.iter().copied().filter(|t| t.prefix_len() == subnet_len).collect();
-    let odd: Vec<Ipv4Net> = taken.iter().copied().filter(|t| t.prefix_len() != subnet_len).collect();
-    (0..count)
-        .filter_map(|i| nth_subnet(cidr, subnet_len, i))
-        .find(|s| !exact.contains(s) && !odd.iter().any(|t| overlaps(*s, *t)))
+    let exact: BTreeSet<IpNet> = taken.iter().copied().filter(|t| t.prefix_len() == subnet_len).collect();
+    let odd: Vec<IpNet> = taken.iter().copied().filter(|t| t.prefix_len() != subnet_len).collect();
+    let shift = host_bits(Family::of_net(cidr), subnet_len);
+    let base = num(cidr.network());
+    let mut i = 0u64;
+    while i < count {
+        let s = nth_subnet(cidr, subnet_len, i)?;
+        if exact.contains(&s) {
+            i += 1;
+            continue;
+        }
+        let Some(t) = odd.iter().find(|t| overlaps(s, **t)) else { return Some(s) };
+        // Skip every subnet the overlapping prefix covers (an IPv6 supernet covers billions).
+        let past = num(t.broadcast()).saturating_sub(base).checked_shr(shift).unwrap_or(0);
+        i = u64::try_from(past).unwrap_or(u64::MAX).saturating_add(1).max(i + 1);
+    }
+    None
 }
 
-/// True when the two prefixes share at least one address.
-pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+/// True when the two prefixes share at least one address (never across families).
+pub fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// True when `inner` lies entirely inside `outer`.
-pub fn contains(outer: Ipv4Net, inner: Ipv4Net) -> bool {
+pub fn contains(outer: IpNet, inner: IpNet) -> bool {
     outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
 }
 
 /// The node's gateway: the first host address of its subnet, held by the bridge.
-pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
+pub fn gateway(subnet: IpNet) -> IpAddr {
+    add(subnet.network(), 1)
 }
 
-/// Pod addresses of a subnet: everything between the gateway and the broadcast address.
-pub fn pod_range(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
-    let first = u32::from(subnet.network()).saturating_add(2);
-    let last = u32::from(subnet.broadcast()).saturating_sub(1);
-    (first..=last).map(Ipv4Addr::from)
+/// Pod addresses of a subnet: everything between the gateway and the last address (the IPv4
+/// broadcast; kept free in IPv6 too, so both families follow one rule).
+pub fn pod_range(subnet: IpNet) -> impl Iterator<Item = IpAddr> {
+    let family = Family::of_net(subnet);
+    let first = num(add(subnet.network(), 2));
+    let last = num(sub(subnet.broadcast(), 1));
+    (first..=last).map(move |n| addr(family, n))
 }
 
 /// The lowest pod address not in `used`.
-pub fn first_free_addr(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub fn first_free_addr(subnet: IpNet, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
     pod_range(subnet).find(|a| !used.contains(a))
 }
 
 /// True when `addr` may be given to a pod of `subnet`.
-pub fn is_pod_addr(subnet: Ipv4Net, addr: Ipv4Addr) -> bool {
-    subnet.prefix_len() <= 30
+pub fn is_pod_addr(subnet: IpNet, addr: IpAddr) -> bool {
+    subnet.prefix_len() + 2 <= Family::of_net(subnet).bits()
         && subnet.contains(&addr)
         && addr != subnet.network()
         && addr != subnet.broadcast()
         && addr != gateway(subnet)
 }
 
-/// `10.244.1.0/24` as it appears in an etcd key: `10.244.1.0-24`.
-pub fn to_key_form(subnet: Ipv4Net) -> String {
+/// True for an address one host can give another: not unspecified, multicast, loopback or
+/// (IPv4) broadcast.
+pub fn is_unicast(ip: IpAddr) -> bool {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || broadcast)
+}
+
+/// `10.244.1.0/24` as it appears in an etcd key: `10.244.1.0-24` (`fd00:10:244:1::-64`).
+pub fn to_key_form(subnet: IpNet) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix_len())
 }
 
-/// Parses the key form back; `None` for anything else (including host bits).
-pub fn from_key_form(s: &str) -> Option<Ipv4Net> {
+/// Parses the key form back, either family; `None` for anything else (including host bits).
+pub fn from_key_form(s: &str) -> Option<IpNet> {
     let (addr, len) = s.split_once('-')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
+    let addr: IpAddr = addr.parse().ok()?;
     let len: u8 = len.parse().ok()?;
-    let net = Ipv4Net::new(addr, len).ok()?;
+    let net = IpNet::new(addr, len).ok()?;
     (net.network() == addr).then_some(net)
 }
 
@@ -110,7 +261,11 @@ pub fn from_key_form(s: &str) -> Option<Ipv4Net> {
 mod tests {
     use super::*;
 
-    fn n(s: &str) -> Ipv4Net {
+    fn n(s: &str) -> IpNet {
+        s.parse().expect("test literal")
+    }
+
+    fn a(s: &str) -> IpAddr {
         s.parse().expect("test literal")
     }
 
@@ -121,9 +276,29 @@ mod tests {
             parse_cidr("10.244.1.0/16").map_err(|e| e.to_string()),
             Err("10.244.1.0/16 has host bits set (did you mean 10.244.0.0/16?)".to_string())
         );
-        assert!(matches!(parse_cidr("10.244.0.0"), Err(CidrError::Syntax(_))));
-        assert!(matches!(parse_cidr("10.244.0.0/33"), Err(CidrError::Syntax(_))));
-        assert!(matches!(parse_cidr("fd00::/8"), Err(CidrError::Syntax(_))));
+        assert!(matches!(parse_cidr("10.244.0.0"), Err(CidrError::Syntax { .. })));
+        assert!(matches!(parse_cidr("10.244.0.0/33"), Err(CidrError::Syntax { .. })));
+        assert!(matches!(parse_cidr("fd00::/8"), Err(CidrError::Syntax { .. })));
+    }
+
+    #[test]
+    fn parse_of_each_family_refuses_the_other() {
+        assert_eq!(
+            parse_cidr("fd00:10:244::/56").map_err(|e| e.to_string()),
+            Err("expected an IPv4 CIDR like 10.244.0.0/16, found \"fd00:10:244::/56\"".to_string())
+        );
+        assert_eq!(parse_cidr_of(Family::V6, "fd00:10:244::/56"), Ok(n("fd00:10:244::/56")));
+        assert_eq!(
+            parse_cidr_of(Family::V6, "10.244.0.0/16").map_err(|e| e.to_string()),
+            Err("expected an IPv6 CIDR like fd00:10:244::/56, found \"10.244.0.0/16\"".to_string())
+        );
+        assert_eq!(
+            parse_cidr_of(Family::V6, "fd00:10:244::1/56").map_err(|e| e.to_string()),
+            Err("fd00:10:244::1/56 has host bits set (did you mean fd00:10:244::/56?)".to_string())
+        );
+        assert!(parse_cidr_of(Family::V6, "fd00::/129").is_err());
+        assert_eq!((Family::of(a("10.0.0.1")), Family::of_net(n("fd00::/8"))), (Family::V4, Family::V6));
+        assert_eq!((Family::V4.bits(), Family::V6.bits()), (32, 128));
     }
 
     #[test]
@@ -136,6 +311,36 @@ mod tests {
         assert_eq!(subnet_count(c, 15), 0);
         assert_eq!(subnet_count(n("0.0.0.0/0"), 32), 1 << 32);
         assert_eq!(nth_subnet(n("0.0.0.0/0"), 32, (1 << 32) - 1), Some(n("255.255.255.255/32")));
+    }
+
+    #[test]
+    fn fiftysix_into_sixtyfour() {
+        let c = n("fd00:10:244::/56");
+        assert_eq!(subnet_count(c, 64), 256);
+        assert_eq!(nth_subnet(c, 64, 0), Some(n("fd00:10:244::/64")));
+        assert_eq!(nth_subnet(c, 64, 1), Some(n("fd00:10:244:1::/64")));
+        assert_eq!(nth_subnet(c, 64, 255), Some(n("fd00:10:244:ff::/64")));
+        assert_eq!(nth_subnet(c, 64, 256), None);
+        assert_eq!(subnet_count(c, 55), 0);
+        assert_eq!(subnet_count(c, 129), 0);
+        // Counts beyond u64 saturate; the math stays exact at both ends of the space.
+        assert_eq!(subnet_count(n("::/0"), 64), u64::MAX);
+        assert_eq!(nth_subnet(n("::/0"), 0, 0), Some(n("::/0")));
+        assert_eq!(nth_subnet(n("::/0"), 128, u64::MAX - 1), Some(n("::ffff:ffff:ffff:fffe/128")));
+        assert_eq!(nth_subnet(n("ffff::/16"), 64, (1 << 48) - 1), Some(n("ffff:ffff:ffff:ffff::/64")));
+    }
+
+    #[test]
+    fn index_is_the_inverse_of_nth() {
+        for (c, len, i) in [("10.244.0.0/16", 24, 7u64), ("fd00:10:244::/56", 64, 200), ("::/0", 128, 12345)] {
+            let c = n(c);
+            let s = nth_subnet(c, len, i).expect("inside");
+            assert_eq!(index_of(c, len, s), Some(i), "{s}");
+        }
+        let c = n("10.244.0.0/16");
+        assert_eq!(index_of(c, 24, n("10.245.0.0/24")), None, "outside");
+        assert_eq!(index_of(c, 24, n("10.244.1.0/25")), None, "other length");
+        assert_eq!(index_of(c, 64, n("fd00::/64")), None, "other family");
     }
 
     #[test]
@@ -161,6 +366,20 @@ mod tests {
     }
 
     #[test]
+    fn first_free_in_ipv6_skips_whole_supernets_at_once() {
+        let c = n("fd00::/8");
+        assert_eq!(first_free(c, 64, &[]), Some(n("fd00::/64")));
+        let taken = vec![n("fd00::/64"), n("fd00:0:0:1::/64"), n("fd00:0:0:2::/80")];
+        assert_eq!(first_free(c, 64, &taken), Some(n("fd00:0:0:3::/64")));
+        // A hostile /16 covers 2^48 /64s: skipped in one step, not walked.
+        assert_eq!(first_free(c, 64, &[n("fd00::/16")]), Some(n("fd01::/64")));
+        assert_eq!(first_free(c, 64, &[n("fc00::/7")]), None);
+        // Prefixes of the other family take nothing.
+        assert_eq!(first_free(c, 64, &[n("0.0.0.0/0")]), Some(n("fd00::/64")));
+        assert_eq!(first_free(n("10.244.0.0/16"), 24, &[n("::/0")]), Some(n("10.244.0.0/24")));
+    }
+
+    #[test]
     fn overlap_and_contains() {
         assert!(overlaps(n("10.0.0.0/8"), n("10.1.2.0/24")));
         assert!(overlaps(n("10.1.2.0/24"), n("10.0.0.0/8")));
@@ -171,9 +390,19 @@ mod tests {
     }
 
     #[test]
+    fn overlap_and_contains_in_ipv6_and_across_families() {
+        assert!(overlaps(n("fd00:10:244::/56"), n("fd00:10:244:7::/64")));
+        assert!(!overlaps(n("fd00:10:244:7::/64"), n("fd00:10:244:8::/64")));
+        assert!(contains(n("fd00:10:244::/56"), n("fd00:10:244:ff::/64")));
+        assert!(!contains(n("fd00:10:244::/56"), n("fd00:10:245::/64")));
+        assert!(!overlaps(n("0.0.0.0/0"), n("::/0")));
+        assert!(!contains(n("::/0"), n("10.244.0.0/16")));
+    }
+
+    #[test]
     fn addressing_inside_a_subnet() {
         let s = n("10.244.3.0/24");
-        assert_eq!(gateway(s), "10.244.3.1".parse::<Ipv4Addr>().expect("literal"));
+        assert_eq!(gateway(s), "10.244.3.1".parse::<IpAddr>().expect("literal"));
         let mut used = BTreeSet::new();
         let a = first_free_addr(s, &used).expect("addr");
         assert_eq!(a.to_string(), "10.244.3.2");
@@ -191,6 +420,41 @@ mod tests {
     }
 
     #[test]
+    fn addressing_inside_an_ipv6_subnet() {
+        let s = n("fd00:10:244:3::/64");
+        assert_eq!(gateway(s), a("fd00:10:244:3::1"));
+        let mut used = BTreeSet::new();
+        let first = first_free_addr(s, &used).expect("addr");
+        assert_eq!(first, a("fd00:10:244:3::2"));
+        used.insert(first);
+        assert_eq!(first_free_addr(s, &used), Some(a("fd00:10:244:3::3")));
+        assert!(!is_pod_addr(s, s.network()));
+        assert!(!is_pod_addr(s, gateway(s)));
+        assert!(!is_pod_addr(s, a("fd00:10:244:3:ffff:ffff:ffff:ffff")), "the last address stays free");
+        assert!(is_pod_addr(s, a("fd00:10:244:3:ffff:ffff:ffff:fffe")));
+        assert!(!is_pod_addr(s, a("fd00:10:244:4::2")), "outside");
+        assert!(!is_pod_addr(s, a("10.244.3.2")), "other family");
+        assert_eq!(pod_range(n("fd00::/126")).collect::<Vec<_>>(), [a("fd00::2")]);
+        assert_eq!(pod_range(n("fd00::/127")).count(), 0);
+        assert_eq!(pod_range(n("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126")).count(), 1, "no overflow at the top");
+        assert_eq!(
+            gateway(n("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")),
+            a("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(gateway(n("255.255.255.255/32")), a("255.255.255.255"));
+    }
+
+    #[test]
+    fn unicast_in_both_families() {
+        for ok in ["192.0.2.1", "10.0.0.1", "2001:db8::1", "fd00::1"] {
+            assert!(is_unicast(a(ok)), "{ok}");
+        }
+        for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "::", "ff02::1", "::1"] {
+            assert!(!is_unicast(a(bad)), "{bad}");
+        }
+    }
+
+    #[test]
     fn key_form_round_trip() {
         let s = n("10.244.1.0/24");
         assert_eq!(to_key_form(s), "10.244.1.0-24");
@@ -199,5 +463,17 @@ mod tests {
         assert_eq!(from_key_form("10.244.1.0-33"), None);
         assert_eq!(from_key_form("10.244.1.0/24"), None);
         assert_eq!(from_key_form("garbage"), None);
+    }
+
+    #[test]
+    fn key_form_round_trip_in_ipv6() {
+        let s = n("fd00:10:244:1::/64");
+        assert_eq!(to_key_form(s), "fd00:10:244:1::-64");
+        assert_eq!(from_key_form("fd00:10:244:1::-64"), Some(s));
+        assert_eq!(from_key_form(Family::V6.example_key()), Some(s));
+        assert_eq!(from_key_form(Family::V4.example_key()), Some(n("10.244.1.0/24")));
+        assert_eq!(from_key_form("fd00:10:244:1::1-64"), None, "host bits");
+        assert_eq!(from_key_form("fd00::-129"), None);
+        assert_eq!(from_key_form("fd00::/64"), None);
     }
 }

@@ -67,7 +67,7 @@ impl Model {
                 }
                 Action::Install { node, conn, subnet } => {
                     let p = self.table.get(&node).unwrap_or_else(|| panic!("installed {conn} for {node}, not a peer"));
-                    assert_eq!(p.spec.subnet, subnet);
+                    assert_eq!(p.spec.subnet, ipnet::IpNet::from(subnet));
                     assert!(self.open.contains_key(&conn), "installed {conn}, which is not open");
                     assert!(installed_now.insert(node), "two connections installed for one peer at once");
                 }

@@ -8,7 +8,7 @@ pub mod quic_client;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use weft_lab::{in_netns, Lab, LabSpec};
 
@@ -32,13 +32,22 @@ pub fn lab(id: &str, nodes: usize, pods: usize, tweak: impl FnOnce(&mut LabSpec)
     }
 }
 
+/// An address the agent reports, as the tests' IPv4 tools take it (IPv4 is the only family
+/// switched on).
+pub fn v4(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("{a} is IPv6, but the lab runs IPv4 only"),
+    }
+}
+
 /// The address the agent of node `i` gave pod `pod` (e.g. "p1").
 pub fn pod_ip(lab: &Lab, i: usize, pod: &str) -> Ipv4Addr {
     let st = lab.wait_ready(i, Duration::from_secs(20)).unwrap_or_else(|e| panic!("node n{i} not ready: {e:#}"));
     st.pods
         .iter()
         .find(|p| p.name == pod)
-        .map(|p| p.ip)
+        .map(|p| v4(p.ip))
         .unwrap_or_else(|| panic!("n{i} has no pod {pod}: {:?}", st.pods))
 }
 

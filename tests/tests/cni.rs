@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 use weft_lab::{in_netns, netns, plumbing, Lab};
 use weft_tests::ops::*;
@@ -23,7 +23,7 @@ fn container(lab: &Lab, name: &str, id: &str) -> (Container, NsGuard) {
 }
 
 /// `a.b.c.d/len` as address and prefix length.
-fn split_cidr(s: &str) -> (Ipv4Addr, u8) {
+fn split_cidr(s: &str) -> (IpAddr, u8) {
     let (a, l) = s.split_once('/').unwrap_or_else(|| panic!("{s:?} is not address/len"));
     (a.parse().expect("address"), l.parse().expect("prefix length"))
 }

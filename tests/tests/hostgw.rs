@@ -180,7 +180,7 @@ fn api_pods_persist_and_config_pods_are_protected() {
     assert!(out.contains("extra"), "{out}");
     let st = lab.wait_ready(1, Duration::from_secs(5)).expect("ready");
     let extra = st.pods.iter().find(|p| p.name == "extra").expect("extra pod").ip;
-    assert!(ping(&lab, "n2/p1", extra), "API pod not reachable from another node");
+    assert!(ping(&lab, "n2/p1", v4(extra)), "API pod not reachable from another node");
 
     // Deleting a pod declared in agent.toml is refused.
     let del = lab.exec("n1", &["weftctl", "pod", "del", "p1"]).expect("exec");

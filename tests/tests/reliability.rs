@@ -37,7 +37,7 @@ fn ready_status(lab: &Lab, i: usize) -> Status {
 }
 
 fn pod_ips(st: &Status) -> Vec<(String, Ipv4Addr)> {
-    st.pods.iter().map(|p| (p.name.clone(), p.ip)).collect()
+    st.pods.iter().map(|p| (p.name.clone(), v4(p.ip))).collect()
 }
 
 fn secs(d: Duration) -> String {
@@ -388,7 +388,7 @@ fn etcd_outage(id: &str, backend: Backend, topology: Topology) {
     let healthy = back.elapsed();
     let st3 = lab.wait_ready(3, Duration::from_secs(30)).expect("n3 joins once etcd is back");
     let joined = back.elapsed();
-    let ip3 = st3.pods.first().expect("n3 pod").ip;
+    let ip3 = v4(st3.pods.first().expect("n3 pod").ip);
     let routable =
         wait_for(Duration::from_secs(15), || (1..=2).all(|i| ping_within(&lab, &format!("n{i}/p1"), ip3, "0.3")));
     let routable = routable.unwrap_or_else(|| panic!("n3's pod {ip3} not reachable from n1 and n2 within 15 s"));
@@ -416,7 +416,7 @@ fn etcd_outage(id: &str, backend: Backend, topology: Topology) {
 }
 
 fn pod_ip_now(lab: &Lab, i: usize) -> Ipv4Addr {
-    status_now(lab, i).and_then(|s| s.pods.first().map(|p| p.ip)).expect("pod address")
+    status_now(lab, i).and_then(|s| s.pods.first().map(|p| v4(p.ip))).expect("pod address")
 }
 
 #[test]
@@ -463,7 +463,7 @@ fn r3_three_member_etcd_survives_losing_a_member() {
     lab.start_agent(3).expect("start n3");
     let st3 = lab.wait_ready(3, Duration::from_secs(30)).expect("n3 joins with a member down");
     let joined = t_join.elapsed();
-    let ip3 = st3.pods.first().expect("pod").ip;
+    let ip3 = v4(st3.pods.first().expect("pod").ip);
     let t_ready = Instant::now();
     let routable =
         wait_for(Duration::from_secs(10), || (1..=2).all(|i| ping_within(&lab, &format!("n{i}/p1"), ip3, "0.3")))
@@ -1061,6 +1061,7 @@ mod props {
     use weft_agent::quic::packet::{build_udp, check_inbound, ip_addrs, ipv4_addrs, DropReason, Prefix};
     use weft_config::peers::{build_peer_set, RawRecord};
     use weft_config::{agent::valid_name, Backend, Keys, NetworkConfig, SubnetRecord};
+    use weft_tests::v4;
 
     fn cases() -> u32 {
         std::env::var("WEFT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
@@ -1204,7 +1205,8 @@ mod props {
             let own = weft_config::subnet::first_free(net.cidr, net.subnet_len, &[]).map(|s| {
                 let n = 1u32 << (net.subnet_len - net.cidr.prefix_len()).min(31);
                 let k = own_pick % n;
-                ipnet::Ipv4Net::new(Ipv4Addr::from(u32::from(s.network()) + (k << (32 - net.subnet_len))), net.subnet_len).expect("len")
+                let base = u32::from(v4(s.network()));
+                ipnet::IpNet::from(ipnet::Ipv4Net::new(Ipv4Addr::from(base + (k << (32 - net.subnet_len))), net.subnet_len).expect("len"))
             });
             let set = build_peer_set(&net, &keys, &raw, "me", own);
             let mut names = std::collections::BTreeSet::new();

@@ -5,9 +5,8 @@
 use super::{BuildContext, Driver, NodeView, Plan, Refused, Registration};
 use crate::firewall::ForwardMode;
 use crate::kernel::Kernel;
-use crate::routes::{Route, RouteKind};
+use crate::routes::{MixedFamily, Route, RouteKind};
 use anyhow::Result;
-use std::net::IpAddr;
 use weft_config::peers::Peer;
 
 pub const NAME: &str = "host-gw";
@@ -25,8 +24,23 @@ pub struct HostGw;
 /// Whether `peer`'s underlay address is on one of the node's connected prefixes (and is not
 /// the node's own address).
 pub fn on_link(peer: &Peer, node: &NodeView) -> bool {
-    let ip = IpAddr::from(peer.public_ip);
+    let ip = peer.public_ip;
     node.prefixes.iter().any(|n| n.contains(&ip) && n.addr() != ip)
+}
+
+/// `peer_subnet via peer_public_ip dev <underlay>`; refused when the gateway is not of the
+/// subnet's family (a plain route cannot take one).
+fn route(peer: &Peer, node: &NodeView) -> Result<Route, MixedFamily> {
+    let r = Route {
+        dst: peer.subnet,
+        kind: RouteKind::Unicast,
+        via: Some(peer.public_ip),
+        oif: Some(node.underlay.index),
+        src: None,
+        metric: 0,
+    };
+    r.check_family()?;
+    Ok(r)
 }
 
 impl<K: Kernel> Driver<K> for HostGw {
@@ -41,24 +55,17 @@ impl<K: Kernel> Driver<K> for HostGw {
     fn plan(&self, peers: &[&Peer], node: &NodeView) -> Plan {
         let mut plan = Plan::default();
         for p in peers {
-            if on_link(p, node) {
-                plan.routes.push(Route {
-                    dst: p.subnet.into(),
-                    kind: RouteKind::Unicast,
-                    via: Some(p.public_ip.into()),
-                    oif: Some(node.underlay.index),
-                    src: None,
-                    metric: 0,
-                });
-            } else {
-                plan.refused.push(Refused {
-                    node: p.node.clone(),
-                    subnet: p.subnet,
-                    reason: format!(
-                        "public IP {} is not on-link on {} (host-gw needs the peers on one L2 segment; use the quic backend across routers)",
-                        p.public_ip, node.underlay.name
-                    ),
-                });
+            let refuse = |reason: String| Refused { node: p.node.clone(), subnet: p.subnet, reason };
+            if !on_link(p, node) {
+                plan.refused.push(refuse(format!(
+                    "public IP {} is not on-link on {} (host-gw needs the peers on one L2 segment; use the quic backend across routers)",
+                    p.public_ip, node.underlay.name
+                )));
+                continue;
+            }
+            match route(p, node) {
+                Ok(r) => plan.routes.push(r),
+                Err(e) => plan.refused.push(refuse(e.to_string())),
             }
         }
         plan
@@ -85,6 +92,28 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].node, "n3");
         assert!(refused[0].reason.starts_with("public IP 172.30.1.13 is not on-link on eth0"), "{}", refused[0].reason);
+    }
+
+    #[test]
+    fn a_peer_is_routed_via_a_gateway_of_its_subnets_family_or_refused() {
+        let mut u = node("172.30.0.11/24");
+        u.prefixes.push("2001:db8::11/64".parse().expect("literal"));
+        let p6 = peer("n6", "fd00:10:244:6::/64", "2001:db8::16");
+        let mixed = peer("n7", "fd00:10:244:7::/64", "172.30.0.17");
+        assert!(on_link(&p6, &u) && on_link(&mixed, &u), "on-link is a question for either family");
+        let plan = Driver::<FakeKernel>::plan(&HostGw, &[&p6, &mixed], &u);
+        assert_eq!(plan.routes.len(), 1);
+        let r = &plan.routes[0];
+        assert_eq!(
+            (r.dst.to_string(), r.via.map(|v| v.to_string())),
+            ("fd00:10:244:6::/64".into(), Some("2001:db8::16".into()))
+        );
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!(plan.refused[0].node, "n7");
+        assert_eq!(
+            plan.refused[0].reason,
+            "route fd00:10:244:7::/64: gateway 172.30.0.17 is not IPv6 like the destination"
+        );
     }
 
     #[test]

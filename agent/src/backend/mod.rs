@@ -27,9 +27,9 @@ use crate::kernel::Kernel;
 use crate::routes::Route;
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use weft_config::peers::Peer;
 use weft_config::records::BackendData;
 use weft_config::{AgentConfig, NetworkConfig};
@@ -39,7 +39,7 @@ use weft_config::{AgentConfig, NetworkConfig};
 pub struct UnderlayInfo {
     pub index: u32,
     pub name: String,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     pub mtu: u32,
 }
 
@@ -47,20 +47,20 @@ pub struct UnderlayInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub underlay: UnderlayInfo,
-    /// Connected prefixes of the underlay interface (address/len as configured on it), both
-    /// families.
+    /// Connected prefixes of the underlay interface (address/len as configured on it), every
+    /// family.
     pub prefixes: Vec<IpNet>,
     /// The cluster CIDR.
-    pub cluster: Ipv4Net,
+    pub cluster: IpNet,
     /// This node's pod subnet.
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     /// MTU of the bridge and pods.
     pub mtu: u32,
 }
 
 impl NodeView {
     /// The pod subnet's gateway (the bridge's address).
-    pub fn gateway(&self) -> Ipv4Addr {
+    pub fn gateway(&self) -> IpAddr {
         weft_config::subnet::gateway(self.subnet)
     }
 }
@@ -69,7 +69,7 @@ impl NodeView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub node: String,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub reason: String,
 }
 
@@ -262,7 +262,7 @@ impl<K: Kernel> Drivers<K> {
         let mut overrides = BTreeMap::new();
         for (mode, share) in modes.iter().zip(shares) {
             if *mode != default {
-                overrides.extend(share.iter().map(|p| (p.subnet.into(), mode.clone())));
+                overrides.extend(share.iter().map(|p| (p.subnet, mode.clone())));
             }
         }
         ForwardPolicy { default, overrides }

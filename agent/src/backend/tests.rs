@@ -5,11 +5,16 @@ use crate::kernel::fake::FakeKernel;
 use crate::routes::RouteKind;
 use weft_config::Backend;
 
-pub fn net(s: &str) -> Ipv4Net {
+pub fn net(s: &str) -> IpNet {
     s.parse().expect("literal")
 }
 
-pub fn ip(s: &str) -> Ipv4Addr {
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("literal")
+}
+
+/// A route of the IPv4-only routes layer.
+fn v4net(s: &str) -> ipnet::Ipv4Net {
     s.parse().expect("literal")
 }
 
@@ -18,7 +23,7 @@ pub fn node(addr: &str) -> NodeView {
     let a = net(addr);
     NodeView {
         underlay: UnderlayInfo { index: 2, name: "eth0".into(), public_ip: a.addr(), mtu: 1500 },
-        prefixes: vec![a.into()],
+        prefixes: vec![a],
         cluster: net("10.244.0.0/16"),
         subnet: net("10.244.1.0/24"),
         mtu: 1500,
@@ -39,14 +44,8 @@ pub fn peer(node: &str, subnet: &str, public: &str) -> Peer {
 }
 
 pub fn via(dst: &str, gw: &str) -> Route {
-    Route {
-        dst: net(dst).into(),
-        kind: RouteKind::Unicast,
-        via: Some(ip(gw).into()),
-        oif: Some(2),
-        src: None,
-        metric: 0,
-    }
+    let gw = gw.parse().expect("literal");
+    Route { dst: v4net(dst).into(), kind: RouteKind::Unicast, via: Some(gw), oif: Some(2), src: None, metric: 0 }
 }
 
 /// A driver that carries the peers whose node name starts with `prefix` (or every peer), with
@@ -74,14 +73,7 @@ impl Driver<FakeKernel> for Fake {
     fn plan(&self, peers: &[&Peer], _: &NodeView) -> Plan {
         let routes = peers
             .iter()
-            .map(|p| Route {
-                dst: p.subnet.into(),
-                kind: RouteKind::Blackhole,
-                via: None,
-                oif: None,
-                src: None,
-                metric: 0,
-            })
+            .map(|p| Route { dst: p.subnet, kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 })
             .collect();
         Plan { routes, refused: Vec::new() }
     }
@@ -129,7 +121,7 @@ fn a_tunnelling_driver_makes_fail_closed_the_default_and_open_peers_overrides() 
     assert_eq!(policy.default, tunnel());
     assert_eq!(
         policy.overrides.into_iter().collect::<Vec<_>>(),
-        vec![(net("10.244.2.0/24").into(), ForwardMode::Open)]
+        vec![(v4net("10.244.2.0/24").into(), ForwardMode::Open)]
     );
 }
 

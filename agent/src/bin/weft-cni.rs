@@ -12,6 +12,7 @@ use weft_agent::cni::{self, code, Attachment, CniError, Command, Env, NetConf};
 use weft_agent::kernel::{Kernel, Netlink};
 use weft_agent::routes::Family;
 use weft_config::api::{PodInfo, Request, Response, MAX_REQUEST_BYTES};
+use weft_config::records::PRIMARY_FAMILY;
 
 /// Largest network config read from stdin.
 const MAX_STDIN: u64 = 1024 * 1024;
@@ -183,7 +184,7 @@ fn check(env: &Env, conf: &NetConf, pod: &str) -> Result<(), CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult in the network config", ""))?;
-    let (want_ip, want_len) = cni::prev_address(prev, &env.ifname, &netns)?;
+    let (want_ip, want_len) = cni::prev_address(prev, &env.ifname, &netns, PRIMARY_FAMILY)?;
     let pods = flatten(ask_pods(&conf.socket))?;
     let info = pods.iter().find(|p| p.name == pod).ok_or_else(|| {
         CniError::new(code::UNKNOWN_CONTAINER, format!("the weft agent has no pod {pod} for this container"), "")
@@ -233,7 +234,7 @@ fn check(env: &Env, conf: &NetConf, pod: &str) -> Result<(), CniError> {
     }
 }
 
-type Inside = Option<(bool, Vec<ipnet::Ipv4Net>, bool)>;
+type Inside = Option<(bool, Vec<ipnet::IpNet>, bool)>;
 
 /// Inside the container (on a thread that entered it): the interface's state, its addresses,
 /// and whether the default route leaves through it.
@@ -242,7 +243,7 @@ fn inspect(ifname: &str) -> anyhow::Result<Inside> {
     rt.block_on(async {
         let nl = Netlink::open()?;
         let Some(link) = nl.link(ifname).await? else { return Ok(None) };
-        let addrs = weft_agent::kernel::ipv4_only(&nl.addrs(link.index).await?);
+        let addrs = nl.addrs(link.index).await?;
         let default_ok = nl.default_route_oif(Family::V4).await? == Some(link.index);
         Ok(Some((link.up, addrs, default_ok)))
     })

@@ -4,15 +4,16 @@
 use super::{decide, Ctx, Node};
 use crate::backend::{self, BuildContext, Drivers, UnderlayInfo};
 use crate::firewall::Runner;
-use crate::kernel::{ipv4_only, Kernel};
+use crate::kernel::Kernel;
 use crate::lease::{self, Decision};
-use crate::routes::Family;
 use crate::state::{self, SubnetState};
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
 use tracing::{info, warn};
 use weft_config::peers::PeerSet;
+use weft_config::records::PRIMARY_FAMILY;
+use weft_config::subnet::Family;
 use weft_config::{Heartbeat, NetworkConfig};
 use weft_store::Store;
 
@@ -20,7 +21,7 @@ use weft_store::Store;
 pub(super) struct Claim<K: Kernel> {
     pub net: NetworkConfig,
     pub drivers: Drivers<K>,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub record_value: String,
     pub mtu: u32,
 }
@@ -71,7 +72,8 @@ pub(super) async fn underlay_info<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S
             nl.link_by_index(idx).await?.context("default route interface vanished")?
         }
     };
-    let addrs = ipv4_only(&nl.addrs(link.index).await?);
+    let addrs: Vec<IpNet> =
+        nl.addrs(link.index).await?.into_iter().filter(|a| Family::of_net(*a) == PRIMARY_FAMILY).collect();
     let public_ip = match ctx.cfg.underlay.public_ip {
         Some(ip) => {
             if !addrs.iter().any(|a| a.addr() == ip) {

@@ -8,7 +8,7 @@ use crate::kernel::Kernel;
 use crate::lease::Existing;
 use crate::routes::{Action, Route};
 use anyhow::{bail, Result};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use weft_config::api::PeerStatus;
 use weft_config::peers::{Peer, RawRecord, Skipped};
@@ -51,7 +51,7 @@ pub fn own_record<K: Kernel>(
 }
 
 /// The heartbeat this node publishes at `now` (seconds).
-pub fn heartbeat(node_id: &str, subnet: Ipv4Net, epoch: u64, now: u64) -> Heartbeat {
+pub fn heartbeat(node_id: &str, subnet: IpNet, epoch: u64, now: u64) -> Heartbeat {
     Heartbeat {
         schema: weft_config::records::SCHEMA_VERSION,
         node_id: node_id.to_string(),
@@ -65,14 +65,16 @@ pub fn heartbeat(node_id: &str, subnet: Ipv4Net, epoch: u64, now: u64) -> Heartb
 /// What the bridge should carry: the gateway address, and which of its current addresses go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgePlan {
-    pub gateway: Ipv4Net,
-    pub stale: Vec<Ipv4Net>,
+    pub gateway: IpNet,
+    pub stale: Vec<IpNet>,
 }
 
-/// The bridge of a node owning `subnet` that now has `current`.
-pub fn bridge(subnet: Ipv4Net, current: &[Ipv4Net]) -> Result<BridgePlan> {
-    let Ok(gateway) = Ipv4Net::new(subnet::gateway(subnet), subnet.prefix_len()) else { bail!("gateway") };
-    let stale = current.iter().filter(|a| **a != gateway).copied().collect();
+/// The bridge of a node owning `subnet` that now has `current` (every family): addresses of
+/// the subnet's family other than the gateway go; the other family and IPv6 link-local
+/// addresses stay.
+pub fn bridge(subnet: IpNet, current: &[IpNet]) -> Result<BridgePlan> {
+    let Ok(gateway) = IpNet::new(subnet::gateway(subnet), subnet.prefix_len()) else { bail!("gateway") };
+    let stale = current.iter().filter(|a| crate::pods::managed_addr(subnet, **a) && **a != gateway).copied().collect();
     Ok(BridgePlan { gateway, stale })
 }
 
@@ -112,7 +114,7 @@ pub fn new_skips<'a>(seen: &mut HashSet<(String, i64)>, skipped: &'a [Skipped]) 
 /// is installed; `route_since` carries over from `before` (0 = unknown) while it stays ok, and
 /// starts at `now_ms` when it becomes ok; a refused peer carries the reason.
 pub fn peer_statuses(
-    peers: &BTreeMap<Ipv4Net, Peer>,
+    peers: &BTreeMap<IpNet, Peer>,
     desired: &[Route],
     installed: &BTreeSet<Route>,
     refused: &[Refused],
@@ -125,7 +127,7 @@ pub fn peer_statuses(
         .values()
         .map(|p| {
             let subnet = p.subnet.to_string();
-            let route_ok = desired.iter().any(|d| d.dst == IpNet::from(p.subnet) && installed.contains(d));
+            let route_ok = desired.iter().any(|d| d.dst == p.subnet && installed.contains(d));
             let prev = since.get(&(p.node.as_str(), subnet.as_str())).copied().filter(|&t| t > 0);
             PeerStatus {
                 node: p.node.clone(),

@@ -86,6 +86,16 @@ fn bridge_addresses_of_an_old_subnet_are_stale() {
 }
 
 #[test]
+fn bridge_keeps_the_other_familys_addresses_and_link_local() {
+    let current = [net("10.244.1.1/24"), net("fe80::1/64"), net("fd00:10:244:3::1/64")];
+    let p = bridge(net("10.244.3.0/24"), &current).expect("plan");
+    assert_eq!(p.stale, vec![net("10.244.1.1/24")]);
+    let p = bridge(net("fd00:10:244:3::/64"), &current).expect("plan");
+    assert_eq!(p.gateway, net("fd00:10:244:3::1/64"));
+    assert!(p.stale.is_empty(), "{:?}", p.stale);
+}
+
+#[test]
 fn mtu_change_follows_unless_fixed_or_pinned() {
     assert_eq!(mtu_change(1500, 1500, None, false), MtuChange::Same);
     assert_eq!(mtu_change(576, 400, None, false), MtuChange::Same, "clamped to 576 like the first reading");
@@ -115,7 +125,7 @@ fn status(node: &str, subnet: &str, since: u64) -> PeerStatus {
     }
 }
 
-fn peers(list: &[Peer]) -> BTreeMap<Ipv4Net, Peer> {
+fn peers(list: &[Peer]) -> BTreeMap<IpNet, Peer> {
     list.iter().map(|p| (p.subnet, p.clone())).collect()
 }
 

@@ -8,7 +8,7 @@ use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::PodSource;
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use tracing::info;
 use weft_config::api::{Request, Response};
 use weft_store::Store;
@@ -45,7 +45,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if let Some(p) = self.pods.iter().find(|p| p.netns == netns && p.ifname == ifname) {
             bail!("namespace {netns} interface {ifname} already belongs to pod {}", p.name);
         }
-        let used: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
+        let used: BTreeSet<IpAddr> = self.pods.iter().map(|p| p.ip).collect();
         let req = AttachRequest {
             name: &name,
             netns: &netns,

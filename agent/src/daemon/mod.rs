@@ -18,7 +18,7 @@ use crate::kernel::{Kernel, Netlink};
 use crate::state::{self, PodRecord, StateDir};
 use anyhow::{bail, Context, Result};
 use futures::future::BoxFuture;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -140,7 +140,7 @@ pub(crate) struct Node<K: Kernel, S: Store> {
     net: NetworkConfig,
     /// The backends carrying cross-host traffic, built from the network config.
     drivers: Drivers<K>,
-    subnet: Ipv4Net,
+    subnet: IpNet,
     /// The own record's JSON as written.
     record_value: String,
     subnet_lease: i64,

@@ -9,7 +9,7 @@ use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use tracing::{info, warn};
 use weft_config::api::{Health, Response};
@@ -76,7 +76,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             if p.netns == netns && p.ifname == ifname && same_ns {
                 let p = p.clone();
                 // Repair anything missing (the ADD may be a retry after a partial failure).
-                let used: BTreeSet<Ipv4Addr> = self.pods.iter().filter(|q| q.name != name).map(|q| q.ip).collect();
+                let used: BTreeSet<IpAddr> = self.pods.iter().filter(|q| q.name != name).map(|q| q.ip).collect();
                 let req = AttachRequest {
                     name: &name,
                     netns: &netns,
@@ -103,7 +103,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         let mounted = crate::netns_path::attach(&netns, Path::new(&path))
             .with_context(|| format!("attaching namespace {path} as /run/netns/{netns}"))?;
-        let used: BTreeSet<Ipv4Addr> = self.pods.iter().map(|p| p.ip).collect();
+        let used: BTreeSet<IpAddr> = self.pods.iter().map(|p| p.ip).collect();
         let req = AttachRequest {
             name: &name,
             netns: &netns,

@@ -3,13 +3,13 @@
 
 use super::{decide, ops, Ctx, Node};
 use crate::firewall::Runner;
-use crate::kernel::{ipv4_only, Kernel};
+use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
 use anyhow::{anyhow, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use tracing::{info, warn};
 use weft_config::api::PodInfo;
 use weft_config::subnet;
@@ -20,12 +20,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
     pub(super) async fn plumb<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let nl = &ctx.nl;
         self.bridge_index = nl.ensure_bridge(&ctx.cfg.bridge.name, self.mtu).await?;
-        let plan = decide::bridge(self.subnet, &ipv4_only(&nl.addrs(self.bridge_index).await?))?;
+        let plan = decide::bridge(self.subnet, &nl.addrs(self.bridge_index).await?)?;
         for a in plan.stale {
             info!(addr = %a, "removing a stale bridge address");
-            nl.del_addr(self.bridge_index, a.into()).await?;
+            nl.del_addr(self.bridge_index, a).await?;
         }
-        nl.add_addr(self.bridge_index, plan.gateway.into()).await?;
+        nl.add_addr(self.bridge_index, plan.gateway).await?;
         let node = self.node_view(ctx).await?;
         self.drivers.ensure(nl, &node).await?;
         self.apply_firewall(ctx);
@@ -67,7 +67,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let mut errors = Vec::new();
         for (name, netns, ifname, source) in wanted {
             let prev = known.iter().find(|p| p.name == name);
-            let used: BTreeSet<Ipv4Addr> = known
+            let used: BTreeSet<IpAddr> = known
                 .iter()
                 .filter(|p| p.name != name)
                 .map(|p| p.ip)
@@ -117,7 +117,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 }
 
-fn pod_info(p: &PodRecord, subnet: Ipv4Net) -> PodInfo {
+fn pod_info(p: &PodRecord, subnet: IpNet) -> PodInfo {
     PodInfo {
         name: p.name.clone(),
         netns: p.netns.clone(),

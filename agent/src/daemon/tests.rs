@@ -105,7 +105,12 @@ struct World {
 
 const CIDR: &str = "10.244.0.0/16";
 
-fn n(s: &str) -> Ipv4Net {
+fn n(s: &str) -> IpNet {
+    s.parse().expect("literal")
+}
+
+/// A prefix of the IPv4-only routes layer.
+fn n4(s: &str) -> ipnet::Ipv4Net {
     s.parse().expect("literal")
 }
 
@@ -191,7 +196,7 @@ impl World {
 
     fn route_via(&self, dst: &str, gw: &str) -> Route {
         Route {
-            dst: n(dst).into(),
+            dst: n4(dst).into(),
             kind: RouteKind::Unicast,
             via: Some(gw.parse().expect("ip")),
             oif: Some(self.eth0),
@@ -468,10 +473,7 @@ async fn a_stale_weft_route_is_removed_and_a_foreign_one_kept() {
     w.nl.seed_route(w.route_via("192.168.50.0/24", "172.30.0.1"), 4);
     let (_d, _h) = w.started().await;
     assert!(w.weft_routes().is_empty(), "weft's route to a subnet nobody holds went");
-    assert!(
-        w.nl.routes().iter().any(|t| t.route.dst == IpNet::from(n("192.168.50.0/24"))),
-        "someone else's route stays"
-    );
+    assert!(w.nl.routes().iter().any(|t| t.route.dst == n4("192.168.50.0/24").into()), "someone else's route stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

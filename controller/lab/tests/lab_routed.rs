@@ -31,7 +31,10 @@ fn stdout(lab: &Lab, target: &str, args: &[&str]) -> String {
 
 fn pod_ip(lab: &Lab, i: usize) -> Ipv4Addr {
     let st = lab.wait_ready(i, Duration::from_secs(10)).expect("ready");
-    st.pods.first().map(|p| p.ip).unwrap_or_else(|| panic!("n{i} has no pod"))
+    match st.pods.first().map(|p| p.ip) {
+        Some(std::net::IpAddr::V4(ip)) => ip,
+        other => panic!("n{i} has no IPv4 pod: {other:?}"),
+    }
 }
 
 /// Sends one UDP datagram from `from` to `to:port` served in `to_ns`; true if it arrived.

@@ -64,7 +64,7 @@ fn endpoint(peer: &Peer) -> Option<SocketAddr> {
     peer.backend_data.get(NAME)?.get("endpoint")?.as_str()?.parse().ok()
 }
 
-/// The peers the tunnel can reach, as it needs them.
+/// The peers the tunnel can reach, as it needs them: those with an endpoint.
 pub fn specs(peers: &[&Peer]) -> Vec<PeerSpec> {
     peers
         .iter()
@@ -76,9 +76,10 @@ pub fn specs(peers: &[&Peer]) -> Vec<PeerSpec> {
 
 /// Pure: the quic routes for `peers` through the tun at `tun_index`.
 pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
+    let refuse = |p: &Peer, reason: String| Refused { node: p.node.clone(), subnet: p.subnet, reason };
     let mut plan = Plan {
         routes: vec![Route {
-            dst: node.cluster.into(),
+            dst: node.cluster,
             kind: RouteKind::Blackhole,
             via: None,
             oif: None,
@@ -88,21 +89,22 @@ pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView) -> Plan {
         refused: Vec::new(),
     };
     for p in peers {
-        if endpoint(p).is_some() {
-            plan.routes.push(Route {
-                dst: p.subnet.into(),
-                kind: RouteKind::Unicast,
-                via: None,
-                oif: Some(tun_index),
-                src: Some(node.gateway().into()),
-                metric: 0,
-            });
-        } else {
-            plan.refused.push(Refused {
-                node: p.node.clone(),
-                subnet: p.subnet,
-                reason: "its record has no QUIC endpoint (is it running the quic backend?)".into(),
-            });
+        if endpoint(p).is_none() {
+            plan.refused.push(refuse(p, "its record has no QUIC endpoint (is it running the quic backend?)".into()));
+            continue;
+        }
+        // The source is the own gateway of the peer subnet's family (the peer's source check).
+        let r = Route {
+            dst: p.subnet,
+            kind: RouteKind::Unicast,
+            via: None,
+            oif: Some(tun_index),
+            src: Some(node.gateway()),
+            metric: 0,
+        };
+        match r.check_family() {
+            Ok(()) => plan.routes.push(r),
+            Err(e) => plan.refused.push(refuse(p, e.to_string())),
         }
     }
     plan
@@ -227,6 +229,18 @@ mod tests {
         let refused: Vec<_> = p.refused.iter().map(|r| r.node.as_str()).collect();
         assert_eq!(refused, ["n3", "n4"]);
         assert!(p.refused[0].reason.contains("no QUIC endpoint"));
+    }
+
+    #[test]
+    fn a_peer_subnet_of_another_family_than_the_own_gateway_is_refused() {
+        let n = node("172.30.0.11/24");
+        let p = quic_peer("n6", "fd00:10:244:6::/64", Some("172.30.1.16:7946"));
+        let plan = plan(&[&p], 9, &n);
+        assert_eq!(plan.routes.len(), 1, "the blackhole alone");
+        assert_eq!(
+            plan.refused[0].reason,
+            "route fd00:10:244:6::/64: source 10.244.1.1 is not IPv6 like the destination"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::packet::{self, DropReason, Prefix};
 use super::table::PeerTable;
 use super::tunnel::{Cmd, PeerCounters, Shared, Wake};
 use bytes::BytesMut;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use quinn_proto as qp;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -107,7 +107,7 @@ fn close_code(code: u32) -> qp::VarInt {
 impl Loop {
     pub(super) fn new(
         sh: Arc<Shared>,
-        local_subnet: Ipv4Net,
+        local_subnet: IpNet,
         io: Io,
         wake: Arc<Wake>,
         cmds: mpsc::Receiver<Cmd>,

@@ -11,7 +11,7 @@
 //! accepted connection whose certificate names no peer yet is held for [`IDENTIFY_GRACE`] and
 //! identified again with every new peer set before it is refused.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
@@ -35,7 +35,7 @@ pub const IDENTIFY_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
     pub node: String,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub endpoint: SocketAddr,
     pub epoch: u64,
 }
@@ -91,8 +91,9 @@ pub enum Action<C> {
     /// Refuse the accepted connection: count it, log `why`, close it as
     /// [`Closing::Unidentified`].
     Refuse { conn: C, why: Unidentified },
-    /// `conn` is now `node`'s tunnel: its datagrams carry `subnet`.
-    Install { node: String, subnet: Ipv4Net, conn: C },
+    /// `conn` is now `node`'s tunnel: its datagrams carry `subnet` (as the IPv4-only event
+    /// loop takes it; the driver hands over IPv4 subnets only).
+    Install { node: String, subnet: IpNet, conn: C },
     /// The installed connections changed: rebuild the route table from
     /// [`PeerTable::installed`] (and show the new state).
     Routes,
@@ -202,7 +203,7 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
     }
 
     /// The installed connections and the subnets they carry.
-    pub fn installed(&self) -> impl Iterator<Item = (Ipv4Net, C)> + '_ {
+    pub fn installed(&self) -> impl Iterator<Item = (IpNet, C)> + '_ {
         self.peers.values().filter_map(|p| Some((p.spec.subnet, p.installed()?)))
     }
 
@@ -397,9 +398,10 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
         let Some(p) = self.peers.get_mut(node) else {
             return vec![Action::Close { conn, why: Closing::NotAPeer }];
         };
+        let subnet = p.spec.subnet;
         let old = std::mem::replace(&mut p.phase, Phase::Up { conn, since: now });
         p.connects += 1;
-        let mut out = vec![Action::Install { node: node.to_string(), subnet: p.spec.subnet, conn }];
+        let mut out = vec![Action::Install { node: node.to_string(), subnet, conn }];
         if let Phase::Up { conn: o, .. } | Phase::Dialing { conn: o, .. } = old {
             if o != conn {
                 out.push(Action::Close { conn: o, why: Closing::Replaced });
@@ -459,6 +461,11 @@ mod tests {
         }
     }
 
+    /// The subnet of `s` as the event loop gets it.
+    fn sub4(s: &PeerSpec) -> IpNet {
+        s.subnet
+    }
+
     fn peer<'t>(t: &'t PeerTable<u32>, node: &str) -> &'t PeerState<u32> {
         t.get(node).expect("a peer of the test")
     }
@@ -491,7 +498,7 @@ mod tests {
         assert_eq!(dials(&t.handle_timeout(t0)), ["b"]);
         t.dial_started("b", conn, t0);
         let acts = t.connected("b", conn, t0);
-        assert_eq!(acts[0], Action::Install { node: "b".into(), subnet: spec("b", 2, 1).subnet, conn });
+        assert_eq!(acts[0], Action::Install { node: "b".into(), subnet: sub4(&spec("b", 2, 1)), conn });
         (t, t0)
     }
 
@@ -537,8 +544,8 @@ mod tests {
         let on_b = b.connected(&who, 9, now);
         assert_eq!(closes(&on_a), []);
         assert_eq!(closes(&on_b), []);
-        assert_eq!(a.installed().collect::<Vec<_>>(), [(spec("b", 2, 1).subnet, 7)]);
-        assert_eq!(b.installed().collect::<Vec<_>>(), [(spec("a", 1, 1).subnet, 9)]);
+        assert_eq!(a.installed().collect::<Vec<_>>(), [(sub4(&spec("b", 2, 1)), 7)]);
+        assert_eq!(b.installed().collect::<Vec<_>>(), [(sub4(&spec("a", 1, 1)), 9)]);
     }
 
     #[test]
@@ -658,7 +665,7 @@ mod tests {
         t.handle_timeout(t0);
         t.dial_started("b", 6, t0);
         t.connected("b", 6, t0);
-        assert_eq!(t.installed().collect::<Vec<_>>(), [(moved.subnet, 6)]);
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(sub4(&moved), 6)]);
     }
 
     #[test]
@@ -678,13 +685,13 @@ mod tests {
         assert_eq!(
             acts,
             [
-                Action::Install { node: "b".into(), subnet: spec("b", 2, 1).subnet, conn: 6 },
+                Action::Install { node: "b".into(), subnet: sub4(&spec("b", 2, 1)), conn: 6 },
                 Action::Close { conn: 5, why: Closing::Replaced },
                 Action::Routes,
             ]
         );
         assert_eq!(Closing::Replaced.code(), 3);
-        assert_eq!(t.installed().collect::<Vec<_>>(), [(spec("b", 2, 1).subnet, 6)]);
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(sub4(&spec("b", 2, 1)), 6)]);
         assert_eq!(peer(&t, "b").connects, 2);
         // The replaced one's end is not a tunnel going down.
         assert!(t.lost(5, &"replaced", t0 + Duration::from_secs(6)).is_empty());
@@ -791,10 +798,10 @@ mod tests {
         assert_eq!(t.poll_timeout(), Some(t0 + IDENTIFY_GRACE));
         // The joining node's own peer set arrives 30 ms later: the connection becomes a's tunnel.
         let acts = t.set_peers(vec![spec("a", 1, 1)], t0 + 30 * MS);
-        assert!(acts.contains(&Action::Install { node: "a".into(), subnet: spec("a", 1, 1).subnet, conn: 5 }));
+        assert!(acts.contains(&Action::Install { node: "a".into(), subnet: sub4(&spec("a", 1, 1)), conn: 5 }));
         assert_eq!(closes(&acts), []);
         assert!(!acts.iter().any(|a| matches!(a, Action::Refuse { .. })));
-        assert_eq!(t.installed().collect::<Vec<_>>(), [(spec("a", 1, 1).subnet, 5)]);
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(sub4(&spec("a", 1, 1)), 5)]);
         assert_eq!(t.held().count(), 0);
         // The grace deadline finds nothing to refuse.
         assert!(t.handle_timeout(t0 + IDENTIFY_GRACE).is_empty());

@@ -5,7 +5,7 @@ use super::event_loop::{Io, Loop};
 use super::packet::DropReason;
 use super::{bind_socket, endpoint_config, tls, transport, PeerSpec};
 use anyhow::{anyhow, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use quinn_proto as qp;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -26,7 +26,7 @@ pub(super) struct PeerCounters {
 
 pub struct Settings {
     pub node: String,
-    pub local_subnet: Ipv4Net,
+    pub local_subnet: IpNet,
     pub tun_mtu: u32,
     /// UDP payload size the underlay carries (underlay MTU − 28).
     pub udp_payload: u16,
@@ -55,7 +55,7 @@ pub(super) struct Shared {
 
 pub(super) struct PeerView {
     pub(super) node: String,
-    pub(super) subnet: Ipv4Net,
+    pub(super) subnet: IpNet,
     pub(super) connected: bool,
     pub(super) dialer: bool,
     pub(super) rtt_us: u64,
@@ -175,6 +175,7 @@ impl Tunnel {
         if s.quic.threads > 1 {
             info!(threads = s.quic.threads, "quic.threads is ignored: the data path is one event loop thread");
         }
+        let local_subnet = s.local_subnet;
         let id = tls::load(&s.quic, &s.node)?;
         let transport = transport(s.udp_payload)?;
         let server = Arc::new(tls::server_config(&id, transport.clone())?);
@@ -206,7 +207,7 @@ impl Tunnel {
             refused: AtomicU64::new(0),
         });
         let io = Io { endpoint, socket, udp, dev };
-        let mut lp = Loop::new(shared.clone(), s.local_subnet, io, wake.clone(), rx, client);
+        let mut lp = Loop::new(shared.clone(), local_subnet, io, wake.clone(), rx, client);
         let thread = std::thread::Builder::new()
             .name("weft-quic".into())
             .spawn(move || lp.run())

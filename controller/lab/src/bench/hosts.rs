@@ -116,7 +116,7 @@ impl HostPair {
 
     /// From pod 1 to pod 2.
     pub fn endpoints(&self) -> Endpoints {
-        Endpoints { client_ns: self.pod_ns(1), server_ns: self.pod_ns(2), server_ip: Self::pod_ip(2) }
+        Endpoints { client_ns: self.pod_ns(1), server_ns: self.pod_ns(2), server_ip: Self::pod_ip(2).into() }
     }
 }
 

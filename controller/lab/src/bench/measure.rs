@@ -6,7 +6,7 @@ use super::parse::*;
 use super::report::*;
 use anyhow::Context;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -128,7 +128,7 @@ impl Drop for IperfServer {
 
 /// One single-stream TCP iperf3 run of `seconds` from `client_ns` to a server started in
 /// `server_ns` for it, reaching it at `server_ip`.
-pub fn iperf_tcp(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, seconds: u64) -> anyhow::Result<IperfResult> {
+pub fn iperf_tcp(client_ns: &str, server_ns: &str, server_ip: IpAddr, seconds: u64) -> anyhow::Result<IperfResult> {
     iperf_tcp_streams(client_ns, server_ns, server_ip, seconds, 1)
 }
 
@@ -136,7 +136,7 @@ pub fn iperf_tcp(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, seconds:
 pub fn iperf_tcp_streams(
     client_ns: &str,
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     seconds: u64,
     streams: u32,
 ) -> anyhow::Result<IperfResult> {
@@ -159,7 +159,7 @@ pub fn iperf_tcp_streams(
 }
 
 /// `count` pings from `ns` to `ip`, [`PING_INTERVAL_S`] apart. An error when none came back.
-pub fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> anyhow::Result<PingSummary> {
+pub fn ping(ns: &str, ip: IpAddr, count: u32) -> anyhow::Result<PingSummary> {
     let deadline_s = (f64::from(count) * PING_INTERVAL_S).ceil() + 5.0;
     let mut cmd = netns::command_in(ns, "ping")?;
     netns::die_with_parent(&mut cmd);
@@ -179,7 +179,7 @@ pub fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> anyhow::Result<PingSummary> {
 }
 
 /// `ip -o route get IP` in namespace `ns` (one line).
-pub fn route_get(ns: &str, ip: Ipv4Addr) -> anyhow::Result<String> {
+pub fn route_get(ns: &str, ip: IpAddr) -> anyhow::Result<String> {
     let what = format!("ip -n {ns} route get {ip}");
     let mut cmd = Command::new("ip");
     cmd.args(["-n", ns, "-o", "route", "get", &ip.to_string()]);
@@ -191,7 +191,7 @@ pub fn route_get(ns: &str, ip: Ipv4Addr) -> anyhow::Result<String> {
 }
 
 /// Pings `ip` from `ns` once a second until a reply comes, for at most `timeout`.
-pub fn wait_reachable(ns: &str, ip: Ipv4Addr, timeout: Duration) -> anyhow::Result<()> {
+pub fn wait_reachable(ns: &str, ip: IpAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut cmd = netns::command_in(ns, "ping")?;
@@ -254,7 +254,7 @@ pub fn with_rss_sampling<T>(procs: &[(String, u32)], every: Duration, f: impl Fn
 pub struct Endpoints {
     pub client_ns: String,
     pub server_ns: String,
-    pub server_ip: Ipv4Addr,
+    pub server_ip: IpAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,3 +70,14 @@ pub fn run(g: &super::Global, cmd: &NetworkCmd) -> anyhow::Result<ExitCode> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_cidr_is_refused_against_its_flag_before_etcd() {
+        let e = network_config("fd00:10:244::/56", 64, Backend::HostGw).expect_err("ipv6");
+        assert_eq!(e.to_string(), "--cidr: expected an IPv4 CIDR like 10.244.0.0/16, found \"fd00:10:244::/56\"");
+    }
+}

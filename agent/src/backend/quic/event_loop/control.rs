@@ -7,7 +7,7 @@ use crate::backend::quic::table::{Action, Closing};
 use crate::backend::quic::tls;
 use crate::backend::quic::tunnel::{lock, Cmd, PeerView, CLOSE_GRACE, STATUS_EVERY};
 use bytes::Bytes;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use quinn_proto as qp;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -93,7 +93,7 @@ impl Loop {
     }
 
     /// `ch` becomes `node`'s tunnel: its datagrams flow, counted on the peer's counters.
-    fn install(&mut self, node: String, subnet: Ipv4Net, ch: qp::ConnectionHandle) {
+    fn install(&mut self, node: String, subnet: IpNet, ch: qp::ConnectionHandle) {
         let counters = self.counters.entry(node.clone()).or_default().clone();
         let Some(c) = self.conns.get_mut(&ch) else { return };
         let max = c.conn.datagrams().max_size().unwrap_or(0);
