@@ -38,7 +38,7 @@ pub fn choose_addr(subnet: IpNet, current: &[IpAddr], used_by_others: &BTreeSet<
 /// addresses of the subnet's family, except IPv6 link-local ones, which the kernel keeps for
 /// neighbour discovery. (The same rule serves the bridge and each family of a dual-stack pod.)
 pub fn managed_addr(subnet: IpNet, addr: IpNet) -> bool {
-    let link_local = matches!(addr, IpNet::V6(a) if a.addr().segments()[0] & 0xffc0 == 0xfe80);
+    let link_local = matches!(addr, IpNet::V6(a) if a.addr().is_unicast_link_local());
     Family::of_net(addr) == Family::of_net(subnet) && !link_local
 }
 
