@@ -6,9 +6,7 @@
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use weft_agent::quic::packet::{
-    check_inbound, ip_addrs, ipv4_addrs, ipv6_addrs, outbound_dst, Addr, DropReason, Prefix,
-};
+use weft_agent::quic::packet::{check_inbound, ip_addrs, ipv4_addrs, ipv6_addrs, outbound_dst, DropReason, Prefix};
 
 const SPEC: usize = 18;
 
@@ -28,8 +26,7 @@ fn prefix(b: &[u8; SPEC]) -> (Prefix, Vec<IpNet>) {
     (p, nets)
 }
 
-fn inside(nets: &[IpNet], a: Addr) -> bool {
-    let a = IpAddr::from(a);
+fn inside(nets: &[IpNet], a: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&a))
 }
 
@@ -52,9 +49,9 @@ fn check_parsers(pkt: &[u8]) {
         let word = |at: usize| u128::from_be_bytes(std::array::from_fn(|i| pkt[at + i]));
         assert_eq!((s, d), (word(8), word(24)));
     }
-    let want = match (v4, v6) {
-        (Ok((s, d)), Err(_)) => Ok((Addr::V4(s), Addr::V4(d))),
-        (Err(_), Ok((s, d))) => Ok((Addr::V6(s), Addr::V6(d))),
+    let want: Result<(IpAddr, IpAddr), _> = match (v4, v6) {
+        (Ok((s, d)), Err(_)) => Ok((Ipv4Addr::from_bits(s).into(), Ipv4Addr::from_bits(d).into())),
+        (Err(_), Ok((s, d))) => Ok((Ipv6Addr::from_bits(s).into(), Ipv6Addr::from_bits(d).into())),
         (Err(e), Err(_)) => Err(e),
         (Ok(_), Ok(_)) => panic!("a packet parsed as both IPv4 and IPv6"),
     };
@@ -72,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let pkt = &data[2 * SPEC..];
     check_parsers(pkt);
     let addrs = ip_addrs(pkt);
-    match check_inbound(pkt, peer, local) {
+    match check_inbound(pkt, &peer, &local) {
         Ok(()) => {
             let (s, d) = addrs.expect("admitted packets parse");
             assert!(inside(&pn, s) && inside(&ln, d));

@@ -278,7 +278,7 @@ impl Loop {
         let Some(c) = self.conns.get_mut(&ch) else { return };
         while let Some(d) = c.conn.datagrams().recv() {
             let Some((prefix, counters)) = &c.peer else { continue };
-            match packet::check_inbound(&d, *prefix, self.local) {
+            match packet::check_inbound(&d, prefix, &self.local) {
                 Err(reason) => {
                     self.sh.drops[reason.index()].fetch_add(1, Relaxed);
                 }

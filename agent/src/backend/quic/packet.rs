@@ -53,43 +53,6 @@ impl DropReason {
     }
 }
 
-/// An address as the data path compares it: the IPv4 or IPv6 address as one integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Addr {
-    V4(u32),
-    V6(u128),
-}
-
-impl From<Ipv4Addr> for Addr {
-    fn from(a: Ipv4Addr) -> Self {
-        Addr::V4(a.to_bits())
-    }
-}
-
-impl From<Ipv6Addr> for Addr {
-    fn from(a: Ipv6Addr) -> Self {
-        Addr::V6(a.to_bits())
-    }
-}
-
-impl From<IpAddr> for Addr {
-    fn from(a: IpAddr) -> Self {
-        match a {
-            IpAddr::V4(a) => a.into(),
-            IpAddr::V6(a) => a.into(),
-        }
-    }
-}
-
-impl From<Addr> for IpAddr {
-    fn from(a: Addr) -> Self {
-        match a {
-            Addr::V4(a) => IpAddr::V4(Ipv4Addr::from_bits(a)),
-            Addr::V6(a) => IpAddr::V6(Ipv6Addr::from_bits(a)),
-        }
-    }
-}
-
 /// A node's subnet as the data path tests addresses against it: at most one prefix per family,
 /// each as (network, mask). A family the node has no prefix of matches no address (its slot is
 /// network 1 under mask 0, which no masked address equals), so testing an IPv4 address costs
@@ -147,10 +110,10 @@ impl Prefix {
     }
 
     #[inline]
-    pub fn contains(self, addr: Addr) -> bool {
+    pub fn contains(self, addr: IpAddr) -> bool {
         match addr {
-            Addr::V4(a) => self.contains4(a),
-            Addr::V6(a) => self.contains6(a),
+            IpAddr::V4(a) => self.contains4(a.to_bits()),
+            IpAddr::V6(a) => self.contains6(a.to_bits()),
         }
     }
 }
@@ -160,9 +123,9 @@ impl Prefix {
 /// the number of peers.
 #[derive(Debug, Clone)]
 pub struct SubnetTable<T> {
-    /// The netmask of the network's IPv4 subnets; `None`: it has none, and the map stays empty.
-    mask4: Option<u32>,
-    mask6: Option<u128>,
+    /// The local prefix: its families are the table's and its masks the subnets'. A family it
+    /// lacks has mask 0 and an empty map, so a lookup in it misses without a branch of its own.
+    local: Prefix,
     v4: HashMap<u32, T>,
     v6: HashMap<u128, T>,
 }
@@ -170,23 +133,18 @@ pub struct SubnetTable<T> {
 impl<T> SubnetTable<T> {
     /// A table of subnets as long as `local`'s, in the families `local` has.
     pub fn new(local: Prefix) -> Self {
-        Self {
-            mask4: local.v4().map(|(_, m)| m),
-            mask6: local.v6().map(|(_, m)| m),
-            v4: HashMap::new(),
-            v6: HashMap::new(),
-        }
+        Self { local, v4: HashMap::new(), v6: HashMap::new() }
     }
 
     /// Adds (or replaces) the entry of `subnet`. Refused (`false`) when the table has no
     /// subnets of its family or they have another length: the lookup would miss it.
     pub fn insert(&mut self, subnet: impl Into<IpNet>, value: T) -> bool {
         match subnet.into() {
-            IpNet::V4(n) if self.mask4 == Some(n.netmask().to_bits()) => {
+            IpNet::V4(n) if self.local.v4().is_some_and(|(_, m)| m == n.netmask().to_bits()) => {
                 self.v4.insert(n.network().to_bits(), value);
                 true
             }
-            IpNet::V6(n) if self.mask6 == Some(n.netmask().to_bits()) => {
+            IpNet::V6(n) if self.local.v6().is_some_and(|(_, m)| m == n.netmask().to_bits()) => {
                 self.v6.insert(n.network().to_bits(), value);
                 true
             }
@@ -195,10 +153,10 @@ impl<T> SubnetTable<T> {
     }
 
     #[inline]
-    pub fn lookup(&self, dst: Addr) -> Option<&T> {
+    pub fn lookup(&self, dst: IpAddr) -> Option<&T> {
         match dst {
-            Addr::V4(a) => self.v4.get(&(a & self.mask4?)),
-            Addr::V6(a) => self.v6.get(&(a & self.mask6?)),
+            IpAddr::V4(a) => self.v4.get(&(a.to_bits() & self.local.mask4)),
+            IpAddr::V6(a) => self.v6.get(&(a.to_bits() & self.local.mask6)),
         }
     }
 
@@ -249,35 +207,36 @@ pub fn ipv6_addrs(pkt: &[u8]) -> Result<(u128, u128), DropReason> {
 /// Source and destination of an IPv4 or IPv6 packet (by its version), checked as
 /// [`ipv4_addrs`] and [`ipv6_addrs`] do; any other version is malformed.
 #[inline]
-pub fn ip_addrs(pkt: &[u8]) -> Result<(Addr, Addr), DropReason> {
-    match pkt.first().map(|b| b >> 4) {
-        Some(4) => ipv4_addrs(pkt).map(|(s, d)| (Addr::V4(s), Addr::V4(d))),
-        Some(6) => ipv6_addrs(pkt).map(|(s, d)| (Addr::V6(s), Addr::V6(d))),
-        _ => Err(DropReason::Malformed),
+pub fn ip_addrs(pkt: &[u8]) -> Result<(IpAddr, IpAddr), DropReason> {
+    match ipv4_addrs(pkt) {
+        Ok((src, dst)) => Ok((Ipv4Addr::from_bits(src).into(), Ipv4Addr::from_bits(dst).into())),
+        Err(_) => ipv6_addrs(pkt).map(|(src, dst)| (Ipv6Addr::from_bits(src).into(), Ipv6Addr::from_bits(dst).into())),
     }
 }
 
 /// Destination of an outgoing packet (read from the tun device).
 #[inline]
-pub fn outbound_dst(pkt: &[u8]) -> Result<Addr, DropReason> {
-    ip_addrs(pkt).map(|(_, d)| d)
+pub fn outbound_dst(pkt: &[u8]) -> Result<IpAddr, DropReason> {
+    // IPv4 first, with exactly the checks it had alone; IPv6 only when that fails.
+    match ipv4_addrs(pkt) {
+        Ok((_, dst)) => Ok(Ipv4Addr::from_bits(dst).into()),
+        Err(_) => ipv6_addrs(pkt).map(|(_, dst)| Ipv6Addr::from_bits(dst).into()),
+    }
 }
 
 /// An inbound (decapsulated) packet may enter only if it comes from the sending peer's subnet
 /// and goes to this node's subnet, in the packet's family (a family the peer's or this node's
 /// prefix lacks is a bad source or destination).
 #[inline]
-pub fn check_inbound(pkt: &[u8], peer: Prefix, local: Prefix) -> Result<(), DropReason> {
-    let (src_ok, dst_ok) = match pkt.first().map(|b| b >> 4) {
-        Some(4) => {
-            let (src, dst) = ipv4_addrs(pkt)?;
-            (peer.contains4(src), local.contains4(dst))
-        }
-        Some(6) => {
+pub fn check_inbound(pkt: &[u8], peer: &Prefix, local: &Prefix) -> Result<(), DropReason> {
+    // IPv4 first, as cheap as it was alone; IPv6 only when that fails (an IPv6 header is never
+    // a valid IPv4 one: the version differs).
+    let (src_ok, dst_ok) = match ipv4_addrs(pkt) {
+        Ok((src, dst)) => (peer.contains4(src), local.contains4(dst)),
+        Err(_) => {
             let (src, dst) = ipv6_addrs(pkt)?;
             (peer.contains6(src), local.contains6(dst))
         }
-        _ => return Err(DropReason::Malformed),
     };
     if !src_ok {
         return Err(DropReason::BadSource);
@@ -363,8 +322,8 @@ mod tests {
     fn ip6(s: &str) -> Ipv6Addr {
         s.parse().expect("lit")
     }
-    fn at(s: &str) -> Addr {
-        Addr::from(s.parse::<IpAddr>().expect("lit"))
+    fn at(s: &str) -> IpAddr {
+        s.parse().expect("lit")
     }
 
     #[test]
@@ -373,9 +332,9 @@ mod tests {
         t.insert(net("10.244.2.0/24"), "n2");
         t.insert(net("10.244.3.7/24"), "n3");
         assert_eq!(t.len(), 2);
-        assert_eq!(t.lookup(Addr::from(Ipv4Addr::new(10, 244, 2, 200))), Some(&"n2"));
-        assert_eq!(t.lookup(Addr::from(Ipv4Addr::new(10, 244, 3, 1))), Some(&"n3"));
-        assert_eq!(t.lookup(Addr::from(Ipv4Addr::new(10, 244, 4, 1))), None);
+        assert_eq!(t.lookup(IpAddr::from(Ipv4Addr::new(10, 244, 2, 200))), Some(&"n2"));
+        assert_eq!(t.lookup(IpAddr::from(Ipv4Addr::new(10, 244, 3, 1))), Some(&"n3"));
+        assert_eq!(t.lookup(IpAddr::from(Ipv4Addr::new(10, 244, 4, 1))), None);
     }
 
     #[test]
@@ -399,7 +358,7 @@ mod tests {
         assert_eq!(t.lookup(at("10.244.2.9")), Some(&"n2"));
         assert_eq!(t.lookup(at("fd00:244:0:5::9")), None);
         // An IPv4 address whose bits equal an IPv6 subnet's is no match: the families never mix.
-        assert_eq!(t.lookup(Addr::V6(u128::from(u32::from(ip("10.244.2.9"))))), None);
+        assert_eq!(t.lookup(Ipv6Addr::from_bits(u128::from(ip("10.244.2.9").to_bits())).into()), None);
         // IPv6 only.
         let mut t = SubnetTable::new(pre("fd00:244:0:1::/64"));
         assert!(!t.insert(net("10.244.2.0/24"), "n2"));
@@ -413,7 +372,7 @@ mod tests {
         assert_eq!(v4.v4(), Some((u32::from(ip("10.244.1.0")), 0xffff_ff00)));
         assert_eq!(v4.v6(), None);
         assert!(v4.contains(at("10.244.1.9")) && !v4.contains(at("10.244.2.9")));
-        let same_bits = Addr::V6(u128::from(u32::from(ip("10.244.1.9"))));
+        let same_bits = Ipv6Addr::from_bits(u128::from(ip("10.244.1.9").to_bits())).into();
         assert!(!v4.contains(same_bits), "an IPv6 address with the IPv4 bits is not inside");
         let dual = v4.with(net("fd00:244:0:1::/64"));
         assert_eq!(dual.v4(), v4.v4());
@@ -443,7 +402,7 @@ mod tests {
         assert_eq!(good.len(), 40 + 8 + 3);
         let want = (ip6("fd00::1").to_bits(), ip6("fd00::2").to_bits());
         assert_eq!(ipv6_addrs(&good), Ok(want));
-        assert_eq!(ip_addrs(&good), Ok((Addr::V6(want.0), Addr::V6(want.1))));
+        assert_eq!(ip_addrs(&good), Ok((at("fd00::1"), at("fd00::2"))));
         assert_eq!(outbound_dst(&good), Ok(at("fd00::2")));
         // Truncated: shorter than the fixed header, or than the payload length says.
         for n in [0, 1, 20, 39, 40, good.len() - 1] {
@@ -472,7 +431,7 @@ mod tests {
             let mut other = good.clone();
             other[0] = version << 4;
             assert_eq!(ip_addrs(&other), Err(DropReason::Malformed), "version {version}");
-            assert_eq!(check_inbound(&other, Prefix::NONE, Prefix::NONE), Err(DropReason::Malformed));
+            assert_eq!(check_inbound(&other, &Prefix::NONE, &Prefix::NONE), Err(DropReason::Malformed));
         }
     }
 
@@ -492,28 +451,28 @@ mod tests {
         let peer = pre("fd00:244:0:2::/64");
         let local = pre("fd00:244:0:1::/64");
         let ok = build_udp6(ip6("fd00:244:0:2::5"), ip6("fd00:244:0:1::7"), b"x");
-        assert_eq!(check_inbound(&ok, peer, local), Ok(()));
+        assert_eq!(check_inbound(&ok, &peer, &local), Ok(()));
         let spoof = build_udp6(ip6("fd00:244:0:3::5"), ip6("fd00:244:0:1::7"), b"x");
-        assert_eq!(check_inbound(&spoof, peer, local), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&spoof, &peer, &local), Err(DropReason::BadSource));
         let elsewhere = build_udp6(ip6("fd00:244:0:2::5"), ip6("fd00:244:0:9::7"), b"x");
-        assert_eq!(check_inbound(&elsewhere, peer, local), Err(DropReason::BadDestination));
+        assert_eq!(check_inbound(&elsewhere, &peer, &local), Err(DropReason::BadDestination));
         let truncated = &ok[..39];
-        assert_eq!(check_inbound(truncated, peer, local), Err(DropReason::Malformed));
+        assert_eq!(check_inbound(truncated, &peer, &local), Err(DropReason::Malformed));
         // A family the prefixes lack fails as a mismatch does: source first, then destination.
         let (peer4, local4) = (pre("10.244.2.0/24"), pre("10.244.1.0/24"));
-        assert_eq!(check_inbound(&ok, peer4, local4), Err(DropReason::BadSource));
-        assert_eq!(check_inbound(&ok, peer, local4), Err(DropReason::BadDestination));
+        assert_eq!(check_inbound(&ok, &peer4, &local4), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&ok, &peer, &local4), Err(DropReason::BadDestination));
         let v4 = build_udp(ip("10.244.2.5"), ip("10.244.1.7"), b"x");
-        assert_eq!(check_inbound(&v4, peer, local), Err(DropReason::BadSource));
-        assert_eq!(check_inbound(&v4, peer4, local), Err(DropReason::BadDestination));
+        assert_eq!(check_inbound(&v4, &peer, &local), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&v4, &peer4, &local), Err(DropReason::BadDestination));
         // Dual-stack prefixes admit each family by its own prefix.
         let (peer2, local2) = (peer4.with(net("fd00:244:0:2::/64")), local4.with(net("fd00:244:0:1::/64")));
-        assert_eq!(check_inbound(&ok, peer2, local2), Ok(()));
-        assert_eq!(check_inbound(&v4, peer2, local2), Ok(()));
-        assert_eq!(check_inbound(&spoof, peer2, local2), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&ok, &peer2, &local2), Ok(()));
+        assert_eq!(check_inbound(&v4, &peer2, &local2), Ok(()));
+        assert_eq!(check_inbound(&spoof, &peer2, &local2), Err(DropReason::BadSource));
         // An IPv4-mapped address is IPv6 here, never the IPv4 peer's.
         let mapped = build_udp6(ip("10.244.2.5").to_ipv6_mapped(), ip6("fd00:244:0:1::7"), b"x");
-        assert_eq!(check_inbound(&mapped, peer2, local2), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&mapped, &peer2, &local2), Err(DropReason::BadSource));
     }
 
     #[test]
@@ -521,14 +480,14 @@ mod tests {
         let peer = pre("10.244.2.0/24");
         let local = pre("10.244.1.0/24");
         let ok = build_udp(ip("10.244.2.5"), ip("10.244.1.7"), b"x");
-        assert_eq!(check_inbound(&ok, peer, local), Ok(()));
+        assert_eq!(check_inbound(&ok, &peer, &local), Ok(()));
         let spoof = build_udp(ip("10.244.3.5"), ip("10.244.1.7"), b"x");
-        assert_eq!(check_inbound(&spoof, peer, local), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&spoof, &peer, &local), Err(DropReason::BadSource));
         let elsewhere = build_udp(ip("10.244.2.5"), ip("10.244.9.7"), b"x");
-        assert_eq!(check_inbound(&elsewhere, peer, local), Err(DropReason::BadDestination));
+        assert_eq!(check_inbound(&elsewhere, &peer, &local), Err(DropReason::BadDestination));
         // the peer node's own gateway address is in its subnet, so node-originated traffic passes
         let gw = build_udp(ip("10.244.2.1"), ip("10.244.1.7"), b"x");
-        assert_eq!(check_inbound(&gw, peer, local), Ok(()));
+        assert_eq!(check_inbound(&gw, &peer, &local), Ok(()));
     }
 
     #[test]

@@ -147,8 +147,8 @@ fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::SyncDevice> {
             .offload(true)
             .build_sync()
     };
-    // The tunnel carries IPv4 only: no IPv6 on the tun, so the kernel sends nothing there that
-    // would be dropped as malformed.
+    // The tunnel carries IPv4 only so far: no IPv6 on the tun, so the kernel sends nothing there
+    // that would be dropped (the packet checks parse IPv6, but no peer has an IPv6 subnet yet).
     let no_v6 = |dev: tun_rs::SyncDevice| {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         dev
