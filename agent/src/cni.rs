@@ -342,18 +342,23 @@ mod tests {
         assert_eq!(version_of(b"garbage"), "1.0.0");
     }
 
-    #[test]
-    fn ipv6_results_and_dual_stack_prev_results() {
-        let a = Attachment {
+    /// Pod `c1`'s eth0 with address `ip`/`prefix_len` and gateway `gateway`.
+    fn attachment(ip: &str, prefix_len: u8, gateway: &str) -> Attachment {
+        Attachment {
             host_veth: "wv01234567".into(),
             host_mac: "aa:bb:cc:dd:ee:01".into(),
             ifname: "eth0".into(),
             mac: "aa:bb:cc:dd:ee:02".into(),
             sandbox: "/var/run/netns/c1".into(),
-            ip: "fd00:10:244:1::5".parse().expect("lit"),
-            prefix_len: 64,
-            gateway: "fd00:10:244:1::1".parse().expect("lit"),
-        };
+            ip: ip.parse().expect("lit"),
+            prefix_len,
+            gateway: gateway.parse().expect("lit"),
+        }
+    }
+
+    #[test]
+    fn ipv6_results_and_dual_stack_prev_results() {
+        let a = attachment("fd00:10:244:1::5", 64, "fd00:10:244:1::1");
         let r = result("0.4.0", &a);
         assert_eq!(r["ips"][0]["version"], "6");
         assert_eq!(r["ips"][0]["address"], "fd00:10:244:1::5/64");
@@ -379,16 +384,7 @@ mod tests {
         assert_eq!(n, pod_name("0123456789abcdef0123456789abcdef", "eth0"));
         assert_ne!(n, pod_name("0123456789abcdef0123456789abcdef", "eth1"));
         assert!(weft_config::agent::valid_name(&n) && n.len() == 25, "{n}");
-        let a = Attachment {
-            host_veth: "wv01234567".into(),
-            host_mac: "aa:bb:cc:dd:ee:01".into(),
-            ifname: "eth0".into(),
-            mac: "aa:bb:cc:dd:ee:02".into(),
-            sandbox: "/var/run/netns/c1".into(),
-            ip: "10.244.1.5".parse().expect("lit"),
-            prefix_len: 24,
-            gateway: "10.244.1.1".parse().expect("lit"),
-        };
+        let a = attachment("10.244.1.5", 24, "10.244.1.1");
         let r = result("1.0.0", &a);
         assert_eq!(r["ips"][0], json!({"address":"10.244.1.5/24","gateway":"10.244.1.1","interface":1}));
         assert_eq!(r["interfaces"][1]["sandbox"], "/var/run/netns/c1");

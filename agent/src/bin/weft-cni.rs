@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use weft_agent::cni::{self, code, Attachment, CniError, Command, Env, NetConf};
 use weft_agent::kernel::{Kernel, Netlink};
-use weft_agent::routes::Family;
 use weft_config::api::{PodInfo, Request, Response, MAX_REQUEST_BYTES};
 use weft_config::records::PRIMARY_FAMILY;
 
@@ -244,7 +243,7 @@ fn inspect(ifname: &str) -> anyhow::Result<Inside> {
         let nl = Netlink::open()?;
         let Some(link) = nl.link(ifname).await? else { return Ok(None) };
         let addrs = nl.addrs(link.index).await?;
-        let default_ok = nl.default_route_oif(Family::V4).await? == Some(link.index);
+        let default_ok = nl.default_route_oif(PRIMARY_FAMILY).await? == Some(link.index);
         Ok(Some((link.up, addrs, default_ok)))
     })
 }

@@ -19,7 +19,7 @@ pub use netlink::{write_sysctl, Netlink};
 
 use crate::routes::{Action, Family, Route};
 use anyhow::Result;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -138,11 +138,6 @@ pub fn errno(e: &anyhow::Error) -> Option<i32> {
     })
 }
 
-/// The IPv4 ones of `addrs`, for callers whose configuration is IPv4 only.
-pub fn ipv4_only(addrs: &[IpNet]) -> Vec<Ipv4Net> {
-    addrs.iter().filter_map(|a| if let IpNet::V4(v4) = a { Some(*v4) } else { None }).collect()
-}
-
 /// The kernel as the agent uses it: one handle is bound to one network namespace.
 ///
 /// Errors keep the kernel's errno in their chain (see [`errno`]). Where the agent has always
@@ -238,16 +233,6 @@ mod tests {
         assert!("02:0a:ff:00:10:01:02".parse::<Mac>().is_err());
         assert!("02:0a:ff:00:10:zz".parse::<Mac>().is_err());
         assert_eq!(Mac::from_bytes(&[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn ipv4_only_keeps_the_ipv4_addresses_in_order() {
-        let all: Vec<IpNet> = ["fe80::1/64", "10.0.0.1/24", "fd00::1/64", "10.0.1.1/16"]
-            .iter()
-            .map(|s| s.parse().expect("literal"))
-            .collect();
-        let v4: Vec<Ipv4Net> = ["10.0.0.1/24", "10.0.1.1/16"].iter().map(|s| s.parse().expect("literal")).collect();
-        assert_eq!(ipv4_only(&all), v4);
     }
 
     #[test]
