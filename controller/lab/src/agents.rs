@@ -1,7 +1,7 @@
 //! The lab's agents and commands: start, stop, leave, wait until ready, status, exec.
 
 use super::names::{LabNames, Target, WEFTCTL_CERT};
-use super::netns::{self, enter_on_exec};
+use super::netns;
 use super::plumbing::tail;
 use super::procs::{self, Ownership};
 use super::status::{LabStatus, NodeStatus};
@@ -29,7 +29,7 @@ impl Lab {
 
     /// A client for node `i`'s agent socket (path from the node's config).
     pub fn client(&self, i: usize) -> anyhow::Result<AgentClient> {
-        Ok(AgentClient::new(self.node_config(i)?.paths.socket))
+        Ok(self.node(i).agent_client(&self.node_config(i)?.paths.socket))
     }
 
     /// Pid of node `i`'s agent if one is recorded and still running.
@@ -43,8 +43,8 @@ impl Lab {
         (!self.gone(rec.pid)).then_some(rec.pid)
     }
 
-    /// Starts node `i`'s agent in the node's namespace (only the network namespace) and records
-    /// its pid. Does not wait; see [`Lab::wait_ready`].
+    /// Starts node `i`'s agent on the node (a namespace node: in its network namespace only, in
+    /// a new session) and records its pid. Does not wait; see [`Lab::wait_ready`].
     pub fn start_agent(&self, i: usize) -> anyhow::Result<u32> {
         self.check_node(i)?;
         let node = LabNames::node_name(i);
@@ -54,10 +54,10 @@ impl Lab {
         let p = self.names.node_paths(i);
         let log = open_log(&p.log, &format!("starting {} --config {}", self.agent_bin.display(), p.config.display()))?;
         let log2 = log.try_clone().with_context(|| format!("opening {}", p.log.display()))?;
-        let mut cmd = Command::new(&self.agent_bin);
+        let host = self.node(i);
+        let mut cmd = host.agent_command(&self.agent_bin)?;
         cmd.arg("--config").arg(&p.config).stdin(Stdio::null()).stdout(log).stderr(log2);
-        let ns = self.names.node_ns(i);
-        enter_on_exec(&mut cmd, &ns, true)?;
+        let ns = host.location();
         let child = cmd.spawn().with_context(|| format!("starting {} for {node}", self.agent_bin.display()))?;
         self.adopt(child, &ns, |s, rec| {
             s.agents.insert(node.clone(), rec);
@@ -107,7 +107,7 @@ impl Lab {
         let log =
             open_log(&p.log, &format!("running {} --config {} --leave", self.agent_bin.display(), p.config.display()))?;
         let log2 = log.try_clone().with_context(|| format!("opening {}", p.log.display()))?;
-        let mut cmd = netns::command_in(&self.names.node_ns(i), &self.agent_bin)?;
+        let mut cmd = self.node(i).command(self.agent_bin.as_os_str())?;
         cmd.arg("--config").arg(&p.config).arg("--leave").stdin(Stdio::null()).stdout(log).stderr(log2);
         let mut child = cmd.spawn().with_context(|| format!("starting {} --leave", self.agent_bin.display()))?;
         let deadline = Instant::now() + LEAVE_TIMEOUT;
@@ -147,7 +147,7 @@ impl Lab {
     pub fn wait_ready(&self, i: usize, timeout: Duration) -> anyhow::Result<Status> {
         let config = self.node_config(i)?;
         let node = LabNames::node_name(i);
-        let client = AgentClient::new(&config.paths.socket).with_timeout(Duration::from_secs(2));
+        let client = self.node(i).agent_client(&config.paths.socket).with_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + timeout;
         let log = self.names.node_paths(i).log;
         loop {
@@ -209,7 +209,7 @@ impl Lab {
         NodeStatus {
             node,
             index: i,
-            netns: self.names.node_ns(i),
+            netns: self.node(i).location(),
             underlay_ip: self.node_ip(i),
             pid: recorded,
             running,
@@ -273,8 +273,13 @@ impl Lab {
     /// of weftctl's certificate (WEFT_ETCD_CA, WEFT_ETCD_CERT, WEFT_ETCD_KEY), WEFT_SOCKET (node
     /// and pod targets) and the binaries' directory first on PATH.
     pub fn command(&self, target: &Target, program: impl AsRef<OsStr>) -> anyhow::Result<Command> {
-        let ns = self.target_ns(target)?;
-        let mut cmd = netns::command_in(&ns, program)?;
+        let mut cmd = match target {
+            Target::Node(i) => {
+                self.check_node(*i)?;
+                self.node(*i).command(program.as_ref())?
+            }
+            _ => netns::command_in(&self.target_ns(target)?, program)?,
+        };
         cmd.env("WEFT_ETCD", self.etcd_endpoints().join(",")).env("WEFT_NETWORK", super::names::NETWORK);
         cmd.env_remove("WEFT_SOCKET");
         let ca = self.names.ca_files().cert;

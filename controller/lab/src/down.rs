@@ -1,8 +1,9 @@
 //! `lab down`: undo everything a lab made, also after a crash, carrying on past every failure
 //! and reporting all of them at the end.
 
-use super::names::LabNames;
+use super::names::{tunnel_device, LabNames, WG_DAEMON_TAGS, WG_SOCKET_DIR};
 use super::netns::{self, ns_id};
+use super::node;
 use super::procs;
 use super::state::{LabState, ProcRecord, StateError};
 use serde::Serialize;
@@ -36,7 +37,8 @@ impl DownReport {
     }
 }
 
-/// Tears down lab `names`. `gone(pid)` tells whether a pid has exited (a caller that is the
+/// Tears down lab `names`: its processes, then its nodes (each by its kind, from state.json),
+/// then whatever namespace of the lab is left. `gone(pid)` tells whether a pid has exited (a caller that is the
 /// parent reaps it there; others pass a /proc check).
 pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
     let mut report = DownReport::default();
@@ -52,8 +54,13 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
         stop_processes(names, state, gone, &mut report);
     }
     warn_leftovers(names, &mut report);
-    for path in super::bench::peers::remove_stale_sockets(names.id()) {
+    for path in remove_stale_sockets(names.id()) {
         report.warnings.push(format!("removed {path}, left by a killed bench"));
+    }
+    if let Some(state) = &state {
+        for i in 1..=state.spec.nodes {
+            node::node(state.spec.node_kind, names, state.spec.topology, i).destroy(&mut report);
+        }
     }
     remove_namespaces(names, &mut report);
     match std::fs::remove_dir_all(names.dir()) {
@@ -62,6 +69,22 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
         Err(e) => report.errors.push(format!("removing {}: {e}", names.dir().display())),
     }
     report
+}
+
+/// Removes the WireGuard control sockets a killed bench of lab `id` left behind (a SIGKILLed
+/// weftctl runs no guard; its daemons die with it but their sockets stay). Returns what was
+/// removed. Only names this lab's bench rows use are touched.
+fn remove_stale_sockets(id: &str) -> Vec<String> {
+    let mut removed = Vec::new();
+    for tag in WG_DAEMON_TAGS {
+        for i in 1..=2 {
+            let path = std::path::Path::new(WG_SOCKET_DIR).join(format!("{}.sock", tunnel_device(tag, id, i)));
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(path.display().to_string());
+            }
+        }
+    }
+    removed
 }
 
 fn stop_processes(names: &LabNames, state: &LabState, mut gone: impl FnMut(u32) -> bool, report: &mut DownReport) {

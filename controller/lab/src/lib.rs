@@ -24,7 +24,7 @@ mod etcd_members;
 pub mod etcd_server;
 pub mod names;
 pub mod netns;
-
+pub mod node;
 pub mod plumbing;
 pub mod procs;
 
@@ -34,6 +34,7 @@ pub mod status;
 pub use down::DownReport;
 pub use names::{LabNames, Target};
 pub use netns::in_netns;
+pub use node::{LabNode, NodeKind};
 pub use status::{LabStatus, NodeStatus};
 
 use anyhow::Context;
@@ -113,6 +114,9 @@ pub struct LabSpec {
     pub cidr: String,
     #[serde(default = "default_subnet_len")]
     pub subnet_len: u8,
+    /// What the nodes are made of (see [`node`]); recorded so `down` needs no running lab.
+    #[serde(default)]
+    pub node_kind: NodeKind,
 }
 
 fn one() -> usize {
@@ -144,6 +148,7 @@ impl Default for LabSpec {
             deferred_agents: 0,
             cidr: default_cidr(),
             subnet_len: default_subnet_len(),
+            node_kind: NodeKind::default(),
         }
     }
 }
@@ -349,9 +354,9 @@ impl Lab {
     }
 
     fn setup_node(&self, i: usize) -> anyhow::Result<()> {
-        let ns = self.names.node_ns(i);
-        self.make_ns(&ns)?;
-        plumbing::attach(&self.names, &ns, &format!("vn{i}"), names::node_addr(self.spec.topology, i), true)?;
+        self.node(i).create(&|made| match made {
+            node::Made::Namespace(ns) => self.update(|s| s.add_namespace(&ns)),
+        })?;
         let p = self.names.node_paths(i);
         std::fs::create_dir_all(&p.state_dir).with_context(|| format!("creating {}", p.state_dir.display()))?;
         let spec = config_gen::NodeConfigSpec {
@@ -475,6 +480,12 @@ impl Lab {
     }
 
     /// `weft<id>-n<i>` (nodes are 1-based).
+    /// Node `i` behind the interface every node kind has (see [`node`]).
+    pub fn node(&self, i: usize) -> Box<dyn LabNode> {
+        node::node(self.spec.node_kind, &self.names, self.spec.topology, i)
+    }
+
+    /// Node `i`'s network namespace (namespace nodes, which are all there are so far).
     pub fn node_ns(&self, i: usize) -> String {
         self.names.node_ns(i)
     }

@@ -40,6 +40,17 @@ pub const NETWORK: &str = "default";
 /// Node addresses are 172.30.x.(10+i).
 pub const MAX_NODES: usize = 200;
 pub const MAX_PODS: usize = 50;
+/// Where wireguard-go and boringtun make their control sockets (`<device>.sock`); shared by
+/// every namespace, so the two hosts' devices need different names.
+pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
+/// Device tags of the bench's userspace WireGuard daemons, whose control sockets outlive a
+/// bench killed with SIGKILL (`lab down` removes them).
+pub const WG_DAEMON_TAGS: [&str; 2] = ["wg", "bt"];
+
+/// The bench's tunnel device `<tag><id><i>` for host `i` of lab `id` (tags are two letters).
+pub fn tunnel_device(tag: &str, id: &str, i: usize) -> String {
+    format!("{tag}{id}{i}")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

@@ -73,9 +73,7 @@ pub const QUINCY_PORT: u16 = 55555;
 pub const QUINCY_NET: &str = "10.245.0.1/24";
 /// The one user of the quincy server.
 pub const QUINCY_USER: &str = "bench";
-/// Where wireguard-go and boringtun make their control sockets (`<device>.sock`); shared by
-/// every namespace, so the two hosts' devices need different names.
-pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
+pub use crate::names::WG_SOCKET_DIR;
 
 /// One row: a [`HostPair`] whose pod subnets are routed through `peer`'s tunnel, then
 /// [`measure`] with the tunnel daemons' (name, pid) watched for RSS. `path` is host 1's
@@ -118,23 +116,7 @@ pub fn bench(peer: PeerTunnel, names: &LabNames, opts: MeasureOpts) -> anyhow::R
 /// names differ because wireguard-go and boringtun name their control socket after the
 /// device in [`WG_SOCKET_DIR`], which all namespaces share.
 pub fn device_name(peer: PeerTunnel, id: &str, i: usize) -> String {
-    format!("{}{id}{i}", peer.tag())
-}
-
-/// Removes the WireGuard control sockets a killed bench of lab `id` left behind (a SIGKILLed
-/// weftctl runs no guard; its daemons die with it but their sockets stay). Returns what was
-/// removed. Only names this lab's rows use are touched.
-pub fn remove_stale_sockets(id: &str) -> Vec<String> {
-    let mut removed = Vec::new();
-    for peer in [PeerTunnel::WireguardGo, PeerTunnel::Boringtun] {
-        for i in 1..=2 {
-            let path = std::path::Path::new(WG_SOCKET_DIR).join(format!("{}.sock", device_name(peer, id, i)));
-            if std::fs::remove_file(&path).is_ok() {
-                removed.push(path.display().to_string());
-            }
-        }
-    }
-    removed
+    crate::names::tunnel_device(peer.tag(), id, i)
 }
 
 /// The `dev` of an `ip -o route get` line.
@@ -603,6 +585,8 @@ mod tests {
         assert_eq!(device_name(PeerTunnel::WireguardGo, "pz", 1), "wgpz1");
         assert_eq!(device_name(PeerTunnel::Boringtun, "pz", 2), "btpz2");
         assert_eq!(device_name(PeerTunnel::Quincy, "7", 1), "qc71");
+        let daemons = [PeerTunnel::WireguardGo.tag(), PeerTunnel::Boringtun.tag()];
+        assert_eq!(crate::names::WG_DAEMON_TAGS, daemons, "lab down removes these daemons' sockets");
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 deferred_agents: up.deferred_agents,
                 cidr: up.cidr.clone(),
                 subnet_len: up.subnet_len,
+                node_kind: lab::NodeKind::Netns,
             };
             let lab = Lab::up(spec)?;
             lab.detach();
