@@ -4,24 +4,29 @@
 //! into the status (and so `/metrics`) and into `/weft/v1/<net>/probes/<node>` under a lease,
 //! which `weftctl status` reads into a reachability matrix.
 //!
-//! One raw ICMP socket per round (CAP_NET_RAW), run on a blocking thread; a few bytes per peer.
+//! One raw ICMP socket per round and family (CAP_NET_RAW; ICMPv4 or ICMPv6 echo as the own
+//! gateway is), run on a blocking thread; a few bytes per peer.
 //! Nothing is sent to anything but peer gateways taken from valid subnet records.
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
+use nix::sys::socket::SockaddrStorage;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use weft_config::api::{ProbeResult, Status};
 use weft_config::probes::{PeerProbe, ProbeRecord};
-use weft_config::{subnet, Keys};
+use weft_config::subnet::{self, Family};
+use weft_config::Keys;
 use weft_store::{EtcdStore, Store};
 
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
+const ECHO_REQUEST6: u8 = 128;
+const ECHO_REPLY6: u8 = 129;
 
 /// RFC 1071 checksum.
 pub fn checksum(data: &[u8]) -> u16 {
@@ -32,57 +37,67 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An echo request with identifier `id`, sequence `seq` and an 8-byte payload.
-pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+/// An echo request of `family` with identifier `id`, sequence `seq` and an 8-byte payload.
+/// ICMPv4 carries its checksum; ICMPv6's covers a pseudo-header, so the kernel fills it in on
+/// a raw ICMPv6 socket (RFC 3542) and it is left zero here.
+pub fn echo_request(family: Family, id: u16, seq: u16) -> [u8; 16] {
     let mut p = [0u8; 16];
-    p[0] = ECHO_REQUEST;
+    p[0] = match family {
+        Family::V4 => ECHO_REQUEST,
+        Family::V6 => ECHO_REQUEST6,
+    };
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
     p[8..16].copy_from_slice(b"weftprob");
-    let c = checksum(&p);
-    p[2..4].copy_from_slice(&c.to_be_bytes());
+    if family == Family::V4 {
+        let c = checksum(&p);
+        p[2..4].copy_from_slice(&c.to_be_bytes());
+    }
     p
 }
 
-/// From a raw socket's read (IPv4 header + ICMP): the source and sequence of an echo reply
-/// carrying identifier `id`; `None` for anything else.
+/// From a raw ICMPv4 socket's read (IPv4 header + ICMP): the source and sequence of an echo
+/// reply carrying identifier `id`; `None` for anything else.
 pub fn parse_reply(buf: &[u8], id: u16) -> Option<(Ipv4Addr, u16)> {
     let ihl = usize::from(*buf.first()? & 0x0f) * 4;
     if *buf.first()? >> 4 != 4 || ihl < 20 || buf.len() < ihl + 8 {
         return None;
     }
     let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-    let icmp = &buf[ihl..];
-    if icmp[0] != ECHO_REPLY || icmp[1] != 0 || u16::from_be_bytes([icmp[4], icmp[5]]) != id {
+    Some((src, echo_reply_seq(&buf[ihl..], ECHO_REPLY, id)?))
+}
+
+/// From a raw ICMPv6 socket's read (the ICMPv6 message alone: the kernel strips the IPv6
+/// header, the source comes with `recvfrom`): the sequence of an echo reply carrying `id`.
+pub fn parse_reply6(buf: &[u8], id: u16) -> Option<u16> {
+    echo_reply_seq(buf, ECHO_REPLY6, id)
+}
+
+fn echo_reply_seq(icmp: &[u8], reply: u8, id: u16) -> Option<u16> {
+    if icmp.len() < 8 || icmp[0] != reply || icmp[1] != 0 || u16::from_be_bytes([icmp[4], icmp[5]]) != id {
         return None;
     }
-    Some((src, u16::from_be_bytes([icmp[6], icmp[7]])))
+    Some(u16::from_be_bytes([icmp[6], icmp[7]]))
 }
 
-/// One round from the own gateway `src` to the `targets` of its family: the round trip of each
-/// target that answered. ICMPv4 only so far: an IPv6 `src` is an error, and targets of the
-/// other family stay unanswered.
+/// One round from the own gateway `src` to the `targets` of its family (ICMPv4 or ICMPv6 echo
+/// as `src` is): an echo to each, replies collected until `timeout`. Returns the round trip of
+/// each target that answered; targets of the other family are not probed by this round.
 pub fn round(src: IpAddr, targets: &[IpAddr], timeout: Duration) -> std::io::Result<HashMap<IpAddr, Duration>> {
-    let IpAddr::V4(src) = src else {
-        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "ICMPv6 probes are not implemented yet"));
+    let family = Family::of(src);
+    let (domain, protocol) = match family {
+        Family::V4 => (Domain::IPV4, Protocol::ICMPV4),
+        Family::V6 => (Domain::IPV6, Protocol::ICMPV6),
     };
-    let v4: Vec<Ipv4Addr> =
-        targets.iter().filter_map(|t| if let IpAddr::V4(a) = t { Some(*a) } else { None }).collect();
-    Ok(round_v4(src, &v4, timeout)?.into_iter().map(|(a, rtt)| (IpAddr::V4(a), rtt)).collect())
-}
-
-/// One ICMPv4 round: an echo to every target from `src`, replies collected until `timeout`.
-/// Returns the round trip of each target that answered.
-fn round_v4(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io::Result<HashMap<Ipv4Addr, Duration>> {
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-    sock.bind(&SocketAddrV4::new(src, 0).into())?;
+    let sock = Socket::new(domain, Type::RAW, Some(protocol))?;
+    sock.bind(&SocketAddr::new(src, 0).into())?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let id = (std::process::id() as u16) ^ (nanos as u16) ^ ((nanos >> 16) as u16);
     let mut sent = HashMap::new();
-    for (seq, t) in targets.iter().enumerate() {
+    for (seq, t) in targets.iter().filter(|t| Family::of(**t) == family).enumerate() {
         let seq = seq as u16;
         // A failed send (no route) is simply an unanswered probe.
-        if sock.send_to(&echo_request(id, seq), &SocketAddrV4::new(*t, 0).into()).is_ok() {
+        if sock.send_to(&echo_request(family, id, seq), &SocketAddr::new(*t, 0).into()).is_ok() {
             sent.insert(seq, (*t, Instant::now()));
         }
     }
@@ -95,13 +110,20 @@ fn round_v4(src: Ipv4Addr, targets: &[Ipv4Addr], timeout: Duration) -> std::io::
             break;
         }
         sock.set_read_timeout(Some(left))?;
-        let n = match (&sock).read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        let (n, from) = match nix::sys::socket::recvfrom::<SockaddrStorage>(sock.as_raw_fd(), &mut buf) {
+            Ok(r) => r,
+            Err(nix::Error::EAGAIN | nix::Error::ETIMEDOUT) => break,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         };
-        if let Some((from, seq)) = parse_reply(&buf[..n], id) {
+        let reply = match family {
+            Family::V4 => parse_reply(&buf[..n], id).map(|(src, seq)| (IpAddr::V4(src), seq)),
+            Family::V6 => {
+                let src = from.as_ref().and_then(|a| a.as_sockaddr_in6()).map(|a| IpAddr::V6(a.ip()));
+                src.zip(parse_reply6(&buf[..n], id))
+            }
+        };
+        if let Some((from, seq)) = reply {
             if let Some((target, at)) = sent.get(&seq) {
                 if *target == from {
                     got.entry(from).or_insert_with(|| at.elapsed());
@@ -221,7 +243,7 @@ mod tests {
 
     #[test]
     fn echo_packets() {
-        let p = echo_request(0x1234, 7);
+        let p = echo_request(Family::V4, 0x1234, 7);
         assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
         assert_eq!(&p[..8], &[8, 0, p[2], p[3], 0x12, 0x34, 0, 7]);
         // A reply as a raw socket returns it: IPv4 header (20 bytes) + ICMP.
@@ -238,8 +260,16 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_round_is_refused_before_any_socket() {
-        let e = round("fd00:10:244:1::1".parse().expect("lit"), &[], Duration::from_millis(1)).expect_err("v6");
-        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+    fn echo_packets_v6() {
+        let p = echo_request(Family::V6, 0xbeef, 300);
+        assert_eq!(&p[..8], &[128, 0, 0, 0, 0xbe, 0xef, 1, 44], "checksum left to the kernel");
+        let mut reply = p;
+        reply[0] = ECHO_REPLY6;
+        assert_eq!(parse_reply6(&reply, 0xbeef), Some(300));
+        assert_eq!(parse_reply6(&reply, 0xbeee), None, "someone else's ping");
+        assert_eq!(parse_reply6(&p, 0xbeef), None, "a request, not a reply");
+        assert_eq!(parse_reply6(&reply[..7], 0xbeef), None, "truncated");
+        // A neighbour solicitation (type 135) the same socket also sees.
+        assert_eq!(parse_reply6(&[135, 0, 0, 0, 0, 0, 0, 0], 0), None);
     }
 }

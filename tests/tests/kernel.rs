@@ -1,7 +1,7 @@
 //! The real `Kernel` (netlink) on the operations the next backends need: a vxlan device,
 //! weft-owned neighbour and FDB entries beside foreign ones made with `ip neigh`/`bridge fdb`,
 //! and the WireGuard kind; and the same calls with IPv6 (addresses, routes of both families
-//! read back as written, neighbour and FDB entries). Everything happens in namespaces these
+//! read back as written, neighbour and FDB entries); and the probe's ICMP echo rounds over both families. Everything happens in namespaces these
 //! tests make and their guards remove, also when an assertion fails.
 
 use ipnet::IpNet;
@@ -328,4 +328,46 @@ fn ipv6_address_routes_neighbour_and_fdb_entry_beside_ipv4_ones() {
         k.del_fdb(vx, fdb.mac).await.expect("deleting weft's fdb entry");
         assert!(k.fdb(vx).await.expect("listing fdb").iter().all(|l| l.entry.mac != fdb.mac));
     });
+}
+
+/// The agent's reachability probe over both families: ICMPv4 and ICMPv6 echo from one
+/// namespace to another over a veth pair; an address nobody holds and a target of the other
+/// family stay unanswered.
+#[test]
+fn probe_rounds_of_both_families_answer_only_real_peers() {
+    const A: &str = "weftkt-probe-a";
+    const B: &str = "weftkt-probe-b";
+    require_root();
+    let _guard = NsGuard(vec![A.to_string(), B.to_string()]);
+    for ns in [A, B] {
+        weft_agent::netns::remove(ns).expect("clearing a leftover namespace");
+        weft_agent::netns::ensure(ns).expect("creating the test namespace");
+    }
+    run_in("ip", A, &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", B]);
+    for (ns, v4, v6) in [(A, "10.99.0.1/24", "fd00:99::1/64"), (B, "10.99.0.2/24", "fd00:99::2/64")] {
+        run_in("ip", ns, &["addr", "add", v4, "dev", "eth0"]);
+        run_in("ip", ns, &["addr", "add", v6, "dev", "eth0", "nodad"]);
+        run_in("ip", ns, &["link", "set", "eth0", "up"]);
+        run_in("ip", ns, &["link", "set", "lo", "up"]);
+    }
+    // A new link's first IPv6 packets can go before neighbour discovery works (the agent
+    // probes every few seconds anyway): rounds repeat until the peer answered, at most five.
+    let timeout = std::time::Duration::from_millis(500);
+    let rounds = |src: &str, targets: &[&str]| {
+        let targets: Vec<IpAddr> = targets.iter().map(|t| addr(t)).collect();
+        let mut answered = Vec::new();
+        for _ in 0..5 {
+            let got = weft_lab::in_netns(A, || weft_agent::probe::round(addr(src), &targets, timeout))
+                .expect("entering the test namespace")
+                .unwrap_or_else(|e| panic!("a round from {src}: {e}"));
+            assert!(got.values().all(|rtt| *rtt < timeout), "{got:?}");
+            answered.extend(got.into_keys());
+            if !answered.is_empty() {
+                break;
+            }
+        }
+        answered
+    };
+    assert_eq!(rounds("10.99.0.1", &["10.99.0.2", "10.99.0.3", "fd00:99::2"]), vec![addr("10.99.0.2")]);
+    assert_eq!(rounds("fd00:99::1", &["fd00:99::2", "fd00:99::3", "10.99.0.2"]), vec![addr("fd00:99::2")]);
 }
