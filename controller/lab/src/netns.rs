@@ -91,16 +91,24 @@ where
 }
 
 /// Makes `cmd` enter network namespace `name` in the child, after fork and before exec, and
-/// optionally start a new session (so a daemon outlives the terminal that started it).
-pub fn enter_on_exec(cmd: &mut Command, name: &str, new_session: bool) -> Result<(), NetnsError> {
+/// optionally start a daemon: a new session (so it outlives the terminal that started it) and
+/// none of the caller's inherited descriptors. Without the last, an agent started by a test
+/// run under `flock` would hold the lock for as long as a kept lab lives.
+pub fn enter_on_exec(cmd: &mut Command, name: &str, daemon: bool) -> Result<(), NetnsError> {
     let file = open(name)?;
-    // SAFETY: the closure runs in the forked child before exec; it only makes the setns and
-    // setsid system calls (async-signal-safe) and allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec; it only makes the setns,
+    // setsid and close_range system calls (async-signal-safe) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            if new_session {
+            if daemon {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+                // Close-on-exec, not closed: std's own exec-error pipe must stay open until exec.
+                // Descriptors 0 to 2 are the daemon's stdio, set up before this runs.
+                let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
+                if libc::syscall(libc::SYS_close_range, 3 as libc::c_long, libc::c_long::from(u32::MAX), flags) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

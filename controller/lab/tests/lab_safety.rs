@@ -90,3 +90,30 @@ fn down_signals_only_processes_inside_the_lab() {
     assert!(netns::ns_id(&ns).is_none(), "namespace removed");
     assert!(!names.dir().exists(), "lab directory removed");
 }
+
+/// A daemon the lab starts (an agent, etcd) keeps none of the starter's descriptors: a test
+/// run under `flock` must not leave its lock held by a kept lab's agents.
+#[test]
+fn daemons_inherit_no_descriptors() {
+    require_root();
+    let mut guard = Guard { id: "cs3", children: vec![] };
+    let names = LabNames::new("cs3").expect("id");
+    let ns = names.node_ns(1);
+    plumbing::add_netns(&ns).expect("namespace");
+    // Opened without O_CLOEXEC, as `flock FILE cmd` hands its lock down.
+    let held = nix::fcntl::open("/proc/self/stat", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())
+        .expect("opening a file to inherit");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    let spawn = |daemon: bool| {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60").stdin(Stdio::null());
+        netns::enter_on_exec(&mut cmd, &ns, daemon).expect("namespace");
+        cmd.spawn().expect("sleep")
+    };
+    let (plain, daemon) = (spawn(false), spawn(true));
+    let has_fd = |pid: u32| std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists();
+    let (plain_has, daemon_has) = (has_fd(plain.id()), has_fd(daemon.id()));
+    guard.children.extend([plain, daemon]);
+    assert!(plain_has, "a plain command inherits descriptor {fd} (the check itself works)");
+    assert!(!daemon_has, "a daemon must not inherit descriptor {fd}");
+}
