@@ -9,25 +9,27 @@ use ipnet::{IpNet, Ipv4Net};
 use weft_config::subnet::Family;
 use weft_config::AgentConfig;
 
-pub struct Firewall<R: Runner = SystemRunner> {
-    inner: firewall::Firewall<R>,
+/// This node's firewall rules: a [`firewall::Executor`] bound to the agent config's network,
+/// bridge and `ip_masq`. The daemon keeps one to ensure the rules; `leave` makes one to remove them.
+pub struct NodeFirewall<R: Runner = SystemRunner> {
+    inner: firewall::Executor<R>,
     network: String,
     bridge: String,
     ip_masq: bool,
 }
 
-impl Firewall<SystemRunner> {
+impl NodeFirewall<SystemRunner> {
     /// The rules driven through the real `iptables` and `nft`.
     pub fn new(cfg: &AgentConfig) -> Self {
         Self::with_runner(cfg, SystemRunner)
     }
 }
 
-impl<R: Runner> Firewall<R> {
+impl<R: Runner> NodeFirewall<R> {
     /// The rules driven through `runner` (a recording fake in tests).
     pub fn with_runner(cfg: &AgentConfig, runner: R) -> Self {
         Self {
-            inner: firewall::Firewall::new(runner),
+            inner: firewall::Executor::new(runner),
             network: cfg.network.clone(),
             bridge: cfg.bridge.name.clone(),
             ip_masq: cfg.ip_masq,
@@ -73,9 +75,9 @@ impl<R: Runner> Firewall<R> {
 mod tests {
     use super::*;
 
-    fn glue(extra: &str) -> Firewall {
+    fn glue(extra: &str) -> NodeFirewall {
         let text = format!("node_name = \"n1\"\nnetwork = \"lab\"\n[etcd]\nendpoints = [\"http://a:1\"]\n{extra}");
-        Firewall::new(&AgentConfig::parse("agent.toml", &text).expect("config"))
+        NodeFirewall::new(&AgentConfig::parse("agent.toml", &text).expect("config"))
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::{node_identity, Ctx, Node};
 use crate::backend;
 use crate::firewall::Runner;
-use crate::firewall_glue::Firewall;
+use crate::firewall_glue::NodeFirewall;
 use crate::kernel::{Kernel, Netlink};
 use crate::pods;
 use crate::routes::Action;
@@ -51,7 +51,7 @@ pub async fn teardown_local<K: Kernel, R: Runner>(
     cfg: &AgentConfig,
     pods: &[PodRecord],
     state: &StateDir,
-    fw: &Firewall<R>,
+    fw: &NodeFirewall<R>,
 ) -> Vec<String> {
     let mut errors = Vec::new();
     match nl.weft_routes().await {
@@ -131,7 +131,7 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
             Err(_) => errors.push("timed out connecting to etcd; the subnet record stays until evicted".into()),
         }
     }
-    let fw = Firewall::new(&cfg);
+    let fw = NodeFirewall::new(&cfg);
     errors.extend(teardown_local(&nl, &cfg, &pods, &state, &fw).await);
     if errors.is_empty() {
         Ok(())

@@ -13,7 +13,7 @@
 use crate::api::{self, Command};
 use crate::backend::{Drivers, UnderlayInfo};
 use crate::firewall::{ForwardPolicy, Runner, SystemRunner};
-use crate::firewall_glue::Firewall;
+use crate::firewall_glue::NodeFirewall;
 use crate::kernel::{Kernel, Netlink};
 use crate::state::{self, PodRecord, StateDir};
 use anyhow::{bail, Context, Result};
@@ -101,7 +101,7 @@ pub(crate) struct Ctx<K: Kernel, S: Store, R: Runner> {
     state: StateDir,
     status: Arc<RwLock<Status>>,
     epoch: u64,
-    firewall: Firewall<R>,
+    firewall: NodeFirewall<R>,
     live: api::LiveQuic,
     host: Arc<dyn Host<S>>,
 }
@@ -232,7 +232,7 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
         host.spawn_services(&status, &live, tx.clone());
         let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
         let ctx = Ctx {
-            firewall: Firewall::with_runner(&cfg, runner),
+            firewall: NodeFirewall::with_runner(&cfg, runner),
             keys,
             nl,
             state,

@@ -8,8 +8,8 @@
 //!   (`plan(spec, .., &listing) -> Vec<Command>`) that return exactly the writes needed, in order;
 //!   nothing when everything is in place.
 //! - this module: the [`Runner`] seam (the real programs, or a recording fake in tests) and the
-//!   [`Firewall`] executor: list through the runner, ask the plans, run their [`Command`]s, log
-//!   and report each change, collect the errors.
+//!   [`Executor`]: it lists through the runner, asks the plans, runs their [`Command`]s, logs
+//!   and reports each change and collects the errors.
 //!
 //! # Why the rules go into other people's chains
 //! A packet is dropped if *any* base chain at its hook drops it, so an accept in a table of
@@ -258,14 +258,16 @@ fn join_errors(errors: &[FirewallError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
 }
 
-/// Keeps and repairs weft's firewall rules. Blocking: each call runs a few short processes.
+/// Runs the plans for a [`FirewallSpec`] through its [`Runner`]: keeps and repairs weft's firewall
+/// rules. Blocking: each call runs a few short processes. The agent reaches it through
+/// `firewall_glue::NodeFirewall`, which builds the spec from its config.
 #[derive(Debug, Clone, Default)]
-pub struct Firewall<R: Runner = SystemRunner> {
+pub struct Executor<R: Runner = SystemRunner> {
     runner: R,
 }
 
-impl Firewall<SystemRunner> {
-    /// A firewall driving the real `iptables` and `nft`.
+impl Executor<SystemRunner> {
+    /// An executor driving the real `iptables` and `nft`.
     pub fn system() -> Self {
         Self { runner: SystemRunner }
     }
@@ -278,7 +280,7 @@ struct Progress {
     errors: Vec<FirewallError>,
 }
 
-impl<R: Runner> Firewall<R> {
+impl<R: Runner> Executor<R> {
     pub fn new(runner: R) -> Self {
         Self { runner }
     }
@@ -432,7 +434,7 @@ mod tests {
 
     #[test]
     fn first_ensure_on_a_docker_host_writes_chain_jump_and_masquerade() {
-        let fw = Firewall::new(docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE));
+        let fw = Executor::new(docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE));
         let report = fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
         assert_eq!(
             fw.runner().calls(),
@@ -455,7 +457,7 @@ mod tests {
 
     #[test]
     fn first_ensure_on_a_pure_nftables_host_inserts_at_the_top_of_the_forward_chain() {
-        let fw = Firewall::new(nft_host(NFT_FORWARD_BEFORE));
+        let fw = Executor::new(nft_host(NFT_FORWARD_BEFORE));
         let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
         assert_eq!(
             fw.runner().calls(),
@@ -481,7 +483,7 @@ mod tests {
 
     #[test]
     fn tunnel_rules_on_first_ensure() {
-        let fw = Firewall::new(nft_host(NFT_FORWARD_BEFORE));
+        let fw = Executor::new(nft_host(NFT_FORWARD_BEFORE));
         fw.ensure(&spec(tunnel(), false)).expect("ensure");
         let writes = fw.runner().writes();
         assert_eq!(
@@ -505,7 +507,7 @@ mod tests {
 
     #[test]
     fn second_ensure_with_everything_in_place_only_lists() {
-        let fw = Firewall::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER));
+        let fw = Executor::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER));
         let report = fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
         assert!(report.is_unchanged(), "{report:?}");
         assert_eq!(fw.runner().calls(), [FILTER_LIST, NAT_LIST, NFT_CHAINS]);
@@ -515,7 +517,7 @@ mod tests {
             .with(NAT_LIST, EMPTY_NAT)
             .with(NFT_CHAINS, NFT_CHAINS_AFTER)
             .with(NFT_LIST_FWD, NFT_FORWARD_TUNNEL);
-        let fw = Firewall::new(nft);
+        let fw = Executor::new(nft);
         let report = fw.ensure(&spec(tunnel(), false)).expect("ensure");
         assert!(report.is_unchanged(), "{report:?}");
         // iptables-nft's own ip filter FORWARD is not listed through nft.
@@ -524,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_flushed_chain_is_refilled_and_nothing_else_is_touched() {
-        let fw = Firewall::new(docker_host(DOCKER_FILTER_FLUSHED, DOCKER_NAT_AFTER));
+        let fw = Executor::new(docker_host(DOCKER_FILTER_FLUSHED, DOCKER_NAT_AFTER));
         let report = fw.ensure(&spec(ForwardMode::Open, true)).expect("ensure");
         assert_eq!(
             fw.runner().writes(),
@@ -536,7 +538,7 @@ mod tests {
         assert_eq!(report.changed, ["iptables -t filter: wrote the 2 rules of WEFT-FWD-t"]);
 
         // A firewall reload that dropped everything: chain, jump and nft rules come back.
-        let fw = Firewall::new(
+        let fw = Executor::new(
             nft_host(NFT_FORWARD_BEFORE).with(FILTER_LIST, DOCKER_FILTER_BEFORE).with(NFT_CHAINS, NFT_CHAINS_AFTER),
         );
         let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
@@ -546,7 +548,7 @@ mod tests {
 
     #[test]
     fn ip_masq_false_removes_only_weft_masquerade() {
-        let fw = Firewall::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER));
+        let fw = Executor::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER));
         let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
         assert_eq!(
             fw.runner().writes(),
@@ -558,7 +560,7 @@ mod tests {
         );
         assert_eq!(report.changed.len(), 2);
         // Already absent: no writes.
-        let fw = Firewall::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_BEFORE));
+        let fw = Executor::new(docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_BEFORE));
         assert!(fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure").is_unchanged());
         assert!(fw.runner().writes().is_empty());
     }
@@ -568,7 +570,7 @@ mod tests {
         let mut s = spec(ForwardMode::Open, false);
         s.cluster_cidr = "10.250.0.0/16".parse().expect("cidr");
         s.node_subnet = "10.250.3.0/24".parse().expect("subnet");
-        let fw = Firewall::new(
+        let fw = Executor::new(
             nft_host(NFT_FORWARD_AFTER).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER),
         );
         let report = fw.ensure(&s).expect("ensure");
@@ -586,7 +588,7 @@ mod tests {
         assert_eq!(report.changed.len(), 2);
 
         // Open -> Tunnel on the same CIDR: chain refilled, nft rules replaced.
-        let fw = Firewall::new(
+        let fw = Executor::new(
             nft_host(NFT_FORWARD_AFTER).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER),
         );
         fw.ensure(&spec(tunnel(), false)).expect("ensure");
@@ -604,7 +606,7 @@ mod tests {
                 "-A FORWARD -m comment --comment \"weft:t\" -j WEFT-FWD-t\n-A FORWARD -j DOCKER-USER\n",
                 forward,
             );
-            Firewall::new(docker_host(&filter, DOCKER_NAT_AFTER))
+            Executor::new(docker_host(&filter, DOCKER_NAT_AFTER))
         };
         // Docker re-inserted DOCKER-USER at the top: left alone, no fight over position 1.
         let fw = with_forward("-A FORWARD -j DOCKER-USER\n-A FORWARD -m comment --comment \"weft:t\" -j WEFT-FWD-t\n");
@@ -645,11 +647,11 @@ mod tests {
             r#"{"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.244.1.2"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 4,"#,
         );
         let fw =
-            Firewall::new(nft_host(&forward).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER));
+            Executor::new(nft_host(&forward).with(FILTER_LIST, DOCKER_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER));
         let report = fw.ensure(&spec(ForwardMode::Open, false)).expect("ensure");
         assert_eq!(report.changed, ["nft inet filter forward: replaced 2 weft rules at the top"]);
         // Other networks' accepts above weft's rules are fine.
-        let fw = Firewall::new(
+        let fw = Executor::new(
             nft_host(NFT_FORWARD_TUNNEL).with(FILTER_LIST, TUNNEL_FILTER_AFTER).with(NFT_CHAINS, NFT_CHAINS_AFTER),
         );
         let mut t2 = spec(ForwardMode::Open, false);
@@ -662,7 +664,7 @@ mod tests {
 
     #[test]
     fn remove_deletes_only_weft_rules_of_its_network() {
-        let fw = Firewall::new(
+        let fw = Executor::new(
             docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER)
                 .with(NFT_CHAINS, NFT_CHAINS_AFTER)
                 .with(NFT_LIST_FWD, NFT_FORWARD_TUNNEL),
@@ -683,7 +685,7 @@ mod tests {
             ]
         );
         // Nothing of weft's left: only listings.
-        let fw = Firewall::new(
+        let fw = Executor::new(
             docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE)
                 .with(NFT_CHAINS, NFT_CHAINS_BEFORE)
                 .with(NFT_LIST_FWD, NFT_FORWARD_BEFORE),
@@ -699,7 +701,7 @@ mod tests {
             status: "exit status 4".into(),
             stderr: "Resource temporarily unavailable".into(),
         };
-        let fw = Firewall::new(
+        let fw = Executor::new(
             docker_host(DOCKER_FILTER_AFTER, DOCKER_NAT_AFTER)
                 .failing("iptables -w 5 -t filter -D FORWARD -m comment --comment weft:t -j WEFT-FWD-t", busy.clone())
                 .failing("iptables -w 5 -t filter -X WEFT-FWD-t", busy.clone())
@@ -715,7 +717,7 @@ mod tests {
 
     #[test]
     fn missing_programs_are_named_and_the_rest_still_applied() {
-        let fw = Firewall::new(
+        let fw = Executor::new(
             docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE)
                 .failing(NFT_CHAINS, FirewallError::MissingProgram { program: "nft".into() }),
         );
@@ -725,7 +727,7 @@ mod tests {
         assert_eq!(fw.runner().writes().len(), 8);
 
         let gone = FirewallError::MissingProgram { program: "iptables".into() };
-        let fw = Firewall::new(
+        let fw = Executor::new(
             nft_host(NFT_FORWARD_BEFORE).failing(FILTER_LIST, gone.clone()).failing(NAT_LIST, gone.clone()),
         );
         // Reported once although both tables failed; nft rules were still written.
@@ -737,7 +739,7 @@ mod tests {
     fn several_failures_are_all_returned() {
         let broken =
             FirewallError::CommandFailed { command: "x".into(), status: "exit status 1".into(), stderr: "no".into() };
-        let fw = Firewall::new(
+        let fw = Executor::new(
             nft_host(NFT_FORWARD_BEFORE)
                 .failing("iptables -w 5 -t filter -N WEFT-FWD-t", broken.clone())
                 .failing(NFT_LIST_FWD, FirewallError::Parse { command: "nft".into(), detail: "bad".into() }),
@@ -770,7 +772,7 @@ mod tests {
         assert!(parse_nft_forward_chains("not json", Family::V4).is_err());
         assert!(parse_nft_forward_chains(r#"{"x": 1}"#, Family::V4).is_err());
         // Names with spaces go through JSON, never through nft's command-line parser.
-        let fw = Firewall::new(Fake::default());
+        let fw = Executor::new(Fake::default());
         let chain = NftChain { family: "ip".into(), table: "my fw".into(), name: "fwd x".into() };
         fw.nft_chain_rules(&chain).expect("list");
         assert_eq!(fw.runner().calls(), ["nft list chain ip my fw fwd x"]);
@@ -794,12 +796,12 @@ mod tests {
             ),
         ];
         for (s, needle) in cases {
-            let fw = Firewall::new(Fake::default());
+            let fw = Executor::new(Fake::default());
             let err = fw.ensure(&s).expect_err("invalid");
             assert!(err.to_string().contains(needle), "{err} should mention {needle}");
             assert!(fw.runner().calls().is_empty());
         }
-        let fw = Firewall::new(Fake::default());
+        let fw = Executor::new(Fake::default());
         assert!(fw.remove(&FirewallSpec { network: String::new(), ..spec(ForwardMode::Open, false) }).is_err());
         assert!(fw.runner().calls().is_empty());
     }
@@ -827,7 +829,7 @@ mod tests {
     fn a_failed_step_stops_its_part_only() {
         let broken =
             FirewallError::CommandFailed { command: "x".into(), status: "exit status 1".into(), stderr: "no".into() };
-        let fw = Firewall::new(docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE).failing(
+        let fw = Executor::new(docker_host(DOCKER_FILTER_BEFORE, DOCKER_NAT_BEFORE).failing(
             "iptables -w 5 -t filter -A WEFT-FWD-t -s 10.244.0.0/16 -m comment --comment weft:t -j ACCEPT",
             broken.clone(),
         ));
@@ -842,7 +844,7 @@ mod tests {
     fn ensure_with_overrides_writes_both_tools_rules() {
         let mut s = spec(tunnel(), false);
         s.overrides.insert("10.244.2.0/24".parse().expect("net"), ForwardMode::Open);
-        let fw = Firewall::new(nft_host(NFT_FORWARD_BEFORE));
+        let fw = Executor::new(nft_host(NFT_FORWARD_BEFORE));
         let report = fw.ensure(&s).expect("ensure");
         let writes = fw.runner().writes();
         assert_eq!(
@@ -866,14 +868,14 @@ mod tests {
         );
         // An override outside the cluster is refused before any command.
         s.overrides.insert("10.99.0.0/24".parse().expect("net"), ForwardMode::Open);
-        let fw = Firewall::new(Fake::default());
+        let fw = Executor::new(Fake::default());
         assert!(matches!(fw.ensure(&s), Err(FirewallError::InvalidSpec(_))));
         assert!(fw.runner().calls().is_empty());
     }
 
     #[test]
     fn a_bad_listing_is_a_parse_error_naming_the_command() {
-        let fw = Firewall::new(docker_host("garbage here", DOCKER_NAT_AFTER));
+        let fw = Executor::new(docker_host("garbage here", DOCKER_NAT_AFTER));
         let err = fw.ensure(&spec(ForwardMode::Open, true)).expect_err("parse");
         assert_eq!(
             err,
@@ -896,7 +898,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_spec_goes_through_ip6tables_and_ip6_matches() {
-        let fw = Firewall::new(ip6_host(EMPTY_FILTER, EMPTY_NAT, NFT_FORWARD_BEFORE));
+        let fw = Executor::new(ip6_host(EMPTY_FILTER, EMPTY_NAT, NFT_FORWARD_BEFORE));
         let report = fw.ensure(&spec6(tunnel(), true)).expect("ensure");
         let tag = "-m comment --comment weft:t:ip6";
         assert_eq!(
@@ -925,14 +927,14 @@ mod tests {
         assert_eq!(report.changed[0], "ip6tables -t filter: created chain WEFT-FWD-t");
 
         // In place (the chain also holds the IPv4 rules): listings only.
-        let fw = Firewall::new(ip6_host(IP6_FILTER_AFTER, IP6_NAT_AFTER, NFT_FORWARD_DUAL));
+        let fw = Executor::new(ip6_host(IP6_FILTER_AFTER, IP6_NAT_AFTER, NFT_FORWARD_DUAL));
         assert!(fw.ensure(&spec6(tunnel(), true)).expect("ensure").is_unchanged());
         assert_eq!(fw.runner().calls(), [IP6_FILTER_LIST, IP6_NAT_LIST, NFT_CHAINS, NFT_LIST_FWD]);
     }
 
     #[test]
     fn removing_the_ipv6_rules_leaves_the_ipv4_ones() {
-        let fw = Firewall::new(ip6_host(IP6_FILTER_AFTER, IP6_NAT_AFTER, NFT_FORWARD_DUAL));
+        let fw = Executor::new(ip6_host(IP6_FILTER_AFTER, IP6_NAT_AFTER, NFT_FORWARD_DUAL));
         fw.remove(&spec6(tunnel(), true)).expect("remove");
         assert_eq!(
             fw.runner().writes(),
@@ -953,7 +955,7 @@ mod tests {
     #[test]
     fn a_missing_ip6tables_is_named() {
         let gone = FirewallError::MissingProgram { program: "ip6tables".into() };
-        let fw = Firewall::new(
+        let fw = Executor::new(
             ip6_host(EMPTY_FILTER, EMPTY_NAT, NFT_FORWARD_BEFORE)
                 .failing(IP6_FILTER_LIST, gone.clone())
                 .failing(IP6_NAT_LIST, gone.clone()),
@@ -961,7 +963,7 @@ mod tests {
         assert_eq!(fw.ensure(&spec6(ForwardMode::Open, true)), Err(gone));
         assert!(fw.runner().writes().iter().any(|w| w.starts_with("nft insert")));
         // A spec of mixed families is refused before any command.
-        let fw = Firewall::new(Fake::default());
+        let fw = Executor::new(Fake::default());
         let mixed = FirewallSpec { node_subnet: "10.244.1.0/24".parse().expect("net"), ..spec6(tunnel(), false) };
         assert!(matches!(fw.ensure(&mixed), Err(FirewallError::InvalidSpec(_))));
         assert!(fw.runner().calls().is_empty());

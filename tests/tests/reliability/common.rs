@@ -1,0 +1,293 @@
+//! Helpers the scenarios share: agent status, a UDP stream between pods with its loss report,
+//! etcd reads and writes from the test, and weft's routes on a node.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_config::api::Status;
+use weft_lab::{in_netns, Lab};
+use weft_tests::*;
+
+pub fn full() -> bool {
+    std::env::var_os("WEFT_FULL").is_some_and(|v| v == "1")
+}
+
+/// The agent's status as it is now (not waiting for ready); `None` when it does not answer.
+pub fn status_now(lab: &Lab, i: usize) -> Option<Status> {
+    lab.client(i).ok()?.with_timeout(Duration::from_secs(2)).status().ok()
+}
+
+pub fn ready_status(lab: &Lab, i: usize) -> Status {
+    lab.wait_ready(i, Duration::from_secs(30)).unwrap_or_else(|e| panic!("n{i} not ready: {e:#}"))
+}
+
+pub fn pod_ips(st: &Status) -> Vec<(String, Ipv4Addr)> {
+    st.pods.iter().map(|p| (p.name.clone(), v4(p.ip))).collect()
+}
+
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Continuous traffic: a UDP stream with sequence numbers, one datagram every 10 ms, from one pod
+// to another; the receiver records what arrived, so loss and the longest gap are exact.
+
+pub struct Stream {
+    label: String,
+    started: Instant,
+    stop_sending: Arc<AtomicBool>,
+    stop_receiving: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<(u64, u64)>,
+    receiver: std::thread::JoinHandle<(BTreeSet<u64>, Duration)>,
+}
+
+#[derive(Debug)]
+pub struct StreamResult {
+    label: String,
+    sent: u64,
+    send_errors: u64,
+    received: u64,
+    lost: u64,
+    /// The sequence numbers lost, as ranges (where in the stream the loss happened).
+    lost_ranges: Vec<(u64, u64)>,
+    max_gap: Duration,
+}
+
+impl std::fmt::Display for StreamResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: sent {}, received {}, lost {}, send errors {}, longest gap between arrivals {:.0} ms",
+            self.label,
+            self.sent,
+            self.received,
+            self.lost,
+            self.send_errors,
+            self.max_gap.as_secs_f64() * 1000.0
+        )?;
+        if !self.lost_ranges.is_empty() {
+            let ranges: Vec<String> = self
+                .lost_ranges
+                .iter()
+                .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .collect();
+            write!(f, " (lost sequence numbers {}, of 0-{})", ranges.join(", "), self.sent.saturating_sub(1))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a stream from pod `from` = (node, pod index) to pod `to` on UDP `port`.
+pub fn stream(lab: &Lab, from: (usize, usize), to: (usize, usize), port: u16) -> Stream {
+    let src_ns = lab.pod_ns(from.0, from.1);
+    let dst_ns = lab.pod_ns(to.0, to.1);
+    let dst_ip = pod_ip(lab, to.0, &format!("p{}", to.1));
+    let label = format!("n{}/p{} -> n{}/p{}", from.0, from.1, to.0, to.1);
+    // The stream measures what a working path loses; an agent is ready before its tunnels
+    // to the other nodes are (quic dials after both records are seen), so wait for the path.
+    let from_pod = format!("n{}/p{}", from.0, from.1);
+    if wait_for(Duration::from_secs(10), || ping_within(lab, &from_pod, dst_ip, "0.2")).is_none() {
+        panic!("{label}: no path within 10 s, before the stream started");
+    }
+    let stop_sending = Arc::new(AtomicBool::new(false));
+    let stop_receiving = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop_r = stop_receiving.clone();
+    let receiver = std::thread::spawn(move || {
+        in_netns(&dst_ns, move || {
+            let s = UdpSocket::bind((dst_ip, port)).expect("bind receiver");
+            s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            let _ = ready_tx.send(());
+            let mut got = BTreeSet::new();
+            let mut last: Option<Instant> = None;
+            let mut max_gap = Duration::ZERO;
+            let mut buf = [0u8; 64];
+            while !stop_r.load(Ordering::SeqCst) {
+                if let Ok(n) = s.recv(&mut buf) {
+                    if n == 8 {
+                        got.insert(u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")));
+                        let now = Instant::now();
+                        if let Some(l) = last {
+                            max_gap = max_gap.max(now - l);
+                        }
+                        last = Some(now);
+                    }
+                }
+            }
+            (got, max_gap)
+        })
+        .expect("receiver namespace")
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("receiver did not start");
+    let stop_s = stop_sending.clone();
+    let sender = std::thread::spawn(move || {
+        in_netns(&src_ns, move || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind sender");
+            let (mut seq, mut errors) = (0u64, 0u64);
+            let mut next = Instant::now();
+            while !stop_s.load(Ordering::SeqCst) {
+                if s.send_to(&seq.to_be_bytes(), (dst_ip, port)).is_err() {
+                    errors += 1;
+                }
+                seq += 1;
+                next += Duration::from_millis(10);
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+            (seq, errors)
+        })
+        .expect("sender namespace")
+    });
+    Stream { label, started: Instant::now(), stop_sending, stop_receiving, sender, receiver }
+}
+
+impl Stream {
+    /// Stops the stream after it ran for at least 2 s.
+    pub fn stop(self) -> StreamResult {
+        if let Some(d) = Duration::from_secs(2).checked_sub(self.started.elapsed()) {
+            std::thread::sleep(d);
+        }
+        self.stop_sending.store(true, Ordering::SeqCst);
+        let (sent, send_errors) = self.sender.join().expect("sender thread");
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop_receiving.store(true, Ordering::SeqCst);
+        let (got, max_gap) = self.receiver.join().expect("receiver thread");
+        let received = got.range(..sent).count() as u64;
+        let lost_ranges = missing_ranges(&got, sent);
+        StreamResult { label: self.label, sent, send_errors, received, lost: sent - received, lost_ranges, max_gap }
+    }
+}
+
+/// The numbers below `sent` missing from `got`, as inclusive ranges.
+fn missing_ranges(got: &BTreeSet<u64>, sent: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for n in (0..sent).filter(|n| !got.contains(n)) {
+        match ranges.last_mut() {
+            Some(last) if last.1 + 1 == n => last.1 = n,
+            _ => ranges.push((n, n)),
+        }
+    }
+    ranges
+}
+
+#[test]
+fn missing_ranges_name_each_run_of_lost_numbers() {
+    let got: BTreeSet<u64> = [3, 4, 7, 9].into_iter().collect();
+    assert_eq!(missing_ranges(&got, 11), [(0, 2), (5, 6), (8, 8), (10, 10)]);
+    assert_eq!(missing_ranges(&got, 5), [(0, 2)]);
+    assert!(missing_ranges(&(0..4).collect(), 4).is_empty());
+}
+
+pub fn assert_lossless(results: &[StreamResult]) {
+    for r in results {
+        eprintln!("measured: {r}");
+    }
+    for r in results {
+        assert!(r.sent >= 150, "stream {} barely ran: {r}", r.label);
+        assert_eq!(r.lost, 0, "packets lost: {r}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd from the test, with weftctl's certificate, from inside the lab's underlay namespace.
+
+pub enum Op {
+    Put(String, Vec<u8>),
+    Del(String),
+    DelPrefix(String),
+}
+
+fn etcd_run<T: Send>(
+    lab: &Lab,
+    f: impl for<'c> FnOnce(
+            &'c mut etcd_client::Client,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send + 'c>>
+        + Send,
+) -> T {
+    let opts = lab.etcd_opts();
+    let ns = lab.names().underlay_ns();
+    in_netns(&ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let mut c = weft_controller::etcd::connect(&opts).await?;
+            f(&mut c).await
+        })
+    })
+    .expect("underlay namespace")
+    .unwrap_or_else(|e| panic!("etcd: {e:#}"))
+}
+
+pub fn etcd_ops(lab: &Lab, ops: Vec<Op>) {
+    etcd_run(lab, move |c| {
+        Box::pin(async move {
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => drop(c.put(k, v, None).await?),
+                    Op::Del(k) => drop(c.delete(k, None).await?),
+                    Op::DelPrefix(k) => drop(c.delete(k, Some(etcd_client::DeleteOptions::new().with_prefix())).await?),
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
+pub fn etcd_keys(lab: &Lab, prefix: &str) -> Vec<String> {
+    let prefix = prefix.to_string();
+    etcd_run(lab, move |c| {
+        Box::pin(async move {
+            let r = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await?;
+            Ok(r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect())
+        })
+    })
+}
+
+/// Index (1-based) of the member that leads the lab's etcd cluster.
+pub fn etcd_leader(lab: &Lab) -> usize {
+    let eps = lab.etcd_endpoints();
+    etcd_run(lab, move |c| {
+        Box::pin(async move {
+            let leader = c.status().await?.leader();
+            let members = c.member_list().await?;
+            let m = members
+                .members()
+                .iter()
+                .find(|m| m.id() == leader)
+                .ok_or_else(|| anyhow::anyhow!("leader {leader:x} is not a member"))?;
+            let url = m.client_urls().first().cloned().unwrap_or_default();
+            eps.iter().position(|e| *e == url).map(|k| k + 1).ok_or_else(|| anyhow::anyhow!("leader URL {url}"))
+        })
+    })
+}
+
+/// The etcd member (1-based) node `i`'s agent holds a connection to, from `ss`.
+pub fn etcd_member_of(lab: &Lab, i: usize) -> Option<usize> {
+    let out = run_ok(lab, &format!("n{i}"), &["ss", "-Htn", "state", "established", "( dport = :2379 )"]);
+    let eps = lab.etcd_endpoints();
+    let peer = out.split_whitespace().find(|w| w.ends_with(":2379"))?.to_string();
+    eps.iter().position(|e| e.ends_with(&peer)).map(|k| k + 1)
+}
+
+pub const SUBNETS: &str = "/weft/v1/default/subnets/";
+pub const NODES: &str = "/weft/v1/default/nodes/";
+
+pub fn subnet_key(subnet: &str) -> String {
+    format!("{SUBNETS}{}", subnet.replace('/', "-"))
+}
+
+pub fn record_json(node: &str, ip: &str) -> String {
+    format!(
+        r#"{{"schema":1,"node":"{node}","node_id":"evil-{node}","public_ip":"{ip}","backend":"host-gw","epoch":1}}"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// weft's own routes (protocol 213) on a node, for the state and underlay scenarios.
+
+pub fn weft_routes(lab: &Lab, i: usize) -> Vec<String> {
+    route_table(lab, i).into_iter().filter(|r| r.contains("proto 213")).collect()
+}
