@@ -6,8 +6,8 @@
 mod control;
 
 use super::packet::{self, DropReason, Prefix};
+use super::shared::{Cmd, PeerCounters, Shared, Wake};
 use super::table::PeerTable;
-use super::tunnel::{Cmd, PeerCounters, Shared, Wake};
 use bytes::BytesMut;
 use ipnet::IpNet;
 use quinn_proto as qp;

@@ -14,7 +14,8 @@
 //!   table's ([`table`]: a pure state machine on a `now` passed in, returning actions); the
 //!   event loop carries them out.
 //!
-//! Files: `tunnel` (the handle the daemon holds, settings, status); `event_loop` (ppoll,
+//! Files: `tunnel` (the handle the daemon holds, settings, status); `shared` (what the handle
+//! and the loop share: state, commands, the wake-up eventfd); `event_loop` (ppoll,
 //! quinn-udp, the tun, quinn-proto) and `event_loop/control.rs` (commands, the table's actions);
 //! [`table`] (the peer lifecycle); [`packet`] (checks, the subnet table); [`tls`]; `driver` (the
 //! backend behind the seam).
@@ -22,6 +23,7 @@
 mod driver;
 mod event_loop;
 pub mod packet;
+mod shared;
 pub mod table;
 pub mod tls;
 mod tunnel;

@@ -3,26 +3,18 @@
 
 use super::event_loop::{Io, Loop};
 use super::packet::DropReason;
+use super::shared::{lock, Cmd, Shared, Wake};
 use super::{bind_socket, endpoint_config, tls, transport, PeerSpec};
 use anyhow::{anyhow, Context, Result};
 use ipnet::IpNet;
 use quinn_proto as qp;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tracing::{info, warn};
 use weft_config::agent::QuicConfig;
 use weft_config::api::{QuicPeerStatus, QuicStatus};
-
-#[derive(Default)]
-pub(super) struct PeerCounters {
-    pub(super) tx_packets: AtomicU64,
-    pub(super) tx_bytes: AtomicU64,
-    pub(super) rx_packets: AtomicU64,
-    pub(super) rx_bytes: AtomicU64,
-}
 
 pub struct Settings {
     pub node: String,
@@ -35,69 +27,8 @@ pub struct Settings {
     pub socket: Option<std::net::UdpSocket>,
 }
 
-/// What the control plane and the API read; the loop writes it.
-pub(super) struct Shared {
-    pub(super) node: String,
-    pub(super) tun_name: String,
-    pub(super) tun_mtu: u32,
-    pub(super) quic: QuicConfig,
-    pub(super) endpoint: String,
-    pub(super) fingerprint: String,
-    /// UDP payload of the underlay, for the transport config of renewed TLS configs.
-    pub(super) udp_payload: u16,
-    pub(super) tls_stamp: Mutex<Vec<Option<std::time::SystemTime>>>,
-    pub(super) cert_not_after: AtomicU64,
-    /// The peers as the loop last saw them (rebuilt on every change and every second).
-    pub(super) peers: Mutex<Vec<PeerView>>,
-    pub(super) drops: [AtomicU64; DropReason::ALL.len()],
-    pub(super) refused: AtomicU64,
-}
-
-pub(super) struct PeerView {
-    pub(super) node: String,
-    pub(super) subnet: IpNet,
-    pub(super) connected: bool,
-    pub(super) dialer: bool,
-    pub(super) rtt_us: u64,
-    pub(super) connects: u64,
-    pub(super) counters: Arc<PeerCounters>,
-}
-
-pub(super) enum Cmd {
-    Peers(Vec<PeerSpec>),
-    Tls { server: Arc<qp::ServerConfig>, client: qp::ClientConfig },
-    Stop,
-}
-
-/// Wakes the loop from another thread (an eventfd it polls).
-pub(super) struct Wake(pub(super) OwnedFd);
-
-impl Wake {
-    fn new() -> Result<Wake> {
-        // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("creating the data path's eventfd");
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to our eventfd; a full counter is harmless.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    }
-
-    pub(super) fn reset(&self) {
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer from our non-blocking eventfd.
-        let _ = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    }
-}
-
 /// The running backend: the data path thread and the way to talk to it. Dropping it closes
-/// the connections (waiting up to [`CLOSE_GRACE`] for the close frames) and stops the thread;
+/// the connections (waiting up to [`super::shared::CLOSE_GRACE`] for the close frames) and stops the thread;
 /// the tun device persists.
 pub struct Tunnel {
     shared: Arc<Shared>,
@@ -114,15 +45,6 @@ impl std::ops::Drop for Tunnel {
             let _ = t.join();
         }
     }
-}
-
-/// How long a stopping tunnel waits for its close frames to go out.
-pub(super) const CLOSE_GRACE: Duration = Duration::from_millis(100);
-/// How often the loop refreshes what the API shows (RTTs); changes are shown at once.
-pub(super) const STATUS_EVERY: Duration = Duration::from_secs(1);
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// TUNSETPERSIST: keep the device (and the routes through it) when the agent exits, so a

@@ -3,9 +3,9 @@
 
 use super::{close_code, Conn, Loop};
 use crate::backend::quic::packet::{self, Prefix};
+use crate::backend::quic::shared::{lock, Cmd, PeerView, CLOSE_GRACE, STATUS_EVERY};
 use crate::backend::quic::table::{Action, Closing};
 use crate::backend::quic::tls;
-use crate::backend::quic::tunnel::{lock, Cmd, PeerView, CLOSE_GRACE, STATUS_EVERY};
 use bytes::Bytes;
 use ipnet::IpNet;
 use quinn_proto as qp;
