@@ -6,36 +6,11 @@ use super::netns::{self, ns_id};
 use super::node;
 use super::procs;
 use super::state::{LabState, ProcRecord, StateError};
-use serde::Serialize;
+pub use super::teardown::DownReport;
 use std::time::Duration;
 
 /// Time an agent or etcd gets to exit after SIGTERM before SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DownReport {
-    pub signalled: Vec<u32>,
-    pub namespaces_removed: Vec<String>,
-    /// Things that could not be undone.
-    pub errors: Vec<String>,
-    /// Things worth knowing that did not stop the teardown.
-    pub warnings: Vec<String>,
-}
-
-impl DownReport {
-    pub fn is_ok(&self) -> bool {
-        self.errors.is_empty()
-    }
-
-    /// An error listing every failure, if there was any.
-    pub fn into_result(self) -> anyhow::Result<Self> {
-        if self.errors.is_empty() {
-            Ok(self)
-        } else {
-            anyhow::bail!("lab down finished with {} error(s): {}", self.errors.len(), self.errors.join("; "))
-        }
-    }
-}
 
 /// Tears down lab `names`: its processes, then its nodes (each by its kind, from state.json),
 /// then whatever namespace of the lab is left. `gone(pid)` tells whether a pid has exited (a caller that is the

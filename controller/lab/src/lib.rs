@@ -30,6 +30,7 @@ pub mod procs;
 
 pub mod state;
 pub mod status;
+pub mod teardown;
 
 pub use down::DownReport;
 pub use names::{LabNames, Target};

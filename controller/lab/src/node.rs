@@ -14,8 +14,8 @@
 //!    through the `record` callback of [`LabNode::create`] before it is started, so `down`
 //!    can undo a lab whose `up` crashed half-way.
 
-use crate::down::DownReport;
 use crate::names::{self, LabNames};
+use crate::teardown::DownReport;
 use crate::{netns, plumbing, Topology};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
