@@ -11,29 +11,9 @@ use super::FirewallError;
 /// Longest network name used verbatim in a chain name (`WEFT-MASQ-` + 18 = 28 characters).
 const MAX_CHAIN_SUFFIX: usize = 18;
 
-/// The address family of a spec: its rules go through `iptables` or `ip6tables`, and match
-/// nft's `ip` or `ip6` addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(net: &IpNet) -> Family {
-        match net {
-            IpNet::V4(_) => Family::V4,
-            IpNet::V6(_) => Family::V6,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-}
+/// The address family of a spec (the one `Family` of the whole project): its rules go
+/// through `iptables` or `ip6tables`, and match nft's `ip` or `ip6` addresses.
+pub use weft_config::subnet::Family;
 
 /// What the firewall should look like for one weft network and one address family on this
 /// node. The family is the cluster CIDR's; every other address of the spec must have it.
@@ -85,7 +65,7 @@ impl ForwardPolicy {
 impl FirewallSpec {
     /// The family of the spec's addresses (the cluster CIDR's).
     pub fn family(&self) -> Family {
-        Family::of(&self.cluster_cidr)
+        Family::of_net(self.cluster_cidr)
     }
 
     /// The comment on every rule weft writes for this network and family. The IPv6 rules have
@@ -158,15 +138,15 @@ impl FirewallSpec {
 
     /// One spec, one family: `net` must have the cluster CIDR's.
     fn validate_family(&self, what: &str, net: &IpNet) -> Result<(), FirewallError> {
-        let family = Family::of(net);
+        let family = Family::of_net(*net);
         if family == self.family() {
             return Ok(());
         }
         Err(FirewallError::InvalidSpec(format!(
             "{what} {net} is {} but the cluster CIDR {} is {}: one spec holds one address family",
-            family.name(),
+            family,
             self.cluster_cidr,
-            self.family().name()
+            self.family()
         )))
     }
 
