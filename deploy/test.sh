@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, then runs every check and test: formatting, clippy, unit tests and
+# Installs what is missing, then runs every check and test: formatting, clippy, rustdoc's
+# warnings (broken links, unescaped <tags>), unit tests and
 # the root integration tests on the lab (real etcd, real agents, real kernel, in namespaces).
 # Usage (as root): ./deploy/test.sh
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 echo "== build"
 cargo build --workspace --bins --locked

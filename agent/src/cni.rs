@@ -3,7 +3,7 @@
 //! agent's socket, namespaces) live in `src/bin/weft-cni.rs`.
 //!
 //! ADD asks the local agent for a pod whose namespace is `CNI_NETNS` (a path): the agent
-//! bind-mounts it at /run/netns/<pod>, puts a veth into it on the node bridge and gives it an
+//! bind-mounts it at `/run/netns/<pod>`, puts a veth into it on the node bridge and gives it an
 //! address from the node subnet, so the plugin and the agent can never hand out one address
 //! twice. DEL removes that pod (idempotent), CHECK verifies it against `prevResult`.
 

@@ -20,7 +20,7 @@ pub enum Request {
         #[serde(default)]
         ifname: Option<String>,
         /// A namespace given as a path (a CNI runtime's `CNI_NETNS`, e.g. /proc/PID/ns/net): the
-        /// agent bind-mounts it at /run/netns/<netns> and the pod is of source `cni`.
+        /// agent bind-mounts it at `/run/netns/<netns>` and the pod is of source `cni`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns_path: Option<String>,
     },

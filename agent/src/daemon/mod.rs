@@ -4,7 +4,7 @@
 //! The daemon is generic over its effects: the kernel (`K`: netlink, or `FakeKernel`), the
 //! store (`S`: etcd, or `MemStore`), the firewall's command runner (`R`) and the [`Host`]
 //! (how to reach etcd, the API socket, metrics, watchdog, sysctl, systemd). Its phase is
-//! explicit ([`Phase`]): no subnet yet is `Connected`, a subnet is `Running(Node)`.
+//! explicit (`Phase`): no subnet yet is `Connected`, a subnet is `Running(Node)`.
 //! Layout: `acquire` (underlay, network config, the claim), `plumb` (bridge, firewall, pods),
 //! `reconcile` (list/watch, routes, own record, heartbeat), `handlers` (the API), `leave`
 //! (leave and teardown), `decide` (pure decisions), `ops` (health marks, probes, CNI pods),

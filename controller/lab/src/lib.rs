@@ -13,7 +13,7 @@
 //!
 //! Safety: everything happens inside namespaces named `weft<id>-...` that the lab makes; the
 //! root namespace gets no address, route, rule or sysctl. `state.json` records every namespace
-//! and process as they are made, so [`down`] can undo a lab whose `up` crashed.
+//! and process as they are made, so [`down()`] can undo a lab whose `up` crashed.
 
 mod agents;
 pub mod bench;
@@ -87,7 +87,7 @@ impl std::str::FromStr for Topology {
 /// What to build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabSpec {
-    /// Lab id: namespaces are `weft<id>-...`, files in /run/weft-lab/<id>.
+    /// Lab id: namespaces are `weft<id>-...`, files in `/run/weft-lab/<id>`.
     pub id: String,
     pub nodes: usize,
     /// Pods per node, declared in each agent's config (`p1`.., namespace `weft<id>-n<i>-p<j>`).
@@ -271,7 +271,7 @@ impl Lab {
         self.teardown_on_drop.store(false, Ordering::SeqCst);
     }
 
-    /// Tears the lab down now; see [`down`].
+    /// Tears the lab down now; see [`down()`].
     pub fn down(self) -> DownReport {
         self.teardown_on_drop.store(false, Ordering::SeqCst);
         self.teardown()

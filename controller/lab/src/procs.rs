@@ -46,7 +46,7 @@ pub fn ownership(rec: &ProcRecord, obs: &ProcObservation, lab_ns: Option<NsId>) 
     }
 }
 
-/// Parses the state and start time (field 22) out of /proc/<pid>/stat text.
+/// Parses the state and start time (field 22) out of `/proc/<pid>/stat` text.
 pub fn parse_stat(text: &str) -> Option<(char, u64)> {
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];

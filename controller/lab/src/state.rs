@@ -14,7 +14,7 @@ pub struct ProcRecord {
     pub pid: u32,
     /// The lab namespace the process was started in.
     pub netns: String,
-    /// Start time from /proc/<pid>/stat (clock ticks after boot), to tell a reused pid apart.
+    /// Start time from `/proc/<pid>/stat` (clock ticks after boot), to tell a reused pid apart.
     #[serde(default)]
     pub start_ticks: Option<u64>,
 }

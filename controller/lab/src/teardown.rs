@@ -1,4 +1,4 @@
-//! What a teardown did: the report `lab down` prints, filled in by [`crate::down`] and by each
+//! What a teardown did: the report `lab down` prints, filled in by [`mod@crate::down`] and by each
 //! node's [`crate::node::LabNode::destroy`] (its own module, so neither imports the other).
 
 use serde::Serialize;

@@ -27,7 +27,7 @@ struct Cli {
     /// Client key (PEM) for etcd.
     #[arg(long, global = true, env = "WEFT_ETCD_KEY", value_name = "PATH")]
     etcd_key: Option<PathBuf>,
-    /// Network name (the etcd key space /weft/v1/<network>/).
+    /// Network name (the etcd key space /weft/v1/{network}/).
     #[arg(long, global = true, env = "WEFT_NETWORK", default_value = "default")]
     network: String,
     /// The local agent's API socket.

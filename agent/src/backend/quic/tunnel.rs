@@ -28,7 +28,7 @@ pub struct Settings {
 }
 
 /// The running backend: the data path thread and the way to talk to it. Dropping it closes
-/// the connections (waiting up to [`super::shared::CLOSE_GRACE`] for the close frames) and stops the thread;
+/// the connections (waiting up to `CLOSE_GRACE`, 100 ms, for the close frames) and stops the thread;
 /// the tun device persists.
 pub struct Tunnel {
     shared: Arc<Shared>,

@@ -88,7 +88,7 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-/// `VmRSS` in KiB from /proc/<pid>/status text.
+/// `VmRSS` in KiB from `/proc/<pid>/status` text.
 pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -167,7 +167,7 @@ pub fn check_path(backend: Backend, route: &str, peer_underlay: Ipv4Addr) -> Res
     }
 }
 
-/// utime + stime (clock ticks) from the text of /proc/<pid>/stat.
+/// utime + stime (clock ticks) from the text of `/proc/<pid>/stat`.
 pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     // The command name may hold spaces and parentheses: fields count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -10,7 +10,7 @@ use weft_lab::{self as lab, Lab, LabSpec, Target, Topology};
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
-    /// Lab id: namespaces are weft<id>-*, files in /run/weft-lab/<id>.
+    /// Lab id: namespaces are weft{id}-*, files in /run/weft-lab/{id}.
     #[arg(long, global = true, env = "WEFT_LAB_ID", default_value = "0")]
     id: String,
     #[command(subcommand)]
