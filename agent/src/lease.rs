@@ -2,7 +2,7 @@
 //! The daemon turns the decision into one etcd transaction and retries on conflict.
 
 use ipnet::IpNet;
-use weft_config::records::NetworkConfig;
+use weft_config::records::Pool;
 use weft_config::subnet;
 use weft_config::SubnetRecord;
 
@@ -30,7 +30,8 @@ pub enum Decision {
 }
 
 pub struct Inputs<'a> {
-    pub net: &'a NetworkConfig,
+    /// The pool decided on.
+    pub pool: Pool,
     pub node_name: &'a str,
     pub node_id: &'a str,
     /// Subnet remembered in the state dir, if any.
@@ -41,7 +42,8 @@ pub struct Inputs<'a> {
 }
 
 pub fn decide(i: &Inputs<'_>) -> Decision {
-    let fits = |s: IpNet| s.prefix_len() == i.net.subnet_len && subnet::contains(i.net.cidr, s);
+    let Pool { cidr, subnet_len } = i.pool;
+    let fits = |s: IpNet| s.prefix_len() == subnet_len && subnet::contains(cidr, s);
     let mine: Vec<&Existing> = i
         .existing
         .iter()
@@ -69,19 +71,23 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         }
     }
     let moved_from = i.persisted;
-    match subnet::first_free(i.net.cidr, i.net.subnet_len, &taken) {
+    match subnet::first_free(cidr, subnet_len, &taken) {
         Some(s) => Decision::Claim { subnet: s, moved_from: moved_from.filter(|p| *p != s) },
-        None => Decision::Exhausted { cidr: i.net.cidr, subnet_len: i.net.subnet_len, taken: taken.len() },
+        None => Decision::Exhausted { cidr, subnet_len, taken: taken.len() },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_config::Backend;
+    use weft_config::subnet::Family;
+    use weft_config::{Backend, NetworkConfig};
 
     fn net() -> NetworkConfig {
         NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid")
+    }
+    fn v4(net: &NetworkConfig) -> Pool {
+        net.pool(Family::V4).expect("an IPv4 pool")
     }
     fn n(s: &str) -> IpNet {
         s.parse().expect("literal")
@@ -104,7 +110,7 @@ mod tests {
     fn decide_with(persisted: Option<&str>, existing: &[Existing], live: Option<&str>) -> Decision {
         let net = net();
         decide(&Inputs {
-            net: &net,
+            pool: v4(&net),
             node_name: "n1",
             node_id: "id1",
             persisted: persisted.map(n),
@@ -177,7 +183,7 @@ mod tests {
             .collect();
         existing.push(Existing { subnet: n("10.244.0.48/28"), record: None, mod_revision: 4 });
         let d = decide(&Inputs {
-            net: &net,
+            pool: v4(&net),
             node_name: "n1",
             node_id: "id1",
             persisted: None,
@@ -189,11 +195,10 @@ mod tests {
 
     #[test]
     fn the_decision_is_the_same_for_an_ipv6_pool() {
-        // Built by hand: the network config refuses IPv6 until dual-stack switches it on.
-        let net = NetworkConfig { schema: 1, cidr: n("fd00:10:244::/56"), subnet_len: 64, backend: Backend::HostGw };
+        let pool = Pool { cidr: n("fd00:10:244::/56"), subnet_len: 64 };
         let existing = [ex("fd00:10:244::/64", "n2", "id2", 5), ex("10.244.1.0/24", "n3", "id3", 6)];
         let inputs = |persisted| Inputs {
-            net: &net,
+            pool,
             node_name: "n1",
             node_id: "id1",
             persisted,

@@ -1,7 +1,7 @@
 //! The etcd key layout. One place builds and parses keys, so the layout is documented once
 //! (docs/ARCHITECTURE.md) and changed once.
 
-use crate::subnet::{self, Family};
+use crate::subnet::{self, Family, PerFamily};
 use ipnet::IpNet;
 
 /// Root of every key weft writes.
@@ -34,6 +34,17 @@ impl Keys {
         match family {
             Family::V4 => format!("{}/subnets/", self.base),
             Family::V6 => format!("{}/subnets6/", self.base),
+        }
+    }
+
+    /// The one prefix to list and watch for the subnet records of a network serving `families`:
+    /// the family's own prefix, or for dual-stack `subnets` (no slash), which holds both
+    /// `subnets/` and `subnets6/` so one listing and one watch share a revision.
+    pub fn subnet_records_prefix<T>(&self, families: &PerFamily<T>) -> String {
+        match families {
+            PerFamily::V4(_) => self.subnets_prefix_of(Family::V4),
+            PerFamily::V6(_) => self.subnets_prefix_of(Family::V6),
+            PerFamily::Dual(..) => format!("{}/subnets", self.base),
         }
     }
 
@@ -70,6 +81,15 @@ impl Keys {
         key.strip_prefix(&self.subnets_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))
     }
 
+    /// The family and the part after its prefix of a subnet key of this network, under
+    /// `subnets/` (IPv4) or `subnets6/` (IPv6).
+    pub fn subnet_segment_of<'k>(&self, key: &'k str) -> Option<(Family, &'k str)> {
+        [Family::V4, Family::V6].into_iter().find_map(|f| {
+            let seg = key.strip_prefix(&self.subnets_prefix_of(f))?;
+            (!seg.is_empty() && !seg.contains('/')).then_some((f, seg))
+        })
+    }
+
     /// The node name of a heartbeat key.
     pub fn node_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.nodes_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))
@@ -102,5 +122,23 @@ mod tests {
         assert_eq!(k.subnet(s), "/weft/v1/default/subnets6/fd00:10:244:1::-64");
         // An IPv6 key is never listed with, nor read as, an IPv4 one.
         assert_eq!(k.subnet_segment(&k.subnet(s)), None);
+    }
+
+    #[test]
+    fn both_families_are_listed_under_one_prefix_and_told_apart() {
+        let k = Keys::new("default");
+        let (v4, v6): (IpNet, IpNet) =
+            ("10.244.1.0/24".parse().expect("lit"), "fd00:10:244:1::/64".parse().expect("lit"));
+        assert_eq!(k.subnet_records_prefix(&PerFamily::V4(())), "/weft/v1/default/subnets/");
+        assert_eq!(k.subnet_records_prefix(&PerFamily::V6(())), "/weft/v1/default/subnets6/");
+        let both = k.subnet_records_prefix(&PerFamily::Dual((), ()));
+        assert_eq!(both, "/weft/v1/default/subnets");
+        assert!(k.subnet(v4).starts_with(&both) && k.subnet(v6).starts_with(&both));
+        assert_eq!(k.subnet_segment_of(&k.subnet(v4)), Some((Family::V4, "10.244.1.0-24")));
+        assert_eq!(k.subnet_segment_of(&k.subnet(v6)), Some((Family::V6, "fd00:10:244:1::-64")));
+        assert_eq!(k.subnet_segment_of("/weft/v1/default/subnets6/"), None);
+        assert_eq!(k.subnet_segment_of("/weft/v1/default/subnets6/a/b"), None);
+        assert_eq!(k.subnet_segment_of("/weft/v1/default/subnetsX/10.244.1.0-24"), None);
+        assert_eq!(k.subnet_segment_of("/weft/v1/other/subnets6/fd00::-64"), None);
     }
 }

@@ -4,15 +4,18 @@
 //! error that names the key.
 
 use crate::error::ConfigError;
-use crate::subnet::{self, parse_cidr, CidrError, Family};
+use crate::subnet::{self, parse_cidr_of, CidrError, Family, PerFamily};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-/// Schema version this build writes.
+/// Schema version this build writes for records, heartbeats and IPv4-only network configs.
 pub const SCHEMA_VERSION: u32 = 1;
+/// Schema of a network config with an IPv6 pool (`cidr6`): the newest network config schema
+/// this build knows. Older agents read it as IPv4-only, or refuse it when it has no `cidr`.
+pub const NETWORK_SCHEMA_V6: u32 = 2;
 /// Largest record value accepted from etcd; anything bigger is refused unread.
 pub const MAX_RECORD_BYTES: usize = 4096;
 
@@ -46,42 +49,162 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// The family of the cluster CIDR (`cidr`), of the subnets under `subnets/` and of the
-/// underlay addresses: IPv4, the only family switched on. Dual-stack adds IPv6 in fields of
-/// its own (`cidr6`, `subnets6/`) instead of changing what these hold.
+/// The family of the fields that predate dual-stack: the cluster CIDR `cidr`, the subnets under
+/// `subnets/` and the underlay address `public_ip` are IPv4. IPv6 has fields of its own
+/// (`cidr6`, `subnets6/`, `public_ip6`) instead of changing what these hold.
 pub const PRIMARY_FAMILY: Family = Family::V4;
 
-/// `/weft/v1/<network>/config`: written by `weftctl network init`.
+/// The network config's field names of each family's pool: (cluster CIDR, subnet length).
+pub fn pool_fields(family: Family) -> (&'static str, &'static str) {
+    match family {
+        Family::V4 => ("cidr", "subnet_len"),
+        Family::V6 => ("cidr6", "subnet_len6"),
+    }
+}
+
+/// One address pool: a cluster CIDR carved into node subnets of `subnet_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub cidr: IpNet,
+    pub subnet_len: u8,
+}
+
+/// `/weft/v1/<network>/config`: written by `weftctl network init`. An IPv4 pool (`cidr`,
+/// `subnet_len`), an IPv6 pool (`cidr6`, `subnet_len6`) or both. An IPv4-only config is
+/// written exactly as schema 1 had it; one with `cidr6` is schema 2, which schema-1 agents
+/// serve as IPv4-only (or refuse, missing `cidr`, when it is IPv6-only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "NetworkWire", into = "NetworkWire")]
 pub struct NetworkConfig {
     pub schema: u32,
-    /// The cluster CIDR all node subnets are carved from (IPv4).
-    pub cidr: IpNet,
-    /// Prefix length of each node's subnet.
-    pub subnet_len: u8,
+    /// The pool of each family the network serves.
+    pools: PerFamily<Pool>,
     pub backend: Backend,
 }
 
+/// The network config as stored: each pool's fields present only when it exists.
+#[derive(Serialize, Deserialize)]
+struct NetworkWire {
+    schema: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cidr: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet_len: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cidr6: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet_len6: Option<u8>,
+    backend: Backend,
+}
+
+impl TryFrom<NetworkWire> for NetworkConfig {
+    type Error = ConfigError;
+    fn try_from(w: NetworkWire) -> Result<Self, ConfigError> {
+        NetworkConfig::from_wire("network config", w)
+    }
+}
+
+impl From<NetworkConfig> for NetworkWire {
+    fn from(c: NetworkConfig) -> Self {
+        let (v4, v6) = c.pools.as_options();
+        NetworkWire {
+            schema: c.schema,
+            cidr: v4.map(|p| p.cidr),
+            subnet_len: v4.map(|p| p.subnet_len),
+            cidr6: v6.map(|p| p.cidr),
+            subnet_len6: v6.map(|p| p.subnet_len),
+            backend: c.backend,
+        }
+    }
+}
+
 impl NetworkConfig {
-    /// Builds a validated config; `source` names the origin in errors (a flag or an etcd key).
+    /// Builds a validated IPv4-only config; `source` names the origin in errors (a flag or an
+    /// etcd key).
     pub fn new(source: &str, cidr: &str, subnet_len: u8, backend: Backend) -> Result<Self, ConfigError> {
-        let cidr = parse_cidr(cidr).map_err(|e| ConfigError::new(source, "cidr", e.to_string()))?;
-        let c = Self { schema: SCHEMA_VERSION, cidr, subnet_len, backend };
+        Self::with_pools(source, Some((cidr, subnet_len)), None, backend)
+    }
+
+    /// Builds a validated config of an IPv4 pool, an IPv6 pool or both, each given as (CIDR,
+    /// subnet length). Errors name the field (`cidr`, `subnet_len`, `cidr6`, `subnet_len6`).
+    pub fn with_pools(
+        source: &str,
+        v4: Option<(&str, u8)>,
+        v6: Option<(&str, u8)>,
+        backend: Backend,
+    ) -> Result<Self, ConfigError> {
+        let parse = |family: Family, given: Option<(&str, u8)>| -> Result<Option<Pool>, ConfigError> {
+            let Some((cidr, subnet_len)) = given else { return Ok(None) };
+            let cidr = parse_cidr_of(family, cidr)
+                .map_err(|e| ConfigError::new(source, pool_fields(family).0, e.to_string()))?;
+            Ok(Some(Pool { cidr, subnet_len }))
+        };
+        let (v4, v6) = (parse(Family::V4, v4)?, parse(Family::V6, v6)?);
+        let schema = if v6.is_some() { NETWORK_SCHEMA_V6 } else { SCHEMA_VERSION };
+        let pools = PerFamily::from_options(v4, v6)
+            .ok_or_else(|| ConfigError::new(source, "cidr", "expected an IPv4 pool, an IPv6 pool (cidr6) or both"))?;
+        let c = Self { schema, pools, backend };
         c.validate(source)?;
         Ok(c)
     }
 
+    /// The pool of `family`, if the network serves it.
+    pub fn pool(&self, family: Family) -> Option<Pool> {
+        self.pools.get(family).copied()
+    }
+
+    /// The pool of every family the network serves (IPv4 first).
+    pub fn pools(&self) -> &PerFamily<Pool> {
+        &self.pools
+    }
+
     fn validate(&self, source: &str) -> Result<(), ConfigError> {
-        check_pool(source, ("cidr", "subnet_len"), PRIMARY_FAMILY, self.cidr, self.subnet_len)
+        for (family, p) in self.pools.iter() {
+            check_pool(source, pool_fields(family), family, p.cidr, p.subnet_len)?;
+        }
+        Ok(())
+    }
+
+    /// The stored fields as a config: each pool needs both of its fields; a config with no
+    /// pool is refused, saying so when its schema is newer than this build knows.
+    fn from_wire(source: &str, w: NetworkWire) -> Result<Self, ConfigError> {
+        let pool = |family: Family, cidr: Option<IpNet>, len: Option<u8>| -> Result<Option<Pool>, ConfigError> {
+            let (cidr_field, len_field) = pool_fields(family);
+            match (cidr, len) {
+                (Some(cidr), Some(subnet_len)) => Ok(Some(Pool { cidr, subnet_len })),
+                (Some(_), None) => {
+                    Err(ConfigError::new(source, len_field, format!("missing (required with {cidr_field})")))
+                }
+                (None, Some(_)) => {
+                    Err(ConfigError::new(source, cidr_field, format!("missing (required with {len_field})")))
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        let (v4, v6) = (pool(Family::V4, w.cidr, w.subnet_len)?, pool(Family::V6, w.cidr6, w.subnet_len6)?);
+        let Some(pools) = PerFamily::from_options(v4, v6) else {
+            let message = if w.schema > NETWORK_SCHEMA_V6 {
+                format!(
+                    "schema {} is newer than this build knows ({NETWORK_SCHEMA_V6}) and has no pool it can serve \
+                     (cidr or cidr6); upgrade weft",
+                    w.schema
+                )
+            } else {
+                "missing: expected cidr (IPv4), cidr6 (IPv6) or both".to_string()
+            };
+            return Err(ConfigError::new(source, "cidr", message));
+        };
+        let c = Self { schema: w.schema, pools, backend: w.backend };
+        c.validate(source)?;
+        Ok(c)
     }
 
     /// Parses and validates the etcd value stored at `key`.
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
         check_size(key, bytes)?;
-        let c: Self = serde_json::from_slice(bytes)
+        let w: NetworkWire = serde_json::from_slice(bytes)
             .map_err(|e| ConfigError::new(key, "", format!("invalid network config JSON: {e}")))?;
-        c.validate(key)?;
-        Ok(c)
+        Self::from_wire(key, w)
     }
 
     pub fn to_json(&self) -> String {
@@ -287,29 +410,44 @@ fn check_size(key: &str, bytes: &[u8]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A subnet key's last segment (under `subnets/`) checked against the network: of the cluster
-/// CIDR's family, inside it, of the configured length, aligned. Errors say what was wrong, for
-/// the skip log.
+/// A subnet key's last segment under `subnets/` checked against the network's IPv4 pool (see
+/// [`check_subnet_key_of`]).
 pub fn check_subnet_key(net: &NetworkConfig, key: &str, last_segment: &str) -> Result<IpNet, ConfigError> {
+    check_subnet_key_of(net, PRIMARY_FAMILY, key, last_segment)
+}
+
+/// A subnet key's last segment under the prefix of `family` (`subnets/`, `subnets6/`) checked
+/// against the network: a pool of that family exists, and the subnet is of the family, inside
+/// its CIDR, of its length, aligned. Errors say what was wrong, for the skip log.
+pub fn check_subnet_key_of(
+    net: &NetworkConfig,
+    family: Family,
+    key: &str,
+    last_segment: &str,
+) -> Result<IpNet, ConfigError> {
     let s = subnet::from_key_form(last_segment)
-        .ok_or_else(|| ConfigError::new(key, "", "expected a subnet key like 10.244.1.0-24"))?;
-    let (want, got) = (Family::of_net(net.cidr), Family::of_net(s));
-    if got != want {
+        .ok_or_else(|| ConfigError::new(key, "", format!("expected a subnet key like {}", family.example_key())))?;
+    let Some(pool) = net.pool(family) else {
+        let field = pool_fields(family).0;
+        return Err(ConfigError::new(key, "", format!("the network has no {family} pool ({field})")));
+    };
+    let got = Family::of_net(s);
+    if got != family {
         return Err(ConfigError::new(
             key,
             "",
-            format!("expected an {want} subnet key like {}, found the {got} subnet {s}", want.example_key()),
+            format!("expected an {family} subnet key like {}, found the {got} subnet {s}", family.example_key()),
         ));
     }
-    if s.prefix_len() != net.subnet_len {
+    if s.prefix_len() != pool.subnet_len {
         return Err(ConfigError::new(
             key,
             "",
-            format!("subnet {s} is not a /{} as the network config says", net.subnet_len),
+            format!("subnet {s} is not a /{} as the network config says", pool.subnet_len),
         ));
     }
-    if !subnet::contains(net.cidr, s) {
-        return Err(ConfigError::new(key, "", format!("subnet {s} is outside the cluster CIDR {}", net.cidr)));
+    if !subnet::contains(pool.cidr, s) {
+        return Err(ConfigError::new(key, "", format!("subnet {s} is outside the cluster CIDR {}", pool.cidr)));
     }
     Ok(s)
 }
@@ -542,5 +680,151 @@ mod tests {
         let v4: IpNet = "10.244.0.0/16".parse().expect("literal");
         let e = check_pool("x", ("cidr6", "subnet_len6"), Family::V6, v4, 24).expect_err("family");
         assert_eq!(e.to_string(), "x: cidr6: expected an IPv6 CIDR like fd00:10:244::/56, found \"10.244.0.0/16\"");
+    }
+
+    const DUAL: &str = r#"{"schema":2,"cidr":"10.244.0.0/16","subnet_len":24,"cidr6":"fd00:10:244::/56","subnet_len6":64,"backend":"host-gw"}"#;
+    const V6_ONLY: &str = r#"{"schema":2,"cidr6":"fd00:10:244::/56","subnet_len6":64,"backend":"quic"}"#;
+
+    fn pool(cidr: &str, subnet_len: u8) -> Pool {
+        Pool { cidr: cidr.parse().expect("literal"), subnet_len }
+    }
+
+    #[test]
+    fn a_config_with_an_ipv6_pool_is_schema_2_and_reads_back() {
+        let k = "/weft/v1/default/config";
+        let dual = NetworkConfig::with_pools(
+            "t",
+            Some(("10.244.0.0/16", 24)),
+            Some(("fd00:10:244::/56", 64)),
+            Backend::HostGw,
+        )
+        .expect("dual");
+        assert_eq!(dual.to_json(), DUAL);
+        assert_eq!(NetworkConfig::from_json(k, DUAL.as_bytes()), Ok(dual.clone()));
+        assert_eq!(dual.pool(Family::V4), Some(pool("10.244.0.0/16", 24)));
+        assert_eq!(dual.pool(Family::V6), Some(pool("fd00:10:244::/56", 64)));
+        assert_eq!(dual.pools().families().collect::<Vec<_>>(), [Family::V4, Family::V6]);
+        let v6 = NetworkConfig::with_pools("t", None, Some(("fd00:10:244::/56", 64)), Backend::Quic).expect("v6");
+        assert_eq!(v6.to_json(), V6_ONLY);
+        assert_eq!(NetworkConfig::from_json(k, V6_ONLY.as_bytes()), Ok(v6.clone()));
+        assert_eq!((v6.pool(Family::V4), v6.pools().first_family()), (None, Family::V6));
+        // The IPv4-only config is what it always was, through both constructors and serde.
+        let v4 = NetworkConfig::with_pools("t", Some(("10.244.0.0/16", 24)), None, Backend::HostGw).expect("v4");
+        assert_eq!(v4, net());
+        assert_eq!(v4.schema, 1);
+        assert_eq!(serde_json::from_str::<NetworkConfig>(&v4.to_json()).expect("serde"), v4);
+        assert_eq!(serde_json::to_string(&v4).expect("serde"), v4.to_json());
+    }
+
+    /// The fields a schema-1 agent reads from the network config, with its types.
+    #[derive(Deserialize)]
+    struct Schema1Network {
+        schema: u32,
+        cidr: IpNet,
+        subnet_len: u8,
+        backend: Backend,
+    }
+
+    #[test]
+    fn a_schema1_agent_serves_a_dual_config_as_ipv4_and_refuses_an_ipv6_only_one() {
+        let old: Schema1Network = serde_json::from_str(DUAL).expect("a schema-1 agent parses it");
+        assert_eq!((old.schema, old.cidr.to_string(), old.subnet_len), (2, "10.244.0.0/16".into(), 24));
+        assert_eq!(old.backend, Backend::HostGw);
+        let e = serde_json::from_str::<Schema1Network>(V6_ONLY).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("missing field `cidr`"), "{e}");
+    }
+
+    #[test]
+    fn a_config_this_build_cannot_serve_is_refused_naming_key_and_field() {
+        let k = "/weft/v1/default/config";
+        let refused: &[(&str, &str)] = &[
+            (
+                r#"{"schema":3,"pools":[{"cidr":"10.244.0.0/16"}],"backend":"host-gw"}"#,
+                "/weft/v1/default/config: cidr: schema 3 is newer than this build knows (2) and has no pool it can serve (cidr or cidr6); upgrade weft",
+            ),
+            (
+                r#"{"schema":2,"backend":"host-gw"}"#,
+                "/weft/v1/default/config: cidr: missing: expected cidr (IPv4), cidr6 (IPv6) or both",
+            ),
+            (
+                r#"{"schema":2,"cidr6":"fd00:10:244::/56","backend":"host-gw"}"#,
+                "/weft/v1/default/config: subnet_len6: missing (required with cidr6)",
+            ),
+            (
+                r#"{"schema":2,"cidr":"10.244.0.0/16","subnet_len":24,"subnet_len6":64,"backend":"host-gw"}"#,
+                "/weft/v1/default/config: cidr6: missing (required with subnet_len6)",
+            ),
+            (
+                r#"{"schema":1,"cidr":"10.244.0.0/16","backend":"host-gw"}"#,
+                "/weft/v1/default/config: subnet_len: missing (required with cidr)",
+            ),
+            (
+                r#"{"schema":2,"cidr6":"10.245.0.0/16","subnet_len6":24,"backend":"host-gw"}"#,
+                "/weft/v1/default/config: cidr6: expected an IPv6 CIDR like fd00:10:244::/56, found \"10.245.0.0/16\"",
+            ),
+            (
+                r#"{"schema":2,"cidr6":"fd00:10:244::1/56","subnet_len6":64,"backend":"host-gw"}"#,
+                "/weft/v1/default/config: cidr6: fd00:10:244::1/56 has host bits set",
+            ),
+            (
+                r#"{"schema":2,"cidr6":"fd00:10:244::/56","subnet_len6":127,"backend":"host-gw"}"#,
+                "/weft/v1/default/config: subnet_len6: expected a prefix length from 57 to 126 (longer than the cluster's /56), found 127",
+            ),
+        ];
+        for (json, want) in refused {
+            let e = NetworkConfig::from_json(k, json.as_bytes()).expect_err(json);
+            assert_eq!(e.to_string(), *want);
+        }
+        // A newer schema is served as long as a pool this build knows is there.
+        let newer = br#"{"schema":3,"cidr6":"fd00:10:244::/56","subnet_len6":64,"backend":"host-gw","cidr7":"x"}"#;
+        assert_eq!(
+            NetworkConfig::from_json(k, newer).map(|c| c.pool(Family::V6)),
+            Ok(Some(pool("fd00:10:244::/56", 64)))
+        );
+    }
+
+    #[test]
+    fn pools_given_to_the_constructor_are_checked_against_their_fields() {
+        let e =
+            NetworkConfig::with_pools("--cidr6", None, Some(("10.244.0.0/16", 24)), Backend::HostGw).expect_err("v4");
+        assert_eq!(
+            e.to_string(),
+            "--cidr6: cidr6: expected an IPv6 CIDR like fd00:10:244::/56, found \"10.244.0.0/16\""
+        );
+        let e = NetworkConfig::with_pools("x", None, Some(("fd00:10:244::/56", 56)), Backend::HostGw).expect_err("len");
+        assert_eq!(
+            (e.field.as_str(), e.message.starts_with("expected a prefix length from 57 to 126")),
+            ("subnet_len6", true)
+        );
+        let e = NetworkConfig::with_pools("x", None, None, Backend::HostGw).expect_err("none");
+        assert_eq!(e.to_string(), "x: cidr: expected an IPv4 pool, an IPv6 pool (cidr6) or both");
+        let e = NetworkConfig::with_pools("x", Some(("10.244.0.0/16", 8)), Some(("fd00::/56", 64)), Backend::HostGw)
+            .expect_err("the IPv4 pool is checked too");
+        assert_eq!(e.field, "subnet_len");
+    }
+
+    #[test]
+    fn subnet_keys_of_each_family_are_checked_against_its_pool() {
+        let dual = NetworkConfig::from_json("c", DUAL.as_bytes()).expect("dual");
+        let ok = check_subnet_key_of(&dual, Family::V6, "k", "fd00:10:244:ff::-64");
+        assert_eq!(ok.map(|s| s.to_string()), Ok("fd00:10:244:ff::/64".into()));
+        let checks: &[(Family, &str, &str)] = &[
+            (Family::V6, "fd00:10:245::-64", "k: subnet fd00:10:245::/64 is outside the cluster CIDR fd00:10:244::/56"),
+            (Family::V6, "fd00:10:244:1::-80", "k: subnet fd00:10:244:1::/80 is not a /64 as the network config says"),
+            (
+                Family::V6,
+                "10.244.1.0-24",
+                "k: expected an IPv6 subnet key like fd00:10:244:1::-64, found the IPv4 subnet 10.244.1.0/24",
+            ),
+            (Family::V6, "junk", "k: expected a subnet key like fd00:10:244:1::-64"),
+        ];
+        for (family, seg, want) in checks {
+            assert_eq!(check_subnet_key_of(&dual, *family, "k", seg).expect_err(seg).to_string(), *want);
+        }
+        let e = check_subnet_key_of(&net(), Family::V6, "k", "fd00:10:244:1::-64").expect_err("no pool");
+        assert_eq!(e.to_string(), "k: the network has no IPv6 pool (cidr6)");
+        let v6 = NetworkConfig::from_json("c", V6_ONLY.as_bytes()).expect("v6");
+        let e = check_subnet_key(&v6, "k", "10.244.1.0-24").expect_err("no pool");
+        assert_eq!(e.to_string(), "k: the network has no IPv4 pool (cidr)");
     }
 }

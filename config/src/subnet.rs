@@ -4,7 +4,8 @@
 //!
 //! Everything is pure and works on `IpNet`/`IpAddr`; addresses are handled as `u128`, so one
 //! implementation serves IPv4 and IPv6. Which family a field accepts is decided by its reader
-//! (IPv4 is the only family switched on today; see `records::NetworkConfig`).
+//! (`cidr` is IPv4, `cidr6` IPv6; see `records::NetworkConfig`); [`PerFamily`] holds one value
+//! per family a network serves.
 
 use ipnet::IpNet;
 use std::collections::BTreeSet;
@@ -77,6 +78,102 @@ impl fmt::Display for Family {
             Family::V4 => "IPv4",
             Family::V6 => "IPv6",
         })
+    }
+}
+
+/// One value per address family a network serves: IPv4 only, IPv6 only, or both. Never empty,
+/// so there is always a first value (the IPv4 one when there is one): a network's pools, the
+/// subnets a node holds. Iteration goes IPv4 first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PerFamily<T> {
+    V4(T),
+    V6(T),
+    /// Dual-stack: the IPv4 value, then the IPv6 one.
+    Dual(T, T),
+}
+
+impl<T> PerFamily<T> {
+    /// The values of each family; `None` when both are absent.
+    pub fn from_options(v4: Option<T>, v6: Option<T>) -> Option<Self> {
+        match (v4, v6) {
+            (Some(a), Some(b)) => Some(PerFamily::Dual(a, b)),
+            (Some(a), None) => Some(PerFamily::V4(a)),
+            (None, Some(b)) => Some(PerFamily::V6(b)),
+            (None, None) => None,
+        }
+    }
+
+    /// The IPv4 and the IPv6 value, each if present.
+    pub fn as_options(&self) -> (Option<&T>, Option<&T>) {
+        match self {
+            PerFamily::V4(a) => (Some(a), None),
+            PerFamily::V6(b) => (None, Some(b)),
+            PerFamily::Dual(a, b) => (Some(a), Some(b)),
+        }
+    }
+
+    /// The value of `family`, if there is one.
+    pub fn get(&self, family: Family) -> Option<&T> {
+        let (v4, v6) = self.as_options();
+        match family {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+    }
+
+    /// The first value: IPv4 when there is one, else IPv6.
+    pub fn first(&self) -> &T {
+        match self {
+            PerFamily::V4(a) | PerFamily::Dual(a, _) => a,
+            PerFamily::V6(b) => b,
+        }
+    }
+
+    /// The family of [`Self::first`].
+    pub fn first_family(&self) -> Family {
+        match self {
+            PerFamily::V4(_) | PerFamily::Dual(..) => Family::V4,
+            PerFamily::V6(_) => Family::V6,
+        }
+    }
+
+    /// Each family and its value, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, &T)> {
+        let (v4, v6) = self.as_options();
+        v4.map(|t| (Family::V4, t)).into_iter().chain(v6.map(|t| (Family::V6, t)))
+    }
+
+    /// The families there are values for, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.iter().map(|(f, _)| f)
+    }
+
+    /// The same families with `f` of each value.
+    pub fn map<U>(&self, mut f: impl FnMut(Family, &T) -> U) -> PerFamily<U> {
+        match self {
+            PerFamily::V4(a) => PerFamily::V4(f(Family::V4, a)),
+            PerFamily::V6(b) => PerFamily::V6(f(Family::V6, b)),
+            PerFamily::Dual(a, b) => PerFamily::Dual(f(Family::V4, a), f(Family::V6, b)),
+        }
+    }
+
+    /// [`Self::map`] with a fallible `f`: the first error, IPv4 first.
+    pub fn try_map<U, E>(&self, mut f: impl FnMut(Family, &T) -> Result<U, E>) -> Result<PerFamily<U>, E> {
+        Ok(match self {
+            PerFamily::V4(a) => PerFamily::V4(f(Family::V4, a)?),
+            PerFamily::V6(b) => PerFamily::V6(f(Family::V6, b)?),
+            PerFamily::Dual(a, b) => PerFamily::Dual(f(Family::V4, a)?, f(Family::V6, b)?),
+        })
+    }
+}
+
+impl From<IpNet> for PerFamily<IpNet> {
+    /// A single prefix, under its own family.
+    fn from(net: IpNet) -> Self {
+        match Family::of_net(net) {
+            Family::V4 => PerFamily::V4(net),
+            Family::V6 => PerFamily::V6(net),
+        }
     }
 }
 
@@ -241,6 +338,13 @@ pub fn is_pod_addr(subnet: IpNet, addr: IpAddr) -> bool {
 pub fn is_unicast(ip: IpAddr) -> bool {
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || broadcast)
+}
+
+/// True for an address other nodes can route to without naming an interface: unicast and,
+/// in IPv6, not link-local (`fe80::/10` needs a zone).
+pub fn is_routable_unicast(ip: IpAddr) -> bool {
+    let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+    is_unicast(ip) && !link_local
 }
 
 /// `10.244.1.0/24` as it appears in an etcd key: `10.244.1.0-24` (`fd00:10:244:1::-64`).
@@ -452,6 +556,30 @@ mod tests {
         for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "::", "ff02::1", "::1"] {
             assert!(!is_unicast(a(bad)), "{bad}");
         }
+    }
+
+    #[test]
+    fn per_family_holds_one_value_per_family_ipv4_first() {
+        assert_eq!(PerFamily::<u8>::from_options(None, None), None);
+        let dual = PerFamily::from_options(Some(4), Some(6)).expect("both");
+        assert_eq!(dual, PerFamily::Dual(4, 6));
+        assert_eq!((dual.get(Family::V4), dual.get(Family::V6)), (Some(&4), Some(&6)));
+        assert_eq!((*dual.first(), dual.first_family()), (4, Family::V4));
+        assert_eq!(dual.iter().collect::<Vec<_>>(), [(Family::V4, &4), (Family::V6, &6)]);
+        let v6 = PerFamily::from_options(None, Some(6)).expect("one");
+        assert_eq!((v6.get(Family::V4), *v6.first(), v6.first_family()), (None, 6, Family::V6));
+        assert_eq!(v6.families().collect::<Vec<_>>(), [Family::V6]);
+        assert_eq!(dual.map(|f, v| (f, v * 10)), PerFamily::Dual((Family::V4, 40), (Family::V6, 60)));
+        assert_eq!(dual.try_map(|f, v| if f == Family::V6 { Err(*v) } else { Ok(*v) }), Err(6));
+        assert_eq!(PerFamily::from(n("fd00::/64")), PerFamily::V6(n("fd00::/64")));
+        assert_eq!(PerFamily::from(n("10.0.0.0/24")).as_options(), (Some(&n("10.0.0.0/24")), None));
+    }
+
+    #[test]
+    fn routable_unicast_leaves_out_link_local() {
+        assert!(is_routable_unicast(a("fd00::11")) && is_routable_unicast(a("2001:db8::1")));
+        assert!(is_routable_unicast(a("169.254.1.1")), "IPv4 link-local is an address like any other");
+        assert!(!is_routable_unicast(a("fe80::1")) && !is_routable_unicast(a("::1")));
     }
 
     #[test]

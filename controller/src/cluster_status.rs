@@ -128,7 +128,11 @@ fn cell(p: &Pair) -> String {
 /// The human view: config line, node table, reachability matrix, summary.
 pub fn render(s: &ClusterStatus) -> String {
     let mut out = match &s.config {
-        Some(c) => format!("network {}: {}, /{} per node, backend {}\n\n", s.network, c.cidr, c.subnet_len, c.backend),
+        Some(c) => {
+            let pools: Vec<String> =
+                c.pools().iter().map(|(_, p)| format!("{}, /{} per node", p.cidr, p.subnet_len)).collect();
+            format!("network {}: {}, backend {}\n\n", s.network, pools.join(", "), c.backend)
+        }
         None => format!("network {}: not initialised (run weftctl network init)\n\n", s.network),
     };
     out.push_str(&nodes::render(&s.nodes));

@@ -58,6 +58,11 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.mtu = claim.mtu;
         self.subnet_lease = lease;
     }
+
+    /// The cluster CIDR of `subnet` (the network's first pool).
+    pub(super) fn cluster(&self) -> IpNet {
+        self.net.pools().first().cidr
+    }
 }
 
 pub(super) async fn underlay_info<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S, R>) -> Result<UnderlayInfo> {
@@ -107,6 +112,9 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
 ) -> Result<Option<Claim<K>>> {
     let cfg = &ctx.cfg;
     let net = read_network(ctx, store).await?;
+    let pool = net
+        .pool(PRIMARY_FAMILY)
+        .with_context(|| format!("network {} has no IPv4 pool (cidr); this agent serves IPv4 only", cfg.network))?;
     let d = match drivers.take() {
         Some(d) if d.names() == net.backend.to_string() => drivers.insert(d),
         _ => drivers.insert(backend::build(&net, &BuildContext { cfg, live: &ctx.live })?),
@@ -125,7 +133,7 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
         }
     };
     let decision = lease::decide(&lease::Inputs {
-        net: &net,
+        pool,
         node_name: &cfg.node_name,
         node_id: &ctx.node_id,
         persisted,
@@ -166,7 +174,7 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
     ctx.mark(|h, now| h.record_renewed = now);
     ctx.state.save_subnet(&SubnetState { network: cfg.network.clone(), subnet, node_id: ctx.node_id.clone() })?;
     let mtu = d.pod_mtu(u.mtu, cfg.bridge.mtu);
-    let env = state::subnet_env(net.cidr, subnet, mtu, cfg.ip_masq);
+    let env = state::subnet_env(pool.cidr, subnet, mtu, cfg.ip_masq);
     state::write_atomic(&cfg.paths.subnet_env, env.as_bytes(), 0o644)?;
     ctx.set_status(|s| {
         s.subnet = Some(subnet.to_string());

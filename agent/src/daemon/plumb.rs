@@ -34,7 +34,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
 
     pub(super) fn apply_firewall<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
         let policy = self.forward.clone().unwrap_or_else(|| self.drivers.default_forward());
-        if let Err(e) = ctx.firewall.ensure(self.net.cidr, self.subnet, &policy) {
+        if let Err(e) = ctx.firewall.ensure(self.cluster(), self.subnet, &policy) {
             warn!(error = %format!("{e:#}"), "firewall rules");
             ctx.set_status(|s| {
                 s.reconcile_errors += 1;

@@ -23,7 +23,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         Ok(NodeView {
             underlay: self.underlay.clone(),
             prefixes,
-            cluster: self.net.cidr,
+            cluster: self.cluster(),
             subnet: self.subnet,
             mtu: self.mtu,
         })
@@ -267,7 +267,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             decide::MtuChange::Follow(mtu) => {
                 info!(old = old.mtu, new = mtu, "underlay MTU changed; the bridge, pods and subnet.env follow");
                 self.mtu = mtu;
-                let env = state::subnet_env(self.net.cidr, self.subnet, mtu, ctx.cfg.ip_masq);
+                let env = state::subnet_env(self.cluster(), self.subnet, mtu, ctx.cfg.ip_masq);
                 if let Err(e) = state::write_atomic(&ctx.cfg.paths.subnet_env, env.as_bytes(), 0o644) {
                     warn!(error = %format!("{e:#}"), "rewriting subnet.env");
                 }

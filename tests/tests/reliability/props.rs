@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use std::net::Ipv4Addr;
 use weft_agent::quic::packet::{build_udp, check_inbound, ip_addrs, ipv4_addrs, DropReason, Prefix};
 use weft_config::peers::{build_peer_set, RawRecord};
+use weft_config::subnet::Family;
 use weft_config::{agent::valid_name, Backend, Keys, NetworkConfig, SubnetRecord};
 use weft_tests::v4;
 
@@ -119,6 +120,8 @@ proptest! {
         for bytes in [text.as_bytes(), &junk[..]] {
             match NetworkConfig::from_json("/c", bytes) {
                 Ok(c) => {
+                    // Only `cidr` is generated, so an accepted config is IPv4-only: its pool.
+                    let Some(c) = c.pool(Family::V4) else { prop_assert!(false, "no IPv4 pool"); continue };
                     prop_assert_eq!(c.cidr.network(), c.cidr.addr());
                     prop_assert!(c.subnet_len > c.cidr.prefix_len() && c.subnet_len >= 8 && c.subnet_len <= 30);
                 }
@@ -134,11 +137,12 @@ proptest! {
         own_pick in any::<u32>(),
     ) {
         let keys = Keys::new("default");
+        let pool = net.pool(Family::V4).expect("an IPv4 network");
         let raw: Vec<RawRecord> = recs
             .iter()
             .enumerate()
             .map(|(i, (a, len, node, junk, rev))| {
-                let len = len.unwrap_or(net.subnet_len);
+                let len = len.unwrap_or(pool.subnet_len);
                 let seg = format!("{}-{len}", Ipv4Addr::from(*a));
                 let value = if i % 2 == 0 {
                     format!(r#"{{"schema":1,"node":"{node}","node_id":"id-{node}","public_ip":"192.0.2.{}","backend":"host-gw"}}"#, i + 1).into_bytes()
@@ -148,13 +152,15 @@ proptest! {
                 RawRecord { key: format!("{}{seg}", keys.subnets_prefix()), value, create_revision: *rev, mod_revision: *rev }
             })
             .collect();
-        let own = weft_config::subnet::first_free(net.cidr, net.subnet_len, &[]).map(|s| {
-            let n = 1u32 << (net.subnet_len - net.cidr.prefix_len()).min(31);
+        let own = weft_config::subnet::first_free(pool.cidr, pool.subnet_len, &[]).map(|s| {
+            let n = 1u32 << (pool.subnet_len - pool.cidr.prefix_len()).min(31);
             let k = own_pick % n;
             let base = u32::from(v4(s.network()));
-            ipnet::IpNet::from(ipnet::Ipv4Net::new(Ipv4Addr::from(base + (k << (32 - net.subnet_len))), net.subnet_len).expect("len"))
+            ipnet::IpNet::from(ipnet::Ipv4Net::new(Ipv4Addr::from(base + (k << (32 - pool.subnet_len))), pool.subnet_len).expect("len"))
         });
         let set = build_peer_set(&net, &keys, &raw, "me", own);
+        // The checks below are of the network's (IPv4) pool.
+        let net = pool;
         let mut names = std::collections::BTreeSet::new();
         for (subnet, p) in &set.peers {
             prop_assert_eq!(*subnet, p.subnet);
