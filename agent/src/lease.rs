@@ -100,6 +100,7 @@ mod tests {
                 node: node.into(),
                 node_id: id.into(),
                 public_ip: "192.0.2.1".parse().expect("lit"),
+                public_ip6: None,
                 backend: Backend::HostGw,
                 epoch: 1,
                 backend_data: Default::default(),

@@ -4,6 +4,7 @@
 use crate::error::ConfigError;
 use crate::reader::Reader;
 use crate::records::PRIMARY_FAMILY;
+use crate::subnet::Family;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -107,6 +108,9 @@ pub struct UnderlayConfig {
     /// Address peers use to reach this node (IPv4); `None` = the first IPv4 address of the
     /// interface.
     pub public_ip: Option<IpAddr>,
+    /// The IPv6 address peers route this node's IPv6 subnet via (networks with an IPv6 pool);
+    /// `None` = the first global IPv6 address of the interface.
+    pub public_ip6: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,8 +337,17 @@ fn read_underlay(mut r: Reader<'_>) -> Result<UnderlayConfig, ConfigError> {
             return Err(r.err("public_ip", format!("expected a unicast address other nodes can reach, found {ip}")));
         }
     }
+    let public_ip6 = r.opt_ip("public_ip6", Family::V6)?;
+    if let Some(ip) = public_ip6 {
+        if !crate::subnet::is_routable_unicast(ip) {
+            return Err(r.err(
+                "public_ip6",
+                format!("expected a unicast address other nodes can reach (not link-local), found {ip}"),
+            ));
+        }
+    }
     r.finish()?;
-    Ok(UnderlayConfig { interface: interface.map(str::to_string), public_ip })
+    Ok(UnderlayConfig { interface: interface.map(str::to_string), public_ip, public_ip6 })
 }
 
 fn read_bridge(mut r: Reader<'_>) -> Result<BridgeConfig, ConfigError> {
@@ -622,6 +635,21 @@ ifname = "net0"
             e,
             "agent.toml: underlay.public_ip: expected an IPv4 address like 192.0.2.10, found \"2001:db8::7\""
         );
+    }
+
+    #[test]
+    fn an_ipv6_underlay_address_goes_in_public_ip6() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[underlay]\n";
+        let c = AgentConfig::parse("agent.toml", &format!("{base}public_ip6 = \"fd00:30::11\"")).expect("valid");
+        assert_eq!((c.underlay.public_ip, c.underlay.public_ip6), (None, Some("fd00:30::11".parse().expect("lit"))));
+        let cases: &[(&str, &str)] = &[
+            ("public_ip6 = \"192.0.2.7\"", "agent.toml: underlay.public_ip6: expected an IPv6 address like 2001:db8::10, found \"192.0.2.7\""),
+            ("public_ip6 = \"fe80::1\"", "agent.toml: underlay.public_ip6: expected a unicast address other nodes can reach (not link-local), found fe80::1"),
+            ("public_ip6 = \"::1\"", "agent.toml: underlay.public_ip6: expected a unicast address other nodes can reach (not link-local), found ::1"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(&err(&format!("{base}{line}")), want, "for {line}");
+        }
     }
 
     #[test]

@@ -267,6 +267,9 @@ pub struct SubnetRecord {
     pub node_id: String,
     /// Underlay address peers route to (host-gw) or dial (quic); IPv4.
     pub public_ip: IpAddr,
+    /// The IPv6 underlay address, which peers route the node's IPv6 subnet via; present when
+    /// the network has an IPv6 pool (absent from the JSON otherwise).
+    pub public_ip6: Option<IpAddr>,
     pub backend: Backend,
     /// Changes on every agent start, so peers can tell a restart from a long-lived session.
     pub epoch: u64,
@@ -281,6 +284,8 @@ struct RecordWire {
     node: String,
     node_id: String,
     public_ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_ip6: Option<IpAddr>,
     backend: Backend,
     #[serde(default)]
     epoch: u64,
@@ -315,6 +320,7 @@ impl From<RecordWire> for SubnetRecord {
             node: w.node,
             node_id: w.node_id,
             public_ip: w.public_ip,
+            public_ip6: w.public_ip6,
             backend: w.backend,
             epoch: w.epoch,
             backend_data,
@@ -333,6 +339,7 @@ impl From<SubnetRecord> for RecordWire {
             node: r.node,
             node_id: r.node_id,
             public_ip: r.public_ip,
+            public_ip6: r.public_ip6,
             backend: r.backend,
             epoch: r.epoch,
             backend_data: r.backend_data,
@@ -362,6 +369,22 @@ impl SubnetRecord {
         if !subnet::is_unicast(ip) {
             return Err(ConfigError::new(key, "public_ip", format!("expected a unicast address, found {ip}")));
         }
+        if let Some(ip6) = r.public_ip6 {
+            if Family::of(ip6) != Family::V6 {
+                return Err(ConfigError::new(
+                    key,
+                    "public_ip6",
+                    format!("expected an IPv6 address like {}, found {ip6}", Family::V6.example_addr()),
+                ));
+            }
+            if !subnet::is_routable_unicast(ip6) {
+                return Err(ConfigError::new(
+                    key,
+                    "public_ip6",
+                    format!("expected a unicast address that is not link-local, found {ip6}"),
+                ));
+            }
+        }
         if r.schema == 0 {
             return Err(ConfigError::new(key, "schema", "expected a version of 1 or more"));
         }
@@ -378,8 +401,12 @@ impl SubnetRecord {
 pub struct Heartbeat {
     pub schema: u32,
     pub node_id: String,
+    /// The IPv4 subnet (absent when the network has no IPv4 pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<IpNet>,
+    /// The IPv6 subnet, when the network has an IPv6 pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<IpNet>,
     /// `ready` once routes and pods are in place, `starting` before.
     pub status: String,
     /// Seconds since the Unix epoch of the last refresh.
@@ -497,6 +524,7 @@ mod tests {
             node: "n1".into(),
             node_id: "id-1".into(),
             public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            public_ip6: None,
             backend: Backend::HostGw,
             epoch: 7,
             backend_data: BackendData::new(),
@@ -547,6 +575,7 @@ mod tests {
             node: "n1".into(),
             node_id: "id-1".into(),
             public_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 11)),
+            public_ip6: None,
             backend: Backend::Quic,
             epoch: 9,
             backend_data: data,
@@ -568,6 +597,7 @@ mod tests {
             node: "n1".into(),
             node_id: "id-1".into(),
             public_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 11)),
+            public_ip6: None,
             backend: Backend::HostGw,
             epoch: 5,
             backend_data: BackendData::new(),
@@ -801,6 +831,64 @@ mod tests {
         let e = NetworkConfig::with_pools("x", Some(("10.244.0.0/16", 8)), Some(("fd00::/56", 64)), Backend::HostGw)
             .expect_err("the IPv4 pool is checked too");
         assert_eq!(e.field, "subnet_len");
+    }
+
+    #[test]
+    fn an_ipv6_underlay_address_is_carried_beside_the_ipv4_one() {
+        let r = SubnetRecord {
+            schema: 1,
+            node: "n1".into(),
+            node_id: "id-1".into(),
+            public_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 11)),
+            public_ip6: Some("fd00:30::11".parse().expect("literal")),
+            backend: Backend::HostGw,
+            epoch: 5,
+            backend_data: BackendData::new(),
+        };
+        let json = r.to_json();
+        assert_eq!(
+            json,
+            r#"{"schema":1,"node":"n1","node_id":"id-1","public_ip":"172.30.0.11","public_ip6":"fd00:30::11","backend":"host-gw","epoch":5}"#
+        );
+        assert_eq!(SubnetRecord::from_json("k", json.as_bytes()), Ok(r));
+        let old: Schema1Reader = serde_json::from_str(&json).expect("a schema-1 agent parses it");
+        assert_eq!(old.public_ip, Ipv4Addr::new(172, 30, 0, 11));
+        let bad: &[(&[u8], &str)] = &[
+            (
+                br#"{"schema":1,"node":"n","node_id":"a","public_ip":"192.0.2.1","public_ip6":"192.0.2.2","backend":"host-gw"}"#,
+                "k: public_ip6: expected an IPv6 address like 2001:db8::10, found 192.0.2.2",
+            ),
+            (
+                br#"{"schema":1,"node":"n","node_id":"a","public_ip":"192.0.2.1","public_ip6":"fe80::1","backend":"host-gw"}"#,
+                "k: public_ip6: expected a unicast address that is not link-local, found fe80::1",
+            ),
+            (
+                br#"{"schema":1,"node":"n","node_id":"a","public_ip":"192.0.2.1","public_ip6":"ff02::1","backend":"host-gw"}"#,
+                "k: public_ip6: expected a unicast address that is not link-local, found ff02::1",
+            ),
+        ];
+        for (bytes, want) in bad {
+            assert_eq!(SubnetRecord::from_json("k", bytes).expect_err("bad").to_string(), *want);
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_names_its_ipv6_subnet_beside_the_ipv4_one() {
+        let mut hb = Heartbeat {
+            schema: 1,
+            node_id: "id1".into(),
+            subnet: Some("10.244.1.0/24".parse().expect("literal")),
+            subnet6: None,
+            status: "ready".into(),
+            updated: 9,
+            epoch: 3,
+        };
+        assert_eq!(
+            hb.to_json(),
+            r#"{"schema":1,"node_id":"id1","subnet":"10.244.1.0/24","status":"ready","updated":9,"epoch":3}"#
+        );
+        hb.subnet6 = Some("fd00:10:244:1::/64".parse().expect("literal"));
+        assert_eq!(Heartbeat::from_json("k", hb.to_json().as_bytes()), Ok(hb));
     }
 
     #[test]

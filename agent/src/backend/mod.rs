@@ -40,6 +40,10 @@ pub struct UnderlayInfo {
     pub index: u32,
     pub name: String,
     pub public_ip: IpAddr,
+    /// The IPv6 address peers route this node's IPv6 subnet via: `[underlay] public_ip6`, else
+    /// the interface's first global IPv6 address (`None` without one; a network with an IPv6
+    /// pool needs it).
+    pub public_ip6: Option<IpAddr>,
     pub mtu: u32,
 }
 

@@ -22,7 +22,7 @@ fn v4net(s: &str) -> ipnet::Ipv4Net {
 pub fn node(addr: &str) -> NodeView {
     let a = net(addr);
     NodeView {
-        underlay: UnderlayInfo { index: 2, name: "eth0".into(), public_ip: a.addr(), mtu: 1500 },
+        underlay: UnderlayInfo { index: 2, name: "eth0".into(), public_ip: a.addr(), public_ip6: None, mtu: 1500 },
         prefixes: vec![a],
         cluster: net("10.244.0.0/16"),
         subnet: net("10.244.1.0/24"),

@@ -10,10 +10,11 @@ use crate::state::{self, SubnetState};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use tracing::{info, warn};
 use weft_config::peers::PeerSet;
 use weft_config::records::PRIMARY_FAMILY;
-use weft_config::subnet::Family;
+use weft_config::subnet::{self, Family};
 use weft_config::{Heartbeat, NetworkConfig};
 use weft_store::Store;
 
@@ -77,8 +78,8 @@ pub(super) async fn underlay_info<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S
             nl.link_by_index(idx).await?.context("default route interface vanished")?
         }
     };
-    let addrs: Vec<IpNet> =
-        nl.addrs(link.index).await?.into_iter().filter(|a| Family::of_net(*a) == PRIMARY_FAMILY).collect();
+    let all = nl.addrs(link.index).await?;
+    let addrs: Vec<IpNet> = all.iter().copied().filter(|a| Family::of_net(*a) == PRIMARY_FAMILY).collect();
     let public_ip = match ctx.cfg.underlay.public_ip {
         Some(ip) => {
             if !addrs.iter().any(|a| a.addr() == ip) {
@@ -91,7 +92,23 @@ pub(super) async fn underlay_info<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S
             .map(|a| a.addr())
             .with_context(|| format!("underlay interface {} has no IPv4 address", link.name))?,
     };
-    Ok(UnderlayInfo { index: link.index, name: link.name, public_ip, mtu: link.mtu.max(576) })
+    let public_ip6 = public_ip6(ctx, &link.name, &all);
+    Ok(UnderlayInfo { index: link.index, name: link.name, public_ip, public_ip6, mtu: link.mtu.max(576) })
+}
+
+/// The IPv6 underlay address: `[underlay] public_ip6`, else the first global IPv6 address of
+/// the interface's `addrs` (none: `None`, which only a network with an IPv6 pool minds).
+fn public_ip6<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S, R>, iface: &str, addrs: &[IpNet]) -> Option<IpAddr> {
+    let global = |a: &&IpNet| Family::of_net(**a) == Family::V6 && subnet::is_routable_unicast(a.addr());
+    match ctx.cfg.underlay.public_ip6 {
+        Some(ip) => {
+            if !addrs.iter().any(|a| a.addr() == ip) {
+                warn!(ip = %ip, iface = %iface, "configured public_ip6 is not an address of the underlay interface");
+            }
+            Some(ip)
+        }
+        None => addrs.iter().find(global).map(|a| a.addr()),
+    }
 }
 
 async fn read_network<K: Kernel, S: Store, R: Runner>(ctx: &Ctx<K, S, R>, store: &S) -> Result<NetworkConfig> {

@@ -10,8 +10,10 @@ use crate::routes::{Action, Route};
 use anyhow::{bail, Result};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
 use weft_config::api::PeerStatus;
 use weft_config::peers::{Peer, RawRecord, Skipped};
+use weft_config::subnet::{Family, PerFamily};
 use weft_config::{subnet, AgentConfig, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 
 /// The subnets etcd lists as taken (keys that are not subnets are left out; an unreadable
@@ -44,18 +46,28 @@ pub fn own_record<K: Kernel>(
         node: cfg.node_name.clone(),
         node_id: node_id.to_string(),
         public_ip: u.public_ip,
+        public_ip6: published_ip6(u, net),
         backend: net.backend,
         epoch,
         backend_data: drivers.backend_data(u),
     }
 }
 
-/// The heartbeat this node publishes at `now` (seconds).
-pub fn heartbeat(node_id: &str, subnet: IpNet, epoch: u64, now: u64) -> Heartbeat {
+/// The IPv6 underlay address the record publishes: only in a network with an IPv6 pool, so an
+/// IPv4-only network's records stay as they were.
+pub fn published_ip6(u: &UnderlayInfo, net: &NetworkConfig) -> Option<IpAddr> {
+    net.pool(Family::V6).and(u.public_ip6)
+}
+
+/// The heartbeat this node publishes at `now` (seconds), naming the subnets it holds.
+pub fn heartbeat(node_id: &str, subnets: impl Into<PerFamily<IpNet>>, epoch: u64, now: u64) -> Heartbeat {
+    let subnets = subnets.into();
+    let (v4, v6) = subnets.as_options();
     Heartbeat {
         schema: weft_config::records::SCHEMA_VERSION,
         node_id: node_id.to_string(),
-        subnet: Some(subnet),
+        subnet: v4.copied(),
+        subnet6: v6.copied(),
         status: "ready".into(),
         updated: now,
         epoch,

@@ -21,7 +21,13 @@ fn cfg() -> AgentConfig {
 }
 
 fn underlay() -> UnderlayInfo {
-    UnderlayInfo { index: 2, name: "eth0".into(), public_ip: "172.30.0.11".parse().expect("ip"), mtu: 1500 }
+    UnderlayInfo {
+        index: 2,
+        name: "eth0".into(),
+        public_ip: "172.30.0.11".parse().expect("ip"),
+        public_ip6: None,
+        mtu: 1500,
+    }
 }
 
 #[test]
@@ -32,6 +38,7 @@ fn existing_takes_subnet_keys_only_and_keeps_unreadable_records_as_taken() {
         node: "n2".into(),
         node_id: "id2".into(),
         public_ip: "172.30.0.12".parse().expect("ip"),
+        public_ip6: None,
         backend: Backend::HostGw,
         epoch: 7,
         backend_data: Default::default(),
@@ -202,4 +209,32 @@ fn pod_names_default_and_refuse_bad_names() {
     assert!(pod_names("Web!", None, None).is_err());
     assert!(pod_names("web", Some("a/b".into()), None).is_err());
     assert!(pod_names("web", None, Some("an-interface-name-too-long".into())).is_err());
+}
+
+#[test]
+fn the_ipv6_underlay_address_is_published_only_with_an_ipv6_pool() {
+    let cfg = cfg();
+    let u = UnderlayInfo { public_ip6: Some("fd00:30::11".parse().expect("ip")), ..underlay() };
+    let v4 = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("net");
+    let dual =
+        NetworkConfig::with_pools("t", Some(("10.244.0.0/16", 24)), Some(("fd00:10:244::/56", 64)), Backend::HostGw)
+            .expect("net");
+    let live = Default::default();
+    let d: Drivers<FakeKernel> = backend::build(&v4, &BuildContext { cfg: &cfg, live: &live }).expect("drivers");
+    let r = own_record(&cfg, "id1", 42, &u, &v4, &d);
+    assert_eq!(r.public_ip6, None, "an IPv4-only network's record is as it was");
+    assert!(!r.to_json().contains("public_ip6"));
+    let r = own_record(&cfg, "id1", 42, &u, &dual, &d);
+    assert_eq!(
+        (r.public_ip.to_string(), r.public_ip6.map(|a| a.to_string())),
+        ("172.30.0.11".into(), Some("fd00:30::11".into()))
+    );
+}
+
+#[test]
+fn a_dual_stack_heartbeat_names_both_subnets() {
+    let h = heartbeat("id1", PerFamily::Dual(net("10.244.4.0/24"), net("fd00:10:244:4::/64")), 9, 1234);
+    assert_eq!((h.subnet, h.subnet6), (Some(net("10.244.4.0/24")), Some(net("fd00:10:244:4::/64"))));
+    let h = heartbeat("id1", net("fd00:10:244:4::/64"), 9, 1234);
+    assert_eq!((h.subnet, h.subnet6), (None, Some(net("fd00:10:244:4::/64"))));
 }

@@ -214,6 +214,7 @@ fn record(node: &str, id: &str, public_ip: &str) -> SubnetRecord {
         node: node.into(),
         node_id: id.into(),
         public_ip: public_ip.parse().expect("ip"),
+        public_ip6: None,
         backend: Backend::HostGw,
         epoch: 1,
         backend_data: Default::default(),
