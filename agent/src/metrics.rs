@@ -309,7 +309,9 @@ mod tests {
             ready: true,
             etcd_connected: true,
             subnet: Some("10.244.1.0/24".into()),
+            subnet6: None,
             public_ip: Some("172.30.0.11".parse().expect("lit")),
+            public_ip6: None,
             backend: Some("host-gw".into()),
             peers: vec![
                 PeerStatus {

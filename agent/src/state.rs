@@ -7,6 +7,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use weft_config::subnet::Family;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetState {
@@ -125,13 +126,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// The flannel-compatible environment file consumers (CNI plugins, scripts) read.
+/// The flannel-compatible environment file consumers (CNI plugins, scripts) read, for a node
+/// holding `subnet` of the pool `cluster`.
 pub fn subnet_env(cluster: IpNet, subnet: IpNet, mtu: u32, ip_masq: bool) -> String {
-    let gw = weft_config::subnet::gateway(subnet);
-    format!(
-        "FLANNEL_NETWORK={cluster}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n",
-        subnet.prefix_len()
-    )
+    subnet_env_of(&[(cluster, subnet)], mtu, ip_masq)
+}
+
+/// [`subnet_env`] for a node holding a subnet of each pool in `leases` ((cluster CIDR, subnet),
+/// at most one per family): flannel's `FLANNEL_NETWORK`/`FLANNEL_SUBNET` for IPv4 and
+/// `FLANNEL_IPV6_NETWORK`/`FLANNEL_IPV6_SUBNET` for IPv6, in flannel's order.
+pub fn subnet_env_of(leases: &[(IpNet, IpNet)], mtu: u32, ip_masq: bool) -> String {
+    let mut out = String::new();
+    for family in [Family::V4, Family::V6] {
+        let names = match family {
+            Family::V4 => ("FLANNEL_NETWORK", "FLANNEL_SUBNET"),
+            Family::V6 => ("FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET"),
+        };
+        for (cluster, subnet) in leases.iter().filter(|(_, s)| Family::of_net(*s) == family) {
+            let gw = weft_config::subnet::gateway(*subnet);
+            out.push_str(&format!("{}={cluster}\n{}={gw}/{}\n", names.0, names.1, subnet.prefix_len()));
+        }
+    }
+    out.push_str(&format!("FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n"));
+    out
 }
 
 #[cfg(test)]
@@ -145,6 +162,24 @@ mod tests {
             env,
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n"
         );
+    }
+
+    #[test]
+    fn subnet_env_adds_flannels_ipv6_lines() {
+        let n = |s: &str| -> IpNet { s.parse().expect("lit") };
+        let dual = [(n("10.244.0.0/16"), n("10.244.3.0/24")), (n("fd00:10:244::/56"), n("fd00:10:244:3::/64"))];
+        assert_eq!(
+            subnet_env_of(&dual, 1500, false),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+             FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(
+            subnet_env_of(&dual[1..], 1400, true),
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n",
+            "an IPv6-only node writes no IPv4 lines"
+        );
+        assert_eq!(subnet_env_of(&dual[..1], 1500, true), subnet_env(dual[0].0, dual[0].1, 1500, true));
     }
 
     #[test]

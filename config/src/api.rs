@@ -89,10 +89,17 @@ pub struct Status {
     pub pid: u32,
     pub ready: bool,
     pub etcd_connected: bool,
+    /// The IPv4 subnet (`None` until acquired, and in a network without an IPv4 pool).
     #[serde(default)]
     pub subnet: Option<String>,
+    /// The IPv6 subnet, in a network with an IPv6 pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
     #[serde(default)]
     pub public_ip: Option<IpAddr>,
+    /// The IPv6 underlay address the record publishes (networks with an IPv6 pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip6: Option<IpAddr>,
     #[serde(default)]
     pub backend: Option<String>,
     pub peers: Vec<PeerStatus>,

@@ -7,7 +7,7 @@ pub fn render_status(s: &Status) -> String {
     let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
     let mut out = format!(
         "node:        {} (id {})\nnetwork:     {}\npid:         {}\nready:       {}\netcd:        {}\n\
-         subnet:      {}\npublic ip:   {}\nbackend:     {}\nreconciles:  {} ({} failed)\nskipped:     {} record(s)\n\
+         subnet:      {}\npublic ip:   {}\n{}backend:     {}\nreconciles:  {} ({} failed)\nskipped:     {} record(s)\n\
          last error:  {}\n",
         s.node,
         s.node_id,
@@ -17,6 +17,7 @@ pub fn render_status(s: &Status) -> String {
         if s.etcd_connected { "connected" } else { "not connected" },
         opt(s.subnet.clone()),
         opt(s.public_ip.map(|i| i.to_string())),
+        ipv6_lines(s),
         opt(s.backend.clone()),
         s.reconciles,
         s.reconcile_errors,
@@ -45,6 +46,17 @@ pub fn render_status(s: &Status) -> String {
         out.push_str(&indent(&render_pods(&s.pods)));
     }
     out
+}
+
+/// The IPv6 subnet and underlay address, for an agent of a network with an IPv6 pool.
+fn ipv6_lines(s: &Status) -> String {
+    match &s.subnet6 {
+        None => String::new(),
+        Some(subnet6) => format!(
+            "subnet6:     {subnet6}\npublic ip6:  {}\n",
+            s.public_ip6.map_or_else(|| "-".to_string(), |i| i.to_string())
+        ),
+    }
 }
 
 pub fn render_pods(pods: &[PodInfo]) -> String {
@@ -105,7 +117,9 @@ mod tests {
             ready: true,
             etcd_connected: true,
             subnet: Some("10.244.1.0/24".into()),
+            subnet6: None,
             public_ip: Some(Ipv4Addr::new(172, 30, 0, 11).into()),
+            public_ip6: None,
             backend: Some("host-gw".into()),
             peers: vec![],
             pods: vec![pod()],
@@ -123,5 +137,31 @@ mod tests {
         assert!(r.contains("subnet:      10.244.1.0/24\n"), "{r}");
         assert!(r.contains("peers (0):\n\npods (1):\n  NAME  IP             GATEWAY"), "{r}");
         assert_eq!(render_pod(&pod()), "p1: 10.244.1.2/24 via 10.244.1.1 in netns weft0-n1-p1 (eth0, host side vp1)\n");
+    }
+
+    #[test]
+    fn a_dual_stack_agent_shows_its_ipv6_subnet_and_address() {
+        let mut s: Status = serde_json::from_str(
+            r#"{"node":"n1","node_id":"i","network":"d","pid":1,"ready":true,"etcd_connected":true,
+                "subnet":"10.244.1.0/24","public_ip":"172.30.0.11","peers":[],"pods":[],
+                "reconciles":0,"reconcile_errors":0,"skipped_records":0}"#,
+        )
+        .expect("a status without the IPv6 fields still parses");
+        let v4 = render_status(&s);
+        assert!(v4.contains("public ip:   172.30.0.11\nbackend:"), "{v4}");
+        s.subnet6 = Some("fd00:10:244:1::/64".into());
+        s.public_ip6 = Some("fd00:30::11".parse().expect("lit"));
+        let dual = render_status(&s);
+        assert!(
+            dual.contains(
+                "public ip:   172.30.0.11\nsubnet6:     fd00:10:244:1::/64\npublic ip6:  fd00:30::11\nbackend:"
+            ),
+            "{dual}"
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            (json["subnet6"].as_str(), json["public_ip6"].as_str()),
+            (Some("fd00:10:244:1::/64"), Some("fd00:30::11"))
+        );
     }
 }
