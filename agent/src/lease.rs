@@ -1,9 +1,11 @@
-//! Subnet acquisition, decided purely from what etcd holds and what the node remembers.
-//! The daemon turns the decision into one etcd transaction and retries on conflict.
+//! Subnet acquisition, decided purely from what etcd holds and what the node remembers: one
+//! [`decide`] per pool of the network (a dual-stack node holds one subnet per family, each
+//! decided by the same rules over that family's records), then [`writes`] joins the decisions
+//! into what one etcd transaction writes. The daemon carries it out and retries on conflict.
 
 use ipnet::IpNet;
 use weft_config::records::Pool;
-use weft_config::subnet;
+use weft_config::subnet::{self, PerFamily};
 use weft_config::SubnetRecord;
 
 /// A subnet record as read, for the decision: a malformed one still occupies its key.
@@ -30,12 +32,13 @@ pub enum Decision {
 }
 
 pub struct Inputs<'a> {
-    /// The pool decided on.
+    /// The pool of the family decided on.
     pub pool: Pool,
     pub node_name: &'a str,
     pub node_id: &'a str,
-    /// Subnet remembered in the state dir, if any.
+    /// Subnet of the pool's family remembered in the state dir, if any.
     pub persisted: Option<IpNet>,
+    /// The records of the pool's family.
     pub existing: &'a [Existing],
     /// Identity behind the live heartbeat of this node name, if one exists.
     pub live_identity: Option<&'a str>,
@@ -75,6 +78,49 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         Some(s) => Decision::Claim { subnet: s, moved_from: moved_from.filter(|p| *p != s) },
         None => Decision::Exhausted { cidr, subnet_len, taken: taken.len() },
     }
+}
+
+/// What the transaction writes for one family: the key of the subnet, guarded by a compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Create the key of the subnet; it must not exist (`create_revision == 0`).
+    Create(IpNet),
+    /// Overwrite the key of the subnet, unchanged since `mod_revision`.
+    Replace { subnet: IpNet, mod_revision: i64 },
+}
+
+impl Write {
+    pub fn subnet(&self) -> IpNet {
+        match self {
+            Write::Create(s) | Write::Replace { subnet: s, .. } => *s,
+        }
+    }
+}
+
+/// Why the node holds no subnets after this attempt (the daemon retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// Another live machine uses this node name.
+    Refused(String),
+    /// A pool has no free subnet left.
+    Exhausted { cidr: IpNet, subnet_len: u8, taken: usize },
+}
+
+/// The decisions of every family as the writes of one transaction, so the node holds all its
+/// subnets or none: a refusal of any family refuses the node, an exhausted pool of any family
+/// blocks it (refusals first).
+pub fn writes(decisions: &PerFamily<Decision>) -> Result<PerFamily<Write>, Blocked> {
+    if let Some(msg) = decisions.iter().find_map(|(_, d)| if let Decision::Refuse(m) = d { Some(m) } else { None }) {
+        return Err(Blocked::Refused(msg.clone()));
+    }
+    decisions.try_map(|_, d| match *d {
+        Decision::Reuse { subnet, mod_revision } | Decision::TakeOver { subnet, mod_revision, .. } => {
+            Ok(Write::Replace { subnet, mod_revision })
+        }
+        Decision::Claim { subnet, .. } => Ok(Write::Create(subnet)),
+        Decision::Exhausted { cidr, subnet_len, taken } => Err(Blocked::Exhausted { cidr, subnet_len, taken }),
+        Decision::Refuse(ref msg) => Err(Blocked::Refused(msg.clone())),
+    })
 }
 
 #[cfg(test)]
@@ -218,6 +264,76 @@ mod tests {
         assert_eq!(
             decide_with(Some("10.99.0.0/24"), &[], None),
             Decision::Claim { subnet: n("10.244.0.0/24"), moved_from: Some(n("10.99.0.0/24")) }
+        );
+    }
+
+    #[test]
+    fn the_decisions_of_both_families_become_one_set_of_writes() {
+        let claim4 = Decision::Claim { subnet: n("10.244.1.0/24"), moved_from: None };
+        let reuse6 = Decision::Reuse { subnet: n("fd00:10:244:3::/64"), mod_revision: 8 };
+        let taken6 = Decision::TakeOver { subnet: n("fd00:10:244:4::/64"), mod_revision: 9, previous_id: "x".into() };
+        assert_eq!(
+            writes(&PerFamily::Dual(claim4.clone(), reuse6)),
+            Ok(PerFamily::Dual(
+                Write::Create(n("10.244.1.0/24")),
+                Write::Replace { subnet: n("fd00:10:244:3::/64"), mod_revision: 8 }
+            ))
+        );
+        assert_eq!(
+            writes(&PerFamily::V6(taken6.clone())),
+            Ok(PerFamily::V6(Write::Replace { subnet: n("fd00:10:244:4::/64"), mod_revision: 9 }))
+        );
+        assert_eq!(writes(&PerFamily::V4(claim4.clone())).map(|w| w.first().subnet()), Ok(n("10.244.1.0/24")));
+        let exhausted6 = Decision::Exhausted { cidr: n("fd00:10:244::/63"), subnet_len: 64, taken: 2 };
+        assert_eq!(
+            writes(&PerFamily::Dual(claim4, exhausted6.clone())),
+            Err(Blocked::Exhausted { cidr: n("fd00:10:244::/63"), subnet_len: 64, taken: 2 }),
+            "the IPv4 subnet is not claimed alone when the IPv6 pool is full"
+        );
+        assert_eq!(
+            writes(&PerFamily::Dual(
+                Decision::Exhausted { cidr: n("10.244.0.0/24"), subnet_len: 24, taken: 1 },
+                Decision::Refuse("held".into())
+            )),
+            Err(Blocked::Refused("held".into())),
+            "a refusal wins over exhaustion"
+        );
+        assert_eq!(
+            writes(&PerFamily::Dual(taken6, exhausted6))
+                .map(|_| ())
+                .map_err(|e| matches!(e, Blocked::Exhausted { .. })),
+            Err(true)
+        );
+    }
+
+    #[test]
+    fn each_family_is_decided_over_its_own_records() {
+        let net = NetworkConfig::with_pools(
+            "t",
+            Some(("10.244.0.0/16", 24)),
+            Some(("fd00:10:244::/56", 64)),
+            Backend::HostGw,
+        )
+        .expect("dual");
+        // This node holds its IPv4 subnet already; its IPv6 one was never claimed (an upgrade to
+        // dual-stack), and another node took the first IPv6 subnet.
+        let v4_records = [ex("10.244.7.0/24", "n1", "id1", 9)];
+        let v6_records = [ex("fd00:10:244::/64", "n2", "id2", 5)];
+        let inputs = |family, existing| Inputs {
+            pool: net.pool(family).expect("pool"),
+            node_name: "n1",
+            node_id: "id1",
+            persisted: None,
+            existing,
+            live_identity: None,
+        };
+        assert_eq!(
+            decide(&inputs(Family::V4, &v4_records)),
+            Decision::Reuse { subnet: n("10.244.7.0/24"), mod_revision: 9 }
+        );
+        assert_eq!(
+            decide(&inputs(Family::V6, &v6_records)),
+            Decision::Claim { subnet: n("fd00:10:244:1::/64"), moved_from: None }
         );
     }
 }

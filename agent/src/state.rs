@@ -1,5 +1,7 @@
-//! The agent's state directory: the subnet it holds and its pods. This is the source of truth for
-//! pods; files are replaced atomically (write, fsync, rename) so a crash never leaves half a file.
+//! The agent's state directory: the subnets it holds (`subnet.json` for IPv4, `subnet6.json` for
+//! IPv6, as etcd keeps them under `subnets/` and `subnets6/`) and its pods. This is the source of
+//! truth for pods; files are replaced atomically (write, fsync, rename) so a crash never leaves
+//! half a file.
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -66,12 +68,34 @@ impl StateDir {
         self.dir.join(name)
     }
 
-    pub fn load_subnet(&self) -> Result<Option<SubnetState>> {
-        read_json(&self.path("subnet.json"))
+    /// The file of the subnet of `family`.
+    fn subnet_file(family: Family) -> &'static str {
+        match family {
+            Family::V4 => "subnet.json",
+            Family::V6 => "subnet6.json",
+        }
     }
 
+    /// The IPv4 subnet held (`subnet.json`).
+    pub fn load_subnet(&self) -> Result<Option<SubnetState>> {
+        self.load_subnet_of(Family::V4)
+    }
+
+    /// The subnet of `family` held; one of another family in its file is an error.
+    pub fn load_subnet_of(&self, family: Family) -> Result<Option<SubnetState>> {
+        let path = self.path(Self::subnet_file(family));
+        let s: Option<SubnetState> = read_json(&path)?;
+        if let Some(s) = &s {
+            if Family::of_net(s.subnet) != family {
+                anyhow::bail!("{}: expected an {family} subnet, found {}", path.display(), s.subnet);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Remembers a subnet, in the file of its family.
     pub fn save_subnet(&self, s: &SubnetState) -> Result<()> {
-        write_json(&self.path("subnet.json"), s)
+        write_json(&self.path(Self::subnet_file(Family::of_net(s.subnet))), s)
     }
 
     pub fn load_pods(&self) -> Result<Vec<PodRecord>> {
@@ -180,6 +204,26 @@ mod tests {
             "an IPv6-only node writes no IPv4 lines"
         );
         assert_eq!(subnet_env_of(&dual[..1], 1500, true), subnet_env(dual[0].0, dual[0].1, 1500, true));
+    }
+
+    #[test]
+    fn each_family_has_its_own_subnet_file() {
+        let dir = std::env::temp_dir().join(format!("weft-state6-test-{}", std::process::id()));
+        let s = StateDir::new(&dir);
+        let st = |subnet: &str| SubnetState {
+            network: "d".into(),
+            subnet: subnet.parse().expect("lit"),
+            node_id: "x".into(),
+        };
+        s.save_subnet(&st("10.244.1.0/24")).expect("save");
+        s.save_subnet(&st("fd00:10:244:1::/64")).expect("save");
+        assert_eq!(s.load_subnet().expect("load"), Some(st("10.244.1.0/24")));
+        assert_eq!(s.load_subnet_of(Family::V6).expect("load"), Some(st("fd00:10:244:1::/64")));
+        assert!(dir.join("subnet6.json").exists());
+        write_json(&dir.join("subnet6.json"), &st("10.244.9.0/24")).expect("write");
+        let e = s.load_subnet_of(Family::V6).expect_err("wrong family");
+        assert!(format!("{e:#}").ends_with("subnet6.json: expected an IPv6 subnet, found 10.244.9.0/24"), "{e:#}");
+        s.remove_all().expect("cleanup");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn build(
         .iter()
         .filter_map(|(k, v)| Some((keys.probe_segment(k)?.to_string(), ProbeRecord::from_json(k, v).ok())))
         .collect();
-    let mut names: Vec<String> = nodes.iter().filter(|r| r.subnet.is_some()).filter_map(|r| r.node.clone()).collect();
+    let mut names: Vec<String> = nodes.iter().filter(|r| r.has_subnet()).filter_map(|r| r.node.clone()).collect();
     names.sort();
     names.dedup();
     let mut reachability = Vec::new();
@@ -103,7 +103,7 @@ pub fn build(
     let count = |s: Reach| reachability.iter().filter(|p| p.state == s).count();
     let summary = Summary {
         nodes: names.len(),
-        alive: nodes.iter().filter(|r| r.alive && r.subnet.is_some()).count(),
+        alive: nodes.iter().filter(|r| r.alive && r.has_subnet()).count(),
         pairs: reachability.len(),
         reachable: count(Reach::Ok),
         failing: count(Reach::Fail),
@@ -181,7 +181,7 @@ pub async fn fetch(store: &impl Store, network: &str, now: u64) -> anyhow::Resul
         .into_iter()
         .find(|(k, _)| *k == keys.config())
         .and_then(|(k, v)| NetworkConfig::from_json(&k, &v).ok());
-    let subnets = nodes::list_prefix(store, &keys.subnets_prefix()).await?;
+    let subnets = nodes::list_subnet_records(store, &keys).await?;
     let beats = nodes::list_prefix(store, &keys.nodes_prefix()).await?;
     let probes = nodes::list_prefix(store, &keys.probes_prefix()).await?;
     Ok(build(network, config, &subnets, &beats, &probes, now))

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use weft_config::subnet::Family;
 use weft_config::{Heartbeat, Keys, SubnetRecord};
 use weft_store::{Compare, Op, Store};
 
@@ -19,6 +20,12 @@ pub struct NodeRow {
     /// Subnet (from the key), `None` for a node with a heartbeat but no subnet record.
     pub subnet: Option<String>,
     pub public_ip: Option<String>,
+    /// The IPv6 subnet (from its key under `subnets6/`), in a network with an IPv6 pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    /// The IPv6 underlay address the node's records publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip6: Option<String>,
     pub backend: Option<String>,
     pub node_id: Option<String>,
     /// A heartbeat with the same node id is present.
@@ -30,10 +37,19 @@ pub struct NodeRow {
     pub problem: Option<String>,
 }
 
+impl NodeRow {
+    /// Whether the row holds a subnet of either family.
+    pub fn has_subnet(&self) -> bool {
+        self.subnet.is_some() || self.subnet6.is_some()
+    }
+}
+
 /// A key and its value as read from etcd.
 pub type Kv = (String, Vec<u8>);
 
-/// Joins subnet records with heartbeats. `now` is seconds since the Unix epoch.
+/// Joins subnet records (IPv4 under `subnets/`, IPv6 under `subnets6/`) with heartbeats: one row
+/// per node, its IPv6 subnet beside the IPv4 one when both records name the same node and
+/// identity. `now` is seconds since the Unix epoch.
 pub fn build_rows(keys: &Keys, subnets: &[Kv], heartbeats: &[Kv], now: u64) -> Vec<NodeRow> {
     let mut beats: BTreeMap<String, Result<Heartbeat, String>> = BTreeMap::new();
     for (k, v) in heartbeats {
@@ -41,47 +57,73 @@ pub fn build_rows(keys: &Keys, subnets: &[Kv], heartbeats: &[Kv], now: u64) -> V
             beats.insert(name.to_string(), Heartbeat::from_json(k, v).map_err(|e| e.to_string()));
         }
     }
+    let v6_prefix = keys.subnets_prefix_of(Family::V6);
+    let (v6, v4): (Vec<&Kv>, Vec<&Kv>) = subnets.iter().partition(|(k, _)| k.starts_with(&v6_prefix));
     let mut seen = std::collections::BTreeSet::new();
-    let mut rows = Vec::new();
-    for (k, v) in subnets {
-        let subnet = keys
-            .subnet_segment(k)
-            .map(|seg| weft_config::subnet::from_key_form(seg).map_or_else(|| seg.to_string(), |s| s.to_string()));
-        match SubnetRecord::from_json(k, v) {
-            Ok(r) => {
-                let hb = beats.get(&r.node);
-                seen.insert(r.node.clone());
-                let (alive, age_secs, status, problem) = match hb {
-                    Some(Ok(h)) if h.node_id == r.node_id => {
-                        (true, Some(now.saturating_sub(h.updated)), Some(h.status.clone()), None)
-                    }
-                    Some(Ok(h)) => (false, None, None, Some(format!("heartbeat is from node id {:?}", h.node_id))),
-                    Some(Err(e)) => (false, None, None, Some(e.clone())),
-                    None => (false, None, None, None),
-                };
-                rows.push(NodeRow {
-                    node: Some(r.node),
-                    subnet,
-                    public_ip: Some(r.public_ip.to_string()),
-                    backend: Some(r.backend.to_string()),
-                    node_id: Some(r.node_id),
-                    alive,
-                    age_secs,
-                    status,
-                    problem,
-                });
+    let mut rows: Vec<NodeRow> = Vec::new();
+    for (family, records) in [(Family::V4, v4), (Family::V6, v6)] {
+        for (k, v) in records {
+            let subnet = match family {
+                Family::V4 => keys.subnet_segment(k),
+                Family::V6 => keys.subnet_segment_of(k).map(|(_, seg)| seg),
             }
-            Err(e) => rows.push(NodeRow {
-                node: None,
-                subnet,
-                public_ip: None,
-                backend: None,
-                node_id: None,
-                alive: false,
-                age_secs: None,
-                status: None,
-                problem: Some(format!("malformed record: {e}")),
-            }),
+            .map(|seg| weft_config::subnet::from_key_form(seg).map_or_else(|| seg.to_string(), |s| s.to_string()));
+            let (subnet, subnet6) = match family {
+                Family::V4 => (subnet, None),
+                Family::V6 => (None, subnet),
+            };
+            match SubnetRecord::from_json(k, v) {
+                Ok(r) => {
+                    let public_ip6 = r.public_ip6.map(|ip| ip.to_string());
+                    let joined = rows.iter_mut().find(|row| {
+                        family == Family::V6
+                            && row.subnet6.is_none()
+                            && row.node.as_deref() == Some(r.node.as_str())
+                            && row.node_id.as_deref() == Some(r.node_id.as_str())
+                    });
+                    if let Some(row) = joined {
+                        row.subnet6 = subnet6;
+                        row.public_ip6 = public_ip6;
+                        continue;
+                    }
+                    let hb = beats.get(&r.node);
+                    seen.insert(r.node.clone());
+                    let (alive, age_secs, status, problem) = match hb {
+                        Some(Ok(h)) if h.node_id == r.node_id => {
+                            (true, Some(now.saturating_sub(h.updated)), Some(h.status.clone()), None)
+                        }
+                        Some(Ok(h)) => (false, None, None, Some(format!("heartbeat is from node id {:?}", h.node_id))),
+                        Some(Err(e)) => (false, None, None, Some(e.clone())),
+                        None => (false, None, None, None),
+                    };
+                    rows.push(NodeRow {
+                        node: Some(r.node),
+                        subnet,
+                        public_ip: Some(r.public_ip.to_string()),
+                        subnet6,
+                        public_ip6: if family == Family::V6 { public_ip6 } else { None },
+                        backend: Some(r.backend.to_string()),
+                        node_id: Some(r.node_id),
+                        alive,
+                        age_secs,
+                        status,
+                        problem,
+                    });
+                }
+                Err(e) => rows.push(NodeRow {
+                    node: None,
+                    subnet,
+                    public_ip: None,
+                    subnet6,
+                    public_ip6: None,
+                    backend: None,
+                    node_id: None,
+                    alive: false,
+                    age_secs: None,
+                    status: None,
+                    problem: Some(format!("malformed record: {e}")),
+                }),
+            }
         }
     }
     // Nodes that beat but hold no subnet (starting, or their record was evicted).
@@ -99,6 +141,8 @@ pub fn build_rows(keys: &Keys, subnets: &[Kv], heartbeats: &[Kv], now: u64) -> V
             node: Some(name),
             subnet: None,
             public_ip: None,
+            subnet6: None,
+            public_ip6: None,
             backend: None,
             node_id,
             alive: age_secs.is_some(),
@@ -114,21 +158,28 @@ pub fn build_rows(keys: &Keys, subnets: &[Kv], heartbeats: &[Kv], now: u64) -> V
 pub fn render(rows: &[NodeRow]) -> String {
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let with_notes = rows.iter().any(|r| r.problem.is_some());
-    let mut headers = vec!["NODE", "SUBNET", "PUBLIC-IP", "BACKEND", "ALIVE", "AGE"];
+    let with_v6 = rows.iter().any(|r| r.subnet6.is_some());
+    let mut headers = vec!["NODE", "SUBNET", "PUBLIC-IP"];
+    if with_v6 {
+        headers.extend(["SUBNET6", "PUBLIC-IP6"]);
+    }
+    headers.extend(["BACKEND", "ALIVE", "AGE"]);
     if with_notes {
         headers.push("NOTE");
     }
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let mut row = vec![
-                r.node.clone().unwrap_or_else(|| "<malformed>".into()),
-                dash(&r.subnet),
-                dash(&r.public_ip),
+            let mut row =
+                vec![r.node.clone().unwrap_or_else(|| "<malformed>".into()), dash(&r.subnet), dash(&r.public_ip)];
+            if with_v6 {
+                row.extend([dash(&r.subnet6), dash(&r.public_ip6)]);
+            }
+            row.extend([
                 dash(&r.backend),
                 if r.alive { "yes" } else { "no" }.to_string(),
                 r.age_secs.map_or_else(|| "-".into(), |s| age(Duration::from_secs(s))),
-            ];
+            ]);
             if with_notes {
                 row.push(dash(&r.problem));
             }
@@ -144,18 +195,31 @@ pub async fn list_prefix(store: &impl Store, prefix: &str) -> anyhow::Result<Vec
     Ok(records.into_iter().map(|r| (r.key, r.value)).collect())
 }
 
+/// Every subnet record of the network, IPv4 (`subnets/`) then IPv6 (`subnets6/`).
+pub async fn list_subnet_records(store: &impl Store, keys: &Keys) -> anyhow::Result<Vec<Kv>> {
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        out.extend(list_prefix(store, &keys.subnets_prefix_of(family)).await?);
+    }
+    Ok(out)
+}
+
 pub async fn list(store: &impl Store, network: &str, now: u64) -> anyhow::Result<Vec<NodeRow>> {
     let keys = Keys::new(network);
-    let subnets = list_prefix(store, &keys.subnets_prefix()).await?;
+    let subnets = list_subnet_records(store, &keys).await?;
     let beats = list_prefix(store, &keys.nodes_prefix()).await?;
     Ok(build_rows(&keys, &subnets, &beats, now))
 }
 
-/// Deletes the subnet record(s) of node `name` and its heartbeat. Each record is deleted only if
-/// unchanged since it was read. Returns the deleted subnet keys; none found is an error.
+/// Deletes the subnet record(s) of node `name` (of both families) and its heartbeat, in one
+/// transaction. Each record is deleted only if unchanged since it was read. Returns the deleted
+/// subnet keys; none found is an error.
 pub async fn evict(store: &impl Store, network: &str, name: &str) -> anyhow::Result<Vec<String>> {
     let keys = Keys::new(network);
-    let (records, _) = store.list(&keys.subnets_prefix()).await?;
+    let mut records = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        records.extend(store.list(&keys.subnets_prefix_of(family)).await?.0);
+    }
     let mut compares = Vec::new();
     let mut ops = Vec::new();
     let mut deleted = Vec::new();
@@ -259,5 +323,70 @@ mod tests {
     fn no_notes_column_when_all_is_well() {
         let rows = build_rows(&Keys::new("default"), &[], &[], 0);
         assert_eq!(render(&rows), "NODE  SUBNET  PUBLIC-IP  BACKEND  ALIVE  AGE\n");
+    }
+
+    fn rec6(n: &str, id: &str) -> String {
+        format!(
+            r#"{{"schema":1,"node":"{n}","node_id":"{id}","public_ip":"172.30.0.11","public_ip6":"fd00:30::11","backend":"host-gw"}}"#
+        )
+    }
+
+    #[test]
+    fn a_dual_stack_node_is_one_row_with_both_subnets() {
+        let keys = Keys::new("default");
+        let subnets = vec![
+            kv("/weft/v1/default/subnets/10.244.1.0-24", &rec6("n1", "id1")),
+            kv("/weft/v1/default/subnets/10.244.2.0-24", &rec6("n2", "id2")),
+            kv("/weft/v1/default/subnets6/fd00:10:244:1::-64", &rec6("n1", "id1")),
+            kv("/weft/v1/default/subnets6/fd00:10:244:3::-64", &rec6("n3", "id3")),
+            kv("/weft/v1/default/subnets6/fd00:10:244:4::-64", "garbage"),
+        ];
+        let beats =
+            vec![kv("/weft/v1/default/nodes/n1", r#"{"schema":1,"node_id":"id1","status":"ready","updated":990}"#)];
+        let rows = build_rows(&keys, &subnets, &beats, 1000);
+        let view: Vec<String> =
+            rows.iter().map(|r| format!("{:?} {:?} {:?} {}", r.node, r.subnet, r.subnet6, r.alive)).collect();
+        assert_eq!(
+            view,
+            [
+                r#"Some("n1") Some("10.244.1.0/24") Some("fd00:10:244:1::/64") true"#,
+                r#"Some("n2") Some("10.244.2.0/24") None false"#,
+                r#"Some("n3") None Some("fd00:10:244:3::/64") false"#,
+                r#"None None Some("fd00:10:244:4::/64") false"#,
+            ]
+        );
+        assert!(rows.iter().all(NodeRow::has_subnet));
+        assert_eq!(rows[0].public_ip6.as_deref(), Some("fd00:30::11"));
+        let t = render(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("NODE         SUBNET         PUBLIC-IP    SUBNET6             PUBLIC-IP6   BACKEND"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("n1           10.244.1.0/24  172.30.0.11  fd00:10:244:1::/64  fd00:30::11  host-gw"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&rows[1]).expect("json");
+        assert!(json.get("subnet6").is_none(), "absent, not null, without an IPv6 subnet: {json}");
+    }
+
+    #[tokio::test]
+    async fn evict_deletes_the_records_of_both_families() {
+        let s = weft_store::MemStore::new();
+        s.put("/weft/v1/default/subnets/10.244.1.0-24", rec6("n1", "id1"), 0).await.expect("put");
+        s.put("/weft/v1/default/subnets6/fd00:10:244:1::-64", rec6("n1", "id1"), 0).await.expect("put");
+        s.put("/weft/v1/default/subnets6/fd00:10:244:2::-64", rec6("n2", "id2"), 0).await.expect("put");
+        let rev = s.revision();
+        let deleted = evict(&s, "default", "n1").await.expect("evict");
+        assert_eq!(deleted, ["/weft/v1/default/subnets/10.244.1.0-24", "/weft/v1/default/subnets6/fd00:10:244:1::-64"]);
+        assert_eq!(s.revision(), rev + 1, "in one transaction");
+        let (left, _) = s.list("/weft/v1/default/").await.expect("list");
+        assert_eq!(
+            left.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["/weft/v1/default/subnets6/fd00:10:244:2::-64"]
+        );
+        let rows = list(&s, "default", 0).await.expect("list");
+        assert_eq!(rows.iter().map(|r| r.subnet6.as_deref()).collect::<Vec<_>>(), [Some("fd00:10:244:2::/64")]);
     }
 }

@@ -16,12 +16,21 @@ use weft_config::peers::{Peer, RawRecord, Skipped};
 use weft_config::subnet::{Family, PerFamily};
 use weft_config::{subnet, AgentConfig, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 
-/// The subnets etcd lists as taken (keys that are not subnets are left out; an unreadable
-/// record still takes its subnet).
+/// The IPv4 subnets etcd lists as taken (see [`existing_of`]).
 pub fn existing(keys: &Keys, raw: &[RawRecord]) -> Vec<Existing> {
+    existing_of(keys, Family::V4, raw)
+}
+
+/// The subnets of `family` etcd lists as taken, from a listing of either family's records or
+/// both (keys that are not subnets of that family's prefix are left out; an unreadable record
+/// still takes its subnet).
+pub fn existing_of(keys: &Keys, family: Family, raw: &[RawRecord]) -> Vec<Existing> {
     raw.iter()
         .filter_map(|r| {
-            let seg = keys.subnet_segment(&r.key)?;
+            let (f, seg) = keys.subnet_segment_of(&r.key)?;
+            if f != family {
+                return None;
+            }
             let subnet = subnet::from_key_form(seg)?;
             Some(Existing {
                 subnet,

@@ -212,6 +212,21 @@ fn pod_names_default_and_refuse_bad_names() {
 }
 
 #[test]
+fn existing_of_each_family_reads_its_own_prefix_from_one_listing() {
+    let k = keys();
+    let list = [
+        raw(&k.subnet(net("10.244.2.0/24")), b"{}", 4),
+        raw(&k.subnet(net("fd00:10:244:2::/64")), b"{}", 5),
+        raw(&format!("{}fd00:10:244:3::-64", k.subnets_prefix()), b"{}", 6),
+    ];
+    let v4: Vec<IpNet> = existing_of(&k, Family::V4, &list).iter().map(|e| e.subnet).collect();
+    let v6: Vec<IpNet> = existing_of(&k, Family::V6, &list).iter().map(|e| e.subnet).collect();
+    // An IPv6 subnet filed under `subnets/` still takes its key there (it is no IPv6 lease).
+    assert_eq!(v4, [net("10.244.2.0/24"), net("fd00:10:244:3::/64")]);
+    assert_eq!(v6, [net("fd00:10:244:2::/64")]);
+}
+
+#[test]
 fn the_ipv6_underlay_address_is_published_only_with_an_ipv6_pool() {
     let cfg = cfg();
     let u = UnderlayInfo { public_ip6: Some("fd00:30::11".parse().expect("ip")), ..underlay() };

@@ -11,20 +11,25 @@ use crate::pods;
 use crate::routes::Action;
 use crate::state::{PodRecord, StateDir};
 use anyhow::{anyhow, Result};
+use ipnet::IpNet;
 use std::time::Duration;
 use tracing::info;
+use weft_config::subnet::Family;
 use weft_config::{AgentConfig, Keys, SubnetRecord};
 use weft_store::{EtcdStore, Store};
 
 impl<K: Kernel, S: Store> Node<K, S> {
-    /// Releases the subnet and removes everything the agent made. Goes on past failures.
+    /// Releases the subnets (every family's record) and removes everything the agent made.
+    /// Goes on past failures.
     pub(super) async fn leave<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let mut errors = Vec::new();
-        let key = ctx.keys.subnet(self.subnet);
         let hb = ctx.keys.node(&ctx.cfg.node_name);
         let c = &self.store;
-        if let Err(e) = c.delete_if(&key, self.record_value.clone().into_bytes()).await {
-            errors.push(format!("{e:#}"));
+        for (_, subnet) in self.subnets.iter() {
+            let key = ctx.keys.subnet(*subnet);
+            if let Err(e) = c.delete_if(&key, self.record_value.clone().into_bytes()).await {
+                errors.push(format!("{e:#}"));
+            }
         }
         if let Err(e) = c.delete(&hb).await {
             errors.push(format!("{e:#}"));
@@ -105,8 +110,8 @@ pub async fn teardown_local<K: Kernel, R: Runner>(
     errors
 }
 
-/// `--leave` with no agent running: release the record in etcd (if reachable) and remove what
-/// the state dir says the agent made.
+/// `--leave` with no agent running: release the records in etcd (if reachable; every family's
+/// the state dir remembers) and remove what the state dir says the agent made.
 pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     let nl = Netlink::open()?;
     let state = StateDir::new(&cfg.paths.state_dir);
@@ -114,14 +119,21 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     let keys = Keys::new(&cfg.network);
     let pods = state.load_pods().unwrap_or_default();
     let mut errors = Vec::new();
-    if let Ok(Some(s)) = state.load_subnet() {
+    let held: Vec<IpNet> = [Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(|f| state.load_subnet_of(f).ok().flatten())
+        .map(|s| s.subnet)
+        .collect();
+    if !held.is_empty() {
         match tokio::time::timeout(Duration::from_secs(10), EtcdStore::connect(&cfg.etcd)).await {
             Ok(Ok(c)) => {
-                let key = keys.subnet(s.subnet);
-                if let Ok(Some(rec)) = c.get(&key).await {
-                    if SubnetRecord::from_json(&key, &rec.value).is_ok_and(|r| r.node_id == node_id) {
-                        if let Err(e) = c.delete_if(&key, rec.value).await {
-                            errors.push(format!("{e:#}"));
+                for subnet in held {
+                    let key = keys.subnet(subnet);
+                    if let Ok(Some(rec)) = c.get(&key).await {
+                        if SubnetRecord::from_json(&key, &rec.value).is_ok_and(|r| r.node_id == node_id) {
+                            if let Err(e) = c.delete_if(&key, rec.value).await {
+                                errors.push(format!("{e:#}"));
+                            }
                         }
                     }
                 }

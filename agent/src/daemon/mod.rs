@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use weft_config::api::{Request, Response, Status};
 use weft_config::peers::{PeerSet, RawRecord};
+use weft_config::subnet::PerFamily;
 use weft_config::{AgentConfig, Keys, NetworkConfig};
 use weft_store::{EtcdStore, Store, Watch};
 
@@ -140,9 +141,15 @@ pub(crate) struct Node<K: Kernel, S: Store> {
     net: NetworkConfig,
     /// The backends carrying cross-host traffic, built from the network config.
     drivers: Drivers<K>,
+    /// The subnet of the network's first family (IPv4 when it has an IPv4 pool): the one the
+    /// bridge, the pods and the firewall use until they carry both families.
     subnet: IpNet,
+    /// Every subnet the node holds, one per pool of the network (`subnet` among them), each
+    /// under its family's key with the same record value and lease.
+    subnets: PerFamily<IpNet>,
     /// The own record's JSON as written.
     record_value: String,
+    /// The lease of the own records (every family's: renewed and revoked together).
     subnet_lease: i64,
     heartbeat_lease: i64,
     /// MTU of the bridge and pods.
@@ -352,6 +359,7 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
     /// Ok(false) on a lost race (retry at once).
     async fn try_acquire(&mut self) -> Result<bool> {
         let Phase::Connected(c) = &mut self.phase else { bail!("not connected to etcd") };
+        acquire::refresh_public_ip6(&self.ctx, &mut c.underlay).await;
         let Some(claim) = acquire::try_acquire(&self.ctx, &c.store, &c.underlay, &mut c.drivers, &mut c.lease).await?
         else {
             return Ok(false);

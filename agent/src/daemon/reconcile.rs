@@ -6,6 +6,7 @@ use super::{decide, now_secs, now_unix_ms, Ctx, Node};
 use crate::backend::{NodeView, Plan, UnderlayInfo};
 use crate::firewall::Runner;
 use crate::kernel::Kernel;
+use crate::lease::Write;
 use crate::routes::{self, Action, Route};
 use crate::state;
 use anyhow::{anyhow, bail, Result};
@@ -13,6 +14,7 @@ use std::collections::BTreeSet;
 use tracing::{error, info, warn};
 use weft_config::api::RouteRemoved;
 use weft_config::peers::{build_peer_set, Peer, RawRecord};
+use weft_config::subnet::{Family, PerFamily};
 use weft_config::SubnetRecord;
 use weft_store::{EventKind, Store, WatchMsg};
 
@@ -70,7 +72,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             return Ok(());
         }
         self.heartbeat_lease = self.store.grant(ctx.cfg.timers.heartbeat_ttl).await?;
-        let hb = decide::heartbeat(&ctx.node_id, self.subnet, ctx.epoch, now_secs());
+        let hb = decide::heartbeat(&ctx.node_id, self.subnets, ctx.epoch, now_secs());
         let key = ctx.keys.node(&ctx.cfg.node_name);
         self.store.put(&key, hb.to_json(), self.heartbeat_lease).await
     }
@@ -119,9 +121,10 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.relist(ctx).await
     }
 
-    /// Re-reads every subnet record and restarts the watch from that revision.
+    /// Re-reads every subnet record (of every family the network serves) and restarts the
+    /// watch from that revision.
     pub(super) async fn relist<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
-        let prefix = ctx.keys.subnets_prefix();
+        let prefix = ctx.keys.subnet_records_prefix(self.net.pools());
         let (raw, rev) = self.store.list(&prefix).await?;
         self.records = raw.into_iter().map(|r| (r.key.clone(), r)).collect();
         self.revision = rev;
@@ -133,7 +136,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
 
     fn rebuild_peers<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) {
         let raw: Vec<RawRecord> = self.records.values().cloned().collect();
-        self.peers = build_peer_set(&self.net, &ctx.keys, &raw, &ctx.cfg.node_name, Some(self.subnet));
+        let own = self.subnets.iter().map(|(_, s)| *s);
+        self.peers = build_peer_set(&self.net, &ctx.keys, &raw, &ctx.cfg.node_name, own);
+        // Until the bridge, pods and backends carry both families (issue 14), the data path is
+        // of `self.subnet`'s family only: peers' subnets of the other family get no route yet.
+        let carried = Family::of_net(self.subnet);
+        self.peers.peers.retain(|s, _| Family::of_net(*s) == carried);
         let new = decide::new_skips(&mut self.seen_skips, &self.peers.skipped);
         for s in &new {
             warn!(key = %s.key, reason = %s.reason, "skipping subnet record");
@@ -144,32 +152,44 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
     }
 
-    /// Makes sure the own record is in etcd (re-created after an eviction or expiry).
+    /// Makes sure the own records are in etcd (re-created after an eviction or expiry), one per
+    /// family, on the one lease.
     async fn ensure_own_record<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
-        let key = ctx.keys.subnet(self.subnet);
-        match self.records.get(&key) {
-            Some(r) if r.value == self.record_value.as_bytes() => Ok(()),
-            Some(r) => {
-                let theirs = SubnetRecord::from_json(&key, &r.value).ok();
-                if theirs.as_ref().is_some_and(|t| t.node_id == ctx.node_id) {
-                    return Ok(());
+        let mut missing = Vec::new();
+        let held = self.subnets;
+        for (family, subnet) in held.iter() {
+            let key = ctx.keys.subnet(*subnet);
+            match self.records.get(&key) {
+                Some(r) if r.value == self.record_value.as_bytes() => {}
+                Some(r) => {
+                    let theirs = SubnetRecord::from_json(&key, &r.value).ok();
+                    if theirs.as_ref().is_some_and(|t| t.node_id == ctx.node_id) {
+                        continue;
+                    }
+                    error!(subnet = %subnet, holder = ?theirs.map(|t| t.node), "another node now holds this node's subnet; re-acquiring");
+                    self.reacquire(ctx).await?;
+                    return self.plumb(ctx).await;
                 }
-                error!(subnet = %self.subnet, holder = ?theirs.map(|t| t.node), "another node now holds this node's subnet; re-acquiring");
-                self.reacquire(ctx).await?;
-                self.plumb(ctx).await
-            }
-            None => {
-                warn!(subnet = %self.subnet, "own subnet record missing in etcd; re-creating it");
-                if !self.store.keep_alive_once(self.subnet_lease).await.unwrap_or(false) {
-                    self.subnet_lease = self.store.grant(ctx.cfg.timers.subnet_lease).await?;
-                }
-                if !self.store.create(&key, self.record_value.clone(), self.subnet_lease).await? {
-                    bail!("lost the race to re-create {key}");
-                }
-                ctx.mark(|h, now| h.record_renewed = now);
-                Ok(())
+                None => missing.push((family, *subnet)),
             }
         }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (_, subnet) in &missing {
+            warn!(subnet = %subnet, "own subnet record missing in etcd; re-creating it");
+        }
+        if !self.store.keep_alive_once(self.subnet_lease).await.unwrap_or(false) {
+            self.subnet_lease = self.store.grant(ctx.cfg.timers.subnet_lease).await?;
+        }
+        let create = |family| missing.iter().find(|(f, _)| *f == family).map(|(_, s)| Write::Create(*s));
+        let Some(writes) = PerFamily::from_options(create(Family::V4), create(Family::V6)) else { return Ok(()) };
+        if !acquire::write_records(&self.store, &ctx.keys, &writes, &self.record_value, self.subnet_lease).await? {
+            let keys: Vec<String> = writes.iter().map(|(_, w)| ctx.keys.subnet(w.subnet())).collect();
+            bail!("lost the race to re-create {}", keys.join(" and "));
+        }
+        ctx.mark(|h, now| h.record_renewed = now);
+        Ok(())
     }
 
     /// Claims a subnet afresh with a new lease, keeping the backends. On failure the node
@@ -177,6 +197,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
     async fn reacquire<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let mut drivers = Some(std::mem::replace(&mut self.drivers, crate::backend::Drivers::from_list(vec![])));
         let mut lease = 0;
+        acquire::refresh_public_ip6(ctx, &mut self.underlay).await;
         let r = loop {
             match acquire::try_acquire(ctx, &self.store, &self.underlay, &mut drivers, &mut lease).await {
                 Ok(Some(claim)) => break Ok(claim),
@@ -267,7 +288,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             decide::MtuChange::Follow(mtu) => {
                 info!(old = old.mtu, new = mtu, "underlay MTU changed; the bridge, pods and subnet.env follow");
                 self.mtu = mtu;
-                let env = state::subnet_env(self.cluster(), self.subnet, mtu, ctx.cfg.ip_masq);
+                let env = state::subnet_env_of(&self.leases(), mtu, ctx.cfg.ip_masq);
                 if let Err(e) = state::write_atomic(&ctx.cfg.paths.subnet_env, env.as_bytes(), 0o644) {
                     warn!(error = %format!("{e:#}"), "rewriting subnet.env");
                 }

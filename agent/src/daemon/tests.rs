@@ -122,13 +122,18 @@ impl World {
     }
 
     fn with_store(store: MemStore, cidr: &str) -> Self {
+        let net = NetworkConfig::new("test", cidr, 24, Backend::HostGw).expect("net");
+        Self::with_net(store, &net)
+    }
+
+    /// Node n1 on 172.30.0.11/24, the network `net` in the store.
+    fn with_net(store: MemStore, net: &NetworkConfig) -> Self {
         let nl = FakeKernel::new();
         let eth0 = nl.seed_link("eth0", "veth", 1500);
         nl.seed_address(eth0, "172.30.0.11/24".parse().expect("addr"));
         let w =
             Self { dir: TempDir::new(), nl, eth0, runner: FakeRunner::default(), host: Arc::new(TestHost::default()) };
         let w = Self { host: Arc::new(TestHost { store, ..TestHost::default() }), ..w };
-        let net = NetworkConfig::new("test", cidr, 24, Backend::HostGw).expect("net");
         w.put(&Keys::new("lab").config(), net.to_json());
         w
     }
@@ -256,6 +261,9 @@ async fn tick(d: &mut TestDaemon) {
 fn subnet_key(s: &str) -> String {
     Keys::new("lab").subnet(n(s))
 }
+
+#[path = "dual_tests.rs"]
+mod dual;
 
 // ---- acquire ----
 
