@@ -34,7 +34,7 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
     }
     if let Some(state) = &state {
         for i in 1..=state.spec.nodes {
-            node::node(state.spec.node_kind, names, state.spec.topology, i).destroy(&mut report);
+            node::node(&state.spec, names, i).destroy(&mut report);
         }
     }
     remove_namespaces(names, &mut report);

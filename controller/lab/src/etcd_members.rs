@@ -6,7 +6,7 @@ use super::etcd_server::{self, member_ip, member_ns};
 use super::names::{BRIDGE_A, ROUTER_IP};
 use super::procs::{self, Ownership};
 use super::state::{LabState, ProcRecord};
-use super::{bins, lock, plumbing, Lab};
+use super::{bins, lock, plumbing, IpFamily, Lab};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ impl Lab {
             let ns = member_ns(&self.names, k);
             self.make_ns(&ns)?;
             let addr = super::names::NodeAddr { ip: member_ip(k), gateway: ROUTER_IP, bridge: BRIDGE_A };
-            plumbing::attach(&self.names, &ns, &format!("vetcd{k}"), addr, false)?;
+            plumbing::attach(&self.names, &ns, &format!("vetcd{k}"), addr, IpFamily::V4, false)?;
         }
         Ok(())
     }

@@ -84,6 +84,51 @@ impl std::str::FromStr for Topology {
     }
 }
 
+/// The address families of a lab: of its pod network and of its underlay (etcd stays on the
+/// IPv4 underlay in every lab, so IPv6-only labs keep IPv4 on the underlay for it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+    Dual,
+}
+
+impl IpFamily {
+    /// The pod network has IPv4 subnets.
+    pub fn has_v4(self) -> bool {
+        self != IpFamily::V6
+    }
+
+    /// The pod network has IPv6 subnets (and the underlay IPv6 addresses).
+    pub fn has_v6(self) -> bool {
+        self != IpFamily::V4
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "v4",
+            IpFamily::V6 => "v6",
+            IpFamily::Dual => "dual",
+        })
+    }
+}
+
+impl std::str::FromStr for IpFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "v4" => Ok(IpFamily::V4),
+            "v6" => Ok(IpFamily::V6),
+            "dual" => Ok(IpFamily::Dual),
+            other => Err(format!("expected v4, v6 or dual, found {other:?}")),
+        }
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -118,6 +163,22 @@ pub struct LabSpec {
     /// What the nodes are made of (see [`node`]); recorded so `down` needs no running lab.
     #[serde(default)]
     pub node_kind: NodeKind,
+    /// Address families of the pod network (and of the underlay's data path).
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// IPv6 cluster CIDR and subnet length, used when `ip_family` has IPv6.
+    #[serde(default = "default_cidr6")]
+    pub cidr6: String,
+    #[serde(default = "default_subnet_len6")]
+    pub subnet_len6: u8,
+}
+
+fn default_cidr6() -> String {
+    names::CLUSTER_CIDR6.to_string()
+}
+
+fn default_subnet_len6() -> u8 {
+    names::SUBNET_LEN6
 }
 
 fn one() -> usize {
@@ -150,6 +211,9 @@ impl Default for LabSpec {
             cidr: default_cidr(),
             subnet_len: default_subnet_len(),
             node_kind: NodeKind::default(),
+            ip_family: IpFamily::default(),
+            cidr6: default_cidr6(),
+            subnet_len6: default_subnet_len6(),
         }
     }
 }
@@ -183,10 +247,24 @@ impl LabSpec {
                 self.nodes, self.deferred_agents
             )));
         }
-        weft_config::NetworkConfig::new("--cidr", &self.cidr, self.subnet_len, self.backend).map_err(|e| {
-            let flag = if e.field == "subnet_len" { "--subnet-len" } else { "--cidr" };
-            UsageError::new(format!("{flag}: {}", e.message))
-        })?;
+        if self.ip_family.has_v4() {
+            weft_config::NetworkConfig::new("--cidr", &self.cidr, self.subnet_len, self.backend).map_err(|e| {
+                let flag = if e.field == "subnet_len" { "--subnet-len" } else { "--cidr" };
+                UsageError::new(format!("{flag}: {}", e.message))
+            })?;
+        }
+        if self.ip_family.has_v6() {
+            use weft_config::subnet::{parse_cidr_of, Family};
+            let cidr6 = parse_cidr_of(Family::V6, &self.cidr6).map_err(|e| UsageError::new(format!("--cidr6: {e}")))?;
+            let (min, max) = (cidr6.prefix_len() + 1, Family::V6.bits() - 2);
+            if !(min..=max).contains(&self.subnet_len6) {
+                return Err(UsageError::new(format!(
+                    "--subnet-len6: expected {min} to {max} (longer than the cluster's /{}), found {}",
+                    cidr6.prefix_len(),
+                    self.subnet_len6
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -290,8 +368,8 @@ impl Lab {
             self.make_ns(&ns)?;
         }
         self.make_pki()?;
-        plumbing::setup_underlay(n, self.spec.topology)?;
-        plumbing::attach(n, &n.etcd_ns(), "vetcd", plumbing::etcd_addr(), false)?;
+        plumbing::setup_underlay(n, self.spec.topology, self.spec.ip_family)?;
+        plumbing::attach(n, &n.etcd_ns(), "vetcd", plumbing::etcd_addr(), IpFamily::V4, false)?;
         self.setup_etcd_members()?;
         for k in 1..=self.spec.etcd_members {
             self.spawn_etcd_member(etcd_bin, k)?;
@@ -406,22 +484,8 @@ impl Lab {
         for (k, v) in [("WEFT_ETCD_CA", &tls.ca), ("WEFT_ETCD_CERT", &tls.cert), ("WEFT_ETCD_KEY", &tls.key)] {
             cmd.env(k, v.as_deref().context("lab etcd client options without TLS")?);
         }
-        cmd.args([
-            "--etcd",
-            &self.etcd_endpoints().join(","),
-            "--network",
-            names::NETWORK,
-            "network",
-            "init",
-            "--cidr",
-        ])
-        .arg(&self.spec.cidr)
-        .args([
-            "--subnet-len",
-            &self.spec.subnet_len.to_string(),
-            "--backend",
-            &self.spec.backend.to_string(),
-        ]);
+        cmd.args(["--etcd", &self.etcd_endpoints().join(","), "--network", names::NETWORK, "network", "init"]);
+        cmd.args(network_init_args(&self.spec));
         plumbing::run(&mut cmd, "writing the network config").map(drop)
     }
 
@@ -483,7 +547,7 @@ impl Lab {
     /// `weft<id>-n<i>` (nodes are 1-based).
     /// Node `i` behind the interface every node kind has (see [`node`]).
     pub fn node(&self, i: usize) -> Box<dyn LabNode> {
-        node::node(self.spec.node_kind, &self.names, self.spec.topology, i)
+        node::node(&self.spec, &self.names, i)
     }
 
     /// Node `i`'s network namespace (namespace nodes, which are all there are so far).
@@ -499,6 +563,11 @@ impl Lab {
     /// Node `i`'s underlay address, by the lab's topology.
     pub fn node_ip(&self, i: usize) -> std::net::Ipv4Addr {
         self.node_addr(i).ip
+    }
+
+    /// Node `i`'s IPv6 underlay address, in labs with IPv6.
+    pub fn node_ip6(&self, i: usize) -> Option<std::net::Ipv6Addr> {
+        self.spec.ip_family.has_v6().then(|| self.node_addr(i).ip6())
     }
 
     /// Node `i`'s underlay address, gateway and segment bridge, by the lab's topology.
@@ -564,6 +633,20 @@ impl Lab {
     }
 }
 
+/// The pools and backend `weftctl network init` gets: the IPv4 pool, the IPv6 pool, or both,
+/// as the lab's family says.
+fn network_init_args(spec: &LabSpec) -> Vec<String> {
+    let mut args = Vec::new();
+    if spec.ip_family.has_v4() {
+        args.extend(["--cidr".to_string(), spec.cidr.clone(), "--subnet-len".into(), spec.subnet_len.to_string()]);
+    }
+    if spec.ip_family.has_v6() {
+        args.extend(["--cidr6".to_string(), spec.cidr6.clone(), "--subnet-len6".into(), spec.subnet_len6.to_string()]);
+    }
+    args.extend(["--backend".to_string(), spec.backend.to_string()]);
+    args
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if !self.teardown_on_drop.load(Ordering::SeqCst) {
@@ -598,6 +681,36 @@ pub fn down(id: &str) -> anyhow::Result<DownReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_init_gets_the_pools_of_the_family() {
+        let spec = |ip_family| LabSpec { ip_family, ..LabSpec::default() };
+        let v4 = network_init_args(&spec(IpFamily::V4));
+        assert_eq!(v4, ["--cidr", "10.244.0.0/16", "--subnet-len", "24", "--backend", "host-gw"]);
+        let v6 = network_init_args(&spec(IpFamily::V6));
+        assert_eq!(v6, ["--cidr6", "fd00:10:244::/56", "--subnet-len6", "64", "--backend", "host-gw"]);
+        assert_eq!(network_init_args(&spec(IpFamily::Dual)).len(), 10);
+    }
+
+    #[test]
+    fn ipv6_pools_are_checked_when_the_family_has_ipv6() {
+        let bad = |spec: LabSpec| spec.validate().expect_err("refused").to_string();
+        let dual = |cidr6: &str, subnet_len6| LabSpec {
+            ip_family: IpFamily::Dual,
+            cidr6: cidr6.into(),
+            subnet_len6,
+            ..LabSpec::default()
+        };
+        assert!(bad(dual("10.0.0.0/8", 64)).starts_with("--cidr6: "));
+        assert_eq!(
+            bad(dual("fd00::/56", 56)),
+            "--subnet-len6: expected 57 to 126 (longer than the cluster's /56), found 56"
+        );
+        assert!(dual("fd00::/56", 64).validate().is_ok());
+        assert!(LabSpec { cidr6: "junk".into(), ..LabSpec::default() }.validate().is_ok(), "v4 labs ignore cidr6");
+        let v6 = LabSpec { ip_family: IpFamily::V6, cidr: "junk".into(), ..LabSpec::default() };
+        assert!(v6.validate().is_ok(), "v6 labs ignore the IPv4 pool: {:?}", v6.validate());
+    }
 
     #[test]
     fn up_checks_its_input_before_making_anything() {

@@ -7,9 +7,15 @@
 //! Addresses: segment A is 172.30.0.0/24 (router .1, etcd .2); in the flat topology every node
 //! is on it at 172.30.0.(10+i). In the routed topology odd nodes stay on A and even nodes sit on
 //! segment B, 172.30.1.0/24 (router 172.30.1.1), at 172.30.1.(10+i).
+//!
+//! Labs with IPv6 ([`IpFamily::V6`] or [`IpFamily::Dual`]) add unique local addresses beside
+//! those: segment A is fd00:172:30::/64, segment B fd00:172:30:1::/64, and every host keeps the
+//! last group of its IPv4 address written the same way (node 1 is 172.30.0.11 and
+//! fd00:172:30::11). The external namespace is 2001:db8::2 (the documentation prefix, as
+//! 203.0.113.0/24 is for IPv4).
 
-use super::Topology;
-use std::net::Ipv4Addr;
+use super::{IpFamily, Topology};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use weft_controller::pki;
@@ -28,6 +34,16 @@ pub const EXT_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The external host: outside the cluster; the router has no route to pod subnets.
 pub const EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const EXT_PREFIX: u8 = 24;
+/// IPv6 underlay prefix length (both segments and the external link).
+pub const UNDERLAY6_PREFIX: u8 = 64;
+/// The router's IPv6 address on segment A and B, and on the link to the external namespace.
+pub const ROUTER6_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x30, 0, 0, 0, 0, 1);
+pub const ROUTER6_B_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x30, 1, 0, 0, 0, 1);
+pub const EXT6_ROUTER_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const EXT6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// The IPv6 pod network of labs with IPv6, and its subnet length.
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
+pub const SUBNET_LEN6: u8 = 64;
 /// etcd serves clients over TLS only and requires a client certificate signed by the lab's CA.
 pub const ETCD_ENDPOINT: &str = "https://172.30.0.2:2379";
 /// Certificate names in the lab's pki directory besides the nodes' (`n1`..): etcd's server
@@ -76,6 +92,39 @@ pub struct NodeAddr {
     pub gateway: Ipv4Addr,
     /// The bridge of the node's segment in the underlay namespace.
     pub bridge: &'static str,
+}
+
+impl NodeAddr {
+    /// The IPv6 address of the same host: the segment's ULA prefix, the IPv4 address's last
+    /// group written the same way (172.30.1.12 is fd00:172:30:1::12).
+    pub fn ip6(&self) -> Ipv6Addr {
+        let [_, _, segment, host] = self.ip.octets();
+        Ipv6Addr::new(0xfd00, 0x172, 0x30, u16::from(segment), 0, 0, 0, same_digits(host))
+    }
+
+    /// The router's IPv6 address on the node's segment.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        let [_, _, segment, host] = self.gateway.octets();
+        Ipv6Addr::new(0xfd00, 0x172, 0x30, u16::from(segment), 0, 0, 0, same_digits(host))
+    }
+
+    /// The addresses a lab of `family` gives this host on the underlay.
+    pub fn ips(&self, family: IpFamily) -> Vec<std::net::IpAddr> {
+        let mut ips = Vec::new();
+        if family.has_v4() {
+            ips.push(self.ip.into());
+        }
+        if family.has_v6() {
+            ips.push(self.ip6().into());
+        }
+        ips
+    }
+}
+
+/// A decimal number's digits read as hexadecimal (11 -> 0x11), so an IPv6 group reads like
+/// the IPv4 octet it mirrors.
+fn same_digits(octet: u8) -> u16 {
+    u16::from_str_radix(&octet.to_string(), 16).unwrap_or(0)
 }
 
 /// Bridges of the two segments in the underlay namespace.
@@ -321,6 +370,23 @@ mod tests {
             assert_eq!((f.gateway, f.bridge), (ROUTER_IP, "br0"));
             assert_ne!(f.ip, ETCD_IP);
             assert_ne!(a(i).ip, ETCD_IP);
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_mirror_the_ipv4_ones() {
+        let a = node_addr(Topology::Routed, 2);
+        assert_eq!(a.ip6(), "fd00:172:30:1::12".parse::<Ipv6Addr>().expect("lit"));
+        assert_eq!(a.gateway6(), ROUTER6_B_IP);
+        let f = node_addr(Topology::Flat, 200);
+        assert_eq!(f.ip6(), "fd00:172:30::210".parse::<Ipv6Addr>().expect("lit"));
+        assert_eq!(f.gateway6(), ROUTER6_IP);
+        assert_eq!(f.ips(IpFamily::V4), vec![std::net::IpAddr::from(f.ip)]);
+        assert_eq!(f.ips(IpFamily::V6), vec![std::net::IpAddr::from(f.ip6())]);
+        assert_eq!(f.ips(IpFamily::Dual).len(), 2);
+        let mut seen = std::collections::HashSet::new();
+        for i in 1..=MAX_NODES {
+            assert!(seen.insert(node_addr(Topology::Routed, i).ip6()), "node {i}'s IPv6 address is unique");
         }
     }
 

@@ -16,7 +16,7 @@
 
 use crate::names::{self, LabNames};
 use crate::teardown::DownReport;
-use crate::{netns, plumbing, Topology};
+use crate::{netns, plumbing, IpFamily, LabSpec, Topology};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::path::Path;
@@ -73,10 +73,12 @@ pub trait LabNode: Send + Sync {
     fn destroy(&self, report: &mut DownReport);
 }
 
-/// Node `i` (1-based) of lab `names`, of kind `kind`.
-pub fn node(kind: NodeKind, names: &LabNames, topology: Topology, i: usize) -> Box<dyn LabNode> {
-    match kind {
-        NodeKind::Netns => Box::new(NetnsNode { names: names.clone(), topology, index: i }),
+/// Node `i` (1-based) of lab `names` built as `spec` says (its kind, topology, families).
+pub fn node(spec: &LabSpec, names: &LabNames, i: usize) -> Box<dyn LabNode> {
+    match spec.node_kind {
+        NodeKind::Netns => {
+            Box::new(NetnsNode { names: names.clone(), topology: spec.topology, family: spec.ip_family, index: i })
+        }
     }
 }
 
@@ -86,6 +88,7 @@ pub fn node(kind: NodeKind, names: &LabNames, topology: Topology, i: usize) -> B
 pub struct NetnsNode {
     names: LabNames,
     topology: Topology,
+    family: IpFamily,
     index: usize,
 }
 
@@ -109,7 +112,7 @@ impl LabNode for NetnsNode {
         record(Made::Namespace(ns.clone()))?;
         plumbing::add_netns(&ns)?;
         let addr = names::node_addr(self.topology, self.index);
-        plumbing::attach(&self.names, &ns, &format!("vn{}", self.index), addr, true)
+        plumbing::attach(&self.names, &ns, &format!("vn{}", self.index), addr, self.family, true)
     }
 
     fn command(&self, program: &OsStr) -> anyhow::Result<Command> {
@@ -165,7 +168,8 @@ mod tests {
     #[test]
     fn a_netns_node_is_named_by_the_lab_rule() {
         let names = LabNames::new("7").expect("id");
-        let n = node(NodeKind::Netns, &names, Topology::Routed, 4);
+        let spec = LabSpec { topology: Topology::Routed, ..LabSpec::default() };
+        let n = node(&spec, &names, 4);
         assert_eq!(n.name(), "n4");
         assert_eq!(n.location(), "weft7-n4");
         let e = n.command(OsStr::new("true")).expect_err("no such namespace");
@@ -176,7 +180,7 @@ mod tests {
     fn destroying_a_node_that_is_gone_is_no_error() {
         let names = LabNames::new("zz6").expect("id");
         let mut report = DownReport::default();
-        node(NodeKind::Netns, &names, Topology::Flat, 1).destroy(&mut report);
+        node(&LabSpec::default(), &names, 1).destroy(&mut report);
         assert!(report.is_ok() && report.namespaces_removed.is_empty(), "{report:?}");
     }
 }

@@ -2,9 +2,9 @@
 //! agent itself reports over its socket.
 
 use super::names::LabNames;
-use super::Topology;
+use super::{IpFamily, Topology};
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_config::api::Status;
 use weft_controller::output::table;
 
@@ -15,6 +15,9 @@ pub struct NodeStatus {
     pub index: usize,
     pub netns: String,
     pub underlay_ip: Ipv4Addr,
+    /// In labs with IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay_ip6: Option<Ipv6Addr>,
     /// Agent pid recorded in state.json.
     pub pid: Option<u32>,
     /// The recorded agent process is alive.
@@ -33,6 +36,7 @@ impl NodeStatus {
             index: i,
             netns: names.node_ns(i),
             underlay_ip,
+            underlay_ip6: None,
             pid: None,
             running: false,
             agent: None,
@@ -51,6 +55,7 @@ pub struct LabStatus {
     pub id: String,
     pub backend: String,
     pub topology: Topology,
+    pub ip_family: IpFamily,
     pub etcd_endpoint: String,
     pub etcd_pid: Option<u32>,
     pub etcd_running: bool,
@@ -59,8 +64,12 @@ pub struct LabStatus {
 
 /// The human form of `lab status`.
 pub fn render(s: &LabStatus) -> String {
+    let family = match s.ip_family {
+        IpFamily::V4 => String::new(),
+        other => format!(", ip family {other}"),
+    };
     let mut out = format!(
-        "lab {}: backend {}, topology {}, etcd {} {}\n",
+        "lab {}: backend {}, topology {}{family}, etcd {} {}\n",
         s.id,
         s.backend,
         s.topology,
@@ -93,7 +102,11 @@ pub fn render(s: &LabStatus) -> String {
                 ),
                 None => ("-".into(), "-".into(), "-".into(), n.error.clone().map_or("-".into(), |e| format!("({e})"))),
             };
-            vec![n.node.clone(), n.underlay_ip.to_string(), agent, ready, subnet, ip, pods]
+            let underlay = match n.underlay_ip6 {
+                Some(ip6) => format!("{} {ip6}", n.underlay_ip),
+                None => n.underlay_ip.to_string(),
+            };
+            vec![n.node.clone(), underlay, agent, ready, subnet, ip, pods]
         })
         .collect();
     out.push_str(&table(&["NODE", "UNDERLAY", "AGENT-PID", "READY", "SUBNET", "PUBLIC-IP", "PODS"], &rows));
@@ -113,6 +126,7 @@ mod tests {
             id: "0".into(),
             backend: "host-gw".into(),
             topology: Topology::Flat,
+            ip_family: IpFamily::V4,
             etcd_endpoint: "https://172.30.0.2:2379".into(),
             etcd_pid: Some(5),
             etcd_running: true,

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weft_config::Backend;
-use weft_lab::{self as lab, Lab, LabSpec, Target, Topology};
+use weft_lab::{self as lab, IpFamily, Lab, LabSpec, Target, Topology};
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
@@ -76,6 +76,16 @@ pub struct UpArgs {
     /// Subnet length written by network init.
     #[arg(long, default_value_t = 24)]
     subnet_len: u8,
+    /// Address families of the pod network: v4, v6 or dual. With IPv6 the underlay gets ULA
+    /// addresses beside its IPv4 ones (etcd stays on IPv4).
+    #[arg(long, value_parser = parse_ip_family, default_value = "v4")]
+    ip_family: IpFamily,
+    /// IPv6 cluster CIDR written by network init (with --ip-family v6 or dual).
+    #[arg(long, default_value = "fd00:10:244::/56")]
+    cidr6: String,
+    /// IPv6 subnet length written by network init.
+    #[arg(long, default_value_t = 64)]
+    subnet_len6: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +119,10 @@ fn parse_topology(s: &str) -> Result<Topology, String> {
     s.parse()
 }
 
+fn parse_ip_family(s: &str) -> Result<IpFamily, String> {
+    s.parse()
+}
+
 fn node_index(arg: &str) -> Result<usize, UsageError> {
     match arg.parse::<Target>() {
         Ok(Target::Node(i)) => Ok(i),
@@ -136,6 +150,9 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 cidr: up.cidr.clone(),
                 subnet_len: up.subnet_len,
                 node_kind: lab::NodeKind::Netns,
+                ip_family: up.ip_family,
+                cidr6: up.cidr6.clone(),
+                subnet_len6: up.subnet_len6,
             };
             let lab = Lab::up(spec)?;
             lab.detach();
