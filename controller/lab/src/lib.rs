@@ -247,24 +247,12 @@ impl LabSpec {
                 self.nodes, self.deferred_agents
             )));
         }
-        if self.ip_family.has_v4() {
-            weft_config::NetworkConfig::new("--cidr", &self.cidr, self.subnet_len, self.backend).map_err(|e| {
-                let flag = if e.field == "subnet_len" { "--subnet-len" } else { "--cidr" };
-                UsageError::new(format!("{flag}: {}", e.message))
-            })?;
-        }
-        if self.ip_family.has_v6() {
-            use weft_config::subnet::{parse_cidr_of, Family};
-            let cidr6 = parse_cidr_of(Family::V6, &self.cidr6).map_err(|e| UsageError::new(format!("--cidr6: {e}")))?;
-            let (min, max) = (cidr6.prefix_len() + 1, Family::V6.bits() - 2);
-            if !(min..=max).contains(&self.subnet_len6) {
-                return Err(UsageError::new(format!(
-                    "--subnet-len6: expected {min} to {max} (longer than the cluster's /{}), found {}",
-                    cidr6.prefix_len(),
-                    self.subnet_len6
-                )));
-            }
-        }
+        let v4 = self.ip_family.has_v4().then_some((self.cidr.as_str(), self.subnet_len));
+        let v6 = self.ip_family.has_v6().then_some((self.cidr6.as_str(), self.subnet_len6));
+        weft_config::NetworkConfig::with_pools("flags", v4, v6, self.backend).map_err(|e| {
+            let flag = format!("--{}", e.field.replace('_', "-"));
+            UsageError::new(format!("{flag}: {}", e.message))
+        })?;
         Ok(())
     }
 }
@@ -704,7 +692,7 @@ mod tests {
         assert!(bad(dual("10.0.0.0/8", 64)).starts_with("--cidr6: "));
         assert_eq!(
             bad(dual("fd00::/56", 56)),
-            "--subnet-len6: expected 57 to 126 (longer than the cluster's /56), found 56"
+            "--subnet-len6: expected a prefix length from 57 to 126 (longer than the cluster's /56), found 56"
         );
         assert!(dual("fd00::/56", 64).validate().is_ok());
         assert!(LabSpec { cidr6: "junk".into(), ..LabSpec::default() }.validate().is_ok(), "v4 labs ignore cidr6");
