@@ -1,0 +1,215 @@
+//! What a lab is made of: [`LabSpec`] (written to state.json as it is) with its
+//! [`Topology`] and [`IpFamily`], and the checks `up` makes before building anything.
+
+use crate::etcd_server;
+use crate::names::{self, MAX_NODES, MAX_PODS};
+use crate::node::NodeKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use weft_config::Backend;
+use weft_controller::error::UsageError;
+
+/// How the underlay is laid out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// One L2 segment: every node on one bridge.
+    #[default]
+    Flat,
+    /// Two L2 segments joined by the underlay namespace as a router: odd nodes on
+    /// 172.30.0.0/24 (with etcd), even nodes on 172.30.1.0/24. UDP crosses; host-gw cannot.
+    Routed,
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Topology::Flat => "flat",
+            Topology::Routed => "routed",
+        })
+    }
+}
+
+impl std::str::FromStr for Topology {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "flat" => Ok(Topology::Flat),
+            "routed" => Ok(Topology::Routed),
+            other => Err(format!("expected flat or routed, found {other:?}")),
+        }
+    }
+}
+
+/// The address families of a lab: of its pod network and of its underlay (etcd stays on the
+/// IPv4 underlay in every lab, so IPv6-only labs keep IPv4 on the underlay for it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+    Dual,
+}
+
+impl IpFamily {
+    /// The pod network has IPv4 subnets.
+    pub fn has_v4(self) -> bool {
+        self != IpFamily::V6
+    }
+
+    /// The pod network has IPv6 subnets (and the underlay IPv6 addresses).
+    pub fn has_v6(self) -> bool {
+        self != IpFamily::V4
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "v4",
+            IpFamily::V6 => "v6",
+            IpFamily::Dual => "dual",
+        })
+    }
+}
+
+impl std::str::FromStr for IpFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "v4" => Ok(IpFamily::V4),
+            "v6" => Ok(IpFamily::V6),
+            "dual" => Ok(IpFamily::Dual),
+            other => Err(format!("expected v4, v6 or dual, found {other:?}")),
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Lab id: namespaces are `weft<id>-...`, files in `/run/weft-lab/<id>`.
+    pub id: String,
+    pub nodes: usize,
+    /// Pods per node, declared in each agent's config (`p1`.., namespace `weft<id>-n<i>-p<j>`).
+    pub pods: usize,
+    pub backend: Backend,
+    pub topology: Topology,
+    pub ip_masq: bool,
+    pub reconcile_secs: u64,
+    /// `weft-agent` to run; default: next to the current executable (see [`bins`]).
+    pub agent_bin: Option<PathBuf>,
+    /// `weftctl` to run inside namespaces; default: next to the current executable.
+    pub weftctl_bin: Option<PathBuf>,
+    /// How long `up` waits for every agent to be ready.
+    pub ready_timeout_secs: u64,
+    /// etcd members (1 to 5): member `k` runs in `weft<id>-etcd<k>` (the first in
+    /// `weft<id>-etcd`) at 172.30.0.(1+k); agents get every endpoint.
+    #[serde(default = "one")]
+    pub etcd_members: usize,
+    /// The last this-many nodes are wired and configured, but `up` does not start their agents
+    /// (start them with [`Lab::start_agent`]): nodes that join a running cluster later.
+    #[serde(default)]
+    pub deferred_agents: usize,
+    /// Cluster CIDR and subnet length that `up` writes with `weftctl network init`.
+    #[serde(default = "default_cidr")]
+    pub cidr: String,
+    #[serde(default = "default_subnet_len")]
+    pub subnet_len: u8,
+    /// What the nodes are made of (see [`node`]); recorded so `down` needs no running lab.
+    #[serde(default)]
+    pub node_kind: NodeKind,
+    /// Address families of the pod network (and of the underlay's data path).
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// IPv6 cluster CIDR and subnet length, used when `ip_family` has IPv6.
+    #[serde(default = "default_cidr6")]
+    pub cidr6: String,
+    #[serde(default = "default_subnet_len6")]
+    pub subnet_len6: u8,
+}
+
+fn default_cidr6() -> String {
+    names::CLUSTER_CIDR6.to_string()
+}
+
+fn default_subnet_len6() -> u8 {
+    names::SUBNET_LEN6
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_cidr() -> String {
+    names::CLUSTER_CIDR.to_string()
+}
+
+fn default_subnet_len() -> u8 {
+    names::SUBNET_LEN
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            id: "0".into(),
+            nodes: 2,
+            pods: 0,
+            backend: Backend::HostGw,
+            topology: Topology::Flat,
+            ip_masq: false,
+            reconcile_secs: 10,
+            agent_bin: None,
+            weftctl_bin: None,
+            ready_timeout_secs: 60,
+            etcd_members: 1,
+            deferred_agents: 0,
+            cidr: default_cidr(),
+            subnet_len: default_subnet_len(),
+            node_kind: NodeKind::default(),
+            ip_family: IpFamily::default(),
+            cidr6: default_cidr6(),
+            subnet_len6: default_subnet_len6(),
+        }
+    }
+}
+
+impl LabSpec {
+    /// Checks the spec; errors name the flag and the expectation.
+    pub fn validate(&self) -> Result<(), UsageError> {
+        names::validate_id(&self.id).map_err(|e| UsageError::new(e.to_string()))?;
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return Err(UsageError::new(format!("--nodes: expected 1 to {MAX_NODES}, found {}", self.nodes)));
+        }
+        if self.pods > MAX_PODS {
+            return Err(UsageError::new(format!("--pods: expected 0 to {MAX_PODS}, found {}", self.pods)));
+        }
+        if !(1..=3600).contains(&self.reconcile_secs) {
+            return Err(UsageError::new(format!(
+                "--reconcile-secs: expected 1 to 3600, found {}",
+                self.reconcile_secs
+            )));
+        }
+        if !(1..=etcd_server::MAX_MEMBERS).contains(&self.etcd_members) {
+            return Err(UsageError::new(format!(
+                "--etcd-members: expected 1 to {}, found {}",
+                etcd_server::MAX_MEMBERS,
+                self.etcd_members
+            )));
+        }
+        if self.deferred_agents > self.nodes {
+            return Err(UsageError::new(format!(
+                "--deferred-agents: expected at most --nodes ({}), found {}",
+                self.nodes, self.deferred_agents
+            )));
+        }
+        let v4 = self.ip_family.has_v4().then_some((self.cidr.as_str(), self.subnet_len));
+        let v6 = self.ip_family.has_v6().then_some((self.cidr6.as_str(), self.subnet_len6));
+        weft_config::NetworkConfig::with_pools("flags", v4, v6, self.backend).map_err(|e| {
+            let flag = format!("--{}", e.field.replace('_', "-"));
+            UsageError::new(format!("{flag}: {}", e.message))
+        })?;
+        Ok(())
+    }
+}
