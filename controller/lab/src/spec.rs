@@ -98,7 +98,7 @@ pub struct LabSpec {
     pub topology: Topology,
     pub ip_masq: bool,
     pub reconcile_secs: u64,
-    /// `weft-agent` to run; default: next to the current executable (see [`bins`]).
+    /// `weft-agent` to run; default: next to the current executable (see [`crate::bins`]).
     pub agent_bin: Option<PathBuf>,
     /// `weftctl` to run inside namespaces; default: next to the current executable.
     pub weftctl_bin: Option<PathBuf>,
@@ -109,7 +109,7 @@ pub struct LabSpec {
     #[serde(default = "one")]
     pub etcd_members: usize,
     /// The last this-many nodes are wired and configured, but `up` does not start their agents
-    /// (start them with [`Lab::start_agent`]): nodes that join a running cluster later.
+    /// (start them with [`crate::Lab::start_agent`]): nodes that join a running cluster later.
     #[serde(default)]
     pub deferred_agents: usize,
     /// Cluster CIDR and subnet length that `up` writes with `weftctl network init`.
