@@ -117,7 +117,7 @@ pub struct LabSpec {
     pub cidr: String,
     #[serde(default = "default_subnet_len")]
     pub subnet_len: u8,
-    /// What the nodes are made of (see [`node`]); recorded so `down` needs no running lab.
+    /// What the nodes are made of (see [`crate::node`]); recorded so `down` needs no running lab.
     #[serde(default)]
     pub node_kind: NodeKind,
     /// Address families of the pod network (and of the underlay's data path).
