@@ -2,6 +2,7 @@
 //! Unknown keys are refused with a suggestion; every error names the file and the field.
 
 use crate::error::ConfigError;
+pub use crate::names::{valid_ifname, valid_name, valid_netns};
 use crate::reader::Reader;
 use crate::records::PRIMARY_FAMILY;
 use crate::subnet::Family;
@@ -166,32 +167,6 @@ impl Default for Timers {
             subnet_lease: Duration::from_secs(24 * 3600),
         }
     }
-}
-
-/// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:`.
-pub fn valid_ifname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
-/// Node, network and pod names: DNS-label-like (lowercase letters, digits, `-`, `_`, `.`; 1 to 63).
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
-        && !s.starts_with(['-', '.'])
-}
-
-/// Namespace names under /run/netns: a plain file name.
-pub fn valid_netns(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
-        && s != "."
-        && s != ".."
-        && !s.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
 }
 
 const NAME_RULE: &str = "lowercase letters, digits, '-', '_' or '.', 1 to 63 characters";

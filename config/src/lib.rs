@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod error;
 pub mod keys;
+pub mod names;
 pub mod peers;
 pub mod probes;
 mod reader;

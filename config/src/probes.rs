@@ -43,7 +43,7 @@ impl ProbeRecord {
         }
         let r: Self = serde_json::from_slice(bytes)
             .map_err(|e| ConfigError::new(key, "", format!("invalid probe record JSON: {e}")))?;
-        if let Some(bad) = r.peers.keys().find(|n| !crate::agent::valid_name(n)) {
+        if let Some(bad) = r.peers.keys().find(|n| !crate::names::valid_name(n)) {
             return Err(ConfigError::new(key, "peers", format!("invalid node name {bad:?}")));
         }
         Ok(r)

@@ -352,7 +352,7 @@ impl SubnetRecord {
         check_size(key, bytes)?;
         let r: Self = serde_json::from_slice(bytes)
             .map_err(|e| ConfigError::new(key, "", format!("invalid subnet record JSON: {e}")))?;
-        if !crate::agent::valid_name(&r.node) {
+        if !crate::names::valid_name(&r.node) {
             return Err(ConfigError::new(key, "node", format!("invalid node name {:?}", r.node)));
         }
         if r.node_id.is_empty() || r.node_id.len() > 128 {
