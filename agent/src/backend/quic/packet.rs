@@ -56,8 +56,8 @@ impl DropReason {
 /// A node's subnet as the data path tests addresses against it: at most one prefix per family,
 /// each as (network, mask). A family the node has no prefix of matches no address (its slot is
 /// network 1 under mask 0, which no masked address equals), so testing an IPv4 address costs
-/// one mask and one compare of u32, as it did before IPv6, and needs no branch. Today's nodes
-/// have only the IPv4 prefix.
+/// one mask and one compare of u32, as it did before IPv6, and needs no branch. A dual-stack
+/// node or peer has both prefixes ([`Prefix::of`] its subnets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Prefix {
     // Private: a slot is a prefix (network = its masked address) or exactly ABSENT.
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn subnet_tables_hold_each_family_the_local_prefix_has() {
-        // IPv4 only (today's nodes): IPv6 subnets are refused, IPv6 destinations have no peer.
+        // IPv4 only: IPv6 subnets are refused, IPv6 destinations have no peer.
         let mut t = SubnetTable::new(pre("10.244.1.0/24"));
         assert!(!t.insert(net("fd00:244:0:2::/64"), "n2"));
         assert!(!t.insert(net("10.244.0.0/16"), "wide"), "another length would never be found");
