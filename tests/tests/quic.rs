@@ -463,4 +463,24 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     assert!(got.iter().any(|p| p == b"honest"), "the honest IPv6 packet did not arrive: the test proves nothing");
     assert!(!got.iter().any(|p| p.starts_with(b"spoof")), "a spoofed IPv6 packet arrived");
     assert_eq!(drops(&lab, 1, "bad_source") - before, spoofed.len() as u64, "bad_source drops per spoofed packet");
+
+    // The same cluster with its tunnels over the IPv6 underlay (quic.endpoint_family = "ipv6"
+    // on every node): the socket on [::], 20 bytes less MTU, both families still carried.
+    for i in 1..=2 {
+        lab.stop_agent(i, nix::sys::signal::Signal::SIGTERM).expect("stop");
+        let path = lab.node_paths(i).config;
+        let toml = std::fs::read_to_string(&path).expect("agent.toml");
+        assert!(toml.contains("[quic]\n"), "{toml}");
+        let toml = toml.replacen("[quic]\n", "[quic]\nendpoint_family = \"ipv6\"\n", 1);
+        std::fs::write(&path, toml).expect("agent.toml written");
+    }
+    for i in 1..=2 {
+        lab.start_agent(i).expect("start");
+    }
+    wait_tunnels_up(&lab, 1, 1);
+    wait_tunnels_up(&lab, 2, 1);
+    let q = status(&lab, 1).quic.expect("quic");
+    assert_eq!((q.endpoint.as_str(), q.mtu), ("[::]:7946", 1414), "an IPv6 socket and the IPv6 header's MTU");
+    assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} over the IPv6 underlay");
+    assert!(cross_node_ping_failures(&lab, &pods).is_empty(), "IPv4 pod traffic over the IPv6 underlay");
 }
