@@ -440,6 +440,7 @@ mod tests {
             peers: vec![QuicPeerStatus {
                 node: "n2".into(),
                 subnet: "10.244.2.0/24".into(),
+                subnet6: None,
                 connected: true,
                 dialer: true,
                 rtt_us: 500,

@@ -183,10 +183,16 @@ impl Probe {
         let (own, peers) = {
             let st = self.status.read().unwrap_or_else(|p| p.into_inner());
             let own = st.subnet.as_deref().and_then(|s| s.parse::<IpNet>().ok());
+            // The peers' subnets of the own subnet's family: a dual-stack peer is listed once
+            // per family, and its IPv6 gateway is not probed (yet), so it must not stand for
+            // the node as a failed probe.
+            let family = own.map(Family::of_net);
             let peers: Vec<(String, IpAddr)> = st
                 .peers
                 .iter()
-                .filter_map(|p| Some((p.node.clone(), subnet::gateway(p.subnet.parse::<IpNet>().ok()?))))
+                .filter_map(|p| p.subnet.parse::<IpNet>().ok().map(|s| (p, s)))
+                .filter(|(_, s)| Some(Family::of_net(*s)) == family)
+                .map(|(p, s)| (p.node.clone(), subnet::gateway(s)))
                 .collect();
             (own, peers)
         };

@@ -84,6 +84,10 @@ pub struct QuicConfig {
     /// Accepted (1 to 64) so that older files still load, and ignored: the data path is one
     /// event loop thread (docs/ARCHITECTURE.md).
     pub threads: usize,
+    /// Which underlay the tunnel runs over (`endpoint_family = "ipv4"` or `"ipv6"`): the
+    /// endpoint published in the record is `public_ip` or `public_ip6` and the port. IPv4 unless
+    /// set, also in dual-stack networks; every node of a cluster must use the same family.
+    pub endpoint_family: Family,
 }
 
 /// Default of `quic.threads`.
@@ -385,8 +389,13 @@ fn read_quic(mut r: Reader<'_>) -> Result<Option<QuicConfig>, ConfigError> {
     }
     let mtu = r.opt_int("mtu", 576, 65535)?.map(|m| m as u32);
     let threads = r.opt_int("threads", 1, 64)?.map_or(DEFAULT_QUIC_THREADS, |t| t as usize);
+    let endpoint_family = match r.opt_str("endpoint_family")? {
+        None | Some("ipv4") => Family::V4,
+        Some("ipv6") => Family::V6,
+        Some(other) => return Err(r.err("endpoint_family", format!("expected \"ipv4\" or \"ipv6\", found {other:?}"))),
+    };
     r.finish()?;
-    Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu, threads }))
+    Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu, threads, endpoint_family }))
 }
 
 fn read_metrics(mut r: Reader<'_>) -> Result<MetricsConfig, ConfigError> {
@@ -497,6 +506,20 @@ endpoints = ["http://10.0.0.5:2379"]
         assert_eq!(e.to_string(), "agent.toml: quic.port: expected an integer from 1 to 65535, found 0");
         let e = AgentConfig::parse("agent.toml", &format!("{full}mut = 1400")).expect_err("typo");
         assert_eq!(e.to_string(), "agent.toml: quic.mut: unknown key (did you mean `mtu`?)");
+    }
+
+    #[test]
+    fn quic_endpoint_family_is_ipv4_unless_set() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[quic]\n";
+        let full = format!("{base}ca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"\n");
+        let family = |extra: &str| {
+            AgentConfig::parse("agent.toml", &format!("{full}{extra}")).map(|c| c.quic.expect("quic").endpoint_family)
+        };
+        assert_eq!(family(""), Ok(Family::V4));
+        assert_eq!(family("endpoint_family = \"ipv4\""), Ok(Family::V4));
+        assert_eq!(family("endpoint_family = \"ipv6\""), Ok(Family::V6));
+        let e = family("endpoint_family = \"IPv6\"").expect_err("case matters");
+        assert_eq!(e.to_string(), "agent.toml: quic.endpoint_family: expected \"ipv4\" or \"ipv6\", found \"IPv6\"");
     }
 
     #[test]

@@ -175,7 +175,12 @@ pub struct QuicStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct QuicPeerStatus {
     pub node: String,
+    /// The peer's subnet of the network's first family (IPv4 when it has an IPv4 pool).
     pub subnet: String,
+    /// The peer's IPv6 subnet, when the network has an IPv6 pool (carried on the same
+    /// connection as `subnet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
     pub connected: bool,
     /// This node dials the peer (the other accepts).
     pub dialer: bool,

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use weft_agent::quic::table::{Action, PeerSpec, PeerTable, Phase};
+use weft_config::subnet::PerFamily;
 
 const ME: &str = "m";
 /// Three peers this node accepts from, three it dials.
@@ -21,7 +22,16 @@ fn spec(i: usize, variant: u8) -> PeerSpec {
     let n = i as u8 + 1;
     PeerSpec {
         node: NODES[i].to_string(),
-        subnet: format!("10.244.{}.0/24", n + 10 * (variant >> 2 & 1)).parse().expect("a valid subnet"),
+        subnets: {
+            let v4 = format!("10.244.{}.0/24", n + 10 * (variant >> 2 & 1)).parse().expect("a valid subnet");
+            // Some variants are dual-stack peers: one spec, one connection, both subnets.
+            let v6 = format!("fd00:10:244:{n}::/64").parse().expect("a valid subnet");
+            if variant >> 3 & 1 == 1 {
+                PerFamily::Dual(v4, v6)
+            } else {
+                PerFamily::V4(v4)
+            }
+        },
         endpoint: SocketAddr::from(([192, 0, 2, n + 10 * (variant >> 1 & 1)], 4433)),
         epoch: u64::from(variant & 1),
     }
@@ -65,9 +75,9 @@ impl Model {
                     assert!(self.open.remove(&conn).is_some(), "closed {conn}, which is not open");
                     assert!(self.closed.insert(conn), "closed {conn} twice");
                 }
-                Action::Install { node, conn, subnet } => {
+                Action::Install { node, conn, subnets } => {
                     let p = self.table.get(&node).unwrap_or_else(|| panic!("installed {conn} for {node}, not a peer"));
-                    assert_eq!(p.spec.subnet, ipnet::IpNet::from(subnet));
+                    assert_eq!(p.spec.subnets, subnets);
                     assert!(self.open.contains_key(&conn), "installed {conn}, which is not open");
                     assert!(installed_now.insert(node), "two connections installed for one peer at once");
                 }

@@ -84,12 +84,13 @@ pub fn cross_node_ping_failures(lab: &Lab, pods: &[(usize, &str, Ipv4Addr)]) -> 
 /// Join the handle, then read the channel.
 pub fn udp_collector(
     ns: String,
-    ip: Ipv4Addr,
+    ip: impl Into<IpAddr>,
     port: u16,
     secs: u64,
 ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<Vec<u8>>) {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let ip: IpAddr = ip.into();
     let handle = std::thread::spawn(move || {
         let r = in_netns(&ns, || {
             let s = std::net::UdpSocket::bind((ip, port)).expect("bind the UDP collector");
@@ -123,7 +124,22 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Durati
 /// A node's whole IPv4 main route table, from `ip -j route`, as sorted one-line strings
 /// (`dst [via gw] dev X proto P [scope S] [src A]`).
 pub fn route_table(lab: &Lab, i: usize) -> Vec<String> {
-    let out = lab.exec(&format!("n{i}"), &["ip", "-4", "-j", "route", "show", "table", "main"]).expect("ip route");
+    route_table_of(lab, i, "-4")
+}
+
+/// A node's whole IPv6 main route table, as [`route_table`] gives the IPv4 one.
+pub fn route_table6(lab: &Lab, i: usize) -> Vec<String> {
+    route_table_of(lab, i, "-6")
+}
+
+/// The routes weft owns (`proto 213`) of a table from [`route_table`] or [`route_table6`].
+pub fn weft_owned(table: Vec<String>) -> Vec<String> {
+    table.into_iter().filter(|l| l.contains(" proto 213")).collect()
+}
+
+/// A node's main route table of the family `flag` (`-4` or `-6`).
+fn route_table_of(lab: &Lab, i: usize, flag: &str) -> Vec<String> {
+    let out = lab.exec(&format!("n{i}"), &["ip", flag, "-j", "route", "show", "table", "main"]).expect("ip route");
     assert!(out.status.success(), "ip route failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j route output is JSON");
     let mut lines: Vec<String> = v
@@ -199,4 +215,21 @@ pub fn run_ok(lab: &Lab, target: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Gives node `i`'s bridge its IPv6 gateway (the first address of its IPv6 subnet) unless the
+/// agent already did, without duplicate address detection, as the agent adds it. The agent of
+/// this branch routes IPv6 but leaves the bridge IPv4-only; pods' IPv6 addresses and the
+/// bridge's IPv6 gateway are the pod side's part of dual-stack. Returns the gateway.
+pub fn ensure_ipv6_gateway(lab: &Lab, i: usize) -> std::net::Ipv6Addr {
+    let st = lab.wait_ready(i, Duration::from_secs(10)).expect("ready");
+    let subnet: ipnet::Ipv6Net = st.subnet6.expect("an IPv6 subnet").parse().expect("an IPv6 prefix");
+    let gw = std::net::Ipv6Addr::from_bits(subnet.network().to_bits() + 1);
+    let node = format!("n{i}");
+    let have = run_ok(lab, &node, &["ip", "-6", "-o", "addr", "show", "dev", "weft0"]);
+    if !have.contains(&format!(" {gw}/")) {
+        let addr = format!("{gw}/{}", subnet.prefix_len());
+        run_ok(lab, &node, &["ip", "-6", "addr", "add", &addr, "dev", "weft0", "nodad"]);
+    }
+    gw
 }

@@ -40,6 +40,7 @@ where
         tun: "unused".into(),
         mtu: None,
         threads: 1,
+        endpoint_family: weft_config::subnet::Family::V4,
     };
     let id = tls::load(&q, files.name)?;
     let client = tls::client_config(&id, weft_agent::quic::transport(1472)?)?;

@@ -197,3 +197,38 @@ fn api_pods_persist_and_config_pods_are_protected() {
     let names = run_ok(&lab, "n1", &["ip", "netns", "list"]);
     assert!(!names.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())), "pod namespace left: {names}");
 }
+
+#[test]
+fn dual_stack_routes_ipv6_subnets_via_the_peers_ipv6_underlay_addresses() {
+    let lab = lab("t7", 3, 1, |s| s.ip_family = weft_lab::IpFamily::Dual);
+    let subnet6 = |j: usize| lab.wait_ready(j, Duration::from_secs(10)).expect("ready").subnet6.expect("subnet6");
+    for i in 1..=3 {
+        // Every weft route of the IPv6 table: each peer's IPv6 subnet via its IPv6 underlay
+        // address, with weft's marker. The IPv4 table is exactly what it is without IPv6.
+        let mut want: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("{} via {} dev eth0 proto 213", subnet6(j), lab.node_ip6(j).expect("an IPv6 underlay")))
+            .collect();
+        want.sort();
+        assert_eq!(weft_owned(route_table6(&lab, i)), want, "weft's IPv6 routes on n{i}");
+        assert_eq!(route_table(&lab, i), expected_routes(&lab, i, 3), "IPv4 route table of n{i}");
+    }
+    // Node n1 reaches n2's bridge over IPv6 through the route (from its IPv6 underlay address).
+    let gw2 = ensure_ipv6_gateway(&lab, 2);
+    let to = gw2.to_string();
+    let ping6 = || lab.exec("n1", &["ping", "-n", "-q", "-c1", "-W", "1", &to]).is_ok_and(|o| o.status.success());
+    assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} on n2 over IPv6");
+
+    // `--leave` of n3 withdraws both of its subnets from its peers.
+    let (gone, gone6) = (lab.wait_ready(3, Duration::from_secs(5)).expect("ready").subnet.expect("subnet"), subnet6(3));
+    lab.leave(3).expect("leave");
+    for i in [1, 2] {
+        let routed = || {
+            route_table(&lab, i).iter().any(|r| r.starts_with(&gone))
+                || route_table6(&lab, i).iter().any(|r| r.starts_with(&gone6))
+        };
+        let took = wait_for(Duration::from_secs(2), || !routed());
+        assert!(took.is_some(), "n{i} still routes {gone} or {gone6} 2 s after n3 left: {:?}", route_table6(&lab, i));
+    }
+    assert!(weft_owned(route_table6(&lab, 3)).is_empty(), "weft's IPv6 routes left on n3");
+}

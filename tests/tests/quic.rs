@@ -390,3 +390,97 @@ fn a_renewed_certificate_is_used_without_a_restart() {
         "no tunnel with the renewed certificate"
     );
 }
+
+#[test]
+fn dual_stack_carries_both_families_over_one_connection_per_pair() {
+    let lab = lab("q8", 2, 1, |s| {
+        s.backend = weft_config::Backend::Quic;
+        s.topology = Topology::Routed;
+        s.ip_family = weft_lab::IpFamily::Dual;
+    });
+    // One peer per node, both subnets on its one connection.
+    wait_tunnels_up(&lab, 1, 1);
+    wait_tunnels_up(&lab, 2, 1);
+    let (st1, st2) = (status(&lab, 1), status(&lab, 2));
+    let (s4, s6) = (st2.subnet.clone().expect("subnet"), st2.subnet6.clone().expect("subnet6"));
+    let peers = st1.quic.as_ref().expect("quic").peers.clone();
+    assert_eq!(peers.len(), 1, "one connection to n2: {peers:?}");
+    assert_eq!((peers[0].subnet.as_str(), peers[0].subnet6.as_deref()), (s4.as_str(), Some(s6.as_str())));
+
+    // The bridges' IPv6 gateways are the routes' sources (the pod side's part of dual-stack;
+    // made by the test where the agent does not make them yet).
+    let (gw1, gw2) = (ensure_ipv6_gateway(&lab, 1), ensure_ipv6_gateway(&lab, 2));
+    let gw4 = st1.pods.first().map(|p| p.gateway).expect("a pod");
+    // n1's weft routes of both families: the blackhole of each cluster CIDR, and n2's subnet of
+    // each family through the tun from the own gateway of that family.
+    // (Sorted as route_table sorts; an IPv4 route to a device is scope link, an IPv6 one has none.)
+    let want4 = vec![
+        format!("{s4} dev weft-tun0 proto 213 scope link src {gw4}"),
+        "blackhole 10.244.0.0/16 proto 213".to_string(),
+    ];
+    let want6 = vec![
+        "blackhole fd00:10:244::/56 dev lo proto 213".to_string(),
+        format!("{s6} dev weft-tun0 proto 213 src {gw1}"),
+    ];
+    let routed = wait_for(Duration::from_secs(5), || weft_owned(route_table6(&lab, 1)) == want6);
+    assert!(routed.is_some(), "weft's IPv6 routes on n1: {:?}", weft_owned(route_table6(&lab, 1)));
+    assert_eq!(weft_owned(route_table(&lab, 1)), want4, "weft's IPv4 routes on n1");
+
+    // IPv6 through the tunnel: n1 (from its IPv6 gateway) reaches n2's, and IPv4 pods still
+    // reach each other.
+    let to = gw2.to_string();
+    let ping6 = || lab.exec("n1", &["ping", "-n", "-q", "-c1", "-W", "1", &to]).is_ok_and(|o| o.status.success());
+    assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} over the tunnel");
+    let pods = all_pods(&lab, 2, &["p1"]);
+    assert!(cross_node_ping_failures(&lab, &pods).is_empty(), "IPv4 pod traffic broke");
+
+    // Spoofed IPv6 sources are dropped and counted; an honest one arrives.
+    let pki_dir = lab.pki_dir();
+    let ca = pki::ca_files(&pki_dir);
+    let n2 = pki::cert_files(&pki_dir, "n2");
+    let (listener, rx) = udp_collector(lab.node_ns(1), gw1, 9, 4);
+    let before = drops(&lab, 1, "bad_source");
+    let spoofed: [std::net::Ipv6Addr; 3] =
+        ["fd00:10:244:ff::9".parse().expect("lit"), gw1, lab.node_ip(2).to_ipv6_mapped()];
+    with_connection(
+        &lab.node_ns(2),
+        &ClientFiles { ca: &ca.cert, cert: &n2.cert, key: &n2.key, name: "n2" },
+        quic_endpoint(&lab, 1),
+        "n1",
+        |c| async move {
+            for (k, src) in spoofed.iter().enumerate() {
+                let pkt = weft_agent::quic::packet::build_udp6(*src, gw1, format!("spoof{k}").as_bytes());
+                c.send_datagram(pkt.into())?;
+            }
+            c.send_datagram(weft_agent::quic::packet::build_udp6(gw2, gw1, b"honest").into())?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
+        },
+    )
+    .expect("tunnel as n2");
+    listener.join().expect("listener");
+    let got: Vec<Vec<u8>> = rx.try_iter().collect();
+    assert!(got.iter().any(|p| p == b"honest"), "the honest IPv6 packet did not arrive: the test proves nothing");
+    assert!(!got.iter().any(|p| p.starts_with(b"spoof")), "a spoofed IPv6 packet arrived");
+    assert_eq!(drops(&lab, 1, "bad_source") - before, spoofed.len() as u64, "bad_source drops per spoofed packet");
+
+    // The same cluster with its tunnels over the IPv6 underlay (quic.endpoint_family = "ipv6"
+    // on every node): the socket on [::], 20 bytes less MTU, both families still carried.
+    for i in 1..=2 {
+        lab.stop_agent(i, nix::sys::signal::Signal::SIGTERM).expect("stop");
+        let path = lab.node_paths(i).config;
+        let toml = std::fs::read_to_string(&path).expect("agent.toml");
+        assert!(toml.contains("[quic]\n"), "{toml}");
+        let toml = toml.replacen("[quic]\n", "[quic]\nendpoint_family = \"ipv6\"\n", 1);
+        std::fs::write(&path, toml).expect("agent.toml written");
+    }
+    for i in 1..=2 {
+        lab.start_agent(i).expect("start");
+    }
+    wait_tunnels_up(&lab, 1, 1);
+    wait_tunnels_up(&lab, 2, 1);
+    let q = status(&lab, 1).quic.expect("quic");
+    assert_eq!((q.endpoint.as_str(), q.mtu), ("[::]:7946", 1414), "an IPv6 socket and the IPv6 header's MTU");
+    assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} over the IPv6 underlay");
+    assert!(cross_node_ping_failures(&lab, &pods).is_empty(), "IPv4 pod traffic over the IPv6 underlay");
+}

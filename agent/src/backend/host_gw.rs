@@ -1,13 +1,19 @@
 //! host-gw: plain kernel routes, `peer_subnet via peer_public_ip dev <underlay>`, for peers on
 //! the same L2 segment. A peer that is not on-link would need a gateway host-gw cannot have: it
 //! is refused with a reason, never half-installed. Publishes nothing beyond the record itself.
+//!
+//! Both families alike: a peer's IPv6 subnet is routed via its IPv6 underlay address
+//! (`public_ip6`), on-link when one of the underlay's IPv6 prefixes holds it; an underlay with
+//! no IPv6 prefix refuses every IPv6 peer, saying so.
 
 use super::{BuildContext, Driver, NodeView, Plan, Refused, Registration};
 use crate::firewall::ForwardMode;
 use crate::kernel::Kernel;
 use crate::routes::{MixedFamily, Route, RouteKind};
 use anyhow::Result;
+use std::net::IpAddr;
 use weft_config::peers::Peer;
+use weft_config::subnet::Family;
 
 pub const NAME: &str = "host-gw";
 
@@ -26,6 +32,33 @@ pub struct HostGw;
 pub fn on_link(peer: &Peer, node: &NodeView) -> bool {
     let ip = peer.public_ip;
     node.prefixes.iter().any(|n| n.contains(&ip) && n.addr() != ip)
+}
+
+/// Why `peer` (not on-link) gets no route: an address outside the underlay's prefixes, or an
+/// IPv6 subnet on an underlay without IPv6.
+fn off_link_reason(peer: &Peer, node: &NodeView) -> String {
+    let family = Family::of(peer.public_ip);
+    let has_family = node.prefixes.iter().any(|n| Family::of_net(*n) == family && !is_link_local(n.addr()));
+    if family == Family::V6 && !has_family {
+        return format!(
+            "public IPv6 {} is not on-link: {} has no IPv6 prefix (host-gw routes IPv6 subnets via the peers' IPv6 underlay addresses)",
+            peer.public_ip, node.underlay.name
+        );
+    }
+    let what = match family {
+        Family::V4 => "public IP",
+        Family::V6 => "public IPv6",
+    };
+    format!(
+        "{what} {} is not on-link on {} (host-gw needs the peers on one L2 segment; use the quic backend across routers)",
+        peer.public_ip, node.underlay.name
+    )
+}
+
+/// An IPv6 link-local address (fe80::/10): every IPv6 interface has one; it says nothing about
+/// the underlay's IPv6 network.
+fn is_link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// `peer_subnet via peer_public_ip dev <underlay>`; refused when the gateway is not of the
@@ -57,10 +90,7 @@ impl<K: Kernel> Driver<K> for HostGw {
         for p in peers {
             let refuse = |reason: String| Refused { node: p.node.clone(), subnet: p.subnet, reason };
             if !on_link(p, node) {
-                plan.refused.push(refuse(format!(
-                    "public IP {} is not on-link on {} (host-gw needs the peers on one L2 segment; use the quic backend across routers)",
-                    p.public_ip, node.underlay.name
-                )));
+                plan.refused.push(refuse(off_link_reason(p, node)));
                 continue;
             }
             match route(p, node) {
@@ -79,7 +109,7 @@ impl<K: Kernel> Driver<K> for HostGw {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::tests::{node, peer, via};
+    use crate::backend::tests::{dual_node, net, node, peer, via, via6};
     use crate::kernel::fake::FakeKernel;
 
     #[test]
@@ -113,6 +143,60 @@ mod tests {
         assert_eq!(
             plan.refused[0].reason,
             "route fd00:10:244:7::/64: gateway 172.30.0.17 is not IPv6 like the destination"
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_peer_gets_a_route_per_family_via_its_address_of_that_family() {
+        let u = dual_node("172.30.0.11/24", "fd00:172:30::11/64");
+        let peers = [
+            peer("n2", "10.244.2.0/24", "172.30.0.12"),
+            peer("n2", "fd00:10:244:2::/64", "fd00:172:30::12"),
+            peer("n3", "10.244.3.0/24", "172.30.0.13"),
+            peer("n3", "fd00:10:244:3::/64", "fd00:172:30::13"),
+        ];
+        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        assert_eq!(plan.refused, []);
+        assert_eq!(
+            plan.routes,
+            vec![
+                via("10.244.2.0/24", "172.30.0.12"),
+                via6("fd00:10:244:2::/64", "fd00:172:30::12"),
+                via("10.244.3.0/24", "172.30.0.13"),
+                via6("fd00:10:244:3::/64", "fd00:172:30::13"),
+            ]
+        );
+        assert!(plan.routes.iter().all(|r| r.check_family().is_ok() && r.oif == Some(2)));
+    }
+
+    #[test]
+    fn an_off_link_ipv6_peer_is_refused_and_its_ipv4_subnet_still_routed() {
+        // The underlay's IPv6 prefix does not hold the peer's IPv6 address (another segment).
+        let u = dual_node("172.30.0.11/24", "fd00:172:30::11/64");
+        let peers = [peer("n2", "10.244.2.0/24", "172.30.0.12"), peer("n2", "fd00:10:244:2::/64", "fd00:172:30:1::12")];
+        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        assert_eq!(plan.routes, vec![via("10.244.2.0/24", "172.30.0.12")]);
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!((plan.refused[0].node.as_str(), plan.refused[0].subnet), ("n2", net("fd00:10:244:2::/64")));
+        assert_eq!(
+            plan.refused[0].reason,
+            "public IPv6 fd00:172:30:1::12 is not on-link on eth0 (host-gw needs the peers on one L2 segment; use the quic backend across routers)"
+        );
+    }
+
+    #[test]
+    fn an_underlay_without_ipv6_refuses_ipv6_peers_with_the_reason() {
+        // Only a link-local IPv6 address: no IPv6 network to route peers' IPv6 subnets over.
+        let mut u = dual_node("172.30.0.11/24", "fd00:172:30::11/64");
+        u.prefixes.retain(|p| p.addr().is_ipv4() || p.to_string().starts_with("fe80"));
+        u.underlay.public_ip6 = None;
+        let peers = [peer("n2", "10.244.2.0/24", "172.30.0.12"), peer("n2", "fd00:10:244:2::/64", "fd00:172:30::12")];
+        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        assert_eq!(plan.routes, vec![via("10.244.2.0/24", "172.30.0.12")]);
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!(
+            plan.refused[0].reason,
+            "public IPv6 fd00:172:30::12 is not on-link: eth0 has no IPv6 prefix (host-gw routes IPv6 subnets via the peers' IPv6 underlay addresses)"
         );
     }
 

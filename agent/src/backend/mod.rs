@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use weft_config::peers::Peer;
 use weft_config::records::BackendData;
+use weft_config::subnet::{Family, PerFamily};
 use weft_config::{AgentConfig, NetworkConfig};
 
 /// The node's underlay interface.
@@ -54,18 +55,28 @@ pub struct NodeView {
     /// Connected prefixes of the underlay interface (address/len as configured on it), every
     /// family.
     pub prefixes: Vec<IpNet>,
-    /// The cluster CIDR.
-    pub cluster: IpNet,
-    /// This node's pod subnet.
-    pub subnet: IpNet,
+    /// The cluster CIDR of each family the network serves.
+    pub clusters: PerFamily<IpNet>,
+    /// This node's pod subnet of each family (one per cluster CIDR).
+    pub subnets: PerFamily<IpNet>,
     /// MTU of the bridge and pods.
     pub mtu: u32,
 }
 
 impl NodeView {
-    /// The pod subnet's gateway (the bridge's address).
-    pub fn gateway(&self) -> IpAddr {
-        weft_config::subnet::gateway(self.subnet)
+    /// The gateway (the bridge's address) of the pod subnet of `family`, if the node has one.
+    pub fn gateway(&self, family: Family) -> Option<IpAddr> {
+        self.subnets.get(family).map(|s| weft_config::subnet::gateway(*s))
+    }
+}
+
+impl UnderlayInfo {
+    /// The underlay address of `family`: `public_ip`, or `public_ip6` (if known).
+    pub fn public_ip_of(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => Some(self.public_ip),
+            Family::V6 => self.public_ip6,
+        }
     }
 }
 

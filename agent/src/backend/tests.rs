@@ -24,10 +24,22 @@ pub fn node(addr: &str) -> NodeView {
     NodeView {
         underlay: UnderlayInfo { index: 2, name: "eth0".into(), public_ip: a.addr(), public_ip6: None, mtu: 1500 },
         prefixes: vec![a],
-        cluster: net("10.244.0.0/16"),
-        subnet: net("10.244.1.0/24"),
+        clusters: PerFamily::V4(net("10.244.0.0/16")),
+        subnets: PerFamily::V4(net("10.244.1.0/24")),
         mtu: 1500,
     }
+}
+
+/// [`node`] in a dual-stack network: also subnet fd00:10:244:1::/64 of fd00:10:244::/56, the
+/// underlay holding `addr6` too (and a link-local address, as every IPv6 interface does).
+pub fn dual_node(addr: &str, addr6: &str) -> NodeView {
+    let mut n = node(addr);
+    let a6 = net(addr6);
+    n.underlay.public_ip6 = Some(a6.addr());
+    n.prefixes.extend([a6, net("fe80::11/64")]);
+    n.clusters = PerFamily::Dual(net("10.244.0.0/16"), net("fd00:10:244::/56"));
+    n.subnets = PerFamily::Dual(net("10.244.1.0/24"), net("fd00:10:244:1::/64"));
+    n
 }
 
 pub fn peer(node: &str, subnet: &str, public: &str) -> Peer {
@@ -46,6 +58,11 @@ pub fn peer(node: &str, subnet: &str, public: &str) -> Peer {
 pub fn via(dst: &str, gw: &str) -> Route {
     let gw = gw.parse().expect("literal");
     Route { dst: v4net(dst).into(), kind: RouteKind::Unicast, via: Some(gw), oif: Some(2), src: None, metric: 0 }
+}
+
+/// `dst via gw dev eth0` of the IPv6 family.
+pub fn via6(dst: &str, gw: &str) -> Route {
+    Route { dst: net(dst), kind: RouteKind::Unicast, via: Some(ip(gw)), oif: Some(2), src: None, metric: 0 }
 }
 
 /// A driver that carries the peers whose node name starts with `prefix` (or every peer), with

@@ -1,7 +1,7 @@
 //! Unit tests of the dual-stack control plane on `MemStore` + `FakeKernel`: one subnet per pool
 //! of the network, claimed in one transaction on one lease, kept across restarts (with and
 //! without the state dir), taken over, refused or exhausted per family, released together, and
-//! IPv6-only networks. The data path carries the first family only (see `rebuild_peers`).
+//! IPv6-only networks; host-gw routing both families of dual-stack peers.
 
 use super::*;
 use crate::lease::Write;
@@ -204,16 +204,77 @@ async fn an_evicted_ipv6_record_is_recreated_on_the_same_lease() {
     assert_eq!(own_subnets(&mut d), PerFamily::Dual(n("10.244.0.0/24"), n("fd00:10:244:1::/64")));
 }
 
+/// `dst via gw dev eth0` of either family, as host-gw installs it.
+fn route_via(w: &World, dst: &str, gw: &str) -> Route {
+    let via = Some(gw.parse().expect("ip"));
+    Route { dst: n(dst), kind: RouteKind::Unicast, via, oif: Some(w.eth0), src: None, metric: 0 }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peers_of_both_families_are_joined_but_only_the_ipv4_subnets_are_routed_yet() {
+async fn host_gw_routes_both_subnets_of_a_dual_stack_peer_via_its_address_of_each_family() {
     let w = dual_world(V6_CIDR);
     dual_peer(&w, "n2", "10.244.5.0/24", "fd00:10:244:5::/64", "fd00:30::12");
+    // n3's IPv6 underlay address is on another segment: its IPv6 subnet is refused, with why.
+    let rec3 =
+        SubnetRecord { public_ip6: Some("fd00:31::13".parse().expect("ip")), ..record("n3", "id-n3", "172.30.0.13") };
+    w.put(&subnet_key("10.244.6.0/24"), rec3.to_json());
+    w.put(&subnet_key("fd00:10:244:6::/64"), rec3.to_json());
     let (mut d, h) = w.started().await;
     let set = &node(&mut d).peers;
-    assert_eq!(set.peers.keys().copied().collect::<Vec<_>>(), [n("10.244.5.0/24")]);
+    assert_eq!(set.peers.len(), 4, "both families of both peers reach the backend");
     assert!(set.skipped.is_empty(), "{:?}", set.skipped);
-    assert_eq!(w.weft_routes(), vec![w.route_via("10.244.5.0/24", "172.30.0.12")]);
-    assert_eq!(status(&h).peers.len(), 1);
+    assert_eq!(
+        w.weft_routes(),
+        vec![
+            route_via(&w, "10.244.5.0/24", "172.30.0.12"),
+            route_via(&w, "10.244.6.0/24", "172.30.0.13"),
+            route_via(&w, "fd00:10:244:5::/64", "fd00:30::12"),
+        ]
+    );
+    assert!(w.weft_routes().iter().all(|r| r.check_family().is_ok()));
+    let st = status(&h);
+    let peers: Vec<(&str, bool, Option<&str>)> =
+        st.peers.iter().map(|p| (p.subnet.as_str(), p.route_ok, p.problem.as_deref())).collect();
+    assert_eq!(
+        peers,
+        [
+            ("10.244.5.0/24", true, None),
+            ("10.244.6.0/24", true, None),
+            ("fd00:10:244:5::/64", true, None),
+            (
+                "fd00:10:244:6::/64",
+                false,
+                Some("public IPv6 fd00:31::13 is not on-link on eth0 (host-gw needs the peers on one L2 segment; use the quic backend across routers)")
+            ),
+        ]
+    );
+    // A route of either family that goes missing is repaired by the same diff.
+    for r in w.weft_routes() {
+        w.nl.apply(&crate::routes::Action::Del(r)).await.expect("delete");
+    }
+    full(&mut d).await;
+    assert_eq!(w.weft_routes().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_peer_that_leaves_takes_both_its_routes_with_it() {
+    let w = dual_world(V6_CIDR);
+    dual_peer(&w, "n2", "10.244.5.0/24", "fd00:10:244:5::/64", "fd00:30::12");
+    dual_peer(&w, "n3", "10.244.6.0/24", "fd00:10:244:6::/64", "fd00:30::13");
+    let (mut d, _h) = w.started().await;
+    assert_eq!(w.weft_routes().len(), 4);
+    // `weft-agent --leave` on n2 deletes both its records (one transaction, one lease).
+    w.store().delete(&subnet_key("10.244.5.0/24")).await.expect("delete");
+    w.store().delete(&subnet_key("fd00:10:244:5::/64")).await.expect("delete");
+    for _ in 0..2 {
+        if w.weft_routes().len() > 2 {
+            pump(&mut d).await;
+        }
+    }
+    assert_eq!(
+        w.weft_routes(),
+        vec![route_via(&w, "10.244.6.0/24", "172.30.0.12"), route_via(&w, "fd00:10:244:6::/64", "fd00:30::13")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

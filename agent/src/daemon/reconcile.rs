@@ -25,8 +25,8 @@ impl<K: Kernel, S: Store> Node<K, S> {
         Ok(NodeView {
             underlay: self.underlay.clone(),
             prefixes,
-            cluster: self.cluster(),
-            subnet: self.subnet,
+            clusters: self.net.pools().map(|_, p| p.cidr),
+            subnets: self.subnets,
             mtu: self.mtu,
         })
     }
@@ -138,10 +138,6 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let raw: Vec<RawRecord> = self.records.values().cloned().collect();
         let own = self.subnets.iter().map(|(_, s)| *s);
         self.peers = build_peer_set(&self.net, &ctx.keys, &raw, &ctx.cfg.node_name, own);
-        // Until the bridge, pods and backends carry both families (issue 14), the data path is
-        // of `self.subnet`'s family only: peers' subnets of the other family get no route yet.
-        let carried = Family::of_net(self.subnet);
-        self.peers.peers.retain(|s, _| Family::of_net(*s) == carried);
         let new = decide::new_skips(&mut self.seen_skips, &self.peers.skipped);
         for s in &new {
             warn!(key = %s.key, reason = %s.reason, "skipping subnet record");

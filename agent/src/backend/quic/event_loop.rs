@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
+use weft_config::subnet::PerFamily;
 
 /// Packet arena the outgoing datagrams are copied into and split off (one allocation per
 /// ~1400 full-size packets; quinn keeps each `Bytes` until it is sent).
@@ -107,14 +108,14 @@ fn close_code(code: u32) -> qp::VarInt {
 impl Loop {
     pub(super) fn new(
         sh: Arc<Shared>,
-        local_subnet: IpNet,
+        local_subnets: PerFamily<IpNet>,
         io: Io,
         wake: Arc<Wake>,
         cmds: mpsc::Receiver<Cmd>,
         client: qp::ClientConfig,
     ) -> Loop {
-        // The agent's subnets are IPv4 for now; the data path takes either family.
-        let local = Prefix::new(local_subnet);
+        // Every family the node has a subnet of: a packet of a family it lacks is a bad destination.
+        let local = Prefix::of(local_subnets.iter().map(|(_, s)| *s));
         Loop {
             table: PeerTable::new(&sh.node),
             sh,

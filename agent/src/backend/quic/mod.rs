@@ -33,22 +33,38 @@ pub use table::PeerSpec;
 pub use tunnel::{Settings, Tunnel};
 
 use anyhow::{Context, Result};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
+use weft_config::subnet::Family;
 
 /// IPv4 + UDP headers.
 pub const UDP_IP_OVERHEAD: u32 = 28;
+/// IPv6 + UDP headers (an underlay of `quic.endpoint_family = "ipv6"`).
+pub const UDP_IP6_OVERHEAD: u32 = 48;
+
+/// The IP and UDP headers of the underlay family the tunnel runs over.
+pub fn udp_ip_overhead(endpoint_family: Family) -> u32 {
+    match endpoint_family {
+        Family::V4 => UDP_IP_OVERHEAD,
+        Family::V6 => UDP_IP6_OVERHEAD,
+    }
+}
 /// What a QUIC short-header packet carrying one DATAGRAM frame adds, as quinn computes it: flags
 /// (1), destination connection id (quinn's 8 bytes... with margin for its 20-byte maximum
 /// accounted by quinn itself), packet number (up to 4), AEAD tag (16), frame type and length
 /// (up to 3); quinn reports 1434 usable bytes for a 1472-byte UDP payload, so 38 in all.
 pub const QUIC_DATAGRAM_OVERHEAD: u32 = 38;
 
-/// Tun (and pod) MTU for an underlay MTU: what fits in one datagram.
+/// Tun (and pod) MTU for an IPv4 underlay's MTU: what fits in one datagram.
 pub fn tun_mtu_for(underlay_mtu: u32) -> u32 {
-    underlay_mtu.saturating_sub(UDP_IP_OVERHEAD + QUIC_DATAGRAM_OVERHEAD).max(576)
+    tun_mtu_over(underlay_mtu, Family::V4)
+}
+
+/// Tun (and pod) MTU for an underlay MTU when the tunnel runs over `endpoint_family`.
+pub fn tun_mtu_over(underlay_mtu: u32, endpoint_family: Family) -> u32 {
+    underlay_mtu.saturating_sub(udp_ip_overhead(endpoint_family) + QUIC_DATAGRAM_OVERHEAD).max(576)
 }
 
 pub fn transport(udp_payload: u16) -> Result<Arc<quinn::TransportConfig>> {
@@ -68,12 +84,17 @@ pub fn transport(udp_payload: u16) -> Result<Arc<quinn::TransportConfig>> {
     Ok(Arc::new(t))
 }
 
-/// The node's UDP socket on `port` of every address, with enlarged buffers. The agent binds it
+/// The node's UDP socket on `port` of every address of `family` (IPv6: `[::]`, which the kernel
+/// also lets IPv4 reach unless `bindv6only` is set), with enlarged buffers. The agent binds it
 /// before it publishes its record (which tells peers to dial): a peer's first handshake packet
 /// then waits in the socket buffer instead of being lost while the endpoint starts.
-pub fn bind_socket(port: u16) -> Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-        .with_context(|| format!("binding UDP port {port}"))?;
+pub fn bind_socket(port: u16, family: Family) -> Result<std::net::UdpSocket> {
+    let any: IpAddr = match family {
+        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = std::net::UdpSocket::bind(SocketAddr::from((any, port)))
+        .with_context(|| format!("binding UDP port {port} ({family})"))?;
     // Bursts of a fast TCP flow overrun the default socket buffers (UdpRcvbufErrors); the
     // FORCE variants (CAP_NET_ADMIN) are not capped by net.core.[rw]mem_max.
     use nix::sys::socket::{setsockopt, sockopt};
@@ -104,8 +125,13 @@ pub fn bind_endpoint(
     id: &tls::Identity,
     server: Option<quinn::ServerConfig>,
 ) -> Result<quinn::Endpoint> {
-    quinn::Endpoint::new(endpoint_config(udp_payload, id)?, server, bind_socket(port)?, Arc::new(quinn::TokioRuntime))
-        .context("starting the QUIC endpoint")
+    quinn::Endpoint::new(
+        endpoint_config(udp_payload, id)?,
+        server,
+        bind_socket(port, Family::V4)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting the QUIC endpoint")
 }
 
 /// UDP socket buffer size (each way).
@@ -120,5 +146,7 @@ mod tests {
         assert_eq!(tun_mtu_for(1500), 1434);
         assert_eq!(tun_mtu_for(9000), 8934);
         assert_eq!(tun_mtu_for(600), 576);
+        assert_eq!(tun_mtu_over(1500, Family::V4), 1434);
+        assert_eq!(tun_mtu_over(1500, Family::V6), 1414, "an IPv6 header is 20 bytes longer");
     }
 }

@@ -56,8 +56,8 @@ impl DropReason {
 /// A node's subnet as the data path tests addresses against it: at most one prefix per family,
 /// each as (network, mask). A family the node has no prefix of matches no address (its slot is
 /// network 1 under mask 0, which no masked address equals), so testing an IPv4 address costs
-/// one mask and one compare of u32, as it did before IPv6, and needs no branch. Today's nodes
-/// have only the IPv4 prefix.
+/// one mask and one compare of u32, as it did before IPv6, and needs no branch. A dual-stack
+/// node or peer has both prefixes ([`Prefix::of`] its subnets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Prefix {
     // Private: a slot is a prefix (network = its masked address) or exactly ABSENT.
@@ -87,6 +87,12 @@ impl Prefix {
             IpNet::V6(n) => (self.net6, self.mask6) = (n.network().to_bits(), n.netmask().to_bits()),
         }
         self
+    }
+
+    /// Every prefix of `nets` (the last of each family counts): a node's subnets of both
+    /// families, as [`Prefix::new`]`(v4).with(v6)`.
+    pub fn of(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        nets.into_iter().fold(Self::NONE, Self::with)
     }
 
     /// The IPv4 prefix as (network, mask), if there is one.
@@ -339,7 +345,7 @@ mod tests {
 
     #[test]
     fn subnet_tables_hold_each_family_the_local_prefix_has() {
-        // IPv4 only (today's nodes): IPv6 subnets are refused, IPv6 destinations have no peer.
+        // IPv4 only: IPv6 subnets are refused, IPv6 destinations have no peer.
         let mut t = SubnetTable::new(pre("10.244.1.0/24"));
         assert!(!t.insert(net("fd00:244:0:2::/64"), "n2"));
         assert!(!t.insert(net("10.244.0.0/16"), "wide"), "another length would never be found");
@@ -473,6 +479,33 @@ mod tests {
         // An IPv4-mapped address is IPv6 here, never the IPv4 peer's.
         let mapped = build_udp6(ip("10.244.2.5").to_ipv6_mapped(), ip6("fd00:244:0:1::7"), b"x");
         assert_eq!(check_inbound(&mapped, &peer2, &local2), Err(DropReason::BadSource));
+    }
+
+    #[test]
+    fn a_peers_prefix_of_both_subnets_checks_each_family_against_its_own() {
+        // What the loop installs for a dual-stack peer n2 and an IPv4-only peer n3, and the
+        // node's own prefix (n1, dual-stack).
+        let n2 = Prefix::of([net("10.244.2.0/24"), net("fd00:244:0:2::/64")]);
+        let n3 = Prefix::of([net("10.244.3.0/24")]);
+        let local = Prefix::of([net("10.244.1.0/24"), net("fd00:244:0:1::/64")]);
+        assert_eq!(n2, pre("10.244.2.0/24").with(net("fd00:244:0:2::/64")));
+        assert_eq!(Prefix::of([]), Prefix::NONE);
+        let v4 = |s: &str, d: &str| build_udp(ip(s), ip(d), b"x");
+        let v6 = |s: &str, d: &str| build_udp6(ip6(s), ip6(d), b"x");
+        assert_eq!(check_inbound(&v4("10.244.2.5", "10.244.1.7"), &n2, &local), Ok(()));
+        assert_eq!(check_inbound(&v6("fd00:244:0:2::5", "fd00:244:0:1::7"), &n2, &local), Ok(()));
+        // n2's IPv6 packet with n3's or n1's IPv6 source, or from its IPv4 subnet mapped: spoofed.
+        for src in ["fd00:244:0:3::5", "fd00:244:0:1::5", "::ffff:10.244.2.5"] {
+            assert_eq!(check_inbound(&v6(src, "fd00:244:0:1::7"), &n2, &local), Err(DropReason::BadSource), "{src}");
+        }
+        // An IPv4-only peer sends no IPv6 packet at all: its IPv6 slot matches nothing.
+        assert_eq!(check_inbound(&v6("fd00:244:0:3::5", "fd00:244:0:1::7"), &n3, &local), Err(DropReason::BadSource));
+        assert_eq!(check_inbound(&v4("10.244.3.5", "10.244.1.7"), &n3, &local), Ok(()));
+        // The destination is checked per family too: n2's IPv6 packet to another node's subnet.
+        assert_eq!(
+            check_inbound(&v6("fd00:244:0:2::5", "fd00:244:0:3::7"), &n2, &local),
+            Err(DropReason::BadDestination)
+        );
     }
 
     #[test]

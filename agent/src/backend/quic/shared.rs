@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weft_config::agent::QuicConfig;
+use weft_config::subnet::PerFamily;
 
 #[derive(Default)]
 pub(super) struct PeerCounters {
@@ -42,7 +43,7 @@ pub(super) struct Shared {
 
 pub(super) struct PeerView {
     pub(super) node: String,
-    pub(super) subnet: IpNet,
+    pub(super) subnets: PerFamily<IpNet>,
     pub(super) connected: bool,
     pub(super) dialer: bool,
     pub(super) rtt_us: u64,

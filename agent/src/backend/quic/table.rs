@@ -18,6 +18,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
+use weft_config::subnet::PerFamily;
 
 /// A dial that has not completed its handshake by then is abandoned and retried.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,11 +32,14 @@ pub const HEALTHY: Duration = Duration::from_secs(1);
 /// the peer could dial. Refusing at once made the dialer back off and redial at every join.
 pub const IDENTIFY_GRACE: Duration = Duration::from_secs(2);
 
-/// A peer as the tunnel needs it.
+/// A peer node as the tunnel needs it: one per node, whatever the families it serves, so a pair
+/// of nodes has one connection that carries both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
     pub node: String,
-    pub subnet: IpNet,
+    /// The node's subnet of each family (IPv4 first): a datagram from it may carry a packet
+    /// whose source is in its subnet of the packet's family.
+    pub subnets: PerFamily<IpNet>,
     pub endpoint: SocketAddr,
     pub epoch: u64,
 }
@@ -91,9 +95,9 @@ pub enum Action<C> {
     /// Refuse the accepted connection: count it, log `why`, close it as
     /// [`Closing::Unidentified`].
     Refuse { conn: C, why: Unidentified },
-    /// `conn` is now `node`'s tunnel: its datagrams carry `subnet` (as the IPv4-only event
-    /// loop takes it; the driver hands over IPv4 subnets only).
-    Install { node: String, subnet: IpNet, conn: C },
+    /// `conn` is now `node`'s tunnel: its datagrams carry packets from `subnets` (each family's
+    /// source checked against that family's subnet).
+    Install { node: String, subnets: PerFamily<IpNet>, conn: C },
     /// The installed connections changed: rebuild the route table from
     /// [`PeerTable::installed`] (and show the new state).
     Routes,
@@ -202,9 +206,9 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
         self.peers.values()
     }
 
-    /// The installed connections and the subnets they carry.
-    pub fn installed(&self) -> impl Iterator<Item = (IpNet, C)> + '_ {
-        self.peers.values().filter_map(|p| Some((p.spec.subnet, p.installed()?)))
+    /// The installed connections and the subnets they carry (both of a dual-stack peer).
+    pub fn installed(&self) -> impl Iterator<Item = (PerFamily<IpNet>, C)> + '_ {
+        self.peers.values().filter_map(|p| Some((p.spec.subnets, p.installed()?)))
     }
 
     /// The earliest instant [`PeerTable::handle_timeout`] has something to do (it may find the
@@ -248,7 +252,7 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
                 Some(p) if p.spec == spec => {}
                 Some(p) => {
                     let restarted = p.spec.epoch != spec.epoch || p.spec.endpoint != spec.endpoint;
-                    let moved = p.spec.subnet != spec.subnet;
+                    let moved = p.spec.subnets != spec.subnets;
                     p.spec = spec.clone();
                     if restarted || moved {
                         info!(peer = %spec.node, "peer restarted or changed; reconnecting");
@@ -398,10 +402,10 @@ impl<C: Copy + Ord + fmt::Debug> PeerTable<C> {
         let Some(p) = self.peers.get_mut(node) else {
             return vec![Action::Close { conn, why: Closing::NotAPeer }];
         };
-        let subnet = p.spec.subnet;
+        let subnets = p.spec.subnets;
         let old = std::mem::replace(&mut p.phase, Phase::Up { conn, since: now });
         p.connects += 1;
-        let mut out = vec![Action::Install { node: node.to_string(), subnet, conn }];
+        let mut out = vec![Action::Install { node: node.to_string(), subnets, conn }];
         if let Phase::Up { conn: o, .. } | Phase::Dialing { conn: o, .. } = old {
             if o != conn {
                 out.push(Action::Close { conn: o, why: Closing::Replaced });
@@ -455,15 +459,15 @@ mod tests {
     fn spec(node: &str, n: u8, epoch: u64) -> PeerSpec {
         PeerSpec {
             node: node.to_string(),
-            subnet: format!("10.244.{n}.0/24").parse().expect("a valid subnet"),
+            subnets: PerFamily::V4(format!("10.244.{n}.0/24").parse().expect("a valid subnet")),
             endpoint: SocketAddr::from(([192, 0, 2, n], 4433)),
             epoch,
         }
     }
 
-    /// The subnet of `s` as the event loop gets it.
-    fn sub4(s: &PeerSpec) -> IpNet {
-        s.subnet
+    /// The subnets of `s` as the event loop gets them.
+    fn sub4(s: &PeerSpec) -> PerFamily<IpNet> {
+        s.subnets
     }
 
     fn peer<'t>(t: &'t PeerTable<u32>, node: &str) -> &'t PeerState<u32> {
@@ -498,7 +502,7 @@ mod tests {
         assert_eq!(dials(&t.handle_timeout(t0)), ["b"]);
         t.dial_started("b", conn, t0);
         let acts = t.connected("b", conn, t0);
-        assert_eq!(acts[0], Action::Install { node: "b".into(), subnet: sub4(&spec("b", 2, 1)), conn });
+        assert_eq!(acts[0], Action::Install { node: "b".into(), subnets: sub4(&spec("b", 2, 1)), conn });
         (t, t0)
     }
 
@@ -669,6 +673,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_peer_has_one_connection_carrying_both_subnets() {
+        let t0 = Instant::now();
+        let mut t: PeerTable<u32> = PeerTable::new("a");
+        let v6: IpNet = "fd00:10:244:2::/64".parse().expect("literal");
+        let dual = |s: PeerSpec| PeerSpec { subnets: PerFamily::Dual(*s.subnets.first(), v6), ..s };
+        t.set_peers(vec![dual(spec("b", 2, 1))], t0);
+        assert_eq!(dials(&t.handle_timeout(t0)), ["b"], "one dial for both families");
+        t.dial_started("b", 5, t0);
+        let acts = t.connected("b", 5, t0);
+        assert_eq!(acts[0], Action::Install { node: "b".into(), subnets: dual(spec("b", 2, 1)).subnets, conn: 5 });
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(dual(spec("b", 2, 1)).subnets, 5)]);
+        // Gaining or changing the IPv6 subnet alone is a changed peer: reconnect, new subnets.
+        let moved6 = PeerSpec {
+            subnets: PerFamily::Dual(*spec("b", 2, 1).subnets.first(), "fd00:10:244:9::/64".parse().expect("literal")),
+            ..spec("b", 2, 1)
+        };
+        let acts = t.set_peers(vec![moved6.clone()], t0);
+        assert_eq!(closes(&acts), [(5, 2, &b"peer restarted"[..])]);
+        t.handle_timeout(t0);
+        t.dial_started("b", 6, t0);
+        t.connected("b", 6, t0);
+        assert_eq!(t.installed().collect::<Vec<_>>(), [(moved6.subnets, 6)]);
+    }
+
+    #[test]
     fn an_unchanged_peer_set_changes_nothing() {
         let (mut t, t0) = up(5);
         let acts = t.set_peers(vec![spec("b", 2, 1)], t0 + Duration::from_secs(3));
@@ -685,7 +714,7 @@ mod tests {
         assert_eq!(
             acts,
             [
-                Action::Install { node: "b".into(), subnet: sub4(&spec("b", 2, 1)), conn: 6 },
+                Action::Install { node: "b".into(), subnets: sub4(&spec("b", 2, 1)), conn: 6 },
                 Action::Close { conn: 5, why: Closing::Replaced },
                 Action::Routes,
             ]
@@ -798,7 +827,7 @@ mod tests {
         assert_eq!(t.poll_timeout(), Some(t0 + IDENTIFY_GRACE));
         // The joining node's own peer set arrives 30 ms later: the connection becomes a's tunnel.
         let acts = t.set_peers(vec![spec("a", 1, 1)], t0 + 30 * MS);
-        assert!(acts.contains(&Action::Install { node: "a".into(), subnet: sub4(&spec("a", 1, 1)), conn: 5 }));
+        assert!(acts.contains(&Action::Install { node: "a".into(), subnets: sub4(&spec("a", 1, 1)), conn: 5 }));
         assert_eq!(closes(&acts), []);
         assert!(!acts.iter().any(|a| matches!(a, Action::Refuse { .. })));
         assert_eq!(t.installed().collect::<Vec<_>>(), [(sub4(&spec("a", 1, 1)), 5)]);

@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 use weft_config::agent::QuicConfig;
 use weft_config::api::{QuicPeerStatus, QuicStatus};
+use weft_config::subnet::{Family, PerFamily};
 
 pub struct Settings {
     pub node: String,
-    pub local_subnet: IpNet,
+    /// The node's pod subnet of each family: packets to them are written to the tun.
+    pub local_subnets: PerFamily<IpNet>,
     pub tun_mtu: u32,
     /// UDP payload size the underlay carries (underlay MTU − 28).
     pub udp_payload: u16,
@@ -58,10 +60,33 @@ fn set_persist(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// IPv6 on the tun device: on when the node has an IPv6 subnet (IPv6 packets travel through
+/// it), without a link-local address (`addr_gen_mode` 1, so the kernel sends no router or
+/// neighbour solicitations into the tunnel, which no peer would take); off otherwise, so the
+/// kernel sends nothing there that would be dropped. Best effort (a kernel without IPv6).
+fn set_tun_ipv6(name: &str, on: bool) {
+    let conf = format!("/proc/sys/net/ipv6/conf/{name}");
+    let mode = format!("{conf}/addr_gen_mode");
+    if on && std::fs::read_to_string(&mode).is_ok_and(|m| m.trim() != "1") {
+        // Once per device: IPv6 off (dropping the link-local address a new device got when it
+        // came up), then no address generation, before IPv6 goes on below.
+        let _ = std::fs::write(format!("{conf}/disable_ipv6"), "1");
+        let _ = std::fs::write(&mode, "1");
+    }
+    let want = if on { "0" } else { "1" };
+    let path = format!("{conf}/disable_ipv6");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != want) {
+        if let Err(e) = std::fs::write(&path, want) {
+            warn!(tun = %name, error = %e, "cannot set {path} to {want}");
+        }
+    }
+}
+
 /// Opens the tun device with offload (IFF_VNET_HDR + TSO/GSO), non-blocking: the kernel hands
 /// over TCP super-packets of up to 64 KB in one read, and takes coalesced ones in one write. A
-/// device left by an older agent without offload is recreated.
-fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::SyncDevice> {
+/// device left by an older agent without offload is recreated. `ipv6`: the node has an IPv6
+/// subnet (see [`set_tun_ipv6`]).
+fn open_tun(name: &str, mtu: u32, ipv6: bool) -> Result<tun_rs::SyncDevice> {
     let build = || {
         tun_rs::DeviceBuilder::new()
             .name(name.to_string())
@@ -69,13 +94,11 @@ fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::SyncDevice> {
             .offload(true)
             .build_sync()
     };
-    // The tunnel carries IPv4 only so far: no IPv6 on the tun, so the kernel sends nothing there
-    // that would be dropped (the packet checks parse IPv6, but no peer has an IPv6 subnet yet).
-    let no_v6 = |dev: tun_rs::SyncDevice| {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    let ipv6_as_wanted = |dev: tun_rs::SyncDevice| {
+        set_tun_ipv6(name, ipv6);
         dev
     };
-    let dev = match build().map(no_v6) {
+    let dev = match build().map(ipv6_as_wanted) {
         Ok(d) => d,
         Err(first) => {
             warn!(tun = %name, error = %first, "cannot attach to the existing tun device; recreating it");
@@ -83,7 +106,7 @@ fn open_tun(name: &str, mtu: u32) -> Result<tun_rs::SyncDevice> {
             if !out.as_ref().is_ok_and(|o| o.status.success()) {
                 return Err(first).with_context(|| format!("creating tun device {name}"));
             }
-            build().map(no_v6).with_context(|| format!("creating tun device {name}"))?
+            build().map(ipv6_as_wanted).with_context(|| format!("creating tun device {name}"))?
         }
     };
     dev.set_nonblocking(true).with_context(|| format!("making {name} non-blocking"))?;
@@ -97,16 +120,16 @@ impl Tunnel {
         if s.quic.threads > 1 {
             info!(threads = s.quic.threads, "quic.threads is ignored: the data path is one event loop thread");
         }
-        let local_subnet = s.local_subnet;
+        let local_subnets = s.local_subnets;
         let id = tls::load(&s.quic, &s.node)?;
         let transport = transport(s.udp_payload)?;
         let server = Arc::new(tls::server_config(&id, transport.clone())?);
         let client = tls::client_config(&id, transport)?;
-        let dev = open_tun(&s.quic.tun, s.tun_mtu)?;
+        let dev = open_tun(&s.quic.tun, s.tun_mtu, local_subnets.get(Family::V6).is_some())?;
         set_persist(dev.as_raw_fd()).with_context(|| format!("making {} persistent", s.quic.tun))?;
         let socket = match s.socket {
             Some(socket) => socket,
-            None => bind_socket(s.quic.port)?,
+            None => bind_socket(s.quic.port, s.quic.endpoint_family)?,
         };
         socket.set_nonblocking(true).context("making the UDP socket non-blocking")?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into()).context("setting up the UDP socket")?;
@@ -129,7 +152,7 @@ impl Tunnel {
             refused: AtomicU64::new(0),
         });
         let io = Io { endpoint, socket, udp, dev };
-        let mut lp = Loop::new(shared.clone(), local_subnet, io, wake.clone(), rx, client);
+        let mut lp = Loop::new(shared.clone(), local_subnets, io, wake.clone(), rx, client);
         let thread = std::thread::Builder::new()
             .name("weft-quic".into())
             .spawn(move || lp.run())
@@ -190,7 +213,8 @@ fn status_of(sh: &Shared) -> QuicStatus {
         .iter()
         .map(|p| QuicPeerStatus {
             node: p.node.clone(),
-            subnet: p.subnet.to_string(),
+            subnet: p.subnets.first().to_string(),
+            subnet6: p.subnets.get(Family::V6).map(|s| s.to_string()),
             connected: p.connected,
             dialer: p.dialer,
             rtt_us: p.rtt_us,

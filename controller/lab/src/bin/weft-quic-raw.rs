@@ -85,6 +85,7 @@ impl TlsArgs {
             tun: String::new(),
             mtu: None,
             threads: 1,
+            endpoint_family: weft_config::subnet::Family::V4,
         };
         tls::load(&q, &self.name)
     }

@@ -12,6 +12,7 @@ use quinn_proto as qp;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tracing::{debug, info, warn};
+use weft_config::subnet::PerFamily;
 
 impl Loop {
     /// Carries out what the peer table decided.
@@ -21,7 +22,7 @@ impl Loop {
                 Action::Dial { node, endpoint } => self.dial(&node, endpoint, now),
                 Action::Close { conn, why } => self.close(conn, why, now),
                 Action::Refuse { conn, why } => self.refuse(conn, &why, now),
-                Action::Install { node, subnet, conn } => self.install(node, subnet, conn),
+                Action::Install { node, subnets, conn } => self.install(node, subnets, conn),
                 Action::Routes => self.rebuild_routes(),
                 Action::Forget { node } => {
                     self.counters.remove(&node);
@@ -92,12 +93,13 @@ impl Loop {
         self.close(ch, Closing::Unidentified, now);
     }
 
-    /// `ch` becomes `node`'s tunnel: its datagrams flow, counted on the peer's counters.
-    fn install(&mut self, node: String, subnet: IpNet, ch: qp::ConnectionHandle) {
+    /// `ch` becomes `node`'s tunnel: its datagrams flow (each packet's source checked against
+    /// the peer's subnet of its family), counted on the peer's counters.
+    fn install(&mut self, node: String, subnets: PerFamily<IpNet>, ch: qp::ConnectionHandle) {
         let counters = self.counters.entry(node.clone()).or_default().clone();
         let Some(c) = self.conns.get_mut(&ch) else { return };
         let max = c.conn.datagrams().max_size().unwrap_or(0);
-        c.peer = Some((Prefix::new(subnet), counters));
+        c.peer = Some((Prefix::of(subnets.iter().map(|(_, s)| *s)), counters));
         c.max_datagram = max;
         info!(peer = %node, remote = %c.conn.remote_address(), max_datagram = max, "tunnel up");
         if max < self.sh.tun_mtu as usize {
@@ -108,9 +110,11 @@ impl Loop {
 
     fn rebuild_routes(&mut self) {
         let mut routes = packet::SubnetTable::new(self.local);
-        for (subnet, ch) in self.table.installed() {
-            if !routes.insert(subnet, ch) {
-                warn!(%subnet, "a peer subnet of another length or family than this node's: no route to it");
+        for (subnets, ch) in self.table.installed() {
+            for (_, subnet) in subnets.iter() {
+                if !routes.insert(*subnet, ch) {
+                    warn!(%subnet, "a peer subnet of another length or family than this node's: no route to it");
+                }
             }
         }
         self.routes = routes;
@@ -125,7 +129,7 @@ impl Loop {
                 let conn = p.installed().and_then(|ch| self.conns.get(&ch));
                 PeerView {
                     node: p.spec.node.clone(),
-                    subnet: p.spec.subnet,
+                    subnets: p.spec.subnets,
                     connected: conn.is_some(),
                     dialer: p.dialer,
                     rtt_us: conn.map_or(0, |c| c.conn.rtt().as_micros() as u64),
@@ -150,7 +154,8 @@ impl Loop {
             None => {
                 let remote = c.conn.remote_address();
                 match tls::peer_names(c.conn.crypto_session().peer_identity()) {
-                    Ok(names) => self.table.accepted(ch, names, remote.ip(), now),
+                    // An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.
+                    Ok(names) => self.table.accepted(ch, names, remote.ip().to_canonical(), now),
                     Err(e) => {
                         self.refuse(ch, &format!("{e:#}"), now);
                         return;
