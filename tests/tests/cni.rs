@@ -89,7 +89,7 @@ fn add_check_del_as_a_runtime_calls_it() {
     assert!(ping.status.success(), "container -> n2/p1 {far}");
     // The agent knows the pod (so it never gives the address out again).
     let pods = lab.client(1).expect("client").pod_list().expect("pods");
-    let pod = pods.iter().find(|p| p.ip == addr).expect("pod in the agent's list");
+    let pod = pods.iter().find(|p| p.ip == Some(addr)).expect("pod in the agent's list");
     assert_eq!((pod.source.as_str(), pod.name.as_str()), ("cni", weft_agent::cni::pod_name(&c.id, "eth0").as_str()));
 
     // ADD again is the same attachment (a runtime retry).
