@@ -6,19 +6,24 @@ use crate::firewall::Runner;
 use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use tracing::{info, warn};
 use weft_config::api::{PodAddr, PodInfo};
-use weft_config::subnet::{self, PerFamily};
+use weft_config::subnet::{self, Family, PerFamily};
 use weft_store::Store;
 
 impl<K: Kernel, S: Store> Node<K, S> {
-    /// Bridge, gateway addresses, firewall and pods.
+    /// IPv6 forwarding (with an IPv6 pool), bridge, gateway addresses, firewall and pods.
     pub(super) async fn plumb<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let nl = &ctx.nl;
+        if self.subnets.get(Family::V6).is_some() {
+            ctx.host
+                .enable_ipv6_forwarding(&self.underlay.name)
+                .with_context(|| format!("turning on IPv6 forwarding (accept_ra = 2 on {})", self.underlay.name))?;
+        }
         self.bridge_index = nl.ensure_bridge(&ctx.cfg.bridge.name, self.mtu).await?;
         // The gateway of every family the node holds a subnet of (IPv4 first).
         let current = nl.addrs(self.bridge_index).await?;
@@ -36,14 +41,18 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.ensure_pods(ctx).await
     }
 
+    /// The firewall rules of every pool the node holds a subnet of (one spec per family,
+    /// IPv4 first; a failing family does not keep the other's from being repaired).
     pub(super) fn apply_firewall<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
         let policy = self.forward.clone().unwrap_or_else(|| self.drivers.default_forward());
-        if let Err(e) = ctx.firewall.ensure(self.cluster(), self.subnet, &policy) {
-            warn!(error = %format!("{e:#}"), "firewall rules");
-            ctx.set_status(|s| {
-                s.reconcile_errors += 1;
-                s.last_error = Some(format!("{e:#}"));
-            });
+        for (cluster, subnet) in self.leases() {
+            if let Err(e) = ctx.firewall.ensure(cluster, subnet, &policy) {
+                warn!(error = %format!("{e:#}"), "firewall rules");
+                ctx.set_status(|s| {
+                    s.reconcile_errors += 1;
+                    s.last_error = Some(format!("{e:#}"));
+                });
+            }
         }
     }
 
