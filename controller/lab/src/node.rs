@@ -4,7 +4,7 @@
 //! ([`LabNode::agent_command`]), runs commands on it ([`LabNode::command`]), asks its agent for
 //! status ([`LabNode::agent_client`]) and removes it ([`LabNode::destroy`]).
 //!
-//! The kind is part of the [`LabSpec`](crate::LabSpec) and so of `state.json`: `lab down --id`
+//! The kind is part of the [`LabSpec`] and so of `state.json`: `lab down --id`
 //! finds the kind of every node there, with no running `Lab` needed.
 //!
 //! ## Adding a node kind
