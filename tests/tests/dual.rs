@@ -3,7 +3,8 @@
 //! a default route per family, the bridge both gateways, a pod reaches its gateways and a pod
 //! on the same bridge over both families, IPv6 forwarding is on with the underlay's RAs kept,
 //! ip6tables and nftables hold weft's IPv6 forward rules, and a restart keeps both addresses.
-//! Cross-node IPv6 traffic needs the backends' IPv6 routes and is not tested here.
+//! An IPv6-only node's pod has only its IPv6 address and route. Cross-node IPv6 traffic needs
+//! the backends' IPv6 routes and is not tested here.
 
 use ipnet::IpNet;
 use serde_json::Value;
@@ -155,4 +156,28 @@ fn dual_stack_pods_have_both_families_on_their_node_and_keep_them_across_a_resta
     }
     check_pods(&lab, &after, subnet, subnet6);
     assert!(ping_any(&lab, "n1/p1", gw6), "n1/p1 cannot reach {gw6} after the restart");
+}
+
+#[test]
+fn an_ipv6_only_pod_has_only_its_ipv6_address_and_route() {
+    let lab = lab("d2", 1, 1, |s| s.ip_family = IpFamily::V6);
+    let st = lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
+    assert_eq!(st.subnet, None, "no IPv4 subnet");
+    let subnet6: IpNet = st.subnet6.as_deref().expect("IPv6 subnet").parse().expect("subnet6");
+    let gw6 = weft_config::subnet::gateway(subnet6);
+    let p = pod(&st, "p1");
+    assert_eq!((p.ip, p.gateway), (None, None));
+    let ip6 = p.ip6.expect("IPv6 address");
+    assert_eq!(addrs(&lab, "n1/p1", "eth0"), vec![(IpNet::new(ip6, subnet6.prefix_len()).expect("net"), vec![])]);
+    assert_eq!(default_route(&lab, "n1/p1", "-4"), None);
+    assert_eq!(default_route(&lab, "n1/p1", "-6"), Some((gw6.to_string(), "eth0".into())));
+    assert!(ping_any(&lab, "n1/p1", gw6), "n1/p1 cannot reach {gw6}");
+    let v4 = run_ok(&lab, "n1", &["iptables", "-w", "5", "-S"]);
+    assert!(!v4.contains("WEFT-FWD"), "no IPv4 rules in an IPv6-only network:\n{v4}");
+    let v6 = run_ok(&lab, "n1", &["ip6tables", "-w", "5", "-S", "WEFT-FWD-default"]);
+    assert!(v6.contains(weft_lab::names::CLUSTER_CIDR6), "{v6}");
+    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    lab.start_agent(1).expect("start");
+    let after = lab.wait_ready(1, Duration::from_secs(20)).expect("ready again");
+    assert_eq!((pod(&after, "p1").ip, pod(&after, "p1").ip6), (None, Some(ip6)));
 }
