@@ -2,7 +2,8 @@
 //! On one node of a flat host-gw lab with an IPv4 and an IPv6 pool: each pod has an address and
 //! a default route per family, the bridge both gateways, a pod reaches its gateways and a pod
 //! on the same bridge over both families, IPv6 forwarding is on with the underlay's RAs kept,
-//! ip6tables and nftables hold weft's IPv6 forward rules, and a restart keeps both addresses.
+//! ip6tables and nftables hold weft's IPv6 forward rules, and a restart keeps both addresses
+//! (with and without the state dir).
 //! An IPv6-only node's pod has only its IPv6 address and route. Cross-node IPv6 traffic needs
 //! the backends' IPv6 routes and is not tested here.
 
@@ -156,6 +157,20 @@ fn dual_stack_pods_have_both_families_on_their_node_and_keep_them_across_a_resta
     }
     check_pods(&lab, &after, subnet, subnet6);
     assert!(ping_any(&lab, "n1/p1", gw6), "n1/p1 cannot reach {gw6} after the restart");
+
+    // And without the state dir: both subnets found by identity, both addresses read back from
+    // the pods' namespaces.
+    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    let state_dir = lab.node_config(1).expect("node config").paths.state_dir;
+    std::fs::remove_dir_all(&state_dir).unwrap_or_else(|e| panic!("removing {}: {e}", state_dir.display()));
+    lab.start_agent(1).expect("start");
+    let fresh = lab.wait_ready(1, Duration::from_secs(20)).expect("ready without the state dir");
+    assert_eq!((fresh.subnet.as_deref(), fresh.subnet6.as_deref()), (st.subnet.as_deref(), st.subnet6.as_deref()));
+    for j in 1..=2 {
+        let (b, a) = (pod(&st, &format!("p{j}")), pod(&fresh, &format!("p{j}")));
+        assert_eq!((a.ip, a.ip6), (b.ip, b.ip6), "p{j} after a restart without the state dir");
+    }
+    check_pods(&lab, &fresh, subnet, subnet6);
 }
 
 #[test]
