@@ -10,6 +10,7 @@
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
+use weft_config::api::PodAddr;
 use weft_config::subnet::Family;
 
 /// CNI versions whose result format this plugin writes.
@@ -192,30 +193,36 @@ pub struct Attachment {
     pub ifname: String,
     pub mac: String,
     pub sandbox: String,
-    pub ip: IpAddr,
-    pub prefix_len: u8,
-    pub gateway: IpAddr,
+    /// One address per family of the network (IPv4 first), each with its gateway.
+    pub addrs: Vec<PodAddr>,
 }
 
-/// The ADD result in the format of `version`.
+/// The ADD result in the format of `version`: every address of the pod with its gateway, and
+/// a default route per family.
 pub fn result(version: &str, a: &Attachment) -> Value {
-    let family = Family::of(a.ip);
-    let mut ip = Map::new();
-    if version.starts_with("0.") {
-        ip.insert("version".into(), json!(if family == Family::V4 { "4" } else { "6" }));
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for addr in &a.addrs {
+        let family = Family::of(addr.ip);
+        let mut ip = Map::new();
+        if version.starts_with("0.") {
+            ip.insert("version".into(), json!(if family == Family::V4 { "4" } else { "6" }));
+        }
+        let default = if family == Family::V4 { "0.0.0.0/0" } else { "::/0" };
+        ip.insert("address".into(), json!(format!("{}/{}", addr.ip, addr.prefix_len)));
+        ip.insert("gateway".into(), json!(addr.gateway.to_string()));
+        ip.insert("interface".into(), json!(1));
+        ips.push(Value::Object(ip));
+        routes.push(json!({ "dst": default, "gw": addr.gateway.to_string() }));
     }
-    let default = if family == Family::V4 { "0.0.0.0/0" } else { "::/0" };
-    ip.insert("address".into(), json!(format!("{}/{}", a.ip, a.prefix_len)));
-    ip.insert("gateway".into(), json!(a.gateway.to_string()));
-    ip.insert("interface".into(), json!(1));
     json!({
         "cniVersion": version,
         "interfaces": [
             { "name": a.host_veth, "mac": a.host_mac },
             { "name": a.ifname, "mac": a.mac, "sandbox": a.sandbox },
         ],
-        "ips": [Value::Object(ip)],
-        "routes": [{ "dst": default, "gw": a.gateway.to_string() }],
+        "ips": ips,
+        "routes": routes,
         "dns": {},
     })
 }
@@ -350,10 +357,28 @@ mod tests {
             ifname: "eth0".into(),
             mac: "aa:bb:cc:dd:ee:02".into(),
             sandbox: "/var/run/netns/c1".into(),
-            ip: ip.parse().expect("lit"),
-            prefix_len,
-            gateway: gateway.parse().expect("lit"),
+            addrs: vec![PodAddr { ip: ip.parse().expect("lit"), prefix_len, gateway: gateway.parse().expect("lit") }],
         }
+    }
+
+    #[test]
+    fn a_dual_stack_result_lists_both_addresses_and_both_routes() {
+        let mut a = attachment("10.244.1.5", 24, "10.244.1.1");
+        a.addrs.extend(attachment("fd00:10:244:1::5", 64, "fd00:10:244:1::1").addrs);
+        let r = result("1.0.0", &a);
+        assert_eq!(
+            r["ips"],
+            json!([
+                {"address":"10.244.1.5/24","gateway":"10.244.1.1","interface":1},
+                {"address":"fd00:10:244:1::5/64","gateway":"fd00:10:244:1::1","interface":1},
+            ])
+        );
+        assert_eq!(r["routes"], json!([{"dst":"0.0.0.0/0","gw":"10.244.1.1"}, {"dst":"::/0","gw":"fd00:10:244:1::1"}]));
+        let old = result("0.4.0", &a);
+        assert_eq!((old["ips"][0]["version"].as_str(), old["ips"][1]["version"].as_str()), (Some("4"), Some("6")));
+        let sb = "/var/run/netns/c1";
+        assert_eq!(prev_address(&r, "eth0", sb, Family::V4), Ok(("10.244.1.5".parse().expect("lit"), 24)));
+        assert_eq!(prev_address(&r, "eth0", sb, Family::V6), Ok(("fd00:10:244:1::5".parse().expect("lit"), 64)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Pods: a named network namespace with one veth into the node bridge, an address from the
-//! node subnet and a default route via the bridge. `attach` is the single idempotent operation
+//! Pods: a named network namespace with one veth into the node bridge, an address from each of
+//! the node's subnets (one per family the network serves) and a default route per family via
+//! the bridge. `attach` is the single idempotent operation
 //! that creates or repairs a pod; the state dir records the result and is the source of truth.
 
 use crate::kernel::Kernel;
@@ -8,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use weft_config::subnet::{self, Family};
+use weft_config::subnet::{self, Family, PerFamily};
 
 /// Host-side veth name, derived from the pod's namespace and interface so it is stable across
 /// restarts and fits the 15-byte limit.
@@ -45,7 +46,8 @@ pub fn managed_addr(subnet: IpNet, addr: IpNet) -> bool {
 pub struct PodNet<'a, K> {
     pub nl: &'a K,
     pub bridge_index: u32,
-    pub subnet: IpNet,
+    /// The node's subnets: a pod gets an address of each.
+    pub subnets: PerFamily<IpNet>,
     pub mtu: u32,
 }
 
@@ -54,13 +56,14 @@ pub struct AttachRequest<'a> {
     pub netns: &'a str,
     pub ifname: &'a str,
     pub source: PodSource,
-    /// Address the state dir remembers, if any.
-    pub remembered: Option<IpAddr>,
+    /// Addresses the state dir remembers, if any.
+    pub remembered: Option<PerFamily<IpAddr>>,
     /// weft created the namespace earlier (remembered in the state dir).
     pub owns_netns: bool,
 }
 
-/// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod.
+/// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod (of
+/// every family).
 pub async fn attach<K: Kernel>(
     net: &PodNet<'_, K>,
     req: &AttachRequest<'_>,
@@ -108,25 +111,36 @@ pub async fn attach<K: Kernel>(
         pod_nl.set_link(inside.index, Some(net.mtu), true, None).await?;
     }
 
-    let present: Vec<IpNet> =
-        pod_nl.addrs(inside.index).await?.into_iter().filter(|a| managed_addr(net.subnet, *a)).collect();
-    let mut candidates: Vec<IpAddr> = req.remembered.into_iter().collect();
-    candidates.extend(present.iter().filter(|a| a.prefix_len() == net.subnet.prefix_len()).map(|a| a.addr()));
-    let ip = choose_addr(net.subnet, &candidates, used_by_others)
-        .with_context(|| format!("no free address left in {}", net.subnet))?;
-    let want = IpNet::new(ip, net.subnet.prefix_len()).context("pod address")?;
-    for a in present.iter().filter(|a| **a != want) {
-        pod_nl.del_addr(inside.index, *a).await?;
+    // Per family: the address (stray ones of the family go), then the default route via the
+    // bridge's gateway of that family.
+    let current = pod_nl.addrs(inside.index).await?;
+    let (mut v4, mut v6) = (None, None);
+    for (family, subnet) in net.subnets.iter() {
+        let subnet = *subnet;
+        let present: Vec<IpNet> = current.iter().copied().filter(|a| managed_addr(subnet, *a)).collect();
+        let mut candidates: Vec<IpAddr> = req.remembered.and_then(|r| r.get(family).copied()).into_iter().collect();
+        candidates.extend(present.iter().filter(|a| a.prefix_len() == subnet.prefix_len()).map(|a| a.addr()));
+        let ip = choose_addr(subnet, &candidates, used_by_others)
+            .with_context(|| format!("no free address left in {subnet}"))?;
+        let want = IpNet::new(ip, subnet.prefix_len()).context("pod address")?;
+        for a in present.iter().filter(|a| **a != want) {
+            pod_nl.del_addr(inside.index, *a).await?;
+        }
+        if !present.contains(&want) {
+            pod_nl.add_addr(inside.index, want).await?;
+        }
+        pod_nl.replace_default_route(subnet::gateway(subnet), inside.index).await?;
+        match family {
+            Family::V4 => v4 = Some(ip),
+            Family::V6 => v6 = Some(ip),
+        }
     }
-    if !present.contains(&want) {
-        pod_nl.add_addr(inside.index, want).await?;
-    }
-    pod_nl.replace_default_route(subnet::gateway(net.subnet), inside.index).await?;
+    let addrs = PerFamily::from_options(v4, v6).context("the node holds no subnet")?;
     Ok(PodRecord {
         name: req.name.to_string(),
         netns: req.netns.to_string(),
         ifname: req.ifname.to_string(),
-        ip,
+        addrs,
         host_veth: host,
         source: req.source,
         owns_netns: req.owns_netns || created,
@@ -174,9 +188,9 @@ mod tests {
     #[tokio::test]
     async fn attach_sends_the_pod_setup_in_order() {
         let (k, br) = node().await;
-        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let net = PodNet { nl: &k, bridge_index: br, subnets: subnet().into(), mtu: 1450 };
         let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
-        assert_eq!(rec.ip, "10.244.1.2".parse::<IpAddr>().expect("literal"));
+        assert_eq!(rec.addrs, PerFamily::V4("10.244.1.2".parse::<IpAddr>().expect("literal")));
         assert!(rec.owns_netns, "weft created the namespace");
         let host = host_veth_name("ns1", "eth0");
         let tmp = temp_peer_name("ns1", "eth0");
@@ -207,11 +221,11 @@ mod tests {
     #[tokio::test]
     async fn attach_again_only_refreshes_the_route_and_repairs_what_drifted() {
         let (k, br) = node().await;
-        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let net = PodNet { nl: &k, bridge_index: br, subnets: subnet().into(), mtu: 1450 };
         let first = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
         k.take_calls();
         let again = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("again");
-        assert_eq!(again.ip, first.ip);
+        assert_eq!(again.addrs, first.addrs);
         let calls = k.take_calls();
         assert_eq!(calls.len(), 1, "{calls:?}");
         assert!(matches!(calls[0].1, Call::ReplaceDefaultRoute { .. }), "{calls:?}");
@@ -221,7 +235,7 @@ mod tests {
         let eth0 = pod.link("eth0").await.expect("lookup").expect("eth0").index;
         pod.del_addr(eth0, "10.244.1.2/24".parse().expect("literal")).await.expect("del");
         pod.add_addr(eth0, "10.244.1.9/16".parse().expect("literal")).await.expect("add");
-        let req = AttachRequest { remembered: Some(first.ip), ..request("ns1") };
+        let req = AttachRequest { remembered: Some(first.addrs), ..request("ns1") };
         attach(&net, &req, &BTreeSet::new()).await.expect("repair");
         assert_eq!(pod.addrs(eth0).await.expect("list"), vec!["10.244.1.2/24".parse::<IpNet>().expect("literal")]);
     }
@@ -229,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn attach_leaves_the_kernels_ipv6_link_local_address_alone() {
         let (k, br) = node().await;
-        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let net = PodNet { nl: &k, bridge_index: br, subnets: subnet().into(), mtu: 1450 };
         attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
         let pod = k.in_netns("ns1").expect("pod namespace");
         let eth0 = pod.link("eth0").await.expect("lookup").expect("eth0").index;
@@ -240,6 +254,87 @@ mod tests {
         let calls = k.take_calls();
         assert!(!calls.iter().any(|(_, c)| matches!(c, Call::DelAddress { .. })), "{calls:?}");
         assert!(pod.addrs(eth0).await.expect("list").contains(&ll));
+    }
+
+    fn dual() -> PerFamily<IpNet> {
+        PerFamily::Dual(subnet(), "fd00:10:244:1::/64".parse().expect("literal"))
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_pod_gets_an_address_and_a_default_route_per_family() {
+        let (k, br) = node().await;
+        let net = PodNet { nl: &k, bridge_index: br, subnets: dual(), mtu: 1450 };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("literal");
+        let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
+        assert_eq!(rec.addrs, PerFamily::Dual(ip("10.244.1.2"), ip("fd00:10:244:1::2")));
+        let pod = k.in_netns("ns1").expect("pod namespace");
+        let eth0 = pod.link("eth0").await.expect("lookup").expect("eth0").index;
+        let tail: Vec<Call> = k
+            .take_calls()
+            .into_iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(|(ns, c)| {
+                assert_eq!(ns, "ns1");
+                c
+            })
+            .collect();
+        assert_eq!(
+            tail,
+            vec![
+                Call::AddAddress { index: eth0, addr: "10.244.1.2/24".parse().expect("literal") },
+                Call::ReplaceDefaultRoute { via: ip("10.244.1.1"), oif: eth0 },
+                Call::AddAddress { index: eth0, addr: "fd00:10:244:1::2/64".parse().expect("literal") },
+                Call::ReplaceDefaultRoute { via: ip("fd00:10:244:1::1"), oif: eth0 },
+            ],
+            "IPv4 first, each family's address before its route"
+        );
+        for family in [Family::V4, Family::V6] {
+            assert_eq!(pod.default_route_oif(family).await.expect("route"), Some(eth0), "{family}");
+        }
+
+        // Again with what the state dir remembers: nothing but the two routes; a stray IPv6
+        // address is replaced by the remembered one, the IPv4 one is left as it is.
+        attach(&net, &AttachRequest { remembered: Some(rec.addrs), ..request("ns1") }, &BTreeSet::new())
+            .await
+            .expect("again");
+        let calls = k.take_calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        pod.del_addr(eth0, "fd00:10:244:1::2/64".parse().expect("literal")).await.expect("del");
+        pod.add_addr(eth0, "fd00:10:244:1::99/64".parse().expect("literal")).await.expect("add");
+        let again = attach(&net, &AttachRequest { remembered: Some(rec.addrs), ..request("ns1") }, &BTreeSet::new())
+            .await
+            .expect("repair");
+        assert_eq!(again.addrs, rec.addrs);
+        let mut addrs = pod.addrs(eth0).await.expect("list");
+        addrs.sort();
+        assert_eq!(addrs, vec![n("10.244.1.2/24"), n("fd00:10:244:1::2/64")]);
+
+        // The state dir lost: the addresses in the namespace are kept, per family.
+        let lost = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("state dir lost");
+        assert_eq!(lost.addrs, rec.addrs);
+        // Another pod gets the next address of each family.
+        let used: BTreeSet<IpAddr> = rec.ips().collect();
+        let other = attach(&net, &AttachRequest { name: "p2", ..request("ns2") }, &used).await.expect("second pod");
+        assert_eq!(other.addrs, PerFamily::Dual(ip("10.244.1.3"), ip("fd00:10:244:1::3")));
+    }
+
+    fn n(s: &str) -> IpNet {
+        s.parse().expect("literal")
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_only_pod_gets_only_the_ipv6_address_and_route() {
+        let (k, br) = node().await;
+        let net = PodNet { nl: &k, bridge_index: br, subnets: PerFamily::V6(n("fd00:10:244:1::/64")), mtu: 1450 };
+        let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
+        assert_eq!(rec.addrs, PerFamily::V6("fd00:10:244:1::2".parse().expect("literal")));
+        let pod = k.in_netns("ns1").expect("pod namespace");
+        let eth0 = pod.link("eth0").await.expect("lookup").expect("eth0").index;
+        assert_eq!(pod.addrs(eth0).await.expect("list"), vec![n("fd00:10:244:1::2/64")]);
+        assert_eq!(pod.default_route_oif(Family::V6).await.expect("route"), Some(eth0));
+        assert_eq!(pod.default_route_oif(Family::V4).await.expect("route"), None);
     }
 
     #[test]
@@ -259,7 +354,7 @@ mod tests {
         k.ensure_netns("ns1").expect("netns");
         k.in_netns("ns1").expect("pod").seed_link("eth0", "macvlan", 1500);
         k.take_calls();
-        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let net = PodNet { nl: &k, bridge_index: br, subnets: subnet().into(), mtu: 1450 };
         let e = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect_err("not ours");
         assert!(e.to_string().contains("that weft did not create"), "{e}");
         assert!(k.calls().is_empty(), "nothing was changed: {:?}", k.calls());
@@ -268,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn detach_deletes_the_veth_and_the_namespace_it_owns() {
         let (k, br) = node().await;
-        let net = PodNet { nl: &k, bridge_index: br, subnet: subnet(), mtu: 1450 };
+        let net = PodNet { nl: &k, bridge_index: br, subnets: subnet().into(), mtu: 1450 };
         let rec = attach(&net, &request("ns1"), &BTreeSet::new()).await.expect("attach");
         let host = k.link(&rec.host_veth).await.expect("lookup").expect("host veth").index;
         k.take_calls();

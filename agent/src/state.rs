@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use weft_config::subnet::Family;
+use weft_config::subnet::{Family, PerFamily};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetState {
@@ -37,17 +37,93 @@ impl PodSource {
     }
 }
 
+/// A pod the agent made, as `pods.json` keeps it: its address of each family the network
+/// serves, stored as `ip` (IPv4, as before dual-stack) and `ip6`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PodRecordJson", into = "PodRecordJson")]
 pub struct PodRecord {
     pub name: String,
     pub netns: String,
     pub ifname: String,
-    pub ip: IpAddr,
+    /// One address per family.
+    pub addrs: PerFamily<IpAddr>,
     pub host_veth: String,
     pub source: PodSource,
     /// weft created the namespace (and removes it with the pod).
-    #[serde(default)]
     pub owns_netns: bool,
+}
+
+impl PodRecord {
+    /// The pod's address of `family`, if it has one.
+    pub fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.addrs.get(family).copied()
+    }
+
+    /// Every address, IPv4 first.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addrs.iter().map(|(_, a)| *a)
+    }
+
+    /// The addresses for a log line: `10.244.1.2`, `10.244.1.2,fd00:10:244:1::2`.
+    pub fn ips_text(&self) -> String {
+        self.ips().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A [`PodRecord`] in `pods.json`.
+#[derive(Serialize, Deserialize)]
+struct PodRecordJson {
+    name: String,
+    netns: String,
+    ifname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<IpAddr>,
+    host_veth: String,
+    source: PodSource,
+    #[serde(default)]
+    owns_netns: bool,
+}
+
+impl TryFrom<PodRecordJson> for PodRecord {
+    type Error = String;
+
+    fn try_from(j: PodRecordJson) -> Result<Self, String> {
+        let (v4, v6) = match (j.ip, j.ip6) {
+            // An IPv6-only pod written while `ip` held the first family's address.
+            (Some(a @ IpAddr::V6(_)), None) => (None, Some(a)),
+            (Some(IpAddr::V6(a)), Some(_)) => return Err(format!("pod {}: ip {a} is not an IPv4 address", j.name)),
+            (_, Some(IpAddr::V4(a))) => return Err(format!("pod {}: ip6 {a} is not an IPv6 address", j.name)),
+            (v4, v6) => (v4, v6),
+        };
+        let addrs = PerFamily::from_options(v4, v6).ok_or_else(|| format!("pod {}: no address", j.name))?;
+        Ok(Self {
+            name: j.name,
+            netns: j.netns,
+            ifname: j.ifname,
+            addrs,
+            host_veth: j.host_veth,
+            source: j.source,
+            owns_netns: j.owns_netns,
+        })
+    }
+}
+
+impl From<PodRecord> for PodRecordJson {
+    fn from(p: PodRecord) -> Self {
+        let (ip, ip6) = p.addrs.as_options();
+        Self {
+            ip: ip.copied(),
+            ip6: ip6.copied(),
+            name: p.name,
+            netns: p.netns,
+            ifname: p.ifname,
+            host_veth: p.host_veth,
+            source: p.source,
+            owns_netns: p.owns_netns,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -237,7 +313,7 @@ mod tests {
             name: "p1".into(),
             netns: "ns1".into(),
             ifname: "eth0".into(),
-            ip: "10.244.1.2".parse().expect("lit"),
+            addrs: PerFamily::V4("10.244.1.2".parse().expect("lit")),
             host_veth: "wv0123abcd".into(),
             source: PodSource::Cni,
             owns_netns: true,
@@ -248,6 +324,36 @@ mod tests {
         assert_eq!(serde_json::to_string_pretty(std::slice::from_ref(&pod)).expect("json"), pods_json);
         assert_eq!(serde_json::from_str::<SubnetState>(subnet_json).expect("read back"), st);
         assert_eq!(serde_json::from_str::<Vec<PodRecord>>(pods_json).expect("read back"), vec![pod]);
+    }
+
+    #[test]
+    fn pod_records_keep_an_address_per_family() {
+        let line = |extra: &str| {
+            format!(r#"{{"name":"p1","netns":"n","ifname":"eth0",{extra}"host_veth":"wv0","source":"config"}}"#)
+        };
+        let read = |extra: &str| serde_json::from_str::<PodRecord>(&line(extra));
+        let ip = |s: &str| s.parse::<IpAddr>().expect("lit");
+        let dual = read(r#""ip":"10.244.1.2","ip6":"fd00:10:244:1::2","#).expect("dual");
+        assert_eq!(dual.addrs, PerFamily::Dual(ip("10.244.1.2"), ip("fd00:10:244:1::2")));
+        assert_eq!(dual.ips().collect::<Vec<_>>(), [ip("10.244.1.2"), ip("fd00:10:244:1::2")]);
+        let only6 = read(r#""ip6":"fd00:10:244:1::2","#).expect("v6");
+        assert_eq!((only6.ip(Family::V4), only6.ip(Family::V6)), (None, Some(ip("fd00:10:244:1::2"))));
+        let json = serde_json::to_string(&only6).expect("json");
+        assert!(json.contains(r#""ip6":"fd00:10:244:1::2""#) && !json.contains(r#""ip":"#), "{json}");
+        assert_eq!(serde_json::from_str::<PodRecord>(&json).expect("read back"), only6);
+        assert_eq!(read(r#""ip":"fd00:10:244:1::2","#).expect("an older IPv6-only record").addrs, only6.addrs);
+        assert_eq!(
+            serde_json::from_str::<PodRecord>(&serde_json::to_string(&dual).expect("json")).expect("back"),
+            dual
+        );
+        for (extra, want) in [
+            ("", "pod p1: no address"),
+            (r#""ip":"fd00::1","ip6":"fd00::2","#, "pod p1: ip fd00::1 is not an IPv4 address"),
+            (r#""ip6":"10.0.0.1","#, "pod p1: ip6 10.0.0.1 is not an IPv6 address"),
+        ] {
+            let e = read(extra).expect_err(want);
+            assert!(e.to_string().starts_with(want), "{e}");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct AgentConfig {
     pub network: String,
     /// Masquerade pod traffic that leaves the cluster CIDR (never pod-to-pod traffic).
     pub ip_masq: bool,
+    /// Masquerade IPv6 pod traffic that leaves the IPv6 cluster CIDR (never pod-to-pod
+    /// traffic); only in a network with an IPv6 pool.
+    pub ip_masq6: bool,
     pub etcd: EtcdConfig,
     pub underlay: UnderlayConfig,
     pub bridge: BridgeConfig,
@@ -212,6 +215,7 @@ impl AgentConfig {
             return Err(r.err("network", format!("expected {NAME_RULE}, found {network:?}")));
         }
         let ip_masq = r.opt_bool("ip_masq")?.unwrap_or(false);
+        let ip_masq6 = r.opt_bool("ip_masq6")?.unwrap_or(false);
 
         let etcd = read_etcd(r.table("etcd")?)?;
         let underlay = read_underlay(r.table("underlay")?)?;
@@ -247,6 +251,7 @@ impl AgentConfig {
             node_id,
             network: network.to_string(),
             ip_masq,
+            ip_masq6,
             etcd,
             underlay,
             bridge,
@@ -467,6 +472,7 @@ endpoints = ["http://10.0.0.5:2379"]
         assert_eq!(c.paths, Paths::default());
         assert_eq!(c.timers, Timers::default());
         assert!(!c.ip_masq);
+        assert!(!c.ip_masq6, "IPv6 masquerading is off by default");
         assert!(c.pods.is_empty());
         assert_eq!(c.etcd.tls, None);
         assert_eq!(c.quic, None);
@@ -531,6 +537,7 @@ node_name = "n2"
 node_id = "lab-n2"
 network = "blue"
 ip_masq = true
+ip_masq6 = true
 [etcd]
 endpoints = ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
 ca_file = "/etc/weft/ca.pem"
@@ -561,7 +568,7 @@ ifname = "net0"
         )
         .expect("valid");
         assert_eq!(c.node_id.as_deref(), Some("lab-n2"));
-        assert!(c.ip_masq);
+        assert!(c.ip_masq && c.ip_masq6);
         assert_eq!(c.etcd.endpoints.len(), 2);
         let tls = c.etcd.tls.expect("tls");
         assert_eq!(tls.identity, Some(("/etc/weft/n2.pem".into(), "/etc/weft/n2.key".into())));
@@ -590,7 +597,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
             ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
-            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
             ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
             ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
             ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),

@@ -42,17 +42,72 @@ pub enum Response {
     Error { message: String },
 }
 
+/// A pod as the API shows it: one address per family of the network. The IPv4 one stays in
+/// `ip`/`prefix_len`/`gateway` as before dual-stack (null in a network without an IPv4 pool);
+/// the IPv6 one is `ip6`/`prefix_len6`/`gateway6`, absent without an IPv6 pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodInfo {
     pub name: String,
     pub netns: String,
     pub ifname: String,
-    pub ip: IpAddr,
-    pub prefix_len: u8,
-    pub gateway: IpAddr,
+    /// The IPv4 address.
+    pub ip: Option<IpAddr>,
+    pub prefix_len: Option<u8>,
+    /// The IPv4 gateway (the bridge's IPv4 address).
+    pub gateway: Option<IpAddr>,
+    /// The IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len6: Option<u8>,
+    /// The IPv6 gateway (the bridge's IPv6 address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<IpAddr>,
     pub host_veth: String,
     /// `config` (declared in agent.toml) or `api` (added through the socket).
     pub source: String,
+}
+
+/// One of a pod's addresses: the address, its prefix length and the gateway of its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodAddr {
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: IpAddr,
+}
+
+impl PodInfo {
+    /// The pod's addresses, IPv4 first (fields of one family that are only partly set are
+    /// left out).
+    pub fn addrs(&self) -> Vec<PodAddr> {
+        let v4 = (self.ip, self.prefix_len, self.gateway);
+        let v6 = (self.ip6, self.prefix_len6, self.gateway6);
+        [v4, v6]
+            .into_iter()
+            .filter_map(|(ip, prefix_len, gateway)| {
+                Some(PodAddr { ip: ip?, prefix_len: prefix_len?, gateway: gateway? })
+            })
+            .collect()
+    }
+
+    /// Sets the fields of `a`'s family.
+    pub fn set_addr(&mut self, a: PodAddr) {
+        let (ip, prefix_len, gateway) = match a.ip {
+            IpAddr::V4(_) => (&mut self.ip, &mut self.prefix_len, &mut self.gateway),
+            IpAddr::V6(_) => (&mut self.ip6, &mut self.prefix_len6, &mut self.gateway6),
+        };
+        (*ip, *prefix_len, *gateway) = (Some(a.ip), Some(a.prefix_len), Some(a.gateway));
+    }
+
+    /// The addresses as `ADDR/LEN`, joined by `sep` (`-` for none).
+    pub fn addrs_text(&self, sep: &str) -> String {
+        let all: Vec<String> = self.addrs().iter().map(|a| format!("{}/{}", a.ip, a.prefix_len)).collect();
+        if all.is_empty() {
+            "-".into()
+        } else {
+            all.join(sep)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,5 +264,50 @@ mod tests {
         assert_eq!(serde_json::to_string(&Request::Status).expect("ser"), r#"{"op":"status"}"#);
         assert_eq!(serde_json::to_string(&Response::Done).expect("ser"), r#"{"result":"done"}"#);
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+
+    fn pod() -> PodInfo {
+        PodInfo {
+            name: "p1".into(),
+            netns: "ns1".into(),
+            ifname: "eth0".into(),
+            ip: None,
+            prefix_len: None,
+            gateway: None,
+            ip6: None,
+            prefix_len6: None,
+            gateway6: None,
+            host_veth: "wv0".into(),
+            source: "config".into(),
+        }
+    }
+
+    #[test]
+    fn pod_entries_keep_ip_for_ipv4_and_add_ip6_beside_it() {
+        let a = |ip: &str, len, gw: &str| PodAddr {
+            ip: ip.parse().expect("lit"),
+            prefix_len: len,
+            gateway: gw.parse().expect("lit"),
+        };
+        let (v4, v6) = (a("10.244.1.2", 24, "10.244.1.1"), a("fd00:10:244:1::2", 64, "fd00:10:244:1::1"));
+        let mut p = pod();
+        p.set_addr(v4);
+        let json = serde_json::to_string(&p).expect("json");
+        assert_eq!(
+            json,
+            r#"{"name":"p1","netns":"ns1","ifname":"eth0","ip":"10.244.1.2","prefix_len":24,"gateway":"10.244.1.1","host_veth":"wv0","source":"config"}"#,
+            "an IPv4 pod's entry is as before dual-stack"
+        );
+        p.set_addr(v6);
+        assert_eq!(p.addrs(), vec![v4, v6]);
+        assert_eq!(p.addrs_text(" "), "10.244.1.2/24 fd00:10:244:1::2/64");
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!((json["ip"].as_str(), json["ip6"].as_str()), (Some("10.244.1.2"), Some("fd00:10:244:1::2")));
+        let mut only6 = pod();
+        only6.set_addr(v6);
+        let json = serde_json::to_value(&only6).expect("json");
+        assert!(json["ip"].is_null() && json.get("ip").is_some(), "ip is null without an IPv4 pool: {json}");
+        assert_eq!(serde_json::from_value::<PodInfo>(json).expect("read back"), only6);
+        assert_eq!(pod().addrs_text(" "), "-");
     }
 }

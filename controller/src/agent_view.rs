@@ -65,8 +65,8 @@ pub fn render_pods(pods: &[PodInfo]) -> String {
         .map(|p| {
             vec![
                 p.name.clone(),
-                format!("{}/{}", p.ip, p.prefix_len),
-                p.gateway.to_string(),
+                p.addrs_text(","),
+                gateways(p),
                 p.netns.clone(),
                 p.ifname.clone(),
                 p.host_veth.clone(),
@@ -77,12 +77,20 @@ pub fn render_pods(pods: &[PodInfo]) -> String {
     table(&["NAME", "IP", "GATEWAY", "NETNS", "IFNAME", "HOST-VETH", "SOURCE"], &rows)
 }
 
-/// One line for a pod just added.
+/// A pod's gateways (one per family), joined by `,`.
+fn gateways(p: &PodInfo) -> String {
+    let all: Vec<String> = p.addrs().iter().map(|a| a.gateway.to_string()).collect();
+    if all.is_empty() {
+        "-".into()
+    } else {
+        all.join(",")
+    }
+}
+
+/// One line for a pod just added (`ADDR/LEN via GATEWAY` per family).
 pub fn render_pod(p: &PodInfo) -> String {
-    format!(
-        "{}: {}/{} via {} in netns {} ({}, host side {})\n",
-        p.name, p.ip, p.prefix_len, p.gateway, p.netns, p.ifname, p.host_veth
-    )
+    let addrs: Vec<String> = p.addrs().iter().map(|a| format!("{}/{} via {}", a.ip, a.prefix_len, a.gateway)).collect();
+    format!("{}: {} in netns {} ({}, host side {})\n", p.name, addrs.join(", "), p.netns, p.ifname, p.host_veth)
 }
 
 fn indent(s: &str) -> String {
@@ -99,9 +107,12 @@ mod tests {
             name: "p1".into(),
             netns: "weft0-n1-p1".into(),
             ifname: "eth0".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 2).into(),
-            prefix_len: 24,
-            gateway: Ipv4Addr::new(10, 244, 1, 1).into(),
+            ip: Some(Ipv4Addr::new(10, 244, 1, 2).into()),
+            prefix_len: Some(24),
+            gateway: Some(Ipv4Addr::new(10, 244, 1, 1).into()),
+            ip6: None,
+            prefix_len6: None,
+            gateway6: None,
             host_veth: "vp1".into(),
             source: "config".into(),
         }
@@ -137,6 +148,25 @@ mod tests {
         assert!(r.contains("subnet:      10.244.1.0/24\n"), "{r}");
         assert!(r.contains("peers (0):\n\npods (1):\n  NAME  IP             GATEWAY"), "{r}");
         assert_eq!(render_pod(&pod()), "p1: 10.244.1.2/24 via 10.244.1.1 in netns weft0-n1-p1 (eth0, host side vp1)\n");
+    }
+
+    #[test]
+    fn a_dual_stack_pod_shows_both_addresses() {
+        let mut p = pod();
+        p.set_addr(weft_config::api::PodAddr {
+            ip: "fd00:10:244:1::2".parse().expect("lit"),
+            prefix_len: 64,
+            gateway: "fd00:10:244:1::1".parse().expect("lit"),
+        });
+        assert_eq!(
+            render_pod(&p),
+            "p1: 10.244.1.2/24 via 10.244.1.1, fd00:10:244:1::2/64 via fd00:10:244:1::1 in netns weft0-n1-p1 (eth0, host side vp1)\n"
+        );
+        let table = render_pods(&[p]);
+        assert!(
+            table.contains("10.244.1.2/24,fd00:10:244:1::2/64  10.244.1.1,fd00:10:244:1::1  weft0-n1-p1"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -34,10 +34,12 @@ pub fn lab(id: &str, nodes: usize, pods: usize, tweak: impl FnOnce(&mut LabSpec)
 
 /// An address the agent reports, as the tests' IPv4 tools take it (IPv4 is the only family
 /// switched on).
-pub fn v4(ip: IpAddr) -> Ipv4Addr {
-    match ip {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(a) => panic!("{a} is IPv6, but the lab runs IPv4 only"),
+/// A pod's `ip` (`None` in a network without an IPv4 pool) is taken as well.
+pub fn v4(ip: impl Into<Option<IpAddr>>) -> Ipv4Addr {
+    match ip.into() {
+        Some(IpAddr::V4(a)) => a,
+        Some(IpAddr::V6(a)) => panic!("{a} is IPv6, but the lab runs IPv4 only"),
+        None => panic!("no IPv4 address, but the lab runs IPv4 only"),
     }
 }
 

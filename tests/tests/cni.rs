@@ -89,7 +89,7 @@ fn add_check_del_as_a_runtime_calls_it() {
     assert!(ping.status.success(), "container -> n2/p1 {far}");
     // The agent knows the pod (so it never gives the address out again).
     let pods = lab.client(1).expect("client").pod_list().expect("pods");
-    let pod = pods.iter().find(|p| p.ip == addr).expect("pod in the agent's list");
+    let pod = pods.iter().find(|p| p.ip == Some(addr)).expect("pod in the agent's list");
     assert_eq!((pod.source.as_str(), pod.name.as_str()), ("cni", weft_agent::cni::pod_name(&c.id, "eth0").as_str()));
 
     // ADD again is the same attachment (a runtime retry).
@@ -232,6 +232,68 @@ fn conflist_chains_bandwidth_and_portmap() {
     let nat = cmd_out(&node, &["iptables", "-t", "nat", "-S"]);
     assert!(!nat.contains(&ip.to_string()), "DNAT left behind:\n{nat}");
     assert!(!cmd_out(&node, &["ip", "-o", "link"]).contains(&host_veth));
+    let pods = lab.client(1).expect("client").pod_list().expect("pods");
+    assert!(pods.is_empty(), "{pods:?}");
+}
+
+#[test]
+fn a_dual_stack_add_lists_both_families_and_check_checks_both() {
+    let lab = lab("cn3", 1, 0, |s| s.ip_family = weft_lab::IpFamily::Dual);
+    let bin = weft_cni_bin(&lab);
+    let node = lab.node_ns(1);
+    let st = lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
+    let subnet = weft_config::subnet::parse_cidr(&st.subnet.expect("subnet")).expect("subnet");
+    let subnet6: ipnet::IpNet = st.subnet6.expect("subnet6").parse().expect("subnet6");
+    let (gw, gw6) = (weft_config::subnet::gateway(subnet), weft_config::subnet::gateway(subnet6));
+    let (c, _guard) = container(&lab, "n1-c3", "5e1d9c3a7b2f4e6d8c0a1b3c5d7e9f02");
+    let conf = weft_conf(&lab, 1, "1.0.0");
+
+    // ADD: one address per family with its gateway, a default route per family.
+    let add = run_plugin(&node, &bin, "ADD", &c, &conf, DEBIAN_CNI_DIR).expect("run");
+    assert_eq!(add.code, 0, "{add:?}");
+    let r = add.json();
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2, "{r}");
+    let (a4, l4) = split_cidr(ips[0]["address"].as_str().expect("address"));
+    let (a6, l6) = split_cidr(ips[1]["address"].as_str().expect("address"));
+    assert!(subnet.contains(&a4) && l4 == subnet.prefix_len(), "{r}");
+    assert!(subnet6.contains(&a6) && l6 == subnet6.prefix_len(), "{r}");
+    assert_eq!(
+        (ips[0]["gateway"].as_str(), ips[1]["gateway"].as_str()),
+        (Some(&*gw.to_string()), Some(&*gw6.to_string()))
+    );
+    assert_eq!(r["routes"], json!([{"dst":"0.0.0.0/0","gw":gw.to_string()}, {"dst":"::/0","gw":gw6.to_string()}]));
+    // Both are really there and usable: the container reaches both gateways.
+    let inside = cmd_out(&ns_of(&c), &["ip", "addr", "show", "eth0"]);
+    assert!(inside.contains(&format!("{a4}/{l4}")) && inside.contains(&format!("{a6}/{l6}")), "{inside}");
+    for to in [gw, gw6] {
+        let ping = netns::command_in(&ns_of(&c), "ping")
+            .expect("cmd")
+            .args(["-n", "-q", "-c1", "-W", "2", &to.to_string()])
+            .output()
+            .expect("ping");
+        assert!(ping.status.success(), "container -> gateway {to}");
+    }
+    let pods = lab.client(1).expect("client").pod_list().expect("pods");
+    let pod = pods.iter().find(|p| p.ip6 == Some(a6)).expect("pod in the agent's list");
+    assert_eq!(pod.ip, Some(a4));
+
+    // CHECK checks both families: it passes, then fails once the IPv6 default route is gone.
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = r.clone();
+    let ok = run_plugin(&node, &bin, "CHECK", &c, &check_conf, DEBIAN_CNI_DIR).expect("run");
+    assert_eq!((ok.code, ok.stdout.as_str()), (0, ""), "{ok:?}");
+    cmd_out(&ns_of(&c), &["ip", "-6", "route", "del", "default"]);
+    let bad = run_plugin(&node, &bin, "CHECK", &c, &check_conf, DEBIAN_CNI_DIR).expect("run");
+    let e = bad.json();
+    assert_eq!(e["code"].as_u64(), Some(101), "{e}");
+    assert!(e["msg"].as_str().expect("msg").contains("IPv6 default route"), "{e}");
+    let fixed = run_plugin(&node, &bin, "ADD", &c, &conf, DEBIAN_CNI_DIR).expect("run");
+    assert_eq!((fixed.code, fixed.json()["ips"].clone()), (0, r["ips"].clone()));
+    assert_eq!(run_plugin(&node, &bin, "CHECK", &c, &check_conf, DEBIAN_CNI_DIR).expect("run").code, 0);
+
+    let del = run_plugin(&node, &bin, "DEL", &c, &conf, DEBIAN_CNI_DIR).expect("run");
+    assert_eq!(del.code, 0, "{del:?}");
     let pods = lab.client(1).expect("client").pod_list().expect("pods");
     assert!(pods.is_empty(), "{pods:?}");
 }

@@ -17,7 +17,7 @@ fn expected_routes(lab: &Lab, i: usize, nodes: usize) -> Vec<String> {
     for j in 1..=nodes {
         let st = lab.wait_ready(j, Duration::from_secs(10)).expect("ready");
         let subnet = st.subnet.expect("subnet");
-        let gw = st.pods.first().map(|p| p.gateway).expect("pods");
+        let gw = st.pods.first().and_then(|p| p.gateway).expect("pods");
         if j == i {
             want.push(format!("{subnet} dev weft0 proto kernel scope link src {gw}"));
         } else {
@@ -179,7 +179,7 @@ fn api_pods_persist_and_config_pods_are_protected() {
     let out = run_ok(&lab, "n1", &["weftctl", "pod", "add", "extra", "--netns", &ns]);
     assert!(out.contains("extra"), "{out}");
     let st = lab.wait_ready(1, Duration::from_secs(5)).expect("ready");
-    let extra = st.pods.iter().find(|p| p.name == "extra").expect("extra pod").ip;
+    let extra = st.pods.iter().find(|p| p.name == "extra").and_then(|p| p.ip).expect("extra pod");
     assert!(ping(&lab, "n2/p1", v4(extra)), "API pod not reachable from another node");
 
     // Deleting a pod declared in agent.toml is refused.
@@ -191,7 +191,7 @@ fn api_pods_persist_and_config_pods_are_protected() {
     lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
     lab.start_agent(1).expect("start");
     let st = lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
-    assert_eq!(st.pods.iter().find(|p| p.name == "extra").map(|p| p.ip), Some(extra));
+    assert_eq!(st.pods.iter().find(|p| p.name == "extra").and_then(|p| p.ip), Some(extra));
 
     run_ok(&lab, "n1", &["weftctl", "pod", "del", "extra"]);
     let names = run_ok(&lab, "n1", &["ip", "netns", "list"]);

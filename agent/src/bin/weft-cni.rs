@@ -11,7 +11,7 @@ use std::time::Duration;
 use weft_agent::cni::{self, code, Attachment, CniError, Command, Env, NetConf};
 use weft_agent::kernel::{Kernel, Netlink};
 use weft_config::api::{PodInfo, Request, Response, MAX_REQUEST_BYTES};
-use weft_config::records::PRIMARY_FAMILY;
+use weft_config::subnet::Family;
 
 /// Largest network config read from stdin.
 const MAX_STDIN: u64 = 1024 * 1024;
@@ -116,16 +116,8 @@ fn add(env: &Env, conf: &NetConf, pod: &str) -> Result<serde_json::Value, CniErr
     let mac = in_netns_path(&netns, move || hwaddr(&ifname))
         .and_then(|r| r)
         .map_err(|e| io("reading the container interface's MAC address", e))?;
-    let a = Attachment {
-        host_veth: info.host_veth,
-        host_mac,
-        ifname: env.ifname.clone(),
-        mac,
-        sandbox: netns,
-        ip: info.ip,
-        prefix_len: info.prefix_len,
-        gateway: info.gateway,
-    };
+    let addrs = info.addrs();
+    let a = Attachment { host_veth: info.host_veth, host_mac, ifname: env.ifname.clone(), mac, sandbox: netns, addrs };
     Ok(cni::result(&conf.cni_version, &a))
 }
 
@@ -183,17 +175,26 @@ fn check(env: &Env, conf: &NetConf, pod: &str) -> Result<(), CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult in the network config", ""))?;
-    let (want_ip, want_len) = cni::prev_address(prev, &env.ifname, &netns, PRIMARY_FAMILY)?;
     let pods = flatten(ask_pods(&conf.socket))?;
     let info = pods.iter().find(|p| p.name == pod).ok_or_else(|| {
         CniError::new(code::UNKNOWN_CONTAINER, format!("the weft agent has no pod {pod} for this container"), "")
     })?;
     let failed = |m: String| CniError::new(code::CHECK_FAILED, m, "");
-    if (info.ip, info.prefix_len) != (want_ip, want_len) {
-        return Err(failed(format!(
-            "the agent gave {}/{} but prevResult says {want_ip}/{want_len}",
-            info.ip, info.prefix_len
-        )));
+    // Every family the agent gave the pod an address of (the network's), IPv4 first.
+    let given = info.addrs();
+    if given.is_empty() {
+        return Err(failed(format!("the agent lists no address for pod {pod}")));
+    }
+    let mut want = Vec::new();
+    for a in &given {
+        let (want_ip, want_len) = cni::prev_address(prev, &env.ifname, &netns, Family::of(a.ip))?;
+        if (a.ip, a.prefix_len) != (want_ip, want_len) {
+            return Err(failed(format!(
+                "the agent gave {}/{} but prevResult says {want_ip}/{want_len}",
+                a.ip, a.prefix_len
+            )));
+        }
+        want.push((Family::of(a.ip), want_ip, want_len));
     }
     match weft_agent::netns_path::is_attached(pod, Path::new(&netns)) {
         Ok(true) => {}
@@ -203,7 +204,8 @@ fn check(env: &Env, conf: &NetConf, pod: &str) -> Result<(), CniError> {
         }
     }
     let ifname = env.ifname.clone();
-    let inside = in_netns_path(&netns, move || inspect(&ifname))
+    let families: Vec<Family> = want.iter().map(|w| w.0).collect();
+    let inside = in_netns_path(&netns, move || inspect(&ifname, &families))
         .map_err(|e| CniError::new(code::IO_FAILURE, "entering CNI_NETNS", e.to_string()))?
         .map_err(|e| CniError::new(code::IO_FAILURE, "inspecting the container interface", format!("{e:#}")))?;
     let Some((up, addrs, default_oif_ok)) = inside else {
@@ -212,11 +214,14 @@ fn check(env: &Env, conf: &NetConf, pod: &str) -> Result<(), CniError> {
     if !up {
         return Err(failed(format!("interface {} is down", env.ifname)));
     }
-    if !addrs.iter().any(|a| a.addr() == want_ip && a.prefix_len() == want_len) {
-        return Err(failed(format!("interface {} lacks {want_ip}/{want_len} (has {addrs:?})", env.ifname)));
-    }
-    if !default_oif_ok {
-        return Err(failed(format!("the container's default route does not leave through {}", env.ifname)));
+    for (family, want_ip, want_len) in want {
+        if !addrs.iter().any(|a| a.addr() == want_ip && a.prefix_len() == want_len) {
+            return Err(failed(format!("interface {} lacks {want_ip}/{want_len} (has {addrs:?})", env.ifname)));
+        }
+        if !default_oif_ok.contains(&family) {
+            let which = if family == Family::V4 { "" } else { "IPv6 " };
+            return Err(failed(format!("the container's {which}default route does not leave through {}", env.ifname)));
+        }
     }
     let host = info.host_veth.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -233,17 +238,22 @@ fn check(env: &Env, conf: &NetConf, pod: &str) -> Result<(), CniError> {
     }
 }
 
-type Inside = Option<(bool, Vec<ipnet::IpNet>, bool)>;
+type Inside = Option<(bool, Vec<ipnet::IpNet>, Vec<Family>)>;
 
 /// Inside the container (on a thread that entered it): the interface's state, its addresses,
-/// and whether the default route leaves through it.
-fn inspect(ifname: &str) -> anyhow::Result<Inside> {
+/// and which of `families`' default routes leave through it.
+fn inspect(ifname: &str, families: &[Family]) -> anyhow::Result<Inside> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let nl = Netlink::open()?;
         let Some(link) = nl.link(ifname).await? else { return Ok(None) };
         let addrs = nl.addrs(link.index).await?;
-        let default_ok = nl.default_route_oif(PRIMARY_FAMILY).await? == Some(link.index);
+        let mut default_ok = Vec::new();
+        for family in families {
+            if nl.default_route_oif(*family).await? == Some(link.index) {
+                default_ok.push(*family);
+            }
+        }
         Ok(Some((link.up, addrs, default_ok)))
     })
 }

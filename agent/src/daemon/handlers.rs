@@ -5,7 +5,7 @@ use super::{decide, Ctx, Node};
 use crate::firewall::Runner;
 use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
-use crate::state::PodSource;
+use crate::state::{PodRecord, PodSource};
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -45,7 +45,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if let Some(p) = self.pods.iter().find(|p| p.netns == netns && p.ifname == ifname) {
             bail!("namespace {netns} interface {ifname} already belongs to pod {}", p.name);
         }
-        let used: BTreeSet<IpAddr> = self.pods.iter().map(|p| p.ip).collect();
+        let used: BTreeSet<IpAddr> = self.pods.iter().flat_map(PodRecord::ips).collect();
         let req = AttachRequest {
             name: &name,
             netns: &netns,
@@ -54,12 +54,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
             remembered: None,
             owns_netns: false,
         };
-        let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnet: self.subnet, mtu: self.mtu };
+        let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnets: self.subnets, mtu: self.mtu };
         let rec = pods::attach(&net, &req, &used).await?;
         self.pods.push(rec.clone());
         ctx.state.save_pods(&self.pods)?;
         self.publish_pods(ctx);
-        info!(pod = %name, ip = %rec.ip, "pod added");
+        info!(pod = %name, ip = %rec.ips_text(), "pod added");
         Ok(Response::Pod(self.pod_info(&rec)))
     }
 

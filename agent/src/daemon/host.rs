@@ -1,5 +1,6 @@
 //! The production [`Host`]: etcd over the network, the API socket, `/metrics`, the systemd
-//! watchdog and notifications, the `ip_forward` sysctl, the probe task and the signals.
+//! watchdog and notifications, the forwarding sysctls (`ip_forward`; IPv6 forwarding with
+//! `accept_ra` = 2 on the underlay), the probe task and the signals.
 
 use super::Host;
 use crate::api::{self, Command};
@@ -33,6 +34,13 @@ impl Host<EtcdStore> for SystemHost {
 
     fn enable_forwarding(&self) -> Result<()> {
         write_sysctl("net/ipv4/ip_forward", "1")
+    }
+
+    fn enable_ipv6_forwarding(&self, underlay: &str) -> Result<()> {
+        // accept_ra first: with forwarding on, an interface at accept_ra = 1 ignores router
+        // advertisements and the node's RA-learned default route would expire.
+        write_sysctl(&format!("net/ipv6/conf/{underlay}/accept_ra"), "2")?;
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
     }
 
     fn spawn_services(&self, status: &Arc<RwLock<Status>>, live: &api::LiveQuic, commands: mpsc::Sender<Command>) {

@@ -39,7 +39,8 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 errors.push(format!("{e:#}"));
             }
         }
-        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &self.pods, &ctx.state, &ctx.firewall).await);
+        let families: Vec<Family> = self.subnets.families().collect();
+        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &self.pods, &ctx.state, &ctx.firewall, &families).await);
         self.pods.clear();
         if errors.is_empty() {
             info!("left the network; everything weft made on this node is removed");
@@ -50,13 +51,15 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 }
 
-/// Removes routes, pods, firewall rules, the bridge and the agent's files. Returns every error.
+/// Removes routes, pods, firewall rules (those of `families`, the families the node held
+/// subnets of), the bridge and the agent's files. Returns every error.
 pub async fn teardown_local<K: Kernel, R: Runner>(
     nl: &K,
     cfg: &AgentConfig,
     pods: &[PodRecord],
     state: &StateDir,
     fw: &NodeFirewall<R>,
+    families: &[Family],
 ) -> Vec<String> {
     let mut errors = Vec::new();
     match nl.weft_routes().await {
@@ -85,7 +88,7 @@ pub async fn teardown_local<K: Kernel, R: Runner>(
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
-    if let Err(e) = fw.remove() {
+    if let Err(e) = fw.remove(families) {
         errors.push(format!("{e:#}"));
     }
     match nl.link(&cfg.bridge.name).await {
@@ -124,6 +127,12 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
         .filter_map(|f| state.load_subnet_of(f).ok().flatten())
         .map(|s| s.subnet)
         .collect();
+    // The firewall rules of the families held (IPv4's when the state dir remembers none, as
+    // before dual-stack).
+    let mut families: Vec<Family> = held.iter().map(|s| Family::of_net(*s)).collect();
+    if families.is_empty() {
+        families.push(Family::V4);
+    }
     if !held.is_empty() {
         match tokio::time::timeout(Duration::from_secs(10), EtcdStore::connect(&cfg.etcd)).await {
             Ok(Ok(c)) => {
@@ -144,7 +153,7 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
         }
     }
     let fw = NodeFirewall::new(&cfg);
-    errors.extend(teardown_local(&nl, &cfg, &pods, &state, &fw).await);
+    errors.extend(teardown_local(&nl, &cfg, &pods, &state, &fw, &families).await);
     if errors.is_empty() {
         Ok(())
     } else {

@@ -83,6 +83,11 @@ pub trait Host<S: Store>: Send + Sync + 'static {
     fn connect(&self) -> BoxFuture<'static, Result<S>>;
     /// Turns on IPv4 forwarding (production: the `net/ipv4/ip_forward` sysctl).
     fn enable_forwarding(&self) -> Result<()>;
+    /// Turns on IPv6 forwarding for a network with an IPv6 pool, keeping the router
+    /// advertisements on `underlay` accepted so the node keeps its own default route
+    /// (production: `net/ipv6/conf/<underlay>/accept_ra` = 2, then
+    /// `net/ipv6/conf/all/forwarding` = 1, in the agent's own namespace).
+    fn enable_ipv6_forwarding(&self, underlay: &str) -> Result<()>;
     /// Starts the API socket (fed into `commands`), `/metrics` and the watchdog.
     fn spawn_services(&self, status: &Arc<RwLock<Status>>, live: &api::LiveQuic, commands: mpsc::Sender<Command>);
     /// The node is set up (READY=1 to systemd).

@@ -69,23 +69,24 @@ impl<K: Kernel, S: Store> Node<K, S> {
     ) -> Result<Response> {
         let (netns, ifname) = decide::pod_names(&name, netns, ifname)?;
         crate::netns_path::check_path(&path).map_err(anyhow::Error::msg)?;
-        let subnet = self.subnet;
+        let subnets = self.subnets;
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
             let same_ns = crate::netns_path::is_attached(&p.netns, Path::new(&path))
                 .with_context(|| format!("opening namespace {path}"))?;
             if p.netns == netns && p.ifname == ifname && same_ns {
                 let p = p.clone();
                 // Repair anything missing (the ADD may be a retry after a partial failure).
-                let used: BTreeSet<IpAddr> = self.pods.iter().filter(|q| q.name != name).map(|q| q.ip).collect();
+                let used: BTreeSet<IpAddr> =
+                    self.pods.iter().filter(|q| q.name != name).flat_map(PodRecord::ips).collect();
                 let req = AttachRequest {
                     name: &name,
                     netns: &netns,
                     ifname: &ifname,
                     source: PodSource::Cni,
-                    remembered: Some(p.ip),
+                    remembered: Some(p.addrs),
                     owns_netns: true,
                 };
-                let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+                let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnets, mtu: self.mtu };
                 let rec = pods::attach(&net, &req, &used).await?;
                 if rec != p {
                     if let Some(slot) = self.pods.iter_mut().find(|q| q.name == name) {
@@ -103,7 +104,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         let mounted = crate::netns_path::attach(&netns, Path::new(&path))
             .with_context(|| format!("attaching namespace {path} as /run/netns/{netns}"))?;
-        let used: BTreeSet<IpAddr> = self.pods.iter().map(|p| p.ip).collect();
+        let used: BTreeSet<IpAddr> = self.pods.iter().flat_map(PodRecord::ips).collect();
         let req = AttachRequest {
             name: &name,
             netns: &netns,
@@ -112,7 +113,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             remembered: None,
             owns_netns: true,
         };
-        let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+        let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnets, mtu: self.mtu };
         let rec = match pods::attach(&net, &req, &used).await {
             Ok(r) => r,
             Err(e) => {
@@ -127,7 +128,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.pods.push(rec.clone());
         ctx.state.save_pods(&self.pods)?;
         self.publish_pods(ctx);
-        info!(pod = %name, ip = %rec.ip, netns = %path, "CNI pod added");
+        info!(pod = %name, ip = %rec.ips_text(), netns = %path, "CNI pod added");
         Ok(Response::Pod(self.pod_info(&rec)))
     }
 }

@@ -6,47 +6,60 @@ use crate::firewall::Runner;
 use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use tracing::{info, warn};
-use weft_config::api::PodInfo;
-use weft_config::subnet;
+use weft_config::api::{PodAddr, PodInfo};
+use weft_config::subnet::{self, Family, PerFamily};
 use weft_store::Store;
 
 impl<K: Kernel, S: Store> Node<K, S> {
-    /// Bridge, gateway address, firewall and pods.
+    /// IPv6 forwarding (with an IPv6 pool), bridge, gateway addresses, firewall and pods.
     pub(super) async fn plumb<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let nl = &ctx.nl;
-        self.bridge_index = nl.ensure_bridge(&ctx.cfg.bridge.name, self.mtu).await?;
-        let plan = decide::bridge(self.subnet, &nl.addrs(self.bridge_index).await?)?;
-        for a in plan.stale {
-            info!(addr = %a, "removing a stale bridge address");
-            nl.del_addr(self.bridge_index, a).await?;
+        if self.subnets.get(Family::V6).is_some() {
+            ctx.host
+                .enable_ipv6_forwarding(&self.underlay.name)
+                .with_context(|| format!("turning on IPv6 forwarding (accept_ra = 2 on {})", self.underlay.name))?;
         }
-        nl.add_addr(self.bridge_index, plan.gateway).await?;
+        self.bridge_index = nl.ensure_bridge(&ctx.cfg.bridge.name, self.mtu).await?;
+        // The gateway of every family the node holds a subnet of (IPv4 first).
+        let current = nl.addrs(self.bridge_index).await?;
+        for (_, subnet) in self.subnets.iter() {
+            let plan = decide::bridge(*subnet, &current)?;
+            for a in plan.stale {
+                info!(addr = %a, "removing a stale bridge address");
+                nl.del_addr(self.bridge_index, a).await?;
+            }
+            nl.add_addr(self.bridge_index, plan.gateway).await?;
+        }
         let node = self.node_view(ctx).await?;
         self.drivers.ensure(nl, &node).await?;
         self.apply_firewall(ctx);
         self.ensure_pods(ctx).await
     }
 
+    /// The firewall rules of every pool the node holds a subnet of (one spec per family,
+    /// IPv4 first; a failing family does not keep the other's from being repaired).
     pub(super) fn apply_firewall<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
         let policy = self.forward.clone().unwrap_or_else(|| self.drivers.default_forward());
-        if let Err(e) = ctx.firewall.ensure(self.cluster(), self.subnet, &policy) {
-            warn!(error = %format!("{e:#}"), "firewall rules");
-            ctx.set_status(|s| {
-                s.reconcile_errors += 1;
-                s.last_error = Some(format!("{e:#}"));
-            });
+        for (cluster, subnet) in self.leases() {
+            if let Err(e) = ctx.firewall.ensure(cluster, subnet, &policy) {
+                warn!(error = %format!("{e:#}"), "firewall rules");
+                ctx.set_status(|s| {
+                    s.reconcile_errors += 1;
+                    s.last_error = Some(format!("{e:#}"));
+                });
+            }
         }
     }
 
     /// Makes every pod of the config and of the state dir exist; forgets config pods that are no
     /// longer declared.
     async fn ensure_pods<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
-        let (cfg, nl, subnet) = (&ctx.cfg, &ctx.nl, self.subnet);
+        let (cfg, nl, subnets) = (&ctx.cfg, &ctx.nl, self.subnets);
         let mut known = if self.pods.is_empty() { ctx.state.load_pods()? } else { self.pods.clone() };
         let declared: BTreeSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
         let mut result = Vec::new();
@@ -70,22 +83,25 @@ impl<K: Kernel, S: Store> Node<K, S> {
             let used: BTreeSet<IpAddr> = known
                 .iter()
                 .filter(|p| p.name != name)
-                .map(|p| p.ip)
-                .chain(result.iter().map(|p: &PodRecord| p.ip))
+                .flat_map(PodRecord::ips)
+                .chain(result.iter().flat_map(PodRecord::ips))
                 .collect();
             let req = AttachRequest {
                 name: &name,
                 netns: &netns,
                 ifname: &ifname,
                 source,
-                remembered: prev.map(|p| p.ip),
+                remembered: prev.map(|p| p.addrs),
                 owns_netns: prev.is_some_and(|p| p.owns_netns),
             };
-            let net = PodNet { nl, bridge_index: self.bridge_index, subnet, mtu: self.mtu };
+            let net = PodNet { nl, bridge_index: self.bridge_index, subnets, mtu: self.mtu };
             match pods::attach(&net, &req, &used).await {
                 Ok(rec) => {
-                    if prev.is_some_and(|p| p.ip != rec.ip) {
-                        warn!(pod = %name, old = ?prev.map(|p| p.ip), new = %rec.ip, "pod re-addressed");
+                    for (family, new) in rec.addrs.iter() {
+                        let old = prev.and_then(|p| p.ip(family));
+                        if old.is_some_and(|o| o != *new) {
+                            warn!(pod = %name, old = ?old, new = %new, "pod re-addressed");
+                        }
                     }
                     result.push(rec);
                 }
@@ -108,7 +124,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 
     pub(super) fn pod_info(&self, p: &PodRecord) -> PodInfo {
-        pod_info(p, self.subnet)
+        pod_info(p, &self.subnets)
     }
 
     pub(super) fn publish_pods<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
@@ -117,15 +133,26 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 }
 
-fn pod_info(p: &PodRecord, subnet: IpNet) -> PodInfo {
-    PodInfo {
+/// A pod as the API shows it: each of its addresses with the prefix length and gateway of the
+/// node's subnet of that family (an address of a family the node holds no subnet of is left out).
+fn pod_info(p: &PodRecord, subnets: &PerFamily<IpNet>) -> PodInfo {
+    let mut info = PodInfo {
         name: p.name.clone(),
         netns: p.netns.clone(),
         ifname: p.ifname.clone(),
-        ip: p.ip,
-        prefix_len: subnet.prefix_len(),
-        gateway: subnet::gateway(subnet),
+        ip: None,
+        prefix_len: None,
+        gateway: None,
+        ip6: None,
+        prefix_len6: None,
+        gateway6: None,
         host_veth: p.host_veth.clone(),
         source: p.source.as_str().to_string(),
+    };
+    for (family, ip) in p.addrs.iter() {
+        if let Some(subnet) = subnets.get(family) {
+            info.set_addr(PodAddr { ip: *ip, prefix_len: subnet.prefix_len(), gateway: subnet::gateway(*subnet) });
+        }
     }
+    info
 }

@@ -46,6 +46,8 @@ struct TestHost {
     store: MemStore,
     unreachable: AtomicBool,
     forwarding: AtomicBool,
+    /// The underlays IPv6 forwarding was turned on for (one entry per call).
+    forwarding6: Mutex<Vec<String>>,
     ready: AtomicUsize,
 }
 
@@ -61,6 +63,10 @@ impl Host<MemStore> for TestHost {
     }
     fn enable_forwarding(&self) -> Result<()> {
         self.forwarding.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn enable_ipv6_forwarding(&self, underlay: &str) -> Result<()> {
+        self.forwarding6.lock().unwrap_or_else(|p| p.into_inner()).push(underlay.to_string());
         Ok(())
     }
     fn spawn_services(&self, _: &Arc<RwLock<Status>>, _: &api::LiveQuic, _: mpsc::Sender<Command>) {}
@@ -101,6 +107,8 @@ struct World {
     eth0: u32,
     runner: FakeRunner,
     host: Arc<TestHost>,
+    /// Appended to the agent.toml of [`World::cfg`] (top-level keys, `[[pods]]`).
+    extra: String,
 }
 
 const CIDR: &str = "10.244.0.0/16";
@@ -131,8 +139,14 @@ impl World {
         let nl = FakeKernel::new();
         let eth0 = nl.seed_link("eth0", "veth", 1500);
         nl.seed_address(eth0, "172.30.0.11/24".parse().expect("addr"));
-        let w =
-            Self { dir: TempDir::new(), nl, eth0, runner: FakeRunner::default(), host: Arc::new(TestHost::default()) };
+        let w = Self {
+            dir: TempDir::new(),
+            nl,
+            eth0,
+            runner: FakeRunner::default(),
+            host: Arc::new(TestHost::default()),
+            extra: String::new(),
+        };
         let w = Self { host: Arc::new(TestHost { store, ..TestHost::default() }), ..w };
         w.put(&Keys::new("lab").config(), net.to_json());
         w
@@ -161,10 +175,12 @@ impl World {
     fn cfg(&self) -> AgentConfig {
         let d = self.dir.0.display();
         let text = format!(
-            "node_name = \"n1\"\nnode_id = \"id1\"\nnetwork = \"lab\"\n[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
+            "node_name = \"n1\"\nnode_id = \"id1\"\nnetwork = \"lab\"\n{}[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
              [underlay]\ninterface = \"eth0\"\n[paths]\nstate_dir = \"{d}/state\"\nsubnet_env = \"{d}/subnet.env\"\n\
              socket = \"{d}/agent.sock\"\npid_file = \"{d}/agent.pid\"\n[metrics]\nenabled = false\n\
-             [probes]\nenabled = false\n"
+             [probes]\nenabled = false\n{}",
+            self.extra.split_once("[[").map_or(self.extra.as_str(), |(top, _)| top),
+            self.extra.split_once("[[").map_or(String::new(), |(_, tables)| format!("[[{tables}")),
         );
         AgentConfig::parse("agent.toml", &text).expect("config")
     }
@@ -264,6 +280,9 @@ fn subnet_key(s: &str) -> String {
 
 #[path = "dual_tests.rs"]
 mod dual;
+
+#[path = "dual_node_tests.rs"]
+mod dual_node;
 
 // ---- acquire ----
 

@@ -115,7 +115,8 @@
 //! `ip6 daddr` matches in the foreign forward chains of families `ip6` and `inet` (ip6tables-nft's
 //! own `ip6` tables excluded, as iptables-nft's `ip` ones are). Its tag is `weft:<net>:ip6`, so in
 //! an `inet` chain, which sees both families, each family's spec keeps and removes only its own
-//! rules. A dual-stack node runs one spec per family; the agent today installs the IPv4 one.
+//! rules. A dual-stack node runs one spec per family (`firewall_glue::NodeFirewall`), each
+//! with its own masquerade switch (`ip_masq`, `ip_masq6`).
 //!
 //! Calls are blocking (a few short-lived processes). Not handled: a `bridge`-family
 //! forward chain with `policy drop` (only relevant with `br_netfilter`), and a host whose

@@ -5,7 +5,7 @@ use super::names::LabNames;
 use super::{IpFamily, Topology};
 use serde::Serialize;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use weft_config::api::Status;
+use weft_config::api::{PodInfo, Status};
 use weft_controller::output::table;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,7 +97,7 @@ pub fn render(s: &LabStatus) -> String {
                     if a.pods.is_empty() {
                         "-".to_string()
                     } else {
-                        a.pods.iter().map(|p| format!("{}={}", p.name, p.ip)).collect::<Vec<_>>().join(" ")
+                        a.pods.iter().map(pod_text).collect::<Vec<_>>().join(" ")
                     },
                 ),
                 None => ("-".into(), "-".into(), "-".into(), n.error.clone().map_or("-".into(), |e| format!("({e})"))),
@@ -113,9 +113,30 @@ pub fn render(s: &LabStatus) -> String {
     out
 }
 
+/// A pod in the PODS column: `NAME=ADDR`, or `NAME=ADDR,ADDR6` in a dual-stack lab.
+fn pod_text(p: &PodInfo) -> String {
+    let addrs: Vec<String> = p.addrs().iter().map(|a| a.ip.to_string()).collect();
+    format!("{}={}", p.name, if addrs.is_empty() { "-".to_string() } else { addrs.join(",") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_show_an_address_per_family() {
+        let mut p: PodInfo = serde_json::from_str(
+            r#"{"name":"p1","netns":"n","ifname":"eth0","ip":"10.244.1.2","prefix_len":24,"gateway":"10.244.1.1",
+                "host_veth":"wv","source":"config"}"#,
+        )
+        .expect("pod");
+        assert_eq!(pod_text(&p), "p1=10.244.1.2");
+        p.ip6 = Some("fd00:10:244:1::2".parse().expect("lit"));
+        (p.prefix_len6, p.gateway6) = (Some(64), Some("fd00:10:244:1::1".parse().expect("lit")));
+        assert_eq!(pod_text(&p), "p1=10.244.1.2,fd00:10:244:1::2");
+        (p.ip, p.prefix_len, p.gateway) = (None, None, None);
+        assert_eq!(pod_text(&p), "p1=fd00:10:244:1::2");
+    }
 
     #[test]
     fn dead_agent_shows_as_such() {

@@ -31,7 +31,7 @@ fn stdout(lab: &Lab, target: &str, args: &[&str]) -> String {
 
 fn pod_ip(lab: &Lab, i: usize) -> Ipv4Addr {
     let st = lab.wait_ready(i, Duration::from_secs(10)).expect("ready");
-    match st.pods.first().map(|p| p.ip) {
+    match st.pods.first().and_then(|p| p.ip) {
         Some(std::net::IpAddr::V4(ip)) => ip,
         other => panic!("n{i} has no IPv4 pod: {other:?}"),
     }

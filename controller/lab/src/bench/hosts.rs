@@ -173,7 +173,7 @@ pub fn bench_lab(spec: LabSpec, opts: MeasureOpts, ready_timeout: Duration) -> a
         .pods
         .iter()
         .find(|p| p.name == pod)
-        .map(|p| p.ip)
+        .and_then(|p| p.addrs().first().map(|a| a.ip))
         .with_context(|| format!("agent of n2 reports no pod {pod}"))?;
     let watch: Vec<(String, u32)> =
         (1..=2).filter_map(|i| lab.agent_pid(i).map(|pid| (LabNames::node_name(i), pid))).collect();
