@@ -58,6 +58,40 @@ pub fn ping(lab: &Lab, from: &str, to: Ipv4Addr) -> bool {
     ping_within(lab, from, to, "1")
 }
 
+/// Every address the agent of node `i` gave pod `pod`: IPv4 first, then IPv6.
+pub fn pod_addrs(lab: &Lab, i: usize, pod: &str) -> Vec<IpAddr> {
+    let st = lab.wait_ready(i, Duration::from_secs(20)).unwrap_or_else(|e| panic!("node n{i} not ready: {e:#}"));
+    let p = st.pods.iter().find(|p| p.name == pod).unwrap_or_else(|| panic!("n{i} has no pod {pod}: {:?}", st.pods));
+    p.ip.into_iter().chain(p.ip6).collect()
+}
+
+/// Pings (ICMPv4 or ICMPv6 as the addresses are) from every pod to every address of every pod
+/// on another node, a few tries each (a new IPv6 link drops its first packets); returns the
+/// pairs that never answered.
+pub fn cross_node_ping_failures_all(lab: &Lab, nodes: usize, pods: &[&str]) -> Vec<String> {
+    let all: Vec<(usize, &str, IpAddr)> = (1..=nodes)
+        .flat_map(|i| pods.iter().map(move |p| (i, *p)))
+        .flat_map(|(i, p)| pod_addrs(lab, i, p).into_iter().map(move |ip| (i, p, ip)))
+        .collect();
+    let mut failures = vec![];
+    for (i, p, _) in &all {
+        for (j, _, ip) in &all {
+            if i == j {
+                continue;
+            }
+            let to = ip.to_string();
+            let once = || {
+                lab.exec(&format!("n{i}/{p}"), &["ping", "-n", "-q", "-c1", "-W", "1", &to])
+                    .is_ok_and(|o| o.status.success())
+            };
+            if !(once() || once() || once()) {
+                failures.push(format!("n{i}/{p} -> {ip}"));
+            }
+        }
+    }
+    failures
+}
+
 /// One ping waiting at most `secs` (a decimal, e.g. "0.2") for the reply.
 pub fn ping_within(lab: &Lab, from: &str, to: Ipv4Addr, secs: &str) -> bool {
     let to = to.to_string();
@@ -178,7 +212,13 @@ fn route_table_of(lab: &Lab, i: usize, flag: &str) -> Vec<String> {
 
 /// Opens a TCP connection from `client_ns` to `server_ip:port` served in `server_ns`, sends a
 /// few bytes, and returns the peer address the server saw.
-pub fn tcp_source_seen(server_ns: &str, server_ip: Ipv4Addr, port: u16, client_ns: &str) -> Result<SocketAddr> {
+pub fn tcp_source_seen(
+    server_ns: &str,
+    server_ip: impl Into<IpAddr>,
+    port: u16,
+    client_ns: &str,
+) -> Result<SocketAddr> {
+    let server_ip: IpAddr = server_ip.into();
     let (tx, rx) = std::sync::mpsc::channel();
     let server_ns2 = server_ns.to_string();
     let server = std::thread::spawn(move || -> Result<SocketAddr> {
@@ -219,19 +259,21 @@ pub fn run_ok(lab: &Lab, target: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Gives node `i`'s bridge its IPv6 gateway (the first address of its IPv6 subnet) unless the
-/// agent already did, without duplicate address detection, as the agent adds it. The agent of
-/// this branch routes IPv6 but leaves the bridge IPv4-only; pods' IPv6 addresses and the
-/// bridge's IPv6 gateway are the pod side's part of dual-stack. Returns the gateway.
-pub fn ensure_ipv6_gateway(lab: &Lab, i: usize) -> std::net::Ipv6Addr {
+/// Node `i`'s IPv6 gateway (the first address of its IPv6 subnet), checking that the agent put
+/// it on the bridge `weft0` (within 10 s of being ready). Panics, naming what the bridge has,
+/// when it is missing.
+pub fn bridge_ipv6_gateway(lab: &Lab, i: usize) -> std::net::Ipv6Addr {
     let st = lab.wait_ready(i, Duration::from_secs(10)).expect("ready");
     let subnet: ipnet::Ipv6Net = st.subnet6.expect("an IPv6 subnet").parse().expect("an IPv6 prefix");
     let gw = std::net::Ipv6Addr::from_bits(subnet.network().to_bits() + 1);
     let node = format!("n{i}");
-    let have = run_ok(lab, &node, &["ip", "-6", "-o", "addr", "show", "dev", "weft0"]);
-    if !have.contains(&format!(" {gw}/")) {
-        let addr = format!("{gw}/{}", subnet.prefix_len());
-        run_ok(lab, &node, &["ip", "-6", "addr", "add", &addr, "dev", "weft0", "nodad"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let have = run_ok(lab, &node, &["ip", "-6", "-o", "addr", "show", "dev", "weft0"]);
+        if have.contains(&format!(" {gw}/")) {
+            return gw;
+        }
+        assert!(std::time::Instant::now() < deadline, "n{i}'s bridge has no IPv6 gateway {gw}: {have}");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    gw
 }

@@ -213,8 +213,16 @@ fn dual_stack_routes_ipv6_subnets_via_the_peers_ipv6_underlay_addresses() {
         assert_eq!(weft_owned(route_table6(&lab, i)), want, "weft's IPv6 routes on n{i}");
         assert_eq!(route_table(&lab, i), expected_routes(&lab, i, 3), "IPv4 route table of n{i}");
     }
+    // Every pod reaches every pod on another node over both families, and a TCP server on
+    // n2's pod sees n1's pod's own IPv6 address (no NAT between pods).
+    let failures = cross_node_ping_failures_all(&lab, 3, &["p1"]);
+    assert!(failures.is_empty(), "pod pairs that do not ping: {failures:?}");
+    let (ip1, ip2) = (pod_addrs(&lab, 1, "p1"), pod_addrs(&lab, 2, "p1"));
+    let seen = tcp_source_seen(&lab.pod_ns(2, 1), ip2[1], 7201, &lab.pod_ns(1, 1)).expect("TCP over IPv6");
+    assert_eq!(seen.ip(), ip1[1], "the server sees the client pod's own IPv6 address");
+
     // Node n1 reaches n2's bridge over IPv6 through the route (from its IPv6 underlay address).
-    let gw2 = ensure_ipv6_gateway(&lab, 2);
+    let gw2 = bridge_ipv6_gateway(&lab, 2);
     let to = gw2.to_string();
     let ping6 = || lab.exec("n1", &["ping", "-n", "-q", "-c1", "-W", "1", &to]).is_ok_and(|o| o.status.success());
     assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} on n2 over IPv6");

@@ -407,10 +407,9 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     assert_eq!(peers.len(), 1, "one connection to n2: {peers:?}");
     assert_eq!((peers[0].subnet.as_str(), peers[0].subnet6.as_deref()), (s4.as_str(), Some(s6.as_str())));
 
-    // The bridges' IPv6 gateways are the routes' sources (the pod side's part of dual-stack;
-    // made by the test where the agent does not make them yet).
-    let (gw1, gw2) = (ensure_ipv6_gateway(&lab, 1), ensure_ipv6_gateway(&lab, 2));
-    let gw4 = st1.pods.first().map(|p| p.gateway).expect("a pod");
+    // The bridges' IPv6 gateways (the agent's) are the routes' sources.
+    let (gw1, gw2) = (bridge_ipv6_gateway(&lab, 1), bridge_ipv6_gateway(&lab, 2));
+    let gw4 = st1.pods.first().and_then(|p| p.gateway).expect("a pod with an IPv4 gateway");
     // n1's weft routes of both families: the blackhole of each cluster CIDR, and n2's subnet of
     // each family through the tun from the own gateway of that family.
     // (Sorted as route_table sorts; an IPv4 route to a device is scope link, an IPv6 one has none.)
@@ -431,8 +430,11 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     let to = gw2.to_string();
     let ping6 = || lab.exec("n1", &["ping", "-n", "-q", "-c1", "-W", "1", &to]).is_ok_and(|o| o.status.success());
     assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} over the tunnel");
-    let pods = all_pods(&lab, 2, &["p1"]);
-    assert!(cross_node_ping_failures(&lab, &pods).is_empty(), "IPv4 pod traffic broke");
+    let failures = cross_node_ping_failures_all(&lab, 2, &["p1"]);
+    assert!(failures.is_empty(), "pod pairs that do not ping over the tunnel: {failures:?}");
+    let (ip1, ip2) = (pod_addrs(&lab, 1, "p1"), pod_addrs(&lab, 2, "p1"));
+    let seen = tcp_source_seen(&lab.pod_ns(2, 1), ip2[1], 7202, &lab.pod_ns(1, 1)).expect("TCP over IPv6");
+    assert_eq!(seen.ip(), ip1[1], "the server sees the client pod's own IPv6 address");
 
     // Spoofed IPv6 sources are dropped and counted; an honest one arrives.
     let pki_dir = lab.pki_dir();
@@ -482,5 +484,6 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     let q = status(&lab, 1).quic.expect("quic");
     assert_eq!((q.endpoint.as_str(), q.mtu), ("[::]:7946", 1414), "an IPv6 socket and the IPv6 header's MTU");
     assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} over the IPv6 underlay");
-    assert!(cross_node_ping_failures(&lab, &pods).is_empty(), "IPv4 pod traffic over the IPv6 underlay");
+    let failures = cross_node_ping_failures_all(&lab, 2, &["p1"]);
+    assert!(failures.is_empty(), "pod pairs that do not ping over the IPv6 underlay: {failures:?}");
 }

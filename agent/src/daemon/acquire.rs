@@ -66,11 +66,6 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.subnet_lease = lease;
     }
 
-    /// The cluster CIDR of `subnet` (the network's first pool).
-    pub(super) fn cluster(&self) -> IpNet {
-        self.net.pools().first().cidr
-    }
-
     /// Each held subnet with the cluster CIDR of its pool, as subnet.env lists them.
     pub(super) fn leases(&self) -> Vec<(IpNet, IpNet)> {
         leases(&self.net, &self.subnets)
