@@ -61,7 +61,7 @@ impl PodRecord {
 
     /// Every address, IPv4 first.
     pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.addrs.iter().map(|(_, a)| *a)
+        self.addrs.values().copied()
     }
 
     /// The addresses for a log line: `10.244.1.2`, `10.244.1.2,fd00:10:244:1::2`.

@@ -77,6 +77,23 @@ pub struct PodAddr {
 }
 
 impl PodInfo {
+    /// A pod with no address yet (see [`PodInfo::set_addr`]).
+    pub fn new(name: String, netns: String, ifname: String, host_veth: String, source: String) -> Self {
+        PodInfo {
+            name,
+            netns,
+            ifname,
+            ip: None,
+            prefix_len: None,
+            gateway: None,
+            ip6: None,
+            prefix_len6: None,
+            gateway6: None,
+            host_veth,
+            source,
+        }
+    }
+
     /// The pod's addresses, IPv4 first (fields of one family that are only partly set are
     /// left out).
     pub fn addrs(&self) -> Vec<PodAddr> {
@@ -267,19 +284,7 @@ mod tests {
     }
 
     fn pod() -> PodInfo {
-        PodInfo {
-            name: "p1".into(),
-            netns: "ns1".into(),
-            ifname: "eth0".into(),
-            ip: None,
-            prefix_len: None,
-            gateway: None,
-            ip6: None,
-            prefix_len6: None,
-            gateway6: None,
-            host_veth: "wv0".into(),
-            source: "config".into(),
-        }
+        PodInfo::new("p1".into(), "ns1".into(), "eth0".into(), "wv0".into(), "config".into())
     }
 
     #[test]

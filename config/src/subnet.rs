@@ -143,6 +143,11 @@ impl<T> PerFamily<T> {
         v4.map(|t| (Family::V4, t)).into_iter().chain(v6.map(|t| (Family::V6, t)))
     }
 
+    /// The values, IPv4 first.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.iter().map(|(_, t)| t)
+    }
+
     /// The families there are values for, IPv4 first.
     pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
         self.iter().map(|(f, _)| f)

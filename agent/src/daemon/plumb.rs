@@ -136,19 +136,13 @@ impl<K: Kernel, S: Store> Node<K, S> {
 /// A pod as the API shows it: each of its addresses with the prefix length and gateway of the
 /// node's subnet of that family (an address of a family the node holds no subnet of is left out).
 fn pod_info(p: &PodRecord, subnets: &PerFamily<IpNet>) -> PodInfo {
-    let mut info = PodInfo {
-        name: p.name.clone(),
-        netns: p.netns.clone(),
-        ifname: p.ifname.clone(),
-        ip: None,
-        prefix_len: None,
-        gateway: None,
-        ip6: None,
-        prefix_len6: None,
-        gateway6: None,
-        host_veth: p.host_veth.clone(),
-        source: p.source.as_str().to_string(),
-    };
+    let mut info = PodInfo::new(
+        p.name.clone(),
+        p.netns.clone(),
+        p.ifname.clone(),
+        p.host_veth.clone(),
+        p.source.as_str().to_string(),
+    );
     for (family, ip) in p.addrs.iter() {
         if let Some(subnet) = subnets.get(family) {
             info.set_addr(PodAddr { ip: *ip, prefix_len: subnet.prefix_len(), gateway: subnet::gateway(*subnet) });

@@ -136,7 +136,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
 
     fn rebuild_peers<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) {
         let raw: Vec<RawRecord> = self.records.values().cloned().collect();
-        let own = self.subnets.iter().map(|(_, s)| *s);
+        let own = self.subnets.values().copied();
         self.peers = build_peer_set(&self.net, &ctx.keys, &raw, &ctx.cfg.node_name, own);
         let new = decide::new_skips(&mut self.seen_skips, &self.peers.skipped);
         for s in &new {

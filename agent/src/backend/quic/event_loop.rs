@@ -115,7 +115,7 @@ impl Loop {
         client: qp::ClientConfig,
     ) -> Loop {
         // Every family the node has a subnet of: a packet of a family it lacks is a bad destination.
-        let local = Prefix::of(local_subnets.iter().map(|(_, s)| *s));
+        let local = Prefix::of(local_subnets.values().copied());
         Loop {
             table: PeerTable::new(&sh.node),
             sh,

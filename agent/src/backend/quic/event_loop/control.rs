@@ -99,7 +99,7 @@ impl Loop {
         let counters = self.counters.entry(node.clone()).or_default().clone();
         let Some(c) = self.conns.get_mut(&ch) else { return };
         let max = c.conn.datagrams().max_size().unwrap_or(0);
-        c.peer = Some((Prefix::of(subnets.iter().map(|(_, s)| *s)), counters));
+        c.peer = Some((Prefix::of(subnets.values().copied()), counters));
         c.max_datagram = max;
         info!(peer = %node, remote = %c.conn.remote_address(), max_datagram = max, "tunnel up");
         if max < self.sh.tun_mtu as usize {
