@@ -5,6 +5,7 @@ pub mod api;
 pub mod backend;
 pub mod cni;
 pub mod daemon;
+pub mod entries;
 pub mod firewall;
 pub mod firewall_glue;
 pub mod http;

@@ -34,6 +34,10 @@ pub struct Route {
     pub oif: Option<u32>,
     pub src: Option<IpAddr>,
     pub metric: u32,
+    /// The gateway is on `oif`'s link whatever the device's addresses say (`onlink`): how the
+    /// vxlan backend routes a peer subnet via the peer's VTEP address, which no local prefix
+    /// covers.
+    pub onlink: bool,
 }
 
 /// A route whose gateway or source is of another family than its destination.
@@ -128,10 +132,18 @@ mod tests {
         s.parse().expect("literal")
     }
     fn blackhole(dst: &str) -> Route {
-        Route { dst: net(dst), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 }
+        Route { dst: net(dst), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0, onlink: false }
     }
     fn via(dst: &str, gw: &str) -> Route {
-        Route { dst: net(dst), kind: RouteKind::Unicast, via: Some(ip(gw)), oif: Some(2), src: None, metric: 0 }
+        Route {
+            dst: net(dst),
+            kind: RouteKind::Unicast,
+            via: Some(ip(gw)),
+            oif: Some(2),
+            src: None,
+            metric: 0,
+            onlink: false,
+        }
     }
 
     #[test]
@@ -171,6 +183,7 @@ mod tests {
             oif: None,
             src: None,
             metric: 4_000_000_000,
+            onlink: false,
         };
         let desired = vec![bh.clone()];
         assert!(plan(&desired, std::slice::from_ref(&bh)).is_empty());

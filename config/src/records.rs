@@ -27,6 +27,8 @@ pub enum Backend {
     HostGw,
     /// A tun device whose packets travel as QUIC datagrams between nodes.
     Quic,
+    /// A kernel VXLAN device per family: pod packets in UDP to the peer's underlay address.
+    Vxlan,
 }
 
 impl fmt::Display for Backend {
@@ -34,6 +36,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::HostGw => "host-gw",
             Backend::Quic => "quic",
+            Backend::Vxlan => "vxlan",
         })
     }
 }
@@ -44,7 +47,8 @@ impl std::str::FromStr for Backend {
         match s {
             "host-gw" => Ok(Backend::HostGw),
             "quic" => Ok(Backend::Quic),
-            other => Err(format!("expected one of host-gw, quic, found {other:?}")),
+            "vxlan" => Ok(Backend::Vxlan),
+            other => Err(format!("expected one of host-gw, quic, vxlan, found {other:?}")),
         }
     }
 }
@@ -80,6 +84,39 @@ pub struct NetworkConfig {
     /// The pool of each family the network serves.
     pools: PerFamily<Pool>,
     pub backend: Backend,
+    /// The VXLAN settings (stored only for the `vxlan` backend; the defaults otherwise).
+    pub vxlan: VxlanOptions,
+}
+
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The VXLAN network identifier and UDP port every node of a `vxlan` network uses. The
+/// defaults are flannel's (VNI 1, port 8472, the Linux kernel's own default), so a weft node
+/// and a flannel node are not told apart on the wire by these two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanOptions {
+    pub vni: u32,
+    pub port: u16,
+}
+
+impl Default for VxlanOptions {
+    fn default() -> Self {
+        Self { vni: 1, port: 8472 }
+    }
+}
+
+impl VxlanOptions {
+    /// Checks both values; errors name the field (`vni`, `vxlan_port`).
+    pub fn check(&self, source: &str) -> Result<(), ConfigError> {
+        if !(1..=MAX_VNI).contains(&self.vni) {
+            return Err(ConfigError::new(source, "vni", format!("expected 1 to {MAX_VNI}, found {}", self.vni)));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::new(source, "vxlan_port", "expected a UDP port from 1 to 65535, found 0"));
+        }
+        Ok(())
+    }
 }
 
 /// The network config as stored: each pool's fields present only when it exists.
@@ -95,6 +132,10 @@ struct NetworkWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subnet_len6: Option<u8>,
     backend: Backend,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vni: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vxlan_port: Option<u16>,
 }
 
 impl TryFrom<NetworkWire> for NetworkConfig {
@@ -114,6 +155,8 @@ impl From<NetworkConfig> for NetworkWire {
             cidr6: v6.map(|p| p.cidr),
             subnet_len6: v6.map(|p| p.subnet_len),
             backend: c.backend,
+            vni: (c.backend == Backend::Vxlan).then_some(c.vxlan.vni),
+            vxlan_port: (c.backend == Backend::Vxlan).then_some(c.vxlan.port),
         }
     }
 }
@@ -143,9 +186,16 @@ impl NetworkConfig {
         let schema = if v6.is_some() { NETWORK_SCHEMA_V6 } else { SCHEMA_VERSION };
         let pools = PerFamily::from_options(v4, v6)
             .ok_or_else(|| ConfigError::new(source, "cidr", "expected an IPv4 pool, an IPv6 pool (cidr6) or both"))?;
-        let c = Self { schema, pools, backend };
+        let c = Self { schema, pools, backend, vxlan: VxlanOptions::default() };
         c.validate(source)?;
         Ok(c)
+    }
+
+    /// The same config with these VXLAN settings (checked; errors name `vni` or `vxlan_port`).
+    pub fn with_vxlan(mut self, source: &str, vxlan: VxlanOptions) -> Result<Self, ConfigError> {
+        vxlan.check(source)?;
+        self.vxlan = vxlan;
+        Ok(self)
     }
 
     /// The pool of `family`, if the network serves it.
@@ -162,7 +212,7 @@ impl NetworkConfig {
         for (family, p) in self.pools.iter() {
             check_pool(source, pool_fields(family), family, p.cidr, p.subnet_len)?;
         }
-        Ok(())
+        self.vxlan.check(source)
     }
 
     /// The stored fields as a config: each pool needs both of its fields; a config with no
@@ -194,7 +244,9 @@ impl NetworkConfig {
             };
             return Err(ConfigError::new(source, "cidr", message));
         };
-        let c = Self { schema: w.schema, pools, backend: w.backend };
+        let defaults = VxlanOptions::default();
+        let vxlan = VxlanOptions { vni: w.vni.unwrap_or(defaults.vni), port: w.vxlan_port.unwrap_or(defaults.port) };
+        let c = Self { schema: w.schema, pools, backend: w.backend, vxlan };
         c.validate(source)?;
         Ok(c)
     }
@@ -500,6 +552,29 @@ mod tests {
     }
 
     #[test]
+    fn a_vxlan_network_stores_its_vni_and_port_and_others_do_not() {
+        let k = "/weft/v1/default/config";
+        let c = NetworkConfig::new("x", "10.244.0.0/16", 24, Backend::Vxlan).expect("valid");
+        assert_eq!(c.vxlan, VxlanOptions { vni: 1, port: 8472 }, "flannel's defaults");
+        let c = c.with_vxlan("--vni", VxlanOptions { vni: 42, port: 4789 }).expect("valid");
+        let j = c.to_json();
+        assert_eq!(
+            j,
+            r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"vxlan","vni":42,"vxlan_port":4789}"#
+        );
+        assert_eq!(NetworkConfig::from_json(k, j.as_bytes()).expect("parse"), c);
+        let without = br#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"vxlan"}"#;
+        assert_eq!(NetworkConfig::from_json(k, without).expect("defaults").vxlan, VxlanOptions::default());
+        let e = c.clone().with_vxlan("--vni", VxlanOptions { vni: 1 << 24, port: 8472 }).expect_err("24 bits");
+        assert_eq!(e.to_string(), "--vni: vni: expected 1 to 16777215, found 16777216");
+        let e = c.with_vxlan("--vxlan-port", VxlanOptions { vni: 1, port: 0 }).expect_err("port");
+        assert_eq!(e.to_string(), "--vxlan-port: vxlan_port: expected a UDP port from 1 to 65535, found 0");
+        let stored = br#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"vxlan","vni":0}"#;
+        let e = NetworkConfig::from_json(k, stored).expect_err("stored vni 0");
+        assert_eq!(e.to_string(), "/weft/v1/default/config: vni: expected 1 to 16777215, found 0");
+    }
+
+    #[test]
     fn network_config_tolerates_unknown_fields_and_rejects_junk() {
         let k = "/weft/v1/default/config";
         let c = NetworkConfig::from_json(
@@ -509,10 +584,10 @@ mod tests {
         .expect("ok");
         assert_eq!(c.backend, Backend::Quic);
         assert!(NetworkConfig::from_json(k, b"{").is_err());
-        let e = NetworkConfig::from_json(k, br#"{"schema":1,"cidr":"10.1.0.0/16","subnet_len":24,"backend":"vxlan"}"#)
+        let e = NetworkConfig::from_json(k, br#"{"schema":1,"cidr":"10.1.0.0/16","subnet_len":24,"backend":"ipip"}"#)
             .expect_err("backend");
         assert!(
-            e.to_string().starts_with("/weft/v1/default/config: invalid network config JSON: unknown variant `vxlan`"),
+            e.to_string().starts_with("/weft/v1/default/config: invalid network config JSON: unknown variant `ipip`"),
             "{e}"
         );
     }

@@ -118,6 +118,9 @@ pub fn describe(c: &NetworkConfig) -> String {
         .map(|(f, p)| format!("{} {}, subnet length {}", pool_fields(f).0, p.cidr, p.subnet_len))
         .collect();
     parts.push(format!("backend {}", c.backend));
+    if c.backend == weft_config::Backend::Vxlan {
+        parts.push(format!("vni {}, vxlan port {}", c.vxlan.vni, c.vxlan.port));
+    }
     parts.join(", ")
 }
 

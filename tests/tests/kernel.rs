@@ -246,11 +246,15 @@ fn ipv6_address_routes_neighbour_and_fdb_entry_beside_ipv4_ones() {
             oif: Some(eth0),
             src: src.map(addr),
             metric: 0,
+            onlink: false,
         };
         let desired = vec![
             unicast("10.244.9.0/24", Some("172.31.0.9"), None),
             unicast("fd00:44::/64", Some("fd00:31::9"), None),
             unicast("fd00:45::/64", None, Some("fd00:31::1")),
+            // vxlan's routes: via a gateway no prefix of the device covers.
+            Route { onlink: true, ..unicast("10.244.8.0/24", Some("10.244.8.0"), None) },
+            Route { onlink: true, ..unicast("fd00:47::/64", Some("fd00:47::"), None) },
             Route {
                 dst: net("fd00:40::/48"),
                 kind: RouteKind::Blackhole,
@@ -258,6 +262,7 @@ fn ipv6_address_routes_neighbour_and_fdb_entry_beside_ipv4_ones() {
                 oif: None,
                 src: None,
                 metric: 4_000_000_000,
+                onlink: false,
             },
         ];
         assert!(k.weft_routes().await.expect("listing routes").is_empty(), "the foreign route is not weft's");

@@ -71,6 +71,7 @@ fn route(peer: &Peer, node: &NodeView) -> Result<Route, MixedFamily> {
         oif: Some(node.underlay.index),
         src: None,
         metric: 0,
+        onlink: false,
     };
     r.check_family()?;
     Ok(r)

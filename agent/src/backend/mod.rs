@@ -20,10 +20,11 @@
 
 pub mod host_gw;
 pub mod quic;
+pub mod vxlan;
 
 use crate::api::LiveQuic;
 use crate::firewall::{ForwardMode, ForwardPolicy};
-use crate::kernel::Kernel;
+use crate::kernel::{Fdb, Kernel, Neighbour};
 use crate::routes::Route;
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
@@ -93,12 +94,22 @@ pub struct Refused {
 pub struct Plan {
     pub routes: Vec<Route>,
     pub refused: Vec<Refused>,
+    /// Neighbour entries on the drivers' own devices.
+    pub neighbours: Vec<Neighbour>,
+    /// Remote FDB entries on the drivers' own devices.
+    pub fdb: Vec<Fdb>,
+    /// The devices whose weft neighbour and FDB entries this plan covers: on these, every weft
+    /// entry it does not list is stale.
+    pub entry_links: Vec<u32>,
 }
 
 impl Plan {
     fn extend(&mut self, other: Plan) {
         self.routes.extend(other.routes);
         self.refused.extend(other.refused);
+        self.neighbours.extend(other.neighbours);
+        self.fdb.extend(other.fdb);
+        self.entry_links.extend(other.entry_links);
     }
 }
 
@@ -166,18 +177,20 @@ pub struct Registration<K: Kernel> {
 /// What a factory gets.
 pub struct BuildContext<'a> {
     pub cfg: &'a AgentConfig,
+    /// The network config the driver serves (its backend's settings).
+    pub net: &'a NetworkConfig,
     /// Where a data path publishes its live status for the API.
     pub live: &'a LiveQuic,
 }
 
 /// Every backend weft knows. Adding one: a module with a `registration()`, listed here.
-pub fn registry<K: Kernel>() -> [Registration<K>; 2] {
-    [host_gw::registration(), quic::registration()]
+pub fn registry<K: Kernel>() -> [Registration<K>; 3] {
+    [host_gw::registration(), quic::registration(), vxlan::registration()]
 }
 
 /// The drivers of a node: built from the network config.
-pub fn build<K: Kernel>(net: &NetworkConfig, ctx: &BuildContext) -> Result<Drivers<K>> {
-    let name = net.backend.to_string();
+pub fn build<K: Kernel>(ctx: &BuildContext) -> Result<Drivers<K>> {
+    let name = ctx.net.backend.to_string();
     let Some(reg) = registry::<K>().into_iter().find(|r| r.name == name) else {
         bail!("backend {name} is not built into this agent");
     };

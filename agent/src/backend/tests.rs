@@ -57,12 +57,28 @@ pub fn peer(node: &str, subnet: &str, public: &str) -> Peer {
 
 pub fn via(dst: &str, gw: &str) -> Route {
     let gw = gw.parse().expect("literal");
-    Route { dst: v4net(dst).into(), kind: RouteKind::Unicast, via: Some(gw), oif: Some(2), src: None, metric: 0 }
+    Route {
+        dst: v4net(dst).into(),
+        kind: RouteKind::Unicast,
+        via: Some(gw),
+        oif: Some(2),
+        src: None,
+        metric: 0,
+        onlink: false,
+    }
 }
 
 /// `dst via gw dev eth0` of the IPv6 family.
 pub fn via6(dst: &str, gw: &str) -> Route {
-    Route { dst: net(dst), kind: RouteKind::Unicast, via: Some(ip(gw)), oif: Some(2), src: None, metric: 0 }
+    Route {
+        dst: net(dst),
+        kind: RouteKind::Unicast,
+        via: Some(ip(gw)),
+        oif: Some(2),
+        src: None,
+        metric: 0,
+        onlink: false,
+    }
 }
 
 /// A driver that carries the peers whose node name starts with `prefix` (or every peer), with
@@ -90,9 +106,17 @@ impl Driver<FakeKernel> for Fake {
     fn plan(&self, peers: &[&Peer], _: &NodeView) -> Plan {
         let routes = peers
             .iter()
-            .map(|p| Route { dst: p.subnet, kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 0 })
+            .map(|p| Route {
+                dst: p.subnet,
+                kind: RouteKind::Blackhole,
+                via: None,
+                oif: None,
+                src: None,
+                metric: 0,
+                onlink: false,
+            })
             .collect();
-        Plan { routes, refused: Vec::new() }
+        Plan { routes, ..Plan::default() }
     }
     fn forward_mode(&self) -> ForwardMode {
         self.mode.clone()
@@ -179,17 +203,20 @@ key_file = "/nonexistent/n1.key"
 "#;
     let cfg = AgentConfig::parse("agent.toml", toml).expect("valid config");
     let live = LiveQuic::default();
-    let ctx = BuildContext { cfg: &cfg, live: &live };
+    let ctx = |net| BuildContext { cfg: &cfg, net, live: &live };
     let hg = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("valid");
-    assert_eq!(build::<FakeKernel>(&hg, &ctx).expect("host-gw").names(), "host-gw");
+    assert_eq!(build::<FakeKernel>(&ctx(&hg)).expect("host-gw").names(), "host-gw");
     let q = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::Quic).expect("valid");
-    let quic = build::<FakeKernel>(&q, &ctx).expect("quic");
+    let quic = build::<FakeKernel>(&ctx(&q)).expect("quic");
     assert_eq!(quic.names(), "quic");
     assert!(quic.fixed_mtu_note().is_some(), "the tunnel's MTU is fixed at start");
-    assert_eq!(leftover_links::<FakeKernel>(&cfg), ["weft-tun0"]);
+    let vx = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::Vxlan).expect("valid");
+    assert_eq!(build::<FakeKernel>(&ctx(&vx)).expect("vxlan").names(), "vxlan");
+    assert_eq!(leftover_links::<FakeKernel>(&cfg), ["weft-tun0", "weft-vxlan", "weft-vxlan6"]);
     let mut no_quic = cfg.clone();
     no_quic.quic = None;
-    let e = build::<FakeKernel>(&q, &BuildContext { cfg: &no_quic, live: &live }).err().expect("quic needs [quic]");
+    let e =
+        build::<FakeKernel>(&BuildContext { cfg: &no_quic, net: &q, live: &live }).err().expect("quic needs [quic]");
     assert!(e.to_string().contains("no [quic] section"), "{e}");
-    assert!(leftover_links::<FakeKernel>(&no_quic).is_empty());
+    assert_eq!(leftover_links::<FakeKernel>(&no_quic), ["weft-vxlan", "weft-vxlan6"]);
 }

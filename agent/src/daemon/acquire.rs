@@ -174,7 +174,7 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
     }
     let d = match drivers.take() {
         Some(d) if d.names() == net.backend.to_string() => drivers.insert(d),
-        _ => drivers.insert(backend::build(&net, &BuildContext { cfg, live: &ctx.live })?),
+        _ => drivers.insert(backend::build(&BuildContext { cfg, net: &net, live: &ctx.live })?),
     };
     d.prepare(u)?;
     let (raw, _) = store.list(&ctx.keys.subnet_records_prefix(net.pools())).await?;

@@ -60,7 +60,7 @@ fn own_record_carries_identity_underlay_and_epoch() {
     let cfg = cfg();
     let n = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::HostGw).expect("net");
     let live = Default::default();
-    let d: Drivers<FakeKernel> = backend::build(&n, &BuildContext { cfg: &cfg, live: &live }).expect("drivers");
+    let d: Drivers<FakeKernel> = backend::build(&BuildContext { cfg: &cfg, net: &n, live: &live }).expect("drivers");
     let r = own_record(&cfg, "id1", 42, &underlay(), &n, &d);
     assert_eq!((r.node.as_str(), r.node_id.as_str(), r.epoch), ("n1", "id1", 42));
     assert_eq!(r.public_ip.to_string(), "172.30.0.11");
@@ -235,7 +235,7 @@ fn the_ipv6_underlay_address_is_published_only_with_an_ipv6_pool() {
         NetworkConfig::with_pools("t", Some(("10.244.0.0/16", 24)), Some(("fd00:10:244::/56", 64)), Backend::HostGw)
             .expect("net");
     let live = Default::default();
-    let d: Drivers<FakeKernel> = backend::build(&v4, &BuildContext { cfg: &cfg, live: &live }).expect("drivers");
+    let d: Drivers<FakeKernel> = backend::build(&BuildContext { cfg: &cfg, net: &v4, live: &live }).expect("drivers");
     let r = own_record(&cfg, "id1", 42, &u, &v4, &d);
     assert_eq!(r.public_ip6, None, "an IPv4-only network's record is as it was");
     assert!(!r.to_json().contains("public_ip6"));

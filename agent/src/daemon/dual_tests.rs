@@ -207,7 +207,7 @@ async fn an_evicted_ipv6_record_is_recreated_on_the_same_lease() {
 /// `dst via gw dev eth0` of either family, as host-gw installs it.
 fn route_via(w: &World, dst: &str, gw: &str) -> Route {
     let via = Some(gw.parse().expect("ip"));
-    Route { dst: n(dst), kind: RouteKind::Unicast, via, oif: Some(w.eth0), src: None, metric: 0 }
+    Route { dst: n(dst), kind: RouteKind::Unicast, via, oif: Some(w.eth0), src: None, metric: 0, onlink: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,13 +227,14 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if moved {
             self.apply_firewall(ctx);
         }
-        let Plan { routes: desired, refused } = plan;
-        for r in &refused {
+        for r in &plan.refused {
             warn!(peer = %r.node, subnet = %r.subnet, reason = %r.reason, "peer not routable");
         }
+        // Neighbour and FDB entries before the routes that go via them.
+        let mut errors = super::sync_entries::sync(nl, &plan).await;
+        let Plan { routes: desired, refused, .. } = plan;
         let current = nl.weft_routes().await?;
         let actions = routes::plan(&desired, &current);
-        let mut errors = Vec::new();
         let mut removed = None;
         for a in &actions {
             info!(action = ?decide::describe(a), "route");

@@ -223,6 +223,7 @@ impl World {
             oif: Some(self.eth0),
             src: None,
             metric: 0,
+            onlink: false,
         }
     }
 }

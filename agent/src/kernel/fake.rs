@@ -273,6 +273,13 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn set_mac(&self, index: u32, mac: Mac) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::SetMac { index, mac })?;
+        w.ns_mut(&self.ns)?.get_mut(index, "setting the MAC")?.link.mac = Some(mac);
+        Ok(())
+    }
+
     async fn rename(&self, index: u32, name: &str) -> Result<()> {
         let mut w = self.w();
         w.send(&self.ns, Call::Rename { index, name: name.to_string() })?;
@@ -332,7 +339,11 @@ impl Kernel for FakeKernel {
         if let Some(u) = spec.underlay {
             ns.get(u, "creating vxlan device")?;
         }
-        if ns.links.values().filter_map(|l| l.link.vxlan.as_ref()).any(|v| v.vni == spec.vni && v.port == spec.port) {
+        // The kernel allows one device per VNI, port and underlay family (an IPv4 and an IPv6
+        // device may share both numbers).
+        let v6 = |v: &Vxlan| matches!(v.local, Some(IpAddr::V6(_)));
+        let taken = |v: &Vxlan| v.vni == spec.vni && v.port == spec.port && v6(v) == v6(spec);
+        if ns.links.values().filter_map(|l| l.link.vxlan.as_ref()).any(taken) {
             return Err(os_err(libc::EEXIST, format!("creating {name}: a vxlan device with vni {} exists", spec.vni)));
         }
         let mut link = w.new_link(name, mtu, "vxlan");
@@ -450,7 +461,15 @@ impl Kernel for FakeKernel {
             IpAddr::V4(_) => IpNet::V4(Ipv4Net::default()),
             IpAddr::V6(_) => IpNet::V6(Ipv6Net::default()),
         };
-        let route = Route { dst, kind: RouteKind::Unicast, via: Some(via), oif: Some(oif), src: None, metric: 0 };
+        let route = Route {
+            dst,
+            kind: RouteKind::Unicast,
+            via: Some(via),
+            oif: Some(oif),
+            src: None,
+            metric: 0,
+            onlink: false,
+        };
         let new = TableRoute { route, proto: BOOT_PROTO };
         match ns.routes.iter().position(|t| same_key(&t.route, &new.route)) {
             Some(i) => ns.routes[i] = new,
@@ -487,6 +506,16 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn claim_neighbour(&self, n: &Neighbour) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::ClaimNeighbour(n.clone()))?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(n.ifindex, &format!("neighbour {} on link #{}", n.ip, n.ifindex))?;
+        ns.neighbours.retain(|l| !(l.entry.ifindex == n.ifindex && l.entry.ip == n.ip));
+        ns.neighbours.push(Listed { entry: n.clone(), owner: Owner::Weft });
+        Ok(())
+    }
+
     async fn fdb(&self, ifindex: u32) -> Result<Vec<Listed<Fdb>>> {
         let w = self.w();
         Ok(w.ns(&self.ns)?.fdb.iter().filter(|l| l.entry.ifindex == ifindex).cloned().collect())
@@ -512,6 +541,16 @@ impl Kernel for FakeKernel {
         }
         w.send(&self.ns, Call::DelFdb { ifindex, mac })?;
         w.ns_mut(&self.ns)?.fdb.remove(i);
+        Ok(())
+    }
+
+    async fn claim_fdb(&self, f: &Fdb) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::ClaimFdb(f.clone()))?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(f.ifindex, &format!("fdb entry {} on link #{}", f.mac, f.ifindex))?;
+        ns.fdb.retain(|l| !(l.entry.ifindex == f.ifindex && l.entry.mac == f.mac));
+        ns.fdb.push(Listed { entry: f.clone(), owner: Owner::Weft });
         Ok(())
     }
 }

@@ -164,6 +164,8 @@ pub trait Kernel: Clone + Send + Sync + 'static {
         controller: Option<u32>,
     ) -> impl Future<Output = Result<()>> + Send;
     fn rename(&self, index: u32, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Sets a link's Ethernet address.
+    fn set_mac(&self, index: u32, mac: Mac) -> impl Future<Output = Result<()>> + Send;
     /// Creates a veth pair (both ends down) in this namespace.
     fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> impl Future<Output = Result<()>> + Send;
     /// Moves a link into another (named) namespace; it arrives down, without addresses.
@@ -209,6 +211,9 @@ pub trait Kernel: Clone + Send + Sync + 'static {
     fn replace_neighbour(&self, n: &Neighbour) -> impl Future<Output = Result<()>> + Send;
     /// Deletes weft's entry for `ip`; `ENOENT` if absent, [`NotOurs`] if not weft's.
     fn del_neighbour(&self, ifindex: u32, ip: IpAddr) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes whatever entry `n.ip` has, whoever made it, and adds weft's: only for a device
+    /// weft made itself, where another's entry for an address weft routes is a wrong one.
+    fn claim_neighbour(&self, n: &Neighbour) -> impl Future<Output = Result<()>> + Send;
 
     /// Remote FDB entries (those with an underlay destination) on a device, with their owners.
     fn fdb(&self, ifindex: u32) -> impl Future<Output = Result<Vec<Listed<Fdb>>>> + Send;
@@ -218,6 +223,10 @@ pub trait Kernel: Clone + Send + Sync + 'static {
     fn replace_fdb(&self, f: &Fdb) -> impl Future<Output = Result<()>> + Send;
     /// Deletes weft's FDB entry for `mac`; `ENOENT` if absent, [`NotOurs`] if not weft's.
     fn del_fdb(&self, ifindex: u32, mac: Mac) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes whatever entry `f.mac` has, whoever made it, and adds weft's (the kernel keeps
+    /// an entry's flags on a replace, so another's entry cannot become weft's in place): only
+    /// for a device weft made itself.
+    fn claim_fdb(&self, f: &Fdb) -> impl Future<Output = Result<()>> + Send;
 }
 
 #[cfg(test)]

@@ -198,6 +198,16 @@ impl Kernel for Netlink {
         self.handle.link().set(msg).execute().await.with_context(|| format!("renaming link #{index} to {name}"))
     }
 
+    async fn set_mac(&self, index: u32, mac: Mac) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| format!("setting the MAC of link #{index} to {mac}"))
+    }
+
     /// Creates a veth pair in this namespace.
     async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
         self.handle
@@ -405,6 +415,24 @@ impl Kernel for Netlink {
         self.handle.neighbours().del(m).execute().await.with_context(|| format!("deleting {}", what()))
     }
 
+    async fn claim_neighbour(&self, n: &Neighbour) -> Result<()> {
+        let family = if n.ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let found = self
+            .neighbour_messages(family, n.ifindex)
+            .await?
+            .into_iter()
+            .find(|m| parse_neighbour(m).is_some_and(|l| l.entry.ip == n.ip));
+        if let Some(m) = found {
+            self.handle
+                .neighbours()
+                .del(m)
+                .execute()
+                .await
+                .with_context(|| format!("deleting another's neighbour {} on link #{}", n.ip, n.ifindex))?;
+        }
+        self.write_neighbour(n, false).await
+    }
+
     async fn fdb(&self, ifindex: u32) -> Result<Vec<Listed<Fdb>>> {
         self.fdb_of(ifindex).await
     }
@@ -438,6 +466,23 @@ impl Kernel for Netlink {
             return Err(NotOurs { what: what(), owner: listed.owner }.into());
         }
         self.handle.neighbours().del(m).execute().await.with_context(|| format!("deleting {}", what()))
+    }
+
+    async fn claim_fdb(&self, f: &Fdb) -> Result<()> {
+        let found = self
+            .neighbour_messages(AddressFamily::Bridge, f.ifindex)
+            .await?
+            .into_iter()
+            .find(|m| parse_fdb(m).is_some_and(|l| l.entry.mac == f.mac));
+        if let Some(m) = found {
+            self.handle
+                .neighbours()
+                .del(m)
+                .execute()
+                .await
+                .with_context(|| format!("deleting another's fdb entry {} on link #{}", f.mac, f.ifindex))?;
+        }
+        self.write_fdb(f, false).await
     }
 }
 

@@ -124,8 +124,9 @@ pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView, family: Family) ->
         oif: None,
         src: None,
         metric: BLACKHOLE_METRIC,
+        onlink: false,
     };
-    let mut plan = Plan { routes: node.clusters.iter().map(|(_, c)| blackhole(c)).collect(), refused: Vec::new() };
+    let mut plan = Plan { routes: node.clusters.iter().map(|(_, c)| blackhole(c)).collect(), ..Plan::default() };
     for p in peers {
         if let Err(reason) = reachable(p, family) {
             plan.refused.push(refuse(p, reason));
@@ -135,7 +136,15 @@ pub fn plan(peers: &[&Peer], tun_index: u32, node: &NodeView, family: Family) ->
         // a node without a subnet of that family offers its first, which the check refuses.
         let own = Family::of_net(p.subnet);
         let src = node.gateway(own).or_else(|| node.gateway(node.subnets.first_family()));
-        let r = Route { dst: p.subnet, kind: RouteKind::Unicast, via: None, oif: Some(tun_index), src, metric: 0 };
+        let r = Route {
+            dst: p.subnet,
+            kind: RouteKind::Unicast,
+            via: None,
+            oif: Some(tun_index),
+            src,
+            metric: 0,
+            onlink: false,
+        };
         match r.check_family() {
             Ok(()) => plan.routes.push(r),
             Err(e) => plan.refused.push(refuse(p, e.to_string())),
@@ -329,6 +338,7 @@ mod tests {
             oif: None,
             src: None,
             metric: BLACKHOLE_METRIC,
+            onlink: false,
         };
         let tun = |dst: &str, src: &str| Route {
             dst: net(dst),
@@ -337,6 +347,7 @@ mod tests {
             oif: Some(9),
             src: Some(ip(src)),
             metric: 0,
+            onlink: false,
         };
         assert_eq!(
             p.routes,

@@ -21,6 +21,7 @@ fn route(dst: &str, via: &str, oif: u32) -> Route {
         oif: Some(oif),
         src: None,
         metric: 0,
+        onlink: false,
     }
 }
 fn vxlan(vni: u32, underlay: Option<u32>) -> Vxlan {
@@ -253,7 +254,15 @@ async fn removing_a_namespace_takes_its_veths_peers_along_and_faults_are_one_sho
 async fn ipv6_routes_live_beside_ipv4_ones_and_a_mixed_route_is_never_sent() {
     let k = FakeKernel::new();
     let eth = k.seed_link("eth0", "veth", 1500);
-    let v4 = Route { dst: net("0.0.0.0/0"), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric: 7 };
+    let v4 = Route {
+        dst: net("0.0.0.0/0"),
+        kind: RouteKind::Blackhole,
+        via: None,
+        oif: None,
+        src: None,
+        metric: 7,
+        onlink: false,
+    };
     let v6 = Route { dst: net("::/0"), ..v4.clone() };
     k.apply(&Action::Add(v4.clone())).await.expect("v4 blackhole");
     k.apply(&Action::Add(v6.clone())).await.expect("v6 blackhole with the same prefix length and metric");

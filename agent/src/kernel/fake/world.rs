@@ -16,6 +16,7 @@ pub enum Call {
     AddBridge { name: String, mtu: u32 },
     SetLink { index: u32, mtu: Option<u32>, up: bool, controller: Option<u32> },
     Rename { index: u32, name: String },
+    SetMac { index: u32, mac: Mac },
     AddVeth { name: String, peer: String, mtu: u32 },
     MoveToNetns { index: u32, netns: String },
     DelLink(u32),
@@ -31,6 +32,8 @@ pub enum Call {
     AddFdb(Fdb),
     ReplaceFdb(Fdb),
     DelFdb { ifindex: u32, mac: Mac },
+    ClaimNeighbour(Neighbour),
+    ClaimFdb(Fdb),
 }
 
 /// A route in the fake's main table with its protocol number.

@@ -10,7 +10,9 @@ use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, 
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -196,7 +198,8 @@ pub(super) fn parse_route(m: &RouteMessage) -> Option<Route> {
         Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    let mut r = Route { dst: IpNet::default(), kind, via: None, oif: None, src: None, metric: 0 };
+    let onlink = m.header.flags.contains(RouteFlags::Onlink);
+    let mut r = Route { dst: IpNet::default(), kind, via: None, oif: None, src: None, metric: 0, onlink };
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => dst = same(d)?,
@@ -240,6 +243,9 @@ pub(super) fn build_route(r: &Route) -> Result<RouteMessage, MixedFamily> {
     if let Some(s) = r.src {
         m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(s)));
     }
+    if r.onlink {
+        m.header.flags |= RouteFlags::Onlink;
+    }
     if r.kind == RouteKind::Blackhole {
         m.header.kind = RouteType::BlackHole;
     } else if r.via.is_none() {
@@ -262,10 +268,18 @@ mod tests {
         s.parse().expect("literal")
     }
     fn route(dst: &str, via: Option<&str>, oif: Option<u32>, src: Option<&str>) -> Route {
-        Route { dst: net(dst), kind: RouteKind::Unicast, via: via.map(ip), oif, src: src.map(ip), metric: 0 }
+        Route {
+            dst: net(dst),
+            kind: RouteKind::Unicast,
+            via: via.map(ip),
+            oif,
+            src: src.map(ip),
+            metric: 0,
+            onlink: false,
+        }
     }
     fn blackhole(dst: &str, metric: u32) -> Route {
-        Route { dst: net(dst), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric }
+        Route { dst: net(dst), kind: RouteKind::Blackhole, via: None, oif: None, src: None, metric, onlink: false }
     }
 
     #[test]
@@ -331,6 +345,8 @@ mod tests {
             route("fd00:3::/64", None, Some(9), Some("fd00:1::1")),
             blackhole("fd00::/48", 4_000_000_000),
             Route { metric: 50, ..route("fd00:4::/64", Some("fd00:ff::4"), Some(2), None) },
+            Route { onlink: true, ..route("10.244.5.0/24", Some("10.244.5.0"), Some(7), None) },
+            Route { onlink: true, ..route("fd00:5::/64", Some("fd00:5::"), Some(8), None) },
         ] {
             assert_eq!(parse_route(&build_route(&r).expect("builds")), Some(r.clone()), "{r:?}");
         }

@@ -164,6 +164,12 @@ pub fn check_path(backend: Backend, route: &str, peer_underlay: Ipv4Addr) -> Res
              (the agent does not run the quic backend)",
             route.trim()
         )),
+        Backend::Vxlan if after("dev").is_some_and(|d| d.starts_with("weft-vxlan")) => Ok(()),
+        Backend::Vxlan => Err(format!(
+            "the sending node routes the pod as `{}`, not through a weft-vxlan device (the agent does not run \
+             the vxlan backend)",
+            route.trim()
+        )),
     }
 }
 

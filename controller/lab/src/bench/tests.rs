@@ -211,6 +211,10 @@ fn paths() {
     let default = "10.244.2.2 via 172.30.0.1 dev eth0 src 172.30.0.11 uid 0";
     assert!(check_path(Backend::Quic, default, peer).is_err());
     assert!(check_path(Backend::HostGw, default, peer).is_err());
+    let vx = "10.244.2.2 via 10.244.2.0 dev weft-vxlan src 10.244.1.0 uid 0 \\    cache";
+    assert_eq!(check_path(Backend::Vxlan, vx, peer), Ok(()));
+    assert!(check_path(Backend::Vxlan, gw, peer).expect_err("not vxlan").contains("not through a weft-vxlan device"));
+    assert!(check_path(Backend::Quic, tun, peer).is_ok() && check_path(Backend::Vxlan, tun, peer).is_err());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use super::{print_out, with_store, UsageError};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
+use weft_config::records::VxlanOptions;
 use weft_config::{Backend, NetworkConfig};
 use weft_controller::network::{self, InitPlan};
 
@@ -14,6 +15,12 @@ pub enum NetworkCmd {
         pools: PoolFlags,
         #[arg(long, value_parser = super::parse_backend)]
         backend: Backend,
+        /// VXLAN network identifier of a vxlan network (1 to 16777215; flannel's default 1).
+        #[arg(long, default_value_t = VxlanOptions::default().vni)]
+        vni: u32,
+        /// UDP port of a vxlan network (flannel's and the kernel's default 8472; IANA's is 4789).
+        #[arg(long, default_value_t = VxlanOptions::default().port)]
+        vxlan_port: u16,
         /// Replace a different config (never a family's CIDR or subnet length while subnets of
         /// that family exist).
         #[arg(long)]
@@ -79,12 +86,22 @@ fn network_config(p: &PoolFlags, backend: Backend) -> Result<NetworkConfig, Usag
         .map_err(|e| UsageError::new(format!("{}: {}", flag(&e.field), e.message)))
 }
 
+/// The config with the `--vni` and `--vxlan-port` values, an error naming the flag.
+fn with_vxlan(c: NetworkConfig, vni: u32, port: u16) -> Result<NetworkConfig, UsageError> {
+    c.with_vxlan("--vni", VxlanOptions { vni, port }).map_err(|e| {
+        let flag = if e.field == "vni" { "--vni" } else { "--vxlan-port" };
+        UsageError::new(format!("{flag}: {}", e.message))
+    })
+}
+
 /// Runs `network init` or `network show` against the store named by the global flags.
 pub fn run(g: &super::Global, cmd: &NetworkCmd) -> anyhow::Result<ExitCode> {
     // Check input before connecting, so bad flags exit 2 without touching etcd.
     let opts = super::etcd_opts(g)?;
     let wanted = match cmd {
-        NetworkCmd::Init { pools, backend, .. } => Some(network_config(pools, *backend)?),
+        NetworkCmd::Init { pools, backend, vni, vxlan_port, .. } => {
+            Some(with_vxlan(network_config(pools, *backend)?, *vni, *vxlan_port)?)
+        }
         NetworkCmd::Show { .. } => None,
     };
     let net = g.network.as_str();
@@ -174,6 +191,26 @@ mod tests {
 
     fn parse(args: &str) -> Result<NetworkCmd, clap::Error> {
         Cli::try_parse_from(["network"].into_iter().chain(args.split_whitespace())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn vxlan_flags_reach_the_config_and_bad_values_name_the_flag() {
+        let ok = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend vxlan --vni 42 --vxlan-port 4789");
+        let Ok(NetworkCmd::Init { pools, backend, vni, vxlan_port, .. }) = ok else { panic!("{ok:?}") };
+        let c = with_vxlan(network_config(&pools, backend).expect("valid"), vni, vxlan_port).expect("valid");
+        assert_eq!((c.backend, c.vxlan), (Backend::Vxlan, VxlanOptions { vni: 42, port: 4789 }));
+        let base = || network_config(&v4("10.244.0.0/16", 24), Backend::Vxlan).expect("valid");
+        assert_eq!(with_vxlan(base(), 0, 8472).expect_err("vni").to_string(), "--vni: expected 1 to 16777215, found 0");
+        assert_eq!(
+            with_vxlan(base(), 1, 0).expect_err("port").to_string(),
+            "--vxlan-port: expected a UDP port from 1 to 65535, found 0"
+        );
+        let Ok(NetworkCmd::Init { vni, vxlan_port, .. }) =
+            parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend vxlan")
+        else {
+            panic!("defaults")
+        };
+        assert_eq!((vni, vxlan_port), (1, 8472), "flannel's defaults");
     }
 
     #[test]

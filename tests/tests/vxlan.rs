@@ -1,0 +1,184 @@
+//! The vxlan backend on a routed dual-stack lab (two L2 segments joined by a router that knows
+//! no pod subnet, so only the kernel's VXLAN encapsulation can carry pod traffic between them):
+//! real etcd, real agents, real kernel. The lab's Drop removes everything.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use weft_lab::{IpFamily, Lab, Topology};
+use weft_tests::*;
+
+const DEV: &str = "weft-vxlan";
+const DEV6: &str = "weft-vxlan6";
+
+fn vxlan_lab(id: &str, nodes: usize) -> Lab {
+    lab(id, nodes, 1, |s| {
+        s.backend = weft_config::Backend::Vxlan;
+        s.topology = Topology::Routed;
+        s.ip_family = IpFamily::Dual;
+    })
+}
+
+/// `ip -j …` (or `bridge -j …`) in node `i`, parsed.
+fn json_in(lab: &Lab, i: usize, args: &[&str]) -> Vec<Value> {
+    let out = run_ok(lab, &format!("n{i}"), args);
+    let v: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).expect("JSON");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn field(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// The MAC of node `i`'s device `dev`.
+fn mac_of(lab: &Lab, i: usize, dev: &str) -> String {
+    let links = json_in(lab, i, &["ip", "-j", "link", "show", dev]);
+    field(links.first().expect("the device exists"), "address")
+}
+
+/// (IP, MAC) of every permanent neighbour entry on `dev`.
+fn neighbours(lab: &Lab, i: usize, dev: &str) -> BTreeSet<(String, String)> {
+    json_in(lab, i, &["ip", "-j", "neigh", "show", "dev", dev])
+        .iter()
+        .filter(|n| n.get("state").is_some_and(|s| s.to_string().contains("PERMANENT")))
+        .map(|n| (field(n, "dst"), field(n, "lladdr")))
+        .collect()
+}
+
+/// (MAC, underlay destination) of every remote FDB entry on `dev`.
+fn fdb(lab: &Lab, i: usize, dev: &str) -> BTreeSet<(String, String)> {
+    json_in(lab, i, &["bridge", "-j", "fdb", "show", "dev", dev])
+        .iter()
+        .filter(|f| f.get("dst").is_some())
+        .map(|f| (field(f, "mac"), field(f, "dst")))
+        .collect()
+}
+
+/// What node `i` should hold for its peers: per family, its weft routes, neighbours and FDB
+/// entries, from the peers' subnets, underlay addresses and VTEP MACs.
+struct Expected {
+    routes4: Vec<String>,
+    routes6: Vec<String>,
+    neigh4: BTreeSet<(String, String)>,
+    neigh6: BTreeSet<(String, String)>,
+    fdb4: BTreeSet<(String, String)>,
+    fdb6: BTreeSet<(String, String)>,
+}
+
+fn expected(lab: &Lab, i: usize, peers: &[usize]) -> Expected {
+    let mut e = Expected {
+        routes4: vec![],
+        routes6: vec![],
+        neigh4: BTreeSet::new(),
+        neigh6: BTreeSet::new(),
+        fdb4: BTreeSet::new(),
+        fdb6: BTreeSet::new(),
+    };
+    for &j in peers.iter().filter(|&&j| j != i) {
+        let st = lab.wait_ready(j, Duration::from_secs(20)).expect("ready");
+        let s4: ipnet::IpNet = st.subnet.expect("IPv4 subnet").parse().expect("prefix");
+        let s6: ipnet::IpNet = st.subnet6.expect("IPv6 subnet").parse().expect("prefix");
+        let (mac, mac6) = (mac_of(lab, j, DEV), mac_of(lab, j, DEV6));
+        assert_eq!(mac, mac6, "one VTEP MAC per node");
+        e.routes4.push(format!("{s4} via {} dev {DEV} proto 213", s4.network()));
+        e.routes6.push(format!("{s6} via {} dev {DEV6} proto 213", s6.network()));
+        e.neigh4.insert((s4.network().to_string(), mac.clone()));
+        e.neigh6.insert((s6.network().to_string(), mac.clone()));
+        e.fdb4.insert((mac.clone(), lab.node_ip(j).to_string()));
+        e.fdb6.insert((mac, lab.node_ip6(j).expect("IPv6 underlay").to_string()));
+    }
+    e.routes4.sort();
+    e.routes6.sort();
+    e
+}
+
+/// Node `i`'s tables are exactly `want` (within `secs`); panics naming what differs.
+fn assert_tables(lab: &Lab, i: usize, want: &Expected, secs: u64, what: &str) {
+    let matches = || {
+        weft_owned(route_table(lab, i)) == want.routes4
+            && weft_owned(route_table6(lab, i)) == want.routes6
+            && neighbours(lab, i, DEV) == want.neigh4
+            && neighbours(lab, i, DEV6) == want.neigh6
+            && fdb(lab, i, DEV) == want.fdb4
+            && fdb(lab, i, DEV6) == want.fdb6
+    };
+    if wait_for(Duration::from_secs(secs), matches).is_none() {
+        panic!(
+            "{what}: n{i}'s tables differ from the expected ones:\n routes {:?} want {:?}\n routes6 {:?} want {:?}\n \
+             neigh {:?} want {:?}\n neigh6 {:?} want {:?}\n fdb {:?} want {:?}\n fdb6 {:?} want {:?}",
+            weft_owned(route_table(lab, i)),
+            want.routes4,
+            weft_owned(route_table6(lab, i)),
+            want.routes6,
+            neighbours(lab, i, DEV),
+            want.neigh4,
+            neighbours(lab, i, DEV6),
+            want.neigh6,
+            fdb(lab, i, DEV),
+            want.fdb4,
+            fdb(lab, i, DEV6),
+            want.fdb6
+        );
+    }
+}
+
+#[test]
+fn routed_dual_stack_pods_reach_each_other_through_kernel_vxlan_and_broken_state_is_repaired() {
+    let lab = vxlan_lab("vx1", 3);
+    let all = [1, 2, 3];
+    for i in all {
+        assert_tables(&lab, i, &expected(&lab, i, &all), 10, "after up");
+    }
+
+    // The devices: kernel VXLAN, weft's VNI and port, no learning, the underlay's MTU less the
+    // outer headers (IPv6's, as the network has an IPv6 pool) for the bridge.
+    let details = run_ok(&lab, "n1", &["ip", "-d", "link", "show", DEV]);
+    assert!(
+        details.contains("vxlan id 1 ") && details.contains("dstport 8472") && details.contains("nolearning"),
+        "{details}"
+    );
+    let details6 = run_ok(&lab, "n1", &["ip", "-d", "link", "show", DEV6]);
+    assert!(details6.contains("local fd00:172:30::11"), "the IPv6 device sends from the IPv6 underlay: {details6}");
+
+    // Every pod pair, both families, across the router; the receiver sees the sender's own
+    // pod address (no NAT), over each family.
+    let failures = cross_node_ping_failures_all(&lab, 3, &["p1"]);
+    assert!(failures.is_empty(), "pod pairs that do not ping over vxlan: {failures:?}");
+    let (a, b) = (pod_addrs(&lab, 1, "p1"), pod_addrs(&lab, 2, "p1"));
+    for (k, port) in [(0, 7301), (1, 7302)] {
+        let seen = tcp_source_seen(&lab.pod_ns(2, 1), b[k], port, &lab.pod_ns(1, 1)).expect("TCP across the router");
+        assert_eq!(seen.ip(), a[k], "the server sees the client pod's own address");
+    }
+    let path = run_ok(&lab, "n1", &["ip", "-o", "route", "get", &b[0].to_string()]);
+    assert!(path.contains(&format!("dev {DEV}")), "n1 sends to n2's pod through the vxlan device: {path}");
+
+    // Repairs, each within one reconcile (2 s here; 8 s allowed): deleted entries, a wrong
+    // entry written by hand, a downed device, a deleted device.
+    let want1 = expected(&lab, 1, &all);
+    let mac2 = mac_of(&lab, 2, DEV);
+    let n2_v4 = lab.node_ip(2).to_string();
+    let n3_vtep = lab.wait_ready(3, Duration::from_secs(5)).expect("ready").subnet.expect("subnet");
+    let n3_vtep = n3_vtep.parse::<ipnet::IpNet>().expect("prefix").network().to_string();
+    run_ok(&lab, "n1", &["bridge", "fdb", "del", &mac2, "dev", DEV, "dst", &n2_v4]);
+    run_ok(&lab, "n1", &["ip", "neigh", "del", &n3_vtep, "dev", DEV]);
+    assert_tables(&lab, 1, &want1, 8, "after deleting an FDB and a neighbour entry");
+    run_ok(&lab, "n1", &["bridge", "fdb", "replace", &mac2, "dev", DEV, "dst", "172.30.0.99", "self", "permanent"]);
+    run_ok(
+        &lab,
+        "n1",
+        &["ip", "neigh", "replace", &n3_vtep, "lladdr", "02:00:00:00:00:99", "dev", DEV, "nud", "permanent"],
+    );
+    assert_tables(&lab, 1, &want1, 8, "after wrong entries written by hand");
+    run_ok(&lab, "n1", &["ip", "link", "set", DEV, "down"]);
+    assert_tables(&lab, 1, &want1, 8, "after the device was set down");
+    run_ok(&lab, "n1", &["ip", "link", "del", DEV6]);
+    assert_tables(&lab, 1, &want1, 8, "after the IPv6 device was deleted");
+    let failures = cross_node_ping_failures_all(&lab, 3, &["p1"]);
+    assert!(failures.is_empty(), "after the repairs: {failures:?}");
+
+    // `--leave` of n3 takes its routes and entries off its peers.
+    lab.leave(3).expect("leave");
+    for i in [1, 2] {
+        assert_tables(&lab, i, &expected(&lab, i, &[1, 2]), 8, "after n3 left");
+    }
+}
