@@ -29,6 +29,9 @@ pub enum Backend {
     Quic,
     /// A kernel VXLAN device per family: pod packets in UDP to the peer's underlay address.
     Vxlan,
+    /// Per peer and family: host-gw's plain route when the peer's underlay address is on-link,
+    /// else the network's `encap` backend (vxlan or quic).
+    Auto,
 }
 
 impl fmt::Display for Backend {
@@ -37,6 +40,7 @@ impl fmt::Display for Backend {
             Backend::HostGw => "host-gw",
             Backend::Quic => "quic",
             Backend::Vxlan => "vxlan",
+            Backend::Auto => "auto",
         })
     }
 }
@@ -48,7 +52,8 @@ impl std::str::FromStr for Backend {
             "host-gw" => Ok(Backend::HostGw),
             "quic" => Ok(Backend::Quic),
             "vxlan" => Ok(Backend::Vxlan),
-            other => Err(format!("expected one of host-gw, quic, vxlan, found {other:?}")),
+            "auto" => Ok(Backend::Auto),
+            other => Err(format!("expected one of host-gw, quic, vxlan, auto, found {other:?}")),
         }
     }
 }
@@ -84,8 +89,11 @@ pub struct NetworkConfig {
     /// The pool of each family the network serves.
     pools: PerFamily<Pool>,
     pub backend: Backend,
-    /// The VXLAN settings (stored only for the `vxlan` backend; the defaults otherwise).
+    /// The VXLAN settings (stored only when vxlan is used; the defaults otherwise).
     pub vxlan: VxlanOptions,
+    /// The `auto` backend's encapsulation for peers that are not on-link: vxlan (the default)
+    /// or quic (stored only for `auto`).
+    pub encap: Backend,
 }
 
 /// Largest VXLAN network identifier (24 bits).
@@ -136,6 +144,8 @@ struct NetworkWire {
     vni: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vxlan_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encap: Option<Backend>,
 }
 
 impl TryFrom<NetworkWire> for NetworkConfig {
@@ -155,8 +165,9 @@ impl From<NetworkConfig> for NetworkWire {
             cidr6: v6.map(|p| p.cidr),
             subnet_len6: v6.map(|p| p.subnet_len),
             backend: c.backend,
-            vni: (c.backend == Backend::Vxlan).then_some(c.vxlan.vni),
-            vxlan_port: (c.backend == Backend::Vxlan).then_some(c.vxlan.port),
+            vni: c.uses(Backend::Vxlan).then_some(c.vxlan.vni),
+            vxlan_port: c.uses(Backend::Vxlan).then_some(c.vxlan.port),
+            encap: (c.backend == Backend::Auto).then_some(c.encap),
         }
     }
 }
@@ -186,9 +197,23 @@ impl NetworkConfig {
         let schema = if v6.is_some() { NETWORK_SCHEMA_V6 } else { SCHEMA_VERSION };
         let pools = PerFamily::from_options(v4, v6)
             .ok_or_else(|| ConfigError::new(source, "cidr", "expected an IPv4 pool, an IPv6 pool (cidr6) or both"))?;
-        let c = Self { schema, pools, backend, vxlan: VxlanOptions::default() };
+        let c = Self { schema, pools, backend, vxlan: VxlanOptions::default(), encap: Backend::Vxlan };
         c.validate(source)?;
         Ok(c)
+    }
+
+    /// The same config with `auto`'s encapsulation (vxlan or quic; an error names `encap`).
+    pub fn with_encap(mut self, source: &str, encap: Backend) -> Result<Self, ConfigError> {
+        self.encap = encap;
+        self.validate(source)?;
+        Ok(self)
+    }
+
+    /// Whether the network runs `backend`'s driver on its nodes: as its backend, or as `auto`'s
+    /// encapsulation (auto always runs host-gw too).
+    pub fn uses(&self, backend: Backend) -> bool {
+        self.backend == backend
+            || (self.backend == Backend::Auto && (backend == self.encap || backend == Backend::HostGw))
     }
 
     /// The same config with these VXLAN settings (checked; errors name `vni` or `vxlan_port`).
@@ -212,7 +237,11 @@ impl NetworkConfig {
         for (family, p) in self.pools.iter() {
             check_pool(source, pool_fields(family), family, p.cidr, p.subnet_len)?;
         }
-        self.vxlan.check(source)
+        self.vxlan.check(source)?;
+        if !matches!(self.encap, Backend::Vxlan | Backend::Quic) {
+            return Err(ConfigError::new(source, "encap", format!("expected vxlan or quic, found {}", self.encap)));
+        }
+        Ok(())
     }
 
     /// The stored fields as a config: each pool needs both of its fields; a config with no
@@ -246,7 +275,7 @@ impl NetworkConfig {
         };
         let defaults = VxlanOptions::default();
         let vxlan = VxlanOptions { vni: w.vni.unwrap_or(defaults.vni), port: w.vxlan_port.unwrap_or(defaults.port) };
-        let c = Self { schema: w.schema, pools, backend: w.backend, vxlan };
+        let c = Self { schema: w.schema, pools, backend: w.backend, vxlan, encap: w.encap.unwrap_or(Backend::Vxlan) };
         c.validate(source)?;
         Ok(c)
     }
@@ -572,6 +601,26 @@ mod tests {
         let stored = br#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"vxlan","vni":0}"#;
         let e = NetworkConfig::from_json(k, stored).expect_err("stored vni 0");
         assert_eq!(e.to_string(), "/weft/v1/default/config: vni: expected 1 to 16777215, found 0");
+    }
+
+    #[test]
+    fn an_auto_network_stores_its_encapsulation() {
+        let k = "/weft/v1/default/config";
+        let c = NetworkConfig::new("x", "10.244.0.0/16", 24, Backend::Auto).expect("valid");
+        assert_eq!(c.encap, Backend::Vxlan, "vxlan by default");
+        assert_eq!(
+            c.to_json(),
+            r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"auto","vni":1,"vxlan_port":8472,"encap":"vxlan"}"#
+        );
+        assert!(c.uses(Backend::HostGw) && c.uses(Backend::Vxlan) && !c.uses(Backend::Quic));
+        let q = c.clone().with_encap("--encap", Backend::Quic).expect("valid");
+        assert_eq!(
+            q.to_json(),
+            r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"auto","encap":"quic"}"#
+        );
+        assert_eq!(NetworkConfig::from_json(k, q.to_json().as_bytes()).expect("parse"), q);
+        let e = c.with_encap("--encap", Backend::HostGw).expect_err("host-gw cannot encapsulate");
+        assert_eq!(e.to_string(), "--encap: encap: expected vxlan or quic, found host-gw");
     }
 
     #[test]

@@ -182,3 +182,55 @@ fn routed_dual_stack_pods_reach_each_other_through_kernel_vxlan_and_broken_state
         assert_tables(&lab, i, &expected(&lab, i, &[1, 2]), 8, "after n3 left");
     }
 }
+
+/// `ip -o route get DST` on node `i`.
+fn route_get(lab: &Lab, i: usize, dst: std::net::IpAddr) -> String {
+    run_ok(lab, &format!("n{i}"), &["ip", "-o", "route", "get", &dst.to_string()])
+}
+
+/// auto on the routed lab: n1 and n3 share segment A, n2 is behind the router. Per pair and
+/// family: a plain route between n1 and n3, encapsulation (`encap`) to and from n2.
+fn auto_chooses_per_peer(id: &str, encap: weft_config::Backend, encap_dev: &str) {
+    let lab = lab(id, 3, 1, |s| {
+        s.backend = weft_config::Backend::Auto;
+        s.encap = encap;
+        s.topology = Topology::Routed;
+        s.ip_family = IpFamily::Dual;
+    });
+    let failures = cross_node_ping_failures_all(&lab, 3, &["p1"]);
+    assert!(failures.is_empty(), "pod pairs that do not ping under auto/{encap}: {failures:?}");
+    let pods: Vec<Vec<std::net::IpAddr>> = (1..=3).map(|i| pod_addrs(&lab, i, "p1")).collect();
+    let underlay =
+        |j: usize, k: usize| if k == 0 { lab.node_ip(j).to_string() } else { lab.node_ip6(j).expect("v6").to_string() };
+    for k in [0, 1] {
+        let direct = route_get(&lab, 1, pods[2][k]);
+        assert!(
+            direct.contains(&format!("via {} dev eth0", underlay(3, k))),
+            "n1 reaches on-link n3's pod directly: {direct}"
+        );
+        let back = route_get(&lab, 3, pods[0][k]);
+        assert!(back.contains(&format!("via {} dev eth0", underlay(1, k))), "and n3 n1's: {back}");
+        for (from, to) in [(1, 2), (2, 1), (3, 2)] {
+            let p = route_get(&lab, from, pods[to - 1][k]);
+            assert!(
+                p.contains(&format!("dev {encap_dev}")) && !p.contains(" dev eth0"),
+                "n{from} reaches n{to} behind the router through {encap_dev}: {p}"
+            );
+        }
+    }
+    // Through the router too, the receiver sees the sender's own pod address.
+    for (k, port) in [(0, 7311), (1, 7312)] {
+        let seen = tcp_source_seen(&lab.pod_ns(2, 1), pods[1][k], port, &lab.pod_ns(1, 1)).expect("TCP");
+        assert_eq!(seen.ip(), pods[0][k], "no NAT between pods");
+    }
+}
+
+#[test]
+fn auto_routes_on_link_peers_directly_and_encapsulates_across_the_router_with_vxlan() {
+    auto_chooses_per_peer("vx2", weft_config::Backend::Vxlan, DEV);
+}
+
+#[test]
+fn auto_routes_on_link_peers_directly_and_encapsulates_across_the_router_with_quic() {
+    auto_chooses_per_peer("vx3", weft_config::Backend::Quic, "weft-tun0");
+}

@@ -21,11 +21,16 @@ pub fn registration<K: Kernel>() -> Registration<K> {
     Registration { name: NAME, build: build::<K>, leftover_links: |_| Vec::new() }
 }
 
-fn build<K: Kernel>(_: &BuildContext) -> Result<Box<dyn Driver<K>>> {
-    Ok(Box::new(HostGw))
+fn build<K: Kernel>(ctx: &BuildContext) -> Result<Box<dyn Driver<K>>> {
+    Ok(Box::new(HostGw { on_link_only: ctx.net.backend == weft_config::Backend::Auto }))
 }
 
-pub struct HostGw;
+/// host-gw on its own takes every peer (and refuses those not on-link, saying why); as the
+/// first driver of `auto` it takes only the on-link ones and leaves the rest to the
+/// encapsulating driver.
+pub struct HostGw {
+    pub on_link_only: bool,
+}
 
 /// Whether `peer`'s underlay address is on one of the node's connected prefixes (and is not
 /// the node's own address).
@@ -86,6 +91,10 @@ impl<K: Kernel> Driver<K> for HostGw {
         bridge_mtu.unwrap_or(underlay_mtu)
     }
 
+    fn accepts(&self, peer: &Peer, node: &NodeView) -> bool {
+        !self.on_link_only || on_link(peer, node)
+    }
+
     fn plan(&self, peers: &[&Peer], node: &NodeView) -> Plan {
         let mut plan = Plan::default();
         for p in peers {
@@ -113,11 +122,13 @@ mod tests {
     use crate::backend::tests::{dual_node, net, node, peer, via, via6};
     use crate::kernel::fake::FakeKernel;
 
+    const PLAIN: HostGw = HostGw { on_link_only: false };
+
     #[test]
     fn host_gw_routes_on_link_peers_and_refuses_others() {
         let u = node("172.30.0.11/24");
         let peers = [peer("n2", "10.244.2.0/24", "172.30.0.12"), peer("n3", "10.244.3.0/24", "172.30.1.13")];
-        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        let plan = Driver::<FakeKernel>::plan(&PLAIN, &peers.iter().collect::<Vec<_>>(), &u);
         let (routes, refused) = (plan.routes, plan.refused);
         assert_eq!(routes, vec![via("10.244.2.0/24", "172.30.0.12")]);
         assert_eq!(refused.len(), 1);
@@ -132,7 +143,7 @@ mod tests {
         let p6 = peer("n6", "fd00:10:244:6::/64", "2001:db8::16");
         let mixed = peer("n7", "fd00:10:244:7::/64", "172.30.0.17");
         assert!(on_link(&p6, &u) && on_link(&mixed, &u), "on-link is a question for either family");
-        let plan = Driver::<FakeKernel>::plan(&HostGw, &[&p6, &mixed], &u);
+        let plan = Driver::<FakeKernel>::plan(&PLAIN, &[&p6, &mixed], &u);
         assert_eq!(plan.routes.len(), 1);
         let r = &plan.routes[0];
         assert_eq!(
@@ -156,7 +167,7 @@ mod tests {
             peer("n3", "10.244.3.0/24", "172.30.0.13"),
             peer("n3", "fd00:10:244:3::/64", "fd00:172:30::13"),
         ];
-        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        let plan = Driver::<FakeKernel>::plan(&PLAIN, &peers.iter().collect::<Vec<_>>(), &u);
         assert_eq!(plan.refused, []);
         assert_eq!(
             plan.routes,
@@ -175,7 +186,7 @@ mod tests {
         // The underlay's IPv6 prefix does not hold the peer's IPv6 address (another segment).
         let u = dual_node("172.30.0.11/24", "fd00:172:30::11/64");
         let peers = [peer("n2", "10.244.2.0/24", "172.30.0.12"), peer("n2", "fd00:10:244:2::/64", "fd00:172:30:1::12")];
-        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        let plan = Driver::<FakeKernel>::plan(&PLAIN, &peers.iter().collect::<Vec<_>>(), &u);
         assert_eq!(plan.routes, vec![via("10.244.2.0/24", "172.30.0.12")]);
         assert_eq!(plan.refused.len(), 1);
         assert_eq!((plan.refused[0].node.as_str(), plan.refused[0].subnet), ("n2", net("fd00:10:244:2::/64")));
@@ -192,7 +203,7 @@ mod tests {
         u.prefixes.retain(|p| p.addr().is_ipv4() || p.to_string().starts_with("fe80"));
         u.underlay.public_ip6 = None;
         let peers = [peer("n2", "10.244.2.0/24", "172.30.0.12"), peer("n2", "fd00:10:244:2::/64", "fd00:172:30::12")];
-        let plan = Driver::<FakeKernel>::plan(&HostGw, &peers.iter().collect::<Vec<_>>(), &u);
+        let plan = Driver::<FakeKernel>::plan(&PLAIN, &peers.iter().collect::<Vec<_>>(), &u);
         assert_eq!(plan.routes, vec![via("10.244.2.0/24", "172.30.0.12")]);
         assert_eq!(plan.refused.len(), 1);
         assert_eq!(
@@ -210,7 +221,7 @@ mod tests {
 
     #[test]
     fn pod_mtu_is_the_underlay_unless_pinned() {
-        assert_eq!(Driver::<FakeKernel>::pod_mtu(&HostGw, 1500, None), 1500);
-        assert_eq!(Driver::<FakeKernel>::pod_mtu(&HostGw, 1500, Some(9000)), 9000, "bridge.mtu pins it, as before");
+        assert_eq!(Driver::<FakeKernel>::pod_mtu(&PLAIN, 1500, None), 1500);
+        assert_eq!(Driver::<FakeKernel>::pod_mtu(&PLAIN, 1500, Some(9000)), 9000, "bridge.mtu pins it, as before");
     }
 }

@@ -188,13 +188,26 @@ pub fn registry<K: Kernel>() -> [Registration<K>; 3] {
     [host_gw::registration(), quic::registration(), vxlan::registration()]
 }
 
+/// The names of the drivers a network config runs, in order: its backend's, or for `auto`
+/// host-gw (for on-link peers) and then its encapsulation (for every other peer).
+pub fn driver_names(net: &NetworkConfig) -> Vec<String> {
+    match net.backend {
+        weft_config::Backend::Auto => vec![host_gw::NAME.to_string(), net.encap.to_string()],
+        b => vec![b.to_string()],
+    }
+}
+
 /// The drivers of a node: built from the network config.
 pub fn build<K: Kernel>(ctx: &BuildContext) -> Result<Drivers<K>> {
-    let name = ctx.net.backend.to_string();
-    let Some(reg) = registry::<K>().into_iter().find(|r| r.name == name) else {
-        bail!("backend {name} is not built into this agent");
-    };
-    Ok(Drivers { list: vec![(reg.build)(ctx)?] })
+    let names = driver_names(ctx.net);
+    let mut list = Vec::new();
+    for name in &names {
+        let Some(reg) = registry::<K>().into_iter().find(|r| r.name == name) else {
+            bail!("backend {name} is not built into this agent");
+        };
+        list.push((reg.build)(ctx)?);
+    }
+    Ok(Drivers { list })
 }
 
 /// Every device any backend may have left, for teardown.
@@ -213,9 +226,14 @@ impl<K: Kernel> Drivers<K> {
         Self { list }
     }
 
-    /// The backend names, joined by `+` (one name today).
+    /// The backend names, joined by `+` (`host-gw+vxlan` for auto).
     pub fn names(&self) -> String {
         self.list.iter().map(|d| d.name()).collect::<Vec<_>>().join("+")
+    }
+
+    /// Whether these are the drivers `net` runs (else they are built anew).
+    pub fn serve(&self, net: &NetworkConfig) -> bool {
+        self.list.iter().map(|d| d.name().to_string()).eq(driver_names(net))
     }
 
     /// The bridge and pod MTU: what every driver can carry.

@@ -173,7 +173,7 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
         );
     }
     let d = match drivers.take() {
-        Some(d) if d.names() == net.backend.to_string() => drivers.insert(d),
+        Some(d) if d.serve(&net) => drivers.insert(d),
         _ => drivers.insert(backend::build(&BuildContext { cfg, net: &net, live: &ctx.live })?),
     };
     d.prepare(u)?;

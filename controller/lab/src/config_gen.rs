@@ -13,8 +13,11 @@ pub struct NodeConfigSpec {
     pub pods: usize,
     pub ip_masq: bool,
     pub reconcile_secs: u64,
-    /// With quic, a `[quic]` section (default port, the lab CA, the node's certificate).
+    /// With quic (or auto over quic), a `[quic]` section (default port, the lab CA, the node's
+    /// certificate).
     pub backend: Backend,
+    /// auto's encapsulation.
+    pub encap: Backend,
     /// Client URLs of every etcd member.
     pub etcd_endpoints: Vec<String>,
 }
@@ -71,7 +74,7 @@ pub fn agent_toml(names: &LabNames, i: usize, spec: &NodeConfigSpec) -> String {
         qp(&p.pid_file)
     );
     let _ = writeln!(t, "\n[timers]\nreconcile_secs = {}", spec.reconcile_secs);
-    if spec.backend == Backend::Quic {
+    if spec.backend == Backend::Quic || (spec.backend == Backend::Auto && spec.encap == Backend::Quic) {
         let _ =
             writeln!(t, "\n[quic]\nca_file = {}\ncert_file = {}\nkey_file = {}", qp(&ca), qp(&me.cert), qp(&me.key));
     }
@@ -96,6 +99,7 @@ mod tests {
             ip_masq: true,
             reconcile_secs: 4,
             backend: Backend::HostGw,
+            encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
         };
         let text = agent_toml(&names, 2, &spec);
@@ -127,6 +131,7 @@ mod tests {
                 ip_masq: false,
                 reconcile_secs: 10,
                 backend: Backend::HostGw,
+                encap: Backend::Vxlan,
                 etcd_endpoints: super::super::etcd_server::endpoints(3),
             },
         );
@@ -144,6 +149,7 @@ mod tests {
             ip_masq: false,
             reconcile_secs: 10,
             backend: Backend::Quic,
+            encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
         };
         let text = agent_toml(&names, 3, &spec);

@@ -226,6 +226,7 @@ impl Lab {
             ip_masq: self.spec.ip_masq,
             reconcile_secs: self.spec.reconcile_secs,
             backend: self.spec.backend,
+            encap: self.spec.encap,
             etcd_endpoints: self.etcd_endpoints(),
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
@@ -427,6 +428,9 @@ fn network_init_args(spec: &LabSpec) -> Vec<String> {
         args.extend(["--cidr6".to_string(), spec.cidr6.clone(), "--subnet-len6".into(), spec.subnet_len6.to_string()]);
     }
     args.extend(["--backend".to_string(), spec.backend.to_string()]);
+    if spec.backend == weft_config::Backend::Auto {
+        args.extend(["--encap".to_string(), spec.encap.to_string()]);
+    }
     args
 }
 

@@ -128,6 +128,13 @@ pub struct LabSpec {
     pub cidr6: String,
     #[serde(default = "default_subnet_len6")]
     pub subnet_len6: u8,
+    /// With `backend` auto: how peers behind the router are reached (vxlan or quic).
+    #[serde(default = "default_encap")]
+    pub encap: Backend,
+}
+
+fn default_encap() -> Backend {
+    Backend::Vxlan
 }
 
 fn default_cidr6() -> String {
@@ -171,6 +178,7 @@ impl Default for LabSpec {
             ip_family: IpFamily::default(),
             cidr6: default_cidr6(),
             subnet_len6: default_subnet_len6(),
+            encap: default_encap(),
         }
     }
 }
@@ -206,10 +214,12 @@ impl LabSpec {
         }
         let v4 = self.ip_family.has_v4().then_some((self.cidr.as_str(), self.subnet_len));
         let v6 = self.ip_family.has_v6().then_some((self.cidr6.as_str(), self.subnet_len6));
-        weft_config::NetworkConfig::with_pools("flags", v4, v6, self.backend).map_err(|e| {
-            let flag = format!("--{}", e.field.replace('_', "-"));
-            UsageError::new(format!("{flag}: {}", e.message))
-        })?;
+        weft_config::NetworkConfig::with_pools("flags", v4, v6, self.backend)
+            .and_then(|c| c.with_encap("flags", self.encap))
+            .map_err(|e| {
+                let flag = format!("--{}", e.field.replace('_', "-"));
+                UsageError::new(format!("{flag}: {}", e.message))
+            })?;
         Ok(())
     }
 }

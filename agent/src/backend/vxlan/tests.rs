@@ -162,3 +162,52 @@ fn the_record_carries_the_vtep_mac() {
     let data = Driver::<FakeKernel>::backend_data(&d, &u).expect("data");
     assert_eq!(data, serde_json::json!({ "vtep_mac": vtep_mac("n1").to_string() }));
 }
+
+#[tokio::test]
+async fn auto_routes_on_link_peers_directly_and_encapsulates_the_rest_per_family() {
+    let cfg = weft_config::AgentConfig::parse(
+        "agent.toml",
+        "node_name = \"n1\"\nnode_id = \"id-1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+    )
+    .expect("valid config");
+    let config = weft_config::NetworkConfig::with_pools(
+        "t",
+        Some(("10.244.0.0/16", 24)),
+        Some(("fd00:10:244::/56", 64)),
+        weft_config::Backend::Auto,
+    )
+    .expect("valid");
+    let live = crate::api::LiveQuic::default();
+    let mut drivers: crate::backend::Drivers<FakeKernel> =
+        crate::backend::build(&crate::backend::BuildContext { cfg: &cfg, net: &config, live: &live }).expect("auto");
+    assert_eq!(drivers.names(), "host-gw+vxlan");
+    assert!(drivers.serve(&config));
+    let (k, view) = kernel_for(dual_node("172.30.0.11/24", "fd00:172:30::11/64"));
+    drivers.ensure(&k, &view).await.expect("ensure");
+    drivers.observe(&k).await.expect("observe");
+    let m = "02:00:00:00:00:02";
+    let peers = [
+        vx_peer("n2", "10.244.2.0/24", "172.30.1.12", m),
+        vx_peer("n2", "fd00:10:244:2::/64", "fd00:172:30:1::12", m),
+        vx_peer("n3", "10.244.3.0/24", "172.30.0.13", "02:00:00:00:00:03"),
+        vx_peer("n3", "fd00:10:244:3::/64", "fd00:172:30::13", "02:00:00:00:00:03"),
+    ];
+    let (plan, policy) = drivers.plan(&peers.iter().collect::<Vec<_>>(), &view);
+    let dev = |name: &str| futures::executor::block_on(k.link(name)).expect("list").expect("device").index;
+    let eth0 = view.underlay.index;
+    let mut routes: Vec<_> = plan.routes.iter().map(|r| (r.dst, r.via, r.oif, r.onlink)).collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        vec![
+            (net("10.244.2.0/24"), Some(ip("10.244.2.0")), Some(dev(DEVICE)), true),
+            (net("10.244.3.0/24"), Some(ip("172.30.0.13")), Some(eth0), false),
+            (net("fd00:10:244:2::/64"), Some(ip("fd00:10:244:2::")), Some(dev(DEVICE6)), true),
+            (net("fd00:10:244:3::/64"), Some(ip("fd00:172:30::13")), Some(eth0), false),
+        ],
+        "n3 shares the segment: direct routes; n2 is behind the router: vxlan"
+    );
+    assert_eq!(plan.fdb.len(), 2, "entries only for the encapsulated peer: {:?}", plan.fdb);
+    assert!(plan.refused.is_empty(), "{:?}", plan.refused);
+    assert_eq!(policy.default, ForwardMode::Open, "host-gw and vxlan forward alike");
+}

@@ -165,6 +165,12 @@ pub fn check_path(backend: Backend, route: &str, peer_underlay: Ipv4Addr) -> Res
             route.trim()
         )),
         Backend::Vxlan if after("dev").is_some_and(|d| d.starts_with("weft-vxlan")) => Ok(()),
+        // auto: a direct route to an on-link peer, an encapsulating device for the others.
+        Backend::Auto if via_peer || after("dev").is_some_and(|d| d != "eth0") => Ok(()),
+        Backend::Auto => Err(format!(
+            "the sending node routes the pod as `{}`: neither via {peer_underlay} nor through an encapsulating device",
+            route.trim()
+        )),
         Backend::Vxlan => Err(format!(
             "the sending node routes the pod as `{}`, not through a weft-vxlan device (the agent does not run \
              the vxlan backend)",

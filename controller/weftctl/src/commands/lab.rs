@@ -80,6 +80,9 @@ pub struct UpArgs {
     /// addresses beside its IPv4 ones (etcd stays on IPv4).
     #[arg(long, value_parser = parse_ip_family, default_value = "v4")]
     ip_family: IpFamily,
+    /// With --backend auto: how peers that are not on-link are reached (vxlan or quic).
+    #[arg(long, value_parser = super::parse_backend, default_value = "vxlan")]
+    encap: Backend,
     /// IPv6 cluster CIDR written by network init (with --ip-family v6 or dual).
     #[arg(long, default_value = "fd00:10:244::/56")]
     cidr6: String,
@@ -153,6 +156,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 ip_family: up.ip_family,
                 cidr6: up.cidr6.clone(),
                 subnet_len6: up.subnet_len6,
+                encap: up.encap,
             };
             let lab = Lab::up(spec)?;
             lab.detach();

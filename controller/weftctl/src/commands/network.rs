@@ -21,6 +21,9 @@ pub enum NetworkCmd {
         /// UDP port of a vxlan network (flannel's and the kernel's default 8472; IANA's is 4789).
         #[arg(long, default_value_t = VxlanOptions::default().port)]
         vxlan_port: u16,
+        /// With --backend auto: the encapsulation for peers that are not on-link (vxlan or quic).
+        #[arg(long, value_parser = super::parse_backend, default_value = "vxlan")]
+        encap: Backend,
         /// Replace a different config (never a family's CIDR or subnet length while subnets of
         /// that family exist).
         #[arg(long)]
@@ -99,8 +102,9 @@ pub fn run(g: &super::Global, cmd: &NetworkCmd) -> anyhow::Result<ExitCode> {
     // Check input before connecting, so bad flags exit 2 without touching etcd.
     let opts = super::etcd_opts(g)?;
     let wanted = match cmd {
-        NetworkCmd::Init { pools, backend, vni, vxlan_port, .. } => {
-            Some(with_vxlan(network_config(pools, *backend)?, *vni, *vxlan_port)?)
+        NetworkCmd::Init { pools, backend, vni, vxlan_port, encap, .. } => {
+            let c = with_vxlan(network_config(pools, *backend)?, *vni, *vxlan_port)?;
+            Some(c.with_encap("--encap", *encap).map_err(|e| UsageError::new(format!("--encap: {}", e.message)))?)
         }
         NetworkCmd::Show { .. } => None,
     };
