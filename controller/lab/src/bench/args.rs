@@ -25,7 +25,8 @@ pub struct BenchArgs {
     pub with_peers: bool,
     /// Address families between the pods: v4, v6 or dual. With IPv6 the kernel, host-gw and
     /// quic rows get a twin named ROW/ipv6; with dual both are measured in the same topology
-    /// (one host pair, one dual-stack lab per backend), IPv4 first. The other rows are IPv4 only.
+    /// (one host pair, one dual-stack lab per backend), IPv4 first. The other rows are IPv4 only
+    /// (left out with v6).
     #[arg(long, value_parser = parse_ip_family, default_value = "v4", conflicts_with = "scale")]
     pub ip_family: IpFamily,
     /// Streams of the second iperf3 run of each row (`-P N`); 0 skips it.
