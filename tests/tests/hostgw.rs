@@ -2,9 +2,9 @@
 //! Each test builds its own lab (its own id) and the lab's Drop removes it, also on failure.
 //! Run one at a time (`--test-threads=1`): several labs at once would fight over the 2 cores.
 
-use std::net::Ipv4Addr;
-use std::time::Duration;
-use weft_lab::Lab;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+use weft_lab::{IpFamily, Lab};
 use weft_tests::*;
 
 const PODS: [&str; 2] = ["p1", "p2"];
@@ -117,10 +117,22 @@ fn restart_keeps_subnet_and_pod_addresses_also_without_state_dir() {
     }
 }
 
-/// Drops forwarding both ways a host can: Docker's `iptables -P FORWARD DROP` and a pure
-/// nftables `inet filter` forward chain with policy drop.
-fn drop_forwarding(lab: &Lab, node: &str) {
-    run_ok(lab, node, &["iptables", "-P", "FORWARD", "DROP"]);
+/// The iptables tools of the families `family` switches on.
+fn iptables_tools(family: IpFamily) -> Vec<&'static str> {
+    [(family.has_v4(), "iptables"), (family.has_v6(), "ip6tables")]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, t)| t)
+        .collect()
+}
+
+/// Drops forwarding both ways a host can, for every family of the lab: Docker's
+/// `iptables -P FORWARD DROP` (and `ip6tables`'s) and a pure nftables `inet filter` forward
+/// chain with policy drop.
+fn drop_forwarding(lab: &Lab, node: &str, family: IpFamily) {
+    for tool in iptables_tools(family) {
+        run_ok(lab, node, &[tool, "-w", "5", "-P", "FORWARD", "DROP"]);
+    }
     run_ok(lab, node, &["nft", "add", "table", "inet", "filter"]);
     run_ok(
         lab,
@@ -129,35 +141,96 @@ fn drop_forwarding(lab: &Lab, node: &str) {
     );
 }
 
-fn flush_weft_rules(lab: &Lab, node: &str) {
-    run_ok(lab, node, &["iptables", "-F", "WEFT-FWD-default"]);
-    run_ok(lab, node, &["nft", "flush", "chain", "inet", "filter", "forward"]);
+/// Flushes every rule of the filter table of each family's iptables (weft's chain and its jump
+/// from `FORWARD`; the policies stay) and of the foreign `inet filter` table.
+fn flush_weft_rules(lab: &Lab, node: &str, family: IpFamily) {
+    for tool in iptables_tools(family) {
+        run_ok(lab, node, &[tool, "-w", "5", "-F"]);
+    }
+    run_ok(lab, node, &["nft", "flush", "table", "inet", "filter"]);
+}
+
+/// Every address of pod `to` (node, pod) answers a ping from `from` within `within`; returns
+/// the addresses that did not.
+fn unreached(lab: &Lab, from: &str, to: (usize, &str), within: Duration) -> Vec<IpAddr> {
+    let addrs = pod_addrs(lab, to.0, to.1);
+    addrs.into_iter().filter(|ip| wait_for(within, || ping_addr(lab, from, *ip, "1")).is_none()).collect()
+}
+
+/// Pods of two nodes ping each other over every family of the lab through `FORWARD DROP`
+/// policies (iptables, ip6tables) and a foreign nftables `inet` forward chain with policy drop;
+/// with the agent stopped a flush of those tables cuts every family (the control), and the
+/// agent puts its rules back, at start and within one reconcile while it runs.
+fn forward_drop_policies(id: &str, family: IpFamily) {
+    let lab = lab(id, 2, 1, |s| s.ip_family = family);
+    let t0 = Instant::now();
+    for n in ["n1", "n2"] {
+        drop_forwarding(&lab, n, family);
+    }
+    // Within one reconcile (2 s) the agents put their accepts into the new chain too.
+    let (far, near) = ((2, "p1"), (1, "p1"));
+    let lost = unreached(&lab, "n1/p1", far, Duration::from_secs(4));
+    assert!(lost.is_empty(), "FORWARD DROP broke pod traffic from n1/p1 to {lost:?}");
+    let lost = unreached(&lab, "n2/p1", near, Duration::from_secs(1));
+    assert!(lost.is_empty(), "FORWARD DROP broke pod traffic from n2/p1 to {lost:?}");
+
+    // Control: with the agent stopped, flushing the rules really cuts traffic of every family...
+    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    flush_weft_rules(&lab, "n1", family);
+    for ip in pod_addrs(&lab, 2, "p1") {
+        assert!(
+            !ping_addr(&lab, "n1/p1", ip, "1"),
+            "traffic to {ip} passed without weft's rules: the test proves nothing"
+        );
+    }
+    // ...and a started agent restores them.
+    lab.start_agent(1).expect("start");
+    lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
+    let lost = unreached(&lab, "n1/p1", far, Duration::from_secs(4));
+    assert!(lost.is_empty(), "rules not restored at start: n1/p1 cannot reach {lost:?}");
+
+    // A flush by hand while the agent runs is repaired within one reconcile period.
+    flush_weft_rules(&lab, "n1", family);
+    let lost = unreached(&lab, "n1/p1", far, Duration::from_secs(4));
+    assert!(lost.is_empty(), "rules not restored within one reconcile: n1/p1 cannot reach {lost:?}");
+
+    if family == IpFamily::Dual {
+        // Each family's rules are repaired on their own: IPv6's gone from ip6tables only, then
+        // from the inet chain only (by their tag), while the IPv4 ones stay.
+        let v6 = pod_addrs(&lab, 2, "p1").into_iter().find(IpAddr::is_ipv6).expect("an IPv6 address");
+        run_ok(&lab, "n1", &["ip6tables", "-w", "5", "-F"]);
+        let back = wait_for(Duration::from_secs(4), || ping_addr(&lab, "n1/p1", v6, "1"));
+        assert!(back.is_some(), "ip6tables rules not restored within one reconcile (iptables' untouched)");
+        let jump = run_ok(&lab, "n1", &["ip6tables", "-w", "5", "-S", "FORWARD"]);
+        assert!(jump.contains("-j WEFT-FWD-default"), "IPv6 came back without weft's jump:\n{jump}");
+        let handles = |lab: &Lab| -> Vec<String> {
+            let chain = run_ok(lab, "n1", &["nft", "-a", "list", "chain", "inet", "filter", "forward"]);
+            chain
+                .lines()
+                .filter(|l| l.contains("\"weft:default:ip6\""))
+                .filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().to_string()))
+                .collect()
+        };
+        let ip6_rules = handles(&lab);
+        assert!(!ip6_rules.is_empty(), "no IPv6 rules of weft's in the inet chain");
+        for h in &ip6_rules {
+            run_ok(&lab, "n1", &["nft", "delete", "rule", "inet", "filter", "forward", "handle", h]);
+        }
+        let back = wait_for(Duration::from_secs(4), || ping_addr(&lab, "n1/p1", v6, "1"));
+        assert!(back.is_some(), "the inet chain's IPv6 rules not restored within one reconcile (IPv4's untouched)");
+        assert!(!handles(&lab).is_empty(), "IPv6 came back without weft's IPv6 rules in the inet chain");
+    }
+    eprintln!("measured: {id}: firewall checks took {} s", t0.elapsed().as_secs_f64());
 }
 
 #[test]
 fn forward_drop_policies_do_not_break_pods_and_rules_come_back() {
-    let lab = lab("t4", 2, 1, |_| {});
-    let (a, b) = (pod_ip(&lab, 1, "p1"), pod_ip(&lab, 2, "p1"));
-    for n in ["n1", "n2"] {
-        drop_forwarding(&lab, n);
-    }
-    // Within one reconcile (2 s) the agents put their accepts into the new chain too.
-    assert!(wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b)).is_some(), "FORWARD DROP broke pod traffic");
-    assert!(ping(&lab, "n2/p1", a));
+    forward_drop_policies("t4", IpFamily::V4);
+}
 
-    // Control: with the agent stopped, flushing the rules really cuts traffic...
-    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
-    flush_weft_rules(&lab, "n1");
-    assert!(!ping(&lab, "n1/p1", b), "traffic passed without weft's rules: the test proves nothing");
-    // ...and a started agent restores them.
-    lab.start_agent(1).expect("start");
-    lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
-    assert!(wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b)).is_some(), "rules not restored at start");
-
-    // A flush by hand while the agent runs is repaired within one reconcile period.
-    flush_weft_rules(&lab, "n1");
-    let took = wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b));
-    assert!(took.is_some(), "rules not restored within one reconcile");
+#[test]
+fn dual_stack_forward_drop_policies_do_not_break_either_family_and_rules_come_back() {
+    forward_drop_policies("t8", IpFamily::Dual);
 }
 
 #[test]
