@@ -8,21 +8,20 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use weft_config::api::Status;
 use weft_config::Backend;
-use weft_lab::{etcd_server, Lab, Topology};
+use weft_lab::{etcd_server, IpFamily, Lab, Topology};
 use weft_tests::*;
 
 // ---------------------------------------------------------------------------------------------
 // 1. Agent restarts.
 
 /// host-gw: SIGTERM-then-start and SIGKILL-then-start of either node's agent lose no packet of
-/// a 10 ms stream in each direction; subnet and pod addresses stay, the pid changes. (quic:
-/// `quic.rs::tunnels_come_back_within_three_seconds_of_a_restart`.)
-#[test]
-fn r1_agent_restart_host_gw_loses_nothing() {
-    let lab = lab("r1", 2, 1, |_| {});
+/// a 10 ms stream in each direction (per address family of the lab); subnets and pod addresses
+/// stay, the pid changes. (quic: `quic.rs::tunnels_come_back_within_three_seconds_of_a_restart`.)
+fn agent_restart(id: &str, family: IpFamily) {
+    let lab = lab(id, 2, 1, |s| s.ip_family = family);
     let before: Vec<Status> = (1..=2).map(|i| ready_status(&lab, i)).collect();
-    let a = stream(&lab, (1, 1), (2, 1), 7201);
-    let b = stream(&lab, (2, 1), (1, 1), 7202);
+    let streams = streams_both_ways(&lab, (1, 1), (2, 1), 7201);
+    assert_eq!(streams.len(), if family == IpFamily::Dual { 4 } else { 2 }, "a stream each way per family");
     std::thread::sleep(Duration::from_millis(500));
     for (i, sig) in [(1, Signal::SIGTERM), (1, Signal::SIGKILL), (2, Signal::SIGTERM), (2, Signal::SIGKILL)] {
         let pid = lab.agent_pid(i).expect("pid");
@@ -31,14 +30,26 @@ fn r1_agent_restart_host_gw_loses_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         let new_pid = lab.start_agent(i).expect("start");
         let st = lab.wait_ready(i, Duration::from_secs(20)).expect("ready again");
-        eprintln!("measured: n{i} {sig}: agent ready again {} after the signal", secs(t.elapsed()));
+        eprintln!("measured: {id}: n{i} {sig}: agent ready again {} after the signal", secs(t.elapsed()));
         assert_ne!(pid, new_pid, "the agent must really have restarted");
         assert_eq!(st.pid, new_pid, "the status comes from the new agent");
-        assert_eq!(st.subnet, before[i - 1].subnet, "subnet changed across {sig}");
-        assert_eq!(pod_ips(&st), pod_ips(&before[i - 1]), "pod addresses changed across {sig}");
+        let b = &before[i - 1];
+        assert_eq!((&st.subnet, &st.subnet6), (&b.subnet, &b.subnet6), "subnets changed across {sig}");
+        assert_eq!(pod_ips(&st), pod_ips(b), "pod addresses changed across {sig}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_lossless(&[a.stop(), b.stop()]);
+    assert_lossless(&streams.into_iter().map(Stream::stop).collect::<Vec<_>>());
+}
+
+#[test]
+fn r1_agent_restart_host_gw_loses_nothing() {
+    agent_restart("r1", IpFamily::V4);
+}
+
+/// Dual-stack: no packet of either family is lost across the restarts.
+#[test]
+fn r1_agent_restart_host_gw_dual_stack_loses_nothing() {
+    agent_restart("r1d", IpFamily::Dual);
 }
 
 // ---------------------------------------------------------------------------------------------
