@@ -291,8 +291,9 @@ fn plaintext_never_crosses_the_underlay() {
     plaintext_stays_out(&lab, IpAddr::V4(pod_ip(&lab, 1, "p1")), IpAddr::V4(pod_ip(&lab, 2, "p1")));
 }
 
-/// IPv6 only, on the routed quic lab: every pod pair across nodes pings through the tunnel, and
-/// the plaintext checks of [`plaintext_never_crosses_the_underlay`] hold for IPv6 packets.
+/// IPv6 only, on the routed quic lab: every pod pair across nodes pings through the tunnel, also
+/// after either agent's restart (which keeps the IPv6 subnet and pod addresses), and the
+/// plaintext checks of [`plaintext_never_crosses_the_underlay`] hold for IPv6 packets.
 #[test]
 fn ipv6_only_routed_cluster_carries_every_pod_pair_and_keeps_plaintext_out() {
     let lab = quic_lab_of("q9", 2, 2, IpFamily::V6);
@@ -303,6 +304,29 @@ fn ipv6_only_routed_cluster_carries_every_pod_pair_and_keeps_plaintext_out() {
     }
     let failures = cross_node_ping_failures_all(&lab, 2, &["p1", "p2"]);
     assert!(failures.is_empty(), "pod pairs that do not ping over the tunnel: {failures:?}");
+    // Each agent's restart keeps its node's IPv6 subnet and pod addresses, and the tunnel
+    // comes back within 3 s for every pod pair.
+    for i in 1..=2 {
+        let before = status(&lab, i);
+        let pid = lab.agent_pid(i).expect("pid");
+        lab.stop_agent(i, nix::sys::signal::Signal::SIGTERM).expect("stop");
+        let new_pid = lab.start_agent(i).expect("start");
+        assert_ne!(pid, new_pid, "the agent must really have restarted");
+        let started = Instant::now();
+        let after = status(&lab, i);
+        assert_eq!((&after.subnet, &after.subnet6), (&before.subnet, &before.subnet6), "n{i}'s subnets");
+        let ips =
+            |st: &weft_config::api::Status| st.pods.iter().map(|p| (p.name.clone(), p.ip, p.ip6)).collect::<Vec<_>>();
+        assert_eq!(ips(&after), ips(&before), "n{i}'s pod addresses across its restart");
+        let far = pod_addrs(&lab, 3 - i, "p1")[0];
+        let back = wait_for(Duration::from_secs(10), || ping_addr(&lab, &format!("n{i}/p1"), far, "0.2"));
+        assert!(back.is_some(), "tunnel not back 10 s after restarting n{i}");
+        let took = started.elapsed();
+        eprintln!("measured: q9: IPv6 through the tunnel again {took:?} after n{i}'s agent started");
+        assert!(took <= Duration::from_secs(3), "IPv6 through the tunnel only {took:?} after n{i}'s restart");
+        let failures = cross_node_ping_failures_all(&lab, 2, &["p1", "p2"]);
+        assert!(failures.is_empty(), "pod pairs that do not ping after n{i}'s restart: {failures:?}");
+    }
     let (victim, remote) = (pod_addrs(&lab, 1, "p1")[0], pod_addrs(&lab, 2, "p1")[0]);
     plaintext_stays_out(&lab, victim, remote);
     eprintln!("measured: q9: checks took {} s", t0.elapsed().as_secs_f64());
