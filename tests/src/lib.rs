@@ -92,6 +92,13 @@ pub fn cross_node_ping_failures_all(lab: &Lab, nodes: usize, pods: &[&str]) -> V
     failures
 }
 
+/// One ping (ICMPv4 or ICMPv6 as `to` is) waiting at most `secs` (a decimal, e.g. "0.2") for
+/// the reply.
+pub fn ping_addr(lab: &Lab, from: &str, to: IpAddr, secs: &str) -> bool {
+    let to = to.to_string();
+    lab.exec(from, &["ping", "-n", "-q", "-c1", "-W", secs, &to]).is_ok_and(|o| o.status.success())
+}
+
 /// One ping waiting at most `secs` (a decimal, e.g. "0.2") for the reply.
 pub fn ping_within(lab: &Lab, from: &str, to: Ipv4Addr, secs: &str) -> bool {
     let to = to.to_string();

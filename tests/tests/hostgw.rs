@@ -2,9 +2,9 @@
 //! Each test builds its own lab (its own id) and the lab's Drop removes it, also on failure.
 //! Run one at a time (`--test-threads=1`): several labs at once would fight over the 2 cores.
 
-use std::net::Ipv4Addr;
-use std::time::Duration;
-use weft_lab::Lab;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+use weft_lab::{IpFamily, Lab};
 use weft_tests::*;
 
 const PODS: [&str; 2] = ["p1", "p2"];
@@ -92,18 +92,26 @@ fn leave_withdraws_routes_from_peers_within_two_seconds() {
     assert!(!nodes.lines().any(|l| l.split_whitespace().next() == Some("n3")), "n3 still listed:\n{nodes}");
 }
 
-#[test]
-fn restart_keeps_subnet_and_pod_addresses_also_without_state_dir() {
-    let lab = lab("t3", 2, 2, |_| {});
+/// Every pod pair across nodes pings over every family of the lab, before and after node n1's
+/// agent restarts (with its state dir, then without it); while it is stopped the data plane
+/// carries on, and it comes back with the same subnets and pod addresses.
+fn restart_keeps_subnets_addresses_and_traffic(id: &str, family: IpFamily) {
+    let lab = lab(id, 2, 2, |s| s.ip_family = family);
+    let t0 = Instant::now();
     let before = lab.wait_ready(1, Duration::from_secs(5)).expect("ready");
-    let ips = |st: &weft_config::api::Status| st.pods.iter().map(|p| (p.name.clone(), p.ip)).collect::<Vec<_>>();
-    let remote = pod_ip(&lab, 2, "p1");
+    let ips = |st: &weft_config::api::Status| st.pods.iter().map(|p| (p.name.clone(), p.ip, p.ip6)).collect::<Vec<_>>();
+    let failures = cross_node_ping_failures_all(&lab, 2, &PODS);
+    assert!(failures.is_empty(), "pod pairs that do not ping before the restart: {failures:?}");
+    let remote = pod_addrs(&lab, 2, "p1");
+    assert_eq!(remote.len(), if family == IpFamily::Dual { 2 } else { 1 }, "{remote:?}");
 
     for wipe_state in [false, true] {
         let pid = lab.agent_pid(1).expect("pid");
         lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
         // The data plane outlives the agent.
-        assert!(ping(&lab, "n1/p1", remote), "traffic must keep flowing while the agent is stopped");
+        for ip in &remote {
+            assert!(ping_addr(&lab, "n1/p1", *ip, "1"), "traffic to {ip} must keep flowing while the agent is stopped");
+        }
         if wipe_state {
             let cfg = lab.node_config(1).expect("config");
             std::fs::remove_dir_all(&cfg.paths.state_dir).expect("remove state dir");
@@ -111,16 +119,48 @@ fn restart_keeps_subnet_and_pod_addresses_also_without_state_dir() {
         let new_pid = lab.start_agent(1).expect("start");
         assert_ne!(pid, new_pid, "the agent must really have restarted");
         let after = lab.wait_ready(1, Duration::from_secs(20)).expect("ready again");
-        assert_eq!(after.subnet, before.subnet, "subnet changed across restart (state wiped: {wipe_state})");
+        assert_eq!(
+            (&after.subnet, &after.subnet6),
+            (&before.subnet, &before.subnet6),
+            "subnets changed across restart (state wiped: {wipe_state})"
+        );
         assert_eq!(ips(&after), ips(&before), "pod addresses changed (state wiped: {wipe_state})");
-        assert!(ping(&lab, "n1/p1", remote), "no traffic after restart (state wiped: {wipe_state})");
+        let failures = cross_node_ping_failures_all(&lab, 2, &PODS);
+        assert!(
+            failures.is_empty(),
+            "pod pairs that do not ping after restart (state wiped: {wipe_state}): {failures:?}"
+        );
     }
+    eprintln!("measured: {id}: restart checks took {} s", t0.elapsed().as_secs_f64());
 }
 
-/// Drops forwarding both ways a host can: Docker's `iptables -P FORWARD DROP` and a pure
-/// nftables `inet filter` forward chain with policy drop.
-fn drop_forwarding(lab: &Lab, node: &str) {
-    run_ok(lab, node, &["iptables", "-P", "FORWARD", "DROP"]);
+#[test]
+fn restart_keeps_subnet_and_pod_addresses_also_without_state_dir() {
+    restart_keeps_subnets_addresses_and_traffic("t3", IpFamily::V4);
+}
+
+/// IPv6 only: the flat host-gw ping matrix (every pod pair across nodes) and the restart.
+#[test]
+fn ipv6_only_pods_ping_every_pair_and_keep_addresses_and_traffic_across_a_restart() {
+    restart_keeps_subnets_addresses_and_traffic("t9", IpFamily::V6);
+}
+
+/// The iptables tools of the families `family` switches on.
+fn iptables_tools(family: IpFamily) -> Vec<&'static str> {
+    [(family.has_v4(), "iptables"), (family.has_v6(), "ip6tables")]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, t)| t)
+        .collect()
+}
+
+/// Drops forwarding both ways a host can, for every family of the lab: Docker's
+/// `iptables -P FORWARD DROP` (and `ip6tables`'s) and a pure nftables `inet filter` forward
+/// chain with policy drop.
+fn drop_forwarding(lab: &Lab, node: &str, family: IpFamily) {
+    for tool in iptables_tools(family) {
+        run_ok(lab, node, &[tool, "-w", "5", "-P", "FORWARD", "DROP"]);
+    }
     run_ok(lab, node, &["nft", "add", "table", "inet", "filter"]);
     run_ok(
         lab,
@@ -129,35 +169,96 @@ fn drop_forwarding(lab: &Lab, node: &str) {
     );
 }
 
-fn flush_weft_rules(lab: &Lab, node: &str) {
-    run_ok(lab, node, &["iptables", "-F", "WEFT-FWD-default"]);
-    run_ok(lab, node, &["nft", "flush", "chain", "inet", "filter", "forward"]);
+/// Flushes every rule of the filter table of each family's iptables (weft's chain and its jump
+/// from `FORWARD`; the policies stay) and of the foreign `inet filter` table.
+fn flush_weft_rules(lab: &Lab, node: &str, family: IpFamily) {
+    for tool in iptables_tools(family) {
+        run_ok(lab, node, &[tool, "-w", "5", "-F"]);
+    }
+    run_ok(lab, node, &["nft", "flush", "table", "inet", "filter"]);
+}
+
+/// Every address of pod `to` (node, pod) answers a ping from `from` within `within`; returns
+/// the addresses that did not.
+fn unreached(lab: &Lab, from: &str, to: (usize, &str), within: Duration) -> Vec<IpAddr> {
+    let addrs = pod_addrs(lab, to.0, to.1);
+    addrs.into_iter().filter(|ip| wait_for(within, || ping_addr(lab, from, *ip, "1")).is_none()).collect()
+}
+
+/// Pods of two nodes ping each other over every family of the lab through `FORWARD DROP`
+/// policies (iptables, ip6tables) and a foreign nftables `inet` forward chain with policy drop;
+/// with the agent stopped a flush of those tables cuts every family (the control), and the
+/// agent puts its rules back, at start and within one reconcile while it runs.
+fn forward_drop_policies(id: &str, family: IpFamily) {
+    let lab = lab(id, 2, 1, |s| s.ip_family = family);
+    let t0 = Instant::now();
+    for n in ["n1", "n2"] {
+        drop_forwarding(&lab, n, family);
+    }
+    // Within one reconcile (2 s) the agents put their accepts into the new chain too.
+    let (far, near) = ((2, "p1"), (1, "p1"));
+    let lost = unreached(&lab, "n1/p1", far, Duration::from_secs(4));
+    assert!(lost.is_empty(), "FORWARD DROP broke pod traffic from n1/p1 to {lost:?}");
+    let lost = unreached(&lab, "n2/p1", near, Duration::from_secs(1));
+    assert!(lost.is_empty(), "FORWARD DROP broke pod traffic from n2/p1 to {lost:?}");
+
+    // Control: with the agent stopped, flushing the rules really cuts traffic of every family...
+    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    flush_weft_rules(&lab, "n1", family);
+    for ip in pod_addrs(&lab, 2, "p1") {
+        assert!(
+            !ping_addr(&lab, "n1/p1", ip, "1"),
+            "traffic to {ip} passed without weft's rules: the test proves nothing"
+        );
+    }
+    // ...and a started agent restores them.
+    lab.start_agent(1).expect("start");
+    lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
+    let lost = unreached(&lab, "n1/p1", far, Duration::from_secs(4));
+    assert!(lost.is_empty(), "rules not restored at start: n1/p1 cannot reach {lost:?}");
+
+    // A flush by hand while the agent runs is repaired within one reconcile period.
+    flush_weft_rules(&lab, "n1", family);
+    let lost = unreached(&lab, "n1/p1", far, Duration::from_secs(4));
+    assert!(lost.is_empty(), "rules not restored within one reconcile: n1/p1 cannot reach {lost:?}");
+
+    if family == IpFamily::Dual {
+        // Each family's rules are repaired on their own: IPv6's gone from ip6tables only, then
+        // from the inet chain only (by their tag), while the IPv4 ones stay.
+        let v6 = pod_addrs(&lab, 2, "p1").into_iter().find(IpAddr::is_ipv6).expect("an IPv6 address");
+        run_ok(&lab, "n1", &["ip6tables", "-w", "5", "-F"]);
+        let back = wait_for(Duration::from_secs(4), || ping_addr(&lab, "n1/p1", v6, "1"));
+        assert!(back.is_some(), "ip6tables rules not restored within one reconcile (iptables' untouched)");
+        let jump = run_ok(&lab, "n1", &["ip6tables", "-w", "5", "-S", "FORWARD"]);
+        assert!(jump.contains("-j WEFT-FWD-default"), "IPv6 came back without weft's jump:\n{jump}");
+        let handles = |lab: &Lab| -> Vec<String> {
+            let chain = run_ok(lab, "n1", &["nft", "-a", "list", "chain", "inet", "filter", "forward"]);
+            chain
+                .lines()
+                .filter(|l| l.contains("\"weft:default:ip6\""))
+                .filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().to_string()))
+                .collect()
+        };
+        let ip6_rules = handles(&lab);
+        assert!(!ip6_rules.is_empty(), "no IPv6 rules of weft's in the inet chain");
+        for h in &ip6_rules {
+            run_ok(&lab, "n1", &["nft", "delete", "rule", "inet", "filter", "forward", "handle", h]);
+        }
+        let back = wait_for(Duration::from_secs(4), || ping_addr(&lab, "n1/p1", v6, "1"));
+        assert!(back.is_some(), "the inet chain's IPv6 rules not restored within one reconcile (IPv4's untouched)");
+        assert!(!handles(&lab).is_empty(), "IPv6 came back without weft's IPv6 rules in the inet chain");
+    }
+    eprintln!("measured: {id}: firewall checks took {} s", t0.elapsed().as_secs_f64());
 }
 
 #[test]
 fn forward_drop_policies_do_not_break_pods_and_rules_come_back() {
-    let lab = lab("t4", 2, 1, |_| {});
-    let (a, b) = (pod_ip(&lab, 1, "p1"), pod_ip(&lab, 2, "p1"));
-    for n in ["n1", "n2"] {
-        drop_forwarding(&lab, n);
-    }
-    // Within one reconcile (2 s) the agents put their accepts into the new chain too.
-    assert!(wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b)).is_some(), "FORWARD DROP broke pod traffic");
-    assert!(ping(&lab, "n2/p1", a));
+    forward_drop_policies("t4", IpFamily::V4);
+}
 
-    // Control: with the agent stopped, flushing the rules really cuts traffic...
-    lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
-    flush_weft_rules(&lab, "n1");
-    assert!(!ping(&lab, "n1/p1", b), "traffic passed without weft's rules: the test proves nothing");
-    // ...and a started agent restores them.
-    lab.start_agent(1).expect("start");
-    lab.wait_ready(1, Duration::from_secs(20)).expect("ready");
-    assert!(wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b)).is_some(), "rules not restored at start");
-
-    // A flush by hand while the agent runs is repaired within one reconcile period.
-    flush_weft_rules(&lab, "n1");
-    let took = wait_for(Duration::from_secs(4), || ping(&lab, "n1/p1", b));
-    assert!(took.is_some(), "rules not restored within one reconcile");
+#[test]
+fn dual_stack_forward_drop_policies_do_not_break_either_family_and_rules_come_back() {
+    forward_drop_policies("t8", IpFamily::Dual);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 use weft_controller::pki;
-use weft_lab::{in_netns, Lab, Topology};
+use weft_lab::{in_netns, IpFamily, Lab, Topology};
 use weft_tests::quic_client::{with_connection, ClientFiles};
 use weft_tests::*;
 
@@ -16,9 +16,15 @@ use weft_tests::*;
 /// Tests that connect as a node rely on this too: a dial of the agent's own still pending would
 /// replace the test's connection.
 fn quic_lab(id: &str, nodes: usize, pods: usize) -> Lab {
+    quic_lab_of(id, nodes, pods, IpFamily::V4)
+}
+
+/// [`quic_lab`] with the pod address families `family`.
+fn quic_lab_of(id: &str, nodes: usize, pods: usize, family: IpFamily) -> Lab {
     let lab = lab(id, nodes, pods, |s| {
         s.backend = weft_config::Backend::Quic;
         s.topology = Topology::Routed;
+        s.ip_family = family;
     });
     for i in 1..=nodes {
         wait_tunnels_up(&lab, i, nodes - 1);
@@ -282,55 +288,121 @@ fn spoofed_inner_source_is_dropped_and_counted() {
 #[test]
 fn plaintext_never_crosses_the_underlay() {
     let lab = quic_lab("q6", 2, 1);
-    let victim = pod_ip(&lab, 1, "p1");
+    plaintext_stays_out(&lab, IpAddr::V4(pod_ip(&lab, 1, "p1")), IpAddr::V4(pod_ip(&lab, 2, "p1")));
+}
+
+/// IPv6 only, on the routed quic lab: every pod pair across nodes pings through the tunnel, also
+/// after either agent's restart (which keeps the IPv6 subnet and pod addresses), and the
+/// plaintext checks of [`plaintext_never_crosses_the_underlay`] hold for IPv6 packets.
+#[test]
+fn ipv6_only_routed_cluster_carries_every_pod_pair_and_keeps_plaintext_out() {
+    let lab = quic_lab_of("q9", 2, 2, IpFamily::V6);
+    let t0 = Instant::now();
+    for (i, p) in [(1, "p1"), (1, "p2"), (2, "p1"), (2, "p2")] {
+        let addrs = pod_addrs(&lab, i, p);
+        assert!(addrs.len() == 1 && addrs[0].is_ipv6(), "n{i}/{p} must have one IPv6 address only: {addrs:?}");
+    }
+    let failures = cross_node_ping_failures_all(&lab, 2, &["p1", "p2"]);
+    assert!(failures.is_empty(), "pod pairs that do not ping over the tunnel: {failures:?}");
+    // Each agent's restart keeps its node's IPv6 subnet and pod addresses, and the tunnel
+    // comes back within 3 s for every pod pair.
+    for i in 1..=2 {
+        let before = status(&lab, i);
+        let pid = lab.agent_pid(i).expect("pid");
+        lab.stop_agent(i, nix::sys::signal::Signal::SIGTERM).expect("stop");
+        let new_pid = lab.start_agent(i).expect("start");
+        assert_ne!(pid, new_pid, "the agent must really have restarted");
+        let started = Instant::now();
+        let after = status(&lab, i);
+        assert_eq!((&after.subnet, &after.subnet6), (&before.subnet, &before.subnet6), "n{i}'s subnets");
+        let ips =
+            |st: &weft_config::api::Status| st.pods.iter().map(|p| (p.name.clone(), p.ip, p.ip6)).collect::<Vec<_>>();
+        assert_eq!(ips(&after), ips(&before), "n{i}'s pod addresses across its restart");
+        let far = pod_addrs(&lab, 3 - i, "p1")[0];
+        let back = wait_for(Duration::from_secs(10), || ping_addr(&lab, &format!("n{i}/p1"), far, "0.2"));
+        assert!(back.is_some(), "tunnel not back 10 s after restarting n{i}");
+        let took = started.elapsed();
+        eprintln!("measured: q9: IPv6 through the tunnel again {took:?} after n{i}'s agent started");
+        assert!(took <= Duration::from_secs(3), "IPv6 through the tunnel only {took:?} after n{i}'s restart");
+        let failures = cross_node_ping_failures_all(&lab, 2, &["p1", "p2"]);
+        assert!(failures.is_empty(), "pod pairs that do not ping after n{i}'s restart: {failures:?}");
+    }
+    let (victim, remote) = (pod_addrs(&lab, 1, "p1")[0], pod_addrs(&lab, 2, "p1")[0]);
+    plaintext_stays_out(&lab, victim, remote);
+    eprintln!("measured: q9: checks took {} s", t0.elapsed().as_secs_f64());
+}
+
+/// On a routed quic lab of at least two nodes, in `victim`'s family (`victim` a pod of n1,
+/// `remote` one of n2): pod-addressed plaintext that an attacker on n1's segment sends straight
+/// to n1 never reaches the pod; and with n1's agent stopped (tun kept, nobody reading it), and
+/// even with the tun gone, n1's pod traffic to remote subnets never leaves through the underlay
+/// in plaintext (the cluster CIDR's blackhole), with a control showing the leak counter counts.
+fn plaintext_stays_out(lab: &Lab, victim: IpAddr, remote: IpAddr) {
+    let v6 = victim.is_ipv6();
+    // The family's attacker address on segment A, cluster CIDR, nft family and `ip` flag.
+    let (attacker, cidr, nft_family, ip_flag) = if v6 {
+        ("fd00:172:30::250", weft_lab::names::CLUSTER_CIDR6, "ip6", "-6")
+    } else {
+        ("172.30.0.250", weft_lab::names::CLUSTER_CIDR, "ip", "-4")
+    };
+    let n1: IpAddr =
+        if v6 { IpAddr::V6(lab.node_ip6(1).expect("an IPv6 underlay")) } else { IpAddr::V4(lab.node_ip(1)) };
     // An attacker on n1's segment sends pod-addressed UDP straight to n1.
     let atk = format!("{}-atk", lab.names().prefix().trim_end_matches('-'));
     run_ok(
-        &lab,
+        lab,
         "u",
         &["ip", "link", "add", "atk0", "type", "veth", "peer", "name", "eth0", "netns", &atk_ns_create(&atk)],
     );
-    run_ok(&lab, "u", &["ip", "link", "set", "atk0", "master", "br0", "up"]);
+    run_ok(lab, "u", &["ip", "link", "set", "atk0", "master", "br0", "up"]);
     let ip = |args: &[&str]| {
         let out = std::process::Command::new("ip").arg("-n").arg(&atk).args(args).output().expect("ip");
         assert!(out.status.success(), "ip -n {atk} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    ip(&["addr", "add", "172.30.0.250/24", "dev", "eth0"]);
+    if v6 {
+        ip(&["addr", "add", &format!("{attacker}/64"), "dev", "eth0", "nodad"]);
+    } else {
+        ip(&["addr", "add", &format!("{attacker}/24"), "dev", "eth0"]);
+    }
     ip(&["link", "set", "eth0", "up"]);
-    ip(&["route", "add", "10.244.0.0/16", "via", &lab.node_ip(1).to_string()]);
+    ip(&[ip_flag, "route", "add", cidr, "via", &n1.to_string()]);
+    // Control first (it also resolves n1's link-layer address): the attacker does reach n1.
+    let attacker_reaches_n1 = || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &atk, "ping", "-n", "-q", "-c1", "-W1", &n1.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        wait_for(Duration::from_secs(3), attacker_reaches_n1).is_some(),
+        "the attacker cannot even reach n1 at {n1}: the test proves nothing"
+    );
     let (listener, rx) = udp_collector(lab.pod_ns(1, 1), victim, 9, 2);
     in_netns(&atk, || {
-        let s = UdpSocket::bind(("172.30.0.250", 0)).expect("bind");
+        let s = UdpSocket::bind((attacker.parse::<IpAddr>().expect("lit"), 0)).expect("bind");
         for _ in 0..5 {
             s.send_to(b"plaintext", (victim, 9)).expect("send");
         }
     })
     .expect("attacker ns");
-    // Control: the attacker does reach n1 itself.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &atk, "ping", "-n", "-q", "-c1", "-W1", &lab.node_ip(1).to_string()])
-        .output()
-        .expect("ping");
-    assert!(out.status.success(), "the attacker cannot even reach n1: the test proves nothing");
     listener.join().expect("listener");
-    assert_eq!(rx.try_iter().count(), 0, "pod-addressed plaintext from the underlay reached the pod");
+    assert_eq!(rx.try_iter().count(), 0, "pod-addressed plaintext from the underlay reached the pod {victim}");
 
     // With the agent stopped (tun kept, nobody reading it) and even with the tun gone,
     // pod traffic to remote subnets never leaves through the underlay in plaintext.
-    let remote = pod_ip(&lab, 2, "p1").to_string();
-    run_ok(&lab, "n1", &["nft", "add", "table", "ip", "wefttest"]);
+    let daddr = format!("{nft_family} daddr {cidr}");
+    run_ok(lab, "n1", &["nft", "add", "table", nft_family, "wefttest"]);
     run_ok(
-        &lab,
+        lab,
         "n1",
-        &["nft", "add", "chain", "ip", "wefttest", "post", "{ type filter hook postrouting priority 0; }"],
+        &["nft", "add", "chain", nft_family, "wefttest", "post", "{ type filter hook postrouting priority 0; }"],
     );
-    run_ok(
-        &lab,
-        "n1",
-        &["nft", "add", "rule", "ip", "wefttest", "post", "oifname", "eth0", "ip", "daddr", "10.244.0.0/16", "counter"],
-    );
+    let mut rule = vec!["nft", "add", "rule", nft_family, "wefttest", "post", "oifname", "eth0"];
+    rule.extend(daddr.split(' '));
+    rule.push("counter");
+    run_ok(lab, "n1", &rule);
     let leaked = |lab: &Lab| -> u64 {
-        let out = run_ok(lab, "n1", &["nft", "-j", "list", "table", "ip", "wefttest"]);
+        let out = run_ok(lab, "n1", &["nft", "-j", "list", "table", nft_family, "wefttest"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("nft json");
         v["nftables"]
             .as_array()
@@ -342,23 +414,20 @@ fn plaintext_never_crosses_the_underlay() {
             .sum()
     };
     lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop");
-    assert!(!ping(&lab, "n1/p1", pod_ip_str(&remote)), "traffic flowed with the agent stopped?");
-    run_ok(&lab, "n1", &["ip", "link", "del", "weft-tun0"]);
-    let routes = run_ok(&lab, "n1", &["ip", "route", "show", "match", &remote]);
+    assert!(!ping_addr(lab, "n1/p1", remote, "1"), "traffic flowed with the agent stopped?");
+    run_ok(lab, "n1", &["ip", "link", "del", "weft-tun0"]);
+    let remote_s = remote.to_string();
+    let routes = run_ok(lab, "n1", &["ip", ip_flag, "route", "show", "match", &remote_s]);
     assert!(
-        routes.lines().any(|l| l.starts_with("blackhole 10.244.0.0/16")) && !routes.contains("weft-tun0"),
+        routes.lines().any(|l| l.starts_with(&format!("blackhole {cidr}"))) && !routes.contains("weft-tun0"),
         "with the tun gone, remote pods must hit the blackhole: {routes}"
     );
-    assert!(!ping(&lab, "n1/p1", pod_ip_str(&remote)));
-    assert_eq!(leaked(&lab), 0, "pod traffic left through the underlay in plaintext");
+    assert!(!ping_addr(lab, "n1/p1", remote, "1"));
+    assert_eq!(leaked(lab), 0, "pod traffic left through the underlay in plaintext");
     // Control: without the blackhole the same traffic would leak out of the default route.
-    run_ok(&lab, "n1", &["ip", "route", "del", "blackhole", "10.244.0.0/16"]);
-    let _ = ping(&lab, "n1/p1", pod_ip_str(&remote));
-    assert!(leaked(&lab) > 0, "the leak counter never counts: the test proves nothing");
-}
-
-fn pod_ip_str(s: &str) -> Ipv4Addr {
-    s.parse().expect("ip")
+    run_ok(lab, "n1", &["ip", ip_flag, "route", "del", "blackhole", cidr]);
+    let _ = ping_addr(lab, "n1/p1", remote, "1");
+    assert!(leaked(lab) > 0, "the leak counter never counts: the test proves nothing");
 }
 
 /// Creates the attacker namespace (named with the lab's prefix, so the lab removes it).

@@ -2,7 +2,7 @@
 //! etcd reads and writes from the test, and weft's routes on a node.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ pub fn ready_status(lab: &Lab, i: usize) -> Status {
     lab.wait_ready(i, Duration::from_secs(30)).unwrap_or_else(|e| panic!("n{i} not ready: {e:#}"))
 }
 
-pub fn pod_ips(st: &Status) -> Vec<(String, Ipv4Addr)> {
-    st.pods.iter().map(|p| (p.name.clone(), v4(p.ip))).collect()
+/// Every pod's addresses of both families.
+pub fn pod_ips(st: &Status) -> Vec<(String, Option<IpAddr>, Option<IpAddr>)> {
+    st.pods.iter().map(|p| (p.name.clone(), p.ip, p.ip6)).collect()
 }
 
 pub fn secs(d: Duration) -> String {
@@ -80,16 +81,38 @@ impl std::fmt::Display for StreamResult {
     }
 }
 
-/// Starts a stream from pod `from` = (node, pod index) to pod `to` on UDP `port`.
+/// Starts a stream from pod `from` = (node, pod index) to pod `to`'s IPv4 address on UDP `port`.
 pub fn stream(lab: &Lab, from: (usize, usize), to: (usize, usize), port: u16) -> Stream {
+    stream_to(lab, from, to, IpAddr::V4(pod_ip(lab, to.0, &format!("p{}", to.1))), port)
+}
+
+/// A stream each way between pods `a` and `b` over every address family they have (as
+/// [`pod_addrs`] lists them, IPv4 first): the first family's on UDP `port` (a to b) and
+/// `port + 1` (b to a), the second's on `port + 2` and `port + 3`.
+pub fn streams_both_ways(lab: &Lab, a: (usize, usize), b: (usize, usize), port: u16) -> Vec<Stream> {
+    let (a_ips, b_ips) = (pod_addrs(lab, a.0, &format!("p{}", a.1)), pod_addrs(lab, b.0, &format!("p{}", b.1)));
+    assert_eq!(a_ips.len(), b_ips.len(), "pods with different families: {a_ips:?} and {b_ips:?}");
+    let mut port = port;
+    let mut streams = Vec::new();
+    for (a_ip, b_ip) in a_ips.into_iter().zip(b_ips) {
+        streams.push(stream_to(lab, a, b, b_ip, port));
+        streams.push(stream_to(lab, b, a, a_ip, port + 1));
+        port += 2;
+    }
+    streams
+}
+
+/// Starts a stream from pod `from` = (node, pod index) to pod `to` at its address `dst_ip` (of
+/// either family) on UDP `port`.
+pub fn stream_to(lab: &Lab, from: (usize, usize), to: (usize, usize), dst_ip: IpAddr, port: u16) -> Stream {
     let src_ns = lab.pod_ns(from.0, from.1);
     let dst_ns = lab.pod_ns(to.0, to.1);
-    let dst_ip = pod_ip(lab, to.0, &format!("p{}", to.1));
-    let label = format!("n{}/p{} -> n{}/p{}", from.0, from.1, to.0, to.1);
+    let family = if dst_ip.is_ipv6() { " over IPv6" } else { "" };
+    let label = format!("n{}/p{} -> n{}/p{}{family}", from.0, from.1, to.0, to.1);
     // The stream measures what a working path loses; an agent is ready before its tunnels
     // to the other nodes are (quic dials after both records are seen), so wait for the path.
     let from_pod = format!("n{}/p{}", from.0, from.1);
-    if wait_for(Duration::from_secs(10), || ping_within(lab, &from_pod, dst_ip, "0.2")).is_none() {
+    if wait_for(Duration::from_secs(10), || ping_addr(lab, &from_pod, dst_ip, "0.2")).is_none() {
         panic!("{label}: no path within 10 s, before the stream started");
     }
     let stop_sending = Arc::new(AtomicBool::new(false));
@@ -125,7 +148,9 @@ pub fn stream(lab: &Lab, from: (usize, usize), to: (usize, usize), port: u16) ->
     let stop_s = stop_sending.clone();
     let sender = std::thread::spawn(move || {
         in_netns(&src_ns, move || {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind sender");
+            let any =
+                if dst_ip.is_ipv6() { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+            let s = UdpSocket::bind((any, 0)).expect("bind sender");
             let (mut seq, mut errors) = (0u64, 0u64);
             let mut next = Instant::now();
             while !stop_s.load(Ordering::SeqCst) {

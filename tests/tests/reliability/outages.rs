@@ -4,25 +4,24 @@
 use super::common::*;
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use weft_config::api::Status;
 use weft_config::Backend;
-use weft_lab::{etcd_server, Lab, Topology};
+use weft_lab::{etcd_server, IpFamily, Lab, Topology};
 use weft_tests::*;
 
 // ---------------------------------------------------------------------------------------------
 // 1. Agent restarts.
 
 /// host-gw: SIGTERM-then-start and SIGKILL-then-start of either node's agent lose no packet of
-/// a 10 ms stream in each direction; subnet and pod addresses stay, the pid changes. (quic:
-/// `quic.rs::tunnels_come_back_within_three_seconds_of_a_restart`.)
-#[test]
-fn r1_agent_restart_host_gw_loses_nothing() {
-    let lab = lab("r1", 2, 1, |_| {});
+/// a 10 ms stream in each direction (per address family of the lab); subnets and pod addresses
+/// stay, the pid changes. (quic: `quic.rs::tunnels_come_back_within_three_seconds_of_a_restart`.)
+fn agent_restart(id: &str, family: IpFamily) {
+    let lab = lab(id, 2, 1, |s| s.ip_family = family);
     let before: Vec<Status> = (1..=2).map(|i| ready_status(&lab, i)).collect();
-    let a = stream(&lab, (1, 1), (2, 1), 7201);
-    let b = stream(&lab, (2, 1), (1, 1), 7202);
+    let streams = streams_both_ways(&lab, (1, 1), (2, 1), 7201);
+    assert_eq!(streams.len(), if family == IpFamily::Dual { 4 } else { 2 }, "a stream each way per family");
     std::thread::sleep(Duration::from_millis(500));
     for (i, sig) in [(1, Signal::SIGTERM), (1, Signal::SIGKILL), (2, Signal::SIGTERM), (2, Signal::SIGKILL)] {
         let pid = lab.agent_pid(i).expect("pid");
@@ -31,14 +30,26 @@ fn r1_agent_restart_host_gw_loses_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         let new_pid = lab.start_agent(i).expect("start");
         let st = lab.wait_ready(i, Duration::from_secs(20)).expect("ready again");
-        eprintln!("measured: n{i} {sig}: agent ready again {} after the signal", secs(t.elapsed()));
+        eprintln!("measured: {id}: n{i} {sig}: agent ready again {} after the signal", secs(t.elapsed()));
         assert_ne!(pid, new_pid, "the agent must really have restarted");
         assert_eq!(st.pid, new_pid, "the status comes from the new agent");
-        assert_eq!(st.subnet, before[i - 1].subnet, "subnet changed across {sig}");
-        assert_eq!(pod_ips(&st), pod_ips(&before[i - 1]), "pod addresses changed across {sig}");
+        let b = &before[i - 1];
+        assert_eq!((&st.subnet, &st.subnet6), (&b.subnet, &b.subnet6), "subnets changed across {sig}");
+        assert_eq!(pod_ips(&st), pod_ips(b), "pod addresses changed across {sig}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_lossless(&[a.stop(), b.stop()]);
+    assert_lossless(&streams.into_iter().map(Stream::stop).collect::<Vec<_>>());
+}
+
+#[test]
+fn r1_agent_restart_host_gw_loses_nothing() {
+    agent_restart("r1", IpFamily::V4);
+}
+
+/// Dual-stack: no packet of either family is lost across the restarts.
+#[test]
+fn r1_agent_restart_host_gw_dual_stack_loses_nothing() {
+    agent_restart("r1d", IpFamily::Dual);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -52,20 +63,20 @@ fn outage_secs() -> u64 {
     }
 }
 
-/// Stops etcd for 10 s (30 s with WEFT_FULL=1) under a 10 ms stream each way between n1 and n2:
-/// no loss; both agents report `etcd_connected: false` and `ready: false`; n3, started during the
-/// outage, waits without a subnet, joins once etcd is back and is routable from n1 and n2 within
-/// 2 s of being ready.
-fn etcd_outage(id: &str, backend: Backend, topology: Topology) {
+/// Stops etcd for 10 s (30 s with WEFT_FULL=1) under a 10 ms stream each way between n1 and n2
+/// (one per address family of the lab): no loss; both agents report `etcd_connected: false` and
+/// `ready: false`; n3, started during the outage, waits without a subnet, joins once etcd is back
+/// and is routable from n1 and n2 (over every family) within 2 s of being ready.
+fn etcd_outage(id: &str, backend: Backend, topology: Topology, family: IpFamily) {
     // The default reconcile period (10 s): reconnecting must not wait for it.
     let lab = lab(id, 3, 1, |s| {
         s.backend = backend;
         s.topology = topology;
         s.deferred_agents = 1;
         s.reconcile_secs = 10;
+        s.ip_family = family;
     });
-    let a = stream(&lab, (1, 1), (2, 1), 7211);
-    let b = stream(&lab, (2, 1), (1, 1), 7212);
+    let streams = streams_both_ways(&lab, (1, 1), (2, 1), 7211);
     std::thread::sleep(Duration::from_millis(500));
 
     let t0 = Instant::now();
@@ -93,18 +104,21 @@ fn etcd_outage(id: &str, backend: Backend, topology: Topology) {
     }
     // Still down, still carrying traffic.
     assert!((1..=2).all(|i| status_now(&lab, i).is_some_and(|s| !s.etcd_connected)));
-    let ip2 = pod_ip_now(&lab, 2);
-    assert!(ping(&lab, "n1/p1", ip2), "data plane broken during the outage");
+    for ip2 in pod_ips_now(&lab, 2) {
+        assert!(ping_addr(&lab, "n1/p1", ip2, "1"), "data plane broken during the outage (to {ip2})");
+    }
 
     let back = Instant::now();
     lab.start_etcd().expect("start etcd");
     let healthy = back.elapsed();
     let st3 = lab.wait_ready(3, Duration::from_secs(30)).expect("n3 joins once etcd is back");
     let joined = back.elapsed();
-    let ip3 = v4(st3.pods.first().expect("n3 pod").ip);
-    let routable =
-        wait_for(Duration::from_secs(15), || (1..=2).all(|i| ping_within(&lab, &format!("n{i}/p1"), ip3, "0.3")));
-    let routable = routable.unwrap_or_else(|| panic!("n3's pod {ip3} not reachable from n1 and n2 within 15 s"));
+    let p3 = st3.pods.first().expect("n3 pod");
+    let ip3: Vec<IpAddr> = p3.ip.into_iter().chain(p3.ip6).collect();
+    let routable = wait_for(Duration::from_secs(15), || {
+        (1..=2).all(|i| ip3.iter().all(|ip| ping_addr(&lab, &format!("n{i}/p1"), *ip, "0.3")))
+    });
+    let routable = routable.unwrap_or_else(|| panic!("n3's pod {ip3:?} not reachable from n1 and n2 within 15 s"));
     let reachable = back.elapsed();
     let resync = wait_for(Duration::from_secs(10), || {
         (1..=2).all(|i| status_now(&lab, i).is_some_and(|s| s.etcd_connected && s.ready))
@@ -125,21 +139,33 @@ fn etcd_outage(id: &str, backend: Backend, topology: Topology) {
     );
     assert!(joined <= Duration::from_secs(4), "n3 joined only {} after etcd was started", secs(joined));
     assert!(routable <= Duration::from_secs(2), "n3 routable only {} after it was ready", secs(routable));
-    assert_lossless(&[a.stop(), b.stop()]);
+    assert_lossless(&streams.into_iter().map(Stream::stop).collect::<Vec<_>>());
 }
 
-fn pod_ip_now(lab: &Lab, i: usize) -> Ipv4Addr {
-    status_now(lab, i).and_then(|s| s.pods.first().map(|p| v4(p.ip))).expect("pod address")
+/// Node `i`'s first pod's addresses (IPv4 first), as its agent reports them now.
+fn pod_ips_now(lab: &Lab, i: usize) -> Vec<IpAddr> {
+    let st = status_now(lab, i).unwrap_or_else(|| panic!("n{i} does not answer"));
+    let p = st.pods.first().unwrap_or_else(|| panic!("n{i} has no pod"));
+    let ips: Vec<IpAddr> = p.ip.into_iter().chain(p.ip6).collect();
+    assert!(!ips.is_empty(), "n{i}'s pod has no address: {p:?}");
+    ips
 }
 
 #[test]
 fn r2_etcd_outage_host_gw() {
-    etcd_outage("r2", Backend::HostGw, Topology::Flat);
+    etcd_outage("r2", Backend::HostGw, Topology::Flat, IpFamily::V4);
 }
 
 #[test]
 fn r2_etcd_outage_quic() {
-    etcd_outage("r2q", Backend::Quic, Topology::Routed);
+    etcd_outage("r2q", Backend::Quic, Topology::Routed, IpFamily::V4);
+}
+
+/// Dual-stack over quic (both families on one tunnel per pair): no loss of either family, and
+/// the node joining after the outage is reachable over both.
+#[test]
+fn r2_etcd_outage_quic_dual_stack() {
+    etcd_outage("r2qd", Backend::Quic, Topology::Routed, IpFamily::Dual);
 }
 
 // ---------------------------------------------------------------------------------------------

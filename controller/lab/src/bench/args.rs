@@ -1,5 +1,6 @@
 //! `weftctl lab bench`'s command-line arguments.
 
+use crate::IpFamily;
 use std::path::PathBuf;
 
 /// `weftctl lab bench` arguments.
@@ -22,6 +23,12 @@ pub struct BenchArgs {
     /// wireguard-go and boringtun (installed by deploy/bench-peers.sh; missing ones are an error).
     #[arg(long)]
     pub with_peers: bool,
+    /// Address families between the pods: v4, v6 or dual. With IPv6 the kernel, host-gw and
+    /// quic rows get a twin named ROW/ipv6; with dual both are measured in the same topology
+    /// (one host pair, one dual-stack lab per backend), IPv4 first. The other rows are IPv4 only
+    /// (left out with v6).
+    #[arg(long, value_parser = parse_ip_family, default_value = "v4", conflicts_with = "scale")]
+    pub ip_family: IpFamily,
     /// Streams of the second iperf3 run of each row (`-P N`); 0 skips it.
     #[arg(long, default_value_t = 4)]
     pub parallel: u32,
@@ -44,4 +51,8 @@ pub struct BenchArgs {
     /// With --scale: seconds of the idle window (agent CPU, etcd revisions).
     #[arg(long, default_value_t = 60, requires = "scale")]
     pub idle_secs: u64,
+}
+
+fn parse_ip_family(s: &str) -> Result<IpFamily, String> {
+    s.parse()
 }

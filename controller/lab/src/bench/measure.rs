@@ -143,7 +143,14 @@ pub fn iperf_tcp_streams(
     let _server = IperfServer::start(server_ns, IPERF_PORT, LISTEN_TIMEOUT)?;
     let mut cmd = netns::command_in(client_ns, "iperf3")?;
     netns::die_with_parent(&mut cmd);
-    cmd.args(["-c", &server_ip.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string()]);
+    cmd.args(family_args(server_ip)).args([
+        "-c",
+        &server_ip.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-t",
+        &seconds.to_string(),
+    ]);
     if streams > 1 {
         cmd.args(["-P", &streams.to_string()]);
     }
@@ -163,11 +170,9 @@ pub fn ping(ns: &str, ip: IpAddr, count: u32) -> anyhow::Result<PingSummary> {
     let deadline_s = (f64::from(count) * PING_INTERVAL_S).ceil() + 5.0;
     let mut cmd = netns::command_in(ns, "ping")?;
     netns::die_with_parent(&mut cmd);
-    cmd.args(["-n", "-c", &count.to_string(), "-i", &PING_INTERVAL_S.to_string(), "-W", "1"]).args([
-        "-w",
-        &format!("{deadline_s}"),
-        &ip.to_string(),
-    ]);
+    cmd.args(family_args(ip))
+        .args(["-n", "-c", &count.to_string(), "-i", &PING_INTERVAL_S.to_string(), "-W", "1"])
+        .args(["-w", &format!("{deadline_s}"), &ip.to_string()]);
     let what = format!("ping {ip} in {ns}");
     let out = run_timeout(&mut cmd, None, Duration::from_secs_f64(deadline_s + 10.0), &what)?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -196,7 +201,7 @@ pub fn wait_reachable(ns: &str, ip: IpAddr, timeout: Duration) -> anyhow::Result
     loop {
         let mut cmd = netns::command_in(ns, "ping")?;
         netns::die_with_parent(&mut cmd);
-        cmd.args(["-n", "-c", "1", "-W", "1", &ip.to_string()]);
+        cmd.args(family_args(ip)).args(["-n", "-c", "1", "-W", "1", &ip.to_string()]);
         let out = run_timeout(&mut cmd, None, Duration::from_secs(5), &format!("ping {ip} in {ns}"))?;
         if out.status.success() {
             return Ok(());

@@ -8,7 +8,9 @@
 //!   removed by its `Drop`;
 //! - [`measure`]: reachability check, iperf3 run ([`iperf_tcp`]), ping run ([`ping`]), with the
 //!   RSS of the given processes sampled meanwhile ([`with_rss_sampling`]);
-//! - [`bench_kernel`], [`bench_lab`]: one row each; [`run`]: the whole table.
+//! - [`bench_kernel`], [`bench_lab`]: one row each per address family (`--ip-family`: an
+//!   IPv6 twin `ROW/ipv6` measured in the same host pair or dual-stack lab); [`run`]: the
+//!   whole table.
 //!
 //! Every external step is bounded by a timeout ([`run_timeout`]). Everything happens inside
 //! namespaces named `weft<id>-...` (so `weftctl lab down --id ID` also removes what a crashed
@@ -32,11 +34,12 @@ pub use report::*;
 pub use rows::*;
 
 use super::names::LabNames;
-use super::{netns, LabSpec};
+use super::{netns, IpFamily, LabSpec};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use weft_config::subnet::Family;
 use weft_controller::error::UsageError;
 
 /// What [`run`] measures.
@@ -47,6 +50,8 @@ pub struct BenchOpts {
     pub seconds: u64,
     pub pings: u32,
     pub rows: Vec<RowKind>,
+    /// Address families between the pods (see [`plan_rows`]).
+    pub ip_family: IpFamily,
     /// Streams of the second iperf3 run (0: none).
     pub parallel: u32,
     pub agent_bin: Option<PathBuf>,
@@ -100,12 +105,15 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
     let machine = machine_facts();
     let mo = opts.measure_opts();
     let ready = Duration::from_secs(opts.ready_timeout_secs);
+    let (planned, notes) = plan_rows(&opts.rows, opts.ip_family);
     let mut rows = Vec::new();
     let mut agent_bin = None;
-    for &kind in &opts.rows {
-        progress(&format!("bench: {kind}: {} s iperf3 + {} pings", opts.seconds, opts.pings));
+    for PlannedRow { kind, families } in planned {
+        let names_in: Vec<String> = families.iter().map(|&f| kind.name_in(f)).collect();
+        let label = names_in.join(" + ");
+        progress(&format!("bench: {label}: {} s iperf3 + {} pings", opts.seconds, opts.pings));
         let started = Instant::now();
-        let result = match (kind, kind.backend()) {
+        let results = match (kind, kind.backend()) {
             (_, Some(backend)) => {
                 let spec = LabSpec {
                     id: opts.id.clone(),
@@ -115,6 +123,7 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
                     agent_bin: opts.agent_bin.clone(),
                     weftctl_bin: opts.weftctl_bin.clone(),
                     ready_timeout_secs: opts.ready_timeout_secs,
+                    ip_family: lab_family(&families),
                     ..LabSpec::default()
                 };
                 if agent_bin.is_none() {
@@ -122,20 +131,23 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
                         .ok()
                         .map(|p| p.display().to_string());
                 }
-                bench_lab(spec, mo, ready)
+                bench_lab(spec, &families, mo, ready)
             }
-            (RowKind::QuinnRaw, None) => quinn_raw::row(&names, opts.seconds),
-            (RowKind::PeerTunnel(p), None) => peers::bench(p, &names, mo),
+            // IPv4 only (plan_rows gives them no other family).
+            (RowKind::QuinnRaw, None) => vec![quinn_raw::row(&names, opts.seconds)],
+            (RowKind::PeerTunnel(p), None) => vec![peers::bench(p, &names, mo)],
             // The kernel row (host-gw and quic always have a backend).
-            (_, None) => bench_kernel(&names, mo),
+            (_, None) => bench_kernel(&names, &families, mo),
         };
-        let r = RowResult::new(kind.name(), result);
-        progress(&format!(
-            "bench: {kind}: {} ({:.0} s)",
-            r.error.as_deref().map_or_else(|| "done".to_string(), |e| format!("failed: {}", first_line(e))),
-            started.elapsed().as_secs_f64()
-        ));
-        rows.push(r);
+        for ((name, &family), result) in names_in.iter().zip(&families).zip(results) {
+            let r = RowResult::in_family(name, family, result);
+            progress(&format!(
+                "bench: {name}: {} ({:.0} s)",
+                r.error.as_deref().map_or_else(|| "done".to_string(), |e| format!("failed: {}", first_line(e))),
+                started.elapsed().as_secs_f64()
+            ));
+            rows.push(r);
+        }
     }
     fill_ratios(&mut rows);
     Ok(BenchReport {
@@ -146,8 +158,19 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
         pings: opts.pings,
         ping_interval_s: PING_INTERVAL_S,
         parallel: opts.parallel,
+        ip_family: opts.ip_family,
         rows,
+        notes,
     })
+}
+
+/// The lab family that holds every one of `families`.
+pub fn lab_family(families: &[Family]) -> IpFamily {
+    match (families.contains(&Family::V4), families.contains(&Family::V6)) {
+        (true, true) => IpFamily::Dual,
+        (false, true) => IpFamily::V6,
+        _ => IpFamily::V4,
+    }
 }
 
 /// `weftctl lab --id ID bench ...`: prints the table (or JSON, or Markdown); exits 1 when a row
@@ -161,6 +184,7 @@ pub fn cli(id: &str, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         seconds: args.seconds,
         pings: args.pings,
         rows: parse_rows(&args.backends, args.with_peers)?,
+        ip_family: args.ip_family,
         parallel: args.parallel,
         agent_bin: args.agent_bin.clone(),
         weftctl_bin: std::env::current_exe().ok(),

@@ -2,7 +2,7 @@
 //! check of a row's path.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use weft_config::Backend;
 
 /// What one iperf3 TCP run reports.
@@ -147,9 +147,10 @@ pub fn rfc3339_utc(unix_secs: u64) -> String {
 }
 
 /// Checks that `route` (`ip -o route get` on the sending node, toward the receiving pod) goes
-/// the way `backend` sends pod traffic: host-gw via the peer's underlay address, quic through a
-/// tun (neither via the peer nor out of the underlay interface `eth0`).
-pub fn check_path(backend: Backend, route: &str, peer_underlay: Ipv4Addr) -> Result<(), String> {
+/// the way `backend` sends pod traffic: host-gw via the peer's underlay address (of the pod
+/// address's family), quic through a tun (neither via the peer nor out of the underlay
+/// interface `eth0`).
+pub fn check_path(backend: Backend, route: &str, peer_underlay: IpAddr) -> Result<(), String> {
     let words: Vec<&str> = route.split_whitespace().collect();
     let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
     let via_peer = after("via") == Some(peer_underlay.to_string().as_str());
@@ -188,4 +189,13 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The options that pin `ping` and `iperf3 -c` to the family of `ip`: `-6` for IPv6, none for
+/// IPv4 (the command lines of IPv4 rows stay what they were).
+pub fn family_args(ip: IpAddr) -> &'static [&'static str] {
+    match ip {
+        IpAddr::V4(_) => &[],
+        IpAddr::V6(_) => &["-6"],
+    }
 }

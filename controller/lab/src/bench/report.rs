@@ -3,7 +3,9 @@
 
 use super::parse::*;
 use super::rows::*;
+use crate::IpFamily;
 use serde::{Deserialize, Serialize};
+use weft_config::subnet::Family;
 
 /// The machine a report was measured on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +53,10 @@ pub struct Measurement {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowResult {
     pub row: String,
+    /// The address family between the pods: `ipv4` or `ipv6` (reports from before IPv6 rows
+    /// have none: IPv4).
+    #[serde(default = "ipv4", with = "family_name")]
+    pub family: Family,
     pub gbps: Option<f64>,
     pub rtt_median_ms: Option<f64>,
     /// `gbps` divided by the kernel row's.
@@ -71,10 +77,42 @@ pub struct RowResult {
     pub error: Option<String>,
 }
 
+fn ipv4() -> Family {
+    Family::V4
+}
+
+/// [`Family`] in the JSON report: `ipv4` or `ipv6`.
+mod family_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use weft_config::subnet::Family;
+
+    pub fn serialize<S: Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match f {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Family, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "ipv4" => Ok(Family::V4),
+            "ipv6" => Ok(Family::V6),
+            other => Err(serde::de::Error::custom(format!("expected ipv4 or ipv6, found {other:?}"))),
+        }
+    }
+}
+
 impl RowResult {
+    /// An IPv4 row (every row before IPv6 rows existed); see [`RowResult::in_family`].
     pub fn new(row: &str, result: anyhow::Result<Measurement>) -> Self {
+        Self::in_family(row, Family::V4, result)
+    }
+
+    /// A row measured over `family`.
+    pub fn in_family(row: &str, family: Family, result: anyhow::Result<Measurement>) -> Self {
         let mut r = RowResult {
             row: row.to_string(),
+            family,
             gbps: None,
             rtt_median_ms: None,
             gbps_vs_kernel: None,
@@ -111,14 +149,22 @@ impl RowResult {
     }
 }
 
-/// Sets every row's ratios against the row named `kernel` (left empty without one).
+/// Sets every row's ratios against the kernel row of its family (`kernel` for IPv4 rows,
+/// `kernel/ipv6` for IPv6 rows; left empty without one).
 pub fn fill_ratios(rows: &mut [RowResult]) {
-    let base = rows.iter().find(|r| r.row == RowKind::Kernel.name()).map(|r| (r.gbps, r.rtt_median_ms));
-    let Some((Some(bg), Some(br))) = base else { return };
+    let base = |family: Family| {
+        let name = RowKind::Kernel.name_in(family);
+        match rows.iter().find(|r| r.row == name && r.family == family).map(|r| (r.gbps, r.rtt_median_ms)) {
+            Some((Some(g), Some(r))) => Some((g, r)),
+            _ => None,
+        }
+    };
+    let bases = [(Family::V4, base(Family::V4)), (Family::V6, base(Family::V6))];
     let ratio = |x: Option<f64>, b: f64| x.filter(|_| b > 0.0).map(|x| x / b);
     for r in rows {
-        r.gbps_vs_kernel = ratio(r.gbps, bg);
-        r.rtt_vs_kernel = ratio(r.rtt_median_ms, br);
+        let Some((_, Some((bg, br)))) = bases.iter().find(|(f, _)| *f == r.family) else { continue };
+        r.gbps_vs_kernel = ratio(r.gbps, *bg);
+        r.rtt_vs_kernel = ratio(r.rtt_median_ms, *br);
     }
 }
 
@@ -135,7 +181,13 @@ pub struct BenchReport {
     pub ping_interval_s: f64,
     /// Streams of each row's second iperf3 run (0: none).
     pub parallel: u32,
+    /// `--ip-family`: the families between the pods (reports from before it: `v4`).
+    #[serde(default)]
+    pub ip_family: IpFamily,
     pub rows: Vec<RowResult>,
+    /// What the table does not say, such as rows left without an IPv6 twin.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl BenchReport {
@@ -212,10 +264,19 @@ pub fn render_table(rows: &[RowResult]) -> String {
 pub fn render(report: &BenchReport) -> String {
     let m = &report.machine;
     let mut out = format!(
-        "{} cores, {}, Linux {}, {} (load {}); iperf3 1 TCP stream {} s, ping median of {} every {} s\n\n",
-        m.nproc, m.cpu_model, m.kernel, m.date, m.loadavg, report.seconds, report.pings, report.ping_interval_s
+        "{} cores, {}, Linux {}, {} (load {}); iperf3 1 TCP stream {} s, ping median of {} every {} s{}\n\n",
+        m.nproc,
+        m.cpu_model,
+        m.kernel,
+        m.date,
+        m.loadavg,
+        report.seconds,
+        report.pings,
+        report.ping_interval_s,
+        families_text(report.ip_family)
     );
     out.push_str(&render_table(&report.rows));
+    out.push_str(&render_notes(&report.notes));
     let targets = render_targets(&report.rows);
     if !targets.is_empty() {
         out.push('\n');
@@ -225,6 +286,28 @@ pub fn render(report: &BenchReport) -> String {
         out.push_str(&format!("\n{} failed: {}\n", r.row, r.error.as_deref().unwrap_or("")));
     }
     out
+}
+
+/// How the first line of a report names the families: nothing for IPv4 alone (as before IPv6
+/// rows existed).
+fn families_text(ip_family: IpFamily) -> &'static str {
+    match ip_family {
+        IpFamily::V4 => "",
+        IpFamily::V6 => "; pods over IPv6 (rows ROW/ipv6, x kernel against kernel/ipv6)",
+        IpFamily::Dual => {
+            "; pods over IPv4, then IPv6 in the same topology (rows ROW and ROW/ipv6, \
+             x kernel against the kernel row of the same family)"
+        }
+    }
+}
+
+/// The notes as lines `note: ...`, after a blank line; empty without notes.
+fn render_notes(notes: &[String]) -> String {
+    if notes.is_empty() {
+        return String::new();
+    }
+    let lines: String = notes.iter().map(|n| format!("note: {n}\n")).collect();
+    format!("\n{lines}")
 }
 
 /// One comparison of the quic row with another row of the same run.
@@ -280,8 +363,15 @@ pub fn render_targets(rows: &[RowResult]) -> String {
 pub fn render_markdown(report: &BenchReport) -> String {
     let m = &report.machine;
     let mut out = format!(
-        "Measured {} on {} cores ({}), Linux {}, {}, load average {} at the start, with:\n\n```sh\n{}\n```\n\n",
-        m.date, m.nproc, m.cpu_model, m.kernel, m.iperf3, m.loadavg, report.command
+        "Measured {} on {} cores ({}), Linux {}, {}, load average {} at the start{}, with:\n\n```sh\n{}\n```\n\n",
+        m.date,
+        m.nproc,
+        m.cpu_model,
+        m.kernel,
+        m.iperf3,
+        m.loadavg,
+        families_text(report.ip_family).replace(" x kernel", " × kernel"),
+        report.command
     );
     out.push_str(&format!(
         "| row | Gbit/s | × kernel | -P {} Gbit/s | RTT median ms | × kernel | RSS peak MiB | idle CPU % |\n",
@@ -295,6 +385,7 @@ pub fn render_markdown(report: &BenchReport) -> String {
             out.push_str(&format!("| {} |\n", c[..8].join(" | ")));
         }
     }
+    out.push_str(&render_notes(&report.notes));
     let targets = render_targets(&report.rows);
     if !targets.is_empty() {
         out.push('\n');

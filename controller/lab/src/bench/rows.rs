@@ -1,6 +1,8 @@
-//! The bench's rows: which tunnels are measured, how `--backends` names them, and whether a
-//! peer row's programs are installed.
+//! The bench's rows: which tunnels are measured, how `--backends` names them, over which
+//! address families (`--ip-family`), and whether a peer row's programs are installed.
 
+use crate::IpFamily;
+use weft_config::subnet::Family;
 use weft_config::Backend;
 use weft_controller::error::UsageError;
 
@@ -49,6 +51,56 @@ impl RowKind {
             RowKind::Kernel | RowKind::QuinnRaw | RowKind::PeerTunnel(_) => None,
         }
     }
+
+    /// Whether the row can carry IPv6 between the pods: the kernel baseline and the lab rows.
+    /// quinn-raw has no pods, and the peer tunnels are set up for IPv4 only.
+    pub fn has_ipv6(self) -> bool {
+        matches!(self, RowKind::Kernel | RowKind::HostGw | RowKind::Quic)
+    }
+
+    /// The name of this row measured over `family`: the plain name over IPv4 (as before IPv6
+    /// rows existed, so IPv4 reports read the same), `NAME/ipv6` over IPv6.
+    pub fn name_in(self, family: Family) -> String {
+        match family {
+            Family::V4 => self.name().to_string(),
+            Family::V6 => format!("{}/ipv6", self.name()),
+        }
+    }
+}
+
+/// One row kind and the families it is measured over, in order (IPv4 first). Rows over two
+/// families share their topology: one kernel host pair, one dual-stack lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRow {
+    pub kind: RowKind,
+    pub families: Vec<Family>,
+}
+
+/// What `--ip-family` makes of the rows: each row over the families asked for that it can
+/// carry, and a note for every row that cannot carry one of them (a row with no family left is
+/// left out).
+pub fn plan_rows(rows: &[RowKind], ip_family: IpFamily) -> (Vec<PlannedRow>, Vec<String>) {
+    let mut planned = Vec::new();
+    let mut ipv4_only = Vec::new();
+    for &kind in rows {
+        let v6 = ip_family.has_v6() && kind.has_ipv6();
+        if ip_family.has_v6() && !kind.has_ipv6() {
+            ipv4_only.push(kind.name());
+        }
+        let families: Vec<Family> = [(ip_family.has_v4(), Family::V4), (v6, Family::V6)]
+            .into_iter()
+            .filter_map(|(on, f)| on.then_some(f))
+            .collect();
+        if !families.is_empty() {
+            planned.push(PlannedRow { kind, families });
+        }
+    }
+    let mut notes = Vec::new();
+    if !ipv4_only.is_empty() {
+        let what = if ip_family.has_v4() { "measured over IPv4 only" } else { "left out" };
+        notes.push(format!("no IPv6 rows for {} (IPv4 only in the bench): {what}", ipv4_only.join(", ")));
+    }
+    (planned, notes)
 }
 
 impl std::fmt::Display for RowKind {

@@ -1,8 +1,9 @@
 //! Tests of the bench's parsers, rows and report (pure parts; the rows run in the lab tests).
 
 use super::*;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
+use weft_config::subnet::Family;
 use weft_config::Backend;
 
 /// `iperf3 -c 127.0.0.1 -t 2 -i 1 -J` (iperf 3.12) in a namespace of its own; only the
@@ -200,7 +201,7 @@ fn ping_output() {
 
 #[test]
 fn paths() {
-    let peer = Ipv4Addr::new(172, 30, 0, 12);
+    let peer = IpAddr::V4(Ipv4Addr::new(172, 30, 0, 12));
     let gw = "10.244.2.2 via 172.30.0.12 dev eth0 src 172.30.0.11 uid 0 \\    cache";
     assert_eq!(check_path(Backend::HostGw, gw, peer), Ok(()));
     let e = check_path(Backend::Quic, gw, peer).expect_err("not quic");
@@ -289,6 +290,7 @@ fn options_are_checked() {
         seconds: 10,
         pings: 50,
         rows: vec![RowKind::Kernel],
+        ip_family: IpFamily::V4,
         parallel: 4,
         agent_bin: None,
         weftctl_bin: None,
@@ -366,7 +368,9 @@ quic          -         -            -       -         -        -           -  b
         pings: 50,
         ping_interval_s: PING_INTERVAL_S,
         parallel: 4,
+        ip_family: IpFamily::V4,
         rows: sample_rows(),
+        notes: Vec::new(),
     };
     assert!(!report.all_ok());
     let full = render(&report);
@@ -455,8 +459,218 @@ fn host_pair_addresses() {
     assert_eq!(HostPair::gateway(2), Ipv4Addr::new(10, 244, 2, 1));
     assert_eq!(HostPair::pod_subnet(2), "10.244.2.0/24");
     let names = LabNames::new("b7").expect("id");
-    let pair = HostPair { prefix: names.prefix(), made: Vec::new() };
+    let pair = HostPair { prefix: names.prefix(), made: Vec::new(), v6: false };
     assert_eq!(pair.endpoints().client_ns, "weftb7-kc1");
     assert_eq!(pair.host_ns(2), "weftb7-kh2");
     assert!(names.owns_ns(&pair.underlay_ns()), "lab down removes what a crashed bench left");
+}
+
+/// `weftctl lab bench` arguments as clap parses them.
+#[derive(clap::Parser, Debug)]
+struct BenchCli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn bench_args(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+    use clap::Parser;
+    BenchCli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+}
+
+#[test]
+fn ip_family_flag() {
+    assert_eq!(bench_args(&[]).expect("defaults").ip_family, IpFamily::V4, "IPv4 rows only, as before");
+    for (arg, want) in [("v4", IpFamily::V4), ("v6", IpFamily::V6), ("dual", IpFamily::Dual)] {
+        assert_eq!(bench_args(&["--ip-family", arg]).expect(arg).ip_family, want);
+    }
+    let e = bench_args(&["--ip-family", "ipv6"]).expect_err("bad family").to_string();
+    assert!(e.contains("expected v4, v6 or dual, found \"ipv6\""), "{e}");
+    let e = bench_args(&["--scale", "10", "--ip-family", "dual"]).expect_err("scale is IPv4").to_string();
+    assert!(e.contains("cannot be used with"), "{e}");
+}
+
+#[test]
+fn rows_per_family() {
+    let rows = parse_rows("host-gw,quic,quinn-raw,boringtun", false).expect("rows");
+    let v4 = [Family::V4].to_vec();
+    let both = [Family::V4, Family::V6].to_vec();
+    let planned = |kinds: &[(RowKind, &Vec<Family>)]| -> Vec<PlannedRow> {
+        kinds.iter().map(|(kind, families)| PlannedRow { kind: *kind, families: families.to_vec() }).collect()
+    };
+    // v4: every row once, over IPv4, no notes (the report of before).
+    let (p, notes) = plan_rows(&rows, IpFamily::V4);
+    assert_eq!(p, rows.iter().map(|&kind| PlannedRow { kind, families: v4.clone() }).collect::<Vec<_>>());
+    assert!(notes.is_empty());
+    // dual: kernel and the lab rows over both families, the others over IPv4 with a note.
+    let boringtun = RowKind::PeerTunnel(PeerTunnel::Boringtun);
+    let (p, notes) = plan_rows(&rows, IpFamily::Dual);
+    assert_eq!(
+        p,
+        planned(&[
+            (RowKind::Kernel, &both),
+            (RowKind::HostGw, &both),
+            (RowKind::Quic, &both),
+            (RowKind::QuinnRaw, &v4),
+            (boringtun, &v4)
+        ])
+    );
+    assert_eq!(notes, vec!["no IPv6 rows for quinn-raw, boringtun (IPv4 only in the bench): measured over IPv4 only"]);
+    // v6: the IPv4-only rows are left out.
+    let v6 = [Family::V6].to_vec();
+    let (p, notes) = plan_rows(&rows, IpFamily::V6);
+    assert_eq!(p, planned(&[(RowKind::Kernel, &v6), (RowKind::HostGw, &v6), (RowKind::Quic, &v6)]));
+    assert_eq!(notes, vec!["no IPv6 rows for quinn-raw, boringtun (IPv4 only in the bench): left out"]);
+    assert!(plan_rows(&[RowKind::Kernel, RowKind::Quic], IpFamily::Dual).1.is_empty());
+    // One lab per backend holds every family of its rows.
+    assert_eq!(lab_family(&both), IpFamily::Dual);
+    assert_eq!(lab_family(&v6), IpFamily::V6);
+    assert_eq!(lab_family(&v4), IpFamily::V4);
+}
+
+#[test]
+fn row_names_per_family() {
+    assert_eq!(RowKind::HostGw.name_in(Family::V4), "host-gw");
+    assert_eq!(RowKind::HostGw.name_in(Family::V6), "host-gw/ipv6");
+    assert_eq!(RowKind::Kernel.name_in(Family::V6), "kernel/ipv6");
+    assert_eq!(RowKind::Quic.name_in(Family::V6), "quic/ipv6");
+    let with_v6: Vec<&str> = RowKind::ALL.iter().filter(|r| r.has_ipv6()).map(|r| r.name()).collect();
+    assert_eq!(with_v6, ["kernel", "host-gw", "quic"]);
+}
+
+#[test]
+fn ipv6_commands_and_paths() {
+    let v6: IpAddr = "fd00:10:244:2::2".parse().expect("address");
+    assert_eq!(family_args(v6), ["-6"]);
+    assert!(family_args(IpAddr::V4(Ipv4Addr::new(10, 244, 2, 2))).is_empty(), "IPv4 command lines unchanged");
+    let peer: IpAddr = "fd00:172:30::12".parse().expect("address");
+    let gw =
+        "fd00:10:244:2::2 from :: via fd00:172:30::12 dev eth0 proto 213 src fd00:172:30::11 metric 1024 pref medium";
+    assert_eq!(check_path(Backend::HostGw, gw, peer), Ok(()));
+    assert!(check_path(Backend::Quic, gw, peer).is_err());
+    let tun = "fd00:10:244:2::2 from :: dev weft-tun0 proto 213 src fd00:10:244:1::1 metric 1024 pref medium";
+    assert_eq!(check_path(Backend::Quic, tun, peer), Ok(()));
+    assert!(check_path(Backend::HostGw, tun, peer).expect_err("not host-gw").contains("not via fd00:172:30::12"));
+}
+
+#[test]
+fn host_pair_ipv6_addresses() {
+    assert_eq!(HostPair::underlay_ip6(2), "fd00:192:168:100::2".parse::<Ipv6Addr>().expect("address"));
+    assert_eq!(HostPair::gateway6(1), "fd00:10:244:1::1".parse::<Ipv6Addr>().expect("address"));
+    assert_eq!(HostPair::pod_ip6(2), "fd00:10:244:2::2".parse::<Ipv6Addr>().expect("address"));
+    assert_eq!(HostPair::pod_subnet6(2), "fd00:10:244:2::/64");
+    let names = LabNames::new("b7").expect("id");
+    let dual = HostPair { prefix: names.prefix(), made: Vec::new(), v6: true };
+    let ep = dual.endpoints_in(Family::V6).expect("IPv6");
+    assert_eq!((ep.client_ns.as_str(), ep.server_ip), ("weftb7-kc1", IpAddr::V6(HostPair::pod_ip6(2))));
+    assert_eq!(dual.endpoints_in(Family::V4).expect("IPv4"), dual.endpoints());
+    let v4 = HostPair { prefix: names.prefix(), made: Vec::new(), v6: false };
+    let e = v4.endpoints_in(Family::V6).expect_err("no IPv6");
+    assert_eq!(e.to_string(), "the host pair weftb7-k* has no IPv6 addresses");
+}
+
+fn dual_rows() -> Vec<RowResult> {
+    let mut rows = vec![
+        RowResult::new("kernel", measured(20.0, 0.040, &[])),
+        RowResult::in_family("kernel/ipv6", Family::V6, measured(10.0, 0.050, &[])),
+        RowResult::new("host-gw", measured(19.0, 0.050, &[10_240, 12_800])),
+        RowResult::in_family("host-gw/ipv6", Family::V6, measured(9.0, 0.100, &[10_240, 12_800])),
+        RowResult::in_family("quic/ipv6", Family::V6, Err(anyhow::anyhow!("no reply"))),
+    ];
+    fill_ratios(&mut rows);
+    rows
+}
+
+#[test]
+fn ipv6_rows_compare_with_the_ipv6_kernel_row() {
+    let rows = dual_rows();
+    assert_eq!(rows[0].gbps_vs_kernel, Some(1.0));
+    assert_eq!(rows[1].gbps_vs_kernel, Some(1.0));
+    assert_eq!(rows[2].gbps_vs_kernel, Some(0.95));
+    assert_eq!(rows[3].gbps_vs_kernel, Some(0.9));
+    assert!((rows[3].rtt_vs_kernel.expect("ratio") - 2.0).abs() < 1e-9);
+    // Without an IPv6 kernel row (or a failed one) the IPv6 rows have no ratios.
+    let mut no_v6_kernel = vec![
+        RowResult::new("kernel", measured(20.0, 0.040, &[])),
+        RowResult::in_family("kernel/ipv6", Family::V6, Err(anyhow::anyhow!("down"))),
+        RowResult::in_family("host-gw/ipv6", Family::V6, measured(9.0, 0.1, &[])),
+    ];
+    fill_ratios(&mut no_v6_kernel);
+    assert_eq!((no_v6_kernel[2].gbps_vs_kernel, no_v6_kernel[2].rtt_vs_kernel), (None, None));
+    assert_eq!(no_v6_kernel[0].gbps_vs_kernel, Some(1.0));
+}
+
+#[test]
+fn reports_with_ipv6_rows() {
+    let report = BenchReport {
+        machine: Machine {
+            nproc: 2,
+            kernel: "6.18.44".into(),
+            cpu_model: "Xeon".into(),
+            date: "2026-11-30T15:00:00Z".into(),
+            iperf3: "iperf 3.12".into(),
+            loadavg: "1.10 1.20 1.30".into(),
+        },
+        command: "weftctl lab bench --backends host-gw,quic,quinn-raw --ip-family dual".into(),
+        agent_bin: None,
+        seconds: 5,
+        pings: 50,
+        ping_interval_s: PING_INTERVAL_S,
+        parallel: 4,
+        ip_family: IpFamily::Dual,
+        rows: dual_rows(),
+        notes: vec!["no IPv6 rows for quinn-raw (IPv4 only in the bench): measured over IPv4 only".into()],
+    };
+    let t = render(&report);
+    let want_table = "\
+row           Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  error
+kernel         20.00      1.00        22.00   0.040      1.00        -         0.2
+kernel/ipv6    10.00      1.00        11.00   0.050      1.00        -         0.2
+host-gw        19.00      0.95        20.90   0.050      1.25     12.5         0.2
+host-gw/ipv6    9.00      0.90         9.90   0.100      2.00     12.5         0.2
+quic/ipv6          -         -            -       -         -        -           -  no reply
+";
+    assert!(t.contains(want_table), "\n{t}");
+    assert!(
+        t.starts_with(
+            "2 cores, Xeon, Linux 6.18.44, 2026-11-30T15:00:00Z (load 1.10 1.20 1.30); iperf3 1 TCP stream 5 s, \
+             ping median of 50 every 0.05 s; pods over IPv4, then IPv6 in the same topology (rows ROW and \
+             ROW/ipv6, x kernel against the kernel row of the same family)\n\n"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("\nnote: no IPv6 rows for quinn-raw (IPv4 only in the bench): measured over IPv4 only\n"),
+        "{t}"
+    );
+    assert!(t.ends_with("\nquic/ipv6 failed: no reply\n"), "{t}");
+    let md = render_markdown(&report);
+    assert!(md.contains("| host-gw/ipv6 | 9.00 | 0.90 | 9.90 | 0.100 | 2.00 | 12.5 | 0.2 |\n"), "{md}");
+    assert!(md.contains("at the start; pods over IPv4, then IPv6"), "{md}");
+    assert!(md.contains("ROW/ipv6, × kernel against"), "{md}");
+    assert!(md.contains("\nnote: no IPv6 rows for quinn-raw"), "{md}");
+
+    // JSON: the family per row and the run's --ip-family, beside the fields of before.
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["ip_family"], "dual");
+    assert_eq!(json["rows"][0]["family"], "ipv4");
+    assert_eq!(
+        (json["rows"][3]["row"].as_str(), json["rows"][3]["family"].as_str()),
+        (Some("host-gw/ipv6"), Some("ipv6"))
+    );
+    assert_eq!(json["rows"][3]["gbps"], 9.0);
+    assert_eq!(json["notes"][0], report.notes[0].as_str());
+    let back: BenchReport = serde_json::from_value(json.clone()).expect("read back");
+    assert_eq!(back, report);
+
+    // A report written before IPv6 rows (no family, no ip_family, no notes) reads as IPv4.
+    let mut old = json;
+    for r in old["rows"].as_array_mut().expect("rows") {
+        r.as_object_mut().expect("row").remove("family");
+    }
+    let obj = old.as_object_mut().expect("report");
+    obj.remove("ip_family");
+    obj.remove("notes");
+    let back: BenchReport = serde_json::from_value(old).expect("old report");
+    assert_eq!(back.ip_family, IpFamily::V4);
+    assert!(back.notes.is_empty() && back.rows.iter().all(|r| r.family == Family::V4));
 }
