@@ -57,7 +57,7 @@ pub fn readyz(st: &Status, now: u64) -> Result<(), Vec<String>> {
     if let Err(e) = healthz(st, now) {
         why.push(e);
     }
-    if st.subnet.is_none() {
+    if !st.holds_subnet() {
         why.push("no subnet held yet".to_string());
     }
     if !st.ready {
@@ -111,19 +111,50 @@ fn age(now: u64, t: u64) -> i64 {
     }
 }
 
+/// Peer subnets by family: known, routed and unroutable, for each family the node holds a
+/// subnet of or a peer has one of.
+fn per_family_peers(reg: &mut Registry, st: &Status) {
+    let mut families: std::collections::BTreeSet<weft_config::subnet::Family> = st.families().into_iter().collect();
+    families.extend(st.peers.iter().filter_map(|p| p.family()));
+    let subnets: Family<Labels, Gauge> = Family::default();
+    let routed: Family<Labels, Gauge> = Family::default();
+    let unroutable: Family<Labels, Gauge> = Family::default();
+    for f in families {
+        let of_family: Vec<_> = st.peers.iter().filter(|p| p.family() == Some(f)).collect();
+        let l = label("family", f.label());
+        subnets.get_or_create(&l).set(of_family.len() as i64);
+        routed.get_or_create(&l).set(of_family.iter().filter(|p| p.route_ok).count() as i64);
+        unroutable.get_or_create(&l).set(of_family.iter().filter(|p| p.problem.is_some()).count() as i64);
+    }
+    reg.register("peer_subnets", "Peer subnets known from valid subnet records, by family", subnets);
+    reg.register("peer_subnets_routed", "Peer subnets whose route is installed and matching, by family", routed);
+    reg.register(
+        "peer_subnets_unroutable",
+        "Peer subnets that cannot be routed (e.g. not on-link for host-gw), by family",
+        unroutable,
+    );
+}
+
 /// The OpenMetrics text for one status snapshot (with `quic` filled in from the live counters).
 pub fn render(st: &Status, now: u64) -> String {
     let mut reg = Registry::with_prefix("weft");
     let info: Family<Labels, Gauge> = Family::default();
-    info.get_or_create(&vec![
+    let mut info_labels = vec![
         ("node".to_string(), st.node.clone()),
         ("network".to_string(), st.network.clone()),
         ("backend".to_string(), st.backend.clone().unwrap_or_default()),
         ("subnet".to_string(), st.subnet.clone().unwrap_or_default()),
-        ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-    ])
-    .set(1);
-    reg.register("agent_info", "The agent: node, network, backend, subnet and version (always 1)", info);
+    ];
+    if let Some(s6) = &st.subnet6 {
+        info_labels.push(("subnet6".to_string(), s6.clone()));
+    }
+    info_labels.push(("version".to_string(), env!("CARGO_PKG_VERSION").to_string()));
+    info.get_or_create(&info_labels).set(1);
+    reg.register(
+        "agent_info",
+        "The agent: node, network, backend, subnet (IPv4), subnet6 (when held) and version (always 1)",
+        info,
+    );
     gauge(
         &mut reg,
         "healthy",
@@ -136,7 +167,7 @@ pub fn render(st: &Status, now: u64) -> String {
         "1 while /readyz says ready: subnet held, node plumbed, etcd answered recently",
         i64::from(readyz(st, now).is_ok()),
     );
-    gauge(&mut reg, "subnet_held", "1 while the agent holds a subnet", i64::from(st.subnet.is_some()));
+    gauge(&mut reg, "subnet_held", "1 while the agent holds a subnet (of either family)", i64::from(st.holds_subnet()));
     gauge(&mut reg, "etcd_connected", "1 while the etcd connection and watch are up", i64::from(st.etcd_connected));
     gauge(
         &mut reg,
@@ -163,19 +194,22 @@ pub fn render(st: &Status, now: u64) -> String {
         age(now, st.health.loop_tick),
     );
     gauge(&mut reg, "start_time_seconds", "When the agent started (Unix time)", st.health.started as i64);
-    gauge(&mut reg, "peers", "Peers known from valid subnet records", st.peers.len() as i64);
+    gauge(&mut reg, "peers", "Peer nodes known from valid subnet records", st.peer_nodes().len() as i64);
+    let unroutable: std::collections::BTreeSet<&str> =
+        st.peers.iter().filter(|p| p.problem.is_some()).map(|p| p.node.as_str()).collect();
     gauge(
         &mut reg,
         "peers_unroutable",
-        "Peers that cannot be routed (e.g. not on-link for host-gw)",
-        st.peers.iter().filter(|p| p.problem.is_some()).count() as i64,
+        "Peer nodes with a subnet that cannot be routed (e.g. not on-link for host-gw)",
+        unroutable.len() as i64,
     );
     gauge(
         &mut reg,
         "routes_installed",
-        "Peer routes installed and matching the desired ones",
+        "Peer routes installed and matching the desired ones (one per peer subnet)",
         st.peers.iter().filter(|p| p.route_ok).count() as i64,
     );
+    per_family_peers(&mut reg, st);
     gauge(&mut reg, "pods", "Pods attached to the bridge", st.pods.len() as i64);
     counter(&mut reg, "reconciles", "Reconcile runs", st.reconciles);
     counter(&mut reg, "reconcile_errors", "Reconcile runs that ended with an error", st.reconcile_errors);
@@ -184,14 +218,15 @@ pub fn render(st: &Status, now: u64) -> String {
     let reachable: Family<Labels, Gauge> = Family::default();
     let rtt: Family<Labels, Gauge<f64, AtomicU64>> = Family::default();
     for p in &st.probes {
-        reachable.get_or_create(&label("peer", &p.node)).set(i64::from(p.ok));
+        let l = vec![("peer".to_string(), p.node.clone()), ("family".to_string(), p.family().label().to_string())];
+        reachable.get_or_create(&l).set(i64::from(p.ok));
         if let Some(us) = p.rtt_us.filter(|_| p.ok) {
-            rtt.get_or_create(&label("peer", &p.node)).set(us as f64 / 1e6);
+            rtt.get_or_create(&l).set(us as f64 / 1e6);
         }
     }
     reg.register(
         "probe_reachable",
-        "1 if the peer's gateway answered the latest probe from this node's gateway",
+        "1 if the peer's gateway of the family answered the latest probe from this node's gateway of it",
         reachable,
     );
     reg.register("probe_rtt_seconds", "Round trip of the latest successful probe", rtt);
@@ -408,6 +443,11 @@ mod tests {
         let mut st = status(now);
         let text = render(&st, now);
         assert!(text.ends_with("# EOF\n"), "{text}");
+        let series = text.lines().filter(|l| !l.starts_with('#'));
+        assert!(
+            !series.clone().any(|l| l.contains("ipv6") || l.contains("subnet6")),
+            "no IPv6 series on an IPv4 node: {text}"
+        );
         for (series, want) in [
             ("weft_ready", 1.0),
             ("weft_healthy", 1.0),
@@ -421,9 +461,12 @@ mod tests {
             ("weft_subnet_record_age_seconds", 50.0),
             ("weft_etcd_last_ok_age_seconds", 2.0),
             ("weft_heartbeat_age_seconds", 3.0),
-            ("weft_probe_reachable{peer=\"n2\"}", 1.0),
-            ("weft_probe_reachable{peer=\"n3\"}", 0.0),
-            ("weft_probe_rtt_seconds{peer=\"n2\"}", 0.00025),
+            ("weft_peer_subnets{family=\"ipv4\"}", 2.0),
+            ("weft_peer_subnets_routed{family=\"ipv4\"}", 1.0),
+            ("weft_peer_subnets_unroutable{family=\"ipv4\"}", 1.0),
+            ("weft_probe_reachable{peer=\"n2\",family=\"ipv4\"}", 1.0),
+            ("weft_probe_reachable{peer=\"n3\",family=\"ipv4\"}", 0.0),
+            ("weft_probe_rtt_seconds{peer=\"n2\",family=\"ipv4\"}", 0.00025),
         ] {
             assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
         }
@@ -469,6 +512,73 @@ mod tests {
         ] {
             assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_dual_stack_peer_counts_once_with_detail_per_family() {
+        let now = 1_000_000;
+        let mut st = status(now);
+        st.subnet6 = Some("fd00:10:244:1::/64".into());
+        let mut n2v6 = st.peers[0].clone();
+        n2v6.subnet = "fd00:10:244:2::/64".into();
+        let mut n3v6 = st.peers[1].clone();
+        (n3v6.subnet, n3v6.route_ok, n3v6.problem) = ("fd00:10:244:3::/64".into(), true, None);
+        st.peers.extend([n2v6, n3v6]);
+        st.probes.extend([
+            ProbeResult {
+                node: "n2".into(),
+                target: "fd00:10:244:2::1".parse().expect("lit"),
+                ok: true,
+                rtt_us: Some(300),
+                at: now,
+            },
+            ProbeResult {
+                node: "n3".into(),
+                target: "fd00:10:244:3::1".parse().expect("lit"),
+                ok: true,
+                rtt_us: Some(90),
+                at: now,
+            },
+        ]);
+        let text = render(&st, now);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for (series, want) in [
+            ("weft_peers", 2.0),
+            ("weft_peers_unroutable", 1.0),
+            ("weft_routes_installed", 3.0),
+            ("weft_peer_subnets{family=\"ipv4\"}", 2.0),
+            ("weft_peer_subnets{family=\"ipv6\"}", 2.0),
+            ("weft_peer_subnets_routed{family=\"ipv4\"}", 1.0),
+            ("weft_peer_subnets_routed{family=\"ipv6\"}", 2.0),
+            ("weft_peer_subnets_unroutable{family=\"ipv4\"}", 1.0),
+            ("weft_peer_subnets_unroutable{family=\"ipv6\"}", 0.0),
+            ("weft_probe_reachable{peer=\"n2\",family=\"ipv4\"}", 1.0),
+            ("weft_probe_reachable{peer=\"n3\",family=\"ipv4\"}", 0.0),
+            ("weft_probe_reachable{peer=\"n2\",family=\"ipv6\"}", 1.0),
+            ("weft_probe_reachable{peer=\"n3\",family=\"ipv6\"}", 1.0),
+            ("weft_probe_rtt_seconds{peer=\"n3\",family=\"ipv6\"}", 0.00009),
+        ] {
+            assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        }
+        // One HELP and TYPE per metric, each series once: valid exposition.
+        for name in ["weft_peer_subnets", "weft_probe_reachable", "weft_probe_rtt_seconds"] {
+            assert_eq!(text.matches(&format!("# TYPE {name} gauge\n")).count(), 1, "{name} in\n{text}");
+        }
+        let series: Vec<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.rsplit_once(' ')).map(|(s, _)| s).collect();
+        let unique: std::collections::BTreeSet<&&str> = series.iter().collect();
+        assert_eq!(unique.len(), series.len(), "a series twice in\n{text}");
+        let info = text.lines().find(|l| l.starts_with("weft_agent_info{")).expect("info");
+        assert!(info.contains(r#"subnet="10.244.1.0/24",subnet6="fd00:10:244:1::/64",version="#), "{info}");
+
+        // IPv6 only: the subnet is held and the node ready though `subnet` (IPv4) is empty.
+        st.subnet = None;
+        st.peers.retain(|p| p.subnet.contains(':'));
+        assert_eq!(readyz(&st, now), Ok(()));
+        let text = render(&st, now);
+        assert_eq!(value(&text, "weft_subnet_held"), Some(1.0), "{text}");
+        assert_eq!(value(&text, "weft_peers"), Some(2.0), "{text}");
+        assert_eq!(value(&text, "weft_peer_subnets{family=\"ipv4\"}"), None, "no IPv4 anywhere: {text}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reachability probes: every `[probes] interval_secs` the agent sends one ICMP echo request
-//! from its own gateway address to every peer's gateway address, through the overlay both ways
+//! from its own gateway address to every peer's gateway address of the same family (IPv4 and,
+//! on a dual-stack node, IPv6: a round per family, at once), through the overlay both ways
 //! (host-gw routes or the QUIC tunnel), and waits up to a second for the replies. The results go
 //! into the status (and so `/metrics`) and into `/weft/v1/<net>/probes/<node>` under a lease,
 //! which `weftctl status` reads into a reachability matrix.
@@ -180,60 +181,36 @@ impl Probe {
     }
 
     async fn run_round(&self) -> Vec<ProbeResult> {
-        let (own, peers) = {
+        let plans = {
             let st = self.status.read().unwrap_or_else(|p| p.into_inner());
-            let own = st.subnet.as_deref().and_then(|s| s.parse::<IpNet>().ok());
-            // The peers' subnets of the own subnet's family: a dual-stack peer is listed once
-            // per family, and its IPv6 gateway is not probed (yet), so it must not stand for
-            // the node as a failed probe.
-            let family = own.map(Family::of_net);
-            let peers: Vec<(String, IpAddr)> = st
-                .peers
-                .iter()
-                .filter_map(|p| p.subnet.parse::<IpNet>().ok().map(|s| (p, s)))
-                .filter(|(_, s)| Some(Family::of_net(*s)) == family)
-                .map(|(p, s)| (p.node.clone(), subnet::gateway(s)))
-                .collect();
-            (own, peers)
+            plan(&st)
         };
-        let Some(own) = own else { return vec![] };
-        let targets: Vec<IpAddr> = peers.iter().map(|(_, t)| *t).collect();
-        let src = subnet::gateway(own);
         let timeout = (self.interval / 2).min(Duration::from_secs(1));
-        let answered = if targets.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            tokio::task::spawn_blocking(move || round(src, &targets, timeout))
-                .await
-                .unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked")))
-        };
-        let answered = answered.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reachability probe failed");
-            HashMap::new()
+        // The families' rounds run at once, each on its own socket and blocking thread.
+        let rounds = plans.iter().map(|p| {
+            let (src, targets) = (p.src, p.targets.iter().map(|(_, t)| *t).collect::<Vec<IpAddr>>());
+            async move {
+                if targets.is_empty() {
+                    return HashMap::new();
+                }
+                let answered = tokio::task::spawn_blocking(move || round(src, &targets, timeout))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked")));
+                answered.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, family = %Family::of(src), "reachability probe failed");
+                    HashMap::new()
+                })
+            }
         });
-        let at = now_secs();
-        let results: Vec<ProbeResult> = peers
-            .into_iter()
-            .map(|(node, target)| {
-                let rtt = answered.get(&target);
-                ProbeResult { node, target, ok: rtt.is_some(), rtt_us: rtt.map(|d| d.as_micros() as u64), at }
-            })
-            .collect();
+        let answered = futures::future::join_all(rounds).await;
+        let results = results(plans, &answered, now_secs());
         let mut st = self.status.write().unwrap_or_else(|p| p.into_inner());
         st.probes = results.clone();
         results
     }
 
     async fn publish(&mut self, results: &[ProbeResult], lease: &mut i64) -> Result<()> {
-        let record = ProbeRecord {
-            schema: weft_config::records::SCHEMA_VERSION,
-            updated: now_secs(),
-            interval_secs: self.interval.as_secs(),
-            peers: results
-                .iter()
-                .map(|r| (r.node.clone(), PeerProbe { ok: r.ok, rtt_us: r.rtt_us }))
-                .collect::<BTreeMap<_, _>>(),
-        };
+        let record = record(results, now_secs(), self.interval.as_secs());
         // The record lives a few rounds past the last one, so a dead node's results vanish.
         let ttl = (self.interval * 3).max(Duration::from_secs(10));
         if *lease == 0 || !self.store.keep_alive_once(*lease).await.unwrap_or(false) {
@@ -241,6 +218,69 @@ impl Probe {
         }
         self.store.put(&self.keys.probe(&self.node), record.to_json(), *lease).await
     }
+}
+
+/// One family's round: from the own gateway of that family to every peer gateway of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundPlan {
+    pub src: IpAddr,
+    /// Peer node name and the gateway of its subnet of `src`'s family.
+    pub targets: Vec<(String, IpAddr)>,
+}
+
+/// The rounds a status calls for, IPv4 first: one per family the node holds a subnet of, each
+/// to the peers' subnets of that family (a dual-stack peer is probed once per family; a peer
+/// without a subnet of a family the node holds is not probed over it).
+pub fn plan(st: &Status) -> Vec<RoundPlan> {
+    let own = [&st.subnet, &st.subnet6];
+    own.into_iter()
+        .filter_map(|s| s.as_deref()?.parse::<IpNet>().ok())
+        .map(|own| {
+            let family = Family::of_net(own);
+            let targets = st
+                .peers
+                .iter()
+                .filter_map(|p| p.subnet.parse::<IpNet>().ok().map(|s| (p, s)))
+                .filter(|(_, s)| Family::of_net(*s) == family)
+                .map(|(p, s)| (p.node.clone(), subnet::gateway(s)))
+                .collect();
+            RoundPlan { src: subnet::gateway(own), targets }
+        })
+        .collect()
+}
+
+/// The results of the `plans`' rounds, given what answered each (same order) and when.
+pub fn results(plans: Vec<RoundPlan>, answered: &[HashMap<IpAddr, Duration>], at: u64) -> Vec<ProbeResult> {
+    let none = HashMap::new();
+    plans
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            let answered = answered.get(i).unwrap_or(&none);
+            p.targets
+                .into_iter()
+                .map(|(node, target)| {
+                    let rtt = answered.get(&target);
+                    ProbeResult { node, target, ok: rtt.is_some(), rtt_us: rtt.map(|d| d.as_micros() as u64), at }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The record published for a round's results: each family's under its own field.
+pub fn record(results: &[ProbeResult], updated: u64, interval_secs: u64) -> ProbeRecord {
+    let mut r = ProbeRecord {
+        schema: weft_config::records::SCHEMA_VERSION,
+        updated,
+        interval_secs,
+        peers: BTreeMap::new(),
+        peers6: BTreeMap::new(),
+    };
+    for p in results {
+        r.of_mut(p.family()).insert(p.node.clone(), PeerProbe { ok: p.ok, rtt_us: p.rtt_us });
+    }
+    r
 }
 
 #[cfg(test)]
@@ -277,5 +317,99 @@ mod tests {
         assert_eq!(parse_reply6(&reply[..7], 0xbeef), None, "truncated");
         // A neighbour solicitation (type 135) the same socket also sees.
         assert_eq!(parse_reply6(&[135, 0, 0, 0, 0, 0, 0, 0], 0), None);
+    }
+
+    fn status(subnet: Option<&str>, subnet6: Option<&str>, peers: &[(&str, &str)]) -> Status {
+        let peers: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|(node, subnet)| {
+                serde_json::json!({"node": node, "subnet": subnet, "public_ip": "172.30.0.12", "route_ok": true})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "node": "n1", "node_id": "i", "network": "d", "pid": 1, "ready": true,
+            "etcd_connected": true, "subnet": subnet, "subnet6": subnet6, "peers": peers,
+            "pods": [], "reconciles": 0, "reconcile_errors": 0, "skipped_records": 0
+        }))
+        .expect("status")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("lit")
+    }
+
+    #[test]
+    fn a_dual_stack_node_probes_each_family_from_its_own_gateway() {
+        let st = status(
+            Some("10.244.1.0/24"),
+            Some("fd00:10:244:1::/64"),
+            &[
+                ("n2", "10.244.2.0/24"),
+                ("n3", "10.244.3.0/24"),
+                ("n2", "fd00:10:244:2::/64"),
+                ("n3", "fd00:10:244:3::/64"),
+                ("n4", "not a subnet"),
+            ],
+        );
+        let plans = plan(&st);
+        assert_eq!(
+            plans,
+            [
+                RoundPlan {
+                    src: ip("10.244.1.1"),
+                    targets: vec![("n2".into(), ip("10.244.2.1")), ("n3".into(), ip("10.244.3.1"))],
+                },
+                RoundPlan {
+                    src: ip("fd00:10:244:1::1"),
+                    targets: vec![("n2".into(), ip("fd00:10:244:2::1")), ("n3".into(), ip("fd00:10:244:3::1"))],
+                },
+            ]
+        );
+        let v4: HashMap<IpAddr, Duration> = [(ip("10.244.2.1"), Duration::from_micros(250))].into();
+        let v6: HashMap<IpAddr, Duration> =
+            [(ip("fd00:10:244:2::1"), Duration::from_micros(300)), (ip("fd00:10:244:3::1"), Duration::from_micros(90))]
+                .into();
+        let got = results(plans, &[v4, v6], 77);
+        let brief: Vec<(&str, IpAddr, bool, Option<u64>)> =
+            got.iter().map(|r| (r.node.as_str(), r.target, r.ok, r.rtt_us)).collect();
+        assert_eq!(
+            brief,
+            [
+                ("n2", ip("10.244.2.1"), true, Some(250)),
+                ("n3", ip("10.244.3.1"), false, None),
+                ("n2", ip("fd00:10:244:2::1"), true, Some(300)),
+                ("n3", ip("fd00:10:244:3::1"), true, Some(90)),
+            ]
+        );
+        assert!(got.iter().all(|r| r.at == 77));
+        let rec = record(&got, 80, 10);
+        assert_eq!(
+            rec.to_json(),
+            r#"{"schema":1,"updated":80,"interval_secs":10,"peers":{"n2":{"ok":true,"rtt_us":250},"n3":{"ok":false}},"peers6":{"n2":{"ok":true,"rtt_us":300},"n3":{"ok":true,"rtt_us":90}}}"#
+        );
+    }
+
+    #[test]
+    fn single_family_nodes_probe_their_family_alone() {
+        let peers = [("n2", "10.244.2.0/24"), ("n2", "fd00:10:244:2::/64")];
+        let v4 = plan(&status(Some("10.244.1.0/24"), None, &peers));
+        assert_eq!(v4, [RoundPlan { src: ip("10.244.1.1"), targets: vec![("n2".into(), ip("10.244.2.1"))] }]);
+        let rec = record(&results(v4, &[HashMap::new()], 1), 1, 10);
+        assert_eq!(
+            rec.to_json(),
+            r#"{"schema":1,"updated":1,"interval_secs":10,"peers":{"n2":{"ok":false}}}"#,
+            "an IPv4 node's record is as before dual-stack"
+        );
+        let v6 = plan(&status(None, Some("fd00:10:244:1::/64"), &peers));
+        assert_eq!(
+            v6,
+            [RoundPlan { src: ip("fd00:10:244:1::1"), targets: vec![("n2".into(), ip("fd00:10:244:2::1"))] }]
+        );
+        let rec = record(&results(v6, &[HashMap::new()], 1), 1, 10);
+        assert_eq!(
+            rec.to_json(),
+            r#"{"schema":1,"updated":1,"interval_secs":10,"peers":{},"peers6":{"n2":{"ok":false}}}"#
+        );
+        assert!(plan(&status(None, None, &peers)).is_empty(), "no subnet yet, nothing to probe from");
     }
 }

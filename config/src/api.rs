@@ -1,7 +1,10 @@
 //! The local agent API, spoken over the agent's Unix socket: one JSON request per line, one
 //! JSON response per line. Shared by the agent (server) and weftctl (client).
 
+use crate::subnet::Family;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 /// Largest request line the agent reads.
@@ -144,6 +147,13 @@ pub struct PeerStatus {
     pub route_since_unix_ms: u64,
 }
 
+impl PeerStatus {
+    /// The family of the peer's subnet (`None` for a subnet that does not parse).
+    pub fn family(&self) -> Option<Family> {
+        self.subnet.parse::<IpNet>().ok().map(Family::of_net)
+    }
+}
+
 /// The last route this agent deleted (a peer left); what `weftctl lab bench --scale` measures
 /// leave convergence with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,12 +198,44 @@ pub struct Status {
     /// Progress marks behind /healthz and /readyz (seconds since the Unix epoch).
     #[serde(default)]
     pub health: Health,
-    /// The latest reachability probe of every peer's gateway.
+    /// The latest reachability probe of every peer's gateway, of each family the node holds a
+    /// subnet of (the family is the target's: a dual-stack peer has two entries).
     #[serde(default)]
     pub probes: Vec<ProbeResult>,
     /// The last route this agent deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_route_removed: Option<RouteRemoved>,
+}
+
+impl Status {
+    /// The families the node holds a subnet of, IPv4 first.
+    pub fn families(&self) -> Vec<Family> {
+        let held = [(Family::V4, &self.subnet), (Family::V6, &self.subnet6)];
+        held.into_iter().filter(|(_, s)| s.is_some()).map(|(f, _)| f).collect()
+    }
+
+    /// Whether the node holds a subnet of either family.
+    pub fn holds_subnet(&self) -> bool {
+        self.subnet.is_some() || self.subnet6.is_some()
+    }
+
+    /// The distinct peer nodes (`peers` lists a dual-stack peer once per subnet).
+    pub fn peer_nodes(&self) -> BTreeSet<&str> {
+        self.peers.iter().map(|p| p.node.as_str()).collect()
+    }
+
+    /// The full mesh with `n` peer nodes: for each family the node holds a subnet of, `n`
+    /// peer nodes with a subnet of that family, and every peer subnet's route installed.
+    pub fn meshed_with(&self, n: usize) -> bool {
+        let families = self.families();
+        !families.is_empty()
+            && self.peer_nodes().len() == n
+            && self.peers.iter().all(|p| p.route_ok)
+            && families.iter().all(|f| {
+                let of_family = self.peers.iter().filter(|p| p.family() == Some(*f));
+                of_family.map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len() == n
+            })
+    }
 }
 
 /// When the agent last made progress; the inputs of /healthz, /readyz and their metrics.
@@ -227,6 +269,13 @@ pub struct ProbeResult {
     pub rtt_us: Option<u64>,
     /// When the probe ran (seconds since the Unix epoch).
     pub at: u64,
+}
+
+impl ProbeResult {
+    /// The family probed: the target's (from the own gateway of the same family).
+    pub fn family(&self) -> Family {
+        Family::of(self.target)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -314,5 +363,54 @@ mod tests {
         assert!(json["ip"].is_null() && json.get("ip").is_some(), "ip is null without an IPv4 pool: {json}");
         assert_eq!(serde_json::from_value::<PodInfo>(json).expect("read back"), only6);
         assert_eq!(pod().addrs_text(" "), "-");
+    }
+
+    fn peer(node: &str, subnet: &str, route_ok: bool) -> PeerStatus {
+        PeerStatus {
+            node: node.into(),
+            subnet: subnet.into(),
+            public_ip: "172.30.0.12".parse().expect("lit"),
+            route_ok,
+            problem: None,
+            route_since_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_peer_is_one_node_with_two_subnets() {
+        let mut st: Status = serde_json::from_str(
+            r#"{"node":"n1","node_id":"i","network":"d","pid":1,"ready":true,"etcd_connected":true,
+                "subnet":"10.244.1.0/24","peers":[],"pods":[],"reconciles":0,"reconcile_errors":0,
+                "skipped_records":0}"#,
+        )
+        .expect("status");
+        st.subnet6 = Some("fd00:10:244:1::/64".into());
+        st.peers = vec![
+            peer("n2", "10.244.2.0/24", true),
+            peer("n3", "10.244.3.0/24", true),
+            peer("n2", "fd00:10:244:2::/64", true),
+        ];
+        assert_eq!(st.families(), [Family::V4, Family::V6]);
+        assert_eq!(st.peer_nodes().into_iter().collect::<Vec<_>>(), ["n2", "n3"]);
+        assert_eq!(st.peers[2].family(), Some(Family::V6));
+        assert!(!st.meshed_with(2), "n3's IPv6 subnet is not known yet");
+        st.peers.push(peer("n3", "fd00:10:244:3::/64", false));
+        assert!(!st.meshed_with(2), "n3's IPv6 route is not installed yet");
+        st.peers[3].route_ok = true;
+        assert!(st.meshed_with(2));
+        assert!(!st.meshed_with(3));
+        st.subnet6 = None;
+        st.peers.truncate(2);
+        assert!(st.meshed_with(2), "IPv4 only, as before dual-stack");
+        st.subnet = None;
+        assert!(!st.holds_subnet() && !st.meshed_with(2), "no subnet held, no mesh");
+        let probe = ProbeResult {
+            node: "n2".into(),
+            target: "fd00:10:244:2::1".parse().expect("lit"),
+            ok: true,
+            rtt_us: None,
+            at: 0,
+        };
+        assert_eq!(probe.family(), Family::V6);
     }
 }

@@ -31,6 +31,15 @@ impl Family {
         Family::of(net.addr())
     }
 
+    /// The family's lowercase name, `ipv4` or `ipv6` (as config values and metric labels
+    /// spell it).
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
     /// Address length in bits: 32 or 128.
     pub fn bits(self) -> u8 {
         match self {

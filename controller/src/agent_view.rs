@@ -1,7 +1,9 @@
 //! Human output of what the local agent reports (`weftctl agent status`, `weftctl pod list`).
 
-use crate::output::table;
-use weft_config::api::{PodInfo, Status};
+use crate::output::{round_trip, table};
+use std::collections::BTreeSet;
+use weft_config::api::{PeerStatus, PodInfo, Status};
+use weft_config::subnet::Family;
 
 pub fn render_status(s: &Status) -> String {
     let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
@@ -24,28 +26,66 @@ pub fn render_status(s: &Status) -> String {
         s.skipped_records,
         opt(s.last_error.clone()),
     );
-    let peers: Vec<Vec<String>> = s
-        .peers
-        .iter()
-        .map(|p| {
-            vec![
-                p.node.clone(),
-                p.subnet.clone(),
-                p.public_ip.to_string(),
-                if p.route_ok { "ok" } else { "missing" }.to_string(),
-                opt(p.problem.clone()),
-            ]
-        })
-        .collect();
-    out.push_str(&format!("\npeers ({}):\n", s.peers.len()));
-    if !peers.is_empty() {
-        out.push_str(&indent(&table(&["NODE", "SUBNET", "PUBLIC-IP", "ROUTE", "PROBLEM"], &peers)));
+    // One table per family when the node or its peers have subnets of both.
+    let mut families: BTreeSet<Family> = s.families().into_iter().collect();
+    families.extend(s.peers.iter().filter_map(PeerStatus::family));
+    if families.len() < 2 {
+        out.push_str(&peer_table(s, &format!("peers ({})", s.peers.len()), |_| true));
+    } else {
+        for f in families {
+            let n = s.peers.iter().filter(|p| p.family() == Some(f)).count();
+            out.push_str(&peer_table(s, &format!("peers over {f} ({n})"), |p| p.family() == Some(f)));
+        }
     }
     out.push_str(&format!("\npods ({}):\n", s.pods.len()));
     if !s.pods.is_empty() {
         out.push_str(&indent(&render_pods(&s.pods)));
     }
     out
+}
+
+/// The peers `keep` selects under `title`, with their latest probe when the agent probes.
+fn peer_table(s: &Status, title: &str, keep: impl Fn(&PeerStatus) -> bool) -> String {
+    let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    let probing = !s.probes.is_empty();
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .filter(|p| keep(p))
+        .map(|p| {
+            let mut row = vec![
+                p.node.clone(),
+                p.subnet.clone(),
+                p.public_ip.to_string(),
+                if p.route_ok { "ok" } else { "missing" }.to_string(),
+            ];
+            if probing {
+                row.push(probe_cell(s, p));
+            }
+            row.push(opt(p.problem.clone()));
+            row
+        })
+        .collect();
+    let mut out = format!("\n{title}:\n");
+    if !rows.is_empty() {
+        let mut headers = vec!["NODE", "SUBNET", "PUBLIC-IP", "ROUTE"];
+        if probing {
+            headers.push("PROBE");
+        }
+        headers.push("PROBLEM");
+        out.push_str(&indent(&table(&headers, &rows)));
+    }
+    out
+}
+
+/// The latest probe of the peer's gateway of its subnet's family: the round trip, `FAIL`, or
+/// `-` when there is none.
+fn probe_cell(s: &Status, p: &PeerStatus) -> String {
+    match s.probes.iter().find(|r| r.node == p.node && Some(r.family()) == p.family()) {
+        None => "-".into(),
+        Some(r) if r.ok => r.rtt_us.map_or_else(|| "ok".into(), round_trip),
+        Some(_) => "FAIL".into(),
+    }
 }
 
 /// The IPv6 subnet and underlay address, for an agent of a network with an IPv6 pool.
@@ -193,5 +233,60 @@ mod tests {
             (json["subnet6"].as_str(), json["public_ip6"].as_str()),
             (Some("fd00:10:244:1::/64"), Some("fd00:30::11"))
         );
+    }
+
+    #[test]
+    fn a_dual_stack_agent_lists_its_peers_and_probes_per_family() {
+        let peer = |node: &str, subnet: &str, ip: &str, route_ok| PeerStatus {
+            node: node.into(),
+            subnet: subnet.into(),
+            public_ip: ip.parse().expect("lit"),
+            route_ok,
+            problem: None,
+            route_since_unix_ms: 0,
+        };
+        let probe = |node: &str, target: &str, ok, rtt_us| weft_config::api::ProbeResult {
+            node: node.into(),
+            target: target.parse().expect("lit"),
+            ok,
+            rtt_us,
+            at: 0,
+        };
+        let mut s: Status = serde_json::from_str(
+            r#"{"node":"n1","node_id":"i","network":"d","pid":1,"ready":true,"etcd_connected":true,
+                "subnet":"10.244.1.0/24","subnet6":"fd00:10:244:1::/64","public_ip":"172.30.0.11",
+                "public_ip6":"fd00:30::11","peers":[],"pods":[],"reconciles":0,"reconcile_errors":0,
+                "skipped_records":0}"#,
+        )
+        .expect("status");
+        s.peers = vec![
+            peer("n2", "10.244.2.0/24", "172.30.0.12", true),
+            peer("n2", "fd00:10:244:2::/64", "fd00:30::12", false),
+        ];
+        s.probes = vec![probe("n2", "10.244.2.1", true, Some(250)), probe("n2", "fd00:10:244:2::1", false, None)];
+        let r = render_status(&s);
+        assert!(
+            r.contains(
+                "\npeers over IPv4 (1):\n  NODE  SUBNET         PUBLIC-IP    ROUTE  PROBE  PROBLEM\n  \
+                 n2    10.244.2.0/24  172.30.0.12  ok     250us  -\n\
+                 \npeers over IPv6 (1):\n  NODE  SUBNET              PUBLIC-IP    ROUTE    PROBE  PROBLEM\n  \
+                 n2    fd00:10:244:2::/64  fd00:30::12  missing  FAIL   -\n\npods (0):\n"
+            ),
+            "{r}"
+        );
+        // A single family, probed: one table as before, with the probe column.
+        s.subnet6 = None;
+        s.peers.truncate(1);
+        let r = render_status(&s);
+        assert!(r.contains("\npeers (1):\n  NODE  SUBNET         PUBLIC-IP    ROUTE  PROBE  PROBLEM\n"), "{r}");
+        // Not probed (probes disabled or the first round not done): no probe column.
+        s.probes.clear();
+        let r = render_status(&s);
+        assert!(r.contains("\npeers (1):\n  NODE  SUBNET         PUBLIC-IP    ROUTE  PROBLEM\n  n2 "), "{r}");
+        // JSON only gains: the probes carry their targets, so each result's family shows.
+        s.probes = vec![probe("n2", "fd00:10:244:2::1", true, Some(90))];
+        let j = serde_json::to_value(&s).expect("json");
+        assert_eq!(j["probes"][0]["target"], "fd00:10:244:2::1");
+        assert_eq!(j["peers"][0]["subnet"], "10.244.2.0/24");
     }
 }

@@ -40,6 +40,15 @@ pub fn age(d: Duration) -> String {
     }
 }
 
+/// A round trip in microseconds: `250us`, `1.5ms`.
+pub fn round_trip(us: u64) -> String {
+    if us < 1000 {
+        format!("{us}us")
+    } else {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    }
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -328,6 +328,36 @@ fn dual_stack_routes_ipv6_subnets_via_the_peers_ipv6_underlay_addresses() {
     let ping6 = || lab.exec("n1", &["ping", "-n", "-q", "-c1", "-W", "1", &to]).is_ok_and(|o| o.status.success());
     assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} on n2 over IPv6");
 
+    // The probes of both families: `weftctl status` sees every pair answer over IPv4 and IPv6
+    // (a round that ran before a route was in place fails until the next, 10 s later), and each
+    // agent's metrics count its two dual-stack peers as two nodes.
+    let mut v = serde_json::Value::Null;
+    let all_ok = |m: &serde_json::Value| m["pairs"] == 6 && m["reachable"] == 6;
+    let settled = wait_for(Duration::from_secs(35), || {
+        v = serde_json::from_str(&run_ok(&lab, "n1", &["weftctl", "status", "--json"])).expect("status --json");
+        all_ok(&v["summary"]) && all_ok(&v["summary6"])
+    });
+    assert!(settled.is_some(), "the probes of both families never all answered: {v:#}");
+    assert_eq!(v["reachability6"].as_array().map(Vec::len), Some(6), "{v:#}");
+    for i in 1..=3 {
+        let (code, body) =
+            weft_tests::ops::http_get(&lab.node_ns(i), "127.0.0.1:9472".parse().expect("lit"), "/metrics")
+                .expect("scrape");
+        assert_eq!(code, 200, "{body}");
+        let m = weft_tests::ops::parse_metrics(&body).unwrap_or_else(|e| panic!("n{i}: {e:#}:\n{body}"));
+        for (series, want) in [
+            ("weft_peers", 2.0),
+            ("weft_peer_subnets{family=\"ipv6\"}", 2.0),
+            ("weft_peer_subnets_routed{family=\"ipv6\"}", 2.0),
+            ("weft_routes_installed", 4.0),
+        ] {
+            assert_eq!(m.get(series), Some(want), "n{i}: {series}: {:?}", m.series);
+        }
+        let peer = if i == 1 { "n2" } else { "n1" };
+        let reach = format!("weft_probe_reachable{{peer=\"{peer}\",family=\"ipv6\"}}");
+        assert_eq!(m.get(&reach), Some(1.0), "n{i}: {reach}: {:?}", m.series);
+    }
+
     // `--leave` of n3 withdraws both of its subnets from its peers.
     let (gone, gone6) = (lab.wait_ready(3, Duration::from_secs(5)).expect("ready").subnet.expect("subnet"), subnet6(3));
     lab.leave(3).expect("leave");

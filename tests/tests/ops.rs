@@ -47,8 +47,8 @@ fn metrics_health_and_status_on_a_routed_host_gw_lab() {
         let mut last = Scrape::default();
         let seen = wait_for(Duration::from_secs(30), || {
             last = scrape(&lab, 1);
-            last.get("weft_probe_reachable{peer=\"n3\"}") == Some(1.0)
-                && last.get("weft_probe_reachable{peer=\"n2\"}") == Some(0.0)
+            last.get("weft_probe_reachable{peer=\"n3\",family=\"ipv4\"}") == Some(1.0)
+                && last.get("weft_probe_reachable{peer=\"n2\",family=\"ipv4\"}") == Some(0.0)
         });
         assert!(seen.is_some(), "probes never showed n3 reachable and n2 not: {:?}", last.series);
         last
@@ -81,7 +81,7 @@ fn metrics_health_and_status_on_a_routed_host_gw_lab() {
         assert!((0.0..=30.0).contains(&v), "{age} = {v}");
     }
     assert!(m.get("weft_subnet_record_age_seconds").is_some_and(|v| v >= 0.0));
-    assert!(m.get("weft_probe_rtt_seconds{peer=\"n3\"}").is_some_and(|v| v > 0.0 && v < 1.0));
+    assert!(m.get("weft_probe_rtt_seconds{peer=\"n3\",family=\"ipv4\"}").is_some_and(|v| v > 0.0 && v < 1.0));
     assert!(!m.series.keys().any(|k| k.starts_with("weft_quic")), "no quic metrics on host-gw");
     // Counters move between scrapes (derived from the same snapshot the API serves).
     let before = m.get("weft_reconciles_total").expect("reconciles");
@@ -169,8 +169,9 @@ fn quic_metrics_per_peer() {
     assert_eq!(m.get("weft_quic_refused_total"), Some(0.0));
     // The probes run through the tunnel too.
     assert!(
-        wait_for(Duration::from_secs(25), || scrape(&lab, 1).get("weft_probe_reachable{peer=\"n2\"}") == Some(1.0))
-            .is_some(),
+        wait_for(Duration::from_secs(25), || scrape(&lab, 1).get("weft_probe_reachable{peer=\"n2\",family=\"ipv4\"}")
+            == Some(1.0))
+        .is_some(),
         "probe through the tunnel never answered"
     );
 }

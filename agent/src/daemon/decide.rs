@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use weft_config::api::PeerStatus;
-use weft_config::peers::{Peer, RawRecord, Skipped};
+use weft_config::peers::{Peer, PeerSet, RawRecord, Skipped};
 use weft_config::subnet::{Family, PerFamily};
 use weft_config::{subnet, AgentConfig, Heartbeat, Keys, NetworkConfig, SubnetRecord};
 
@@ -166,6 +166,17 @@ pub fn peer_statuses(
 /// that holds its subnet stays ready through etcd outages and peer trouble).
 pub fn ready(errors: &[String], has_subnet: bool) -> bool {
     errors.is_empty() || has_subnet
+}
+
+/// The status line of the readiness notification: every subnet held and the number of peer
+/// nodes (a dual-stack peer has a subnet per family but counts once).
+pub fn ready_line(subnets: &PerFamily<IpNet>, peers: &PeerSet) -> String {
+    let held: Vec<String> = subnets.values().map(ToString::to_string).collect();
+    let subnets = match held.len() {
+        1 => format!("subnet {}", held[0]),
+        _ => format!("subnets {}", held.join(" and ")),
+    };
+    format!("ready: {subnets}, {} peer node(s)", peers.by_node().len())
 }
 
 /// A route action for the log.

@@ -253,3 +253,20 @@ fn a_dual_stack_heartbeat_names_both_subnets() {
     let h = heartbeat("id1", net("fd00:10:244:4::/64"), 9, 1234);
     assert_eq!((h.subnet, h.subnet6), (None, Some(net("fd00:10:244:4::/64"))));
 }
+
+#[test]
+fn the_ready_line_names_every_subnet_and_counts_peer_nodes() {
+    let mut set = PeerSet::default();
+    for p in [
+        peer("n2", "10.244.2.0/24", "172.30.0.12"),
+        peer("n3", "10.244.3.0/24", "172.30.0.13"),
+        peer("n2", "fd00:10:244:2::/64", "fd00:30::12"),
+    ] {
+        set.peers.insert(p.subnet, p);
+    }
+    let v4 = PerFamily::V4(net("10.244.1.0/24"));
+    assert_eq!(ready_line(&v4, &set), "ready: subnet 10.244.1.0/24, 2 peer node(s)");
+    let dual = PerFamily::Dual(net("10.244.1.0/24"), net("fd00:10:244:1::/64"));
+    assert_eq!(ready_line(&dual, &set), "ready: subnets 10.244.1.0/24 and fd00:10:244:1::/64, 2 peer node(s)");
+    assert_eq!(ready_line(&v4, &PeerSet::default()), "ready: subnet 10.244.1.0/24, 0 peer node(s)");
+}

@@ -50,7 +50,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
 
     /// Once, when the node is set up: READY=1 to systemd and the probe task.
     pub(super) fn on_ready<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) {
-        ctx.host.ready(&format!("ready: subnet {}, {} peer(s)", self.subnet, self.peers.peers.len()));
+        ctx.host.ready(&decide::ready_line(&self.subnets, &self.peers));
         if !ctx.cfg.probes.enabled {
             return;
         }

@@ -368,7 +368,8 @@ pub fn run(opts: &ScaleOpts, command: String, log: impl Fn(&str)) -> anyhow::Res
     log(&format!("lab up took {:.1} s; waiting for the full mesh", r.up_secs));
     let all: Vec<usize> = (1..=n).collect();
     let (_, missing) = poll_all(&lab, &all, Duration::from_secs(opts.ready_timeout_secs), |st| {
-        (st.peers.len() == n - 1 && st.peers.iter().all(|p| p.route_ok)).then_some(())
+        // Peer nodes, every family's route of each installed (a dual-stack peer has two).
+        st.meshed_with(n - 1).then_some(())
     });
     anyhow::ensure!(missing.is_empty(), "no full mesh on {} node(s), e.g. n{}", missing.len(), missing[0]);
     r.full_mesh_secs = t0.elapsed().as_secs_f64();
