@@ -181,6 +181,18 @@ fn routed_dual_stack_pods_reach_each_other_through_kernel_vxlan_and_broken_state
     for i in [1, 2] {
         assert_tables(&lab, i, &expected(&lab, i, &[1, 2]), 8, "after n3 left");
     }
+
+    // A smaller underlay MTU is followed: each device the underlay's less its outer headers,
+    // the bridge what both families can carry (the IPv6 device's).
+    run_ok(&lab, "n1", &["ip", "link", "set", "eth0", "mtu", "1400"]);
+    let mtu = |dev: &str| {
+        json_in(&lab, 1, &["ip", "-j", "link", "show", dev])
+            .first()
+            .and_then(|l| l.get("mtu").and_then(Value::as_u64))
+            .unwrap_or(0)
+    };
+    let followed = wait_for(Duration::from_secs(8), || (mtu(DEV), mtu(DEV6), mtu("weft0")) == (1350, 1330, 1330));
+    assert!(followed.is_some(), "MTUs after the underlay's became 1400: {:?}", (mtu(DEV), mtu(DEV6), mtu("weft0")));
 }
 
 /// `ip -o route get DST` on node `i`.

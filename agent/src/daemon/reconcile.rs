@@ -283,9 +283,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 info!(old = old.mtu, new = mtu, "underlay MTU changed; bridge.mtu pins the bridge and pod MTU")
             }
             decide::MtuChange::Follow(mtu) => {
-                info!(old = old.mtu, new = mtu, "underlay MTU changed; the bridge, pods and subnet.env follow");
-                self.mtu = mtu;
-                let env = state::subnet_env_of(&self.leases(), mtu, ctx.cfg.ip_masq);
+                // The pod MTU the backends can carry over the new underlay MTU (less vxlan's
+                // outer headers; host-gw's is the underlay's own).
+                let pod_mtu = self.drivers.pod_mtu(mtu, None);
+                info!(old = old.mtu, new = mtu, pod_mtu, "underlay MTU changed; the bridge, pods and subnet.env follow");
+                self.mtu = pod_mtu;
+                let env = state::subnet_env_of(&self.leases(), pod_mtu, ctx.cfg.ip_masq);
                 if let Err(e) = state::write_atomic(&ctx.cfg.paths.subnet_env, env.as_bytes(), 0o644) {
                     warn!(error = %format!("{e:#}"), "rewriting subnet.env");
                 }

@@ -15,8 +15,8 @@ pub struct BenchArgs {
     /// Print the report (machine facts and every figure) as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Rows besides the kernel baseline (always measured first): host-gw, quic, quinn-raw,
-    /// quincy, wireguard-go, boringtun.
+    /// Rows besides the kernel baseline (always measured first): host-gw, quic, kernel-vxlan,
+    /// vxlan, quinn-raw, quincy, wireguard-go, boringtun.
     #[arg(long, default_value = "host-gw,quic,quinn-raw", value_name = "ROW[,ROW...]")]
     pub backends: String,
     /// Also measure the other userspace tunnels between the same two hosts: quincy,

@@ -235,6 +235,54 @@ pub fn bench_kernel(names: &LabNames, families: &[Family], opts: MeasureOpts) ->
     families.iter().map(|&f| measure(&pair.endpoints_in(f)?, opts, &[])).collect()
 }
 
+/// VNI and UDP port of the hand-built VXLAN devices of the kernel-vxlan row: not weft's
+/// defaults, so the row never mistakes an agent's device for its own.
+pub const KERNEL_VXLAN: (u32, u16) = (4242, 4790);
+/// The MTU of the kernel-vxlan row's VXLAN devices, bridges and pods (the underlay's 1500 less
+/// the 50 bytes of IPv4 VXLAN headers, as the vxlan backend sets it).
+pub const KERNEL_VXLAN_MTU: u32 = 1450;
+
+/// The kernel-vxlan row (IPv4): the kernel row's host pair with, on each host, a VXLAN device
+/// `vx0` made by hand (no learning; an all-zeros FDB entry sends every frame to the other
+/// host), `10.99.0.i/24` on it, and the other pod subnet routed via the other host's `vx0`
+/// address. Bridges, veths and pods get [`KERNEL_VXLAN_MTU`]. No agent anywhere.
+pub fn bench_kernel_vxlan(names: &LabNames, opts: MeasureOpts) -> anyhow::Result<Measurement> {
+    let pair = HostPair::up(&names.prefix())?;
+    let (vni, port) = KERNEL_VXLAN;
+    let mtu = KERNEL_VXLAN_MTU;
+    for (i, j) in [(1usize, 2usize), (2, 1)] {
+        batch(
+            &pair.host_ns(i),
+            &[
+                format!(
+                    "link add vx0 type vxlan id {vni} dstport {port} local {} dev eth0 nolearning",
+                    HostPair::underlay_ip(i)
+                ),
+                format!("link set vx0 mtu {mtu} up"),
+                format!("addr add 10.99.0.{i}/24 dev vx0"),
+                format!("route add {} via 10.99.0.{j} dev vx0", HostPair::pod_subnet(j)),
+                format!("link set cni0 mtu {mtu}"),
+                format!("link set vc mtu {mtu}"),
+            ],
+        )?;
+        let append = ["fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst"];
+        let dst = HostPair::underlay_ip(j).to_string();
+        let out = run_timeout(
+            Command::new("ip").args(["netns", "exec", &pair.host_ns(i), "bridge"]).args(append).arg(&dst),
+            None,
+            Duration::from_secs(10),
+            "bridge fdb append",
+        )?;
+        anyhow::ensure!(out.status.success(), "bridge fdb append on host {i}: {}", one_line(&out.stderr));
+        batch(&pair.pod_ns(i), &[format!("link set eth0 mtu {mtu}")])?;
+    }
+    let ep = pair.endpoints();
+    let path = route_get(&pair.host_ns(1), ep.server_ip)?;
+    anyhow::ensure!(path.contains(" dev vx0 "), "host 1 routes pod 2 as `{path}`, not through vx0");
+    let m = measure(&ep, opts, &[])?;
+    Ok(Measurement { path: Some(path), ..m })
+}
+
 /// The same error for every family's row (a topology that did not come up).
 fn each_fails(families: &[Family], e: &anyhow::Error) -> Vec<anyhow::Result<Measurement>> {
     families.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect()

@@ -135,6 +135,7 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
             }
             // IPv4 only (plan_rows gives them no other family).
             (RowKind::QuinnRaw, None) => vec![quinn_raw::row(&names, opts.seconds)],
+            (RowKind::KernelVxlan, None) => vec![bench_kernel_vxlan(&names, mo)],
             (RowKind::PeerTunnel(p), None) => vec![peers::bench(p, &names, mo)],
             // The kernel row (host-gw and quic always have a backend).
             (_, None) => bench_kernel(&names, &families, mo),

@@ -15,6 +15,11 @@ pub enum RowKind {
     HostGw,
     /// A 2-node lab on the quic backend.
     Quic,
+    /// A 2-node lab on the vxlan backend.
+    Vxlan,
+    /// A VXLAN device made by hand on each host of the kernel row's pair (own VNI and port),
+    /// with plain routes over it and no agent: the ceiling for the vxlan row.
+    KernelVxlan,
     /// QUIC datagrams alone between the two hosts, no tun (`weft-quic-raw`): the transport's
     /// ceiling, with the agent's TLS and transport settings.
     QuinnRaw,
@@ -23,10 +28,12 @@ pub enum RowKind {
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 7] = [
+    pub const ALL: [RowKind; 9] = [
         RowKind::Kernel,
         RowKind::HostGw,
         RowKind::Quic,
+        RowKind::KernelVxlan,
+        RowKind::Vxlan,
         RowKind::QuinnRaw,
         RowKind::PeerTunnel(PeerTunnel::Quincy),
         RowKind::PeerTunnel(PeerTunnel::WireguardGo),
@@ -38,6 +45,8 @@ impl RowKind {
             RowKind::Kernel => "kernel",
             RowKind::HostGw => "host-gw",
             RowKind::Quic => "quic",
+            RowKind::Vxlan => "vxlan",
+            RowKind::KernelVxlan => "kernel-vxlan",
             RowKind::QuinnRaw => "quinn-raw",
             RowKind::PeerTunnel(p) => p.name(),
         }
@@ -48,14 +57,15 @@ impl RowKind {
         match self {
             RowKind::HostGw => Some(Backend::HostGw),
             RowKind::Quic => Some(Backend::Quic),
-            RowKind::Kernel | RowKind::QuinnRaw | RowKind::PeerTunnel(_) => None,
+            RowKind::Vxlan => Some(Backend::Vxlan),
+            RowKind::Kernel | RowKind::KernelVxlan | RowKind::QuinnRaw | RowKind::PeerTunnel(_) => None,
         }
     }
 
     /// Whether the row can carry IPv6 between the pods: the kernel baseline and the lab rows.
-    /// quinn-raw has no pods, and the peer tunnels are set up for IPv4 only.
+    /// quinn-raw has no pods, and the peer tunnels and kernel-vxlan are set up for IPv4 only.
     pub fn has_ipv6(self) -> bool {
-        matches!(self, RowKind::Kernel | RowKind::HostGw | RowKind::Quic)
+        matches!(self, RowKind::Kernel | RowKind::HostGw | RowKind::Quic | RowKind::Vxlan)
     }
 
     /// The name of this row measured over `family`: the plain name over IPv4 (as before IPv6

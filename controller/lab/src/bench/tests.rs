@@ -276,10 +276,12 @@ fn rows_flag() {
             RowKind::PeerTunnel(PeerTunnel::WireguardGo)
         ]
     );
-    let e = parse_rows("host-gw,vxlan", false).expect_err("bad");
+    assert_eq!(parse_rows("vxlan,kernel-vxlan", false).expect("ok"), vec![k, RowKind::Vxlan, RowKind::KernelVxlan]);
+    let e = parse_rows("host-gw,ipip", false).expect_err("bad");
     assert_eq!(
         e.to_string(),
-        "--backends: expected one of kernel, host-gw, quic, quinn-raw, quincy, wireguard-go, boringtun, found \"vxlan\""
+        "--backends: expected one of kernel, host-gw, quic, kernel-vxlan, vxlan, quinn-raw, quincy, wireguard-go, \
+         boringtun, found \"ipip\""
     );
 }
 
@@ -534,7 +536,7 @@ fn row_names_per_family() {
     assert_eq!(RowKind::Kernel.name_in(Family::V6), "kernel/ipv6");
     assert_eq!(RowKind::Quic.name_in(Family::V6), "quic/ipv6");
     let with_v6: Vec<&str> = RowKind::ALL.iter().filter(|r| r.has_ipv6()).map(|r| r.name()).collect();
-    assert_eq!(with_v6, ["kernel", "host-gw", "quic"]);
+    assert_eq!(with_v6, ["kernel", "host-gw", "quic", "vxlan"], "kernel-vxlan is IPv4 only");
 }
 
 #[test]
