@@ -356,6 +356,7 @@ mod tests {
                     route_ok: true,
                     problem: None,
                     route_since_unix_ms: 0,
+                    via: None,
                 },
                 PeerStatus {
                     node: "n3".into(),
@@ -364,6 +365,7 @@ mod tests {
                     route_ok: false,
                     problem: Some("not on-link".into()),
                     route_since_unix_ms: 0,
+                    via: None,
                 },
             ],
             pods: vec![],

@@ -145,6 +145,9 @@ pub struct PeerStatus {
     /// convergence with it.
     #[serde(default)]
     pub route_since_unix_ms: u64,
+    /// The backend carrying this peer subnet (`host-gw` or the encapsulation under `auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl PeerStatus {
@@ -373,6 +376,7 @@ mod tests {
             route_ok,
             problem: None,
             route_since_unix_ms: 0,
+            via: None,
         }
     }
 

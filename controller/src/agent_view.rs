@@ -48,17 +48,18 @@ pub fn render_status(s: &Status) -> String {
 fn peer_table(s: &Status, title: &str, keep: impl Fn(&PeerStatus) -> bool) -> String {
     let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
     let probing = !s.probes.is_empty();
+    // Under auto, which backend carries each peer.
+    let choosing = s.backend.as_deref() == Some("auto");
     let rows: Vec<Vec<String>> = s
         .peers
         .iter()
         .filter(|p| keep(p))
         .map(|p| {
-            let mut row = vec![
-                p.node.clone(),
-                p.subnet.clone(),
-                p.public_ip.to_string(),
-                if p.route_ok { "ok" } else { "missing" }.to_string(),
-            ];
+            let mut row = vec![p.node.clone(), p.subnet.clone(), p.public_ip.to_string()];
+            if choosing {
+                row.push(opt(p.via.clone()));
+            }
+            row.push(if p.route_ok { "ok" } else { "missing" }.to_string());
             if probing {
                 row.push(probe_cell(s, p));
             }
@@ -68,7 +69,11 @@ fn peer_table(s: &Status, title: &str, keep: impl Fn(&PeerStatus) -> bool) -> St
         .collect();
     let mut out = format!("\n{title}:\n");
     if !rows.is_empty() {
-        let mut headers = vec!["NODE", "SUBNET", "PUBLIC-IP", "ROUTE"];
+        let mut headers = vec!["NODE", "SUBNET", "PUBLIC-IP"];
+        if choosing {
+            headers.push("VIA");
+        }
+        headers.push("ROUTE");
         if probing {
             headers.push("PROBE");
         }
@@ -244,6 +249,7 @@ mod tests {
             route_ok,
             problem: None,
             route_since_unix_ms: 0,
+            via: None,
         };
         let probe = |node: &str, target: &str, ok, rtt_us| weft_config::api::ProbeResult {
             node: node.into(),
@@ -283,6 +289,12 @@ mod tests {
         s.probes.clear();
         let r = render_status(&s);
         assert!(r.contains("\npeers (1):\n  NODE  SUBNET         PUBLIC-IP    ROUTE  PROBLEM\n  n2 "), "{r}");
+        // Under auto, the backend carrying each peer.
+        s.backend = Some("auto".into());
+        s.peers[0].via = Some("vxlan".into());
+        let r = render_status(&s);
+        assert!(r.contains("\npeers (1):\n  NODE  SUBNET         PUBLIC-IP    VIA    ROUTE  PROBLEM\n  n2    10.244.2.0/24  172.30.0.12  vxlan  ok"), "{r}");
+        s.backend = None;
         // JSON only gains: the probes carry their targets, so each result's family shows.
         s.probes = vec![probe("n2", "fd00:10:244:2::1", true, Some(90))];
         let j = serde_json::to_value(&s).expect("json");

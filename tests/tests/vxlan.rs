@@ -230,6 +230,12 @@ fn auto_chooses_per_peer(id: &str, encap: weft_config::Backend, encap_dev: &str)
             );
         }
     }
+    // The agent says which backend carries each peer subnet.
+    let st = lab.wait_ready(1, Duration::from_secs(10)).expect("ready");
+    let mut via: Vec<(String, Option<String>)> = st.peers.iter().map(|p| (p.node.clone(), p.via.clone())).collect();
+    via.sort();
+    let (hg, en) = (Some("host-gw".to_string()), Some(encap.to_string()));
+    assert_eq!(via, vec![("n2".into(), en.clone()), ("n2".into(), en), ("n3".into(), hg.clone()), ("n3".into(), hg)]);
     // Through the router too, the receiver sees the sender's own pod address.
     for (k, port) in [(0, 7311), (1, 7312)] {
         let seen = tcp_source_seen(&lab.pod_ns(2, 1), pods[1][k], port, &lab.pod_ns(1, 1)).expect("TCP");

@@ -101,6 +101,8 @@ pub struct Plan {
     /// The devices whose weft neighbour and FDB entries this plan covers: on these, every weft
     /// entry it does not list is stale.
     pub entry_links: Vec<u32>,
+    /// Which driver carries each peer subnet (filled by [`Drivers::plan`]).
+    pub carriers: BTreeMap<IpNet, &'static str>,
 }
 
 impl Plan {
@@ -110,6 +112,7 @@ impl Plan {
         self.neighbours.extend(other.neighbours);
         self.fdb.extend(other.fdb);
         self.entry_links.extend(other.entry_links);
+        self.carriers.extend(other.carriers);
     }
 }
 
@@ -290,6 +293,7 @@ impl<K: Kernel> Drivers<K> {
         let mut plan = Plan::default();
         for (d, share) in self.list.iter().zip(shares) {
             plan.extend(d.plan(share, node));
+            plan.carriers.extend(share.iter().map(|p| (p.subnet, d.name())));
         }
         (plan, self.forward_policy(shares))
     }

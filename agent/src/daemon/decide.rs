@@ -139,6 +139,7 @@ pub fn peer_statuses(
     desired: &[Route],
     installed: &BTreeSet<Route>,
     refused: &[Refused],
+    carriers: &BTreeMap<IpNet, &'static str>,
     before: &[PeerStatus],
     now_ms: u64,
 ) -> Vec<PeerStatus> {
@@ -157,6 +158,7 @@ pub fn peer_statuses(
                 public_ip: p.public_ip,
                 route_ok,
                 problem: refused.iter().find(|r| r.subnet == p.subnet).map(|r| r.reason.clone()),
+                via: carriers.get(&p.subnet).map(|c| c.to_string()),
             }
         })
         .collect()

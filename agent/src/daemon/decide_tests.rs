@@ -129,6 +129,7 @@ fn status(node: &str, subnet: &str, since: u64) -> PeerStatus {
         route_ok: since > 0,
         problem: None,
         route_since_unix_ms: since,
+        via: None,
     }
 }
 
@@ -141,7 +142,7 @@ fn peer_status_is_ok_when_the_desired_route_is_installed_and_since_starts_now() 
     let ps = peers(&[peer("n2", "10.244.2.0/24", "172.30.0.12")]);
     let desired = vec![via("10.244.2.0/24", "172.30.0.12")];
     let installed: BTreeSet<Route> = desired.iter().cloned().collect();
-    let st = peer_statuses(&ps, &desired, &installed, &[], &[], 5000);
+    let st = peer_statuses(&ps, &desired, &installed, &[], &BTreeMap::new(), &[], 5000);
     assert_eq!(st.len(), 1);
     assert!(st[0].route_ok);
     assert_eq!((st[0].route_since_unix_ms, st[0].subnet.as_str()), (5000, "10.244.2.0/24"));
@@ -154,13 +155,16 @@ fn peer_status_carries_route_since_over_and_resets_it_when_the_route_goes() {
     let desired = vec![via("10.244.2.0/24", "172.30.0.12")];
     let installed: BTreeSet<Route> = desired.iter().cloned().collect();
     let before = [status("n2", "10.244.2.0/24", 1000)];
-    assert_eq!(peer_statuses(&ps, &desired, &installed, &[], &before, 9000)[0].route_since_unix_ms, 1000);
-    let gone = peer_statuses(&ps, &desired, &BTreeSet::new(), &[], &before, 9000);
+    assert_eq!(
+        peer_statuses(&ps, &desired, &installed, &[], &BTreeMap::new(), &before, 9000)[0].route_since_unix_ms,
+        1000
+    );
+    let gone = peer_statuses(&ps, &desired, &BTreeSet::new(), &[], &BTreeMap::new(), &before, 9000);
     assert!(!gone[0].route_ok);
     assert_eq!(gone[0].route_since_unix_ms, 0);
     let other_node = [status("n9", "10.244.2.0/24", 1000)];
     assert_eq!(
-        peer_statuses(&ps, &desired, &installed, &[], &other_node, 9000)[0].route_since_unix_ms,
+        peer_statuses(&ps, &desired, &installed, &[], &BTreeMap::new(), &other_node, 9000)[0].route_since_unix_ms,
         9000,
         "a new owner of the subnet starts afresh"
     );
@@ -172,7 +176,7 @@ fn peer_status_of_a_wrong_route_or_a_refused_peer_is_not_ok() {
     let desired = vec![via("10.244.2.0/24", "172.30.0.12")];
     let installed: BTreeSet<Route> = [via("10.244.2.0/24", "172.30.0.99")].into_iter().collect();
     let refused = [Refused { node: "n3".into(), subnet: net("10.244.3.0/24"), reason: "not on-link".into() }];
-    let st = peer_statuses(&ps, &desired, &installed, &refused, &[], 1);
+    let st = peer_statuses(&ps, &desired, &installed, &refused, &BTreeMap::new(), &[], 1);
     assert!(!st[0].route_ok, "a route via another gateway is not the desired one");
     assert_eq!(st[0].problem, None);
     assert!(!st[1].route_ok);

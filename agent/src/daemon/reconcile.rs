@@ -232,7 +232,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         // Neighbour and FDB entries before the routes that go via them.
         let mut errors = super::sync_entries::sync(nl, &plan).await;
-        let Plan { routes: desired, refused, .. } = plan;
+        let Plan { routes: desired, refused, carriers, .. } = plan;
         let current = nl.weft_routes().await?;
         let actions = routes::plan(&desired, &current);
         let mut removed = None;
@@ -253,7 +253,8 @@ impl<K: Kernel, S: Store> Node<K, S> {
             nl.weft_routes().await?.into_iter().collect()
         };
         let before = ctx.status.read().unwrap_or_else(|p| p.into_inner()).peers.clone();
-        let peers = decide::peer_statuses(&self.peers.peers, &desired, &installed, &refused, &before, now_unix_ms());
+        let peers =
+            decide::peer_statuses(&self.peers.peers, &desired, &installed, &refused, &carriers, &before, now_unix_ms());
         ctx.set_status(|s| {
             s.peers = peers;
             if removed.is_some() {
@@ -286,7 +287,12 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 // The pod MTU the backends can carry over the new underlay MTU (less vxlan's
                 // outer headers; host-gw's is the underlay's own).
                 let pod_mtu = self.drivers.pod_mtu(mtu, None);
-                info!(old = old.mtu, new = mtu, pod_mtu, "underlay MTU changed; the bridge, pods and subnet.env follow");
+                info!(
+                    old = old.mtu,
+                    new = mtu,
+                    pod_mtu,
+                    "underlay MTU changed; the bridge, pods and subnet.env follow"
+                );
                 self.mtu = pod_mtu;
                 let env = state::subnet_env_of(&self.leases(), pod_mtu, ctx.cfg.ip_masq);
                 if let Err(e) = state::write_atomic(&ctx.cfg.paths.subnet_env, env.as_bytes(), 0o644) {
