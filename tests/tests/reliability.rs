@@ -14,11 +14,13 @@
 //! from the test), then one module per group of scenarios: `outages` (1-3: agent restarts, etcd
 //! outage, etcd member loss), `subnets` (4: races and exhaustion), `state` (5-6: stale state,
 //! hostile records), `input` (7: broken config and CLI input), `props` (8: property tests),
-//! `underlay` (9: underlay changes). Test names are unique across the modules, so
+//! `underlay` (9: underlay changes), `backend_change` (10: a running network's backend changed). Test names are unique across the modules, so
 //! `cargo test --test reliability r2_` still selects by scenario. (This file is the crate root,
 //! which looks for modules beside itself, hence the `#[path]`s; a `reliability/main.rs` would be
 //! a second test target of the same name.)
 
+#[path = "reliability/backend_change.rs"]
+mod backend_change;
 #[path = "reliability/common.rs"]
 mod common;
 #[path = "reliability/input.rs"]

@@ -57,6 +57,19 @@ pub struct StreamResult {
     max_gap: Duration,
 }
 
+impl StreamResult {
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the stream's last half second (50 datagrams) arrived in full: traffic flowed
+    /// again by the end, whatever was lost before.
+    pub fn resumed(&self) -> bool {
+        let tail = self.sent.saturating_sub(50);
+        self.sent > 50 && !self.lost_ranges.iter().any(|&(_, b)| b >= tail)
+    }
+}
+
 impl std::fmt::Display for StreamResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
