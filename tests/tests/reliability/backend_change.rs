@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use weft_config::Backend;
 use weft_tests::*;
 
-/// What of a backend would be left on a node: its devices, and quic's blackhole routes.
+/// What of a backend would be left on a node: its devices, quic's blackhole routes and its
+/// fail-closed forward rules (IPv4's: the lab is IPv4).
 fn leftovers(lab: &weft_lab::Lab, i: usize) -> Vec<String> {
     let mut found = Vec::new();
     for dev in ["weft-tun0", "weft-vxlan", "weft-vxlan6"] {
@@ -18,13 +19,19 @@ fn leftovers(lab: &weft_lab::Lab, i: usize) -> Vec<String> {
         }
     }
     found.extend(weft_owned(route_table(lab, i)).into_iter().filter(|r| r.starts_with("blackhole")));
+    let rules = run_ok(lab, &format!("n{i}"), &["iptables", "-S"]);
+    if rules.lines().any(|l| l.contains("weft") && (l.contains("-j DROP") || l.contains("weft-tun0"))) {
+        found.push("fail-closed rules".into());
+    }
     found
 }
 
 /// The devices and blackholes backend `b` leaves on a node while it runs.
 fn owned_by(b: Backend) -> Vec<String> {
     match b {
-        Backend::Quic => vec!["weft-tun0".into(), "blackhole 10.244.0.0/16 proto 213".into()],
+        Backend::Quic => {
+            vec!["weft-tun0".into(), "blackhole 10.244.0.0/16 proto 213".into(), "fail-closed rules".into()]
+        }
         Backend::Vxlan => vec!["weft-vxlan".into()],
         _ => vec![],
     }
