@@ -279,6 +279,8 @@ fn subnet_key(s: &str) -> String {
     Keys::new("lab").subnet(n(s))
 }
 
+#[path = "backend_change_tests.rs"]
+mod backend_change_tests;
 #[path = "dual_tests.rs"]
 mod dual;
 
