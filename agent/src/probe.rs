@@ -210,7 +210,14 @@ impl Probe {
     }
 
     async fn publish(&mut self, results: &[ProbeResult], lease: &mut i64) -> Result<()> {
-        let record = record(results, now_secs(), self.interval.as_secs());
+        let mut record = record(results, now_secs(), self.interval.as_secs());
+        let (auto, peers) = {
+            let st = self.status.read().unwrap_or_else(|p| p.into_inner());
+            (st.backend.as_deref() == Some("auto"), st.peers.clone())
+        };
+        if auto {
+            record = with_paths(record, &peers);
+        }
         // The record lives a few rounds past the last one, so a dead node's results vanish.
         let ttl = (self.interval * 3).max(Duration::from_secs(10));
         if *lease == 0 || !self.store.keep_alive_once(*lease).await.unwrap_or(false) {
@@ -278,7 +285,19 @@ pub fn record(results: &[ProbeResult], updated: u64, interval_secs: u64) -> Prob
         peers6: BTreeMap::new(),
     };
     for p in results {
-        r.of_mut(p.family()).insert(p.node.clone(), PeerProbe { ok: p.ok, rtt_us: p.rtt_us });
+        r.of_mut(p.family()).insert(p.node.clone(), PeerProbe { ok: p.ok, rtt_us: p.rtt_us, via: None });
+    }
+    r
+}
+
+/// Under `auto`, each result gets the backend carrying that peer's subnet of its family (from
+/// the peers' status), so `weftctl status` shows the choice per pair and family.
+pub fn with_paths(mut r: ProbeRecord, peers: &[weft_config::api::PeerStatus]) -> ProbeRecord {
+    for p in peers {
+        let (Some(family), Some(via)) = (p.family(), p.via.as_deref().and_then(|v| v.parse().ok())) else { continue };
+        if let Some(probe) = r.of_mut(family).get_mut(&p.node) {
+            probe.via = Some(via);
+        }
     }
     r
 }
@@ -387,6 +406,41 @@ mod tests {
             rec.to_json(),
             r#"{"schema":1,"updated":80,"interval_secs":10,"peers":{"n2":{"ok":true,"rtt_us":250},"n3":{"ok":false}},"peers6":{"n2":{"ok":true,"rtt_us":300},"n3":{"ok":true,"rtt_us":90}}}"#
         );
+    }
+
+    #[test]
+    fn under_auto_each_result_names_the_backend_carrying_its_peer_subnet() {
+        let r = |node: &str, target: &str| ProbeResult {
+            node: node.into(),
+            target: ip(target),
+            ok: true,
+            rtt_us: None,
+            at: 1,
+        };
+        let got = [r("n2", "10.244.2.1"), r("n2", "fd00:10:244:2::1"), r("n3", "10.244.3.1")];
+        let peer = |node: &str, subnet: &str, via: Option<&str>| weft_config::api::PeerStatus {
+            node: node.into(),
+            subnet: subnet.into(),
+            public_ip: ip("172.30.0.2"),
+            route_ok: true,
+            problem: None,
+            route_since_unix_ms: 0,
+            via: via.map(str::to_string),
+        };
+        let peers = [
+            peer("n2", "10.244.2.0/24", Some("vxlan")),
+            peer("n2", "fd00:10:244:2::/64", Some("host-gw")),
+            peer("n3", "10.244.3.0/24", None),
+        ];
+        let rec = with_paths(record(&got, 1, 10), &peers);
+        assert_eq!(
+            rec.to_json(),
+            r#"{"schema":1,"updated":1,"interval_secs":10,"peers":{"n2":{"ok":true,"via":"vxlan"},"n3":{"ok":true}},"peers6":{"n2":{"ok":true,"via":"host-gw"}}}"#
+        );
+        let back = ProbeRecord::from_json("k", rec.to_json().as_bytes()).expect("parses");
+        assert_eq!(back, rec);
+        let bad = r#"{"schema":1,"updated":1,"interval_secs":10,"peers":{"n2":{"ok":true,"via":"carrier-pigeon"}}}"#;
+        assert!(ProbeRecord::from_json("k", bad.as_bytes()).is_err(), "an unknown backend makes the record unusable");
     }
 
     #[test]

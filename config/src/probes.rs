@@ -42,6 +42,10 @@ pub struct PeerProbe {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,
+    /// Under the `auto` backend: the backend carrying this peer's subnet of the family
+    /// (`host-gw`, `vxlan` or `quic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<crate::records::Backend>,
 }
 
 impl ProbeRecord {
@@ -91,8 +95,8 @@ mod tests {
     #[test]
     fn round_trip_and_defensive_parsing() {
         let mut peers = BTreeMap::new();
-        peers.insert("n2".to_string(), PeerProbe { ok: true, rtt_us: Some(120) });
-        peers.insert("n3".to_string(), PeerProbe { ok: false, rtt_us: None });
+        peers.insert("n2".to_string(), PeerProbe { ok: true, rtt_us: Some(120), via: None });
+        peers.insert("n3".to_string(), PeerProbe { ok: false, rtt_us: None, via: None });
         let r = ProbeRecord { schema: 1, updated: 5, interval_secs: 10, peers, peers6: BTreeMap::new() };
         let j = r.to_json();
         assert_eq!(
@@ -122,12 +126,12 @@ mod tests {
 
     #[test]
     fn ipv6_results_beside_the_ipv4_ones_readable_by_old_and_new() {
-        let ok = |us| PeerProbe { ok: true, rtt_us: Some(us) };
+        let ok = |us| PeerProbe { ok: true, rtt_us: Some(us), via: None };
         let mut r =
             ProbeRecord { schema: 1, updated: 5, interval_secs: 10, peers: BTreeMap::new(), peers6: BTreeMap::new() };
         r.of_mut(Family::V4).insert("n2".into(), ok(100));
         r.of_mut(Family::V6).insert("n2".into(), ok(110));
-        r.of_mut(Family::V6).insert("n3".into(), PeerProbe { ok: false, rtt_us: None });
+        r.of_mut(Family::V6).insert("n3".into(), PeerProbe { ok: false, rtt_us: None, via: None });
         let j = r.to_json();
         assert_eq!(
             j,

@@ -43,6 +43,9 @@ pub struct Pair {
     /// Seconds since `from` ran the probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_secs: Option<u64>,
+    /// Under `auto`: the backend `from` carries this pair's traffic with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// The nodes (named, holding a subnet), how many are alive, and the pairs of one matrix by
@@ -113,6 +116,7 @@ fn matrix(names: &[String], records: &BTreeMap<String, Option<ProbeRecord>>, fam
     for from in names {
         let rec = records.get(from).and_then(Option::as_ref);
         for to in names.iter().filter(|t| *t != from) {
+            let via = rec.and_then(|r| r.of(family).get(to)).and_then(|p| p.via).map(|b| b.to_string());
             let (state, rtt_us, age_secs) = match rec {
                 None => (Reach::Unknown, None, None),
                 Some(r) => {
@@ -125,7 +129,7 @@ fn matrix(names: &[String], records: &BTreeMap<String, Option<ProbeRecord>>, fam
                     }
                 }
             };
-            pairs.push(Pair { from: from.clone(), to: to.clone(), state, rtt_us, age_secs });
+            pairs.push(Pair { from: from.clone(), to: to.clone(), state, rtt_us, age_secs, via });
         }
     }
     pairs
@@ -143,12 +147,17 @@ fn summarize(nodes: usize, alive: usize, pairs: &[Pair]) -> Summary {
     }
 }
 
+/// A pair's state, and under `auto` the backend carrying it (`312us vxlan`).
 fn cell(p: &Pair) -> String {
-    match p.state {
+    let state = match p.state {
         Reach::Ok => p.rtt_us.map_or_else(|| "ok".to_string(), round_trip),
         Reach::Fail => "FAIL".into(),
         Reach::Stale => "stale".into(),
         Reach::Unknown => "?".into(),
+    };
+    match &p.via {
+        Some(via) => format!("{state} {via}"),
+        None => state,
     }
 }
 
@@ -306,6 +315,23 @@ mod tests {
             serde_json::json!({"from":"n1","to":"n2","state":"ok","rtt_us":150,"age_secs":5})
         );
         assert_eq!(j["config"]["cidr"], "10.244.0.0/16");
+    }
+
+    #[test]
+    fn under_auto_each_pair_shows_the_backend_carrying_it() {
+        let subnets = [subnet(1, "n1"), subnet(2, "n2"), subnet(3, "n3")];
+        let beats = [beat("n1", 998), beat("n2", 999), beat("n3", 999)];
+        let probes = [kv(
+            "/weft/v1/default/probes/n1",
+            r#"{"schema":1,"updated":995,"interval_secs":10,"peers":{"n2":{"ok":true,"rtt_us":150,"via":"vxlan"},"n3":{"ok":true,"rtt_us":90,"via":"host-gw"}}}"#,
+        )];
+        let cfg = NetworkConfig::new("t", "10.244.0.0/16", 24, weft_config::Backend::Auto).expect("cfg");
+        let s = build("default", Some(cfg), &subnets, &beats, &probes, 1000);
+        let text = render(&s);
+        assert!(text.contains("n1       -   150us vxlan  90us host-gw\n"), "{text}");
+        let j = serde_json::to_value(&s).expect("json");
+        assert_eq!(j["reachability"][0]["via"], "vxlan");
+        assert!(j["reachability"][2].get("via").is_none(), "n2 published nothing: {}", j["reachability"][2]);
     }
 
     fn subnet6(n: u8, node: &str) -> Kv {

@@ -202,7 +202,7 @@ fn route_get(lab: &Lab, i: usize, dst: std::net::IpAddr) -> String {
 
 /// auto on the routed lab: n1 and n3 share segment A, n2 is behind the router. Per pair and
 /// family: a plain route between n1 and n3, encapsulation (`encap`) to and from n2.
-fn auto_chooses_per_peer(id: &str, encap: weft_config::Backend, encap_dev: &str) {
+fn auto_chooses_per_peer(id: &str, encap: weft_config::Backend, encap_dev: &str, cluster_status: bool) {
     let lab = lab(id, 3, 1, |s| {
         s.backend = weft_config::Backend::Auto;
         s.encap = encap;
@@ -236,6 +236,24 @@ fn auto_chooses_per_peer(id: &str, encap: weft_config::Backend, encap_dev: &str)
     via.sort();
     let (hg, en) = (Some("host-gw".to_string()), Some(encap.to_string()));
     assert_eq!(via, vec![("n2".into(), en.clone()), ("n2".into(), en), ("n3".into(), hg.clone()), ("n3".into(), hg)]);
+    // `weftctl status` shows the choice per pair and family, from the probe records (published
+    // every 10 s; the first round may precede the first plan).
+    if cluster_status {
+        let mut v = serde_json::Value::Null;
+        let via = |v: &serde_json::Value, m: &str, from: &str, to: &str| {
+            v[m].as_array()
+                .and_then(|ps| ps.iter().find(|p| p["from"] == from && p["to"] == to))
+                .and_then(|p| p["via"].as_str().map(str::to_string))
+        };
+        let shown = wait_for(Duration::from_secs(25), || {
+            v = serde_json::from_str(&run_ok(&lab, "n1", &["weftctl", "status", "--json"])).expect("status --json");
+            ["reachability", "reachability6"].iter().all(|m| {
+                via(&v, m, "n1", "n2").as_deref() == Some(encap.to_string().as_str())
+                    && via(&v, m, "n1", "n3").as_deref() == Some("host-gw")
+            })
+        });
+        assert!(shown.is_some(), "weftctl status does not show n1's choices: {v:#}");
+    }
     // Through the router too, the receiver sees the sender's own pod address.
     for (k, port) in [(0, 7311), (1, 7312)] {
         let seen = tcp_source_seen(&lab.pod_ns(2, 1), pods[1][k], port, &lab.pod_ns(1, 1)).expect("TCP");
@@ -245,10 +263,10 @@ fn auto_chooses_per_peer(id: &str, encap: weft_config::Backend, encap_dev: &str)
 
 #[test]
 fn auto_routes_on_link_peers_directly_and_encapsulates_across_the_router_with_vxlan() {
-    auto_chooses_per_peer("vx2", weft_config::Backend::Vxlan, DEV);
+    auto_chooses_per_peer("vx2", weft_config::Backend::Vxlan, DEV, true);
 }
 
 #[test]
 fn auto_routes_on_link_peers_directly_and_encapsulates_across_the_router_with_quic() {
-    auto_chooses_per_peer("vx3", weft_config::Backend::Quic, "weft-tun0");
+    auto_chooses_per_peer("vx3", weft_config::Backend::Quic, "weft-tun0", false);
 }
