@@ -111,6 +111,21 @@ impl Netlink {
             .with_context(|| format!("setting neighbour {} lladdr {} on link #{}", n.ip, n.mac, n.ifindex))
     }
 
+    /// Deletes the entry of `family`'s table on `ifindex` that `is` picks, whoever made it (none
+    /// is fine): the first half of a claim.
+    async fn delete_anyones(
+        &self,
+        family: AddressFamily,
+        ifindex: u32,
+        is: impl Fn(&NeighbourMessage) -> bool,
+        what: &str,
+    ) -> Result<()> {
+        let Some(m) = self.neighbour_messages(family, ifindex).await?.into_iter().find(|m| is(m)) else {
+            return Ok(());
+        };
+        self.handle.neighbours().del(m).execute().await.with_context(|| format!("deleting {what} on link #{ifindex}"))
+    }
+
     async fn write_fdb(&self, f: &Fdb, replace: bool) -> Result<()> {
         let mut req = self
             .handle
@@ -417,19 +432,8 @@ impl Kernel for Netlink {
 
     async fn claim_neighbour(&self, n: &Neighbour) -> Result<()> {
         let family = if n.ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-        let found = self
-            .neighbour_messages(family, n.ifindex)
-            .await?
-            .into_iter()
-            .find(|m| parse_neighbour(m).is_some_and(|l| l.entry.ip == n.ip));
-        if let Some(m) = found {
-            self.handle
-                .neighbours()
-                .del(m)
-                .execute()
-                .await
-                .with_context(|| format!("deleting another's neighbour {} on link #{}", n.ip, n.ifindex))?;
-        }
+        let is = |m: &NeighbourMessage| parse_neighbour(m).is_some_and(|l| l.entry.ip == n.ip);
+        self.delete_anyones(family, n.ifindex, is, &format!("neighbour {}", n.ip)).await?;
         self.write_neighbour(n, false).await
     }
 
@@ -469,19 +473,8 @@ impl Kernel for Netlink {
     }
 
     async fn claim_fdb(&self, f: &Fdb) -> Result<()> {
-        let found = self
-            .neighbour_messages(AddressFamily::Bridge, f.ifindex)
-            .await?
-            .into_iter()
-            .find(|m| parse_fdb(m).is_some_and(|l| l.entry.mac == f.mac));
-        if let Some(m) = found {
-            self.handle
-                .neighbours()
-                .del(m)
-                .execute()
-                .await
-                .with_context(|| format!("deleting another's fdb entry {} on link #{}", f.mac, f.ifindex))?;
-        }
+        let is = |m: &NeighbourMessage| parse_fdb(m).is_some_and(|l| l.entry.mac == f.mac);
+        self.delete_anyones(AddressFamily::Bridge, f.ifindex, is, &format!("fdb entry {}", f.mac)).await?;
         self.write_fdb(f, false).await
     }
 }
