@@ -210,7 +210,7 @@ pub fn build<K: Kernel>(ctx: &BuildContext) -> Result<Drivers<K>> {
         };
         list.push((reg.build)(ctx)?);
     }
-    Ok(Drivers { list })
+    Ok(Drivers { list, retiring: None })
 }
 
 /// Every device any backend may have left, for teardown.
@@ -221,12 +221,49 @@ pub fn leftover_links<K: Kernel>(cfg: &AgentConfig) -> Vec<String> {
 /// The drivers a node runs, as one.
 pub struct Drivers<K: Kernel> {
     list: Vec<Box<dyn Driver<K>>>,
+    /// During a live backend change: the old backend's drivers, after the new ones in `list`.
+    retiring: Option<Retiring>,
+}
+
+/// The old backend's drivers running beside the new ones during a live backend change, for
+/// the peers that have not switched yet.
+struct Retiring {
+    /// The backend changed to: a peer whose record names it goes to the new drivers.
+    to: weft_config::Backend,
+    /// How many of `list` (from the front) are the new backend's.
+    new: usize,
+    /// Peers the old drivers carried at the last plan.
+    old_peers: usize,
+    since: std::time::Instant,
 }
 
 impl<K: Kernel> Drivers<K> {
     /// Drivers made by hand (tests; an empty set stands in while a re-acquire holds the real one).
     pub fn from_list(list: Vec<Box<dyn Driver<K>>>) -> Self {
-        Self { list }
+        Self { list, retiring: None }
+    }
+
+    /// Live backend change: `new` (the drivers of backend `to`) carry every peer whose record
+    /// names `to`, and these (the old backend's) keep carrying the peers that have not switched
+    /// yet, until [`Drivers::retire`].
+    pub fn hand_over_to(self, new: Drivers<K>, to: weft_config::Backend) -> Drivers<K> {
+        let n = new.list.len();
+        let mut list = new.list;
+        list.extend(self.list);
+        Drivers { list, retiring: Some(Retiring { to, new: n, old_peers: 0, since: std::time::Instant::now() }) }
+    }
+
+    /// During a live backend change: how many peers the old drivers carried at the last plan,
+    /// and for how long they have run beside the new ones.
+    pub fn retiring(&self) -> Option<(usize, std::time::Duration)> {
+        self.retiring.as_ref().map(|r| (r.old_peers, r.since.elapsed()))
+    }
+
+    /// Ends a live backend change: the old drivers stop (dropped). Returns their names.
+    pub fn retire(&mut self) -> Vec<&'static str> {
+        let Some(r) = self.retiring.take() else { return Vec::new() };
+        let old = self.list.split_off(r.new.min(self.list.len()));
+        old.iter().map(|d| d.name()).collect()
     }
 
     /// The backend names, joined by `+` (`host-gw+vxlan` for auto).
@@ -271,12 +308,19 @@ impl<K: Kernel> Drivers<K> {
         Ok(())
     }
 
-    /// Which driver carries each peer: the first that accepts it, else the last.
+    /// Which driver carries each peer: the first that accepts it, else the last. During a
+    /// live backend change, among the new drivers for a peer whose record names the new
+    /// backend, among the old ones for the others.
     fn assign<'p>(&self, peers: &[&'p Peer], node: &NodeView) -> Vec<Vec<&'p Peer>> {
         let mut out = vec![Vec::new(); self.list.len()];
-        let last = self.list.len().saturating_sub(1);
         for p in peers {
-            let i = self.list.iter().position(|d| d.accepts(p, node)).unwrap_or(last);
+            let range = match &self.retiring {
+                Some(r) if p.backend == r.to => 0..r.new,
+                Some(r) => r.new..self.list.len(),
+                None => 0..self.list.len(),
+            };
+            let last = range.end.saturating_sub(1);
+            let i = range.clone().find(|&i| self.list[i].accepts(p, node)).unwrap_or(last);
             if let Some(v) = out.get_mut(i) {
                 v.push(*p);
             }
@@ -327,6 +371,9 @@ impl<K: Kernel> Drivers<K> {
     /// routes are applied), assigning the peers to drivers once for both.
     pub fn plan_and_hand_over(&mut self, peers: &[&Peer], node: &NodeView) -> (Plan, ForwardPolicy) {
         let shares = self.assign(peers, node);
+        if let Some(r) = &mut self.retiring {
+            r.old_peers = shares.iter().skip(r.new).map(Vec::len).sum();
+        }
         let planned = self.plan_shares(&shares, node);
         for (d, share) in self.list.iter_mut().zip(&shares) {
             d.hand_over(share, node);

@@ -10,6 +10,16 @@ fn vxlan_peer(w: &World, name: &str, subnet: &str, public_ip: &str, mac: &str) {
     w.put(&Keys::new("lab").subnet(n(subnet)), rec.to_json());
 }
 
+/// Handles every watch message there is (the own records' rewrites come first).
+async fn drain(d: &mut TestDaemon) {
+    let Phase::Running(node) = &mut d.phase else { panic!("daemon is not running") };
+    while let Ok(msg) =
+        tokio::time::timeout(Duration::from_millis(200), node.watch.as_mut().expect("watching").next()).await
+    {
+        node.on_watch(&d.ctx, msg).await;
+    }
+}
+
 fn own_record(w: &World, d: &mut TestDaemon) -> SubnetRecord {
     let key = Keys::new("lab").subnet(node(d).subnet);
     SubnetRecord::from_json(&key, &w.get(&key).expect("own record")).expect("valid")
@@ -23,11 +33,20 @@ async fn a_changed_backend_is_followed_at_the_next_full_reconcile_and_the_old_on
     assert_eq!(w.weft_routes(), vec![w.route_via("10.244.2.0/24", "172.30.0.12")]);
     let pid_before = status(&h).pid;
 
-    // host-gw -> vxlan: the peer switches too (its record gets a VTEP MAC).
+    // host-gw -> vxlan. Until the peer switches, host-gw keeps carrying it beside vxlan, and
+    // the own record carries both backends' data.
     let vx = NetworkConfig::new("test", CIDR, 24, Backend::Vxlan).expect("net");
     w.put(&Keys::new("lab").config(), vx.to_json());
+    tick(&mut d).await;
+    assert_eq!(node(&mut d).drivers.names(), "vxlan+host-gw");
+    assert_eq!(w.weft_routes(), vec![w.route_via("10.244.2.0/24", "172.30.0.12")], "n2 still on host-gw");
+    assert_eq!(own_record(&w, &mut d).backend, Backend::Vxlan);
+    tick(&mut d).await;
+    assert_eq!(node(&mut d).drivers.names(), "vxlan+host-gw", "kept while a peer needs it");
+    // The peer switches (its record gets a VTEP MAC): vxlan carries it, host-gw stops at the
+    // next full reconcile.
     vxlan_peer(&w, "n2", "10.244.2.0/24", "172.30.0.12", "02:00:00:00:00:02");
-    pump(&mut d).await;
+    drain(&mut d).await;
     tick(&mut d).await;
     assert_eq!(node(&mut d).drivers.names(), "vxlan");
     assert_eq!(status(&h).backend.as_deref(), Some("vxlan"));
@@ -46,7 +65,8 @@ async fn a_changed_backend_is_followed_at_the_next_full_reconcile_and_the_old_on
     let hg = NetworkConfig::new("test", CIDR, 24, Backend::HostGw).expect("net");
     w.put(&Keys::new("lab").config(), hg.to_json());
     w.peer("n2", "10.244.2.0/24", "172.30.0.12");
-    pump(&mut d).await;
+    drain(&mut d).await;
+    tick(&mut d).await;
     tick(&mut d).await;
     assert_eq!(node(&mut d).drivers.names(), "host-gw");
     assert!(!w.nl.links().iter().any(|l| l.name == "weft-vxlan"), "nothing of vxlan is left");

@@ -38,6 +38,7 @@ mod leave;
 mod ops;
 mod plumb;
 mod reconcile;
+mod switch;
 mod sync_entries;
 #[cfg(test)]
 mod tests;

@@ -188,67 +188,9 @@ impl<K: Kernel, S: Store> Node<K, S> {
         Ok(())
     }
 
-    /// Follows a change of the network's backend or of its settings (`weftctl network init
-    /// --backend B --force`) on a running node: the drivers are built anew through a
-    /// re-acquire (which keeps the subnets and republishes the own record with the new
-    /// backend's data), the old drivers stop (a quic tunnel ends and frees its port), the
-    /// devices of backends the node no longer runs go, and the plumbing and the routes follow
-    /// in this same reconcile (routes to the same subnet are replaced in place). Pod addresses
-    /// stay. A change of the pools is not followed here (it needs the agents restarted).
-    async fn follow_network_config<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
-        let key = ctx.keys.config();
-        let Some(rec) = self.store.get(&key).await? else { return Ok(()) };
-        let net = weft_config::NetworkConfig::from_json(&key, &rec.value)?;
-        if net == self.net {
-            return Ok(());
-        }
-        if net.pools() != self.net.pools() {
-            warn!("the network's address pools changed; restart the agents to follow (nothing changed here)");
-            return Ok(());
-        }
-        let (from, to) = (self.drivers.names(), crate::backend::driver_names(&net).join("+"));
-        info!(from = %from, to = %to, "the network's backend changed; switching without a restart");
-        let old_names = crate::backend::driver_names(&self.net);
-        // Built anew even for the same names (other settings, e.g. a VNI), so nothing of the
-        // old drivers stays; they come back if the switch fails.
-        let old = std::mem::replace(&mut self.drivers, crate::backend::Drivers::from_list(vec![]));
-        let old_view = (self.net.clone(), self.record_value.clone(), self.mtu);
-        let old_lease = self.subnet_lease;
-        drop(old);
-        if let Err(e) = self.reacquire(ctx).await {
-            // The old backend again, as it was before the switch.
-            (self.net, self.record_value, self.mtu) = old_view;
-            let live = &ctx.live;
-            self.drivers =
-                crate::backend::build(&crate::backend::BuildContext { cfg: &ctx.cfg, net: &self.net, live })?;
-            self.drivers.prepare(&self.underlay)?;
-            return Err(e.context(format!("switching the backend from {from} to {to}; staying on {from}")));
-        }
-        let now = crate::backend::driver_names(&self.net);
-        for reg in crate::backend::registry::<K>() {
-            if old_names.iter().any(|n| n == reg.name) && !now.iter().any(|n| n == reg.name) {
-                for name in (reg.leftover_links)(&ctx.cfg) {
-                    if let Some(l) = ctx.nl.link(&name).await? {
-                        info!(device = %name, backend = reg.name, "removing a device of the backend no longer run");
-                        ctx.nl.del_link(l.index).await?;
-                    }
-                }
-            }
-        }
-        // The records moved to the re-acquire's lease; the old one holds nothing any more.
-        if old_lease != self.subnet_lease {
-            if let Err(e) = self.store.revoke(old_lease).await {
-                warn!(error = %format!("{e:#}"), "revoking the records' previous lease (it expires on its own)");
-            }
-        }
-        // The forward rules follow the new drivers' policy when the next plan differs from the
-        // last one (in this same reconcile).
-        Ok(())
-    }
-
     /// Claims a subnet afresh with a new lease, keeping the backends. On failure the node
     /// keeps its old view and the next full reconcile tries again.
-    async fn reacquire<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+    pub(super) async fn reacquire<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
         let mut drivers = Some(std::mem::replace(&mut self.drivers, crate::backend::Drivers::from_list(vec![])));
         let mut lease = 0;
         acquire::refresh_public_ip6(ctx, &mut self.underlay).await;
