@@ -215,8 +215,8 @@ fn r7_bad_weftctl_arguments_exit_2_with_one_exact_line() {
             "error: --cidr: expected an IPv4 CIDR like 10.244.0.0/16, found \"10.244.0.0/33\"",
         ),
         (
-            [&e[..], &["network", "init", "--cidr", "10.244.0.0/16", "--subnet-len", "24", "--backend", "vxlan"]].concat(),
-            "error: invalid value 'vxlan' for '--backend <BACKEND>': expected one of host-gw, quic, found \"vxlan\"",
+            [&e[..], &["network", "init", "--cidr", "10.244.0.0/16", "--subnet-len", "24", "--backend", "ipip"]].concat(),
+            "error: invalid value 'ipip' for '--backend <BACKEND>': expected one of host-gw, quic, vxlan, auto, found \"ipip\"",
         ),
         (
             [&e[..], &["network", "init", "--cidr", "10.244.0.0/16", "--subnet-len", "400", "--backend", "quic"]].concat(),
