@@ -14,11 +14,15 @@ use weft_tests::*;
 // ---------------------------------------------------------------------------------------------
 // 1. Agent restarts.
 
-/// host-gw: SIGTERM-then-start and SIGKILL-then-start of either node's agent lose no packet of
-/// a 10 ms stream in each direction (per address family of the lab); subnets and pod addresses
-/// stay, the pid changes. (quic: `quic.rs::tunnels_come_back_within_three_seconds_of_a_restart`.)
-fn agent_restart(id: &str, family: IpFamily) {
-    let lab = lab(id, 2, 1, |s| s.ip_family = family);
+/// SIGTERM-then-start and SIGKILL-then-start of either node's agent lose no packet of a 10 ms
+/// stream in each direction (per address family of the lab); subnets and pod addresses stay,
+/// the pid changes. (quic: `quic.rs::tunnels_come_back_within_three_seconds_of_a_restart`.)
+fn agent_restart(id: &str, backend: Backend, topology: Topology, family: IpFamily) {
+    let lab = lab(id, 2, 1, |s| {
+        s.backend = backend;
+        s.topology = topology;
+        s.ip_family = family;
+    });
     let before: Vec<Status> = (1..=2).map(|i| ready_status(&lab, i)).collect();
     let streams = streams_both_ways(&lab, (1, 1), (2, 1), 7201);
     assert_eq!(streams.len(), if family == IpFamily::Dual { 4 } else { 2 }, "a stream each way per family");
@@ -43,13 +47,20 @@ fn agent_restart(id: &str, family: IpFamily) {
 
 #[test]
 fn r1_agent_restart_host_gw_loses_nothing() {
-    agent_restart("r1", IpFamily::V4);
+    agent_restart("r1", Backend::HostGw, Topology::Flat, IpFamily::V4);
 }
 
 /// Dual-stack: no packet of either family is lost across the restarts.
 #[test]
 fn r1_agent_restart_host_gw_dual_stack_loses_nothing() {
-    agent_restart("r1d", IpFamily::Dual);
+    agent_restart("r1d", Backend::HostGw, Topology::Flat, IpFamily::Dual);
+}
+
+/// vxlan on the routed lab, dual-stack: the restarted agent keeps the kernel's VXLAN devices
+/// and their FDB, neighbour and route entries, so no packet of either family is lost.
+#[test]
+fn r1_agent_restart_vxlan_dual_stack_loses_nothing() {
+    agent_restart("r1vd", Backend::Vxlan, Topology::Routed, IpFamily::Dual);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,6 +177,13 @@ fn r2_etcd_outage_quic() {
 #[test]
 fn r2_etcd_outage_quic_dual_stack() {
     etcd_outage("r2qd", Backend::Quic, Topology::Routed, IpFamily::Dual);
+}
+
+/// vxlan on the routed lab, dual-stack: the VXLAN entries keep carrying both families while etcd
+/// is away, and n3 gets its entries on n1 and n2 once it joins.
+#[test]
+fn r2_etcd_outage_vxlan_dual_stack() {
+    etcd_outage("r2vd", Backend::Vxlan, Topology::Routed, IpFamily::Dual);
 }
 
 // ---------------------------------------------------------------------------------------------
