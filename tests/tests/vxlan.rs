@@ -193,6 +193,13 @@ fn routed_dual_stack_pods_reach_each_other_through_kernel_vxlan_and_broken_state
     };
     let followed = wait_for(Duration::from_secs(8), || (mtu(DEV), mtu(DEV6), mtu("weft0")) == (1350, 1330, 1330));
     assert!(followed.is_some(), "MTUs after the underlay's became 1400: {:?}", (mtu(DEV), mtu(DEV6), mtu("weft0")));
+
+    // Evicting a dead node (its agent stopped, its records deleted by the operator) takes its
+    // routes and entries off the peers too.
+    lab.stop_agent(2, nix::sys::signal::Signal::SIGKILL).expect("stop n2's agent");
+    let out = run_ok(&lab, "n1", &["weftctl", "node", "evict", "n2"]);
+    assert!(out.contains("evicted n2"), "{out}");
+    assert_tables(&lab, 1, &expected(&lab, 1, &[1]), 8, "after n2 was evicted");
 }
 
 /// `ip -o route get DST` on node `i`.
