@@ -309,9 +309,6 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let mut errors = Vec::new();
         if full {
             if self.watch.is_some() {
-                if let Err(e) = self.follow_network_config(ctx).await {
-                    errors.push(format!("network config: {e:#}"));
-                }
                 if let Err(e) = self.ensure_own_record(ctx).await {
                     errors.push(format!("own record: {e:#}"));
                 }
@@ -323,6 +320,22 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         if let Err(e) = self.reconcile_routes(ctx).await {
             errors.push(format!("routes: {e:#}"));
+        }
+        // The network config last, so the data plane never waits for etcd; a backend change
+        // found there is plumbed and routed at once.
+        if full && self.watch.is_some() {
+            match self.follow_network_config(ctx).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(e) = self.plumb(ctx).await {
+                        errors.push(format!("{e:#}"));
+                    }
+                    if let Err(e) = self.reconcile_routes(ctx).await {
+                        errors.push(format!("routes: {e:#}"));
+                    }
+                }
+                Err(e) => errors.push(format!("network config: {e:#}")),
+            }
         }
         let ready = decide::ready(&errors, true);
         ctx.set_status(|s| {

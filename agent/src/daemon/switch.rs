@@ -25,29 +25,38 @@ use weft_store::Store;
 /// How long the old backend keeps carrying peers that have not switched (an agent too old to
 /// follow, a node that is down): then it stops, and so does their traffic.
 pub const RETIRE_AFTER: Duration = Duration::from_secs(300);
+/// How long a reconcile waits for the network config: a slow or unreachable etcd (whose watch
+/// has not broken yet) only postpones the check to the next full reconcile.
+const CONFIG_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl<K: Kernel, S: Store> Node<K, S> {
-    /// One full reconcile's look at the network config: ends a change under way when it can,
-    /// and starts one when the backend or its settings changed (same pools: a changed pool
-    /// needs the agents restarted and is only reported).
-    pub(super) async fn follow_network_config<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+    /// One full reconcile's look at the network config, after the data plane's work: ends a
+    /// change under way when it can, and starts one when the backend or its settings changed
+    /// (same pools: a changed pool needs the agents restarted and is only reported). True when
+    /// the drivers changed (the caller plumbs and routes again).
+    pub(super) async fn follow_network_config<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<bool> {
+        let mut changed = false;
         if let Some((old_peers, running)) = self.drivers.retiring() {
             if old_peers == 0 || running >= RETIRE_AFTER {
                 if old_peers > 0 {
                     warn!(peers = old_peers, "peers still on the old backend after {RETIRE_AFTER:?}; stopping it");
                 }
                 self.retire(ctx).await?;
+                changed = true;
             }
         }
         let key = ctx.keys.config();
-        let Some(rec) = self.store.get(&key).await? else { return Ok(()) };
+        let Ok(read) = tokio::time::timeout(CONFIG_READ_TIMEOUT, self.store.get(&key)).await else {
+            return Ok(changed);
+        };
+        let Some(rec) = read? else { return Ok(changed) };
         let net = NetworkConfig::from_json(&key, &rec.value)?;
         if net == self.net {
-            return Ok(());
+            return Ok(changed);
         }
         if net.pools() != self.net.pools() {
             warn!("the network's address pools changed; restart the agents to follow (nothing changed here)");
-            return Ok(());
+            return Ok(changed);
         }
         if self.drivers.retiring().is_some() {
             // Another change before the last one finished: the last one's old drivers go now.
@@ -56,7 +65,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let (old_names, new_names) = (backend::driver_names(&self.net), backend::driver_names(&net));
         info!(from = %old_names.join("+"), to = %new_names.join("+"), "the network's backend changed; switching without a restart");
         if old_names.iter().any(|n| new_names.contains(n)) {
-            return self.rebuild(ctx, &old_names).await;
+            return self.rebuild(ctx, &old_names).await.map(|()| true);
         }
         let live = &ctx.live;
         let mut new = backend::build(&BuildContext { cfg: &ctx.cfg, net: &net, live })?;
@@ -66,7 +75,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.net = net;
         self.republish(ctx).await?;
         info!("the old backend keeps carrying the peers that have not switched yet");
-        Ok(())
+        Ok(true)
     }
 
     /// Ends a change: the old drivers stop, their devices go, MTU and record follow.
