@@ -3,6 +3,18 @@
 //! arguments or input (one line naming the flag and the expectation). This file parses the
 //! command line and dispatches; each verb lives in `commands/`.
 
+// Output goes through `out!`/`outln!`, which survive a closed pipe (`weftctl status | head`).
+#![deny(clippy::print_stdout)]
+
+/// `print!` that ends weftctl quietly when stdout's reader has gone (see
+/// [`weft_controller::output::write_stdout`]); `outln!` adds the newline.
+macro_rules! out {
+    ($($t:tt)*) => { weft_controller::output::write_stdout(&format!($($t)*)) };
+}
+macro_rules! outln {
+    ($($t:tt)*) => { weft_controller::output::write_stdout(&format!("{}\n", format_args!($($t)*))) };
+}
+
 mod commands;
 
 use clap::{Parser, Subcommand};

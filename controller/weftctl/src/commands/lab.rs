@@ -160,10 +160,8 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             };
             let lab = Lab::up(spec)?;
             lab.detach();
-            print!("{}", lab::status::render(&lab.lab_status()));
-            println!(
-                "run commands with: weftctl lab --id {id} exec n1 -- CMD; remove with: weftctl lab --id {id} down"
-            );
+            out!("{}", lab::status::render(&lab.lab_status()));
+            outln!("run commands with: weftctl lab --id {id} exec n1 -- CMD; remove with: weftctl lab --id {id} down");
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Down => {
@@ -171,7 +169,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             for w in &report.warnings {
                 eprintln!("warning: {w}");
             }
-            println!(
+            outln!(
                 "lab {id}: signalled {} process(es), removed {} namespace(s)",
                 report.signalled.len(),
                 report.namespaces_removed.len()
@@ -202,14 +200,14 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let lab = Lab::attach(id)?;
             if *leave {
                 lab.leave(i)?;
-                println!("{node} left the network");
+                outln!("{node} left the network");
             } else {
                 let sig = match signal {
                     SignalArg::Term => nix::sys::signal::Signal::SIGTERM,
                     SignalArg::Kill => nix::sys::signal::Signal::SIGKILL,
                 };
                 lab.stop_agent(i, sig)?;
-                println!("agent of {node} stopped ({sig})");
+                outln!("agent of {node} stopped ({sig})");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -218,7 +216,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let lab = Lab::attach(id)?;
             let pid = lab.start_agent(i)?;
             let s = lab.wait_ready(i, std::time::Duration::from_secs(*ready_timeout))?;
-            println!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
+            outln!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Bench(b) => lab::bench::cli(id, b),
