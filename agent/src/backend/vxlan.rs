@@ -16,6 +16,7 @@
 //! deleted, downed or changed) from inside the node's namespace, where the agent runs: a VXLAN
 //! device keeps its UDP socket in the namespace it was created in.
 
+use super::host_gw::is_link_local;
 use super::{BuildContext, Driver, NodeView, Plan, Refused, Registration, UnderlayInfo};
 use crate::firewall::ForwardMode;
 use crate::kernel::{Fdb, Kernel, Link, Mac, Neighbour, Vxlan};
@@ -174,10 +175,6 @@ impl VxlanDriver {
 /// Whether an existing link is a VXLAN device with exactly these settings.
 fn fits(l: &Link, spec: &Vxlan) -> bool {
     l.kind.as_deref() == Some("vxlan") && l.vxlan.as_ref() == Some(spec)
-}
-
-fn is_link_local(a: IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v) if v.is_unicast_link_local())
 }
 
 impl<K: Kernel> Driver<K> for VxlanDriver {
