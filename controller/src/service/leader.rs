@@ -225,3 +225,80 @@ async fn trim(store: &impl Store, keys: &Keys, l: &Leadership) -> Result<()> {
     store.txn(vec![Compare::created_at(&l.key, l.rev)], ops, vec![]).await.context("trimming eviction records")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::config::ControllerConfig;
+    use crate::service::evict::Policy;
+    use weft_store::MemStore;
+
+    fn shared(name: &str) -> Arc<Shared> {
+        let text = format!("name = \"{name}\"\n[etcd]\nendpoints = [\"http://a:2379\"]\n[evict]\nscan_secs = 1\n");
+        let cfg = ControllerConfig::parse("c.toml", &text).expect("valid");
+        Arc::new(Shared::new(name.into(), cfg))
+    }
+
+    async fn wait_until(f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached");
+    }
+
+    #[tokio::test]
+    async fn one_leads_the_other_takes_over_and_shutdown_resigns() {
+        let store = MemStore::new();
+        let policy = Policy { after: Duration::from_secs(3600), max_dead_share: 0.5 };
+        let (a, b) = (shared("c1"), shared("c2"));
+        let (stop_a, mut rx_a) = watch::channel(false);
+        let (stop_b, mut rx_b) = watch::channel(false);
+        let (sa, sb) = (store.clone(), store.clone());
+        let (a2, b2) = (a.clone(), b.clone());
+        let ta = tokio::spawn(async move { term(&sa, &a2, &mut Evictor::new(policy), &mut rx_a).await });
+        wait_until(|| a.is_leader()).await;
+        let tb = tokio::spawn(async move { term(&sb, &b2, &mut Evictor::new(policy), &mut rx_b).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(a.is_leader() && !b.is_leader(), "one leader at a time");
+        let election = a.keys.controller_election();
+        let leader = store.leader(&election).await.expect("leader").expect("someone leads");
+        assert_eq!(leader.value, a.election_value().into_bytes());
+        assert_eq!(a.metrics.leader_changes.get(), 1);
+
+        stop_a.send(true).expect("send");
+        assert!(matches!(ta.await.expect("join"), Ended::Shutdown));
+        assert!(!a.is_leader());
+        wait_until(|| b.is_leader()).await;
+        let leader = store.leader(&election).await.expect("leader").expect("someone leads");
+        assert_eq!(leader.value, b.election_value().into_bytes());
+        let (keys, _) = store.list(&format!("{election}/")).await.expect("list");
+        assert_eq!(keys.len(), 1, "c1 resigned and revoked: only c2's key is left");
+
+        stop_b.send(true).expect("send");
+        assert!(matches!(tb.await.expect("join"), Ended::Shutdown));
+        assert!(store.leader(&election).await.expect("leader").is_none());
+        assert!(store.list(&format!("{election}/")).await.expect("list").0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_key_is_deleted_steps_down() {
+        let store = MemStore::new();
+        let policy = Policy { after: Duration::from_secs(3600), max_dead_share: 0.5 };
+        let a = shared("c1");
+        let (_stop, mut rx) = watch::channel(false);
+        let (s2, a2) = (store.clone(), a.clone());
+        let t = tokio::spawn(async move { term(&s2, &a2, &mut Evictor::new(policy), &mut rx).await });
+        wait_until(|| a.is_leader()).await;
+        let election = a.keys.controller_election();
+        let key = store.leader(&election).await.expect("leader").expect("leads").key;
+        store.delete(&key).await.expect("delete");
+        match t.await.expect("join") {
+            Ended::Lost(why) => assert!(why.contains("deposed"), "{why}"),
+            Ended::Shutdown => panic!("not a shutdown"),
+        }
+        assert!(!a.is_leader());
+    }
+}

@@ -266,3 +266,55 @@ pub async fn run(cfg: ControllerConfig, name: String) -> anyhow::Result<()> {
     http_task.abort();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let cfg = ControllerConfig::parse("c.toml", "name = \"c1\"\n[etcd]\nendpoints = [\"http://a:2379\"]\n")
+            .expect("valid");
+        Shared::new("c1".into(), cfg)
+    }
+
+    #[test]
+    fn routes() {
+        let s = shared();
+        s.set_view(b"{}".to_vec());
+        let page = respond(&s, "/");
+        assert_eq!((page.status, page.content_type), (200, "text/html; charset=utf-8"));
+        let html = String::from_utf8(page.body).expect("utf8");
+        assert!(html.contains("fetch(\"/api/cluster\""), "the page polls the JSON");
+        for external in ["src=\"http", "href=\"http", "@import", "<link", "<canvas", "EventSource", "WebSocket"] {
+            assert!(!html.contains(external), "self-contained, no canvas or streams: {external}");
+        }
+        assert_eq!(respond(&s, "/api/cluster").body, b"{}");
+        assert_eq!(respond(&s, "/healthz").body, b"ok\n");
+        assert!(String::from_utf8(respond(&s, "/metrics").body).expect("utf8").contains("weft_controller_leader 0"));
+        assert_eq!(respond(&s, "/nope").status, 404);
+        assert_eq!(s.election_value(), r#"{"name":"c1","page":"http://c1:9650/"}"#);
+    }
+
+    #[test]
+    fn leadership_and_guard_show_in_state_and_metrics() {
+        let s = shared();
+        s.set_leader(true);
+        assert!(s.is_leader());
+        let scan = Scan {
+            nodes: 4,
+            dead: 3,
+            evict: vec![],
+            held: Some(evict::Guard { dead: 3, total: 4 }),
+            held_started: true,
+            held_ended: false,
+        };
+        s.note_scan(&scan);
+        let l = s.local();
+        let g = l.guard.expect("leader shows its guard");
+        assert!(g.held && g.since.is_some() && (g.dead, g.total) == (3, 4));
+        assert!(s.metrics.render().contains("weft_controller_eviction_held 1"));
+        s.set_leader(false);
+        assert!(s.local().guard.is_none(), "a standby shows no guard");
+        assert!(s.metrics.render().contains("weft_controller_eviction_held 0"));
+    }
+}
