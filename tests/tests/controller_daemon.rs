@@ -2,7 +2,8 @@
 //! the test itself (the lab does not run controllers here). One leads; SIGKILL of the leader
 //! lets the other lead within 10 s; an agent killed for good is evicted `after_secs` after its
 //! heartbeat went, exactly once, its peers drop its routes, and it claims its subnet again when
-//! it comes back. Plus, without root: the systemd unit verifies and install.sh stages the
+//! it comes back; with two of three agents killed at once the mass-death guard holds every
+//! eviction. Plus, without root: the systemd unit verifies and install.sh stages the
 //! controller. Root tests run one at a time under `flock /tmp/weft-lab-tests.lock`.
 
 use nix::sys::signal::{kill, Signal};
@@ -207,6 +208,43 @@ fn controllers_elect_take_over_and_evict_a_dead_node() {
     let st = lab.wait_ready(3, Duration::from_secs(30)).expect("n3 ready again");
     assert_eq!(st.subnet.as_deref(), Some(n3_subnet.as_str()), "the old subnet, still free");
     assert!(wait_for(Duration::from_secs(20), || route_to_n3(1) && route_to_n3(2)).is_some(), "routes come back");
+
+    // Mass death: n1 and n2 killed at once, 2 of 3 nodes look dead (more than half): nothing
+    // is evicted, however long; the guard shows in the metrics, the view and the log (once).
+    for i in [1, 2] {
+        lab.stop_agent(i, Signal::SIGKILL).expect("kill");
+    }
+    let dead = |v: &Value| {
+        v["nodes"].as_array().map_or(0, |n| n.iter().filter(|r| r["alive"] == false && r["subnet"].is_string()).count())
+    };
+    assert!(
+        wait_for(Duration::from_secs(40), || c.cluster(leader).is_some_and(|v| dead(&v) == 2)).is_some(),
+        "n1 and n2 never looked dead"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || c.metric(leader, "weft_controller_eviction_held") == Some(1.0)).is_some(),
+        "the guard does not hold"
+    );
+    std::thread::sleep(Duration::from_secs(6 + 4));
+    let v = c.cluster(leader).expect("view");
+    assert_eq!(v["guard"]["held"], true, "{v}");
+    assert_eq!((v["guard"]["dead"].as_u64(), v["guard"]["total"].as_u64()), (Some(2), Some(3)), "{v}");
+    assert_eq!(v["evictions"].as_array().map(Vec::len), Some(1), "only n3's eviction: {v}");
+    assert_eq!(c.metric(leader, "weft_controller_evictions_total"), Some(1.0));
+    assert!(c.metric(leader, "weft_controller_eviction_held_scans_total").is_some_and(|n| n >= 6.0));
+    let log = std::fs::read_to_string(lab.dir().join(format!("controller-{}.log", names[leader]))).expect("log");
+    assert_eq!(log.matches("mass-death guard:").count(), 1, "logged once per episode:\n{log}");
+    eprintln!(
+        "measured: mass-death guard: 2 of 3 nodes dead, nothing evicted 10 s after they looked dead (after_secs 6)"
+    );
+    for i in [1, 2] {
+        lab.start_agent(i).expect("start");
+        lab.wait_ready(i, Duration::from_secs(30)).expect("ready again");
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || c.metric(leader, "weft_controller_eviction_held") == Some(0.0)).is_some(),
+        "the guard did not release"
+    );
 
     // SIGTERM resigns: the other replica leads at once (well under the session TTL).
     c.kill(leader, Signal::SIGTERM);
