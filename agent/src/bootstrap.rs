@@ -443,9 +443,14 @@ async fn post(
              Connection: close\r\n\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes()).await.context("sending the request")?;
-        s.write_all(body).await.context("sending the request")?;
-        s.flush().await.context("sending the request")?;
+        // A server may answer (say 429) and close before taking the whole request: a failed
+        // write is reported only when no answer comes either.
+        let sent = async {
+            s.write_all(head.as_bytes()).await?;
+            s.write_all(body).await?;
+            s.flush().await
+        }
+        .await;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {
@@ -459,7 +464,19 @@ async fn post(
                 }
                 // A server that closes without close_notify: keep what came.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(anyhow::Error::new(e).context("reading the answer")),
+                Err(e) if buf.is_empty() => {
+                    let e = match sent {
+                        Err(w) => anyhow::Error::new(w).context("sending the request"),
+                        Ok(()) => anyhow::Error::new(e).context("reading the answer"),
+                    };
+                    return Err(e);
+                }
+                Err(_) => break,
+            }
+        }
+        if buf.is_empty() {
+            if let Err(w) = sent {
+                return Err(anyhow::Error::new(w).context("sending the request"));
             }
         }
         Ok::<_, anyhow::Error>(buf)

@@ -409,6 +409,9 @@ async fn connection<S: Store>(tcp: TcpStream, peer: SocketAddr, acceptor: tokio_
             return;
         }
     };
+    // The request is read (bounded) even from a limited source, so the client gets its 429
+    // rather than a broken pipe.
+    let request = read_request(&mut tls).await;
     let limited = lock(&sh.limiter).check(ip, rate, Instant::now());
     let answer = match limited {
         Err(wait) => {
@@ -420,7 +423,7 @@ async fn connection<S: Store>(tcp: TcpStream, peer: SocketAddr, acceptor: tokio_
         }
         Ok(()) => {
             let client = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
-            let a = match read_request(&mut tls).await {
+            let a = match request {
                 Ok(req) => route(sh, req, client, peer).await,
                 Err(a) => {
                     sh.ctx.metrics.refuse("bad_request");
