@@ -568,6 +568,35 @@ mod tests {
     }
 
     #[test]
+    fn renewal_is_planned_before_expiry() {
+        let dir = std::env::temp_dir().join(format!("weft-bootstrap-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = CertificateParams::new(vec!["n1".to_string()]).expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::seconds(100);
+        p.not_after = now + time::Duration::seconds(2900);
+        std::fs::write(dir.join("n1.pem"), p.self_signed(&key).expect("cert").pem()).expect("write");
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let text = |extra: &str| {
+            format!(
+                "node_name = \"n1\"\n[etcd]\nendpoints = [\"https://a:1\"]\nca_file = \"{d}/ca.pem\"\n\
+                 cert_file = \"{d}/n1.pem\"\nkey_file = \"{d}/n1.key\"\n[bootstrap]\nurl = \"https://a:1\"\n\
+                 token = \"abc123.0123456789abcdef\"\nca_pin = \"{pin}\"\n{extra}",
+                d = dir.display()
+            )
+        };
+        let cfg = AgentConfig::parse("agent.toml", &text("")).expect("config");
+        // Lifetime 3000 s: renew a third (1000 s) before expiry, 1900 s from now.
+        let wait = next_renewal(&cfg, cfg.bootstrap.as_ref().expect("b")).expect("plan").as_secs();
+        assert!((1895..=1900).contains(&wait), "{wait}");
+        let cfg = AgentConfig::parse("agent.toml", &text("renew_before_secs = 3600\n")).expect("config");
+        let wait = next_renewal(&cfg, cfg.bootstrap.as_ref().expect("b")).expect("plan");
+        assert!(wait.is_zero(), "already due: {wait:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn urls_and_answers() {
         assert_eq!(host_port("https://172.30.0.41:9651").expect("url"), ("172.30.0.41".into(), 9651));
         assert_eq!(host_port("https://[fd00::1]:9651/").expect("url"), ("fd00::1".into(), 9651));

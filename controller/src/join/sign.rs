@@ -176,7 +176,12 @@ impl Signer {
         now: OffsetDateTime,
     ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
         anyhow::ensure!(self.ca.not_after > now, "the cluster CA has expired");
-        let mut sans = vec![name.to_string()];
+        // A name that is not a DNS name (say, a host name in capitals) stays the common name
+        // only: a malformed dNSName could make verifiers reject the whole certificate.
+        let mut sans: Vec<String> = Vec::new();
+        if pki::valid_dns_name(name) && name.parse::<IpAddr>().is_err() {
+            sans.push(name.to_string());
+        }
         for s in extra {
             anyhow::ensure!(
                 s.parse::<IpAddr>().is_ok() || pki::valid_dns_name(s),
