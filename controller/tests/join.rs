@@ -344,3 +344,111 @@ async fn refusals_are_rate_limited_per_source() {
     assert_eq!(svc.metrics.refused("rate_limited"), 2);
     assert_eq!(svc.metrics.issued(), 0);
 }
+
+/// A single etcd member on 127.0.0.1 (plain HTTP) in a temporary directory, killed on drop.
+struct LocalEtcd {
+    child: std::process::Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+async fn local_etcd() -> Option<(LocalEtcd, weft_store::EtcdStore)> {
+    let dir = TempDir::new("etcd");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let child = std::process::Command::new("etcd")
+        .arg("--name=join-test")
+        .arg(format!("--data-dir={}", dir.0.join("data").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!("--initial-cluster=join-test=http://127.0.0.1:{peer}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipping: cannot run etcd: {e}");
+            return None;
+        }
+    };
+    let etcd = LocalEtcd { child, url: url.clone(), _dir: dir };
+    let opts = weft_store::EtcdOpts::parse("--etcd", &url, None, None, None).expect("opts");
+    for _ in 0..100 {
+        if let Ok(store) = weft_store::EtcdStore::connect_opts(&opts).await {
+            return Some((etcd, store));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd at {} did not come up", etcd.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_real_etcd_the_uses_of_a_token_are_never_exceeded() {
+    let Some((_etcd, store)) = local_etcd().await else { return };
+    let dir = TempDir::new("real");
+    let ca_dir = dir.0.join("ca");
+    pki::init_ca(&ca_dir, &pki::CaOptions::default()).expect("CA");
+    let mut registry = Registry::default();
+    // The daemon's type: JoinContext over EtcdStore (the default parameter).
+    let ctx: JoinContext =
+        JoinContext::new(store.clone(), NET, ca_dir.clone(), Duration::from_secs(3600), "c1", &mut registry);
+    let metrics = ctx.metrics.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(serve(listener, ctx));
+    let pin = sign::ca_pin(&ca_dir).expect("pin");
+    let req = token::CreateRequest { ttl_secs: 600, uses: Some(3), node: None };
+    let t = token::create(&store, NET, &req, now()).await.expect("token").reveal();
+
+    // Six nodes race for three uses.
+    let joins: Vec<_> = (1..=6)
+        .map(|i| {
+            let d = dir.0.join(format!("n{i}"));
+            let text = format!(
+                "node_name = \"n{i}\"\n[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\nca_file = \"{d}/ca.pem\"\n\
+                 cert_file = \"{d}/n{i}.pem\"\nkey_file = \"{d}/n{i}.key\"\n[bootstrap]\nurl = \"{url}\"\n\
+                 token = \"{t}\"\nca_pin = \"{pin}\"\n",
+                d = d.display()
+            );
+            let cfg = AgentConfig::parse("agent.toml", &text).expect("config");
+            tokio::spawn(async move {
+                bootstrap::ensure(
+                    &cfg,
+                    Retry { first: Duration::from_millis(50), max: Duration::from_millis(50), attempts: Some(1) },
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut ok, mut used_up) = (0, 0);
+    for j in joins {
+        match j.await.expect("task") {
+            Ok(Outcome::Joined { .. }) => ok += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => {
+                assert_eq!(refused(Err(e)).code, "used_up");
+                used_up += 1;
+            }
+        }
+    }
+    assert_eq!((ok, used_up), (3, 3));
+    assert_eq!((metrics.issued(), metrics.refused("used_up")), (3, 3));
+    let listed = token::list(&store, NET).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1.as_ref().expect("record").uses_left, Some(0));
+    task.abort();
+}
