@@ -109,6 +109,20 @@ struct RenewRequest<'a> {
     csr_pem: &'a str,
 }
 
+/// Warns when `config` (which holds a join token) can be read by group or others.
+pub fn warn_if_readable(config: &Path) {
+    if let Ok(m) = std::fs::metadata(config) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warn!(
+                file = %config.display(),
+                mode = %format!("{mode:o}"),
+                "the config holds a join token but others can read it; chmod 600"
+            );
+        }
+    }
+}
+
 /// Joins when `[bootstrap]` is set and a certificate file is missing (see the module doc).
 pub async fn ensure(cfg: &AgentConfig, retry: Retry) -> Result<Outcome> {
     let Some(b) = &cfg.bootstrap else { return Ok(Outcome::NotConfigured) };
