@@ -18,7 +18,7 @@ macro_rules! outln {
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{ca, lab, network, nodes, pod, Global};
+use commands::{ca, lab, network, nodes, pod, token, Global};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weft_controller::error::is_usage;
@@ -79,6 +79,9 @@ enum Cmd {
     /// The cluster CA and node certificates (QUIC and etcd client certificates).
     #[command(subcommand)]
     Ca(ca::CaCmd),
+    /// Join tokens: a new node trades one for its certificate at the controller.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 fn main() -> ExitCode {
@@ -124,5 +127,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Agent(c) => pod::agent(&g, c),
         Cmd::Lab(l) => lab::run(l),
         Cmd::Ca(c) => ca::run(c),
+        Cmd::Token(c) => token::run(&g, c),
     }
 }

@@ -6,6 +6,7 @@ pub mod lab;
 pub mod network;
 pub mod nodes;
 pub mod pod;
+pub mod token;
 
 use anyhow::Context;
 use std::future::Future;
