@@ -159,20 +159,38 @@ fn the_example_config_is_what_a_node_runs() {
 fn the_vm_guide_config_is_an_agent_toml() {
     // The agent.toml that deploy/vm/user-data-node.yaml writes, as the agent parses it: the
     // same format the lab generates for its nodes.
-    let yaml = std::fs::read_to_string(repo().join("deploy/vm/user-data-node.yaml")).expect("user-data");
+    let text = user_data_file("user-data-node.yaml", "/etc/weft/agent.toml");
+    let c = AgentConfig::parse("user-data-node.yaml agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(c.node_name, "node-a");
+    assert_eq!(c.etcd.endpoints, vec!["https://10.0.0.5:2379".to_string()]);
+    assert_eq!(c.metrics.listen, Some("0.0.0.0:9472".parse().expect("lit")));
+    assert!(c.quic.is_some());
+    assert!(c.bootstrap.is_some(), "the guide's nodes join with a token");
+}
+
+/// The content of the file at `path` that the cloud-init user-data `name` (in deploy/vm/)
+/// writes.
+fn user_data_file(name: &str, path: &str) -> String {
+    let yaml = std::fs::read_to_string(repo().join("deploy/vm").join(name)).expect("user-data");
     assert!(yaml.starts_with("#cloud-config\n"));
-    let mut lines = yaml.lines().skip_while(|l| l.trim() != "- path: /etc/weft/agent.toml");
-    assert!(lines.next().is_some(), "no /etc/weft/agent.toml in the user-data");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("- path: {path}"));
+    assert!(lines.next().is_some(), "no {path} in {name}");
     let body: Vec<&str> = lines
         .skip_while(|l| l.trim() != "content: |")
         .skip(1)
         .take_while(|l| l.starts_with("      "))
         .map(|l| &l[6..])
         .collect();
-    let text = body.join("\n");
-    let c = AgentConfig::parse("user-data-node.yaml agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(c.node_name, "node-a");
+    body.join("\n")
+}
+
+#[test]
+fn the_vm_guide_controller_config_is_a_controller_toml() {
+    let text = user_data_file("user-data-etcd.yaml", "/etc/weft/controller.toml");
+    let c = weft_config::controller::ControllerConfig::parse("user-data-etcd.yaml controller.toml", &text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(c.etcd.endpoints, vec!["https://10.0.0.5:2379".to_string()]);
-    assert_eq!(c.metrics.listen, Some("0.0.0.0:9472".parse().expect("lit")));
-    assert!(c.quic.is_some());
+    let b = c.bootstrap.expect("the guide's controller serves joins");
+    assert_eq!(b.listen, "10.0.0.5:9651".parse().expect("lit"));
+    assert_eq!(b.ca_dir, Path::new("/etc/weft/pki"));
 }
