@@ -19,6 +19,7 @@ mod agents;
 pub mod bench;
 pub mod bins;
 pub mod config_gen;
+pub mod controllers;
 pub mod down;
 mod etcd_members;
 pub mod etcd_server;
@@ -33,12 +34,13 @@ pub mod state;
 pub mod status;
 pub mod teardown;
 
+pub use controllers::HttpReply;
 pub use down::DownReport;
 pub use names::{LabNames, Target};
 pub use netns::in_netns;
 pub use node::{LabNode, NodeKind};
 pub use spec::{IpFamily, LabSpec, Topology};
-pub use status::{LabStatus, NodeStatus};
+pub use status::{ControllerStatus, LabStatus, NodeStatus};
 
 use anyhow::Context;
 use names::{ETCD_CERT, ETCD_ENDPOINT, WEFTCTL_CERT};
@@ -58,6 +60,8 @@ pub struct Lab {
     spec: LabSpec,
     agent_bin: PathBuf,
     weftctl_bin: PathBuf,
+    /// In labs with controllers.
+    controller_bin: Option<PathBuf>,
     state: Mutex<LabState>,
     /// Processes this process started: reaped when they exit.
     children: Mutex<HashMap<u32, Child>>,
@@ -83,6 +87,10 @@ impl Lab {
         let agent_bin = bins::resolve(bins::AGENT, spec.agent_bin.as_deref(), "--agent-bin")?;
         let weftctl_bin = bins::resolve(bins::WEFTCTL, spec.weftctl_bin.as_deref(), "LabSpec::weftctl_bin")?;
         let etcd_bin = bins::on_path(bins::ETCD, "install Debian's etcd-server package")?;
+        let controller_bin = match spec.controllers {
+            0 => None,
+            _ => Some(bins::resolve(bins::CONTROLLER, spec.controller_bin.as_deref(), "LabSpec::controller_bin")?),
+        };
         let leftovers: Vec<String> = netns::list()?.into_iter().filter(|n| names.owns_ns(n)).collect();
         if names.dir().exists() || !leftovers.is_empty() {
             anyhow::bail!(
@@ -96,12 +104,14 @@ impl Lab {
             );
         }
         std::fs::create_dir_all(names.dir()).with_context(|| format!("creating {}", names.dir().display()))?;
-        let state = LabState::new(spec.clone(), agent_bin.clone(), weftctl_bin.clone(), unix_now());
+        let mut state = LabState::new(spec.clone(), agent_bin.clone(), weftctl_bin.clone(), unix_now());
+        state.controller_bin.clone_from(&controller_bin);
         let lab = Lab {
             names,
             spec,
             agent_bin,
             weftctl_bin,
+            controller_bin,
             state: Mutex::new(state),
             children: Mutex::new(HashMap::new()),
             teardown_on_drop: AtomicBool::new(true),
@@ -121,6 +131,7 @@ impl Lab {
             spec: state.spec.clone(),
             agent_bin: state.agent_bin.clone(),
             weftctl_bin: state.weftctl_bin.clone(),
+            controller_bin: state.controller_bin.clone(),
             state: Mutex::new(state),
             children: Mutex::new(HashMap::new()),
             teardown_on_drop: AtomicBool::new(false),
@@ -157,18 +168,28 @@ impl Lab {
         for k in 1..=self.spec.etcd_members {
             self.spawn_etcd_member(etcd_bin, k)?;
         }
-        // Nodes are wired while etcd starts.
+        // Nodes and controllers are wired while etcd starts.
         self.setup_nodes()?;
+        self.setup_controllers()?;
         self.wait_etcd(Duration::from_secs(30))?;
         self.network_init()?;
+        for k in 1..=self.spec.controllers {
+            self.start_controller(k)?;
+        }
         for i in 1..=self.spec.nodes - self.spec.deferred_agents {
             self.start_agent(i)?;
         }
-        self.wait_all_ready(Duration::from_secs(self.spec.ready_timeout_secs))
+        let deadline = std::time::Instant::now() + Duration::from_secs(self.spec.ready_timeout_secs);
+        self.wait_all_ready(deadline.saturating_duration_since(std::time::Instant::now()))?;
+        for k in 1..=self.spec.controllers {
+            self.wait_controller(k, deadline.saturating_duration_since(std::time::Instant::now()))?;
+        }
+        Ok(())
     }
 
     /// The lab's CA and every certificate: etcd's server certificate, weftctl's client
-    /// certificate and one per node (etcd client and QUIC certificate alike).
+    /// certificate, one per node (etcd client and QUIC certificate alike) and one per controller
+    /// replica (`c1`..).
     fn make_pki(&self) -> anyhow::Result<()> {
         let dir = self.names.pki_dir();
         weft_controller::pki::init_ca(&dir, &weft_controller::pki::CaOptions::default())
@@ -180,6 +201,10 @@ impl Lab {
         };
         let mut wanted = vec![etcd, weft_controller::pki::IssueRequest::node(WEFTCTL_CERT)];
         wanted.extend((1..=self.spec.nodes).map(|i| weft_controller::pki::IssueRequest::node(&LabNames::node_name(i))));
+        wanted.extend(
+            (1..=self.spec.controllers)
+                .map(|k| weft_controller::pki::IssueRequest::node(&LabNames::controller_name(k))),
+        );
         for req in &wanted {
             weft_controller::pki::issue(&dir, &dir, req)
                 .with_context(|| format!("issuing the certificate of {}", req.name))?;
@@ -373,7 +398,7 @@ impl Lab {
         self.names.ca_files()
     }
 
-    /// Certificate and key `name` in the pki dir: `n1`.., `etcd`, `weftctl`.
+    /// Certificate and key `name` in the pki dir: `n1`.., `c1`.., `etcd`, `weftctl`.
     pub fn cert_files(&self, name: &str) -> weft_controller::pki::CertFiles {
         self.names.cert_files(name)
     }

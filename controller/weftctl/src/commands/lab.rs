@@ -89,6 +89,43 @@ pub struct UpArgs {
     /// IPv6 subnet length written by network init.
     #[arg(long, default_value_t = 64)]
     subnet_len6: u8,
+    /// Run weft-controller (one replica, in namespace weft{id}-c1 at 172.30.0.7; cluster page on
+    /// port 9650).
+    #[arg(long)]
+    controller: bool,
+    /// Run N weft-controller replicas (1 to 3, at 172.30.0.7 upward): one leads, the others
+    /// stand by. Implies --controller.
+    #[arg(long, value_name = "N")]
+    controllers: Option<usize>,
+    /// The controllers' evict_after: how long a node's heartbeat must be gone before its
+    /// subnet is freed (like 30s, 5m or 1h; default 1h).
+    #[arg(long, value_parser = lab::spec::parse_duration, value_name = "DURATION")]
+    evict_after: Option<std::time::Duration>,
+    /// How nodes get their certificates: `token` makes them join through the controller.
+    #[arg(long, value_enum, value_name = "MODE")]
+    join: Option<JoinMode>,
+    /// weft-controller binary (default: next to weftctl, or in WEFT_BIN_DIR).
+    #[arg(long)]
+    controller_bin: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinMode {
+    /// Nodes join with a token the lab creates (no node certificates from the lab).
+    Token,
+}
+
+impl UpArgs {
+    /// How many controller replicas the flags ask for (0: none).
+    fn controller_count(&self) -> Result<usize, UsageError> {
+        match self.controllers {
+            Some(n) if !(1..=lab::names::MAX_CONTROLLERS).contains(&n) => {
+                Err(UsageError::new(format!("--controllers: expected 1 to {}, found {n}", lab::names::MAX_CONTROLLERS)))
+            }
+            Some(n) => Ok(n),
+            None => Ok(usize::from(self.controller)),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +194,10 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 cidr6: up.cidr6.clone(),
                 subnet_len6: up.subnet_len6,
                 encap: up.encap,
+                controllers: up.controller_count()?,
+                evict_after: up.evict_after,
+                join: up.join == Some(JoinMode::Token),
+                controller_bin: up.controller_bin.clone(),
             };
             let lab = Lab::up(spec)?;
             lab.detach();
