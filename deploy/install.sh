@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs weft on this machine: weft-agent and weftctl, the weft-cni plugin, the systemd unit,
-# an example /etc/weft/agent.toml and the CNI conflist. Existing configs are never overwritten.
+# Installs weft on this machine: weft-agent, weftctl and weft-controller, the weft-cni plugin, the
+# systemd units, example /etc/weft/agent.toml and controller.toml, and the CNI conflist. Existing
+# configs are never overwritten; the controller unit is installed but only enabled by hand (run it
+# on one to three machines, not on every node).
 #
 # Usage (as root, from a checkout):
 #   ./deploy/install.sh [--bin-dir DIR] [--prefix /usr/local] [--cni-bin-dir /opt/cni/bin] [--enable]
@@ -35,18 +37,22 @@ if [ -z "$bin_dir" ]; then
   (cd "$root" && cargo build --release --bins --locked)
   bin_dir="$root/target/release"
 fi
-for b in weft-agent weftctl weft-cni; do
+for b in weft-agent weftctl weft-controller weft-cni; do
   [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b missing; build first or pass --bin-dir" >&2; exit 1; }
 done
 
 install -d -m 0755 "$dest$prefix/bin" "$dest$cni_bin_dir" "$dest/etc/systemd/system" "$dest/etc/cni/net.d"
 install -d -m 0755 "$dest/etc/weft"
 install -d -m 0700 "$dest/etc/weft/pki"
-install -m 0755 "$bin_dir/weft-agent" "$bin_dir/weftctl" "$dest$prefix/bin/"
+install -m 0755 "$bin_dir/weft-agent" "$bin_dir/weftctl" "$bin_dir/weft-controller" "$dest$prefix/bin/"
 install -m 0755 "$bin_dir/weft-cni" "$dest$cni_bin_dir/"
 sed "s#/usr/local/bin/weft-agent#$prefix/bin/weft-agent#g" "$here/systemd/weft-agent.service" \
   > "$dest/etc/systemd/system/weft-agent.service"
 chmod 0644 "$dest/etc/systemd/system/weft-agent.service"
+sed "s#/usr/local/bin/weft-controller#$prefix/bin/weft-controller#g" "$here/systemd/weft-controller.service" \
+  > "$dest/etc/systemd/system/weft-controller.service"
+chmod 0644 "$dest/etc/systemd/system/weft-controller.service"
+install -m 0644 "$here/controller.toml.example" "$dest/etc/weft/controller.toml.example"
 install -m 0644 "$here/agent.toml.example" "$dest/etc/weft/agent.toml.example"
 if [ ! -e "$dest/etc/weft/agent.toml" ]; then
   install -m 0644 "$here/agent.toml.example" "$dest/etc/weft/agent.toml"
@@ -57,7 +63,7 @@ if [ ! -e "$dest/etc/cni/net.d/10-weft.conflist" ]; then
 fi
 
 if command -v systemd-analyze >/dev/null 2>&1 && [ -z "$dest" ]; then
-  systemd-analyze verify /etc/systemd/system/weft-agent.service
+  systemd-analyze verify /etc/systemd/system/weft-agent.service /etc/systemd/system/weft-controller.service
 fi
 if [ -z "$dest" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
@@ -65,7 +71,10 @@ if [ -z "$dest" ] && [ -d /run/systemd/system ]; then
     systemctl enable --now weft-agent.service
   fi
 fi
-echo "installed weft into ${dest:-/}: $prefix/bin/{weft-agent,weftctl}, $cni_bin_dir/weft-cni,"
-echo "  /etc/systemd/system/weft-agent.service, /etc/weft/agent.toml(.example), /etc/cni/net.d/10-weft.conflist"
+echo "installed weft into ${dest:-/}: $prefix/bin/{weft-agent,weftctl,weft-controller}, $cni_bin_dir/weft-cni,"
+echo "  /etc/systemd/system/weft-{agent,controller}.service, /etc/weft/agent.toml(.example),"
+echo "  /etc/weft/controller.toml.example, /etc/cni/net.d/10-weft.conflist"
 echo "next: edit /etc/weft/agent.toml, put the certificates in /etc/weft/pki, then"
 echo "  weft-agent --config /etc/weft/agent.toml --check && systemctl enable --now weft-agent"
+echo "on one to three controller machines: cp /etc/weft/controller.toml.example /etc/weft/controller.toml, edit,"
+echo "  weft-controller --config /etc/weft/controller.toml --check && systemctl enable --now weft-controller"

@@ -176,7 +176,7 @@ impl Default for Timers {
     }
 }
 
-const NAME_RULE: &str = "lowercase letters, digits, '-', '_' or '.', 1 to 63 characters";
+pub(crate) const NAME_RULE: &str = "lowercase letters, digits, '-', '_' or '.', 1 to 63 characters";
 
 impl AgentConfig {
     /// Reads and validates `path`. Errors name the file, the field and the expectation.
@@ -265,14 +265,14 @@ impl AgentConfig {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
 
-fn read_etcd(mut r: Reader<'_>) -> Result<EtcdConfig, ConfigError> {
+pub(crate) fn read_etcd(mut r: Reader<'_>) -> Result<EtcdConfig, ConfigError> {
     let endpoints = r.opt_str_array("endpoints")?.unwrap_or_default();
     if endpoints.is_empty() {
         return Err(r.err("endpoints", "expected at least one URL"));

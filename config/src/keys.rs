@@ -71,6 +71,22 @@ impl Keys {
         format!("{}{}", self.probes_prefix(), name)
     }
 
+    /// The controllers' election (`Store::campaign` name; candidates' keys are under it).
+    pub fn controller_election(&self) -> String {
+        format!("{}/controller/election", self.base)
+    }
+
+    /// Prefix of the eviction records the controller leader writes (ends in `/`).
+    pub fn evictions_prefix(&self) -> String {
+        format!("{}/controller/evictions/", self.base)
+    }
+
+    /// The eviction record of `node` at `at_ms` (Unix milliseconds, 13 digits so that the keys
+    /// sort by time).
+    pub fn eviction(&self, at_ms: u64, node: &str) -> String {
+        format!("{}{at_ms:013}-{node}", self.evictions_prefix())
+    }
+
     /// The node name of a probe record's key.
     pub fn probe_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.probes_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))
@@ -111,6 +127,9 @@ mod tests {
         assert_eq!(k.subnet_segment("/weft/v1/other/subnets/10.244.1.0-24"), None);
         assert_eq!(k.subnet_segment("/weft/v1/default/subnets/a/b"), None);
         assert_eq!(k.node_segment("/weft/v1/default/nodes/n1"), Some("n1"));
+        assert_eq!(k.controller_election(), "/weft/v1/default/controller/election");
+        assert_eq!(k.eviction(1_700_000_000_123, "n1"), "/weft/v1/default/controller/evictions/1700000000123-n1");
+        assert!(k.eviction(5, "n1").starts_with(&k.evictions_prefix()));
     }
 
     #[test]

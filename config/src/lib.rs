@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod controller;
 pub mod error;
 pub mod keys;
 pub mod names;

@@ -91,6 +91,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A number (integer or float) in `min..=max`.
+    pub(crate) fn opt_f64(&mut self, key: &'static str, min: f64, max: f64) -> Result<Option<f64>, ConfigError> {
+        let v = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Float(f)) => *f,
+            Some(Value::Integer(i)) => *i as f64,
+            Some(v) => return Err(self.wrong_type(key, &format!("a number from {min} to {max}"), v)),
+        };
+        if !(min..=max).contains(&v) {
+            return Err(self.err(key, format!("expected a number from {min} to {max}, found {v}")));
+        }
+        Ok(Some(v))
+    }
+
     /// An address of `family` (the other family is refused like any other non-address).
     pub(crate) fn opt_ip(&mut self, key: &'static str, family: Family) -> Result<Option<IpAddr>, ConfigError> {
         match self.opt_str(key)? {

@@ -1,7 +1,8 @@
 //! `weftctl`'s library: the etcd-side operator commands (network config, nodes), certificates
 //! (`pki`), and a client for the local agent's Unix socket. The namespace lab is its own crate
 //! (`controller/lab`, `weft-lab`), built on this one; the `weftctl` binary (`controller/weftctl`)
-//! uses both, and so do the integration tests.
+//! uses both, and so do the integration tests. `service` is the `weft-controller` daemon
+//! (leader election, dead-node eviction, the cluster page).
 
 pub mod agent_client;
 pub mod agent_view;
@@ -12,6 +13,7 @@ pub mod network;
 pub mod nodes;
 pub mod output;
 pub mod pki;
+pub mod service;
 
 pub use agent_client::{AgentClient, ClientError};
 pub use error::UsageError;
