@@ -43,16 +43,22 @@ fn cluster(lab: &Lab, k: usize) -> anyhow::Result<Value> {
 
 /// `/metrics` of replica `k`, parsed.
 fn metrics(lab: &Lab, k: usize) -> Scrape {
-    let r = lab.controller_get(k, "/metrics").unwrap_or_else(|e| panic!("scraping c{k}: {e:#}"));
-    assert_eq!(r.status, 200, "{}", r.body);
-    parse_metrics(&r.body).unwrap_or_else(|e| panic!("unparsable exposition of c{k} ({e:#}):\n{}", r.body))
+    try_metrics(lab, k).unwrap_or_else(|e| panic!("scraping c{k}: {e:#}"))
 }
 
-/// The replica that says it leads, if exactly one does.
+/// `/metrics` of replica `k`, or why not.
+fn try_metrics(lab: &Lab, k: usize) -> anyhow::Result<Scrape> {
+    let r = lab.controller_get(k, "/metrics")?;
+    anyhow::ensure!(r.status == 200, "/metrics of c{k}: HTTP {}", r.status);
+    parse_metrics(&r.body)
+}
+
+/// The replica whose `weft_controller_leader` is 1, if exactly one's is (the gauge changes the
+/// moment a term starts or ends; `/api/cluster` is rebuilt every 2 s).
 fn leader(lab: &Lab) -> Option<usize> {
     let leading: Vec<usize> = (1..=lab.controllers())
         .filter(|&k| lab.controller_pid(k).is_some())
-        .filter(|&k| cluster(lab, k).is_ok_and(|v| v["is_leader"] == Value::Bool(true)))
+        .filter(|&k| try_metrics(lab, k).is_ok_and(|m| m.get("weft_controller_leader") == Some(1.0)))
         .collect();
     match leading[..] {
         [k] => Some(k),
@@ -198,7 +204,7 @@ fn the_cluster_page_shows_every_node_and_the_matrix_in_headless_chromium() {
     }
     for from in 1..=3 {
         for to in (1..=3).filter(|&to| to != from) {
-            let cell = format!("data-pair=\"n{from}-n{to}\"");
+            let cell = format!("data-from=\"n{from}\" data-to=\"n{to}\"");
             assert_eq!(dom.matches(&cell).count(), 1, "no single matrix cell {cell}:\n{dom}");
         }
     }
@@ -237,7 +243,8 @@ fn a_stopped_node_is_evicted_after_evict_after_and_rejoins_with_its_subnet() {
         seen = evictions_of(&lab, "n3");
         !seen.is_empty() && !subnet_held(&lab, &subnet3)
     });
-    let since_absent = evicted.saturating_sub(gone);
+    // Counted from when the test saw the key gone (polling every 100 ms).
+    let since_absent = evicted;
     eprintln!(
         "measured: n3 evicted {} after its heartbeat went ({} after SIGTERM); evict_after {}, scan {}",
         secs(since_absent),
