@@ -37,22 +37,32 @@ if [ -z "$bin_dir" ]; then
   (cd "$root" && cargo build --release --bins --locked)
   bin_dir="$root/target/release"
 fi
-for b in weft-agent weftctl weft-controller weft-cni; do
+for b in weft-agent weftctl weft-cni; do
   [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b missing; build first or pass --bin-dir" >&2; exit 1; }
 done
 
 install -d -m 0755 "$dest$prefix/bin" "$dest$cni_bin_dir" "$dest/etc/systemd/system" "$dest/etc/cni/net.d"
 install -d -m 0755 "$dest/etc/weft"
 install -d -m 0700 "$dest/etc/weft/pki"
-install -m 0755 "$bin_dir/weft-agent" "$bin_dir/weftctl" "$bin_dir/weft-controller" "$dest$prefix/bin/"
+install -m 0755 "$bin_dir/weft-agent" "$bin_dir/weftctl" "$dest$prefix/bin/"
+# The controller is optional here (a node copied only the node's binaries, as the VM guide does).
+controller=0
+if [ -x "$bin_dir/weft-controller" ] && [ -f "$here/systemd/weft-controller.service" ]; then
+  controller=1
+  install -m 0755 "$bin_dir/weft-controller" "$dest$prefix/bin/"
+fi
 install -m 0755 "$bin_dir/weft-cni" "$dest$cni_bin_dir/"
 sed "s#/usr/local/bin/weft-agent#$prefix/bin/weft-agent#g" "$here/systemd/weft-agent.service" \
   > "$dest/etc/systemd/system/weft-agent.service"
 chmod 0644 "$dest/etc/systemd/system/weft-agent.service"
-sed "s#/usr/local/bin/weft-controller#$prefix/bin/weft-controller#g" "$here/systemd/weft-controller.service" \
-  > "$dest/etc/systemd/system/weft-controller.service"
-chmod 0644 "$dest/etc/systemd/system/weft-controller.service"
-install -m 0644 "$here/controller.toml.example" "$dest/etc/weft/controller.toml.example"
+if [ "$controller" = 1 ]; then
+  sed "s#/usr/local/bin/weft-controller#$prefix/bin/weft-controller#g" "$here/systemd/weft-controller.service" \
+    > "$dest/etc/systemd/system/weft-controller.service"
+  chmod 0644 "$dest/etc/systemd/system/weft-controller.service"
+  if [ -f "$here/controller.toml.example" ]; then
+    install -m 0644 "$here/controller.toml.example" "$dest/etc/weft/controller.toml.example"
+  fi
+fi
 install -m 0644 "$here/agent.toml.example" "$dest/etc/weft/agent.toml.example"
 if [ ! -e "$dest/etc/weft/agent.toml" ]; then
   install -m 0644 "$here/agent.toml.example" "$dest/etc/weft/agent.toml"
@@ -63,7 +73,10 @@ if [ ! -e "$dest/etc/cni/net.d/10-weft.conflist" ]; then
 fi
 
 if command -v systemd-analyze >/dev/null 2>&1 && [ -z "$dest" ]; then
-  systemd-analyze verify /etc/systemd/system/weft-agent.service /etc/systemd/system/weft-controller.service
+  systemd-analyze verify /etc/systemd/system/weft-agent.service
+  if [ "$controller" = 1 ]; then
+    systemd-analyze verify /etc/systemd/system/weft-controller.service
+  fi
 fi
 if [ -z "$dest" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
@@ -71,10 +84,14 @@ if [ -z "$dest" ] && [ -d /run/systemd/system ]; then
     systemctl enable --now weft-agent.service
   fi
 fi
-echo "installed weft into ${dest:-/}: $prefix/bin/{weft-agent,weftctl,weft-controller}, $cni_bin_dir/weft-cni,"
-echo "  /etc/systemd/system/weft-{agent,controller}.service, /etc/weft/agent.toml(.example),"
-echo "  /etc/weft/controller.toml.example, /etc/cni/net.d/10-weft.conflist"
+echo "installed weft into ${dest:-/}: $prefix/bin/{weft-agent,weftctl}, $cni_bin_dir/weft-cni,"
+echo "  /etc/systemd/system/weft-agent.service, /etc/weft/agent.toml(.example), /etc/cni/net.d/10-weft.conflist"
+if [ "$controller" = 1 ]; then
+  echo "  and $prefix/bin/weft-controller, /etc/systemd/system/weft-controller.service, /etc/weft/controller.toml.example"
+fi
 echo "next: edit /etc/weft/agent.toml, put the certificates in /etc/weft/pki, then"
 echo "  weft-agent --config /etc/weft/agent.toml --check && systemctl enable --now weft-agent"
-echo "on one to three controller machines: cp /etc/weft/controller.toml.example /etc/weft/controller.toml, edit,"
-echo "  weft-controller --config /etc/weft/controller.toml --check && systemctl enable --now weft-controller"
+if [ "$controller" = 1 ]; then
+  echo "on one to three controller machines: cp /etc/weft/controller.toml.example /etc/weft/controller.toml, edit, then"
+  echo "  weft-controller --config /etc/weft/controller.toml --check && systemctl enable --now weft-controller"
+fi

@@ -5,7 +5,9 @@
 //!
 //! The clock of a node starts when THIS leader first sees its heartbeat absent, never at the
 //! node's last renewal: a new leader, or a leader that just had an etcd error, knows nothing
-//! about how long a key has been gone, so [`Evictor::reset`] forgets every clock.
+//! about how long a key has been gone, so [`Evictor::reset`] forgets every clock. The clocks
+//! also restart when a mass-death episode ends (what looked like mass death was likely a
+//! partition or an etcd problem).
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -142,6 +144,13 @@ impl Evictor {
         };
         if over {
             return scan;
+        }
+        if was_holding {
+            // The episode ends: what looked like mass death was likely a partition or an etcd
+            // problem, so the nodes still absent get their grace period anew.
+            for n in &dead {
+                self.absent_since.insert(n.clone(), now);
+            }
         }
         for n in dead {
             let since = self.absent_since.get(&n).copied().unwrap_or(now);
@@ -338,10 +347,12 @@ mod tests {
         assert!(s.held_started && s.evict.is_empty());
         let s = ev.scan(t0 + 40 * S, &snap(&["n4"]), &keys());
         assert!(s.held.is_some() && !s.held_started && s.evict.is_empty(), "same episode");
-        // n3 comes back: 2 of 4, the episode ends; n1 and n2 have been absent long enough.
+        // n3 comes back: 2 of 4, the episode ends, and n1 and n2 get their grace period anew.
         let s = ev.scan(t0 + 41 * S, &snap(&["n3", "n4"]), &keys());
         assert!(s.held_ended && s.held.is_none());
-        assert_eq!(evicted(&s), ["n1", "n2"]);
+        assert!(s.evict.is_empty(), "the clocks restart when the episode ends");
+        assert!(ev.scan(t0 + 50 * S, &snap(&["n3", "n4"]), &keys()).evict.is_empty());
+        assert_eq!(evicted(&ev.scan(t0 + 51 * S, &snap(&["n3", "n4"]), &keys())), ["n1", "n2"]);
         // A lone node that looks dead is all of its cluster: held.
         let mut lone = Evictor::new(policy(1, 0.5));
         let one = Snapshot { subnets: vec![rec("subnets/10.244.1.0-24", "n1", 3)], heartbeats: BTreeSet::new() };

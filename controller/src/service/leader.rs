@@ -234,7 +234,13 @@ mod tests {
     use weft_store::MemStore;
 
     fn shared(name: &str) -> Arc<Shared> {
-        let text = format!("name = \"{name}\"\n[etcd]\nendpoints = [\"http://a:2379\"]\n[evict]\nscan_secs = 1\n");
+        shared_evicting(name, 3600)
+    }
+
+    fn shared_evicting(name: &str, after_secs: u64) -> Arc<Shared> {
+        let text = format!(
+            "name = \"{name}\"\n[etcd]\nendpoints = [\"http://a:2379\"]\n[evict]\nscan_secs = 1\nafter_secs = {after_secs}\n"
+        );
         let cfg = ControllerConfig::parse("c.toml", &text).expect("valid");
         Arc::new(Shared::new(name.into(), cfg))
     }
@@ -297,6 +303,94 @@ mod tests {
         store.delete(&key).await.expect("delete");
         match t.await.expect("join") {
             Ended::Lost(why) => assert!(why.contains("deposed"), "{why}"),
+            Ended::Shutdown => panic!("not a shutdown"),
+        }
+        assert!(!a.is_leader());
+    }
+
+    /// n1..n4 hold subnets; n1's heartbeat is absent.
+    async fn cluster_with_a_dead_node(store: &MemStore) {
+        for i in 1..=4 {
+            let rec = format!(
+                r#"{{"schema":1,"node":"n{i}","node_id":"id-n{i}","public_ip":"172.30.0.1{i}","backend":"host-gw"}}"#
+            );
+            store.put(&format!("/weft/v1/default/subnets/10.244.{i}.0-24"), rec, 0).await.expect("put");
+            store.put(&format!("/weft/v1/default/probes/n{i}"), "{}", 0).await.expect("put");
+            if i > 1 {
+                store.put(&format!("/weft/v1/default/nodes/n{i}"), "{}", 0).await.expect("put");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_leader_evicts_a_dead_node_once() {
+        let store = MemStore::new();
+        cluster_with_a_dead_node(&store).await;
+        let a = shared_evicting("c1", 1);
+        let policy = Policy { after: Duration::from_secs(1), max_dead_share: 0.5 };
+        let (stop, mut rx) = watch::channel(false);
+        let (s2, a2) = (store.clone(), a.clone());
+        let t = tokio::spawn(async move { term(&s2, &a2, &mut Evictor::new(policy), &mut rx).await });
+        for _ in 0..100 {
+            if a.metrics.evictions.get() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(a.metrics.evictions.get(), 1);
+        assert!(store.get("/weft/v1/default/subnets/10.244.1.0-24").await.expect("get").is_none());
+        assert!(store.get("/weft/v1/default/probes/n1").await.expect("get").is_none());
+        assert!(store.get("/weft/v1/default/probes/n2").await.expect("get").is_some());
+        let (recs, _) = store.list(&a.keys.evictions_prefix()).await.expect("list");
+        assert_eq!(recs.len(), 1);
+        let rec: EvictionRecord = serde_json::from_slice(&recs[0].value).expect("record");
+        assert_eq!(
+            (rec.node.as_str(), rec.subnet.as_deref(), rec.leader.as_str()),
+            ("n1", Some("10.244.1.0/24"), "c1")
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(a.metrics.evictions.get(), 1, "never twice");
+        stop.send(true).expect("send");
+        assert!(matches!(t.await.expect("join"), Ended::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn an_etcd_outage_ends_leadership_and_restarts_the_clocks() {
+        let store = MemStore::new();
+        cluster_with_a_dead_node(&store).await;
+        let a = shared("c1");
+        let policy = Policy { after: Duration::from_secs(3600), max_dead_share: 0.5 };
+        let (_stop, mut rx) = watch::channel(false);
+        let (s2, a2) = (store.clone(), a.clone());
+        let t = tokio::spawn(async move {
+            let mut ev = Evictor::new(policy);
+            let ended = term(&s2, &a2, &mut ev, &mut rx).await;
+            (ended, ev)
+        });
+        wait_until(|| a.is_leader()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await; // a scan saw n1 absent
+        store.set_down(true);
+        let (ended, ev) = tokio::time::timeout(Duration::from_secs(5), t).await.expect("ends").expect("join");
+        assert!(matches!(ended, Ended::Lost(_)), "{ended:?}");
+        assert!(!a.is_leader());
+        assert_eq!(ev.absent_since("n1"), None, "the clock restarts after the outage");
+        assert_eq!(a.metrics.evictions.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lost_session_lease_ends_leadership() {
+        let store = MemStore::new();
+        let a = shared("c1");
+        let policy = Policy { after: Duration::from_secs(3600), max_dead_share: 0.5 };
+        let (_stop, mut rx) = watch::channel(false);
+        let (s2, a2) = (store.clone(), a.clone());
+        let t = tokio::spawn(async move { term(&s2, &a2, &mut Evictor::new(policy), &mut rx).await });
+        wait_until(|| a.is_leader()).await;
+        let lease = store.leases()[0];
+        assert!(store.expire_lease(lease));
+        let ended = tokio::time::timeout(Duration::from_secs(5), t).await.expect("ends").expect("join");
+        match ended {
+            Ended::Lost(why) => assert!(why.contains("expired") || why.contains("deposed"), "{why}"),
             Ended::Shutdown => panic!("not a shutdown"),
         }
         assert!(!a.is_leader());
