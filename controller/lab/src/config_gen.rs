@@ -21,6 +21,17 @@ pub struct NodeConfigSpec {
     pub encap: Backend,
     /// Client URLs of every etcd member.
     pub etcd_endpoints: Vec<String>,
+    /// Nodes that join with a token get a `[bootstrap]` section; their `[etcd]` and `[quic]`
+    /// certificate paths stay the same and do not exist until the node has joined.
+    pub bootstrap: Option<NodeBootstrap>,
+}
+
+/// An agent's `[bootstrap]`: the controller's join service, the token and the CA pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBootstrap {
+    pub url: String,
+    pub token: String,
+    pub ca_pin: String,
 }
 
 /// A TOML basic string (quotes and backslashes escaped, control characters as `\uXXXX`).
@@ -78,6 +89,9 @@ pub fn agent_toml(names: &LabNames, i: usize, spec: &NodeConfigSpec) -> String {
     if spec.backend == Backend::Quic || (spec.backend == Backend::Auto && spec.encap == Backend::Quic) {
         let _ =
             writeln!(t, "\n[quic]\nca_file = {}\ncert_file = {}\nkey_file = {}", qp(&ca), qp(&me.cert), qp(&me.key));
+    }
+    if let Some(b) = &spec.bootstrap {
+        let _ = writeln!(t, "\n[bootstrap]\nurl = {}\ntoken = {}\nca_pin = {}", q(&b.url), q(&b.token), q(&b.ca_pin));
     }
     for j in 1..=spec.pods {
         let pod = LabNames::pod_name(j);
@@ -160,6 +174,7 @@ mod tests {
             backend: Backend::HostGw,
             encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
+            bootstrap: None,
         };
         let text = agent_toml(&names, 2, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -192,6 +207,7 @@ mod tests {
                 backend: Backend::HostGw,
                 encap: Backend::Vxlan,
                 etcd_endpoints: super::super::etcd_server::endpoints(3),
+                bootstrap: None,
             },
         );
         let c = AgentConfig::parse("agent.toml", &none).expect("valid");
@@ -210,6 +226,7 @@ mod tests {
             backend: Backend::Quic,
             encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
+            bootstrap: None,
         };
         let text = agent_toml(&names, 3, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -220,6 +237,34 @@ mod tests {
         assert_eq!(quic.key_file, Path::new("/run/weft-lab/4/pki/n3.key"));
         let (cert, key) = c.etcd.tls.and_then(|t| t.identity).expect("etcd client certificate");
         assert_eq!((cert, key), (quic.cert_file, quic.key_file), "one certificate serves QUIC and etcd");
+    }
+
+    #[test]
+    fn joining_nodes_get_a_bootstrap_section_and_keep_their_certificate_paths() {
+        let names = LabNames::new("4").expect("id");
+        let bootstrap = NodeBootstrap {
+            url: "https://172.30.0.7:9651".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_pin: format!("sha256:{}", "0".repeat(64)),
+        };
+        let spec = NodeConfigSpec {
+            pods: 0,
+            ip_masq: false,
+            reconcile_secs: 10,
+            backend: Backend::Quic,
+            encap: Backend::Vxlan,
+            etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
+            bootstrap: Some(bootstrap.clone()),
+        };
+        let text = agent_toml(&names, 2, &spec);
+        let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(v["bootstrap"]["url"].as_str(), Some(bootstrap.url.as_str()));
+        assert_eq!(v["bootstrap"]["token"].as_str(), Some(bootstrap.token.as_str()));
+        assert_eq!(v["bootstrap"]["ca_pin"].as_str(), Some(bootstrap.ca_pin.as_str()));
+        assert_eq!(v["etcd"]["cert_file"].as_str(), Some("/run/weft-lab/4/pki/n2.pem"));
+        assert_eq!(v["quic"]["key_file"].as_str(), Some("/run/weft-lab/4/pki/n2.key"));
+        let plain = agent_toml(&names, 2, &NodeConfigSpec { bootstrap: None, ..spec });
+        assert!(!plain.contains("[bootstrap]"));
     }
 
     #[test]

@@ -176,6 +176,12 @@ impl Lab {
         for k in 1..=self.spec.controllers {
             self.start_controller(k)?;
         }
+        if self.spec.join {
+            let bootstrap = self.create_join_token()?;
+            for i in 1..=self.spec.nodes {
+                self.write_node_config(i, Some(&bootstrap))?;
+            }
+        }
         for i in 1..=self.spec.nodes - self.spec.deferred_agents {
             self.start_agent(i)?;
         }
@@ -188,8 +194,8 @@ impl Lab {
     }
 
     /// The lab's CA and every certificate: etcd's server certificate, weftctl's client
-    /// certificate, one per node (etcd client and QUIC certificate alike) and one per controller
-    /// replica (`c1`..).
+    /// certificate, one per node (etcd client and QUIC certificate alike; none when nodes join
+    /// with a token) and one per controller replica (`c1`..).
     fn make_pki(&self) -> anyhow::Result<()> {
         let dir = self.names.pki_dir();
         weft_controller::pki::init_ca(&dir, &weft_controller::pki::CaOptions::default())
@@ -200,7 +206,12 @@ impl Lab {
             ..weft_controller::pki::IssueRequest::node(ETCD_CERT)
         };
         let mut wanted = vec![etcd, weft_controller::pki::IssueRequest::node(WEFTCTL_CERT)];
-        wanted.extend((1..=self.spec.nodes).map(|i| weft_controller::pki::IssueRequest::node(&LabNames::node_name(i))));
+        // Nodes that join with a token get their certificate from the controller instead.
+        if !self.spec.join {
+            wanted.extend(
+                (1..=self.spec.nodes).map(|i| weft_controller::pki::IssueRequest::node(&LabNames::node_name(i))),
+            );
+        }
         wanted.extend(
             (1..=self.spec.controllers)
                 .map(|k| weft_controller::pki::IssueRequest::node(&LabNames::controller_name(k))),
@@ -246,6 +257,13 @@ impl Lab {
         })?;
         let p = self.names.node_paths(i);
         std::fs::create_dir_all(&p.state_dir).with_context(|| format!("creating {}", p.state_dir.display()))?;
+        self.write_node_config(i, None)
+    }
+
+    /// Writes node `i`'s agent.toml (with a `[bootstrap]` section when it joins with a token)
+    /// and checks that the agent's own parser accepts it.
+    fn write_node_config(&self, i: usize, bootstrap: Option<&config_gen::NodeBootstrap>) -> anyhow::Result<()> {
+        let p = self.names.node_paths(i);
         let spec = config_gen::NodeConfigSpec {
             pods: self.spec.pods,
             ip_masq: self.spec.ip_masq,
@@ -253,6 +271,7 @@ impl Lab {
             backend: self.spec.backend,
             encap: self.spec.encap,
             etcd_endpoints: self.etcd_endpoints(),
+            bootstrap: bootstrap.cloned(),
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
         std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;
@@ -282,7 +301,9 @@ impl Lab {
         }
     }
 
-    fn network_init(&self) -> anyhow::Result<()> {
+    /// `weftctl --etcd .. --network default` in the etcd namespace with weftctl's certificate and
+    /// none of the caller's WEFT_ variables.
+    fn weftctl_in_etcd_ns(&self) -> anyhow::Result<std::process::Command> {
         let mut cmd = netns::command_in(&self.names.etcd_ns(), &self.weftctl_bin)?;
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("WEFT_") {
@@ -293,9 +314,34 @@ impl Lab {
         for (k, v) in [("WEFT_ETCD_CA", &tls.ca), ("WEFT_ETCD_CERT", &tls.cert), ("WEFT_ETCD_KEY", &tls.key)] {
             cmd.env(k, v.as_deref().context("lab etcd client options without TLS")?);
         }
-        cmd.args(["--etcd", &self.etcd_endpoints().join(","), "--network", names::NETWORK, "network", "init"]);
+        cmd.args(["--etcd", &self.etcd_endpoints().join(","), "--network", names::NETWORK]);
+        Ok(cmd)
+    }
+
+    fn network_init(&self) -> anyhow::Result<()> {
+        let mut cmd = self.weftctl_in_etcd_ns()?;
+        cmd.args(["network", "init"]);
         cmd.args(network_init_args(&self.spec));
         plumbing::run(&mut cmd, "writing the network config").map(drop)
+    }
+
+    /// A join token for every node (`weftctl token create`, valid 1 h, one use per node) and
+    /// the CA pin, as the nodes' `[bootstrap]` section takes them, with replica 1's join URL.
+    fn create_join_token(&self) -> anyhow::Result<config_gen::NodeBootstrap> {
+        let mut cmd = self.weftctl_in_etcd_ns()?;
+        cmd.args(["token", "create", "--json", "--ttl", "1h", "--uses", &self.spec.nodes.to_string(), "--dir"]);
+        cmd.arg(self.names.pki_dir());
+        let out = plumbing::run(&mut cmd, "creating the nodes' join token")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("weftctl token create --json printed no JSON")?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+                .with_context(|| format!("weftctl token create --json: no {k:?}"))
+        };
+        let url = self.controller_bootstrap_url(1).context("a join token without a controller")?;
+        Ok(config_gen::NodeBootstrap { url, token: field("token")?, ca_pin: field("ca_pin")? })
     }
 
     /// Registers a process this process spawned: recorded in state.json, reaped later.
