@@ -28,7 +28,7 @@ pub enum LabCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command in a lab namespace: NODE, NODE/POD, etcd, u or ext.
+    /// Run a command in a lab namespace: NODE, NODE/POD, c1..c3 (controllers), etcd, u or ext.
     Exec {
         target: String,
         /// The command and its arguments, after `--`.
@@ -38,6 +38,9 @@ pub enum LabCmd {
     /// Stop or start one node's agent.
     #[command(subcommand)]
     Agent(LabAgentCmd),
+    /// Stop or start one weft-controller replica (c1..c3).
+    #[command(subcommand)]
+    Controller(LabControllerCmd),
     /// Pod-to-pod iperf3 and ping across two nodes: kernel baseline, then a lab per backend.
     Bench(lab::bench::BenchArgs),
 }
@@ -147,6 +150,23 @@ pub enum LabAgentCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum LabControllerCmd {
+    /// Stop a controller replica (SIGTERM by default: it resigns; KILL: a standby takes over
+    /// when its session lease expires).
+    Stop {
+        controller: String,
+        #[arg(long, value_enum, default_value = "term")]
+        signal: SignalArg,
+    },
+    /// Start a controller replica again and wait until it serves.
+    Start {
+        controller: String,
+        #[arg(long, default_value_t = 30)]
+        ready_timeout: u64,
+    },
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum SignalArg {
     #[value(name = "TERM", alias = "term")]
@@ -155,12 +175,28 @@ pub enum SignalArg {
     Kill,
 }
 
+impl SignalArg {
+    fn signal(self) -> nix::sys::signal::Signal {
+        match self {
+            SignalArg::Term => nix::sys::signal::Signal::SIGTERM,
+            SignalArg::Kill => nix::sys::signal::Signal::SIGKILL,
+        }
+    }
+}
+
 fn parse_topology(s: &str) -> Result<Topology, String> {
     s.parse()
 }
 
 fn parse_ip_family(s: &str) -> Result<IpFamily, String> {
     s.parse()
+}
+
+fn controller_index(arg: &str) -> Result<usize, UsageError> {
+    match arg.parse::<Target>() {
+        Ok(Target::Controller(k)) => Ok(k),
+        _ => Err(UsageError::new(format!("CONTROLLER: expected a controller like c1, found {arg:?}"))),
+    }
 }
 
 fn node_index(arg: &str) -> Result<usize, UsageError> {
@@ -245,10 +281,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 lab.leave(i)?;
                 println!("{node} left the network");
             } else {
-                let sig = match signal {
-                    SignalArg::Term => nix::sys::signal::Signal::SIGTERM,
-                    SignalArg::Kill => nix::sys::signal::Signal::SIGKILL,
-                };
+                let sig = signal.signal();
                 lab.stop_agent(i, sig)?;
                 println!("agent of {node} stopped ({sig})");
             }
@@ -260,6 +293,21 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let pid = lab.start_agent(i)?;
             let s = lab.wait_ready(i, std::time::Duration::from_secs(*ready_timeout))?;
             println!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Controller(LabControllerCmd::Stop { controller, signal }) => {
+            let k = controller_index(controller)?;
+            let sig = signal.signal();
+            Lab::attach(id)?.stop_controller(k, sig)?;
+            println!("controller {controller} stopped ({sig})");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Controller(LabControllerCmd::Start { controller, ready_timeout }) => {
+            let k = controller_index(controller)?;
+            let lab = Lab::attach(id)?;
+            let pid = lab.start_controller(k)?;
+            lab.wait_controller(k, std::time::Duration::from_secs(*ready_timeout))?;
+            println!("controller {controller} started (pid {pid}), serving {}", lab.controller_page_url(k));
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Bench(b) => lab::bench::cli(id, b),
