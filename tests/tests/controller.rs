@@ -222,6 +222,13 @@ fn the_cluster_page_shows_every_node_and_the_matrix_in_headless_chromium() {
     // Every Chromium process of the runs has ended.
     let left = browser::processes_of(&web.dir);
     assert!(left.is_empty(), "chromium processes left: {left:?}");
+
+    // lab down stops the controller with everything else.
+    let pid = lab.controller_pid(1).expect("c1 runs");
+    let report = lab.down();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.signalled.contains(&pid), "c1 (pid {pid}) not signalled: {report:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "c1 (pid {pid}) still runs");
 }
 
 #[test]
