@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bootstrap;
 pub mod cni;
 pub mod daemon;
 pub mod entries;

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use weft_agent::daemon;
+use weft_agent::{bootstrap, daemon};
 use weft_config::api::{Request, Response};
 use weft_config::AgentConfig;
 
@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    if cfg.bootstrap.is_some() {
+        bootstrap::warn_if_readable(&cli.config);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -60,7 +63,13 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
             eprintln!("weft-agent: {e:#}");
-            ExitCode::FAILURE
+            // A join the controller refused for good (bad, expired, used-up or wrong-node
+            // token): a config problem, like a bad agent.toml.
+            if e.chain().any(|c| c.downcast_ref::<bootstrap::Refused>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -81,6 +90,12 @@ fn init_logging(format: &str) {
 }
 
 async fn run(cfg: AgentConfig) -> Result<()> {
+    // [bootstrap]: join with the token when the certificate files are missing, and keep them
+    // renewed while the agent runs.
+    bootstrap::ensure(&cfg, bootstrap::Retry::default()).await?;
+    if cfg.bootstrap.is_some() {
+        tokio::spawn(bootstrap::renew_loop(cfg.clone()));
+    }
     let d = daemon::Daemon::new(cfg)?;
     match d.run().await? {
         daemon::Exit::Signal => tracing::info!("stopping; routes, bridge and pods stay in place"),

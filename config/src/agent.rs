@@ -40,6 +40,63 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     /// `[probes]`: reachability probes of every peer's gateway, published to etcd.
     pub probes: ProbesConfig,
+    /// `[bootstrap]`: join with a token when the certificate files do not exist yet, and
+    /// renew before they expire.
+    pub bootstrap: Option<BootstrapConfig>,
+}
+
+/// `[bootstrap]` of agent.toml: where and how to get this node's certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapConfig {
+    /// The controller's join service, `https://HOST:PORT` (no path).
+    pub url: String,
+    /// The join token, `<id>.<secret>` (6 and 16 characters of a-z and 0-9).
+    pub token: String,
+    /// `sha256:<64 hex>` of the cluster CA's SubjectPublicKeyInfo (`weftctl token create`).
+    pub ca_pin: String,
+    /// Renew this long before the certificate expires; `None`: a third of its lifetime.
+    pub renew_before: Option<Duration>,
+}
+
+impl std::fmt::Debug for BootstrapConfig {
+    /// Never shows the token's secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = self.token.split_once('.').map_or("?", |(id, _)| id);
+        f.debug_struct("BootstrapConfig")
+            .field("url", &self.url)
+            .field("token", &format_args!("{id}.****"))
+            .field("ca_pin", &self.ca_pin)
+            .field("renew_before", &self.renew_before)
+            .finish()
+    }
+}
+
+impl AgentConfig {
+    /// Every (certificate, key) pair the config names, `[etcd]`'s first, without repeats.
+    pub fn cert_paths(&self) -> Vec<(PathBuf, PathBuf)> {
+        let mut out: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let etcd = self.etcd.tls.as_ref().and_then(|t| t.identity.clone());
+        let quic = self.quic.as_ref().map(|q| (q.cert_file.clone(), q.key_file.clone()));
+        for pair in [etcd, quic].into_iter().flatten() {
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+        out
+    }
+
+    /// Every CA file the config names, `[etcd]`'s first, without repeats.
+    pub fn ca_paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        let etcd = self.etcd.tls.as_ref().map(|t| t.ca_file.clone());
+        let quic = self.quic.as_ref().map(|q| q.ca_file.clone());
+        for p in [etcd, quic].into_iter().flatten() {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
 }
 
 /// `[metrics]` of agent.toml.
@@ -225,6 +282,7 @@ impl AgentConfig {
         let quic = read_quic(r.table("quic")?)?;
         let metrics = read_metrics(r.table("metrics")?)?;
         let probes = read_probes(r.table("probes")?)?;
+        let bootstrap = read_bootstrap(r.table("bootstrap")?)?;
         let mut pods = Vec::new();
         for p in r.table_array("pods")? {
             pods.push(read_pod(p)?);
@@ -246,6 +304,15 @@ impl AgentConfig {
             }
         }
         r.finish()?;
+        let no_cert = etcd.tls.as_ref().and_then(|t| t.identity.as_ref()).is_none() && quic.is_none();
+        if bootstrap.is_some() && no_cert {
+            return Err(ConfigError::new(
+                source,
+                "bootstrap",
+                "expected cert_file and key_file in [etcd] or a [quic] section: the files the joined certificate is \
+                 written to",
+            ));
+        }
         Ok(Self {
             node_name: node_name.to_string(),
             node_id,
@@ -261,6 +328,7 @@ impl AgentConfig {
             pods,
             metrics,
             probes,
+            bootstrap,
         })
     }
 }
@@ -427,6 +495,36 @@ fn read_probes(mut r: Reader<'_>) -> Result<ProbesConfig, ConfigError> {
     let interval = r.opt_int("interval_secs", 1, 3600)?.map_or(d.interval, |s| Duration::from_secs(s as u64));
     r.finish()?;
     Ok(ProbesConfig { enabled, interval })
+}
+
+fn read_bootstrap(mut r: Reader<'_>) -> Result<Option<BootstrapConfig>, ConfigError> {
+    if r.is_empty() {
+        return Ok(None);
+    }
+    let url = r.req_str("url")?;
+    let host = url.strip_prefix("https://").map(|h| h.strip_suffix('/').unwrap_or(h));
+    if !host.is_some_and(|h| !h.is_empty() && !h.contains('/') && !h.contains(char::is_whitespace)) {
+        return Err(r.err("url", format!("expected an https:// URL like https://172.30.0.41:9651, found {url:?}")));
+    }
+    let token = r.req_str("token")?;
+    let part = |p: &str, len: usize| p.len() == len && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !token.split_once('.').is_some_and(|(id, secret)| part(id, 6) && part(secret, 16)) {
+        // Never repeat the value: it is a secret.
+        return Err(r.err("token", "expected <id>.<secret>: 6, a '.', then 16 characters of a-z or 0-9"));
+    }
+    let ca_pin = r.req_str("ca_pin")?;
+    let hex = ca_pin.strip_prefix("sha256:");
+    if !hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) {
+        return Err(r.err("ca_pin", format!("expected sha256: and 64 lowercase hex digits, found {ca_pin:?}")));
+    }
+    let renew_before = r.opt_int("renew_before_secs", 60, 365 * 24 * 3600)?.map(|s| Duration::from_secs(s as u64));
+    r.finish()?;
+    Ok(Some(BootstrapConfig {
+        url: url.trim_end_matches('/').to_string(),
+        token: token.to_string(),
+        ca_pin: ca_pin.to_string(),
+        renew_before,
+    }))
 }
 
 fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
@@ -597,7 +695,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
             ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
-            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bridge, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bootstrap, bridge, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
             ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
             ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
             ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),
@@ -655,6 +753,41 @@ ifname = "net0"
         for (line, want) in cases {
             assert_eq!(&err(&format!("{base}{line}")), want, "for {line}");
         }
+    }
+
+    #[test]
+    fn bootstrap_section() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"https://a:1\"]\nca_file = \"/p/ca.pem\"\n\
+                    cert_file = \"/p/n1.pem\"\nkey_file = \"/p/n1.key\"\n";
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let good = format!("{base}[bootstrap]\nurl = \"https://172.30.0.41:9651/\"\ntoken = \"abc123.0123456789abcdef\"\nca_pin = \"{pin}\"\n");
+        let c = AgentConfig::parse("agent.toml", &good).expect("valid");
+        let b = c.bootstrap.clone().expect("bootstrap");
+        assert_eq!(b.url, "https://172.30.0.41:9651");
+        assert_eq!(b.renew_before, None);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug hides the secret");
+        assert_eq!(c.cert_paths(), vec![(PathBuf::from("/p/n1.pem"), PathBuf::from("/p/n1.key"))]);
+        assert_eq!(c.ca_paths(), vec![PathBuf::from("/p/ca.pem")]);
+        let with_quic = format!("{good}renew_before_secs = 600\n[quic]\nca_file = \"/q/ca.pem\"\ncert_file = \"/q/n1.pem\"\nkey_file = \"/q/n1.key\"\n");
+        let c = AgentConfig::parse("agent.toml", &with_quic).expect("valid");
+        assert_eq!(c.bootstrap.as_ref().expect("b").renew_before, Some(Duration::from_secs(600)));
+        assert_eq!(c.cert_paths().len(), 2);
+        assert_eq!(c.ca_paths(), vec![PathBuf::from("/p/ca.pem"), PathBuf::from("/q/ca.pem")]);
+
+        let cases: &[(&str, &str)] = &[
+            ("url = \"http://a:1\"", "agent.toml: bootstrap.url: expected an https:// URL like https://172.30.0.41:9651, found \"http://a:1\""),
+            ("url = \"https://a:1/v1\"", "agent.toml: bootstrap.url: expected an https:// URL like https://172.30.0.41:9651, found \"https://a:1/v1\""),
+            ("url = \"https://a:1\"\ntoken = \"abc123.SECRETSECRETSECRE\"", "agent.toml: bootstrap.token: expected <id>.<secret>: 6, a '.', then 16 characters of a-z or 0-9"),
+            ("url = \"https://a:1\"\ntoken = \"abc123.0123456789abcdef\"", "agent.toml: bootstrap.ca_pin: required, expected a string"),
+            ("url = \"https://a:1\"\ntoken = \"abc123.0123456789abcdef\"\nca_pin = \"sha1:ab\"", "agent.toml: bootstrap.ca_pin: expected sha256: and 64 lowercase hex digits, found \"sha1:ab\""),
+        ];
+        for (body, want) in cases {
+            assert_eq!(&err(&format!("{base}[bootstrap]\n{body}")), want, "for {body}");
+        }
+        let e = err(&format!("{good}renew_before_secs = 1\n"));
+        assert_eq!(e, "agent.toml: bootstrap.renew_before_secs: expected an integer from 60 to 31536000, found 1");
+        let no_cert = format!("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[bootstrap]\nurl = \"https://a:1\"\ntoken = \"abc123.0123456789abcdef\"\nca_pin = \"{pin}\"\n");
+        assert!(err(&no_cert).starts_with("agent.toml: bootstrap: expected cert_file and key_file in [etcd]"));
     }
 
     #[test]

@@ -87,6 +87,15 @@ impl Keys {
         format!("{}{at_ms:013}-{node}", self.evictions_prefix())
     }
 
+    /// Prefix of all join tokens (ends in `/`): `tokens/<id>`, written by `weftctl token create`.
+    pub fn tokens_prefix(&self) -> String {
+        format!("{}/tokens/", self.base)
+    }
+
+    pub fn token(&self, id: &str) -> String {
+        format!("{}{}", self.tokens_prefix(), id)
+    }
+
     /// The node name of a probe record's key.
     pub fn probe_segment<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.probes_prefix()).filter(|s| !s.is_empty() && !s.contains('/'))

@@ -9,6 +9,7 @@ pub mod agent_view;
 pub mod cluster_status;
 pub mod error;
 pub mod etcd;
+pub mod join;
 pub mod network;
 pub mod nodes;
 pub mod output;

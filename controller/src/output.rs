@@ -49,6 +49,21 @@ pub fn round_trip(us: u64) -> String {
     }
 }
 
+/// Writes `text` to stdout. When the reader has gone (`weftctl status --json | head -3`), the
+/// process ends quietly with status 0, as `cat` does, instead of panicking as `print!` would.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())

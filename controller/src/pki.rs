@@ -266,10 +266,22 @@ fn dn(common_name: &str) -> DistinguishedName {
 }
 
 fn leaf_params(req: &IssueRequest, now: OffsetDateTime) -> CertificateParams {
+    node_params(&req.name, req.sans(), now - BACKDATE, now + Duration::days(i64::from(req.days)))
+}
+
+/// The parameters of every node certificate (`weftctl ca issue` and the join service's): common
+/// name `name`, the SANs given (IP addresses as iPAddress, the rest as dNSName; the caller
+/// checked them), serverAuth and clientAuth, not a CA.
+pub(crate) fn node_params(
+    name: &str,
+    sans_in: Vec<String>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
     let mut p = CertificateParams::default();
-    p.distinguished_name = dn(&req.name);
+    p.distinguished_name = dn(name);
     let mut sans = Vec::new();
-    for s in req.sans() {
+    for s in sans_in {
         match s.parse::<IpAddr>() {
             Ok(ip) => sans.push(SanType::IpAddress(ip)),
             // Validated as ASCII DNS names above, so the conversion cannot fail.
@@ -281,19 +293,19 @@ fn leaf_params(req: &IssueRequest, now: OffsetDateTime) -> CertificateParams {
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;
-    p.not_before = now - BACKDATE;
-    p.not_after = now + Duration::days(i64::from(req.days));
+    p.not_before = not_before;
+    p.not_after = not_after;
     p
 }
 
 /// The CA of a directory, ready to sign.
-struct LoadedCa {
-    issuer: Issuer<'static, KeyPair>,
-    subject_raw: Vec<u8>,
-    not_after: OffsetDateTime,
+pub(crate) struct LoadedCa {
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    pub(crate) subject_raw: Vec<u8>,
+    pub(crate) not_after: OffsetDateTime,
 }
 
-fn load_ca(dir: &Path) -> anyhow::Result<LoadedCa> {
+pub(crate) fn load_ca(dir: &Path) -> anyhow::Result<LoadedCa> {
     let files = ca_files(dir);
     let missing = |path: &Path| {
         UsageError::new(format!(

@@ -62,8 +62,8 @@ fn off_link_reason(peer: &Peer, node: &NodeView) -> String {
 
 /// An IPv6 link-local address (fe80::/10): every IPv6 interface has one; it says nothing about
 /// the underlay's IPv6 network.
-fn is_link_local(addr: IpAddr) -> bool {
-    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+pub(super) fn is_link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.is_unicast_link_local())
 }
 
 /// `peer_subnet via peer_public_ip dev <underlay>`; refused when the gateway is not of the

@@ -16,6 +16,7 @@
 //! deleted, downed or changed) from inside the node's namespace, where the agent runs: a VXLAN
 //! device keeps its UDP socket in the namespace it was created in.
 
+use super::host_gw::is_link_local;
 use super::{BuildContext, Driver, NodeView, Plan, Refused, Registration, UnderlayInfo};
 use crate::firewall::ForwardMode;
 use crate::kernel::{Fdb, Kernel, Link, Mac, Neighbour, Vxlan};
@@ -25,7 +26,7 @@ use futures::future::BoxFuture;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use tracing::info;
+use tracing::{info, warn};
 use weft_config::peers::Peer;
 use weft_config::records::VxlanOptions;
 use weft_config::subnet::Family;
@@ -51,6 +52,7 @@ fn build<K: Kernel>(ctx: &BuildContext) -> Result<Box<dyn Driver<K>>> {
         ipv6_pool: ctx.net.pool(Family::V6).is_some(),
         links: BTreeMap::new(),
         last_node: None,
+        broken: BTreeMap::new(),
     }))
 }
 
@@ -108,6 +110,9 @@ pub struct VxlanDriver {
     /// What the node looked like at the last full reconcile, so that a device found missing
     /// or down before a plan is made again at once.
     last_node: Option<NodeView>,
+    /// Why a family's device could not be made again before the last plan: its peers are
+    /// refused with that reason while the other family keeps working.
+    broken: BTreeMap<Family, String>,
 }
 
 impl VxlanDriver {
@@ -176,10 +181,6 @@ fn fits(l: &Link, spec: &Vxlan) -> bool {
     l.kind.as_deref() == Some("vxlan") && l.vxlan.as_ref() == Some(spec)
 }
 
-fn is_link_local(a: IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v) if v.is_unicast_link_local())
-}
-
 impl<K: Kernel> Driver<K> for VxlanDriver {
     fn name(&self) -> &'static str {
         NAME
@@ -225,8 +226,17 @@ impl<K: Kernel> Driver<K> for VxlanDriver {
                 let found = nl.link(device(family)).await?;
                 let index = match found {
                     Some(l) if l.up && self.spec(&node.underlay, family).is_some_and(|s| fits(&l, &s)) => l.index,
-                    _ => self.ensure_device(nl, &node, family, *subnet).await?,
+                    // A device that cannot be made again costs its own family only.
+                    _ => match self.ensure_device(nl, &node, family, *subnet).await {
+                        Ok(index) => index,
+                        Err(e) => {
+                            warn!(device = device(family), error = %format!("{e:#}"), "cannot make the vxlan device again; its peers are refused until it can");
+                            self.broken.insert(family, format!("{e:#}"));
+                            continue;
+                        }
+                    },
                 };
+                self.broken.remove(&family);
                 links.insert(family, index);
             }
             self.links = links;
@@ -240,9 +250,10 @@ impl<K: Kernel> Driver<K> for VxlanDriver {
             let family = Family::of_net(p.subnet);
             let refuse = |reason: String| Refused { node: p.node.clone(), subnet: p.subnet, reason };
             let Some(&dev) = self.links.get(&family) else {
-                let reason = match node.subnets.get(family) {
-                    None => format!("this node has no {family} subnet, so no {} device", device(family)),
-                    Some(_) => format!("the {} device is not there yet", device(family)),
+                let reason = match (node.subnets.get(family), self.broken.get(&family)) {
+                    (None, _) => format!("this node has no {family} subnet, so no {} device", device(family)),
+                    (Some(_), Some(e)) => format!("the {} device could not be made: {e}", device(family)),
+                    (Some(_), None) => format!("the {} device is not there yet", device(family)),
                 };
                 plan.refused.push(refuse(reason));
                 continue;

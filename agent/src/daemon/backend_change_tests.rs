@@ -79,3 +79,31 @@ async fn a_changed_backend_is_followed_at_the_next_full_reconcile_and_the_old_on
     tick(&mut d).await;
     assert_eq!(node(&mut d).drivers.names(), "host-gw");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_change_never_overwrites_a_subnet_another_node_took_meanwhile() {
+    let w = World::new(CIDR);
+    let (mut d, _h) = w.started().await;
+    let key = Keys::new("lab").subnet(node(&mut d).subnet);
+    // Evicted while partitioned, and the subnet taken by n9 before this agent saw either.
+    let theirs = record("n9", "id-n9", "172.30.0.19").to_json();
+    w.put(&key, theirs.clone());
+    let vx = NetworkConfig::new("test", CIDR, 24, Backend::Vxlan).expect("net");
+    w.put(&Keys::new("lab").config(), vx.to_json());
+    tick(&mut d).await;
+    assert_eq!(w.get(&key).as_deref(), Some(theirs.as_bytes()), "n9's record is left as n9 wrote it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_record_changed_by_someone_else_is_written_again() {
+    let w = World::new(CIDR);
+    let (mut d, _h) = w.started().await;
+    let wrote = own_record(&w, &mut d);
+    let key = Keys::new("lab").subnet(node(&mut d).subnet);
+    let mut edited = wrote.clone();
+    edited.public_ip = "172.30.0.99".parse().expect("ip");
+    w.put(&key, edited.to_json());
+    drain(&mut d).await;
+    tick(&mut d).await;
+    assert_eq!(own_record(&w, &mut d), wrote, "rewritten as this agent has it");
+}

@@ -160,7 +160,10 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 Some(r) => {
                     let theirs = SubnetRecord::from_json(&key, &r.value).ok();
                     if theirs.as_ref().is_some_and(|t| t.node_id == ctx.node_id) {
-                        continue;
+                        // Ours, but not what this agent wrote last (a rewrite that failed
+                        // half-way, an edit by hand): written again, compared on its revision.
+                        warn!(subnet = %subnet, "own subnet record differs from what this agent wrote; rewriting it");
+                        return self.rewrite_own_records(ctx).await;
                     }
                     error!(subnet = %subnet, holder = ?theirs.map(|t| t.node), "another node now holds this node's subnet; re-acquiring");
                     self.reacquire(ctx).await?;

@@ -11,14 +11,17 @@
 //! driver (auto ↔ its encap, another VNI), the drivers are dropped and built anew through a
 //! re-acquire, and the peers lose packets until both ends have switched.
 
-use super::{decide, Ctx, Node};
+use super::{acquire, decide, Ctx, Node};
 use crate::backend::{self, BuildContext, Drivers};
 use crate::firewall::Runner;
 use crate::kernel::Kernel;
+use crate::lease::Write;
 use crate::state;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::time::Duration;
 use tracing::{info, warn};
+use weft_config::records::SubnetRecord;
+use weft_config::subnet::{Family, PerFamily};
 use weft_config::NetworkConfig;
 use weft_store::Store;
 
@@ -135,11 +138,45 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let backend = self.net.backend.to_string();
         ctx.set_status(|s| s.backend = Some(backend));
         let rec = decide::own_record(&ctx.cfg, &ctx.node_id, ctx.epoch, &self.underlay, &self.net, &self.drivers);
-        let value = rec.to_json();
-        for (_, s) in self.subnets.iter() {
-            self.store.put(&ctx.keys.subnet(*s), value.clone(), self.subnet_lease).await?;
+        self.record_value = rec.to_json();
+        self.rewrite_own_records(ctx).await
+    }
+
+    /// Writes `record_value` under each own key, in one transaction that compares each key
+    /// as just read: a key this node no longer holds (evicted and taken by another node) is
+    /// never overwritten; the next full reconcile re-acquires instead.
+    pub(super) async fn rewrite_own_records<R: Runner>(&mut self, ctx: &Ctx<K, S, R>) -> Result<()> {
+        let (mut writes, mut current) = ((None, None), true);
+        for (family, s) in self.subnets.iter() {
+            let key = ctx.keys.subnet(*s);
+            let w = match self.store.get(&key).await? {
+                None => {
+                    current = false;
+                    Write::Create(*s)
+                }
+                Some(r) => {
+                    current &= r.value == self.record_value.as_bytes();
+                    let ours = SubnetRecord::from_json(&key, &r.value).is_ok_and(|t| t.node_id == ctx.node_id);
+                    if !ours {
+                        bail!("{key} is held by another node now; not rewriting it");
+                    }
+                    Write::Replace { subnet: *s, mod_revision: r.mod_revision }
+                }
+            };
+            match family {
+                Family::V4 => writes.0 = Some(w),
+                Family::V6 => writes.1 = Some(w),
+            }
         }
-        self.record_value = value;
+        let Some(writes) = PerFamily::from_options(writes.0, writes.1) else { return Ok(()) };
+        if current {
+            // Already as wanted (the watch had not shown it yet).
+            return Ok(());
+        }
+        if !acquire::write_records(&self.store, &ctx.keys, &writes, &self.record_value, self.subnet_lease).await? {
+            bail!("the own records changed while being rewritten; the next reconcile looks again");
+        }
+        ctx.mark(|h, now| h.record_renewed = now);
         Ok(())
     }
 }

@@ -184,6 +184,37 @@ async fn refresh_view(shared: Arc<Shared>, store: watch::Receiver<Option<EtcdSto
     }
 }
 
+/// The join service on `listener`, from the first etcd connection on. Ends only on an error
+/// (the CA cannot be read), which is logged: the rest of the controller keeps running.
+async fn serve_join(
+    shared: Arc<Shared>,
+    b: config::BootstrapConfig,
+    listener: tokio::net::TcpListener,
+    mut store: watch::Receiver<Option<EtcdStore>>,
+) {
+    let first = match store.wait_for(Option::is_some).await {
+        Ok(s) => s.clone(),
+        Err(_) => return,
+    };
+    let Some(s) = first else { return };
+    let ctx = {
+        let registry = shared.metrics.registry();
+        let mut reg = registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::join::server::JoinContext::new(
+            s,
+            &shared.cfg.network,
+            b.ca_dir.clone(),
+            b.cert_lifetime,
+            &shared.name,
+            &mut reg,
+        )
+    };
+    tracing::info!(listen = %b.listen, ca_dir = %b.ca_dir.display(), "serving the join service (HTTPS: /v1/join, /v1/renew)");
+    if let Err(e) = crate::join::server::serve(listener, ctx).await {
+        tracing::error!(error = %format!("{e:#}"), "the join service stopped");
+    }
+}
+
 /// Terms of the election, one after the other, until shutdown.
 async fn elections(
     shared: Arc<Shared>,
@@ -238,14 +269,19 @@ pub async fn run(cfg: ControllerConfig, name: String) -> anyhow::Result<()> {
     let handler: http::Handler = Arc::new(move |path: &str| respond(&s, path));
     let http_task = tokio::spawn(http::serve(listener, handler));
 
-    if cfg.bootstrap.is_some() {
-        // JOIN WIRING (issue 16): the join helper's `crate::join::server::serve(listener,
-        // JoinContext { store, network, ca_dir, cert_lifetime, registry: shared.metrics.registry() })`
-        // is called here, on a listener bound to `[bootstrap] listen`, once that branch is merged.
-        tracing::warn!("bootstrap: not built yet");
-    }
-
     let (store_tx, store_rx) = watch::channel(None);
+    // The join service runs on every replica (tokens are taken with a compare in etcd, so it
+    // needs no leader); it is bound now, so a bad address fails the start, and serves once
+    // etcd is connected.
+    let join_task = match &cfg.bootstrap {
+        None => None,
+        Some(b) => {
+            let listener = tokio::net::TcpListener::bind(b.listen)
+                .await
+                .with_context(|| format!("listening on {} ([bootstrap] listen)", b.listen))?;
+            Some(tokio::spawn(serve_join(shared.clone(), b.clone(), listener, store_rx.clone())))
+        }
+    };
     let view_task = tokio::spawn(refresh_view(shared.clone(), store_rx));
     let (stop_tx, stop_rx) = watch::channel(false);
     let election = tokio::spawn(elections(shared.clone(), store_tx, stop_rx));
@@ -264,6 +300,9 @@ pub async fn run(cfg: ControllerConfig, name: String) -> anyhow::Result<()> {
     }
     view_task.abort();
     http_task.abort();
+    if let Some(t) = join_task {
+        t.abort();
+    }
     Ok(())
 }
 

@@ -3,10 +3,22 @@
 //! arguments or input (one line naming the flag and the expectation). This file parses the
 //! command line and dispatches; each verb lives in `commands/`.
 
+// Output goes through `out!`/`outln!`, which survive a closed pipe (`weftctl status | head`).
+#![deny(clippy::print_stdout)]
+
+/// `print!` that ends weftctl quietly when stdout's reader has gone (see
+/// [`weft_controller::output::write_stdout`]); `outln!` adds the newline.
+macro_rules! out {
+    ($($t:tt)*) => { weft_controller::output::write_stdout(&format!($($t)*)) };
+}
+macro_rules! outln {
+    ($($t:tt)*) => { weft_controller::output::write_stdout(&format!("{}\n", format_args!($($t)*))) };
+}
+
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{ca, lab, network, nodes, pod, Global};
+use commands::{ca, lab, network, nodes, pod, token, Global};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weft_controller::error::is_usage;
@@ -67,6 +79,9 @@ enum Cmd {
     /// The cluster CA and node certificates (QUIC and etcd client certificates).
     #[command(subcommand)]
     Ca(ca::CaCmd),
+    /// Join tokens: a new node trades one for its certificate at the controller.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 fn main() -> ExitCode {
@@ -112,5 +127,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Agent(c) => pod::agent(&g, c),
         Cmd::Lab(l) => lab::run(l),
         Cmd::Ca(c) => ca::run(c),
+        Cmd::Token(c) => token::run(&g, c),
     }
 }

@@ -42,7 +42,7 @@ fn agent_restart(id: &str, backend: Backend, topology: Topology, family: IpFamil
         assert_eq!(pod_ips(&st), pod_ips(b), "pod addresses changed across {sig}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_lossless(&streams.into_iter().map(Stream::stop).collect::<Vec<_>>());
+    assert_lossless(&lab, &streams.into_iter().map(Stream::stop).collect::<Vec<_>>());
 }
 
 #[test]
@@ -150,7 +150,11 @@ fn etcd_outage(id: &str, backend: Backend, topology: Topology, family: IpFamily)
     );
     assert!(joined <= Duration::from_secs(4), "n3 joined only {} after etcd was started", secs(joined));
     assert!(routable <= Duration::from_secs(2), "n3 routable only {} after it was ready", secs(routable));
-    assert_lossless(&streams.into_iter().map(Stream::stop).collect::<Vec<_>>());
+    let results: Vec<StreamResult> = streams.into_iter().map(Stream::stop).collect();
+    match backend {
+        Backend::Quic => assert_gapless(&lab, &results),
+        _ => assert_lossless(&lab, &results),
+    }
 }
 
 /// Node `i`'s first pod's addresses (IPv4 first), as its agent reports them now.
@@ -262,5 +266,5 @@ fn r3_three_member_etcd_survives_losing_a_member() {
         secs(answers),
         secs(connected.unwrap_or_default())
     );
-    assert_lossless(&[a.stop()]);
+    assert_lossless(&lab, &[a.stop()]);
 }

@@ -9,6 +9,7 @@ fn driver(ipv6_pool: bool) -> VxlanDriver {
         ipv6_pool,
         links: BTreeMap::new(),
         last_node: None,
+        broken: BTreeMap::new(),
     }
 }
 
@@ -93,6 +94,34 @@ async fn a_device_with_other_settings_is_made_anew_and_a_downed_one_comes_back_b
     Driver::<FakeKernel>::observe(&mut d, &k).await.expect("observe");
     let again = k.link(DEVICE).await.expect("list").expect("made again before the plan");
     assert_eq!(d.links.get(&Family::V4), Some(&again.index));
+}
+
+#[tokio::test]
+async fn a_device_that_cannot_be_made_again_refuses_its_family_s_peers_and_keeps_the_other_family() {
+    let (k, view) = kernel_for(dual_node("172.30.0.11/24", "fd00:172:30::11/64"));
+    let mut d = driver(true);
+    d.ensure(&k, &view).await.expect("ensure");
+    let v6 = k.link(DEVICE6).await.expect("list").expect("IPv6 device");
+    k.del_link(v6.index).await.expect("deleted by hand");
+    k.fail_next(|c| matches!(c, Call::AddVxlan { name, .. } if name == DEVICE6), libc::EADDRINUSE);
+    Driver::<FakeKernel>::observe(&mut d, &k).await.expect("observe goes on without the IPv6 device");
+    let m2 = "02:00:00:00:00:02";
+    let peers = [
+        vx_peer("n2", "10.244.2.0/24", "172.30.1.12", m2),
+        vx_peer("n2", "fd00:10:244:2::/64", "fd00:172:30:1::12", m2),
+    ];
+    let plan = Driver::<FakeKernel>::plan(&d, &peers.iter().collect::<Vec<_>>(), &view);
+    assert_eq!(plan.routes.iter().map(|r| r.dst).collect::<Vec<_>>(), vec![net("10.244.2.0/24")]);
+    assert_eq!(plan.refused.len(), 1);
+    assert!(
+        plan.refused[0].reason.starts_with("the weft-vxlan6 device could not be made: "),
+        "{}",
+        plan.refused[0].reason
+    );
+    Driver::<FakeKernel>::observe(&mut d, &k).await.expect("observe");
+    assert!(k.link(DEVICE6).await.expect("list").is_some(), "made at the next try");
+    let plan = Driver::<FakeKernel>::plan(&d, &peers.iter().collect::<Vec<_>>(), &view);
+    assert_eq!((plan.routes.len(), plan.refused.len()), (2, 0));
 }
 
 #[tokio::test]

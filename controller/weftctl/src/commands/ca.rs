@@ -44,18 +44,13 @@ pub fn run(cmd: &CaCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         CaCmd::Init { dir, days, force } => {
             let ca = pki::init_ca(dir, &pki::CaOptions { days: *days, force: *force })?;
-            println!(
-                "CA created: {} and {} (expires {})",
-                ca.files.cert.display(),
-                ca.files.key.display(),
-                ca.expires()
-            );
+            outln!("CA created: {} and {} (expires {})", ca.files.cert.display(), ca.files.key.display(), ca.expires());
         }
         CaCmd::Issue { node, dir, days, ip, dns, force } => {
             let req =
                 pki::IssueRequest { name: node.clone(), days: *days, ips: ip.clone(), dns: dns.clone(), force: *force };
             let c = pki::issue(dir, dir, &req)?;
-            println!(
+            outln!(
                 "issued {node} [{}]: {} and {} (expires {})",
                 req.sans().join(", "),
                 c.files.cert.display(),

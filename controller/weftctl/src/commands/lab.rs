@@ -237,10 +237,8 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             };
             let lab = Lab::up(spec)?;
             lab.detach();
-            print!("{}", lab::status::render(&lab.lab_status()));
-            println!(
-                "run commands with: weftctl lab --id {id} exec n1 -- CMD; remove with: weftctl lab --id {id} down"
-            );
+            out!("{}", lab::status::render(&lab.lab_status()));
+            outln!("run commands with: weftctl lab --id {id} exec n1 -- CMD; remove with: weftctl lab --id {id} down");
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Down => {
@@ -248,7 +246,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             for w in &report.warnings {
                 eprintln!("warning: {w}");
             }
-            println!(
+            outln!(
                 "lab {id}: signalled {} process(es), removed {} namespace(s)",
                 report.signalled.len(),
                 report.namespaces_removed.len()
@@ -279,11 +277,11 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let lab = Lab::attach(id)?;
             if *leave {
                 lab.leave(i)?;
-                println!("{node} left the network");
+                outln!("{node} left the network");
             } else {
                 let sig = signal.signal();
                 lab.stop_agent(i, sig)?;
-                println!("agent of {node} stopped ({sig})");
+                outln!("agent of {node} stopped ({sig})");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -292,7 +290,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let lab = Lab::attach(id)?;
             let pid = lab.start_agent(i)?;
             let s = lab.wait_ready(i, std::time::Duration::from_secs(*ready_timeout))?;
-            println!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
+            outln!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Controller(LabControllerCmd::Stop { controller, signal }) => {

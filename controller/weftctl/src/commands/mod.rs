@@ -6,6 +6,7 @@ pub mod lab;
 pub mod network;
 pub mod nodes;
 pub mod pod;
+pub mod token;
 
 use anyhow::Context;
 use std::future::Future;
@@ -32,9 +33,9 @@ pub fn parse_backend(s: &str) -> Result<Backend, String> {
 /// Prints `v` as pretty JSON, or the human rendering.
 pub fn print_out<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce() -> String) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v).context("encoding JSON")?);
+        outln!("{}", serde_json::to_string_pretty(v).context("encoding JSON")?);
     } else {
-        print!("{}", human());
+        out!("{}", human());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,8 +121,8 @@ pub fn run(g: &super::Global, cmd: &NetworkCmd) -> anyhow::Result<ExitCode> {
                 })?;
                 match plan {
                     InitPlan::Unchanged => {}
-                    InitPlan::Create => println!("network {net} created: {}", network::describe(&wanted)),
-                    InitPlan::Replace { .. } => println!("network {net} replaced: {}", network::describe(&wanted)),
+                    InitPlan::Create => outln!("network {net} created: {}", network::describe(&wanted)),
+                    InitPlan::Replace { .. } => outln!("network {net} replaced: {}", network::describe(&wanted)),
                 }
                 Ok(ExitCode::SUCCESS)
             }

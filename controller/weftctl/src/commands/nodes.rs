@@ -39,7 +39,7 @@ pub fn run(g: &super::Global, cmd: &NodeCmd) -> anyhow::Result<ExitCode> {
     let net = g.network.as_str();
     with_store(opts, |store| async move {
         for key in nodes::evict(&store, net, name).await? {
-            println!("evicted {name}: deleted {key}");
+            outln!("evicted {name}: deleted {key}");
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -76,7 +76,7 @@ pub fn run(g: &super::Global, cmd: &PodCmd) -> anyhow::Result<ExitCode> {
         PodCmd::Del { name } => {
             check("NAME", name)?;
             client.pod_del(name)?;
-            println!("pod {name} deleted");
+            outln!("pod {name} deleted");
             Ok(ExitCode::SUCCESS)
         }
         PodCmd::List { json } => {
