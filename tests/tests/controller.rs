@@ -1,6 +1,6 @@
 //! weft-controller (issue 16) on the lab: the cluster page in headless Chromium, dead-node
-//! eviction and the node's return, the mass-death guard, and leader takeover. Every test builds
-//! its own lab (ids ctl1..ctl4) with controllers in their own namespaces (`weft<id>-c<k>`, at
+//! eviction and the node's return, the mass-death guard, leader takeover, and labs whose nodes
+//! joined only with a token (host-gw and quic). Every test builds its own lab (ids ctl1..ctl7) with controllers in their own namespaces (`weft<id>-c<k>`, at
 //! 172.30.0.7 upward); the lab's Drop removes it, also on failure. Figures are printed as
 //! `measured:` lines (run with `--nocapture`) and recorded in docs/RELIABILITY.md.
 //!
@@ -387,8 +387,8 @@ fn controller_lab_flags_are_checked_before_anything_is_made() {
     assert_eq!(e, "--controllers: expected 1 to 3, found 4");
     let e = bad(LabSpec { id: "ctl9".into(), evict_after: Some(Duration::from_secs(5)), ..LabSpec::default() });
     assert!(e.starts_with("--evict-after: needs --controller"), "{e}");
-    let e = bad(LabSpec { id: "ctl9".into(), controllers: 1, join: true, ..LabSpec::default() });
-    assert!(e.starts_with("--join: not available yet"), "{e}");
+    let e = bad(LabSpec { id: "ctl9".into(), join: true, ..LabSpec::default() });
+    assert!(e.starts_with("--join: needs --controller"), "{e}");
     assert!(!Path::new("/run/weft-lab/ctl9").exists());
 }
 
@@ -463,4 +463,67 @@ fn the_browser_harness_runs_page_scripts_and_ends_every_chromium_process() {
 
     stop.store(true, Ordering::SeqCst);
     server.join().expect("test server");
+}
+
+/// A 3-node lab with one pod per node whose nodes join with a token: the lab issues no node
+/// certificate; each agent is started by the test, which measures its join.
+fn joined_lab(id: &str, backend: weft_config::Backend) {
+    let lab = ctl_lab(id, 3, |s| {
+        s.join = true;
+        s.backend = backend;
+        s.deferred_agents = 3;
+    });
+    let st = lab.lab_status();
+    assert_eq!(st.controller.as_ref().and_then(|c| c.bootstrap.as_deref()), Some("https://172.30.0.7:9651"));
+    for i in 1..=3 {
+        let files = lab.cert_files(&format!("n{i}"));
+        assert!(!files.cert.exists() && !files.key.exists(), "the lab issued n{i} a certificate");
+        let cfg = lab.node_config(i).expect("agent.toml");
+        assert!(cfg.bootstrap.is_some(), "n{i}'s agent.toml has no [bootstrap]");
+    }
+    for i in 1..=3 {
+        let files = lab.cert_files(&format!("n{i}"));
+        let t = Instant::now();
+        lab.start_agent(i).unwrap_or_else(|e| panic!("starting n{i}: {e:#}"));
+        let joined = until(&format!("n{i}'s certificate written"), Duration::from_secs(30), || {
+            files.cert.exists() && files.key.exists()
+        });
+        lab.wait_ready(i, Duration::from_secs(30)).unwrap_or_else(|e| panic!("n{i} not ready: {e:#}"));
+        eprintln!(
+            "measured: {backend} n{i} joined (certificate written) {} after its start, ready {} after it",
+            secs(joined),
+            secs(t.elapsed())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        assert_eq!(mode, 0o600, "n{i}'s key file mode {mode:o}");
+    }
+    let pods = all_pods(&lab, 3, &["p1"]);
+    let mut failures = Vec::new();
+    let took = wait_for(Duration::from_secs(20), || {
+        failures = cross_node_ping_failures(&lab, &pods);
+        failures.is_empty()
+    });
+    assert!(took.is_some(), "{backend}: pod pairs that never answered: {failures:?}");
+    eprintln!(
+        "measured: {backend} ping matrix of the joined nodes passes {} after the last was ready",
+        secs(took.unwrap_or_default())
+    );
+    let m = metrics(&lab, 1);
+    assert_eq!(m.get("weft_controller_join_issued_total"), Some(3.0), "{:?}", m.series);
+    let tokens = etcd_kvs(&lab, "tokens/");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let t: Value = serde_json::from_str(&tokens[0].1).expect("token record");
+    assert_eq!(t["uses_left"], 0, "three joins used the three uses: {t}");
+    assert!(t.get("secret").is_none() && t["secret_sha256"].is_string(), "only the secret's hash is kept: {t}");
+}
+
+#[test]
+fn a_lab_joined_only_by_tokens_passes_the_host_gw_ping_matrix() {
+    joined_lab("ctl6", weft_config::Backend::HostGw);
+}
+
+#[test]
+fn a_lab_joined_only_by_tokens_passes_the_quic_ping_matrix() {
+    joined_lab("ctl7", weft_config::Backend::Quic);
 }

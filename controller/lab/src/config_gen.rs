@@ -162,6 +162,7 @@ pub fn controller_toml(names: &LabNames, k: usize, spec: &ControllerConfigSpec) 
 mod tests {
     use super::*;
     use std::time::Duration;
+    use weft_config::controller::ControllerConfig;
     use weft_config::AgentConfig;
 
     #[test]
@@ -257,6 +258,12 @@ mod tests {
             bootstrap: Some(bootstrap.clone()),
         };
         let text = agent_toml(&names, 2, &spec);
+        let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let b = c.bootstrap.expect("[bootstrap]");
+        assert_eq!(
+            (b.url, b.token, b.ca_pin),
+            (bootstrap.url.clone(), bootstrap.token.clone(), bootstrap.ca_pin.clone())
+        );
         let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(v["bootstrap"]["url"].as_str(), Some(bootstrap.url.as_str()));
         assert_eq!(v["bootstrap"]["token"].as_str(), Some(bootstrap.token.as_str()));
@@ -278,6 +285,16 @@ mod tests {
             bootstrap: false,
         };
         let text = controller_toml(&names, 2, &spec);
+        // The controller's own parser takes it as the lab means it.
+        let c = ControllerConfig::parse("controller.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.name.as_deref(), Some("c2"));
+        assert_eq!(c.etcd.endpoints.len(), 3);
+        let (cert, _) = c.etcd.tls.as_ref().and_then(|t| t.identity.clone()).expect("client certificate");
+        assert_eq!(cert, Path::new("/run/weft-lab/3/pki/c2.pem"));
+        assert_eq!(c.http.listen, "172.30.0.8:9650".parse().expect("lit"));
+        assert_eq!(c.election.session_ttl, Duration::from_secs(5));
+        assert_eq!((c.evict.after, c.evict.scan), (Duration::from_secs(6), Duration::from_secs(1)));
+        assert_eq!(c.bootstrap, None);
         let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(v["name"].as_str(), Some("c2"));
         assert_eq!(v["network"].as_str(), Some("default"));
@@ -294,6 +311,11 @@ mod tests {
 
         let text =
             controller_toml(&names, 1, &ControllerConfigSpec { evict_after_secs: None, bootstrap: true, ..spec });
+        let c = ControllerConfig::parse("controller.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.evict.after, Duration::from_secs(3600), "the controller's default");
+        let b = c.bootstrap.expect("[bootstrap]");
+        assert_eq!(b.listen, "172.30.0.7:9651".parse().expect("lit"));
+        assert_eq!(b.ca_dir, Path::new("/run/weft-lab/3/pki"));
         let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(v["evict"].get("after_secs").is_none(), "the controller's default");
         assert_eq!(v["bootstrap"]["listen"].as_str(), Some("172.30.0.7:9651"));

@@ -139,8 +139,8 @@ pub struct LabSpec {
     /// The controllers' `evict_after` (whole seconds); `None`: the controller's default (1 h).
     #[serde(default)]
     pub evict_after: Option<Duration>,
-    /// Nodes join with a token instead of certificates the lab issues (needs a controller).
-    /// Reserved: refused until the join flow exists.
+    /// Nodes join with a token instead of certificates the lab issues (needs a controller): the
+    /// lab creates one token for all of them and gives each agent.toml a `[bootstrap]` section.
     #[serde(default)]
     pub join: bool,
     /// `weft-controller` to run; default: next to the current executable (see [`crate::bins`]).
@@ -247,15 +247,8 @@ impl LabSpec {
                 )));
             }
         }
-        if self.join {
-            if self.controllers == 0 {
-                return Err(UsageError::new(
-                    "--join: needs --controller (the controller signs the nodes' certificates)",
-                ));
-            }
-            return Err(UsageError::new(
-                "--join: not available yet (joining with a token is still being built; run the lab without --join)",
-            ));
+        if self.join && self.controllers == 0 {
+            return Err(UsageError::new("--join: needs --controller (the controller signs the nodes' certificates)"));
         }
         let v4 = self.ip_family.has_v4().then_some((self.cidr.as_str(), self.subnet_len));
         let v6 = self.ip_family.has_v6().then_some((self.cidr6.as_str(), self.subnet_len6));
@@ -316,7 +309,7 @@ mod tests {
         assert!(LabSpec { evict_after: after, ..ctl(1) }.validate().is_ok());
         assert!(bad(LabSpec { evict_after: Some(Duration::from_millis(1500)), ..ctl(1) }).contains("whole seconds"));
         assert!(bad(LabSpec { join: true, ..ctl(0) }).starts_with("--join: needs --controller"));
-        assert!(bad(LabSpec { join: true, ..ctl(1) }).starts_with("--join: not available yet"));
+        assert!(LabSpec { join: true, ..ctl(1) }.validate().is_ok());
     }
 
     #[test]

@@ -104,7 +104,9 @@ pub struct UpArgs {
     /// subnet is freed (like 30s, 5m or 1h; default 1h).
     #[arg(long, value_parser = lab::spec::parse_duration, value_name = "DURATION")]
     evict_after: Option<std::time::Duration>,
-    /// How nodes get their certificates: `token` makes them join through the controller.
+    /// How nodes get their certificates: `token` makes them join through the controller's join
+    /// service with a token the lab creates (the lab issues no node certificates). Needs
+    /// --controller.
     #[arg(long, value_enum, value_name = "MODE")]
     join: Option<JoinMode>,
     /// weft-controller binary (default: next to weftctl, or in WEFT_BIN_DIR).
@@ -114,7 +116,7 @@ pub struct UpArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JoinMode {
-    /// Nodes join with a token the lab creates (no node certificates from the lab).
+    /// Nodes join with one token the lab creates for all of them.
     Token,
 }
 
