@@ -299,7 +299,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let k = controller_index(controller)?;
             let sig = signal.signal();
             Lab::attach(id)?.stop_controller(k, sig)?;
-            println!("controller {controller} stopped ({sig})");
+            outln!("controller {controller} stopped ({sig})");
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Controller(LabControllerCmd::Start { controller, ready_timeout }) => {
@@ -307,7 +307,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let lab = Lab::attach(id)?;
             let pid = lab.start_controller(k)?;
             lab.wait_controller(k, std::time::Duration::from_secs(*ready_timeout))?;
-            println!("controller {controller} started (pid {pid}), serving {}", lab.controller_page_url(k));
+            outln!("controller {controller} started (pid {pid}), serving {}", lab.controller_page_url(k));
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Bench(b) => lab::bench::cli(id, b),
