@@ -32,6 +32,8 @@ pkgs=(
   # bench peers: the wireguard-go row (and wg to configure it); deploy/bench-peers.sh adds
   # boringtun and quincy from crates.io.
   wireguard-go wireguard-tools
+  # the controller tests load the cluster page in headless Chromium inside a lab namespace.
+  chromium
 )
 
 [ "$(id -u)" = 0 ] || { echo "error: run as root (installs packages; the lab creates network namespaces)" >&2; exit 1; }

@@ -2,6 +2,7 @@
 //! real kernel, all inside namespaces named `weft<id>-…`), and the lab's `Drop` removes it
 //! again, also when an assertion fails.
 
+pub mod browser;
 pub mod ops;
 pub mod quic_client;
 

@@ -4,7 +4,7 @@ use super::names::{LabNames, Target, WEFTCTL_CERT};
 use super::netns;
 use super::plumbing::tail;
 use super::procs::{self, Ownership};
-use super::status::{LabStatus, NodeStatus};
+use super::status::{self, LabStatus, NodeStatus};
 use super::{bins, lock, Lab};
 use anyhow::Context;
 use nix::sys::signal::Signal;
@@ -239,6 +239,7 @@ impl Lab {
         let etcd_pid = lock(&self.state).etcd.as_ref().map(|r| r.pid);
         let etcd_running = self.etcd_pid().is_some();
         let nodes = self.status();
+        let controllers = self.controller_statuses();
         LabStatus {
             id: self.id().to_string(),
             backend: self.spec.backend.to_string(),
@@ -247,6 +248,8 @@ impl Lab {
             etcd_endpoint: self.etcd_endpoints().join(","),
             etcd_pid,
             etcd_running,
+            controller: controllers.first().map(status::ControllerSummary::of),
+            controllers,
             nodes,
         }
     }
@@ -316,7 +319,7 @@ impl Lab {
 }
 
 /// Opens a log for appending and marks what starts writing to it.
-fn open_log(path: &std::path::Path, what: &str) -> anyhow::Result<std::fs::File> {
+pub(super) fn open_log(path: &std::path::Path, what: &str) -> anyhow::Result<std::fs::File> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)

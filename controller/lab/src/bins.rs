@@ -1,4 +1,4 @@
-//! Finding the binaries the lab runs: `weft-agent` and `weftctl` next to the running executable
+//! Finding the binaries the lab runs: `weft-agent`, `weftctl` and `weft-controller` next to the running executable
 //! (or in `WEFT_BIN_DIR`), `etcd` on PATH. A missing binary is an error naming the path; tests
 //! fail on it, never skip.
 
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 pub const AGENT: &str = "weft-agent";
 pub const WEFTCTL: &str = "weftctl";
+/// The controller daemon (a binary of the `weft-controller` package).
+pub const CONTROLLER: &str = "weft-controller";
 pub const ETCD: &str = "etcd";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,18 +58,11 @@ pub fn resolve(name: &'static str, explicit: Option<&Path>, flag: &str) -> Resul
         Some(p) => (p.to_path_buf(), format!("given by {flag}")),
         None => (
             bin_dir()?.join(name),
-            format!("build it with cargo build -p {}, or pass {flag} or set WEFT_BIN_DIR", package_of(name)),
+            // Every binary the lab runs is built by the package of its own name.
+            format!("build it with cargo build -p {name}, or pass {flag} or set WEFT_BIN_DIR"),
         ),
     };
     check_executable(name, &path, &hint)
-}
-
-fn package_of(name: &str) -> &str {
-    if name == WEFTCTL {
-        "weft-controller"
-    } else {
-        name
-    }
 }
 
 /// `name` in the directories of PATH.

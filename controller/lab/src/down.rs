@@ -9,7 +9,7 @@ use super::state::{LabState, ProcRecord, StateError};
 pub use super::teardown::DownReport;
 use std::time::Duration;
 
-/// Time an agent or etcd gets to exit after SIGTERM before SIGKILL.
+/// Time a controller, an agent or etcd gets to exit after SIGTERM before SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
 
 /// Tears down lab `names`: its processes, then its nodes (each by its kind, from state.json),
@@ -68,10 +68,13 @@ fn stop_processes(names: &LabNames, state: &LabState, mut gone: impl FnMut(u32) 
     for p in outside {
         report.errors.push(format!("not signalling pid {}: its namespace {} is not one of this lab's", p.pid, p.netns));
     }
-    // Agents first (they would only retry against a vanished etcd), then etcd.
+    // Controllers first (they resign through etcd, and must not see the agents go), then
+    // agents (they would only retry against a vanished etcd), then etcd.
+    let (controllers, rest): (Vec<ProcRecord>, Vec<ProcRecord>) =
+        inside.into_iter().partition(|p| state.controllers.values().any(|c| c == p));
     let (agents, etcd): (Vec<ProcRecord>, Vec<ProcRecord>) =
-        inside.into_iter().partition(|p| state.agents.values().any(|a| a == p));
-    for group in [agents, etcd] {
+        rest.into_iter().partition(|p| state.agents.values().any(|a| a == p));
+    for group in [controllers, agents, etcd] {
         let (signalled, errors) = procs::terminate(&group, GRACE, &mut gone);
         report.signalled.extend(signalled);
         report.errors.extend(errors);

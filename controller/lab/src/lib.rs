@@ -19,6 +19,7 @@ mod agents;
 pub mod bench;
 pub mod bins;
 pub mod config_gen;
+pub mod controllers;
 pub mod down;
 mod etcd_members;
 pub mod etcd_server;
@@ -33,12 +34,13 @@ pub mod state;
 pub mod status;
 pub mod teardown;
 
+pub use controllers::HttpReply;
 pub use down::DownReport;
 pub use names::{LabNames, Target};
 pub use netns::in_netns;
 pub use node::{LabNode, NodeKind};
 pub use spec::{IpFamily, LabSpec, Topology};
-pub use status::{LabStatus, NodeStatus};
+pub use status::{ControllerStatus, LabStatus, NodeStatus};
 
 use anyhow::Context;
 use names::{ETCD_CERT, ETCD_ENDPOINT, WEFTCTL_CERT};
@@ -58,6 +60,8 @@ pub struct Lab {
     spec: LabSpec,
     agent_bin: PathBuf,
     weftctl_bin: PathBuf,
+    /// In labs with controllers.
+    controller_bin: Option<PathBuf>,
     state: Mutex<LabState>,
     /// Processes this process started: reaped when they exit.
     children: Mutex<HashMap<u32, Child>>,
@@ -83,6 +87,10 @@ impl Lab {
         let agent_bin = bins::resolve(bins::AGENT, spec.agent_bin.as_deref(), "--agent-bin")?;
         let weftctl_bin = bins::resolve(bins::WEFTCTL, spec.weftctl_bin.as_deref(), "LabSpec::weftctl_bin")?;
         let etcd_bin = bins::on_path(bins::ETCD, "install Debian's etcd-server package")?;
+        let controller_bin = match spec.controllers {
+            0 => None,
+            _ => Some(bins::resolve(bins::CONTROLLER, spec.controller_bin.as_deref(), "LabSpec::controller_bin")?),
+        };
         let leftovers: Vec<String> = netns::list()?.into_iter().filter(|n| names.owns_ns(n)).collect();
         if names.dir().exists() || !leftovers.is_empty() {
             anyhow::bail!(
@@ -96,12 +104,14 @@ impl Lab {
             );
         }
         std::fs::create_dir_all(names.dir()).with_context(|| format!("creating {}", names.dir().display()))?;
-        let state = LabState::new(spec.clone(), agent_bin.clone(), weftctl_bin.clone(), unix_now());
+        let mut state = LabState::new(spec.clone(), agent_bin.clone(), weftctl_bin.clone(), unix_now());
+        state.controller_bin.clone_from(&controller_bin);
         let lab = Lab {
             names,
             spec,
             agent_bin,
             weftctl_bin,
+            controller_bin,
             state: Mutex::new(state),
             children: Mutex::new(HashMap::new()),
             teardown_on_drop: AtomicBool::new(true),
@@ -121,6 +131,7 @@ impl Lab {
             spec: state.spec.clone(),
             agent_bin: state.agent_bin.clone(),
             weftctl_bin: state.weftctl_bin.clone(),
+            controller_bin: state.controller_bin.clone(),
             state: Mutex::new(state),
             children: Mutex::new(HashMap::new()),
             teardown_on_drop: AtomicBool::new(false),
@@ -157,18 +168,34 @@ impl Lab {
         for k in 1..=self.spec.etcd_members {
             self.spawn_etcd_member(etcd_bin, k)?;
         }
-        // Nodes are wired while etcd starts.
+        // Nodes and controllers are wired while etcd starts.
         self.setup_nodes()?;
+        self.setup_controllers()?;
         self.wait_etcd(Duration::from_secs(30))?;
         self.network_init()?;
+        for k in 1..=self.spec.controllers {
+            self.start_controller(k)?;
+        }
+        if self.spec.join {
+            let bootstrap = self.create_join_token()?;
+            for i in 1..=self.spec.nodes {
+                self.write_node_config(i, Some(&bootstrap))?;
+            }
+        }
         for i in 1..=self.spec.nodes - self.spec.deferred_agents {
             self.start_agent(i)?;
         }
-        self.wait_all_ready(Duration::from_secs(self.spec.ready_timeout_secs))
+        let deadline = std::time::Instant::now() + Duration::from_secs(self.spec.ready_timeout_secs);
+        self.wait_all_ready(deadline.saturating_duration_since(std::time::Instant::now()))?;
+        for k in 1..=self.spec.controllers {
+            self.wait_controller(k, deadline.saturating_duration_since(std::time::Instant::now()))?;
+        }
+        Ok(())
     }
 
     /// The lab's CA and every certificate: etcd's server certificate, weftctl's client
-    /// certificate and one per node (etcd client and QUIC certificate alike).
+    /// certificate, one per node (etcd client and QUIC certificate alike; none when nodes join
+    /// with a token) and one per controller replica (`c1`..).
     fn make_pki(&self) -> anyhow::Result<()> {
         let dir = self.names.pki_dir();
         weft_controller::pki::init_ca(&dir, &weft_controller::pki::CaOptions::default())
@@ -179,7 +206,16 @@ impl Lab {
             ..weft_controller::pki::IssueRequest::node(ETCD_CERT)
         };
         let mut wanted = vec![etcd, weft_controller::pki::IssueRequest::node(WEFTCTL_CERT)];
-        wanted.extend((1..=self.spec.nodes).map(|i| weft_controller::pki::IssueRequest::node(&LabNames::node_name(i))));
+        // Nodes that join with a token get their certificate from the controller instead.
+        if !self.spec.join {
+            wanted.extend(
+                (1..=self.spec.nodes).map(|i| weft_controller::pki::IssueRequest::node(&LabNames::node_name(i))),
+            );
+        }
+        wanted.extend(
+            (1..=self.spec.controllers)
+                .map(|k| weft_controller::pki::IssueRequest::node(&LabNames::controller_name(k))),
+        );
         for req in &wanted {
             weft_controller::pki::issue(&dir, &dir, req)
                 .with_context(|| format!("issuing the certificate of {}", req.name))?;
@@ -221,6 +257,13 @@ impl Lab {
         })?;
         let p = self.names.node_paths(i);
         std::fs::create_dir_all(&p.state_dir).with_context(|| format!("creating {}", p.state_dir.display()))?;
+        self.write_node_config(i, None)
+    }
+
+    /// Writes node `i`'s agent.toml (with a `[bootstrap]` section when it joins with a token)
+    /// and checks that the agent's own parser accepts it.
+    fn write_node_config(&self, i: usize, bootstrap: Option<&config_gen::NodeBootstrap>) -> anyhow::Result<()> {
+        let p = self.names.node_paths(i);
         let spec = config_gen::NodeConfigSpec {
             pods: self.spec.pods,
             ip_masq: self.spec.ip_masq,
@@ -228,6 +271,7 @@ impl Lab {
             backend: self.spec.backend,
             encap: self.spec.encap,
             etcd_endpoints: self.etcd_endpoints(),
+            bootstrap: bootstrap.cloned(),
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
         std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;
@@ -257,7 +301,9 @@ impl Lab {
         }
     }
 
-    fn network_init(&self) -> anyhow::Result<()> {
+    /// `weftctl --etcd .. --network default` in the etcd namespace with weftctl's certificate and
+    /// none of the caller's WEFT_ variables.
+    fn weftctl_in_etcd_ns(&self) -> anyhow::Result<std::process::Command> {
         let mut cmd = netns::command_in(&self.names.etcd_ns(), &self.weftctl_bin)?;
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("WEFT_") {
@@ -268,9 +314,34 @@ impl Lab {
         for (k, v) in [("WEFT_ETCD_CA", &tls.ca), ("WEFT_ETCD_CERT", &tls.cert), ("WEFT_ETCD_KEY", &tls.key)] {
             cmd.env(k, v.as_deref().context("lab etcd client options without TLS")?);
         }
-        cmd.args(["--etcd", &self.etcd_endpoints().join(","), "--network", names::NETWORK, "network", "init"]);
+        cmd.args(["--etcd", &self.etcd_endpoints().join(","), "--network", names::NETWORK]);
+        Ok(cmd)
+    }
+
+    fn network_init(&self) -> anyhow::Result<()> {
+        let mut cmd = self.weftctl_in_etcd_ns()?;
+        cmd.args(["network", "init"]);
         cmd.args(network_init_args(&self.spec));
         plumbing::run(&mut cmd, "writing the network config").map(drop)
+    }
+
+    /// A join token for every node (`weftctl token create`, valid 1 h, one use per node) and
+    /// the CA pin, as the nodes' `[bootstrap]` section takes them, with replica 1's join URL.
+    fn create_join_token(&self) -> anyhow::Result<config_gen::NodeBootstrap> {
+        let mut cmd = self.weftctl_in_etcd_ns()?;
+        cmd.args(["token", "create", "--json", "--ttl", "1h", "--uses", &self.spec.nodes.to_string(), "--dir"]);
+        cmd.arg(self.names.pki_dir());
+        let out = plumbing::run(&mut cmd, "creating the nodes' join token")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("weftctl token create --json printed no JSON")?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+                .with_context(|| format!("weftctl token create --json: no {k:?}"))
+        };
+        let url = self.controller_bootstrap_url(1).context("a join token without a controller")?;
+        Ok(config_gen::NodeBootstrap { url, token: field("token")?, ca_pin: field("ca_pin")? })
     }
 
     /// Registers a process this process spawned: recorded in state.json, reaped later.
@@ -373,7 +444,7 @@ impl Lab {
         self.names.ca_files()
     }
 
-    /// Certificate and key `name` in the pki dir: `n1`.., `etcd`, `weftctl`.
+    /// Certificate and key `name` in the pki dir: `n1`.., `c1`.., `etcd`, `weftctl`.
     pub fn cert_files(&self, name: &str) -> weft_controller::pki::CertFiles {
         self.names.cert_files(name)
     }

@@ -1,12 +1,14 @@
 //! Every name, path and address of a lab, computed from its id. Pure: no I/O.
 //!
 //! Namespaces are `weft<id>-<name>`: `weft0-u` (underlay and router), `weft0-etcd`, `weft0-ext`,
-//! nodes `weft0-n1`.., pods `weft0-n1-p1`.. (made by the agents). Files live in
+//! nodes `weft0-n1`.., pods `weft0-n1-p1`.. (made by the agents), controllers `weft0-c1`.. Files live in
 //! `/run/weft-lab/<id>/`, certificates in `/run/weft-lab/<id>/pki/`.
 //!
 //! Addresses: segment A is 172.30.0.0/24 (router .1, etcd .2); in the flat topology every node
 //! is on it at 172.30.0.(10+i). In the routed topology odd nodes stay on A and even nodes sit on
-//! segment B, 172.30.1.0/24 (router 172.30.1.1), at 172.30.1.(10+i).
+//! segment B, 172.30.1.0/24 (router 172.30.1.1), at 172.30.1.(10+i). Controller replica `k`
+//! (1 to 3) sits on segment A at 172.30.0.(6+k): above etcd's members (.2 to .6), below the
+//! first node (.11), so no node count or topology can collide with it.
 //!
 //! Labs with IPv6 ([`IpFamily::V6`] or [`IpFamily::Dual`]) add unique local addresses beside
 //! those: segment A is fd00:172:30::/64, segment B fd00:172:30:1::/64, and every host keeps the
@@ -55,6 +57,12 @@ pub const SUBNET_LEN: u8 = 24;
 pub const NETWORK: &str = "default";
 /// Node addresses are 172.30.x.(10+i).
 pub const MAX_NODES: usize = 200;
+/// Most `weft-controller` replicas a lab runs (one leader, the others standing by).
+pub const MAX_CONTROLLERS: usize = 3;
+/// The controller's plain-HTTP port (page, `/api/cluster`, `/metrics`, `/healthz`).
+pub const CONTROLLER_HTTP_PORT: u16 = 9650;
+/// The controller's HTTPS join (bootstrap) port.
+pub const CONTROLLER_BOOTSTRAP_PORT: u16 = 9651;
 pub const MAX_PODS: usize = 50;
 /// Where wireguard-go and boringtun make their control sockets (`<device>.sock`); shared by
 /// every namespace, so the two hosts' devices need different names.
@@ -72,7 +80,7 @@ pub fn tunnel_device(tag: &str, id: &str, i: usize) -> String {
 pub enum NameError {
     #[error("--id: expected 1 to 12 lowercase letters or digits, found {0:?}")]
     BadId(String),
-    #[error("expected a target like n1, n1/p2, etcd, u or ext, found {0:?}")]
+    #[error("expected a target like n1, n1/p2, c1, etcd, u or ext, found {0:?}")]
     BadTarget(String),
 }
 
@@ -127,6 +135,13 @@ fn same_digits(octet: u8) -> u16 {
     u16::from_str_radix(&octet.to_string(), 16).unwrap_or(0)
 }
 
+/// Controller replica `k`'s address (1-based, at most [`MAX_CONTROLLERS`]): 172.30.0.(6+k), on
+/// segment A in every topology.
+pub fn controller_addr(k: usize) -> NodeAddr {
+    let host = u8::try_from(6 + k.clamp(1, MAX_CONTROLLERS)).unwrap_or(7);
+    NodeAddr { ip: Ipv4Addr::new(172, 30, 0, host), gateway: ROUTER_IP, bridge: BRIDGE_A }
+}
+
 /// Bridges of the two segments in the underlay namespace.
 pub const BRIDGE_A: &str = "br0";
 pub const BRIDGE_B: &str = "br1";
@@ -151,6 +166,14 @@ pub struct NodePaths {
     pub subnet_env: PathBuf,
     pub socket: PathBuf,
     pub pid_file: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Files of one controller replica, all inside its lab directory (`<lab>/ctl<k>/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerPaths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
     pub log: PathBuf,
 }
 
@@ -216,6 +239,21 @@ impl LabNames {
         format!("{}n{i}-{pod}", self.prefix())
     }
 
+    /// `c<k>` (1-based): controller replica `k`'s name in the election and its certificate's.
+    pub fn controller_name(k: usize) -> String {
+        format!("c{k}")
+    }
+
+    /// `weft<id>-c<k>`: controller replica `k`'s namespace.
+    pub fn controller_ns(&self, k: usize) -> String {
+        format!("{}c{k}", self.prefix())
+    }
+
+    pub fn controller_paths(&self, k: usize) -> ControllerPaths {
+        let dir = self.dir.join(format!("ctl{k}"));
+        ControllerPaths { config: dir.join("controller.toml"), log: dir.join("controller.log"), dir }
+    }
+
     pub fn node_id(&self, i: usize) -> String {
         format!("lab-{}-n{i}", self.id)
     }
@@ -277,6 +315,8 @@ pub enum Target {
     Node(usize),
     /// Node index and pod name.
     Pod(usize, String),
+    /// Controller replica `k`.
+    Controller(usize),
     Etcd,
     Underlay,
     Ext,
@@ -292,16 +332,19 @@ impl FromStr for Target {
             "ext" => return Ok(Target::Ext),
             _ => {}
         }
+        let index = |d: &str| {
+            Some(d)
+                .filter(|d| !d.is_empty() && !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<usize>().ok())
+        };
+        if let Some(k) = s.strip_prefix('c') {
+            return index(k).filter(|k| (1..=MAX_CONTROLLERS).contains(k)).map(Target::Controller).ok_or_else(bad);
+        }
         let (node, pod) = match s.split_once('/') {
             Some((n, p)) => (n, Some(p)),
             None => (s, None),
         };
-        let i = node
-            .strip_prefix('n')
-            .filter(|d| !d.is_empty() && !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|d| d.parse::<usize>().ok())
-            .filter(|i| (1..=MAX_NODES).contains(i))
-            .ok_or_else(bad)?;
+        let i = node.strip_prefix('n').and_then(index).filter(|i| (1..=MAX_NODES).contains(i)).ok_or_else(bad)?;
         match pod {
             None => Ok(Target::Node(i)),
             Some(p) if weft_config::agent::valid_name(p) => Ok(Target::Pod(i, p.to_string())),
@@ -316,6 +359,7 @@ impl Target {
         match self {
             Target::Node(i) => names.node_ns(*i),
             Target::Pod(i, p) => names.pod_ns(*i, p),
+            Target::Controller(k) => names.controller_ns(*k),
             Target::Etcd => names.etcd_ns(),
             Target::Underlay => names.underlay_ns(),
             Target::Ext => names.ext_ns(),
@@ -391,6 +435,30 @@ mod tests {
     }
 
     #[test]
+    fn controllers_sit_between_etcd_and_the_nodes() {
+        let n = LabNames::new("0").expect("id");
+        assert_eq!(n.controller_ns(2), "weft0-c2");
+        assert!(n.owns_ns(&n.controller_ns(3)));
+        assert_eq!(LabNames::controller_name(1), "c1");
+        let p = n.controller_paths(1);
+        assert_eq!(p.config, Path::new("/run/weft-lab/0/ctl1/controller.toml"));
+        assert_eq!(p.log, Path::new("/run/weft-lab/0/ctl1/controller.log"));
+        assert_eq!(controller_addr(1).ip, Ipv4Addr::new(172, 30, 0, 7));
+        assert_eq!(controller_addr(MAX_CONTROLLERS).ip, Ipv4Addr::new(172, 30, 0, 9));
+        let etcd: Vec<Ipv4Addr> = (1..=crate::etcd_server::MAX_MEMBERS).map(crate::etcd_server::member_ip).collect();
+        for k in 1..=MAX_CONTROLLERS {
+            let c = controller_addr(k);
+            assert_eq!((c.gateway, c.bridge), (ROUTER_IP, BRIDGE_A));
+            assert!(!etcd.contains(&c.ip), "controller {k} on an etcd member's address");
+            for topology in [Topology::Flat, Topology::Routed] {
+                for i in 1..=MAX_NODES {
+                    assert_ne!(node_addr(topology, i).ip, c.ip, "controller {k} and node {i} ({topology})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn ids_are_checked() {
         assert!(LabNames::new("t7").is_ok());
         for bad in ["", "A", "a-b", "a/b", "1234567890123"] {
@@ -409,7 +477,10 @@ mod tests {
         assert_eq!("etcd".parse::<Target>().map(|t| t.netns(&n)), Ok("weft2-etcd".into()));
         assert_eq!("u".parse::<Target>().map(|t| t.netns(&n)), Ok("weft2-u".into()));
         assert_eq!("ext".parse::<Target>().map(|t| t.node()), Ok(None));
-        for bad in ["", "n", "n0", "n01", "x1", "n1/", "n1/P", "n1/a/b", "n999", "n-1", "/p1"] {
+        assert_eq!("c2".parse::<Target>().map(|t| t.netns(&n)), Ok("weft2-c2".into()));
+        assert_eq!("c1".parse::<Target>().map(|t| t.node()), Ok(None));
+        for bad in ["", "n", "n0", "n01", "x1", "n1/", "n1/P", "n1/a/b", "n999", "n-1", "/p1", "c", "c0", "c4", "c1/p1"]
+        {
             assert!(bad.parse::<Target>().is_err(), "{bad:?} should be refused");
         }
     }

@@ -2,10 +2,11 @@
 //! [`Topology`] and [`IpFamily`], and the checks `up` makes before building anything.
 
 use crate::etcd_server;
-use crate::names::{self, MAX_NODES, MAX_PODS};
+use crate::names::{self, MAX_CONTROLLERS, MAX_NODES, MAX_PODS};
 use crate::node::NodeKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 use weft_config::Backend;
 use weft_controller::error::UsageError;
 
@@ -131,6 +132,20 @@ pub struct LabSpec {
     /// With `backend` auto: how peers behind the router are reached (vxlan or quic).
     #[serde(default = "default_encap")]
     pub encap: Backend,
+    /// `weft-controller` replicas (0: none, at most [`MAX_CONTROLLERS`]): replica `k` runs in
+    /// `weft<id>-c<k>` at 172.30.0.(6+k); one leads, the others stand by.
+    #[serde(default)]
+    pub controllers: usize,
+    /// The controllers' `evict_after` (whole seconds); `None`: the controller's default (1 h).
+    #[serde(default)]
+    pub evict_after: Option<Duration>,
+    /// Nodes join with a token instead of certificates the lab issues (needs a controller): the
+    /// lab creates one token for all of them and gives each agent.toml a `[bootstrap]` section.
+    #[serde(default)]
+    pub join: bool,
+    /// `weft-controller` to run; default: next to the current executable (see [`crate::bins`]).
+    #[serde(default)]
+    pub controller_bin: Option<PathBuf>,
 }
 
 fn default_encap() -> Backend {
@@ -179,6 +194,10 @@ impl Default for LabSpec {
             cidr6: default_cidr6(),
             subnet_len6: default_subnet_len6(),
             encap: default_encap(),
+            controllers: 0,
+            evict_after: None,
+            join: false,
+            controller_bin: None,
         }
     }
 }
@@ -212,6 +231,25 @@ impl LabSpec {
                 self.nodes, self.deferred_agents
             )));
         }
+        if self.controllers > MAX_CONTROLLERS {
+            return Err(UsageError::new(format!(
+                "--controllers: expected 1 to {MAX_CONTROLLERS}, found {}",
+                self.controllers
+            )));
+        }
+        if let Some(after) = self.evict_after {
+            if self.controllers == 0 {
+                return Err(UsageError::new("--evict-after: needs --controller (nothing evicts without one)"));
+            }
+            if after.subsec_nanos() != 0 || after.is_zero() {
+                return Err(UsageError::new(format!(
+                    "--evict-after: expected whole seconds, at least 1 s, found {after:?}"
+                )));
+            }
+        }
+        if self.join && self.controllers == 0 {
+            return Err(UsageError::new("--join: needs --controller (the controller signs the nodes' certificates)"));
+        }
         let v4 = self.ip_family.has_v4().then_some((self.cidr.as_str(), self.subnet_len));
         let v6 = self.ip_family.has_v6().then_some((self.cidr6.as_str(), self.subnet_len6));
         weft_config::NetworkConfig::with_pools("flags", v4, v6, self.backend)
@@ -221,5 +259,66 @@ impl LabSpec {
                 UsageError::new(format!("{flag}: {}", e.message))
             })?;
         Ok(())
+    }
+}
+
+/// A duration as `lab up --evict-after` takes it: a whole number followed by `s`, `m` or `h`
+/// (`30s`, `5m`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let expected = || format!("expected a duration like 30s, 5m or 1h, found {s:?}");
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?);
+    let n: u64 = digits.parse().map_err(|_| expected())?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(expected()),
+    };
+    match n.checked_mul(per) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("expected a duration of at least 1s, found {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "30", "s", "1.5h", "-1s", "1d", "1 s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(parse_duration("0s"), Err("expected a duration of at least 1s, found \"0s\"".into()));
+    }
+
+    #[test]
+    fn controller_flags_are_checked() {
+        let bad = |spec: LabSpec| spec.validate().expect_err("refused").to_string();
+        let ctl = |controllers| LabSpec { controllers, ..LabSpec::default() };
+        assert!(ctl(3).validate().is_ok());
+        assert_eq!(bad(ctl(4)), "--controllers: expected 1 to 3, found 4");
+        let after = Some(Duration::from_secs(6));
+        assert_eq!(
+            bad(LabSpec { evict_after: after, ..ctl(0) }),
+            "--evict-after: needs --controller (nothing evicts without one)"
+        );
+        assert!(LabSpec { evict_after: after, ..ctl(1) }.validate().is_ok());
+        assert!(bad(LabSpec { evict_after: Some(Duration::from_millis(1500)), ..ctl(1) }).contains("whole seconds"));
+        assert!(bad(LabSpec { join: true, ..ctl(0) }).starts_with("--join: needs --controller"));
+        assert!(LabSpec { join: true, ..ctl(1) }.validate().is_ok());
+    }
+
+    #[test]
+    fn state_files_from_before_controllers_still_load() {
+        let mut v = serde_json::to_value(LabSpec::default()).expect("json");
+        for k in ["controllers", "evict_after", "join", "controller_bin"] {
+            v.as_object_mut().expect("object").remove(k);
+        }
+        let spec: LabSpec = serde_json::from_value(v).expect("an old spec");
+        assert_eq!((spec.controllers, spec.evict_after, spec.join), (0, None, false));
     }
 }

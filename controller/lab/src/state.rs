@@ -36,6 +36,12 @@ pub struct LabState {
     pub etcd_members: BTreeMap<String, ProcRecord>,
     /// Running agents by node name (`n1`); removed once stopped.
     pub agents: BTreeMap<String, ProcRecord>,
+    /// Running `weft-controller` replicas by name (`c1`); removed once stopped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub controllers: BTreeMap<String, ProcRecord>,
+    /// The `weft-controller` binary, in labs with controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,8 @@ impl LabState {
             etcd: None,
             etcd_members: BTreeMap::new(),
             agents: BTreeMap::new(),
+            controllers: BTreeMap::new(),
+            controller_bin: None,
         }
     }
 
@@ -70,9 +78,16 @@ impl LabState {
         }
     }
 
-    /// Every recorded process: agents first (they use etcd), then etcd's members.
+    /// Every recorded process: controllers first (they resign through etcd and would evict
+    /// agents stopped before them), agents next (they use etcd), then etcd's members.
     pub fn processes(&self) -> Vec<ProcRecord> {
-        self.agents.values().cloned().chain(self.etcd.clone()).chain(self.etcd_members.values().cloned()).collect()
+        self.controllers
+            .values()
+            .cloned()
+            .chain(self.agents.values().cloned())
+            .chain(self.etcd.clone())
+            .chain(self.etcd_members.values().cloned())
+            .collect()
     }
 
     pub fn to_json(&self) -> String {
@@ -119,6 +134,9 @@ mod tests {
         s.agents.insert("n1".into(), ProcRecord { pid: 11, netns: "weftt1-n1".into(), start_ticks: None });
         assert_eq!(s.namespaces, vec!["weftt1-u".to_string()]);
         assert_eq!(s.processes().iter().map(|p| p.pid).collect::<Vec<_>>(), vec![11, 10]);
+        s.controllers.insert("c1".into(), ProcRecord { pid: 12, netns: "weftt1-c1".into(), start_ticks: None });
+        s.controller_bin = Some("/b/weft-controller".into());
+        assert_eq!(s.processes().iter().map(|p| p.pid).collect::<Vec<_>>(), vec![12, 11, 10]);
 
         let dir = std::env::temp_dir().join(format!("weftctl-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

@@ -1,5 +1,5 @@
 //! What `lab status` shows: per node, the recorded agent pid, whether it runs, and what the
-//! agent itself reports over its socket.
+//! agent itself reports over its socket; per controller replica, its pid and URLs.
 
 use super::names::LabNames;
 use super::{IpFamily, Topology};
@@ -50,6 +50,39 @@ impl NodeStatus {
     }
 }
 
+/// One `weft-controller` replica of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControllerStatus {
+    /// `c1`: the replica's name in the election.
+    pub name: String,
+    pub index: usize,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// The cluster page (plain HTTP, reachable from every lab namespace).
+    pub page: String,
+    /// The join service (HTTPS), in labs where nodes join with a token.
+    pub bootstrap: Option<String>,
+    /// Pid recorded in state.json.
+    pub pid: Option<u32>,
+    /// The recorded process is alive.
+    pub running: bool,
+}
+
+/// `"controller"` in `lab status --json`: replica 1, in the shape scripts read
+/// (`.controller.page`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControllerSummary {
+    pub page: String,
+    pub bootstrap: Option<String>,
+    pub pid: Option<u32>,
+}
+
+impl ControllerSummary {
+    pub fn of(c: &ControllerStatus) -> Self {
+        Self { page: c.page.clone(), bootstrap: c.bootstrap.clone(), pid: c.pid.filter(|_| c.running) }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LabStatus {
     pub id: String,
@@ -59,6 +92,9 @@ pub struct LabStatus {
     pub etcd_endpoint: String,
     pub etcd_pid: Option<u32>,
     pub etcd_running: bool,
+    /// Replica 1, or null in a lab without controllers.
+    pub controller: Option<ControllerSummary>,
+    pub controllers: Vec<ControllerStatus>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -80,6 +116,15 @@ pub fn render(s: &LabStatus) -> String {
             (None, _) => "(not started)".to_string(),
         }
     );
+    for c in &s.controllers {
+        let state = match (c.pid, c.running) {
+            (Some(p), true) => format!("pid {p}, running"),
+            (Some(p), false) => format!("pid {p}, DEAD"),
+            (None, _) => "stopped".to_string(),
+        };
+        let bootstrap = c.bootstrap.as_ref().map_or_else(String::new, |b| format!(", join {b}"));
+        out.push_str(&format!("controller {}: page {}{bootstrap} ({state})\n", c.name, c.page));
+    }
     let rows: Vec<Vec<String>> = s
         .nodes
         .iter()
@@ -139,6 +184,47 @@ mod tests {
     }
 
     #[test]
+    fn controllers_show_their_page_and_pid() {
+        let c = |k: usize, pid, running| ControllerStatus {
+            name: format!("c{k}"),
+            index: k,
+            netns: format!("weft0-c{k}"),
+            ip: Ipv4Addr::new(172, 30, 0, 6 + k as u8),
+            page: format!("http://172.30.0.{}:9650/", 6 + k),
+            bootstrap: None,
+            pid,
+            running,
+        };
+        let controllers = vec![c(1, Some(40), true), c(2, Some(41), false), c(3, None, false)];
+        let s = LabStatus {
+            id: "0".into(),
+            backend: "host-gw".into(),
+            topology: Topology::Flat,
+            ip_family: IpFamily::V4,
+            etcd_endpoint: "https://172.30.0.2:2379".into(),
+            etcd_pid: Some(5),
+            etcd_running: true,
+            controller: controllers.first().map(ControllerSummary::of),
+            controllers,
+            nodes: Vec::new(),
+        };
+        let r = render(&s);
+        assert!(r.contains("\ncontroller c1: page http://172.30.0.7:9650/ (pid 40, running)\n"), "{r}");
+        assert!(r.contains("\ncontroller c2: page http://172.30.0.8:9650/ (pid 41, DEAD)\n"), "{r}");
+        assert!(r.contains("\ncontroller c3: page http://172.30.0.9:9650/ (stopped)\n"), "{r}");
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            v["controller"],
+            serde_json::json!({"page": "http://172.30.0.7:9650/", "bootstrap": null, "pid": 40})
+        );
+        assert_eq!(v["controllers"].as_array().map(Vec::len), Some(3));
+        assert_eq!(v["controllers"][1]["running"], false);
+        let none = LabStatus { controller: None, controllers: Vec::new(), ..s };
+        let v = serde_json::to_value(&none).expect("json");
+        assert!(v["controller"].is_null() && v["controllers"] == serde_json::json!([]), "{v}");
+    }
+
+    #[test]
     fn dead_agent_shows_as_such() {
         let names = LabNames::new("0").expect("id");
         let mut n = NodeStatus::failed(&names, 1, LabNames::node_ip(1), "connecting to agent socket /x: refused");
@@ -151,6 +237,8 @@ mod tests {
             etcd_endpoint: "https://172.30.0.2:2379".into(),
             etcd_pid: Some(5),
             etcd_running: true,
+            controller: None,
+            controllers: Vec::new(),
             nodes: vec![n],
         };
         let r = render(&s);

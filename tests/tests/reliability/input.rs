@@ -252,7 +252,7 @@ fn r7_bad_weftctl_arguments_exit_2_with_one_exact_line() {
         ),
         (
             vec!["lab", "--id", "r7x", "exec", "x1", "--", "true"],
-            "error: TARGET: expected a target like n1, n1/p2, etcd, u or ext, found \"x1\"",
+            "error: TARGET: expected a target like n1, n1/p2, c1, etcd, u or ext, found \"x1\"",
         ),
         (vec!["lab", "--id", "r7x", "agent", "start", "p1"], "error: NODE: expected a node like n1, found \"p1\""),
     ];

@@ -28,7 +28,7 @@ pub enum LabCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command in a lab namespace: NODE, NODE/POD, etcd, u or ext.
+    /// Run a command in a lab namespace: NODE, NODE/POD, c1..c3 (controllers), etcd, u or ext.
     Exec {
         target: String,
         /// The command and its arguments, after `--`.
@@ -38,6 +38,9 @@ pub enum LabCmd {
     /// Stop or start one node's agent.
     #[command(subcommand)]
     Agent(LabAgentCmd),
+    /// Stop or start one weft-controller replica (c1..c3).
+    #[command(subcommand)]
+    Controller(LabControllerCmd),
     /// Pod-to-pod iperf3 and ping across two nodes: kernel baseline, then a lab per backend.
     Bench(lab::bench::BenchArgs),
 }
@@ -89,6 +92,45 @@ pub struct UpArgs {
     /// IPv6 subnet length written by network init.
     #[arg(long, default_value_t = 64)]
     subnet_len6: u8,
+    /// Run weft-controller (one replica, in namespace weft{id}-c1 at 172.30.0.7; cluster page on
+    /// port 9650).
+    #[arg(long)]
+    controller: bool,
+    /// Run N weft-controller replicas (1 to 3, at 172.30.0.7 upward): one leads, the others
+    /// stand by. Implies --controller.
+    #[arg(long, value_name = "N")]
+    controllers: Option<usize>,
+    /// The controllers' evict_after: how long a node's heartbeat must be gone before its
+    /// subnet is freed (like 30s, 5m or 1h; default 1h).
+    #[arg(long, value_parser = lab::spec::parse_duration, value_name = "DURATION")]
+    evict_after: Option<std::time::Duration>,
+    /// How nodes get their certificates: `token` makes them join through the controller's join
+    /// service with a token the lab creates (the lab issues no node certificates). Needs
+    /// --controller.
+    #[arg(long, value_enum, value_name = "MODE")]
+    join: Option<JoinMode>,
+    /// weft-controller binary (default: next to weftctl, or in WEFT_BIN_DIR).
+    #[arg(long)]
+    controller_bin: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinMode {
+    /// Nodes join with one token the lab creates for all of them.
+    Token,
+}
+
+impl UpArgs {
+    /// How many controller replicas the flags ask for (0: none).
+    fn controller_count(&self) -> Result<usize, UsageError> {
+        match self.controllers {
+            Some(n) if !(1..=lab::names::MAX_CONTROLLERS).contains(&n) => {
+                Err(UsageError::new(format!("--controllers: expected 1 to {}, found {n}", lab::names::MAX_CONTROLLERS)))
+            }
+            Some(n) => Ok(n),
+            None => Ok(usize::from(self.controller)),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +152,23 @@ pub enum LabAgentCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum LabControllerCmd {
+    /// Stop a controller replica (SIGTERM by default: it resigns; KILL: a standby takes over
+    /// when its session lease expires).
+    Stop {
+        controller: String,
+        #[arg(long, value_enum, default_value = "term")]
+        signal: SignalArg,
+    },
+    /// Start a controller replica again and wait until it serves.
+    Start {
+        controller: String,
+        #[arg(long, default_value_t = 30)]
+        ready_timeout: u64,
+    },
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum SignalArg {
     #[value(name = "TERM", alias = "term")]
@@ -118,12 +177,28 @@ pub enum SignalArg {
     Kill,
 }
 
+impl SignalArg {
+    fn signal(self) -> nix::sys::signal::Signal {
+        match self {
+            SignalArg::Term => nix::sys::signal::Signal::SIGTERM,
+            SignalArg::Kill => nix::sys::signal::Signal::SIGKILL,
+        }
+    }
+}
+
 fn parse_topology(s: &str) -> Result<Topology, String> {
     s.parse()
 }
 
 fn parse_ip_family(s: &str) -> Result<IpFamily, String> {
     s.parse()
+}
+
+fn controller_index(arg: &str) -> Result<usize, UsageError> {
+    match arg.parse::<Target>() {
+        Ok(Target::Controller(k)) => Ok(k),
+        _ => Err(UsageError::new(format!("CONTROLLER: expected a controller like c1, found {arg:?}"))),
+    }
 }
 
 fn node_index(arg: &str) -> Result<usize, UsageError> {
@@ -157,6 +232,10 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 cidr6: up.cidr6.clone(),
                 subnet_len6: up.subnet_len6,
                 encap: up.encap,
+                controllers: up.controller_count()?,
+                evict_after: up.evict_after,
+                join: up.join == Some(JoinMode::Token),
+                controller_bin: up.controller_bin.clone(),
             };
             let lab = Lab::up(spec)?;
             lab.detach();
@@ -202,10 +281,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 lab.leave(i)?;
                 outln!("{node} left the network");
             } else {
-                let sig = match signal {
-                    SignalArg::Term => nix::sys::signal::Signal::SIGTERM,
-                    SignalArg::Kill => nix::sys::signal::Signal::SIGKILL,
-                };
+                let sig = signal.signal();
                 lab.stop_agent(i, sig)?;
                 outln!("agent of {node} stopped ({sig})");
             }
@@ -217,6 +293,21 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let pid = lab.start_agent(i)?;
             let s = lab.wait_ready(i, std::time::Duration::from_secs(*ready_timeout))?;
             outln!("agent of {node} started (pid {pid}), ready with subnet {}", s.subnet.as_deref().unwrap_or("-"));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Controller(LabControllerCmd::Stop { controller, signal }) => {
+            let k = controller_index(controller)?;
+            let sig = signal.signal();
+            Lab::attach(id)?.stop_controller(k, sig)?;
+            outln!("controller {controller} stopped ({sig})");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Controller(LabControllerCmd::Start { controller, ready_timeout }) => {
+            let k = controller_index(controller)?;
+            let lab = Lab::attach(id)?;
+            let pid = lab.start_controller(k)?;
+            lab.wait_controller(k, std::time::Duration::from_secs(*ready_timeout))?;
+            outln!("controller {controller} started (pid {pid}), serving {}", lab.controller_page_url(k));
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Bench(b) => lab::bench::cli(id, b),
