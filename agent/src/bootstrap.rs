@@ -181,7 +181,20 @@ fn next_renewal(cfg: &AgentConfig, b: &BootstrapConfig) -> Result<Duration> {
     let (_, x) =
         x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| anyhow!("parsing {}: {e}", cert.display()))?;
     let (from, to) = (x.validity().not_before.timestamp(), x.validity().not_after.timestamp());
-    let before = b.renew_before.map_or((to - from).max(0) / 3, |d| d.as_secs() as i64);
+    let lifetime = (to - from).max(0);
+    let before = match b.renew_before.map(|d| d.as_secs() as i64) {
+        Some(before) if before < lifetime => before,
+        Some(before) => {
+            // Every fresh certificate would be due at once: renewals back to back, for ever.
+            warn!(
+                renew_before_secs = before,
+                lifetime_secs = lifetime,
+                "bootstrap.renew_before_secs is not shorter than the certificate's lifetime; renewing a third of the lifetime before expiry instead"
+            );
+            lifetime / 3
+        }
+        None => lifetime / 3,
+    };
     let now = unix_now();
     Ok(Duration::from_secs((to - before - now).max(0) as u64))
 }
@@ -604,9 +617,14 @@ mod tests {
         // Lifetime 3000 s: renew a third (1000 s) before expiry, 1900 s from now.
         let wait = next_renewal(&cfg, cfg.bootstrap.as_ref().expect("b")).expect("plan").as_secs();
         assert!((1895..=1900).contains(&wait), "{wait}");
-        let cfg = AgentConfig::parse("agent.toml", &text("renew_before_secs = 3600\n")).expect("config");
+        let cfg = AgentConfig::parse("agent.toml", &text("renew_before_secs = 2950\n")).expect("config");
         let wait = next_renewal(&cfg, cfg.bootstrap.as_ref().expect("b")).expect("plan");
         assert!(wait.is_zero(), "already due: {wait:?}");
+        // Not shorter than the lifetime: every new certificate would be due at once, so the
+        // default (a third) is used instead of renewing back to back.
+        let cfg = AgentConfig::parse("agent.toml", &text("renew_before_secs = 3600\n")).expect("config");
+        let wait = next_renewal(&cfg, cfg.bootstrap.as_ref().expect("b")).expect("plan").as_secs();
+        assert!((1895..=1900).contains(&wait), "{wait}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
