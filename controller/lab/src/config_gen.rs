@@ -32,6 +32,8 @@ pub struct NodeBootstrap {
     pub url: String,
     pub token: String,
     pub ca_pin: String,
+    /// `renew_before_secs`; `None` leaves the agent's default.
+    pub renew_before_secs: Option<u64>,
 }
 
 /// A TOML basic string (quotes and backslashes escaped, control characters as `\uXXXX`).
@@ -92,6 +94,9 @@ pub fn agent_toml(names: &LabNames, i: usize, spec: &NodeConfigSpec) -> String {
     }
     if let Some(b) = &spec.bootstrap {
         let _ = writeln!(t, "\n[bootstrap]\nurl = {}\ntoken = {}\nca_pin = {}", q(&b.url), q(&b.token), q(&b.ca_pin));
+        if let Some(before) = b.renew_before_secs {
+            let _ = writeln!(t, "renew_before_secs = {before}");
+        }
     }
     for j in 1..=spec.pods {
         let pod = LabNames::pod_name(j);
@@ -113,6 +118,8 @@ pub struct ControllerConfigSpec {
     pub session_ttl_secs: u64,
     /// With a `[bootstrap]` section (the join service), signing with the lab CA.
     pub bootstrap: bool,
+    /// `[bootstrap] cert_lifetime_secs`; `None` leaves the controller's default.
+    pub cert_lifetime_secs: Option<u64>,
 }
 
 /// Lab controllers look for dead nodes every second, so eviction timing in tests is measured
@@ -154,6 +161,9 @@ pub fn controller_toml(names: &LabNames, k: usize, spec: &ControllerConfigSpec) 
             q(&format!("{ip}:{CONTROLLER_BOOTSTRAP_PORT}")),
             qp(&names.pki_dir())
         );
+        if let Some(lifetime) = spec.cert_lifetime_secs {
+            let _ = writeln!(t, "cert_lifetime_secs = {lifetime}");
+        }
     }
     t
 }
@@ -247,6 +257,7 @@ mod tests {
             url: "https://172.30.0.7:9651".into(),
             token: "abcdef.0123456789abcdef".into(),
             ca_pin: format!("sha256:{}", "0".repeat(64)),
+            renew_before_secs: None,
         };
         let spec = NodeConfigSpec {
             pods: 0,
@@ -270,8 +281,12 @@ mod tests {
         assert_eq!(v["bootstrap"]["ca_pin"].as_str(), Some(bootstrap.ca_pin.as_str()));
         assert_eq!(v["etcd"]["cert_file"].as_str(), Some("/run/weft-lab/4/pki/n2.pem"));
         assert_eq!(v["quic"]["key_file"].as_str(), Some("/run/weft-lab/4/pki/n2.key"));
-        let plain = agent_toml(&names, 2, &NodeConfigSpec { bootstrap: None, ..spec });
+        let plain = agent_toml(&names, 2, &NodeConfigSpec { bootstrap: None, ..spec.clone() });
         assert!(!plain.contains("[bootstrap]"));
+        let soon = NodeBootstrap { renew_before_secs: Some(3590), ..bootstrap };
+        let text = agent_toml(&names, 2, &NodeConfigSpec { bootstrap: Some(soon), ..spec });
+        let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.bootstrap.and_then(|b| b.renew_before), Some(Duration::from_secs(3590)));
     }
 
     #[test]
@@ -283,6 +298,7 @@ mod tests {
             scan_secs: CONTROLLER_SCAN_SECS,
             session_ttl_secs: CONTROLLER_SESSION_TTL_SECS,
             bootstrap: false,
+            cert_lifetime_secs: None,
         };
         let text = controller_toml(&names, 2, &spec);
         // The controller's own parser takes it as the lab means it.
@@ -309,17 +325,28 @@ mod tests {
         assert_eq!(v["evict"]["scan_secs"].as_integer(), Some(1));
         assert!(v.get("bootstrap").is_none(), "no join service unless asked for");
 
-        let text =
-            controller_toml(&names, 1, &ControllerConfigSpec { evict_after_secs: None, bootstrap: true, ..spec });
+        let text = controller_toml(
+            &names,
+            1,
+            &ControllerConfigSpec { evict_after_secs: None, bootstrap: true, ..spec.clone() },
+        );
         let c = ControllerConfig::parse("controller.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(c.evict.after, Duration::from_secs(3600), "the controller's default");
         let b = c.bootstrap.expect("[bootstrap]");
         assert_eq!(b.listen, "172.30.0.7:9651".parse().expect("lit"));
         assert_eq!(b.ca_dir, Path::new("/run/weft-lab/3/pki"));
+        assert_eq!(b.cert_lifetime, Duration::from_secs(2_592_000), "the controller's default");
         let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(v["evict"].get("after_secs").is_none(), "the controller's default");
         assert_eq!(v["bootstrap"]["listen"].as_str(), Some("172.30.0.7:9651"));
         assert_eq!(v["bootstrap"]["ca_dir"].as_str(), Some("/run/weft-lab/3/pki"));
+        let text = controller_toml(
+            &names,
+            1,
+            &ControllerConfigSpec { bootstrap: true, cert_lifetime_secs: Some(3600), ..spec.clone() },
+        );
+        let c = ControllerConfig::parse("controller.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.bootstrap.map(|b| b.cert_lifetime), Some(Duration::from_secs(3600)));
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Lab {
                 scan_secs: config_gen::CONTROLLER_SCAN_SECS,
                 session_ttl_secs: config_gen::CONTROLLER_SESSION_TTL_SECS,
                 bootstrap: self.spec.join,
+                cert_lifetime_secs: self.spec.join_cert_lifetime.map(|d| d.as_secs()),
             };
             let text = config_gen::controller_toml(&self.names, k, &spec);
             std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;

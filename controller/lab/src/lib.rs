@@ -341,7 +341,12 @@ impl Lab {
                 .with_context(|| format!("weftctl token create --json: no {k:?}"))
         };
         let url = self.controller_bootstrap_url(1).context("a join token without a controller")?;
-        Ok(config_gen::NodeBootstrap { url, token: field("token")?, ca_pin: field("ca_pin")? })
+        Ok(config_gen::NodeBootstrap {
+            url,
+            token: field("token")?,
+            ca_pin: field("ca_pin")?,
+            renew_before_secs: self.spec.join_renew_before.map(|d| d.as_secs()),
+        })
     }
 
     /// Registers a process this process spawned: recorded in state.json, reaped later.

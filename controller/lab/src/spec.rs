@@ -143,6 +143,14 @@ pub struct LabSpec {
     /// lab creates one token for all of them and gives each agent.toml a `[bootstrap]` section.
     #[serde(default)]
     pub join: bool,
+    /// With `join`: the lifetime of the certificates the controller signs
+    /// (`[bootstrap] cert_lifetime_secs`); `None`: the controller's default (30 days).
+    #[serde(default)]
+    pub join_cert_lifetime: Option<Duration>,
+    /// With `join`: the agents' `[bootstrap] renew_before_secs`; `None`: their default (a third
+    /// of the lifetime). Tests set both to see a renewal within seconds.
+    #[serde(default)]
+    pub join_renew_before: Option<Duration>,
     /// `weft-controller` to run; default: next to the current executable (see [`crate::bins`]).
     #[serde(default)]
     pub controller_bin: Option<PathBuf>,
@@ -197,6 +205,8 @@ impl Default for LabSpec {
             controllers: 0,
             evict_after: None,
             join: false,
+            join_cert_lifetime: None,
+            join_renew_before: None,
             controller_bin: None,
         }
     }

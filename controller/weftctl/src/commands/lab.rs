@@ -235,6 +235,8 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 controllers: up.controller_count()?,
                 evict_after: up.evict_after,
                 join: up.join == Some(JoinMode::Token),
+                join_cert_lifetime: None,
+                join_renew_before: None,
                 controller_bin: up.controller_bin.clone(),
             };
             let lab = Lab::up(spec)?;
