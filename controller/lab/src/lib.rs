@@ -275,6 +275,12 @@ impl Lab {
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
         std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;
+        if spec.bootstrap.is_some() {
+            // It holds the join token (the agent warns about a token others can read).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p.config, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} 0600", p.config.display()))?;
+        }
         // The agent's own parser must accept what the lab writes.
         let c = weft_config::AgentConfig::load(&p.config).context("generated agent config was refused")?;
         anyhow::ensure!(c.paths.socket == p.socket, "{}: socket path drifted", p.config.display());

@@ -40,6 +40,14 @@ fn main() -> ExitCode {
         print!("{}", config::summary(&cfg, &name));
         return ExitCode::SUCCESS;
     }
+    // The join service signs with the CA: one that cannot be read is a configuration error,
+    // found now rather than once etcd answers.
+    if let Some(b) = &cfg.bootstrap {
+        if let Err(e) = weft_controller::join::sign::Signer::load(&b.ca_dir, b.cert_lifetime) {
+            eprintln!("{source}: bootstrap.ca_dir: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

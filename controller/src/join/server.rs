@@ -352,6 +352,23 @@ impl Limiter {
         }
     }
 
+    /// Takes a token for a request about to be served: [`Self::check`] and [`Self::debit`] under
+    /// one lock, so requests made in parallel cannot all pass before any is debited. A request
+    /// that turns out not to be refused gets its token back ([`Self::refund`]).
+    fn take(&mut self, ip: IpAddr, rate: RateLimit, now: Instant) -> Result<(), u64> {
+        self.check(ip, rate, now)?;
+        self.debit(ip, rate, now);
+        Ok(())
+    }
+
+    /// Gives back the token [`Self::take`] took (the request was not refused).
+    fn refund(&mut self, ip: IpAddr, rate: RateLimit, now: Instant) {
+        if let Some(b) = self.buckets.get_mut(&ip) {
+            let level = b.level(rate, now);
+            *b = Bucket { tokens: (level + 1.0).min(f64::from(rate.burst)), at: now };
+        }
+    }
+
     /// Takes one token from `ip`'s bucket (a refused request).
     fn debit(&mut self, ip: IpAddr, rate: RateLimit, now: Instant) {
         if self.buckets.len() >= MAX_TRACKED_IPS {
@@ -409,7 +426,7 @@ async fn connection<S: Store>(tcp: TcpStream, peer: SocketAddr, acceptor: tokio_
     // The request is read (bounded) even from a limited source, so the client gets its 429
     // rather than a broken pipe.
     let request = read_request(&mut tls).await;
-    let limited = lock(&sh.limiter).check(ip, rate, Instant::now());
+    let limited = lock(&sh.limiter).take(ip, rate, Instant::now());
     let answer = match limited {
         Err(wait) => {
             sh.ctx.metrics.refuse("rate_limited");
@@ -427,8 +444,8 @@ async fn connection<S: Store>(tcp: TcpStream, peer: SocketAddr, acceptor: tokio_
                     a
                 }
             };
-            if (400..500).contains(&a.status) {
-                lock(&sh.limiter).debit(ip, rate, Instant::now());
+            if !(400..500).contains(&a.status) {
+                lock(&sh.limiter).refund(ip, rate, Instant::now());
             }
             a
         }
@@ -550,7 +567,8 @@ fn refused<S: Store>(sh: &Shared<S>, r: Refusal, node: &str, token_id: Option<&s
 
 fn bad_csr<S: Store>(sh: &Shared<S>, e: &CsrError, node: &str, peer: SocketAddr) -> Answer {
     sh.ctx.metrics.refuse("bad_csr");
-    warn!(peer = %peer, node, error = %e, "certificate request refused");
+    // Debug-formatted: the error may quote what the client sent (newlines stay escaped).
+    warn!(peer = %peer, node, error = ?e.to_string(), "certificate request refused");
     Answer::error(400, "bad_csr", e.to_string())
 }
 
@@ -675,6 +693,32 @@ fn node_of(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_in_flight_hold_their_token_until_they_turn_out_not_refused() {
+        let rate = RateLimit { burst: 3, refill: Duration::from_secs(10) };
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let t0 = Instant::now();
+        let mut l = Limiter::default();
+        // Three requests at once, none answered yet: the fourth waits.
+        for _ in 0..3 {
+            assert_eq!(l.take(ip, rate, t0), Ok(()));
+        }
+        assert_eq!(l.take(ip, rate, t0), Err(10));
+        // Two of them succeed: their tokens come back, never above the burst.
+        l.refund(ip, rate, t0);
+        l.refund(ip, rate, t0);
+        assert_eq!(l.take(ip, rate, t0), Ok(()));
+        assert_eq!(l.take(ip, rate, t0), Ok(()));
+        assert_eq!(l.take(ip, rate, t0), Err(10));
+        for _ in 0..5 {
+            l.refund(ip, rate, t0);
+        }
+        for _ in 0..3 {
+            assert_eq!(l.take(ip, rate, t0), Ok(()));
+        }
+        assert!(l.take(ip, rate, t0).is_err(), "refunds fill up to the burst only");
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_refills() {
