@@ -1,7 +1,8 @@
 //! Joining with a token (`[bootstrap]` in agent.toml) and renewing the node certificate.
 //!
 //! At start, before the daemon, [`ensure`] looks at the certificate files `[etcd]` and `[quic]`
-//! name. When any is missing and `[bootstrap]` is set, the agent makes an ECDSA P-256 key (it
+//! name. When any is missing or unusable (unparsable, expired, or a key that is not the
+//! certificate's: [`unusable`]) and `[bootstrap]` is set, the agent makes an ECDSA P-256 key (it
 //! never leaves the node), sends a CSR for its node name with the token to the controller's
 //! `POST /v1/join`, and writes what comes back: the key (0600) and the certificate (0644) to
 //! every configured pair of paths, the CA (0644) to every configured CA path, each through a
@@ -127,10 +128,48 @@ pub fn warn_if_readable(config: &Path) {
 pub async fn ensure(cfg: &AgentConfig, retry: Retry) -> Result<Outcome> {
     let Some(b) = &cfg.bootstrap else { return Ok(Outcome::NotConfigured) };
     let pairs = cfg.cert_paths();
-    if pairs.iter().all(|(c, k)| c.exists() && k.exists()) {
+    let unusable: Vec<String> = pairs.iter().filter_map(|(c, k)| unusable(c, k, unix_now())).collect();
+    if unusable.is_empty() {
         return Ok(Outcome::Present);
     }
-    info!(url = %b.url, node = %cfg.node_name, "certificate files missing: joining with the token");
+    let why = unusable.join("; ");
+    info!(url = %b.url, node = %cfg.node_name, why = %why, "no usable certificate: joining with the token");
+    join(cfg, b, retry).await.with_context(|| format!("joining because {why}"))
+}
+
+/// Why the certificate and key at `cert`, `key` cannot serve as they are, or `None` when they
+/// can: a file missing, unreadable or unparsable, a certificate expired at `now` (a node that
+/// was off longer than its lifetime), or a key that is not the certificate's (a write
+/// interrupted between the two renames). Each of these is mended by joining again.
+fn unusable(cert: &Path, key: &Path, now: i64) -> Option<String> {
+    let Ok(pem) = std::fs::read(cert) else { return Some(format!("{} is missing or unreadable", cert.display())) };
+    let der = match first_cert(&pem) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("{}: {e:#}", cert.display())),
+    };
+    let x = match x509_parser::parse_x509_certificate(der.as_ref()) {
+        Ok((_, x)) => x,
+        Err(e) => return Some(format!("{}: {e}", cert.display())),
+    };
+    let not_after = x.validity().not_after.timestamp();
+    if not_after <= now {
+        return Some(format!("{} expired {} s ago", cert.display(), now - not_after));
+    }
+    let Ok(key_pem) = std::fs::read_to_string(key) else {
+        return Some(format!("{} is missing or unreadable", key.display()));
+    };
+    let pair = match KeyPair::from_pem(&key_pem) {
+        Ok(k) => k,
+        Err(e) => return Some(format!("{}: {e}", key.display())),
+    };
+    if x.public_key().subject_public_key.data.as_ref() != pair.public_key_raw() {
+        return Some(format!("{} is not the key of {}", key.display(), cert.display()));
+    }
+    None
+}
+
+/// The join itself: a new key and CSR, the token, the answer checked and written.
+async fn join(cfg: &AgentConfig, b: &BootstrapConfig, retry: Retry) -> Result<Outcome> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating the node key")?;
     let csr = csr_pem(&key, &cfg.node_name)?;
     let tls = pinned_client(&b.ca_pin)?;
@@ -625,6 +664,33 @@ mod tests {
         let cfg = AgentConfig::parse("agent.toml", &text("renew_before_secs = 3600\n")).expect("config");
         let wait = next_renewal(&cfg, cfg.bootstrap.as_ref().expect("b")).expect("plan").as_secs();
         assert!((1895..=1900).contains(&wait), "{wait}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_certificate_pair_is_usable_only_when_present_valid_and_matching() {
+        let dir = std::env::temp_dir().join(format!("weft-bootstrap-usable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key, other) = (dir.join("n1.pem"), dir.join("n1.key"), dir.join("other.key"));
+        let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = CertificateParams::new(vec!["n1".to_string()]).expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::seconds(100);
+        p.not_after = now + time::Duration::seconds(3600);
+        std::fs::write(&cert, p.self_signed(&pair).expect("cert").pem()).expect("write");
+        std::fs::write(&key, pair.serialize_pem()).expect("write");
+        let stranger = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        std::fs::write(&other, stranger.serialize_pem()).expect("write");
+        let t = now.unix_timestamp();
+        assert_eq!(unusable(&cert, &key, t), None);
+        let expired = unusable(&cert, &key, t + 3700).expect("expired");
+        assert!(expired.ends_with("expired 100 s ago"), "{expired}");
+        let foreign = unusable(&cert, &other, t).expect("another key");
+        assert!(foreign.contains("is not the key of"), "{foreign}");
+        let missing = unusable(&cert, &dir.join("none.key"), t).expect("missing key");
+        assert!(missing.contains("missing or unreadable"), "{missing}");
+        std::fs::write(&cert, "not a certificate").expect("write");
+        assert!(unusable(&cert, &key, t).is_some(), "garbage is not a certificate");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
