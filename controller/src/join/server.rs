@@ -51,6 +51,18 @@ const CONN_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
 /// Source IPs remembered by the rate limiter before full buckets are forgotten.
 const MAX_TRACKED_IPS: usize = 4096;
+/// Connections served at once from one source (an IPv4 address or an IPv6 /64), so that a few
+/// idle connections from one place cannot hold every slot.
+const MAX_PER_SOURCE: usize = 8;
+
+/// The unit the rate limit and the connection cap count by: an IPv4 address, or the /64 of an
+/// IPv6 one (one host usually holds a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & !((1u128 << 64) - 1))),
+    }
+}
 
 /// Per source IP token bucket for refused requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +222,7 @@ pub async fn serve<S: Store>(listener: TcpListener, ctx: JoinContext<S>) -> anyh
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let shared = Arc::new(Shared { ctx, signer, limiter: Mutex::new(Limiter::default()) });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     info!(listen = %local, pin = %shared.signer.pin(), "join service listening");
     loop {
         let permit = slots.clone().acquire_owned().await.context("connection slots closed")?;
@@ -224,11 +237,33 @@ pub async fn serve<S: Store>(listener: TcpListener, ctx: JoinContext<S>) -> anyh
         if let Err(e) = resolver.refresh_if_due() {
             warn!(error = %format!("{e:#}"), "renewing the join service's certificate; keeping the old one");
         }
-        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        let src = source(peer.ip());
+        {
+            let mut open = lock(&per_source);
+            let n = open.entry(src).or_insert(0);
+            if *n >= MAX_PER_SOURCE {
+                drop(open);
+                tracing::debug!(peer = %peer, "too many join connections from one source; closed");
+                shared.ctx.metrics.refuse("rate_limited");
+                lock(&shared.limiter).debit(src, shared.ctx.rate, Instant::now());
+                continue;
+            }
+            *n += 1;
+        }
+        let (acceptor, shared, per_source) = (acceptor.clone(), shared.clone(), per_source.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if tokio::time::timeout(CONN_DEADLINE, connection(tcp, peer, acceptor, &shared)).await.is_err() {
                 tracing::debug!(peer = %peer, "join connection timed out");
+                // A connection that never finished costs like a refusal.
+                lock(&shared.limiter).debit(src, shared.ctx.rate, Instant::now());
+            }
+            let mut open = lock(&per_source);
+            if let Some(n) = open.get_mut(&src) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&src);
+                }
             }
         });
     }
@@ -374,6 +409,14 @@ impl Limiter {
         if self.buckets.len() >= MAX_TRACKED_IPS {
             self.buckets.retain(|_, b| b.level(rate, now) < f64::from(rate.burst));
         }
+        if self.buckets.len() >= MAX_TRACKED_IPS {
+            // Still full (many sources refused at once): the older half is forgotten, so the
+            // map stays bounded.
+            let mut ats: Vec<Instant> = self.buckets.values().map(|b| b.at).collect();
+            ats.sort_unstable();
+            let cut = ats[ats.len() / 2];
+            self.buckets.retain(|_, b| b.at > cut);
+        }
         let level = self.buckets.get(&ip).map_or(f64::from(rate.burst), |b| b.level(rate, now));
         self.buckets.insert(ip, Bucket { tokens: (level - 1.0).max(0.0), at: now });
     }
@@ -412,7 +455,7 @@ fn reason_text(status: u16) -> &'static str {
 }
 
 async fn connection<S: Store>(tcp: TcpStream, peer: SocketAddr, acceptor: tokio_rustls::TlsAcceptor, sh: &Shared<S>) {
-    let ip = peer.ip();
+    let ip = source(peer.ip());
     let rate = sh.ctx.rate;
     let mut tls = match acceptor.accept(tcp).await {
         Ok(s) => s,
@@ -693,6 +736,28 @@ fn node_of(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(source(ip("2001:db8:1:2:ffff::9")), source(ip("2001:db8:1:2::1")));
+        assert_ne!(source(ip("2001:db8:1:3::1")), source(ip("2001:db8:1:2::1")));
+    }
+
+    #[test]
+    fn the_limiter_forgets_the_older_half_when_every_source_is_refused_at_once() {
+        let rate = RateLimit { burst: 3, refill: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let mut l = Limiter::default();
+        for n in 0..(MAX_TRACKED_IPS as u32 + 10) {
+            l.debit(IpAddr::V4(std::net::Ipv4Addr::from(n)), rate, t0 + Duration::from_millis(u64::from(n)));
+        }
+        assert!(l.buckets.len() <= MAX_TRACKED_IPS, "{}", l.buckets.len());
+        let newest = IpAddr::V4(std::net::Ipv4Addr::from(MAX_TRACKED_IPS as u32 + 9));
+        assert!(l.buckets.contains_key(&newest), "the newest refusal is remembered");
+    }
 
     #[test]
     fn requests_in_flight_hold_their_token_until_they_turn_out_not_refused() {
