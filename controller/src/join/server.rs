@@ -637,7 +637,9 @@ async fn join<S: Store>(sh: &Shared<S>, body: &[u8], peer: SocketAddr) -> Answer
         Err(e) => return refused(sh, Refusal::BadFormat(e), node, None, peer),
     };
     let (store, net) = (&sh.ctx.store, sh.ctx.network.as_str());
-    // Check before signing, take the use after, so a bad CSR never spends one.
+    // The token before anything of the request is parsed further; then the CSR, so a bad one
+    // never spends a use; then the use, taken for this key (the same node and key asking again
+    // after a lost answer spend nothing more).
     match token::lookup(store, net, &token, node, now_unix()).await {
         Err(e) => return store_failed(&e),
         Ok(Err(r)) => return refused(sh, r, node, Some(token.id()), peer),
@@ -647,6 +649,11 @@ async fn join<S: Store>(sh: &Shared<S>, body: &[u8], peer: SocketAddr) -> Answer
         Ok(c) => c,
         Err(e) => return bad_csr(sh, &e, node, peer),
     };
+    match token::consume(store, net, &token, node, &checked.key_sha256(), now_unix()).await {
+        Err(e) => return store_failed(&e),
+        Ok(Err(r)) => return refused(sh, r, node, Some(token.id()), peer),
+        Ok(Ok(())) => {}
+    }
     let signed = match sh.signer.sign_node(&checked, node, time::OffsetDateTime::now_utc()) {
         Ok(s) => s,
         Err(e) => {
@@ -654,11 +661,6 @@ async fn join<S: Store>(sh: &Shared<S>, body: &[u8], peer: SocketAddr) -> Answer
             return Answer::error(500, "internal", format!("signing failed: {e:#}"));
         }
     };
-    match token::consume(store, net, &token, node, now_unix()).await {
-        Err(e) => return store_failed(&e),
-        Ok(Err(r)) => return refused(sh, r, node, Some(token.id()), peer),
-        Ok(Ok(())) => {}
-    }
     sh.ctx.metrics.issued.inc();
     info!(peer = %peer, node, token = token.id(), expires = signed.not_after, "node joined: certificate issued");
     Answer::json(

@@ -52,6 +52,13 @@ pub struct CheckedCsr {
     csr: CertificateSigningRequestParams,
 }
 
+impl CheckedCsr {
+    /// SHA-256 (hex) of the requested public key: which key a token use was spent on.
+    pub fn key_sha256(&self) -> String {
+        super::token::sha256_hex(rcgen::PublicKeyData::der_bytes(&self.csr.public_key))
+    }
+}
+
 /// Checks `csr_pem` for `node` (see the module doc).
 pub fn check_csr(csr_pem: &str, node: &str) -> Result<CheckedCsr, CsrError> {
     if !valid_node(node) {

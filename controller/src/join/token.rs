@@ -143,7 +143,21 @@ pub struct TokenRecord {
     pub node: Option<String>,
     /// Unix seconds.
     pub created: i64,
+    /// The latest uses of a counted token (at most [`MAX_SPENT_BY`]): a node whose answer was
+    /// lost asks again with the same key and is answered without spending another use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spent_by: Vec<Spent>,
 }
+
+/// One use of a counted token: the node and the SHA-256 of the key it was signed for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    pub node: String,
+    pub key_sha256: String,
+}
+
+/// Uses remembered per token for retries.
+pub const MAX_SPENT_BY: usize = 16;
 
 /// What `weftctl token create` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +176,7 @@ impl TokenRecord {
             uses_left: req.uses,
             node: req.node.clone(),
             created: now,
+            spent_by: Vec::new(),
         }
     }
 }
@@ -293,7 +308,9 @@ pub async fn prune<S: Store>(store: &S, network: &str, now: i64) -> anyhow::Resu
     Ok(gone)
 }
 
-/// Looks `token` up and checks it for `node` at `now`, taking nothing. `Ok(Err(_))` is a refusal.
+/// Checks `token` for `node` at `now` without taking a use (before the request is looked at
+/// further). A used-up token passes when `node` spent one of its uses: it may be asking again
+/// with the same key, which [`consume`] decides. `Ok(Err(_))` is a refusal.
 pub async fn lookup<S: Store>(
     store: &S,
     network: &str,
@@ -306,31 +323,46 @@ pub async fn lookup<S: Store>(
         Some(r) => Some(decode(&key, &r.value)?),
         None => None,
     };
-    Ok(check(record.as_ref(), token, node, now))
+    Ok(match check(record.as_ref(), token, node, now) {
+        Err(Refusal::UsedUp) if record.is_some_and(|r| r.spent_by.iter().any(|s| s.node == node)) => Ok(()),
+        other => other,
+    })
 }
 
-/// Looks `token` up, checks it for `node` at `now` and takes one use (a compare on the
-/// record's mod revision; a conflict reads again and re-checks). `Ok(Err(_))` is a refusal.
+/// Looks `token` up, checks it for `node` at `now` and takes one use for the key whose
+/// SHA-256 is `key_sha256` (a compare on the record's mod revision; a conflict reads again and
+/// re-checks). The same node asking again with the same key (its answer was lost) is let
+/// through without taking another. `Ok(Err(_))` is a refusal.
 pub async fn consume<S: Store>(
     store: &S,
     network: &str,
     token: &Token,
     node: &str,
+    key_sha256: &str,
     now: i64,
 ) -> Result<Result<(), Refusal>, StoreError> {
     let key = Keys::new(network).token(token.id());
+    let me = Spent { node: node.to_string(), key_sha256: key_sha256.to_string() };
     for _ in 0..CONSUME_ATTEMPTS {
         let raw = store.get(&key).await?;
         let record = match &raw {
             Some(r) => Some(decode(&key, &r.value)?),
             None => None,
         };
-        if let Err(refusal) = check(record.as_ref(), token, node, now) {
-            return Ok(Err(refusal));
+        match check(record.as_ref(), token, node, now) {
+            Ok(()) => {}
+            Err(Refusal::UsedUp) if record.as_ref().is_some_and(|r| r.spent_by.contains(&me)) => return Ok(Ok(())),
+            Err(refusal) => return Ok(Err(refusal)),
         }
         let (Some(raw), Some(mut record)) = (raw, record) else { return Ok(Err(Refusal::Unknown)) };
         let Some(left) = record.uses_left else { return Ok(Ok(())) };
+        if record.spent_by.contains(&me) {
+            return Ok(Ok(()));
+        }
         record.uses_left = Some(left.saturating_sub(1));
+        record.spent_by.push(me.clone());
+        let excess = record.spent_by.len().saturating_sub(MAX_SPENT_BY);
+        record.spent_by.drain(..excess);
         if store.replace(&key, encode(&record), 0, raw.mod_revision).await? {
             return Ok(Ok(()));
         }
@@ -482,9 +514,9 @@ mod tests {
         let store = MemStore::new();
         let req = CreateRequest { ttl_secs: 3600, uses: Some(2), node: None };
         let t = create(&store, "net", &req, NOW).await.expect("create");
-        assert_eq!(consume(&store, "net", &t, "n1", NOW).await.expect("store"), Ok(()));
-        assert_eq!(consume(&store, "net", &t, "n2", NOW).await.expect("store"), Ok(()));
-        assert_eq!(consume(&store, "net", &t, "n3", NOW).await.expect("store"), Err(Refusal::UsedUp));
+        assert_eq!(consume(&store, "net", &t, "n1", "k1", NOW).await.expect("store"), Ok(()));
+        assert_eq!(consume(&store, "net", &t, "n2", "k2", NOW).await.expect("store"), Ok(()));
+        assert_eq!(consume(&store, "net", &t, "n3", "k3", NOW).await.expect("store"), Err(Refusal::UsedUp));
         let all = list(&store, "net").await.expect("list");
         assert_eq!(all.len(), 1);
         let (id, rec) = &all[0];
@@ -493,11 +525,39 @@ mod tests {
 
         let unlimited = create(&store, "net", &CreateRequest { uses: None, ..req.clone() }, NOW).await.expect("create");
         for _ in 0..5 {
-            assert_eq!(consume(&store, "net", &unlimited, "n1", NOW).await.expect("store"), Ok(()));
+            assert_eq!(consume(&store, "net", &unlimited, "n1", "k1", NOW).await.expect("store"), Ok(()));
         }
         assert!(delete(&store, "net", unlimited.id()).await.expect("delete"));
-        assert_eq!(consume(&store, "net", &unlimited, "n1", NOW).await.expect("store"), Err(Refusal::Unknown));
+        assert_eq!(consume(&store, "net", &unlimited, "n1", "k1", NOW).await.expect("store"), Err(Refusal::Unknown));
         assert!(!delete(&store, "net", unlimited.id()).await.expect("delete"));
+    }
+
+    #[tokio::test]
+    async fn a_node_asking_again_with_the_same_key_spends_no_second_use() {
+        let store = MemStore::new();
+        let req = CreateRequest { ttl_secs: 3600, uses: Some(1), node: Some("n1".into()) };
+        let t = create(&store, "net", &req, NOW).await.expect("create");
+        assert_eq!(consume(&store, "net", &t, "n1", "k1", NOW).await.expect("store"), Ok(()));
+        // The answer was lost; the agent asks again with the same key.
+        assert_eq!(consume(&store, "net", &t, "n1", "k1", NOW).await.expect("store"), Ok(()));
+        assert_eq!(consume(&store, "net", &t, "n1", "k2", NOW).await.expect("store"), Err(Refusal::UsedUp));
+        assert_eq!(consume(&store, "net", &t, "n1", "k1", NOW + 3600).await.expect("store"), Err(Refusal::Expired));
+        // The check before the CSR is read lets the spender through, nobody else.
+        assert_eq!(lookup(&store, "net", &t, "n1", NOW).await.expect("store"), Ok(()));
+        assert_eq!(lookup(&store, "net", &t, "n2", NOW).await.expect("store"), Err(Refusal::UsedUp));
+        let all = list(&store, "net").await.expect("list");
+        let rec = all[0].1.as_ref().expect("decodes");
+        assert_eq!((rec.uses_left, rec.spent_by.len()), (Some(0), 1));
+        // Only the latest uses are remembered.
+        let many =
+            create(&store, "net", &CreateRequest { uses: Some(40), node: None, ..req }, NOW).await.expect("create");
+        for i in 0..20 {
+            assert_eq!(consume(&store, "net", &many, &format!("n{i}"), "k", NOW).await.expect("store"), Ok(()));
+        }
+        let all = list(&store, "net").await.expect("list");
+        let rec = all.iter().find(|(id, _)| id == many.id()).and_then(|(_, r)| r.as_ref().ok()).expect("record");
+        assert_eq!((rec.uses_left, rec.spent_by.len()), (Some(20), MAX_SPENT_BY));
+        assert_eq!(rec.spent_by.last().map(|s| s.node.as_str()), Some("n19"));
     }
 
     #[tokio::test]
@@ -508,7 +568,7 @@ mod tests {
         let tasks: Vec<_> = (0..10)
             .map(|i| {
                 let (store, t) = (store.clone(), t.clone());
-                tokio::spawn(async move { consume(&store, "net", &t, &format!("n{i}"), NOW).await })
+                tokio::spawn(async move { consume(&store, "net", &t, &format!("n{i}"), &format!("k{i}"), NOW).await })
             })
             .collect();
         let mut ok = 0;
