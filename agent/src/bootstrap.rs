@@ -2,7 +2,7 @@
 //!
 //! At start, before the daemon, [`ensure`] looks at the certificate files `[etcd]` and `[quic]`
 //! name. When any is missing or unusable (unparsable, expired, or a key that is not the
-//! certificate's: [`unusable`]) and `[bootstrap]` is set, the agent makes an ECDSA P-256 key (it
+//! certificate's: `unusable`) and `[bootstrap]` is set, the agent makes an ECDSA P-256 key (it
 //! never leaves the node), sends a CSR for its node name with the token to the controller's
 //! `POST /v1/join`, and writes what comes back: the key (0600) and the certificate (0644) to
 //! every configured pair of paths, the CA (0644) to every configured CA path, each through a
