@@ -238,23 +238,13 @@ pub(crate) const NAME_RULE: &str = "lowercase letters, digits, '-', '_' or '.', 
 impl AgentConfig {
     /// Reads and validates `path`. Errors name the file, the field and the expectation.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let source = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::new(&source, "", format!("cannot read: {e}")))?;
+        let (source, text) = crate::reader::read_file(path)?;
         Self::parse(&source, &text)
     }
 
     /// Validates the TOML text; `source` names it in errors.
     pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let msg = e.message().trim().to_string();
-            let at = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .map(|(l, c)| format!(" (line {l}, column {c})"))
-                .unwrap_or_default();
-            ConfigError::new(source, "", format!("invalid TOML{at}: {msg}"))
-        })?;
+        let table = crate::reader::parse_table(source, text)?;
         let mut r = Reader::new(source, "", &table);
 
         let node_name = r.req_str("node_name")?;
@@ -331,13 +321,6 @@ impl AgentConfig {
             bootstrap,
         })
     }
-}
-
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 pub(crate) fn read_etcd(mut r: Reader<'_>) -> Result<EtcdConfig, ConfigError> {

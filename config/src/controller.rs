@@ -2,7 +2,7 @@
 //! into types like agent.toml: its `[etcd]` section is agent.toml's (same parser), unknown keys
 //! are refused with a suggestion, and every error names the file and the field.
 
-use crate::agent::{line_col, read_etcd, valid_name, EtcdConfig, NAME_RULE};
+use crate::agent::{read_etcd, valid_name, EtcdConfig, NAME_RULE};
 use crate::error::ConfigError;
 use crate::reader::Reader;
 use std::net::SocketAddr;
@@ -85,23 +85,13 @@ impl Default for EvictConfig {
 impl ControllerConfig {
     /// Reads and validates `path`. Errors name the file, the field and the expectation.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let source = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::new(&source, "", format!("cannot read: {e}")))?;
+        let (source, text) = crate::reader::read_file(path)?;
         Self::parse(&source, &text)
     }
 
     /// Validates the TOML text; `source` names it in errors.
     pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let msg = e.message().trim().to_string();
-            let at = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .map(|(l, c)| format!(" (line {l}, column {c})"))
-                .unwrap_or_default();
-            ConfigError::new(source, "", format!("invalid TOML{at}: {msg}"))
-        })?;
+        let table = crate::reader::parse_table(source, text)?;
         let mut r = Reader::new(source, "", &table);
         let name = match r.opt_str("name")? {
             Some(n) if !valid_name(n) => return Err(r.err("name", format!("expected {NAME_RULE}, found {n:?}"))),

@@ -193,6 +193,34 @@ impl<'a> Reader<'a> {
 }
 
 /// Levenshtein distance, for "did you mean" suggestions on short keys.
+/// A config file's text, with the name its errors use.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<(String, String), ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&source, "", format!("cannot read: {e}")))?;
+    Ok((source, text))
+}
+
+/// The TOML table of `text`, or one error naming `source` and where in it the syntax broke.
+pub(crate) fn parse_table(source: &str, text: &str) -> Result<Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().trim().to_string();
+        let at = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map(|(l, c)| format!(" (line {l}, column {c})"))
+            .unwrap_or_default();
+        ConfigError::new(source, "", format!("invalid TOML{at}: {msg}"))
+    })
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();

@@ -224,12 +224,7 @@ fn missing_ranges_name_each_run_of_lost_numbers() {
 /// on the way (each agent's quic drop counters and the kernel's drop counters of every node and
 /// of the underlay), so a failure says whether the kernel, the tunnel or the test lost it.
 pub fn assert_lossless(lab: &Lab, results: &[StreamResult]) {
-    for r in results {
-        eprintln!("measured: {r}");
-    }
-    if results.iter().any(|r| r.lost > 0) {
-        eprintln!("{}", drop_counters(lab));
-    }
+    report(lab, results);
     for r in results {
         assert!(r.sent >= 150, "stream {} barely ran: {r}", r.label);
         assert_eq!(r.lost, 0, "packets lost: {r}");
@@ -242,17 +237,22 @@ pub fn assert_lossless(lab: &Lab, results: &[StreamResult]) {
 /// outage that touches no part of the data path). Allowed: lone lost packets, at most one per 1000
 /// sent; two or more in a row are a gap and fail.
 pub fn assert_gapless(lab: &Lab, results: &[StreamResult]) {
-    for r in results {
-        eprintln!("measured: {r}");
-    }
-    if results.iter().any(|r| r.lost > 0) {
-        eprintln!("{}", drop_counters(lab));
-    }
+    report(lab, results);
     for r in results {
         assert!(r.sent >= 150, "stream {} barely ran: {r}", r.label);
         if let Err(why) = gapless(r) {
             panic!("{why}: {r}");
         }
+    }
+}
+
+/// Prints each stream's figures, and where packets can be dropped when one lost any.
+fn report(lab: &Lab, results: &[StreamResult]) {
+    for r in results {
+        eprintln!("measured: {r}");
+    }
+    if results.iter().any(|r| r.lost > 0) {
+        eprintln!("{}", drop_counters(lab));
     }
 }
 
