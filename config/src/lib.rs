@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod controller;
+pub mod dns;
 pub mod error;
 pub mod keys;
 pub mod names;
