@@ -1,6 +1,7 @@
 //! The agent's configuration file (`agent.toml`), read once at start and validated into types.
 //! Unknown keys are refused with a suggestion; every error names the file and the field.
 
+use crate::dns::DnsSettings;
 use crate::error::ConfigError;
 pub use crate::names::{valid_ifname, valid_name, valid_netns};
 use crate::reader::Reader;
@@ -191,6 +192,9 @@ pub struct Paths {
     pub subnet_env: PathBuf,
     pub socket: PathBuf,
     pub pid_file: PathBuf,
+    /// Where `ip netns exec` looks for per-namespace files: the agent writes
+    /// `<netns_etc>/<pod namespace>/resolv.conf` for the namespaces it makes.
+    pub netns_etc: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +214,8 @@ pub struct PodSpec {
     pub netns: String,
     /// Interface name inside the pod.
     pub ifname: String,
+    /// Resolver settings of this pod, over the network's (see [`crate::dns::DnsSettings::over`]).
+    pub dns: Option<DnsSettings>,
 }
 
 impl Default for Paths {
@@ -219,6 +225,7 @@ impl Default for Paths {
             subnet_env: PathBuf::from("/run/weft/subnet.env"),
             socket: PathBuf::from("/run/weft/agent.sock"),
             pid_file: PathBuf::from("/run/weft/agent.pid"),
+            netns_etc: PathBuf::from("/etc/netns"),
         }
     }
 }
@@ -409,6 +416,7 @@ fn read_paths(mut r: Reader<'_>) -> Result<Paths, ConfigError> {
         subnet_env: take("subnet_env", d.subnet_env)?,
         socket: take("socket", d.socket)?,
         pid_file: take("pid_file", d.pid_file)?,
+        netns_etc: take("netns_etc", d.netns_etc)?,
     };
     r.finish()?;
     Ok(paths)
@@ -523,8 +531,27 @@ fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
     if !valid_ifname(ifname) {
         return Err(r.err("ifname", format!("expected an interface name of 1 to 15 characters, found {ifname:?}")));
     }
+    let dns = read_dns(r.table("dns")?)?;
     r.finish()?;
-    Ok(PodSpec { name: name.to_string(), netns: netns.to_string(), ifname: ifname.to_string() })
+    Ok(PodSpec { name: name.to_string(), netns: netns.to_string(), ifname: ifname.to_string(), dns })
+}
+
+/// A `dns` table (`servers`, `search`, `options`); absent or empty reads as `None`.
+fn read_dns(mut r: Reader<'_>) -> Result<Option<DnsSettings>, ConfigError> {
+    let mut servers = Vec::new();
+    for (i, s) in r.opt_str_array("servers")?.unwrap_or_default().into_iter().enumerate() {
+        let ip = s.parse::<IpAddr>().map_err(|_| {
+            r.err(&format!("servers[{i}]"), format!("expected an IPv4 or IPv6 address like 10.96.0.10, found {s:?}"))
+        })?;
+        servers.push(ip);
+    }
+    let owned = |v: Option<Vec<&str>>| v.unwrap_or_default().into_iter().map(str::to_string).collect::<Vec<_>>();
+    let search = owned(r.opt_str_array("search")?);
+    let options = owned(r.opt_str_array("options")?);
+    let dns = DnsSettings { servers, search, options };
+    dns.check(r.source(), r.path())?;
+    r.finish()?;
+    Ok((!dns.is_empty()).then_some(dns))
 }
 
 #[cfg(test)]
@@ -656,8 +683,37 @@ ifname = "net0"
         assert_eq!(c.underlay.public_ip, Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))));
         assert_eq!(c.bridge.mtu, Some(1450));
         assert_eq!(c.timers.reconcile, Duration::from_secs(2));
-        assert_eq!(c.pods[0], PodSpec { name: "p1".into(), netns: "lab-n2-p1".into(), ifname: "eth0".into() });
-        assert_eq!(c.pods[1], PodSpec { name: "p2".into(), netns: "p2".into(), ifname: "net0".into() });
+        assert_eq!(
+            c.pods[0],
+            PodSpec { name: "p1".into(), netns: "lab-n2-p1".into(), ifname: "eth0".into(), dns: None }
+        );
+        assert_eq!(c.pods[1], PodSpec { name: "p2".into(), netns: "p2".into(), ifname: "net0".into(), dns: None });
+    }
+
+    #[test]
+    fn a_pod_may_bring_its_resolvers() {
+        let text = format!(
+            "{MINIMAL}[paths]\nnetns_etc = \"/tmp/netns-etc\"\n[[pods]]\nname = \"p1\"\n[pods.dns]\nservers = [\"203.0.113.2\", \"2001:db8::2\"]\nsearch = [\"lab.weft\"]\noptions = [\"ndots:2\"]\n[[pods]]\nname = \"p2\"\n"
+        );
+        let c = AgentConfig::parse("agent.toml", &text).expect("valid");
+        assert_eq!(c.paths.netns_etc, PathBuf::from("/tmp/netns-etc"));
+        let dns = c.pods[0].dns.clone().expect("p1 has resolvers");
+        assert_eq!(dns.servers.len(), 2);
+        assert_eq!((dns.search, dns.options), (vec!["lab.weft".to_string()], vec!["ndots:2".to_string()]));
+        assert_eq!(c.pods[1].dns, None);
+        assert_eq!(
+            AgentConfig::parse("agent.toml", MINIMAL).expect("valid").paths.netns_etc,
+            PathBuf::from("/etc/netns")
+        );
+        let bad = format!("{MINIMAL}[[pods]]\nname = \"p1\"\n[pods.dns]\nservers = [\"dns.example\"]\n");
+        assert_eq!(
+            err(&bad),
+            "agent.toml: pods[0].dns.servers[0]: expected an IPv4 or IPv6 address like 10.96.0.10, found \"dns.example\""
+        );
+        let bad = format!("{MINIMAL}[[pods]]\nname = \"p1\"\n[pods.dns]\nsearch = [\"a b\"]\n");
+        assert!(err(&bad).starts_with("agent.toml: pods[0].dns.search[0]: expected a domain name"), "{}", err(&bad));
+        let bad = format!("{MINIMAL}[[pods]]\nname = \"p1\"\n[pods.dns]\nserver = []\n");
+        assert_eq!(err(&bad), "agent.toml: pods[0].dns.server: unknown key (did you mean `servers`?)");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The local agent API, spoken over the agent's Unix socket: one JSON request per line, one
 //! JSON response per line. Shared by the agent (server) and weftctl (client).
 
+use crate::dns::DnsSettings;
 use crate::subnet::Family;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,9 @@ pub enum Request {
         /// agent bind-mounts it at `/run/netns/<netns>` and the pod is of source `cni`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns_path: Option<String>,
+        /// The pod's own resolver settings, over the network's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns: Option<DnsSettings>,
     },
     PodDel {
         name: String,
@@ -39,7 +43,7 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
-    Pod(PodInfo),
+    Pod(Box<PodInfo>),
     Pods { pods: Vec<PodInfo> },
     Done,
     Error { message: String },
@@ -69,6 +73,9 @@ pub struct PodInfo {
     pub host_veth: String,
     /// `config` (declared in agent.toml) or `api` (added through the socket).
     pub source: String,
+    /// The pod's resolver settings: its own over the network's (absent when neither sets any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSettings>,
 }
 
 /// One of a pod's addresses: the address, its prefix length and the gateway of its family.
@@ -94,6 +101,7 @@ impl PodInfo {
             gateway6: None,
             host_veth,
             source,
+            dns: None,
         }
     }
 
@@ -324,7 +332,7 @@ mod tests {
     #[test]
     fn wire_format() {
         let r: Request = serde_json::from_str(r#"{"op":"pod_add","name":"x"}"#).expect("parse");
-        assert_eq!(r, Request::PodAdd { name: "x".into(), netns: None, ifname: None, netns_path: None });
+        assert_eq!(r, Request::PodAdd { name: "x".into(), netns: None, ifname: None, netns_path: None, dns: None });
         assert_eq!(
             serde_json::to_string(&r).expect("ser"),
             r#"{"op":"pod_add","name":"x","netns":null,"ifname":null}"#,

@@ -38,6 +38,16 @@ impl<'a> Reader<'a> {
         self.table.is_empty()
     }
 
+    /// Where the table came from (a file path), as errors name it.
+    pub(crate) fn source(&self) -> &'a str {
+        self.source
+    }
+
+    /// The dotted path of this table itself (e.g. `pods[0].dns`).
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
     pub(crate) fn field_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()

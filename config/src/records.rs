@@ -3,6 +3,7 @@
 //! is accepted as long as the fields this version needs are there, anything malformed is an
 //! error that names the key.
 
+use crate::dns::DnsSettings;
 use crate::error::ConfigError;
 use crate::subnet::{self, parse_cidr_of, CidrError, Family, PerFamily};
 use ipnet::IpNet;
@@ -94,6 +95,8 @@ pub struct NetworkConfig {
     /// The `auto` backend's encapsulation for peers that are not on-link: vxlan (the default)
     /// or quic (stored only for `auto`).
     pub encap: Backend,
+    /// The pods' resolver settings (stored only when set; older agents ignore the field).
+    pub dns: DnsSettings,
 }
 
 /// Largest VXLAN network identifier (24 bits).
@@ -146,6 +149,8 @@ struct NetworkWire {
     vxlan_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     encap: Option<Backend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns: Option<DnsSettings>,
 }
 
 impl TryFrom<NetworkWire> for NetworkConfig {
@@ -168,6 +173,7 @@ impl From<NetworkConfig> for NetworkWire {
             vni: c.uses(Backend::Vxlan).then_some(c.vxlan.vni),
             vxlan_port: c.uses(Backend::Vxlan).then_some(c.vxlan.port),
             encap: (c.backend == Backend::Auto).then_some(c.encap),
+            dns: (!c.dns.is_empty()).then_some(c.dns),
         }
     }
 }
@@ -197,7 +203,14 @@ impl NetworkConfig {
         let schema = if v6.is_some() { NETWORK_SCHEMA_V6 } else { SCHEMA_VERSION };
         let pools = PerFamily::from_options(v4, v6)
             .ok_or_else(|| ConfigError::new(source, "cidr", "expected an IPv4 pool, an IPv6 pool (cidr6) or both"))?;
-        let c = Self { schema, pools, backend, vxlan: VxlanOptions::default(), encap: Backend::Vxlan };
+        let c = Self {
+            schema,
+            pools,
+            backend,
+            vxlan: VxlanOptions::default(),
+            encap: Backend::Vxlan,
+            dns: DnsSettings::default(),
+        };
         c.validate(source)?;
         Ok(c)
     }
@@ -223,6 +236,20 @@ impl NetworkConfig {
         Ok(self)
     }
 
+    /// The same config with these resolver settings (checked; errors name `dns.<list>`).
+    pub fn with_dns(mut self, source: &str, dns: DnsSettings) -> Result<Self, ConfigError> {
+        dns.check(source, "dns")?;
+        self.dns = dns;
+        Ok(self)
+    }
+
+    /// The same config apart from the resolver settings: whether a change needs more than new
+    /// resolv.conf files.
+    pub fn same_but_dns(&self, other: &NetworkConfig) -> bool {
+        let strip = |c: &NetworkConfig| NetworkConfig { dns: DnsSettings::default(), ..c.clone() };
+        strip(self) == strip(other)
+    }
+
     /// The pool of `family`, if the network serves it.
     pub fn pool(&self, family: Family) -> Option<Pool> {
         self.pools.get(family).copied()
@@ -238,6 +265,7 @@ impl NetworkConfig {
             check_pool(source, pool_fields(family), family, p.cidr, p.subnet_len)?;
         }
         self.vxlan.check(source)?;
+        self.dns.check(source, "dns")?;
         if !matches!(self.encap, Backend::Vxlan | Backend::Quic) {
             return Err(ConfigError::new(source, "encap", format!("expected vxlan or quic, found {}", self.encap)));
         }
@@ -275,7 +303,14 @@ impl NetworkConfig {
         };
         let defaults = VxlanOptions::default();
         let vxlan = VxlanOptions { vni: w.vni.unwrap_or(defaults.vni), port: w.vxlan_port.unwrap_or(defaults.port) };
-        let c = Self { schema: w.schema, pools, backend: w.backend, vxlan, encap: w.encap.unwrap_or(Backend::Vxlan) };
+        let c = Self {
+            schema: w.schema,
+            pools,
+            backend: w.backend,
+            vxlan,
+            encap: w.encap.unwrap_or(Backend::Vxlan),
+            dns: w.dns.unwrap_or_default(),
+        };
         c.validate(source)?;
         Ok(c)
     }
@@ -621,6 +656,29 @@ mod tests {
         assert_eq!(NetworkConfig::from_json(k, q.to_json().as_bytes()).expect("parse"), q);
         let e = c.with_encap("--encap", Backend::HostGw).expect_err("host-gw cannot encapsulate");
         assert_eq!(e.to_string(), "--encap: encap: expected vxlan or quic, found host-gw");
+    }
+
+    #[test]
+    fn a_network_stores_its_resolvers_only_when_set() {
+        let k = "/weft/v1/default/config";
+        let dns = DnsSettings {
+            servers: vec!["203.0.113.2".parse().expect("literal")],
+            search: vec!["lab.weft".into()],
+            options: vec!["ndots:2".into()],
+        };
+        let c = net().with_dns("--dns-server", dns.clone()).expect("valid");
+        let j = c.to_json();
+        assert_eq!(
+            j,
+            r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"host-gw","dns":{"servers":["203.0.113.2"],"search":["lab.weft"],"options":["ndots:2"]}}"#
+        );
+        assert_eq!(NetworkConfig::from_json(k, j.as_bytes()).expect("parse").dns, dns);
+        assert!(c.same_but_dns(&net()) && c != net());
+        assert!(!c.same_but_dns(&NetworkConfig::new("x", "10.244.0.0/16", 24, Backend::Vxlan).expect("valid")));
+        let stored =
+            br#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"host-gw","dns":{"search":["a b"]}}"#;
+        let e = NetworkConfig::from_json(k, stored).expect_err("a space in a domain");
+        assert_eq!(e.field, "dns.search[0]");
     }
 
     #[test]
