@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use weft_config::api::PodAddr;
+use weft_config::dns::DnsSettings;
 use weft_config::subnet::Family;
 
 /// CNI versions whose result format this plugin writes.
@@ -115,6 +116,9 @@ pub struct NetConf {
     /// The local agent's API socket (`"socket"`, default /run/weft/agent.sock).
     pub socket: String,
     pub prev_result: Option<Value>,
+    /// The resolver settings asked for: the runtime's `runtimeConfig.dns` (the `dns`
+    /// capability) over the network configuration's `dns`.
+    pub dns: Option<DnsSettings>,
 }
 
 /// The cniVersion of whatever came on stdin, for error objects (falls back to 1.0.0).
@@ -170,7 +174,50 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
             ipam.to_string(),
         ));
     }
-    Ok(NetConf { cni_version, name, socket, prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned() })
+    let conf_dns = dns_of(obj.get("dns"), "dns", "nameservers", "search")?;
+    let runtime_dns =
+        dns_of(obj.get("runtimeConfig").and_then(|r| r.get("dns")), "runtimeConfig.dns", "servers", "searches")?;
+    let dns = match (runtime_dns, conf_dns) {
+        (Some(r), Some(c)) => Some(r.over(&c)),
+        (r, c) => r.or(c),
+    };
+    Ok(NetConf { cni_version, name, socket, prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(), dns })
+}
+
+/// A DNS object of the network configuration (`{"nameservers", "domain", "search", "options"}`)
+/// or of the runtime's `dns` capability (`{"servers", "searches", "options"}`); the two spell the
+/// lists differently. `domain` goes first in the search list, as resolv.conf(5) treats it.
+fn dns_of(
+    v: Option<&Value>,
+    field: &str,
+    servers_key: &str,
+    search_key: &str,
+) -> Result<Option<DnsSettings>, CniError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+    let bad = |what: String| CniError::new(code::INVALID_CONFIG, format!("\"{field}\" {what}"), v.to_string());
+    let obj = v.as_object().ok_or_else(|| bad("must be an object".into()))?;
+    let list = |key: &str| -> Result<Vec<String>, CniError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| bad(format!("{key:?} must hold strings"))))
+                .collect(),
+            Some(_) => Err(bad(format!("{key:?} must be an array of strings"))),
+        }
+    };
+    let mut servers = Vec::new();
+    for s in list(servers_key)? {
+        servers.push(s.parse().map_err(|_| bad(format!("{servers_key:?} holds {s:?}, not an IP address")))?);
+    }
+    let mut search = list(search_key)?;
+    if let Some(domain) = obj.get("domain").and_then(Value::as_str).filter(|d| !d.is_empty()) {
+        search.retain(|d| d != domain);
+        search.insert(0, domain.to_string());
+    }
+    let dns = DnsSettings { servers, search, options: list("options")? };
+    dns.check("network configuration", field).map_err(|e| bad(e.message))?;
+    Ok((!dns.is_empty()).then_some(dns))
 }
 
 /// The agent's pod name (and /run/netns name) for one attachment: stable for the same
@@ -195,6 +242,8 @@ pub struct Attachment {
     pub sandbox: String,
     /// One address per family of the network (IPv4 first), each with its gateway.
     pub addrs: Vec<PodAddr>,
+    /// The pod's resolver settings, as the agent answered them.
+    pub dns: Option<DnsSettings>,
 }
 
 /// The ADD result in the format of `version`: every address of the pod with its gateway, and
@@ -223,8 +272,25 @@ pub fn result(version: &str, a: &Attachment) -> Value {
         ],
         "ips": ips,
         "routes": routes,
-        "dns": {},
+        "dns": cni_dns(a.dns.as_ref()),
     })
+}
+
+/// A result's `dns` object: `nameservers`, `search`, `options`, each present when set.
+fn cni_dns(dns: Option<&DnsSettings>) -> Value {
+    let mut o = Map::new();
+    if let Some(d) = dns {
+        if !d.servers.is_empty() {
+            o.insert("nameservers".into(), json!(d.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+        }
+        if !d.search.is_empty() {
+            o.insert("search".into(), json!(d.search));
+        }
+        if !d.options.is_empty() {
+            o.insert("options".into(), json!(d.options));
+        }
+    }
+    Value::Object(o)
 }
 
 /// From a `prevResult`: the address of `family` (with prefix) it gave `ifname` in `sandbox`
@@ -358,7 +424,40 @@ mod tests {
             mac: "aa:bb:cc:dd:ee:02".into(),
             sandbox: "/var/run/netns/c1".into(),
             addrs: vec![PodAddr { ip: ip.parse().expect("lit"), prefix_len, gateway: gateway.parse().expect("lit") }],
+            dns: None,
         }
+    }
+
+    #[test]
+    fn resolvers_come_from_the_runtime_over_the_network_and_go_back_in_the_result() {
+        let c = parse_conf(
+            br#"{"cniVersion":"1.0.0","name":"weft","type":"weft-cni",
+                 "dns":{"nameservers":["10.96.0.10"],"domain":"lab.weft","search":["weft"],"options":["ndots:5"]},
+                 "runtimeConfig":{"dns":{"servers":["203.0.113.2"],"options":["ndots:2","edns0"]}}}"#,
+        )
+        .expect("valid");
+        let dns = c.dns.expect("dns");
+        assert_eq!(dns.servers, vec!["203.0.113.2".parse::<IpAddr>().expect("lit")], "the runtime's servers win");
+        assert_eq!(dns.search, vec!["lab.weft".to_string(), "weft".to_string()], "domain first, then search");
+        assert_eq!(dns.options, vec!["ndots:2".to_string(), "edns0".to_string()]);
+        let none = parse_conf(br#"{"cniVersion":"1.0.0","name":"weft","dns":{}}"#).expect("valid");
+        assert_eq!(none.dns, None);
+        for bad in [
+            &br#"{"cniVersion":"1.0.0","name":"w","dns":[]}"#[..],
+            br#"{"cniVersion":"1.0.0","name":"w","dns":{"nameservers":["dns.example"]}}"#,
+            br#"{"cniVersion":"1.0.0","name":"w","dns":{"search":"one"}}"#,
+            br#"{"cniVersion":"1.0.0","name":"w","runtimeConfig":{"dns":{"options":["a b"]}}}"#,
+        ] {
+            let e = parse_conf(bad).expect_err("bad dns");
+            assert_eq!(e.code, code::INVALID_CONFIG, "{}", String::from_utf8_lossy(bad));
+        }
+        let mut a = attachment("10.244.1.5", 24, "10.244.1.1");
+        assert_eq!(result("1.0.0", &a)["dns"], json!({}));
+        a.dns = Some(dns);
+        assert_eq!(
+            result("1.0.0", &a)["dns"],
+            json!({"nameservers":["203.0.113.2"],"search":["lab.weft","weft"],"options":["ndots:2","edns0"]})
+        );
     }
 
     #[test]

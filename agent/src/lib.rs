@@ -18,6 +18,7 @@ pub mod netns_path;
 pub mod notify;
 pub mod pods;
 pub mod probe;
+pub mod resolv;
 pub mod routes;
 pub mod state;
 

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use weft_config::dns::DnsSettings;
 use weft_config::subnet::{self, Family, PerFamily};
 
 /// Host-side veth name, derived from the pod's namespace and interface so it is stable across
@@ -60,6 +61,8 @@ pub struct AttachRequest<'a> {
     pub remembered: Option<PerFamily<IpAddr>>,
     /// weft created the namespace earlier (remembered in the state dir).
     pub owns_netns: bool,
+    /// The pod's own resolver settings, kept in its record.
+    pub dns: Option<DnsSettings>,
 }
 
 /// Creates or repairs one pod. `used_by_others` holds the addresses of every other pod (of
@@ -144,6 +147,7 @@ pub async fn attach<K: Kernel>(
         host_veth: host,
         source: req.source,
         owns_netns: req.owns_netns || created,
+        dns: req.dns.clone(),
     })
 }
 
@@ -171,6 +175,7 @@ mod tests {
             source: PodSource::Config,
             remembered: None,
             owns_netns: false,
+            dns: None,
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use weft_config::dns::DnsSettings;
 use weft_config::subnet::{Family, PerFamily};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,8 @@ pub struct PodRecord {
     pub source: PodSource,
     /// weft created the namespace (and removes it with the pod).
     pub owns_netns: bool,
+    /// The pod's own resolver settings (declared in agent.toml, or given when it was added).
+    pub dns: Option<DnsSettings>,
 }
 
 impl PodRecord {
@@ -84,6 +87,8 @@ struct PodRecordJson {
     source: PodSource,
     #[serde(default)]
     owns_netns: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns: Option<DnsSettings>,
 }
 
 impl TryFrom<PodRecordJson> for PodRecord {
@@ -106,6 +111,7 @@ impl TryFrom<PodRecordJson> for PodRecord {
             host_veth: j.host_veth,
             source: j.source,
             owns_netns: j.owns_netns,
+            dns: j.dns,
         })
     }
 }
@@ -122,6 +128,7 @@ impl From<PodRecord> for PodRecordJson {
             host_veth: p.host_veth,
             source: p.source,
             owns_netns: p.owns_netns,
+            dns: p.dns,
         }
     }
 }
@@ -317,6 +324,7 @@ mod tests {
             host_veth: "wv0123abcd".into(),
             source: PodSource::Cni,
             owns_netns: true,
+            dns: None,
         };
         let subnet_json = "{\n  \"network\": \"default\",\n  \"subnet\": \"10.244.1.0/24\",\n  \"node_id\": \"x\"\n}";
         let pods_json = "[\n  {\n    \"name\": \"p1\",\n    \"netns\": \"ns1\",\n    \"ifname\": \"eth0\",\n    \"ip\": \"10.244.1.2\",\n    \"host_veth\": \"wv0123abcd\",\n    \"source\": \"cni\",\n    \"owns_netns\": true\n  }\n]";

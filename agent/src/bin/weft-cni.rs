@@ -104,9 +104,10 @@ fn add(env: &Env, conf: &NetConf, pod: &str) -> Result<serde_json::Value, CniErr
         netns: Some(pod.to_string()),
         ifname: Some(env.ifname.clone()),
         netns_path: Some(netns.clone()),
+        dns: conf.dns.clone(),
     };
     let info = match flatten(ask(&conf.socket, &req))? {
-        Response::Pod(p) => p,
+        Response::Pod(p) => *p,
         Response::Error { message } => return Err(refused(message)),
         other => return Err(CniError::new(code::IO_FAILURE, "unexpected answer from the agent", format!("{other:?}"))),
     };
@@ -117,7 +118,15 @@ fn add(env: &Env, conf: &NetConf, pod: &str) -> Result<serde_json::Value, CniErr
         .and_then(|r| r)
         .map_err(|e| io("reading the container interface's MAC address", e))?;
     let addrs = info.addrs();
-    let a = Attachment { host_veth: info.host_veth, host_mac, ifname: env.ifname.clone(), mac, sandbox: netns, addrs };
+    let a = Attachment {
+        host_veth: info.host_veth,
+        host_mac,
+        ifname: env.ifname.clone(),
+        mac,
+        sandbox: netns,
+        addrs,
+        dns: info.dns,
+    };
     Ok(cni::result(&conf.cni_version, &a))
 }
 

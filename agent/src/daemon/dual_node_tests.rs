@@ -85,7 +85,7 @@ async fn a_dual_stack_pod_has_an_address_and_a_default_route_per_family_kept_acr
     );
 
     // An API pod gets the next address of each family.
-    let add = Request::PodAdd { name: "p2".into(), netns: None, ifname: None, netns_path: None };
+    let add = Request::PodAdd { name: "p2".into(), netns: None, ifname: None, netns_path: None, dns: None };
     let Response::Pod(p2) = api(&mut d, add).await else { panic!("pod_add failed") };
     assert_eq!((p2.ip, p2.ip6), (Some(ip("10.244.0.3")), Some(ip("fd00:10:244::3"))));
     let saved = StateDir::new(&w.path("state")).load_pods().expect("pods.json");

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use tracing::info;
 use weft_config::api::{Request, Response};
+use weft_config::dns::DnsSettings;
 use weft_store::Store;
 
 impl<K: Kernel, S: Store> Node<K, S> {
@@ -18,10 +19,13 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let r = match req {
             Request::Status => Err(anyhow!("status is served by the API task")),
             Request::PodList => return Response::Pods { pods: self.pods.iter().map(|p| self.pod_info(p)).collect() },
-            Request::PodAdd { name, netns, ifname, netns_path: Some(path) } => {
-                self.pod_add_path(ctx, name, netns, ifname, path).await
-            }
-            Request::PodAdd { name, netns, ifname, netns_path: None } => self.pod_add(ctx, name, netns, ifname).await,
+            Request::PodAdd { name, netns, ifname, netns_path, dns } => match check_dns(dns) {
+                Err(e) => Err(e),
+                Ok(dns) => match netns_path {
+                    Some(path) => self.pod_add_path(ctx, name, netns, ifname, path, dns).await,
+                    None => self.pod_add(ctx, name, netns, ifname, dns).await,
+                },
+            },
             Request::PodDel { name } => self.pod_del(ctx, &name).await,
             Request::Leave => self.leave(ctx).await.map(|()| Response::Done),
         };
@@ -34,11 +38,15 @@ impl<K: Kernel, S: Store> Node<K, S> {
         name: String,
         netns: Option<String>,
         ifname: Option<String>,
+        dns: Option<DnsSettings>,
     ) -> Result<Response> {
         let (netns, ifname) = decide::pod_names(&name, netns, ifname)?;
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
+            if p.netns == netns && p.ifname == ifname && p.dns == dns {
+                return Ok(Response::Pod(Box::new(self.pod_info(p))));
+            }
             if p.netns == netns && p.ifname == ifname {
-                return Ok(Response::Pod(self.pod_info(p)));
+                bail!("pod {name} exists with other resolver settings; delete it first");
             }
             bail!("pod {name} exists with namespace {} and interface {}", p.netns, p.ifname);
         }
@@ -53,14 +61,16 @@ impl<K: Kernel, S: Store> Node<K, S> {
             source: PodSource::Api,
             remembered: None,
             owns_netns: false,
+            dns,
         };
         let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnets: self.subnets, mtu: self.mtu };
         let rec = pods::attach(&net, &req, &used).await?;
         self.pods.push(rec.clone());
         ctx.state.save_pods(&self.pods)?;
+        self.sync_resolv(ctx, &rec);
         self.publish_pods(ctx);
         info!(pod = %name, ip = %rec.ips_text(), "pod added");
-        Ok(Response::Pod(self.pod_info(&rec)))
+        Ok(Response::Pod(Box::new(self.pod_info(&rec))))
     }
 
     async fn pod_del<R: Runner>(&mut self, ctx: &Ctx<K, S, R>, name: &str) -> Result<Response> {
@@ -70,10 +80,18 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         let pod = self.pods[pos].clone();
         pods::detach(&ctx.nl, &pod, pod.owns_netns).await?;
+        self.drop_resolv(ctx, &pod);
         self.pods.remove(pos);
         ctx.state.save_pods(&self.pods)?;
         self.publish_pods(ctx);
         info!(pod = %name, "pod deleted");
         Ok(Response::Done)
     }
+}
+
+/// A request's resolver settings, checked like agent.toml's; empty ones count as none.
+fn check_dns(dns: Option<DnsSettings>) -> Result<Option<DnsSettings>> {
+    let Some(dns) = dns.filter(|d| !d.is_empty()) else { return Ok(None) };
+    dns.check("request", "dns")?;
+    Ok(Some(dns))
 }

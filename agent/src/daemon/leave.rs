@@ -76,6 +76,11 @@ pub async fn teardown_local<K: Kernel, R: Runner>(
         if let Err(e) = pods::detach(nl, p, p.owns_netns).await {
             errors.push(format!("pod {}: {e:#}", p.name));
         }
+        if crate::resolv::managed(p) {
+            if let Err(e) = crate::resolv::remove(&cfg.paths.netns_etc, &p.netns) {
+                errors.push(format!("pod {}: {e:#}", p.name));
+            }
+        }
     }
     for name in backend::leftover_links::<K>(cfg) {
         match nl.link(&name).await {

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use tracing::{info, warn};
 use weft_config::api::{Health, Response};
+use weft_config::dns::DnsSettings;
 use weft_store::Store;
 
 impl<K: Kernel, S: Store, R: Runner> Ctx<K, S, R> {
@@ -66,6 +67,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         netns: Option<String>,
         ifname: Option<String>,
         path: String,
+        dns: Option<DnsSettings>,
     ) -> Result<Response> {
         let (netns, ifname) = decide::pod_names(&name, netns, ifname)?;
         crate::netns_path::check_path(&path).map_err(anyhow::Error::msg)?;
@@ -85,6 +87,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
                     source: PodSource::Cni,
                     remembered: Some(p.addrs),
                     owns_netns: true,
+                    dns: dns.clone(),
                 };
                 let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnets, mtu: self.mtu };
                 let rec = pods::attach(&net, &req, &used).await?;
@@ -95,7 +98,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
                     ctx.state.save_pods(&self.pods)?;
                     self.publish_pods(ctx);
                 }
-                return Ok(Response::Pod(self.pod_info(&rec)));
+                return Ok(Response::Pod(Box::new(self.pod_info(&rec))));
             }
             bail!("pod {name} exists with namespace {} and interface {}", p.netns, p.ifname);
         }
@@ -112,6 +115,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             source: PodSource::Cni,
             remembered: None,
             owns_netns: true,
+            dns,
         };
         let net = PodNet { nl: &ctx.nl, bridge_index: self.bridge_index, subnets, mtu: self.mtu };
         let rec = match pods::attach(&net, &req, &used).await {
@@ -129,6 +133,6 @@ impl<K: Kernel, S: Store> Node<K, S> {
         ctx.state.save_pods(&self.pods)?;
         self.publish_pods(ctx);
         info!(pod = %name, ip = %rec.ips_text(), netns = %path, "CNI pod added");
-        Ok(Response::Pod(self.pod_info(&rec)))
+        Ok(Response::Pod(Box::new(self.pod_info(&rec))))
     }
 }

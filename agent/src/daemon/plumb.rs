@@ -5,6 +5,7 @@ use super::{decide, ops, Ctx, Node};
 use crate::firewall::Runner;
 use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
+use crate::resolv;
 use crate::state::{PodRecord, PodSource};
 use anyhow::{anyhow, Context, Result};
 use ipnet::IpNet;
@@ -12,6 +13,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use tracing::{info, warn};
 use weft_config::api::{PodAddr, PodInfo};
+use weft_config::dns::DnsSettings;
 use weft_config::subnet::{self, Family, PerFamily};
 use weft_store::Store;
 
@@ -68,17 +70,21 @@ impl<K: Kernel, S: Store> Node<K, S> {
             if let Err(e) = pods::detach(nl, gone, gone.owns_netns).await {
                 warn!(pod = %gone.name, error = %format!("{e:#}"), "removing pod");
             }
+            self.drop_resolv(ctx, gone);
         }
         known.retain(|p| p.source != PodSource::Config || declared.contains(p.name.as_str()));
-        let mut wanted: Vec<(String, String, String, PodSource)> =
-            cfg.pods.iter().map(|p| (p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Config)).collect();
+        let mut wanted: Vec<(String, String, String, PodSource, Option<DnsSettings>)> = cfg
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.netns.clone(), p.ifname.clone(), PodSource::Config, p.dns.clone()))
+            .collect();
         for p in &known {
             if p.source != PodSource::Config && !declared.contains(p.name.as_str()) && !ops::cni_pod_gone(p) {
-                wanted.push((p.name.clone(), p.netns.clone(), p.ifname.clone(), p.source));
+                wanted.push((p.name.clone(), p.netns.clone(), p.ifname.clone(), p.source, p.dns.clone()));
             }
         }
         let mut errors = Vec::new();
-        for (name, netns, ifname, source) in wanted {
+        for (name, netns, ifname, source, dns) in wanted {
             let prev = known.iter().find(|p| p.name == name);
             let used: BTreeSet<IpAddr> = known
                 .iter()
@@ -93,6 +99,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 source,
                 remembered: prev.map(|p| p.addrs),
                 owns_netns: prev.is_some_and(|p| p.owns_netns),
+                dns,
             };
             let net = PodNet { nl, bridge_index: self.bridge_index, subnets, mtu: self.mtu };
             match pods::attach(&net, &req, &used).await {
@@ -115,6 +122,9 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         self.pods = result;
         ctx.state.save_pods(&self.pods)?;
+        for pod in &self.pods {
+            self.sync_resolv(ctx, pod);
+        }
         self.publish_pods(ctx);
         if errors.is_empty() {
             Ok(())
@@ -124,7 +134,32 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 
     pub(super) fn pod_info(&self, p: &PodRecord) -> PodInfo {
-        pod_info(p, &self.subnets)
+        let mut info = pod_info(p, &self.subnets);
+        let dns = resolv::effective(p, &self.net.dns);
+        info.dns = (!dns.is_empty()).then_some(dns);
+        info
+    }
+
+    /// Writes (or removes) the resolver file of `pod` when weft keeps one for it; a failure is
+    /// logged and the next reconcile tries again.
+    pub(super) fn sync_resolv<R: Runner>(&self, ctx: &Ctx<K, S, R>, pod: &PodRecord) {
+        if !resolv::managed(pod) {
+            return;
+        }
+        match resolv::sync(&ctx.cfg.paths.netns_etc, &pod.netns, &resolv::effective(pod, &self.net.dns)) {
+            Ok(true) => info!(pod = %pod.name, "resolver settings written"),
+            Ok(false) => {}
+            Err(e) => warn!(pod = %pod.name, error = %format!("{e:#}"), "writing the pod's resolv.conf"),
+        }
+    }
+
+    /// Removes the resolver file of a pod that goes.
+    pub(super) fn drop_resolv<R: Runner>(&self, ctx: &Ctx<K, S, R>, pod: &PodRecord) {
+        if resolv::managed(pod) {
+            if let Err(e) = resolv::remove(&ctx.cfg.paths.netns_etc, &pod.netns) {
+                warn!(pod = %pod.name, error = %format!("{e:#}"), "removing the pod's resolv.conf");
+            }
+        }
     }
 
     pub(super) fn publish_pods<R: Runner>(&self, ctx: &Ctx<K, S, R>) {

@@ -57,6 +57,15 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if net == self.net {
             return Ok(changed);
         }
+        if net.same_but_dns(&self.net) {
+            info!("the network's resolver settings changed; rewriting the pods' resolv.conf");
+            self.net = net;
+            for pod in &self.pods {
+                self.sync_resolv(ctx, pod);
+            }
+            self.publish_pods(ctx);
+            return Ok(changed);
+        }
         if net.pools() != self.net.pools() {
             warn!("the network's address pools changed; restart the agents to follow (nothing changed here)");
             return Ok(changed);

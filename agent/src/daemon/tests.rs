@@ -177,7 +177,7 @@ impl World {
         let text = format!(
             "node_name = \"n1\"\nnode_id = \"id1\"\nnetwork = \"lab\"\n{}[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
              [underlay]\ninterface = \"eth0\"\n[paths]\nstate_dir = \"{d}/state\"\nsubnet_env = \"{d}/subnet.env\"\n\
-             socket = \"{d}/agent.sock\"\npid_file = \"{d}/agent.pid\"\n[metrics]\nenabled = false\n\
+             socket = \"{d}/agent.sock\"\npid_file = \"{d}/agent.pid\"\nnetns_etc = \"{d}/netns-etc\"\n[metrics]\nenabled = false\n\
              [probes]\nenabled = false\n{}",
             self.extra.split_once("[[").map_or(self.extra.as_str(), |(top, _)| top),
             self.extra.split_once("[[").map_or(String::new(), |(_, tables)| format!("[[{tables}")),
@@ -286,6 +286,9 @@ mod dual;
 
 #[path = "dual_node_tests.rs"]
 mod dual_node;
+
+#[path = "dns_tests.rs"]
+mod dns;
 
 // ---- acquire ----
 
