@@ -87,14 +87,26 @@ impl AgentClient {
     }
 
     pub fn pod_add(&self, name: &str, netns: Option<&str>, ifname: Option<&str>) -> Result<PodInfo, ClientError> {
+        self.pod_add_with(name, netns, ifname, None)
+    }
+
+    /// [`AgentClient::pod_add`] with the pod's own resolver settings.
+    pub fn pod_add_with(
+        &self,
+        name: &str,
+        netns: Option<&str>,
+        ifname: Option<&str>,
+        dns: Option<weft_config::dns::DnsSettings>,
+    ) -> Result<PodInfo, ClientError> {
         let req = Request::PodAdd {
             name: name.to_string(),
             netns: netns.map(str::to_string),
             ifname: ifname.map(str::to_string),
             netns_path: None,
+            dns,
         };
         match self.call_ok(&req)? {
-            Response::Pod(p) => Ok(p),
+            Response::Pod(p) => Ok(*p),
             other => Err(self.unexpected("pod_add", &other)),
         }
     }

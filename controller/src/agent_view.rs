@@ -135,7 +135,12 @@ fn gateways(p: &PodInfo) -> String {
 /// One line for a pod just added (`ADDR/LEN via GATEWAY` per family).
 pub fn render_pod(p: &PodInfo) -> String {
     let addrs: Vec<String> = p.addrs().iter().map(|a| format!("{}/{} via {}", a.ip, a.prefix_len, a.gateway)).collect();
-    format!("{}: {} in netns {} ({}, host side {})\n", p.name, addrs.join(", "), p.netns, p.ifname, p.host_veth)
+    let mut t =
+        format!("{}: {} in netns {} ({}, host side {})\n", p.name, addrs.join(", "), p.netns, p.ifname, p.host_veth);
+    if let Some(dns) = &p.dns {
+        t.push_str(&format!("  dns: {}\n", crate::network::dns_text(dns)));
+    }
+    t
 }
 
 fn indent(s: &str) -> String {
@@ -160,6 +165,7 @@ mod tests {
             gateway6: None,
             host_veth: "vp1".into(),
             source: "config".into(),
+            dns: None,
         }
     }
 

@@ -121,7 +121,25 @@ pub fn describe(c: &NetworkConfig) -> String {
     if c.backend == weft_config::Backend::Vxlan {
         parts.push(format!("vni {}, vxlan port {}", c.vxlan.vni, c.vxlan.port));
     }
+    if !c.dns.is_empty() {
+        parts.push(format!("dns {}", dns_text(&c.dns)));
+    }
     parts.join(", ")
+}
+
+/// Resolver settings on one line: `servers 203.0.113.2; search lab.weft; options ndots:2`.
+pub fn dns_text(d: &weft_config::dns::DnsSettings) -> String {
+    let mut parts = Vec::new();
+    if !d.servers.is_empty() {
+        parts.push(format!("servers {}", d.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" ")));
+    }
+    if !d.search.is_empty() {
+        parts.push(format!("search {}", d.search.join(" ")));
+    }
+    if !d.options.is_empty() {
+        parts.push(format!("options {}", d.options.join(" ")));
+    }
+    parts.join("; ")
 }
 
 /// Writes `wanted` as the network's config. Returns the plan that was carried out.
@@ -190,6 +208,9 @@ pub fn render(network: &str, c: &NetworkConfig) -> String {
         lines.push((len, p.subnet_len.to_string()));
     }
     lines.push(("backend", c.backend.to_string()));
+    if !c.dns.is_empty() {
+        lines.push(("dns", dns_text(&c.dns)));
+    }
     lines.push(("schema", c.schema.to_string()));
     let width = lines.iter().map(|(l, _)| l.len() + 1).max().unwrap_or(0);
     lines.iter().map(|(l, v)| format!("{:width$} {v}\n", format!("{l}:"))).collect()

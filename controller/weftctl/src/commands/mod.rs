@@ -30,6 +30,40 @@ pub fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
 
+/// Resolver flags (`network init` for the network, `pod add` for one pod).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct DnsFlags {
+    /// A DNS server the pods use (repeat for more, at most 3).
+    #[arg(long = "dns-server", value_name = "IP")]
+    pub servers: Vec<std::net::IpAddr>,
+    /// A search domain (repeat for more, at most 6).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub search: Vec<String>,
+    /// A resolver option such as ndots:2 or edns0 (repeat for more).
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    pub options: Vec<String>,
+}
+
+impl DnsFlags {
+    /// The settings, checked; an error names the flag.
+    pub fn settings(&self) -> Result<weft_config::dns::DnsSettings, UsageError> {
+        let dns = weft_config::dns::DnsSettings {
+            servers: self.servers.clone(),
+            search: self.search.clone(),
+            options: self.options.clone(),
+        };
+        dns.check("flags", "dns").map_err(|e| {
+            let flag = match e.field.split('.').nth(1).unwrap_or("") {
+                f if f.starts_with("servers") => "--dns-server",
+                f if f.starts_with("search") => "--dns-search",
+                _ => "--dns-option",
+            };
+            UsageError::new(format!("{flag}: {}", e.message))
+        })?;
+        Ok(dns)
+    }
+}
+
 /// Prints `v` as pretty JSON, or the human rendering.
 pub fn print_out<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce() -> String) -> anyhow::Result<ExitCode> {
     if json {

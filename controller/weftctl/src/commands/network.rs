@@ -24,6 +24,9 @@ pub enum NetworkCmd {
         /// With --backend auto: the encapsulation for peers that are not on-link (vxlan or quic).
         #[arg(long, value_parser = super::parse_backend, default_value = "vxlan")]
         encap: Backend,
+        /// The pods' resolvers (a pod may bring its own over these).
+        #[command(flatten)]
+        dns: super::DnsFlags,
         /// Replace a different config (never a family's CIDR or subnet length while subnets of
         /// that family exist).
         #[arg(long)]
@@ -102,9 +105,10 @@ pub fn run(g: &super::Global, cmd: &NetworkCmd) -> anyhow::Result<ExitCode> {
     // Check input before connecting, so bad flags exit 2 without touching etcd.
     let opts = super::etcd_opts(g)?;
     let wanted = match cmd {
-        NetworkCmd::Init { pools, backend, vni, vxlan_port, encap, .. } => {
+        NetworkCmd::Init { pools, backend, vni, vxlan_port, encap, dns, .. } => {
             let c = with_vxlan(network_config(pools, *backend)?, *vni, *vxlan_port)?;
-            Some(c.with_encap("--encap", *encap).map_err(|e| UsageError::new(format!("--encap: {}", e.message)))?)
+            let c = c.with_encap("--encap", *encap).map_err(|e| UsageError::new(format!("--encap: {}", e.message)))?;
+            Some(c.with_dns("--dns-server", dns.settings()?).map_err(|e| UsageError::new(e.to_string()))?)
         }
         NetworkCmd::Show { .. } => None,
     };

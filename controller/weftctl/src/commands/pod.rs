@@ -16,6 +16,9 @@ pub enum PodCmd {
         /// Interface name inside the pod (default: eth0).
         #[arg(long)]
         ifname: Option<String>,
+        /// The pod's own resolvers, over the network's.
+        #[command(flatten)]
+        dns: super::DnsFlags,
         #[arg(long)]
         json: bool,
     },
@@ -56,7 +59,7 @@ pub fn run(g: &super::Global, cmd: &PodCmd) -> anyhow::Result<ExitCode> {
         }
     };
     match cmd {
-        PodCmd::Add { name, netns, ifname, json } => {
+        PodCmd::Add { name, netns, ifname, dns, json } => {
             check("NAME", name)?;
             if let Some(n) = netns.as_deref().filter(|n| !weft_config::agent::valid_netns(n)) {
                 return Err(UsageError::new(format!(
@@ -70,7 +73,8 @@ pub fn run(g: &super::Global, cmd: &PodCmd) -> anyhow::Result<ExitCode> {
                 ))
                 .into());
             }
-            let p = client.pod_add(name, netns.as_deref(), ifname.as_deref())?;
+            let dns = Some(dns.settings()?).filter(|d| !d.is_empty());
+            let p = client.pod_add_with(name, netns.as_deref(), ifname.as_deref(), dns)?;
             print_out(*json, &p, || agent_view::render_pod(&p))
         }
         PodCmd::Del { name } => {
