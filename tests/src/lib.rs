@@ -3,6 +3,7 @@
 //! again, also when an assertion fails.
 
 pub mod browser;
+pub mod dns;
 pub mod ops;
 pub mod quic_client;
 

@@ -38,6 +38,7 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
         }
     }
     remove_namespaces(names, &mut report);
+    remove_netns_etc(names, std::path::Path::new(NETNS_ETC), &mut report);
     match std::fs::remove_dir_all(names.dir()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -116,9 +117,52 @@ fn remove_namespaces(names: &LabNames, report: &mut DownReport) {
     }
 }
 
+/// Where the lab's agents write their pods' resolv.conf (their default `paths.netns_etc`).
+pub const NETNS_ETC: &str = "/etc/netns";
+
+/// Removes the per-namespace directories of the lab's namespaces under `etc` (an agent killed
+/// with SIGKILL, or stopped with SIGTERM, leaves its pods' resolv.conf behind). Only
+/// directories named like this lab's namespaces, holding nothing but files.
+fn remove_netns_etc(names: &LabNames, etc: &std::path::Path, report: &mut DownReport) {
+    let Ok(entries) = std::fs::read_dir(etc) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !names.owns_ns(&name) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = e.path();
+        let files: Vec<_> =
+            std::fs::read_dir(&path).map(|d| d.flatten().map(|f| f.path()).collect()).unwrap_or_default();
+        for f in files {
+            if let Err(err) = std::fs::remove_file(&f) {
+                report.errors.push(format!("removing {}: {err}", f.display()));
+            }
+        }
+        if let Err(err) = std::fs::remove_dir(&path) {
+            report.errors.push(format!("removing {}: {err}", path.display()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_labs_netns_dirs_are_removed() {
+        let etc = std::env::temp_dir().join(format!("weft-lab-netns-etc-{}", std::process::id()));
+        for d in ["weft77-n1-p1", "weft7-n1-p1", "other"] {
+            std::fs::create_dir_all(etc.join(d)).expect("mkdir");
+            std::fs::write(etc.join(d).join("resolv.conf"), "x").expect("write");
+        }
+        let names = LabNames::new("77").expect("id");
+        let mut report = DownReport::default();
+        remove_netns_etc(&names, &etc, &mut report);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(!etc.join("weft77-n1-p1").exists());
+        assert!(etc.join("weft7-n1-p1/resolv.conf").exists() && etc.join("other/resolv.conf").exists());
+        std::fs::remove_dir_all(&etc).expect("cleanup");
+    }
 
     #[test]
     fn report_result() {

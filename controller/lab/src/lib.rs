@@ -513,6 +513,11 @@ fn network_init_args(spec: &LabSpec) -> Vec<String> {
     if spec.backend == weft_config::Backend::Auto {
         args.extend(["--encap".to_string(), spec.encap.to_string()]);
     }
+    if let Some(dns) = &spec.dns {
+        args.extend(dns.servers.iter().flat_map(|s| ["--dns-server".to_string(), s.to_string()]));
+        args.extend(dns.search.iter().flat_map(|s| ["--dns-search".to_string(), s.clone()]));
+        args.extend(dns.options.iter().flat_map(|s| ["--dns-option".to_string(), s.clone()]));
+    }
     args
 }
 

@@ -154,6 +154,10 @@ pub struct LabSpec {
     /// `weft-controller` to run; default: next to the current executable (see [`crate::bins`]).
     #[serde(default)]
     pub controller_bin: Option<PathBuf>,
+    /// The network's resolver settings (`network init --dns-*`): the pods' resolv.conf, and the
+    /// lab's Docker daemons' `dns` settings.
+    #[serde(default)]
+    pub dns: Option<weft_config::dns::DnsSettings>,
 }
 
 fn default_encap() -> Backend {
@@ -208,6 +212,7 @@ impl Default for LabSpec {
             join_cert_lifetime: None,
             join_renew_before: None,
             controller_bin: None,
+            dns: None,
         }
     }
 }
@@ -264,6 +269,7 @@ impl LabSpec {
         let v6 = self.ip_family.has_v6().then_some((self.cidr6.as_str(), self.subnet_len6));
         weft_config::NetworkConfig::with_pools("flags", v4, v6, self.backend)
             .and_then(|c| c.with_encap("flags", self.encap))
+            .and_then(|c| c.with_dns("flags", self.dns.clone().unwrap_or_default()))
             .map_err(|e| {
                 let flag = format!("--{}", e.field.replace('_', "-"));
                 UsageError::new(format!("{flag}: {}", e.message))

@@ -112,6 +112,10 @@ pub struct UpArgs {
     /// weft-controller binary (default: next to weftctl, or in WEFT_BIN_DIR).
     #[arg(long)]
     controller_bin: Option<PathBuf>,
+    /// The network's resolvers, written by network init: every pod's resolv.conf (and the lab's
+    /// Docker daemons') gets them.
+    #[command(flatten)]
+    dns: super::DnsFlags,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,6 +242,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 join_cert_lifetime: None,
                 join_renew_before: None,
                 controller_bin: up.controller_bin.clone(),
+                dns: Some(up.dns.settings()?).filter(|d| !d.is_empty()),
             };
             let lab = Lab::up(spec)?;
             lab.detach();
