@@ -180,8 +180,18 @@ fn conflist_chains_bandwidth_and_portmap() {
     let args = json!({
         "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
         "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 800_000},
+        "dns": {"servers": ["203.0.113.2"], "searches": ["weft.test"], "options": ["ndots:2"]},
     });
     let result = conflist_add(&lab, &node, &list, &c, &args).expect("ADD through the chain");
+    assert_eq!(
+        result["dns"],
+        json!({"nameservers": ["203.0.113.2"], "search": ["weft.test"], "options": ["ndots:2"]}),
+        "the runtime's dns capability comes back in the result"
+    );
+    let pods = lab.client(1).expect("client").pod_list().expect("pods");
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let etc = std::path::Path::new("/etc/netns").join(&pods[0].netns);
+    assert!(!etc.exists(), "a runtime's namespace gets no file from weft: {}", etc.display());
     let host_veth = result["interfaces"][0]["name"].as_str().expect("host veth").to_string();
     let (ip, _) = split_cidr(result["ips"][0]["address"].as_str().expect("ip"));
 
