@@ -25,6 +25,9 @@ fn pods_resolve_through_the_networks_resolver_and_their_own_settings() {
         assert!(ok, "n{i}/p1 has no resolv.conf");
         assert_eq!(conf, want, "n{i}/p1's resolv.conf");
     }
+    // `lab exec` into a pod sees the same file, as `ip netns exec` does; the node does not.
+    assert_eq!(run_ok(&lab, "n1/p1", &["cat", "/etc/resolv.conf"]), want, "lab exec n1/p1");
+    assert_ne!(run_ok(&lab, "n1", &["cat", "/etc/resolv.conf"]), want, "the node keeps the host's file");
     // A short name through the search list, answered by dnsmasq across the node's masquerade.
     let (ok, hosts) = ip_netns_exec(&lab.pod_ns(2, 1), &["getent", "hosts", "web"]);
     assert!(ok && hosts.starts_with("203.0.113.80 "), "lookup from n2/p1: {hosts:?}");

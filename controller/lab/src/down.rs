@@ -142,6 +142,9 @@ fn remove_netns_etc(names: &LabNames, etc: &std::path::Path, report: &mut DownRe
             report.errors.push(format!("removing {}: {err}", path.display()));
         }
     }
+    // The agents made the directory itself when it was missing; an empty one goes (it fails,
+    // harmlessly, when anything else is in it).
+    let _ = std::fs::remove_dir(etc);
 }
 
 #[cfg(test)]
@@ -162,6 +165,9 @@ mod tests {
         assert!(!etc.join("weft77-n1-p1").exists());
         assert!(etc.join("weft7-n1-p1/resolv.conf").exists() && etc.join("other/resolv.conf").exists());
         std::fs::remove_dir_all(&etc).expect("cleanup");
+        std::fs::create_dir_all(&etc).expect("mkdir");
+        remove_netns_etc(&names, &etc, &mut report);
+        assert!(!etc.exists(), "an empty directory goes");
     }
 
     #[test]

@@ -132,11 +132,60 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// A `Command` for `program` that runs in network namespace `name`.
+/// A `Command` for `program` that runs in network namespace `name`, seeing the files of
+/// `/etc/netns/<name>/` over those of `/etc` as `ip netns exec` does (a pod's resolv.conf).
 pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, NetnsError> {
     let mut cmd = Command::new(program);
     enter_on_exec(&mut cmd, name, false)?;
+    etc_overlay_on_exec(&mut cmd, name);
     Ok(cmd)
+}
+
+/// Where `ip netns exec` looks for a namespace's own `/etc` files.
+pub const NETNS_ETC: &str = "/etc/netns";
+
+/// When `/etc/netns/<name>/` has files, the child gets a mount namespace of its own (mounts
+/// not propagated back) with each of them bound over `/etc/<file>`; nothing else changes and
+/// no mount outlives the child.
+fn etc_overlay_on_exec(cmd: &mut Command, name: &str) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::path::Path::new(NETNS_ETC).join(name);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    // Every path is made before fork: the child only makes system calls.
+    let mut binds: Vec<(CString, CString)> = Vec::new();
+    for e in entries.flatten() {
+        let target = std::path::Path::new("/etc").join(e.file_name());
+        if let (Ok(src), Ok(dst)) =
+            (CString::new(e.path().as_os_str().as_bytes()), CString::new(target.as_os_str().as_bytes()))
+        {
+            binds.push((src, dst));
+        }
+    }
+    if binds.is_empty() {
+        return;
+    }
+    let root = c"/";
+    // SAFETY: runs in the forked child before exec; unshare and mount are async-signal-safe and
+    // the closure only reads the strings made above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let flags = (libc::MS_REC | libc::MS_SLAVE) as libc::c_ulong;
+            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (src, dst) in &binds {
+                let bind = libc::MS_BIND as libc::c_ulong;
+                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), bind, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Names under /run/netns (none if the directory does not exist).
