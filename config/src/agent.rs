@@ -51,8 +51,9 @@ pub struct AgentConfig {
 pub const DEFAULT_DOCKER_PLUGIN: &str = "weft";
 /// The default socket the Docker plugin is served on.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/weft/docker.sock";
-/// Where Docker looks for plugin spec files.
-pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
+/// Where Docker looks for plugin spec files (it reads `.spec` files only in `/etc/docker/plugins`
+/// and `/usr/lib/docker/plugins`; `/run/docker/plugins` is for sockets alone).
+pub const DOCKER_PLUGIN_DIR: &str = "/etc/docker/plugins";
 
 /// `[docker]` of agent.toml: the Docker plugin's name, the socket it is served on, and the spec
 /// file through which Docker finds that socket (Docker takes the plugin's name from the spec
@@ -638,13 +639,13 @@ endpoints = ["http://10.0.0.5:2379"]
             Some(DockerConfig {
                 plugin_name: "weft".into(),
                 socket: "/run/weft/docker.sock".into(),
-                spec_file: "/run/docker/plugins/weft.spec".into(),
+                spec_file: "/etc/docker/plugins/weft.spec".into(),
             }),
             "an empty section serves the plugin with the defaults"
         );
         let named = format!("{base}[docker]\nplugin_name = \"blue\"\nsocket = \"/run/x/p.sock\"\n");
         let d = AgentConfig::parse("agent.toml", &named).expect("valid").docker.expect("docker");
-        assert_eq!(d.spec_file, PathBuf::from("/run/docker/plugins/blue.spec"), "the default follows the name");
+        assert_eq!(d.spec_file, PathBuf::from("/etc/docker/plugins/blue.spec"), "the default follows the name");
         assert_eq!(d.socket, PathBuf::from("/run/x/p.sock"));
         let lab = format!("{base}[docker]\nspec_file = \"/run/weft-lab/7/n1/docker/plugins/weft.spec\"\n");
         let d = AgentConfig::parse("agent.toml", &lab).expect("valid").docker.expect("docker");

@@ -42,9 +42,9 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let view = View { subnets: self.subnets, pods: &pods };
         match call {
             Call::RequestPool(req) => {
-                let pool = book::request_pool(&self.subnets, &req)?;
-                info!(pool = %pool, v6 = req.v6, "docker: pool");
-                Ok(json!({"PoolID": pool.to_string(), "Pool": pool.to_string(), "Data": {}}))
+                let (id, pool) = book::request_pool(&self.subnets, &req)?;
+                info!(pool = %id, v6 = req.v6, "docker: pool");
+                Ok(json!({"PoolID": id.to_string(), "Pool": pool, "Data": {}}))
             }
             Call::ReleasePool(req) => {
                 info!(pool = %req.pool_id, "docker: pool released");
@@ -173,7 +173,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
 }
 
 fn check_network(subnets: &weft_config::subnet::PerFamily<ipnet::IpNet>, req: &CreateNetwork) -> Result<()> {
-    let pools = req.ipv4_data.iter().chain(&req.ipv6_data).map(|d| d.pool.as_str());
+    let pools = req.ipv4_data.iter().chain(&req.ipv6_data).map(|d| (d.pool.as_str(), d.gateway.as_str()));
     book::check_network_pools(subnets, pools)?;
     Ok(())
 }

@@ -57,12 +57,15 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let pool = docker(&mut d, Method::RequestPool, json!({"AddressSpace": "weft-local", "Pool": "", "V6": false}))
         .await
         .expect("pool");
+    assert_eq!(pool, json!({"PoolID": "10.244.0.0/24", "Pool": "0.0.0.0/0", "Data": {}}));
+    let asked = json!({"Pool": "10.244.0.0/24", "V6": false});
+    let pool = docker(&mut d, Method::RequestPool, asked).await.expect("pool");
     assert_eq!(pool, json!({"PoolID": "10.244.0.0/24", "Pool": "10.244.0.0/24", "Data": {}}));
     let e = docker(&mut d, Method::RequestPool, json!({"V6": true})).await.expect_err("no IPv6 here");
     assert_eq!(e, "this node holds no IPv6 subnet (the weft network has no IPv6 pool)");
     let gw = json!({"PoolID": "10.244.0.0/24", "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}});
     assert_eq!(docker(&mut d, Method::RequestAddress, gw).await, Ok(json!({"Address": "10.244.0.1/24", "Data": {}})));
-    let net = json!({"NetworkID": "net1", "IPv4Data": [{"AddressSpace": "weft-local", "Pool": "10.244.0.0/24", "Gateway": "10.244.0.1/24"}], "IPv6Data": [], "Options": {}});
+    let net = json!({"NetworkID": "net1", "IPv4Data": [{"AddressSpace": "weft-local", "Pool": "0.0.0.0/0", "Gateway": "10.244.0.1/24"}], "IPv6Data": [], "Options": {}});
     assert_eq!(docker(&mut d, Method::CreateNetwork, net).await, Ok(json!({})));
     let foreign = json!({"NetworkID": "net2", "IPv4Data": [{"Pool": "172.18.0.0/16"}]});
     let e = docker(&mut d, Method::CreateNetwork, foreign).await.expect_err("not weft's pool");
@@ -185,7 +188,7 @@ async fn plugin_calls_wait_for_the_running_node_and_a_failed_join_leaves_no_veth
         };
         h.docker.send((call, tx)).await.expect("send");
         let r = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("reply");
-        assert_eq!(r.expect("pool")["Pool"], "10.244.0.0/24");
+        assert_eq!(r.expect("pool")["PoolID"], "10.244.0.0/24");
         h.stop.send(()).await.expect("stop");
     };
     let (exit, ()) =

@@ -6,6 +6,12 @@
 //!
 //! Docker's pool ids are the node's subnets themselves (`10.244.1.0/24`), so a pool needs no
 //! record and an id from before a subnet change is recognised as stale.
+//!
+//! An IPv4 pool asked for without `--subnet` is answered as `0.0.0.0/0` (with the subnet as its
+//! id): libnetwork checks a local network's automatic IPv4 pool against the host's routes and
+//! asks again, for ever, while it overlaps one, and the node's subnet always overlaps the
+//! bridge's own route. `0.0.0.0/0` is the one pool it does not check (Calico's plugin answers
+//! the same). The addresses, gateway and prefix length still come from the subnet.
 
 use crate::state::{PodRecord, PodSource, StateDir};
 use anyhow::Result;
@@ -90,16 +96,21 @@ pub struct View<'a> {
     pub pods: &'a BTreeMap<IpAddr, String>,
 }
 
-/// The pool Docker gets for a RequestPool: the node's subnet of the asked family.
-pub fn request_pool(subnets: &PerFamily<IpNet>, req: &RequestPool) -> Result<IpNet, Refusal> {
+/// The IPv4 pool that libnetwork does not check against the host's routes.
+pub const ANY_V4: &str = "0.0.0.0/0";
+
+/// A RequestPool's answer: the pool id (the node's subnet of the asked family) and the pool
+/// Docker records (the subnet, or [`ANY_V4`] for an IPv4 pool asked for without a subnet).
+pub fn request_pool(subnets: &PerFamily<IpNet>, req: &RequestPool) -> Result<(IpNet, String), Refusal> {
     let family = if req.v6 { Family::V6 } else { Family::V4 };
     let have = *subnets.get(family).ok_or(Refusal::NoSubnet(family))?;
-    for asked in [&req.pool, &req.sub_pool].into_iter().filter(|p| !p.is_empty()) {
+    let any = family == Family::V4 && (req.pool.is_empty() || req.pool == ANY_V4);
+    for asked in [&req.pool, &req.sub_pool].into_iter().filter(|p| !p.is_empty() && (!any || **p != ANY_V4)) {
         if asked.parse::<IpNet>().map(|n| n.trunc()) != Ok(have) {
             return Err(Refusal::OtherPool { asked: asked.clone(), family, have });
         }
     }
-    Ok(have)
+    Ok((have, if any { ANY_V4.to_string() } else { have.to_string() }))
 }
 
 /// The node's subnet a pool id names.
@@ -111,15 +122,24 @@ pub fn pool_of(subnets: &PerFamily<IpNet>, pool_id: &str) -> Result<IpNet, Refus
     }
 }
 
-/// Checks a CreateNetwork's pools: each must be one of the node's subnets.
+/// Checks a CreateNetwork's pools (pool, gateway): each is one of the node's subnets, or
+/// [`ANY_V4`] with the node's IPv4 gateway (weft's IPAM answered both).
 pub fn check_network_pools<'a>(
     subnets: &PerFamily<IpNet>,
-    pools: impl IntoIterator<Item = &'a str>,
+    pools: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), Refusal> {
-    for p in pools {
-        let ok = p.parse::<IpNet>().is_ok_and(|n| subnets.get(Family::of_net(n)) == Some(&n));
+    for (pool, gateway) in pools {
+        let ours = |n: IpNet| subnets.get(Family::of_net(n)) == Some(&n);
+        let ok = match pool.parse::<IpNet>() {
+            Ok(n) if ours(n) => true,
+            Ok(_) if pool == ANY_V4 => {
+                let gw = parse_addr("Gateway", gateway).ok();
+                subnets.get(Family::V4).is_some_and(|s| gw == Some(subnet::gateway(*s)))
+            }
+            _ => false,
+        };
         if !ok {
-            return Err(Refusal::NetworkPool { pool: p.to_string() });
+            return Err(Refusal::NetworkPool { pool: pool.to_string() });
         }
     }
     Ok(())
@@ -374,13 +394,18 @@ mod tests {
     #[test]
     fn pools_are_the_nodes_subnets() {
         let v4 = RequestPool { address_space: "weft-local".into(), ..RequestPool::default() };
-        assert_eq!(request_pool(&subnets(), &v4), Ok(net("10.244.1.0/24")));
+        let any = (net("10.244.1.0/24"), ANY_V4.to_string());
+        assert_eq!(request_pool(&subnets(), &v4), Ok(any.clone()), "IPv4 without --subnet: the unchecked pool");
         let v6 = RequestPool { v6: true, ..RequestPool::default() };
-        assert_eq!(request_pool(&subnets(), &v6), Ok(net("fd00:10:244:1::/64")));
+        let six = (net("fd00:10:244:1::/64"), "fd00:10:244:1::/64".to_string());
+        assert_eq!(request_pool(&subnets(), &v6), Ok(six));
         assert_eq!(request_pool(&PerFamily::V4(net("10.244.1.0/24")), &v6), Err(Refusal::NoSubnet(Family::V6)));
-        // Docker's restart asks again for the pool it has: the same subnet is fine.
-        let again = RequestPool { pool: "10.244.1.0/24".into(), ..RequestPool::default() };
-        assert_eq!(request_pool(&subnets(), &again), Ok(net("10.244.1.0/24")));
+        // Docker's restart asks again for the pool it has: the same answer.
+        let again = RequestPool { pool: ANY_V4.into(), ..RequestPool::default() };
+        assert_eq!(request_pool(&subnets(), &again), Ok(any));
+        // --subnet with the node's own subnet: that pool, as asked.
+        let asked = RequestPool { pool: "10.244.1.0/24".into(), ..RequestPool::default() };
+        assert_eq!(request_pool(&subnets(), &asked), Ok((net("10.244.1.0/24"), "10.244.1.0/24".to_string())));
         let other = RequestPool { pool: "172.18.0.0/16".into(), ..RequestPool::default() };
         let e = request_pool(&subnets(), &other).expect_err("not ours");
         assert_eq!(
@@ -390,8 +415,10 @@ mod tests {
         assert_eq!(pool_of(&subnets(), "10.244.1.0/24"), Ok(net("10.244.1.0/24")));
         assert!(matches!(pool_of(&subnets(), "10.244.2.0/24"), Err(Refusal::UnknownPool(_))));
         assert!(matches!(pool_of(&subnets(), "garbage"), Err(Refusal::UnknownPool(_))));
-        assert_eq!(check_network_pools(&subnets(), ["10.244.1.0/24", "fd00:10:244:1::/64"]), Ok(()));
-        assert!(check_network_pools(&subnets(), ["172.17.0.0/16"]).is_err());
+        let ok = [("0.0.0.0/0", "10.244.1.1/24"), ("10.244.1.0/24", ""), ("fd00:10:244:1::/64", "fd00:10:244:1::1/64")];
+        assert_eq!(check_network_pools(&subnets(), ok), Ok(()));
+        assert!(check_network_pools(&subnets(), [("172.17.0.0/16", "172.17.0.1/16")]).is_err());
+        assert!(check_network_pools(&subnets(), [("0.0.0.0/0", "172.17.0.1/16")]).is_err(), "another IPAM's");
     }
 
     #[test]
