@@ -223,7 +223,11 @@ impl Book {
             subnet::first_free_addr(pool, &used).ok_or(Refusal::Full(pool))?
         } else {
             let asked = parse_addr("Address", &req.address)?;
-            self.check_free(view, pool, asked, None)?;
+            // Already Docker's (its restart replays the addresses of the endpoints it keeps):
+            // the same answer. Otherwise it must be free.
+            if !self.used().contains(&asked) {
+                self.check_free(view, pool, asked, None)?;
+            }
             asked
         };
         self.reserved.insert(addr);
@@ -438,8 +442,12 @@ mod tests {
         assert_eq!(c, net("10.244.1.5/24"), "skips Docker's .3 and the pod at .4");
         let e = b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.4", false)).expect_err("pod's");
         assert_eq!(e.to_string(), "10.244.1.4 belongs to weft pod p2");
-        // Docker asks again for an address it holds (its restart replays): the same answer.
+        // Docker asks again for an address it holds (its restart replays): the same answer,
+        // also once an endpoint has it.
         assert_eq!(b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.3/24", false)), Ok(a));
+        b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("endpoint");
+        assert_eq!(b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.3", false)), Ok(a));
+        b.delete_endpoint(EP);
         assert_eq!(b.reserved, [ip("10.244.1.3"), ip("10.244.1.5")].into());
         for (asked, want) in [
             ("10.244.1.1", "10.244.1.1 is the gateway of 10.244.1.0/24, not a container address"),
