@@ -123,7 +123,9 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     let state = StateDir::new(&cfg.paths.state_dir);
     let node_id = node_identity(&cfg)?;
     let keys = Keys::new(&cfg.network);
-    let pods = state.load_pods().unwrap_or_default();
+    let mut pods = state.load_pods().unwrap_or_default();
+    // Docker endpoints' veths go too (their sandboxes are Docker's).
+    pods.extend(crate::docker::Book::load(&state).unwrap_or_default().pod_records());
     let mut errors = Vec::new();
     let held: Vec<IpNet> = [Family::V4, Family::V6]
         .into_iter()
