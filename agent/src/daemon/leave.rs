@@ -40,8 +40,11 @@ impl<K: Kernel, S: Store> Node<K, S> {
             }
         }
         let families: Vec<Family> = self.subnets.families().collect();
-        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &self.pods, &ctx.state, &ctx.firewall, &families).await);
+        // Docker's endpoints lose their veths too (owns_netns is false: sandboxes are Docker's).
+        let all = self.all_pods();
+        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &all, &ctx.state, &ctx.firewall, &families).await);
         self.pods.clear();
+        self.docker = Default::default();
         if errors.is_empty() {
             info!("left the network; everything weft made on this node is removed");
             Ok(())
@@ -125,7 +128,9 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     let state = StateDir::new(&cfg.paths.state_dir);
     let node_id = node_identity(&cfg)?;
     let keys = Keys::new(&cfg.network);
-    let pods = state.load_pods().unwrap_or_default();
+    let mut pods = state.load_pods().unwrap_or_default();
+    // Docker endpoints' veths go too (their sandboxes are Docker's).
+    pods.extend(crate::docker::Book::load(&state).unwrap_or_default().pod_records());
     let mut errors = Vec::new();
     let held: Vec<IpNet> = [Family::V4, Family::V6]
         .into_iter()

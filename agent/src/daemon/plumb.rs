@@ -40,6 +40,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let node = self.node_view(ctx).await?;
         self.drivers.ensure(nl, &node).await?;
         self.apply_firewall(ctx);
+        self.ensure_docker_veths(ctx).await;
         self.ensure_pods(ctx).await
     }
 
@@ -91,6 +92,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 .filter(|p| p.name != name)
                 .flat_map(PodRecord::ips)
                 .chain(result.iter().flat_map(PodRecord::ips))
+                .chain(self.docker.used())
                 .collect();
             let req = AttachRequest {
                 name: &name,
@@ -135,8 +137,11 @@ impl<K: Kernel, S: Store> Node<K, S> {
 
     pub(super) fn pod_info(&self, p: &PodRecord) -> PodInfo {
         let mut info = pod_info(p, &self.subnets);
-        let dns = resolv::effective(p, &self.net.dns);
-        info.dns = (!dns.is_empty()).then_some(dns);
+        // Docker containers resolve with the Docker daemon's settings, not the network's.
+        if p.source != PodSource::Docker {
+            let dns = resolv::effective(p, &self.net.dns);
+            info.dns = (!dns.is_empty()).then_some(dns);
+        }
         info
     }
 
@@ -163,7 +168,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 
     pub(super) fn publish_pods<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
-        let infos: Vec<PodInfo> = self.pods.iter().map(|p| self.pod_info(p)).collect();
+        let infos: Vec<PodInfo> = self.all_pods().iter().map(|p| self.pod_info(p)).collect();
         ctx.set_status(|s| s.pods = infos);
     }
 }
