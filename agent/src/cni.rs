@@ -119,6 +119,9 @@ pub struct NetConf {
     /// The resolver settings asked for: the runtime's `runtimeConfig.dns` (the `dns`
     /// capability) over the network configuration's `dns`.
     pub dns: Option<DnsSettings>,
+    /// What is wrong with the network configuration's `dns`: ADD fails with it, DEL and CHECK
+    /// go on without it.
+    pub dns_error: Option<CniError>,
 }
 
 /// The cniVersion of whatever came on stdin, for error objects (falls back to 1.0.0).
@@ -174,14 +177,21 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
             ipam.to_string(),
         ));
     }
-    let conf_dns = dns_of(obj.get("dns"), "dns", "nameservers", "search")?;
+    // The operator's `dns` is checked, but only ADD fails on it (DEL and CHECK must work
+    // whatever it holds); the runtime's is taken leniently: weft only hands it back.
+    let (conf_dns, dns_error) = match dns_of(obj.get("dns"), "dns", "nameservers", "search", false) {
+        Ok(d) => (d, None),
+        Err(e) => (None, Some(e)),
+    };
     let runtime_dns =
-        dns_of(obj.get("runtimeConfig").and_then(|r| r.get("dns")), "runtimeConfig.dns", "servers", "searches")?;
+        dns_of(obj.get("runtimeConfig").and_then(|r| r.get("dns")), "runtimeConfig.dns", "servers", "searches", true)
+            .unwrap_or(None);
     let dns = match (runtime_dns, conf_dns) {
         (Some(r), Some(c)) => Some(r.over(&c)),
         (r, c) => r.or(c),
     };
-    Ok(NetConf { cni_version, name, socket, prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(), dns })
+    let prev_result = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
+    Ok(NetConf { cni_version, name, socket, prev_result, dns, dns_error })
 }
 
 /// A DNS object of the network configuration (`{"nameservers", "domain", "search", "options"}`)
@@ -192,31 +202,45 @@ fn dns_of(
     field: &str,
     servers_key: &str,
     search_key: &str,
+    lenient: bool,
 ) -> Result<Option<DnsSettings>, CniError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
     let bad = |what: String| CniError::new(code::INVALID_CONFIG, format!("\"{field}\" {what}"), v.to_string());
     let obj = v.as_object().ok_or_else(|| bad("must be an object".into()))?;
+    // Strings of one list; a lenient read skips what is not a string.
     let list = |key: &str| -> Result<Vec<String>, CniError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) if lenient => {
+                Ok(items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+            }
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|i| i.as_str().map(str::to_string).ok_or_else(|| bad(format!("{key:?} must hold strings"))))
                 .collect(),
+            Some(_) if lenient => Ok(Vec::new()),
             Some(_) => Err(bad(format!("{key:?} must be an array of strings"))),
         }
     };
     let mut servers = Vec::new();
     for s in list(servers_key)? {
-        servers.push(s.parse().map_err(|_| bad(format!("{servers_key:?} holds {s:?}, not an IP address")))?);
+        match s.parse() {
+            Ok(ip) => servers.push(ip),
+            Err(_) if lenient => {} // e.g. a zone index (fe80::1%eth0), which resolv.conf cannot hold
+            Err(_) => return Err(bad(format!("{servers_key:?} holds {s:?}, not an IP address"))),
+        }
     }
     let mut search = list(search_key)?;
     if let Some(domain) = obj.get("domain").and_then(Value::as_str).filter(|d| !d.is_empty()) {
         search.retain(|d| d != domain);
         search.insert(0, domain.to_string());
     }
-    let dns = DnsSettings { servers, search, options: list("options")? };
-    dns.check("network configuration", field).map_err(|e| bad(e.message))?;
+    let mut dns = DnsSettings { servers, search, options: list("options")? };
+    if lenient {
+        dns = dns.sanitized();
+    } else {
+        dns.check("network configuration", field).map_err(|e| bad(e.message))?;
+    }
     Ok((!dns.is_empty()).then_some(dns))
 }
 
@@ -446,11 +470,22 @@ mod tests {
             &br#"{"cniVersion":"1.0.0","name":"w","dns":[]}"#[..],
             br#"{"cniVersion":"1.0.0","name":"w","dns":{"nameservers":["dns.example"]}}"#,
             br#"{"cniVersion":"1.0.0","name":"w","dns":{"search":"one"}}"#,
-            br#"{"cniVersion":"1.0.0","name":"w","runtimeConfig":{"dns":{"options":["a b"]}}}"#,
         ] {
-            let e = parse_conf(bad).expect_err("bad dns");
+            let c = parse_conf(bad).expect("parsed: DEL and CHECK must still work");
+            let e = c.dns_error.expect("the operator's bad dns is kept for ADD");
             assert_eq!(e.code, code::INVALID_CONFIG, "{}", String::from_utf8_lossy(bad));
         }
+        // The runtime's settings are passed on leniently: what resolv.conf cannot hold is dropped.
+        let lenient = parse_conf(
+            br#"{"cniVersion":"1.0.0","name":"w","runtimeConfig":{"dns":{"servers":["fe80::1%eth0","10.96.0.10"],
+                 "searches":["a.example","b c","d.example","e","f","g","h","i"],"options":["a b","ndots:5"]}}}"#,
+        )
+        .expect("valid");
+        assert!(lenient.dns_error.is_none());
+        let d = lenient.dns.expect("dns");
+        assert_eq!(d.servers, vec!["10.96.0.10".parse::<IpAddr>().expect("lit")]);
+        assert_eq!(d.search, ["a.example", "d.example", "e", "f", "g", "h"]);
+        assert_eq!(d.options, ["ndots:5"]);
         let mut a = attachment("10.244.1.5", 24, "10.244.1.1");
         assert_eq!(result("1.0.0", &a)["dns"], json!({}));
         a.dns = Some(dns);

@@ -7,6 +7,7 @@
 use crate::state::{PodRecord, PodSource};
 use anyhow::{Context, Result};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use weft_config::dns::DnsSettings;
 
@@ -31,46 +32,92 @@ fn file(netns_etc: &Path, netns: &str) -> Result<PathBuf> {
     Ok(netns_etc.join(netns).join("resolv.conf"))
 }
 
-/// Makes `<netns_etc>/<netns>/resolv.conf` hold `dns` (removes weft's file when `dns` is empty).
-/// True when something changed. A file weft did not write is left alone (an error says so).
+/// What is at a resolv.conf path.
+enum Existing {
+    Absent,
+    /// A regular file that starts with [`MARK`], with its content.
+    Ours(Vec<u8>),
+    /// Anything else: another's file, a symlink, a directory.
+    Foreign,
+}
+
+fn existing(path: &Path) -> Result<Existing> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Existing::Absent),
+        Err(e) => Err(e).with_context(|| format!("looking at {}", path.display())),
+        Ok(m) if !m.file_type().is_file() => Ok(Existing::Foreign),
+        Ok(_) => {
+            let have = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(if have.starts_with(MARK.as_bytes()) { Existing::Ours(have) } else { Existing::Foreign })
+        }
+    }
+}
+
+/// Makes `<netns_etc>/<netns>/resolv.conf` hold `dns`. Settings without a server write no file
+/// (the resolver would fall back to 127.0.0.1 inside the pod) and remove weft's: the host's
+/// resolv.conf applies. True when something changed. A file weft did not write is left alone
+/// (an error says so).
+///
+/// A file of weft's is rewritten in place, not replaced: `ip netns exec` bind-mounts the file
+/// itself, so processes started before a change read the new text only from the same inode.
 pub fn sync(netns_etc: &Path, netns: &str, dns: &DnsSettings) -> Result<bool> {
     let path = file(netns_etc, netns)?;
-    if dns.is_empty() {
+    if dns.servers.is_empty() {
         return remove(netns_etc, netns);
     }
     let want = dns.resolv_conf();
-    match std::fs::read_to_string(&path) {
-        Ok(have) if have == want => return Ok(false),
-        Ok(have) if !have.starts_with(MARK) => {
-            anyhow::bail!("{} exists and was not written by weft; leaving it", path.display())
+    match existing(&path)? {
+        Existing::Ours(have) if have == want.as_bytes() => Ok(false),
+        Existing::Ours(_) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            f.write_all(want.as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(true)
         }
-        _ => {}
+        Existing::Foreign => anyhow::bail!("{} exists and was not written by weft; leaving it", path.display()),
+        Existing::Absent => {
+            let dir = path.parent().context("resolv.conf path has a directory")?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Beside the namespace's directory, not in it: `ip netns exec` binds every file
+            // in there, and would trip over a half-written one.
+            let tmp = netns_etc.join(format!(".weft-{netns}.resolv.conf.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(want.as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+            Ok(true)
+        }
     }
-    let dir = path.parent().context("resolv.conf path has a directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(".resolv.conf.weft-tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(want.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(true)
 }
 
-/// Removes weft's resolv.conf of `netns`, and the namespace's directory when that leaves it
-/// empty. Absent files are fine; a file weft did not write stays. True when something went.
+/// Removes weft's resolv.conf of `netns`, and then the namespace's directory when that leaves
+/// it empty. Absent files are fine; a file weft did not write stays, and so does a directory
+/// weft removed nothing from. True when something went.
 pub fn remove(netns_etc: &Path, netns: &str) -> Result<bool> {
     let path = file(netns_etc, netns)?;
-    let removed = match std::fs::read_to_string(&path) {
-        Ok(have) if have.starts_with(MARK) => {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            true
-        }
-        _ => false,
-    };
+    let _ = std::fs::remove_file(netns_etc.join(format!(".weft-{netns}.resolv.conf.tmp")));
+    if !matches!(existing(&path)?, Existing::Ours(_)) {
+        return Ok(false);
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     if let Some(dir) = path.parent() {
         // Fails (and stays) when anything else is in it.
         let _ = std::fs::remove_dir(dir);
     }
-    Ok(removed)
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -90,9 +137,17 @@ mod tests {
         let path = etc.join("pod1/resolv.conf");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), format!("{MARK}nameserver 203.0.113.2\n"));
         assert!(!sync(etc, "pod1", &dns("203.0.113.2")).expect("same"), "unchanged content is not rewritten");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
+        let before = inode(&path);
         assert!(sync(etc, "pod1", &dns("203.0.113.3")).expect("replace"));
-        assert!(sync(etc, "pod1", &DnsSettings::default()).expect("empty removes"));
+        assert_eq!(inode(&path), before, "rewritten in place: a bind mount of the file sees the change");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), format!("{MARK}nameserver 203.0.113.3\n"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("stat").permissions());
+        assert_eq!(mode & 0o777, 0o644, "readable by the pod's unprivileged processes");
+        let no_server = DnsSettings { search: vec!["weft.test".into()], ..Default::default() };
+        assert!(sync(etc, "pod1", &no_server).expect("no server removes"), "search without a server writes no file");
         assert!(!etc.join("pod1").exists(), "the emptied directory goes too");
+        assert_eq!(std::fs::read_dir(etc).expect("list").count(), 0, "no temporary file left");
 
         std::fs::create_dir_all(etc.join("pod2")).expect("mkdir");
         std::fs::write(etc.join("pod2/resolv.conf"), "nameserver 9.9.9.9\n").expect("foreign file");
@@ -101,6 +156,14 @@ mod tests {
         assert!(!remove(etc, "pod2").expect("remove"), "nor removed");
         assert_eq!(std::fs::read_to_string(etc.join("pod2/resolv.conf")).expect("kept"), "nameserver 9.9.9.9\n");
         assert!(!remove(etc, "absent").expect("absent is fine"));
+        std::fs::create_dir_all(etc.join("empty")).expect("someone's empty directory");
+        assert!(!remove(etc, "empty").expect("nothing of weft's"));
+        assert!(etc.join("empty").exists(), "a directory weft removed nothing from stays");
+        std::fs::create_dir_all(etc.join("link")).expect("mkdir");
+        std::os::unix::fs::symlink("/nonexistent/resolv.conf", etc.join("link/resolv.conf")).expect("symlink");
+        assert!(sync(etc, "link", &dns("203.0.113.2")).is_err(), "a symlink is not replaced");
+        std::fs::write(etc.join("pod2/resolv.conf"), b"\xff\xfe not utf-8").expect("binary file");
+        assert!(sync(etc, "pod2", &dns("203.0.113.2")).is_err(), "an unreadable-as-text file is not replaced");
         assert!(sync(etc, "../x", &dns("203.0.113.2")).is_err());
         std::fs::remove_dir_all(&root).expect("cleanup");
     }

@@ -75,6 +75,18 @@ impl DnsSettings {
         Ok(())
     }
 
+    /// These settings with every entry [`DnsSettings::check`] would refuse dropped and the lists
+    /// cut to what the resolver reads: for settings weft passes on or reads back rather than
+    /// takes from an operator (a runtime's, a stored config's), where refusing all of it would
+    /// cost more than the bad entry.
+    pub fn sanitized(&self) -> DnsSettings {
+        DnsSettings {
+            servers: self.servers.iter().copied().take(MAX_SERVERS).collect(),
+            search: self.search.iter().filter(|d| valid_domain(d)).take(MAX_SEARCH).cloned().collect(),
+            options: self.options.iter().filter(|o| valid_option(o)).cloned().collect(),
+        }
+    }
+
     /// The text of a `resolv.conf` holding these settings.
     pub fn resolv_conf(&self) -> String {
         let mut t = String::from("# written by weft-agent\n");
@@ -140,6 +152,20 @@ mod tests {
             "# written by weft-agent\nnameserver 203.0.113.2\nnameserver 2001:db8::2\nsearch lab.weft weft\noptions ndots:2 edns0\n"
         );
         assert_eq!(DnsSettings::default().resolv_conf(), "# written by weft-agent\n");
+    }
+
+    #[test]
+    fn sanitized_drops_what_check_refuses() {
+        let s = settings(
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"],
+            &["ok.example", "bad domain", "a", "b", "c", "d", "e", "f"],
+            &["ndots:2", "x y"],
+        );
+        let clean = s.sanitized();
+        assert!(clean.check("f", "dns").is_ok(), "{clean:?}");
+        assert_eq!(clean.servers.len(), 3);
+        assert_eq!(clean.search, ["ok.example", "a", "b", "c", "d", "e"]);
+        assert_eq!(clean.options, ["ndots:2"]);
     }
 
     #[test]

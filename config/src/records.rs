@@ -309,7 +309,9 @@ impl NetworkConfig {
             backend: w.backend,
             vxlan,
             encap: w.encap.unwrap_or(Backend::Vxlan),
-            dns: w.dns.unwrap_or_default(),
+            // Older agents ignore `dns`; this one drops what it cannot use rather than refuse
+            // the whole network for a hand-edited resolver entry.
+            dns: w.dns.map(|d| d.sanitized()).unwrap_or_default(),
         };
         c.validate(source)?;
         Ok(c)
@@ -675,9 +677,10 @@ mod tests {
         assert_eq!(NetworkConfig::from_json(k, j.as_bytes()).expect("parse").dns, dns);
         assert!(c.same_but_dns(&net()) && c != net());
         assert!(!c.same_but_dns(&NetworkConfig::new("x", "10.244.0.0/16", 24, Backend::Vxlan).expect("valid")));
-        let stored =
-            br#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"host-gw","dns":{"search":["a b"]}}"#;
-        let e = NetworkConfig::from_json(k, stored).expect_err("a space in a domain");
+        let stored = br#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"host-gw","dns":{"search":["a b","ok.example"]}}"#;
+        let read = NetworkConfig::from_json(k, stored).expect("a bad resolver entry does not cost the network");
+        assert_eq!(read.dns.search, ["ok.example"], "the bad entry is dropped");
+        let e = net().with_dns("--dns-search", DnsSettings { search: vec!["a b".into()], ..dns }).expect_err("refused");
         assert_eq!(e.field, "dns.search[0]");
     }
 

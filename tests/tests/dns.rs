@@ -40,10 +40,17 @@ fn pods_resolve_through_the_networks_resolver_and_their_own_settings() {
     let (ok, hosts) = ip_netns_exec(&ns, &["getent", "hosts", "web.weft.test"]);
     assert!(ok && hosts.starts_with("203.0.113.80 "), "lookup from the API pod: {hosts:?}");
     run_ok(&lab, "n1", &["weftctl", "pod", "del", "own"]);
-    assert!(!std::path::Path::new("/etc/netns").join(&ns).exists(), "the deleted pod's directory stays");
+    assert!(!std::path::Path::new("/etc/netns").join(&ns).exists(), "the deleted pod's directory was left behind");
 
-    // The network's search list changes: the pods follow within a reconcile, no restart.
+    // The network's search list changes: the pods follow within a reconcile, no restart, and a
+    // process that started before the change reads the new file (it is rewritten in place, and
+    // `ip netns exec` bound the file itself).
     let pids = (lab.agent_pid(1), lab.agent_pid(2));
+    let early = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.pod_ns(1, 1), "sh", "-c", "sleep 6; cat /etc/resolv.conf"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("a process in n1/p1");
     run_ok(
         &lab,
         "n1",
@@ -72,11 +79,22 @@ fn pods_resolve_through_the_networks_resolver_and_their_own_settings() {
     });
     let took = followed.expect("pods did not get the new search list within 15 s");
     eprintln!("resolv.conf of both pods followed the network config in {took:?}");
+    let seen = early.wait_with_output().expect("the early process");
+    assert!(
+        String::from_utf8_lossy(&seen.stdout).contains("search other.test"),
+        "a process started before the change still reads the old file: {}",
+        String::from_utf8_lossy(&seen.stdout)
+    );
     assert_eq!((lab.agent_pid(1), lab.agent_pid(2)), pids, "no agent restarted");
     let st = lab.wait_ready(2, Duration::from_secs(5)).expect("ready");
     let listed = st.pods.iter().find(|p| p.name == "p1").and_then(|p| p.dns.clone()).expect("p1's dns in the status");
     assert_eq!(listed.search, vec!["other.test".to_string()]);
 
+    // The agent's --leave removes its pods' files; lab down removes what is left.
+    let etc = std::path::Path::new("/etc/netns");
+    lab.leave(1).expect("n1 leaves");
+    assert!(!etc.join(lab.pod_ns(1, 1)).exists(), "n1's --leave left its pod's resolv.conf");
+    assert!(etc.join(lab.pod_ns(2, 1)).join("resolv.conf").exists(), "n2's pod keeps its file");
     let pod_dirs = [lab.pod_ns(1, 1), lab.pod_ns(2, 1)];
     let report = lab.down();
     assert!(report.is_ok(), "lab down: {:?}", report.errors);

@@ -98,6 +98,9 @@ fn flatten<T>(r: Result<T, Result<CniError, CniError>>) -> Result<T, CniError> {
 }
 
 fn add(env: &Env, conf: &NetConf, pod: &str) -> Result<serde_json::Value, CniError> {
+    if let Some(e) = &conf.dns_error {
+        return Err(e.clone());
+    }
     let netns = env.netns.clone().unwrap_or_default();
     let req = Request::PodAdd {
         name: pod.to_string(),

@@ -65,3 +65,18 @@ async fn pods_resolve_with_the_networks_settings_or_their_own_and_follow_a_chang
     assert_eq!(resolv(&w, "p2"), None, "no settings, no file");
     assert!(resolv(&w, "p1").is_some(), "p1 keeps its own server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_without_any_server_are_refused_for_an_api_pod_and_write_no_file() {
+    let mut w = World::new(CIDR);
+    w.extra = "[[pods]]\nname = \"p1\"\n[pods.dns]\noptions = [\"ndots:2\"]\n".into();
+    let (mut d, h) = w.started().await;
+    assert_eq!(resolv(&w, "p1"), None, "options without a server: the host's resolv.conf applies");
+    let own = DnsSettings { search: vec!["weft.test".into()], ..Default::default() };
+    let add = Request::PodAdd { name: "p2".into(), netns: None, ifname: None, netns_path: None, dns: Some(own) };
+    match api(&mut d, add).await {
+        Response::Error { message } => assert!(message.contains("need a server"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(status(&h).pods.iter().all(|p| p.name != "p2"));
+}

@@ -55,6 +55,11 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if let Some(p) = self.pods.iter().find(|p| p.netns == netns && p.ifname == ifname) {
             bail!("namespace {netns} interface {ifname} already belongs to pod {}", p.name);
         }
+        if let Some(own) = &dns {
+            if own.over(&self.net.dns).servers.is_empty() {
+                bail!("dns: the pod's resolver settings need a server (the network has none): add --dns-server");
+            }
+        }
         let used = self.used_addrs(None);
         let req = AttachRequest {
             name: &name,

@@ -137,8 +137,10 @@ impl<K: Kernel, S: Store> Node<K, S> {
 
     pub(super) fn pod_info(&self, p: &PodRecord) -> PodInfo {
         let mut info = pod_info(p, &self.subnets);
-        // Docker containers resolve with the Docker daemon's settings, not the network's.
-        if p.source != PodSource::Docker {
+        // Shown where they apply: a namespace weft made (its resolv.conf) or a CNI runtime's
+        // (the ADD result). Docker containers resolve with the Docker daemon's settings, and a
+        // pod put into a namespace weft did not make gets no file.
+        if resolv::managed(p) || p.source == PodSource::Cni {
             let dns = resolv::effective(p, &self.net.dns);
             info.dns = (!dns.is_empty()).then_some(dns);
         }
@@ -158,9 +160,10 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
     }
 
-    /// Removes the resolver file of a pod that goes.
+    /// Removes the resolver file of a pod that goes (weft's own file only, so also for a pod
+    /// whose record lost the fact that weft made its namespace).
     pub(super) fn drop_resolv<R: Runner>(&self, ctx: &Ctx<K, S, R>, pod: &PodRecord) {
-        if resolv::managed(pod) {
+        if matches!(pod.source, PodSource::Config | PodSource::Api) {
             if let Err(e) = resolv::remove(&ctx.cfg.paths.netns_etc, &pod.netns) {
                 warn!(pod = %pod.name, error = %format!("{e:#}"), "removing the pod's resolv.conf");
             }

@@ -67,7 +67,15 @@ impl<K: Kernel, S: Store> Node<K, S> {
             return Ok(changed);
         }
         if net.pools() != self.net.pools() {
-            warn!("the network's address pools changed; restart the agents to follow (nothing changed here)");
+            if net.dns != self.net.dns {
+                info!("the network's resolver settings changed; rewriting the pods' resolv.conf");
+                self.net.dns = net.dns.clone();
+                for pod in &self.pods {
+                    self.sync_resolv(ctx, pod);
+                }
+                self.publish_pods(ctx);
+            }
+            warn!("the network's address pools changed; restart the agents to follow (nothing else changed here)");
             return Ok(changed);
         }
         if self.drivers.retiring().is_some() {

@@ -145,8 +145,9 @@ pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Co
 pub const NETNS_ETC: &str = "/etc/netns";
 
 /// When `/etc/netns/<name>/` has files, the child gets a mount namespace of its own (mounts
-/// not propagated back) with each of them bound over `/etc/<file>`; nothing else changes and
-/// no mount outlives the child.
+/// not propagated back) with each of them bound over `/etc/<file>` (one that cannot be bound,
+/// e.g. without a counterpart in /etc, is skipped); nothing else changes and no mount outlives
+/// the child.
 fn etc_overlay_on_exec(cmd: &mut Command, name: &str) {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -178,10 +179,9 @@ fn etc_overlay_on_exec(cmd: &mut Command, name: &str) {
                 return Err(std::io::Error::last_os_error());
             }
             for (src, dst) in &binds {
+                // Like `ip netns exec`: a file with nothing of its name in /etc is skipped.
                 let bind = libc::MS_BIND as libc::c_ulong;
-                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), bind, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), bind, std::ptr::null());
             }
             Ok(())
         });

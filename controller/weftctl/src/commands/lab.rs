@@ -242,7 +242,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 join_cert_lifetime: None,
                 join_renew_before: None,
                 controller_bin: up.controller_bin.clone(),
-                dns: Some(up.dns.settings()?).filter(|d| !d.is_empty()),
+                dns: Some(up.dns.network_settings()?).filter(|d| !d.is_empty()),
             };
             let lab = Lab::up(spec)?;
             lab.detach();

@@ -62,6 +62,16 @@ impl DnsFlags {
         })?;
         Ok(dns)
     }
+
+    /// [`DnsFlags::settings`] for a whole network: search domains and options need a server
+    /// (without one a pod's resolver would ask 127.0.0.1).
+    pub fn network_settings(&self) -> Result<weft_config::dns::DnsSettings, UsageError> {
+        let dns = self.settings()?;
+        if dns.servers.is_empty() && !dns.is_empty() {
+            return Err(UsageError::new("--dns-server: required with --dns-search or --dns-option"));
+        }
+        Ok(dns)
+    }
 }
 
 /// Prints `v` as pretty JSON, or the human rendering.

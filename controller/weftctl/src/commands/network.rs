@@ -108,7 +108,7 @@ pub fn run(g: &super::Global, cmd: &NetworkCmd) -> anyhow::Result<ExitCode> {
         NetworkCmd::Init { pools, backend, vni, vxlan_port, encap, dns, .. } => {
             let c = with_vxlan(network_config(pools, *backend)?, *vni, *vxlan_port)?;
             let c = c.with_encap("--encap", *encap).map_err(|e| UsageError::new(format!("--encap: {}", e.message)))?;
-            Some(c.with_dns("--dns-server", dns.settings()?).map_err(|e| UsageError::new(e.to_string()))?)
+            Some(c.with_dns("--dns-server", dns.network_settings()?).map_err(|e| UsageError::new(e.to_string()))?)
         }
         NetworkCmd::Show { .. } => None,
     };
