@@ -187,8 +187,9 @@ impl Lab {
         run_timeout(self.docker_command(i)?.args(args), CLI_TIMEOUT)
     }
 
-    /// Starts what is not running of node `i`'s containerd and dockerd, then makes sure the
-    /// daemon has the image `weft-busybox` and the network `weft`.
+    /// Starts what is not running of node `i`'s containerd and dockerd; a dockerd it started
+    /// gets the image `weft-busybox` and the network `weft` if it lacks them. A daemon that
+    /// runs and answers is left as it is.
     pub fn ensure_docker(&self, i: usize) -> anyhow::Result<()> {
         self.check_node(i)?;
         let p = self.docker_paths(i);
@@ -212,14 +213,15 @@ impl Lab {
             rec = DaemonRecords::default();
             self.start_containerd(i, &p, &mut rec)?;
         }
-        if !ours(rec.dockerd.as_ref()) || !ping(&p.socket) {
-            if ours(rec.dockerd.as_ref()) {
-                // Alive but not answering (still starting): wait for it below.
-            } else {
-                self.start_dockerd(i, &p, &mut rec)?;
-            }
-            self.wait_dockerd(i, &p, &rec)?;
+        if ours(rec.dockerd.as_ref()) && ping(&p.socket) {
+            // Running: what it has is the user's business now (a removed network stays removed).
+            return Ok(());
         }
+        if !ours(rec.dockerd.as_ref()) {
+            self.start_dockerd(i, &p, &mut rec)?;
+        }
+        // Started now, or alive but not answering yet (another caller is starting it).
+        self.wait_dockerd(i, &p, &rec)?;
         self.ensure_image(i, &p)?;
         self.ensure_network(i, &p)
     }
