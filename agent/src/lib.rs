@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bootstrap;
 pub mod cni;
 pub mod daemon;
+pub mod docker;
 pub mod entries;
 pub mod firewall;
 pub mod firewall_glue;

@@ -6,6 +6,7 @@
 //! metrics with which values?) are plain functions over a [`Status`] and the time.
 
 use crate::api::LiveQuic;
+use crate::docker::Counters;
 use crate::http::{self, Reply};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -137,6 +138,11 @@ fn per_family_peers(reg: &mut Registry, st: &Status) {
 
 /// The OpenMetrics text for one status snapshot (with `quic` filled in from the live counters).
 pub fn render(st: &Status, now: u64) -> String {
+    render_with(st, now, &[])
+}
+
+/// [`render`] plus the Docker plugin's requests: (method, result, count).
+pub fn render_with(st: &Status, now: u64, docker: &[(&str, &str, u64)]) -> String {
     let mut reg = Registry::with_prefix("weft");
     let info: Family<Labels, Gauge> = Family::default();
     let mut info_labels = vec![
@@ -272,6 +278,16 @@ pub fn render(st: &Status, now: u64) -> String {
         quic.register("rx_packets", "IP packets received from the peer", rx_packets);
         quic.register("connects", "Connections made to the peer (1 + reconnects)", connects);
     }
+    let requests: Family<Labels, Counter> = Family::default();
+    for (method, result, n) in docker {
+        let l = vec![("method".to_string(), method.to_string()), ("result".to_string(), result.to_string())];
+        requests.get_or_create(&l).inc_by(*n);
+    }
+    reg.register(
+        "docker_requests",
+        "Docker plugin requests, by method and result (ok, error, malformed, not_found)",
+        requests,
+    );
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
@@ -289,8 +305,17 @@ pub fn snapshot(status: &RwLock<Status>, live: &LiveQuic) -> Status {
 
 /// Routes a request to the three endpoints.
 pub fn respond(path: &str, st: &Status, now: u64) -> Reply {
+    respond_with(path, st, now, &Counters::default())
+}
+
+/// [`respond`] with the Docker plugin's request counters.
+pub fn respond_with(path: &str, st: &Status, now: u64, docker: &Counters) -> Reply {
     match path {
-        "/metrics" => Reply { status: 200, content_type: CONTENT_TYPE, body: render(st, now).into_bytes() },
+        "/metrics" => Reply {
+            status: 200,
+            content_type: CONTENT_TYPE,
+            body: render_with(st, now, &docker.snapshot()).into_bytes(),
+        },
         "/healthz" => match healthz(st, now) {
             Ok(()) => Reply::text(200, "ok\n"),
             Err(e) => Reply::text(503, format!("{e}\n")),
@@ -306,7 +331,7 @@ pub fn respond(path: &str, st: &Status, now: u64) -> Reply {
 
 /// Starts the endpoint in the background (a no-op when disabled). A bind failure is logged and
 /// retried, never fatal: the data plane matters more than its metrics.
-pub fn spawn(cfg: &MetricsConfig, status: Arc<RwLock<Status>>, live: LiveQuic) {
+pub fn spawn(cfg: &MetricsConfig, status: Arc<RwLock<Status>>, live: LiveQuic, docker: Counters) {
     let Some(addr) = cfg.listen else {
         tracing::info!("metrics endpoint disabled ([metrics] enabled = false)");
         return;
@@ -324,8 +349,9 @@ pub fn spawn(cfg: &MetricsConfig, status: Arc<RwLock<Status>>, live: LiveQuic) {
             }
         };
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-        let handler: http::Handler =
-            Arc::new(move |req: &http::Request| respond(&req.path, &snapshot(&status, &live), now_secs()));
+        let handler: http::Handler = Arc::new(move |req: &http::Request| {
+            respond_with(&req.path, &snapshot(&status, &live), now_secs(), &docker)
+        });
         http::serve(listener, http::Limits::default(), handler).await;
     });
 }

@@ -25,6 +25,9 @@ pub enum PodSource {
     Api,
     /// Added by the CNI plugin with a namespace given as a path (bind-mounted by the agent).
     Cni,
+    /// A Docker endpoint on the weft network driver (kept in `docker.json`, never in
+    /// `pods.json`; Docker creates and removes it).
+    Docker,
 }
 
 impl PodSource {
@@ -33,6 +36,7 @@ impl PodSource {
             PodSource::Config => "config",
             PodSource::Api => "api",
             PodSource::Cni => "cni",
+            PodSource::Docker => "docker",
         }
     }
 }
@@ -180,6 +184,16 @@ impl StateDir {
 
     pub fn save_pods(&self, pods: &[PodRecord]) -> Result<()> {
         write_json(&self.path("pods.json"), &pods)
+    }
+
+    /// Another state file of the directory, by name (`None` when missing).
+    pub fn load_file<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        read_json(&self.path(name))
+    }
+
+    /// Replaces another state file of the directory atomically.
+    pub fn save_file<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<()> {
+        write_json(&self.path(name), value)
     }
 
     /// Removes the whole state directory (on `--leave`).

@@ -43,6 +43,26 @@ pub struct AgentConfig {
     /// `[bootstrap]`: join with a token when the certificate files do not exist yet, and
     /// renew before they expire.
     pub bootstrap: Option<BootstrapConfig>,
+    /// `[docker]`: present = the agent serves the Docker network and IPAM plugin.
+    pub docker: Option<DockerConfig>,
+}
+
+/// The default name of the Docker plugin (`--driver weft --ipam-driver weft`).
+pub const DEFAULT_DOCKER_PLUGIN: &str = "weft";
+/// The default socket the Docker plugin is served on.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/weft/docker.sock";
+/// Where Docker looks for plugin spec files (it reads `.spec` files only in `/etc/docker/plugins`
+/// and `/usr/lib/docker/plugins`; `/run/docker/plugins` is for sockets alone).
+pub const DOCKER_PLUGIN_DIR: &str = "/etc/docker/plugins";
+
+/// `[docker]` of agent.toml: the Docker plugin's name, the socket it is served on, and the spec
+/// file through which Docker finds that socket (Docker takes the plugin's name from the spec
+/// file's name, so it ends in `<plugin_name>.spec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    pub plugin_name: String,
+    pub socket: PathBuf,
+    pub spec_file: PathBuf,
 }
 
 /// `[bootstrap]` of agent.toml: where and how to get this node's certificate.
@@ -245,6 +265,7 @@ impl AgentConfig {
     /// Validates the TOML text; `source` names it in errors.
     pub fn parse(source: &str, text: &str) -> Result<Self, ConfigError> {
         let table = crate::reader::parse_table(source, text)?;
+        let docker_present = table.contains_key("docker");
         let mut r = Reader::new(source, "", &table);
 
         let node_name = r.req_str("node_name")?;
@@ -273,6 +294,7 @@ impl AgentConfig {
         let metrics = read_metrics(r.table("metrics")?)?;
         let probes = read_probes(r.table("probes")?)?;
         let bootstrap = read_bootstrap(r.table("bootstrap")?)?;
+        let docker = read_docker(r.table("docker")?, docker_present)?;
         let mut pods = Vec::new();
         for p in r.table_array("pods")? {
             pods.push(read_pod(p)?);
@@ -319,6 +341,7 @@ impl AgentConfig {
             metrics,
             probes,
             bootstrap,
+            docker,
         })
     }
 }
@@ -510,6 +533,37 @@ fn read_bootstrap(mut r: Reader<'_>) -> Result<Option<BootstrapConfig>, ConfigEr
     }))
 }
 
+fn read_docker(mut r: Reader<'_>, present: bool) -> Result<Option<DockerConfig>, ConfigError> {
+    if !present {
+        return Ok(None);
+    }
+    let plugin_name = r.opt_str("plugin_name")?.unwrap_or(DEFAULT_DOCKER_PLUGIN);
+    if !valid_name(plugin_name) {
+        return Err(r.err("plugin_name", format!("expected {NAME_RULE}, found {plugin_name:?}")));
+    }
+    let mut path = |key: &'static str, default: PathBuf| -> Result<PathBuf, ConfigError> {
+        match r.opt_str(key)? {
+            None => Ok(default),
+            Some(p) if p.starts_with('/') && !p.ends_with('/') => Ok(PathBuf::from(p)),
+            Some(p) => Err(r.err(key, format!("expected an absolute file path, found {p:?}"))),
+        }
+    };
+    let socket = path("socket", PathBuf::from(DEFAULT_DOCKER_SOCKET))?;
+    let spec_file = path("spec_file", Path::new(DOCKER_PLUGIN_DIR).join(format!("{plugin_name}.spec")))?;
+    let want = format!("{plugin_name}.spec");
+    if spec_file.file_name().and_then(|n| n.to_str()) != Some(want.as_str()) {
+        return Err(r.err(
+            "spec_file",
+            format!(
+                "expected a file named {want} (Docker names the plugin after its spec file), found {:?}",
+                spec_file.display().to_string()
+            ),
+        ));
+    }
+    r.finish()?;
+    Ok(Some(DockerConfig { plugin_name: plugin_name.to_string(), socket, spec_file }))
+}
+
 fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
     let name = r.req_str("name")?;
     if !valid_name(name) {
@@ -559,6 +613,7 @@ endpoints = ["http://10.0.0.5:2379"]
         assert_eq!(c.quic, None);
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9472".parse().expect("lit")));
         assert_eq!(c.probes, ProbesConfig::default());
+        assert_eq!(c.docker, None);
     }
 
     #[test]
@@ -572,6 +627,57 @@ endpoints = ["http://10.0.0.5:2379"]
         let c = AgentConfig::parse("agent.toml", &format!("{base}[probes]\nenabled = false\ninterval_secs = 3\n"))
             .expect("valid");
         assert_eq!(c.probes, ProbesConfig { enabled: false, interval: Duration::from_secs(3) });
+    }
+
+    #[test]
+    fn docker_section() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n";
+        assert_eq!(AgentConfig::parse("agent.toml", base).expect("valid").docker, None, "absent: no plugin");
+        let d = AgentConfig::parse("agent.toml", &format!("{base}[docker]\n")).expect("valid").docker;
+        assert_eq!(
+            d,
+            Some(DockerConfig {
+                plugin_name: "weft".into(),
+                socket: "/run/weft/docker.sock".into(),
+                spec_file: "/etc/docker/plugins/weft.spec".into(),
+            }),
+            "an empty section serves the plugin with the defaults"
+        );
+        let named = format!("{base}[docker]\nplugin_name = \"blue\"\nsocket = \"/run/x/p.sock\"\n");
+        let d = AgentConfig::parse("agent.toml", &named).expect("valid").docker.expect("docker");
+        assert_eq!(d.spec_file, PathBuf::from("/etc/docker/plugins/blue.spec"), "the default follows the name");
+        assert_eq!(d.socket, PathBuf::from("/run/x/p.sock"));
+        let lab = format!("{base}[docker]\nspec_file = \"/run/weft-lab/7/n1/docker/plugins/weft.spec\"\n");
+        let d = AgentConfig::parse("agent.toml", &lab).expect("valid").docker.expect("docker");
+        assert_eq!(d.spec_file, PathBuf::from("/run/weft-lab/7/n1/docker/plugins/weft.spec"));
+        for (extra, want) in [
+            (
+                "spec_file = \"/run/docker/plugins/other.spec\"",
+                "agent.toml: docker.spec_file: expected a file named weft.spec (Docker names the plugin after its \
+                 spec file), found \"/run/docker/plugins/other.spec\"",
+            ),
+            (
+                "plugin_name = \"blue\"\nspec_file = \"/run/docker/plugins/weft.spec\"",
+                "agent.toml: docker.spec_file: expected a file named blue.spec (Docker names the plugin after its \
+                 spec file), found \"/run/docker/plugins/weft.spec\"",
+            ),
+            (
+                "spec_file = \"weft.spec\"",
+                "agent.toml: docker.spec_file: expected an absolute file path, found \"weft.spec\"",
+            ),
+            (
+                "socket = \"/run/weft/\"",
+                "agent.toml: docker.socket: expected an absolute file path, found \"/run/weft/\"",
+            ),
+            (
+                "plugin_name = \"Weft\"",
+                "agent.toml: docker.plugin_name: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 \
+                 characters, found \"Weft\"",
+            ),
+            ("sock = \"/x\"", "agent.toml: docker.sock: unknown key (did you mean `socket`?)"),
+        ] {
+            assert_eq!(err(&format!("{base}[docker]\n{extra}\n")), want, "{extra}");
+        }
     }
 
     #[test]
@@ -678,7 +784,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
             ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
-            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bootstrap, bridge, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bootstrap, bridge, docker, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
             ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
             ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
             ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),

@@ -4,6 +4,7 @@
 
 use super::{decide, Ctx, Node};
 use crate::backend::{self, BuildContext, Drivers, UnderlayInfo};
+use crate::docker::Book;
 use crate::firewall::Runner;
 use crate::kernel::Kernel;
 use crate::lease::{self, Blocked, Decision, Write};
@@ -47,6 +48,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             forward: None,
             bridge_index: 0,
             pods: vec![],
+            docker: Book::default(),
             records: BTreeMap::new(),
             revision: 0,
             watch: None,

@@ -17,7 +17,9 @@ impl<K: Kernel, S: Store> Node<K, S> {
     pub(super) async fn handle<R: Runner>(&mut self, ctx: &Ctx<K, S, R>, req: Request) -> Response {
         let r = match req {
             Request::Status => Err(anyhow!("status is served by the API task")),
-            Request::PodList => return Response::Pods { pods: self.pods.iter().map(|p| self.pod_info(p)).collect() },
+            Request::PodList => {
+                return Response::Pods { pods: self.all_pods().iter().map(|p| self.pod_info(p)).collect() }
+            }
             Request::PodAdd { name, netns, ifname, netns_path: Some(path) } => {
                 self.pod_add_path(ctx, name, netns, ifname, path).await
             }
@@ -45,7 +47,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if let Some(p) = self.pods.iter().find(|p| p.netns == netns && p.ifname == ifname) {
             bail!("namespace {netns} interface {ifname} already belongs to pod {}", p.name);
         }
-        let used: BTreeSet<IpAddr> = self.pods.iter().flat_map(PodRecord::ips).collect();
+        let used = self.used_addrs(None);
         let req = AttachRequest {
             name: &name,
             netns: &netns,
@@ -64,6 +66,9 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 
     async fn pod_del<R: Runner>(&mut self, ctx: &Ctx<K, S, R>, name: &str) -> Result<Response> {
+        if self.docker.pod_records().iter().any(|p| p.name == name) {
+            bail!("pod {name} is a Docker container's endpoint; remove the container with docker");
+        }
         let Some(pos) = self.pods.iter().position(|p| p.name == name) else { bail!("no pod named {name}") };
         if self.pods[pos].source == PodSource::Config {
             bail!("pod {name} is declared in agent.toml; remove it there and restart the agent");
@@ -75,5 +80,13 @@ impl<K: Kernel, S: Store> Node<K, S> {
         self.publish_pods(ctx);
         info!(pod = %name, "pod deleted");
         Ok(Response::Done)
+    }
+
+    /// Every address a new pod must not take: the pods' (but `except`'s) and Docker's.
+    pub(super) fn used_addrs(&self, except: Option<&str>) -> BTreeSet<IpAddr> {
+        let mut used: BTreeSet<IpAddr> =
+            self.pods.iter().filter(|p| Some(p.name.as_str()) != except).flat_map(PodRecord::ips).collect();
+        used.extend(self.docker.used());
+        used
     }
 }

@@ -4,6 +4,7 @@
 
 use super::Host;
 use crate::api::{self, Command};
+use crate::docker as plugin;
 use crate::kernel::write_sysctl;
 use anyhow::{Context, Result};
 use futures::future::BoxFuture;
@@ -43,11 +44,25 @@ impl Host<EtcdStore> for SystemHost {
         write_sysctl("net/ipv6/conf/all/forwarding", "1")
     }
 
-    fn spawn_services(&self, status: &Arc<RwLock<Status>>, live: &api::LiveQuic, commands: mpsc::Sender<Command>) {
+    fn spawn_services(
+        &self,
+        status: &Arc<RwLock<Status>>,
+        live: &api::LiveQuic,
+        commands: mpsc::Sender<Command>,
+        docker: mpsc::Sender<plugin::Command>,
+    ) {
         let sock = self.cfg.paths.socket.clone();
         let st = status.clone();
         let live2 = live.clone();
-        crate::metrics::spawn(&self.cfg.metrics, status.clone(), live.clone());
+        let counters = plugin::Counters::default();
+        crate::metrics::spawn(&self.cfg.metrics, status.clone(), live.clone(), counters.clone());
+        if let Some(d) = self.cfg.docker.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = plugin::server::serve(d, docker, counters).await {
+                    error!(error = %format!("{e:#}"), "docker plugin stopped");
+                }
+            });
+        }
         crate::notify::spawn_watchdog(status.clone(), live.clone());
         tokio::spawn(async move {
             if let Err(e) = api::serve(&sock, st, live2, commands).await {

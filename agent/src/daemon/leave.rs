@@ -40,8 +40,11 @@ impl<K: Kernel, S: Store> Node<K, S> {
             }
         }
         let families: Vec<Family> = self.subnets.families().collect();
-        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &self.pods, &ctx.state, &ctx.firewall, &families).await);
+        // Docker's endpoints lose their veths too (owns_netns is false: sandboxes are Docker's).
+        let all = self.all_pods();
+        errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &all, &ctx.state, &ctx.firewall, &families).await);
         self.pods.clear();
+        self.docker = Default::default();
         if errors.is_empty() {
             info!("left the network; everything weft made on this node is removed");
             Ok(())

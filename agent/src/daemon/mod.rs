@@ -12,6 +12,7 @@
 
 use crate::api::{self, Command};
 use crate::backend::{Drivers, UnderlayInfo};
+use crate::docker::{self as plugin, Book};
 use crate::firewall::{ForwardPolicy, Runner, SystemRunner};
 use crate::firewall_glue::NodeFirewall;
 use crate::kernel::{Kernel, Netlink};
@@ -32,6 +33,7 @@ use weft_store::{EtcdStore, Store, Watch};
 
 mod acquire;
 pub mod decide;
+mod docker;
 mod handlers;
 mod host;
 mod leave;
@@ -90,8 +92,15 @@ pub trait Host<S: Store>: Send + Sync + 'static {
     /// (production: `net/ipv6/conf/<underlay>/accept_ra` = 2, then
     /// `net/ipv6/conf/all/forwarding` = 1, in the agent's own namespace).
     fn enable_ipv6_forwarding(&self, underlay: &str) -> Result<()>;
-    /// Starts the API socket (fed into `commands`), `/metrics` and the watchdog.
-    fn spawn_services(&self, status: &Arc<RwLock<Status>>, live: &api::LiveQuic, commands: mpsc::Sender<Command>);
+    /// Starts the API socket (fed into `commands`), the Docker plugin with `[docker]` (fed
+    /// into `docker`), `/metrics` and the watchdog.
+    fn spawn_services(
+        &self,
+        status: &Arc<RwLock<Status>>,
+        live: &api::LiveQuic,
+        commands: mpsc::Sender<Command>,
+        docker: mpsc::Sender<plugin::Command>,
+    );
     /// The node is set up (READY=1 to systemd).
     fn ready(&self, line: &str);
     /// The loop is ending (STOPPING=1 to systemd).
@@ -165,6 +174,8 @@ pub(crate) struct Node<K: Kernel, S: Store> {
     forward: Option<ForwardPolicy>,
     bridge_index: u32,
     pods: Vec<PodRecord>,
+    /// What Docker holds on this node (`docker.json`): its addresses and endpoints.
+    docker: Book,
     records: BTreeMap<String, RawRecord>,
     revision: i64,
     /// `None` while etcd is away (re-listed every second).
@@ -178,6 +189,9 @@ pub struct Daemon<K: Kernel, S: Store, R: Runner = SystemRunner> {
     ctx: Ctx<K, S, R>,
     phase: Phase<K, S>,
     commands: mpsc::Receiver<Command>,
+    /// Calls of the Docker plugin; only a running node takes them (until then they wait, and
+    /// the plugin answers "not ready" when they wait too long).
+    docker: mpsc::Receiver<plugin::Command>,
     /// One message per SIGTERM/SIGINT (production) or per test's stop.
     stop: mpsc::Receiver<()>,
 }
@@ -185,6 +199,7 @@ pub struct Daemon<K: Kernel, S: Store, R: Runner = SystemRunner> {
 /// What a test (or an embedding) keeps to talk to a daemon it made with [`Daemon::with`].
 pub struct Handle {
     pub commands: mpsc::Sender<Command>,
+    pub docker: mpsc::Sender<plugin::Command>,
     pub status: Arc<RwLock<Status>>,
     pub stop: mpsc::Sender<()>,
 }
@@ -243,9 +258,10 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
         };
         let status = Arc::new(RwLock::new(status));
         let (tx, rx) = mpsc::channel(32);
+        let (docker_tx, docker_rx) = mpsc::channel(32);
         let (stop_tx, stop_rx) = mpsc::channel(4);
         let live: api::LiveQuic = Arc::default();
-        host.spawn_services(&status, &live, tx.clone());
+        host.spawn_services(&status, &live, tx.clone(), docker_tx.clone());
         let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
         let ctx = Ctx {
             firewall: NodeFirewall::with_runner(&cfg, runner),
@@ -259,8 +275,8 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
             node_id,
             cfg,
         };
-        let handle = Handle { commands: tx, status, stop: stop_tx };
-        Ok((Self { ctx, phase: Phase::Starting, commands: rx, stop: stop_rx }, handle))
+        let handle = Handle { commands: tx, docker: docker_tx, status, stop: stop_tx };
+        Ok((Self { ctx, phase: Phase::Starting, commands: rx, docker: docker_rx, stop: stop_rx }, handle))
     }
 
     /// Sleeps for `d` while answering API calls with "not ready"; returns early on a stop.
@@ -287,6 +303,9 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
         self.ctx.host.stopping();
         let _ = std::fs::remove_file(&self.ctx.cfg.paths.socket);
         let _ = std::fs::remove_file(&self.ctx.cfg.paths.pid_file);
+        if let Some(d) = &self.ctx.cfg.docker {
+            plugin::server::remove_files(d);
+        }
         r
     }
 
@@ -366,6 +385,8 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
     /// Ok(false) on a lost race (retry at once).
     async fn try_acquire(&mut self) -> Result<bool> {
         let Phase::Connected(c) = &mut self.phase else { bail!("not connected to etcd") };
+        // Read before claiming, so a state file that cannot be read costs no claim.
+        let book = Book::load(&self.ctx.state)?;
         acquire::refresh_public_ip6(&self.ctx, &mut c.underlay).await;
         let Some(claim) = acquire::try_acquire(&self.ctx, &c.store, &c.underlay, &mut c.drivers, &mut c.lease).await?
         else {
@@ -374,7 +395,9 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
         let Phase::Connected(c) = std::mem::replace(&mut self.phase, Phase::Starting) else {
             bail!("not connected to etcd")
         };
-        self.phase = Phase::Running(Box::new(Node::new(c.store, c.underlay, c.lease, claim)));
+        let mut node = Node::new(c.store, c.underlay, c.lease, claim);
+        node.docker = book;
+        self.phase = Phase::Running(Box::new(node));
         Ok(true)
     }
 
@@ -410,6 +433,9 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
                     if leave {
                         return Ok(Exit::Left);
                     }
+                }
+                Some((call, reply)) = self.docker.recv() => {
+                    let _ = reply.send(node.docker_call(ctx, call).await);
                 }
                 msg = watch_msg => {
                     if let Some(msg) = msg {

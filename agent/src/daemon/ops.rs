@@ -8,8 +8,6 @@ use crate::kernel::Kernel;
 use crate::pods::{self, AttachRequest, PodNet};
 use crate::state::{PodRecord, PodSource};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::Path;
 use tracing::{info, warn};
 use weft_config::api::{Health, Response};
@@ -76,8 +74,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
             if p.netns == netns && p.ifname == ifname && same_ns {
                 let p = p.clone();
                 // Repair anything missing (the ADD may be a retry after a partial failure).
-                let used: BTreeSet<IpAddr> =
-                    self.pods.iter().filter(|q| q.name != name).flat_map(PodRecord::ips).collect();
+                let used = self.used_addrs(Some(&name));
                 let req = AttachRequest {
                     name: &name,
                     netns: &netns,
@@ -104,7 +101,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         let mounted = crate::netns_path::attach(&netns, Path::new(&path))
             .with_context(|| format!("attaching namespace {path} as /run/netns/{netns}"))?;
-        let used: BTreeSet<IpAddr> = self.pods.iter().flat_map(PodRecord::ips).collect();
+        let used = self.used_addrs(None);
         let req = AttachRequest {
             name: &name,
             netns: &netns,

@@ -38,6 +38,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         let node = self.node_view(ctx).await?;
         self.drivers.ensure(nl, &node).await?;
         self.apply_firewall(ctx);
+        self.ensure_docker_veths(ctx).await;
         self.ensure_pods(ctx).await
     }
 
@@ -85,6 +86,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 .filter(|p| p.name != name)
                 .flat_map(PodRecord::ips)
                 .chain(result.iter().flat_map(PodRecord::ips))
+                .chain(self.docker.used())
                 .collect();
             let req = AttachRequest {
                 name: &name,
@@ -128,7 +130,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
     }
 
     pub(super) fn publish_pods<R: Runner>(&self, ctx: &Ctx<K, S, R>) {
-        let infos: Vec<PodInfo> = self.pods.iter().map(|p| self.pod_info(p)).collect();
+        let infos: Vec<PodInfo> = self.all_pods().iter().map(|p| self.pod_info(p)).collect();
         ctx.set_status(|s| s.pods = infos);
     }
 }

@@ -69,7 +69,14 @@ impl Host<MemStore> for TestHost {
         self.forwarding6.lock().unwrap_or_else(|p| p.into_inner()).push(underlay.to_string());
         Ok(())
     }
-    fn spawn_services(&self, _: &Arc<RwLock<Status>>, _: &api::LiveQuic, _: mpsc::Sender<Command>) {}
+    fn spawn_services(
+        &self,
+        _: &Arc<RwLock<Status>>,
+        _: &api::LiveQuic,
+        _: mpsc::Sender<Command>,
+        _: mpsc::Sender<plugin::Command>,
+    ) {
+    }
     fn ready(&self, _: &str) {
         self.ready.fetch_add(1, Ordering::SeqCst);
     }
@@ -281,6 +288,8 @@ fn subnet_key(s: &str) -> String {
 
 #[path = "backend_change_tests.rs"]
 mod backend_change_tests;
+#[path = "docker_tests.rs"]
+mod docker_tests;
 #[path = "dual_tests.rs"]
 mod dual;
 

@@ -1,0 +1,556 @@
+//! The book of what Docker holds on this node: the addresses its IPAM asked for and the
+//! endpoints its network driver created, kept in the state dir (`docker.json`) so an agent
+//! restart keeps running containers' addresses and veths. Every decision here is pure: the
+//! node's subnets and the addresses of weft's own pods come in, an answer or a [`Refusal`]
+//! comes out, and the kernel work is left to the daemon.
+//!
+//! Docker's pool ids are the node's subnets themselves (`10.244.1.0/24`), so a pool needs no
+//! record and an id from before a subnet change is recognised as stale.
+//!
+//! An IPv4 pool asked for without `--subnet` is answered as `0.0.0.0/0` (with the subnet as its
+//! id): libnetwork checks a local network's automatic IPv4 pool against the host's routes and
+//! asks again, for ever, while it overlaps one, and the node's subnet always overlaps the
+//! bridge's own route. `0.0.0.0/0` is the one pool it does not check (Calico's plugin answers
+//! the same). The addresses, gateway and prefix length still come from the subnet.
+
+use crate::state::{PodRecord, PodSource, StateDir};
+use anyhow::Result;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use weft_config::subnet::{self, Family, PerFamily};
+
+use super::protocol::{CreateEndpoint, RequestAddress, RequestPool};
+
+/// The state file.
+pub const FILE: &str = "docker.json";
+
+/// Why a request is refused (the message goes back to Docker as `Err`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this node holds no {0} subnet (the weft network has no {0} pool)")]
+    NoSubnet(Family),
+    #[error("pool {asked} asked for, but this node's {family} subnet is {have}; leave out --subnet/--ip-range")]
+    OtherPool { asked: String, family: Family, have: IpNet },
+    #[error("pool {0:?} is not one of this node's subnets (was the node's subnet replaced?)")]
+    UnknownPool(String),
+    #[error("{what} {value:?} is not an IP address")]
+    BadAddress { what: &'static str, value: String },
+    #[error("{addr} is not a container address of {pool}")]
+    NotInPool { addr: IpAddr, pool: IpNet },
+    #[error("{addr} is the gateway of {pool}, not a container address")]
+    Gateway { addr: IpAddr, pool: IpNet },
+    #[error("{addr} belongs to weft pod {pod}")]
+    PodAddress { addr: IpAddr, pod: String },
+    #[error("{addr} belongs to Docker endpoint {endpoint}")]
+    EndpointAddress { addr: IpAddr, endpoint: String },
+    #[error("no free address left in {0}")]
+    Full(IpNet),
+    #[error("endpoint id {0:?} is not 12 to 128 letters or digits")]
+    BadId(String),
+    #[error("endpoint {0} has no address from weft: create the network with --ipam-driver weft")]
+    NoAddress(String),
+    #[error("endpoint {0} exists with other addresses")]
+    EndpointExists(String),
+    #[error("unknown endpoint {0}")]
+    UnknownEndpoint(String),
+    #[error("network pool {pool:?} is not one of this node's subnets: create the network with --ipam-driver weft")]
+    NetworkPool { pool: String },
+}
+
+/// Where an endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Attachment {
+    /// Created, not in a sandbox (before Join, after Leave).
+    Detached,
+    /// In Docker's sandbox `sandbox`; the veth's host end `host_veth` is on the bridge.
+    Joined { sandbox: String, host_veth: String },
+}
+
+/// One endpoint of a Docker network on the weft driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network: String,
+    /// Its addresses, at most one per family, IPv4 first.
+    pub addrs: Vec<IpAddr>,
+    pub attachment: Attachment,
+}
+
+/// Docker's addresses and endpoints on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    /// Addresses Docker's IPAM holds: handed out (or confirmed) and not released yet.
+    #[serde(default)]
+    pub reserved: BTreeSet<IpAddr>,
+    /// Endpoints by Docker's endpoint id.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// The node as the book sees it: its subnets, and the addresses of weft's own pods (with the
+/// pod's name).
+pub struct View<'a> {
+    pub subnets: PerFamily<IpNet>,
+    pub pods: &'a BTreeMap<IpAddr, String>,
+}
+
+/// The IPv4 pool that libnetwork does not check against the host's routes.
+pub const ANY_V4: &str = "0.0.0.0/0";
+
+/// A RequestPool's answer: the pool id (the node's subnet of the asked family) and the pool
+/// Docker records (the subnet, or [`ANY_V4`] for an IPv4 pool asked for without a subnet).
+pub fn request_pool(subnets: &PerFamily<IpNet>, req: &RequestPool) -> Result<(IpNet, String), Refusal> {
+    let family = if req.v6 { Family::V6 } else { Family::V4 };
+    let have = *subnets.get(family).ok_or(Refusal::NoSubnet(family))?;
+    let any = family == Family::V4 && (req.pool.is_empty() || req.pool == ANY_V4);
+    for asked in [&req.pool, &req.sub_pool].into_iter().filter(|p| !p.is_empty() && (!any || **p != ANY_V4)) {
+        if asked.parse::<IpNet>().map(|n| n.trunc()) != Ok(have) {
+            return Err(Refusal::OtherPool { asked: asked.clone(), family, have });
+        }
+    }
+    Ok((have, if any { ANY_V4.to_string() } else { have.to_string() }))
+}
+
+/// The node's subnet a pool id names.
+pub fn pool_of(subnets: &PerFamily<IpNet>, pool_id: &str) -> Result<IpNet, Refusal> {
+    let net: IpNet = pool_id.parse().map_err(|_| Refusal::UnknownPool(pool_id.to_string()))?;
+    match subnets.get(Family::of_net(net)) {
+        Some(s) if *s == net => Ok(net),
+        _ => Err(Refusal::UnknownPool(pool_id.to_string())),
+    }
+}
+
+/// Checks a CreateNetwork's pools (pool, gateway): each is one of the node's subnets, or
+/// [`ANY_V4`] with the node's IPv4 gateway (weft's IPAM answered both).
+pub fn check_network_pools<'a>(
+    subnets: &PerFamily<IpNet>,
+    pools: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), Refusal> {
+    for (pool, gateway) in pools {
+        let ours = |n: IpNet| subnets.get(Family::of_net(n)) == Some(&n);
+        let ok = match pool.parse::<IpNet>() {
+            Ok(n) if ours(n) => true,
+            Ok(_) if pool == ANY_V4 => {
+                let gw = parse_addr("Gateway", gateway).ok();
+                subnets.get(Family::V4).is_some_and(|s| gw == Some(subnet::gateway(*s)))
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(Refusal::NetworkPool { pool: pool.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// An address as Docker writes it: `10.244.1.5` or `10.244.1.5/24`.
+fn parse_addr(what: &'static str, s: &str) -> Result<IpAddr, Refusal> {
+    s.parse::<IpAddr>()
+        .or_else(|_| s.parse::<IpNet>().map(|n| n.addr()))
+        .map_err(|_| Refusal::BadAddress { what, value: s.to_string() })
+}
+
+fn with_prefix(addr: IpAddr, pool: IpNet) -> IpNet {
+    // Same family as the pool, and a pool's prefix length is valid for it.
+    IpNet::new(addr, pool.prefix_len()).unwrap_or(pool)
+}
+
+/// Host and container names of an endpoint's veth (both within the 15-byte limit, stable for
+/// the endpoint, so a repeated Join finds what an earlier one made).
+pub fn veth_names(endpoint_id: &str) -> (String, String) {
+    let short: String = endpoint_id.chars().take(12).collect();
+    (format!("wd{short}"), format!("wc{short}"))
+}
+
+/// The pod name an endpoint is listed under.
+pub fn pod_name(endpoint_id: &str) -> String {
+    format!("docker-{}", endpoint_id.chars().take(12).collect::<String>())
+}
+
+pub fn check_id(id: &str) -> Result<(), Refusal> {
+    if (12..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(Refusal::BadId(id.to_string()))
+    }
+}
+
+impl Book {
+    /// Reads `docker.json` (missing: an empty book).
+    pub fn load(state: &StateDir) -> Result<Self> {
+        Ok(state.load_file(FILE)?.unwrap_or_default())
+    }
+
+    pub fn save(&self, state: &StateDir) -> Result<()> {
+        state.save_file(FILE, self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reserved.is_empty() && self.endpoints.is_empty()
+    }
+
+    /// Every address Docker holds: reservations and endpoints' addresses.
+    pub fn used(&self) -> BTreeSet<IpAddr> {
+        let mut used = self.reserved.clone();
+        used.extend(self.endpoints.values().flat_map(|e| e.addrs.iter().copied()));
+        used
+    }
+
+    /// The endpoint holding `addr`, if any.
+    fn endpoint_of(&self, addr: IpAddr) -> Option<&str> {
+        self.endpoints.iter().find(|(_, e)| e.addrs.contains(&addr)).map(|(id, _)| id.as_str())
+    }
+
+    /// RequestAddress: the gateway; a specific address if free or already Docker's; else the
+    /// lowest address no pod and no Docker endpoint holds. Returns it with the pool's prefix.
+    pub fn request_address(&mut self, view: &View<'_>, req: &RequestAddress) -> Result<IpNet, Refusal> {
+        let pool = pool_of(&view.subnets, &req.pool_id)?;
+        let gw = subnet::gateway(pool);
+        if req.is_gateway() {
+            if !req.address.is_empty() {
+                let asked = parse_addr("Address", &req.address)?;
+                if asked != gw {
+                    return Err(Refusal::NotInPool { addr: asked, pool });
+                }
+            }
+            return Ok(with_prefix(gw, pool));
+        }
+        let addr = if req.address.is_empty() {
+            let mut used: BTreeSet<IpAddr> = view.pods.keys().copied().collect();
+            used.extend(self.used());
+            subnet::first_free_addr(pool, &used).ok_or(Refusal::Full(pool))?
+        } else {
+            let asked = parse_addr("Address", &req.address)?;
+            // Already Docker's (its restart replays the addresses of the endpoints it keeps):
+            // the same answer. Otherwise it must be free.
+            if !self.used().contains(&asked) {
+                self.check_free(view, pool, asked, None)?;
+            }
+            asked
+        };
+        self.reserved.insert(addr);
+        Ok(with_prefix(addr, pool))
+    }
+
+    /// `addr` may be Docker's in `pool`: a container address of it, no pod's, and no other
+    /// endpoint's than `endpoint`.
+    fn check_free(&self, view: &View<'_>, pool: IpNet, addr: IpAddr, endpoint: Option<&str>) -> Result<(), Refusal> {
+        if addr == subnet::gateway(pool) {
+            return Err(Refusal::Gateway { addr, pool });
+        }
+        if !subnet::is_pod_addr(pool, addr) {
+            return Err(Refusal::NotInPool { addr, pool });
+        }
+        if let Some(pod) = view.pods.get(&addr) {
+            return Err(Refusal::PodAddress { addr, pod: pod.clone() });
+        }
+        match self.endpoint_of(addr) {
+            Some(other) if Some(other) != endpoint => {
+                Err(Refusal::EndpointAddress { addr, endpoint: other.to_string() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// ReleaseAddress: forgets a reservation; an unknown one (or the gateway) is fine. True
+    /// when something changed.
+    pub fn release_address(&mut self, address: &str) -> Result<bool, Refusal> {
+        let addr = parse_addr("Address", address)?;
+        Ok(self.reserved.remove(&addr))
+    }
+
+    /// CreateEndpoint: records the endpoint with the addresses Docker's IPAM (weft) gave it.
+    /// Idempotent for the same addresses. True when something changed.
+    pub fn create_endpoint(&mut self, view: &View<'_>, req: &CreateEndpoint) -> Result<bool, Refusal> {
+        check_id(&req.endpoint_id)?;
+        let iface = req.interface.clone().unwrap_or_default();
+        let mut addrs = Vec::new();
+        for (what, family, text) in
+            [("Address", Family::V4, &iface.address), ("AddressIPv6", Family::V6, &iface.address_ipv6)]
+        {
+            if text.is_empty() {
+                continue;
+            }
+            let addr = parse_addr(what, text)?;
+            let pool = *view.subnets.get(family).ok_or(Refusal::NoSubnet(family))?;
+            if Family::of(addr) != family {
+                return Err(Refusal::NotInPool { addr, pool });
+            }
+            self.check_free(view, pool, addr, Some(&req.endpoint_id))?;
+            addrs.push(addr);
+        }
+        if addrs.is_empty() {
+            return Err(Refusal::NoAddress(req.endpoint_id.clone()));
+        }
+        if let Some(e) = self.endpoints.get(&req.endpoint_id) {
+            return if e.addrs == addrs { Ok(false) } else { Err(Refusal::EndpointExists(req.endpoint_id.clone())) };
+        }
+        self.reserved.extend(addrs.iter().copied());
+        let ep = Endpoint { network: req.network_id.clone(), addrs, attachment: Attachment::Detached };
+        self.endpoints.insert(req.endpoint_id.clone(), ep);
+        Ok(true)
+    }
+
+    /// The endpoint to join, or why not.
+    pub fn endpoint(&self, id: &str) -> Result<&Endpoint, Refusal> {
+        self.endpoints.get(id).ok_or_else(|| Refusal::UnknownEndpoint(id.to_string()))
+    }
+
+    /// Sets an endpoint's attachment; false for an unknown endpoint.
+    pub fn attach(&mut self, id: &str, attachment: Attachment) -> bool {
+        match self.endpoints.get_mut(id) {
+            Some(e) if e.attachment != attachment => {
+                e.attachment = attachment;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The Join answer's gateways: the node's gateway of each family the endpoint has an
+    /// address of.
+    pub fn gateways(&self, id: &str, subnets: &PerFamily<IpNet>) -> Result<(Option<IpAddr>, Option<IpAddr>), Refusal> {
+        let e = self.endpoint(id)?;
+        let gw = |family: Family| {
+            e.addrs
+                .iter()
+                .any(|a| Family::of(*a) == family)
+                .then(|| subnets.get(family).map(|s| subnet::gateway(*s)))
+                .flatten()
+        };
+        Ok((gw(Family::V4), gw(Family::V6)))
+    }
+
+    /// DeleteEndpoint: forgets the endpoint (its addresses stay reserved until Docker releases
+    /// them). Returns it, if it was known.
+    pub fn delete_endpoint(&mut self, id: &str) -> Option<Endpoint> {
+        self.endpoints.remove(id)
+    }
+
+    /// The endpoints as pods (`weftctl pod list`): `docker-<12>`, the sandbox or `-`, `eth0`.
+    pub fn pod_records(&self) -> Vec<PodRecord> {
+        let mut out = Vec::new();
+        for (id, e) in &self.endpoints {
+            let v4 = e.addrs.iter().copied().find(|a| a.is_ipv4());
+            let v6 = e.addrs.iter().copied().find(|a| a.is_ipv6());
+            let Some(addrs) = PerFamily::from_options(v4, v6) else { continue };
+            let (netns, host_veth) = match &e.attachment {
+                Attachment::Joined { sandbox, host_veth } => (sandbox.clone(), host_veth.clone()),
+                Attachment::Detached => ("-".to_string(), "-".to_string()),
+            };
+            out.push(PodRecord {
+                name: pod_name(id),
+                netns,
+                ifname: "eth0".into(),
+                addrs,
+                host_veth,
+                source: PodSource::Docker,
+                owns_netns: false,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::protocol::EndpointInterface;
+    use serde_json::json;
+
+    const EP: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const EP2: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("literal")
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("literal")
+    }
+
+    fn subnets() -> PerFamily<IpNet> {
+        PerFamily::Dual(net("10.244.1.0/24"), net("fd00:10:244:1::/64"))
+    }
+
+    fn addr_req(pool: &str, address: &str, gateway: bool) -> RequestAddress {
+        let mut options = BTreeMap::new();
+        if gateway {
+            options.insert("RequestAddressType".to_string(), json!(crate::docker::protocol::GATEWAY_REQUEST));
+        }
+        RequestAddress { pool_id: pool.into(), address: address.into(), options }
+    }
+
+    fn endpoint_req(id: &str, v4: &str, v6: &str) -> CreateEndpoint {
+        CreateEndpoint {
+            network_id: "net1".into(),
+            endpoint_id: id.into(),
+            interface: Some(EndpointInterface {
+                address: v4.into(),
+                address_ipv6: v6.into(),
+                mac_address: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn pools_are_the_nodes_subnets() {
+        let v4 = RequestPool { address_space: "weft-local".into(), ..RequestPool::default() };
+        let any = (net("10.244.1.0/24"), ANY_V4.to_string());
+        assert_eq!(request_pool(&subnets(), &v4), Ok(any.clone()), "IPv4 without --subnet: the unchecked pool");
+        let v6 = RequestPool { v6: true, ..RequestPool::default() };
+        let six = (net("fd00:10:244:1::/64"), "fd00:10:244:1::/64".to_string());
+        assert_eq!(request_pool(&subnets(), &v6), Ok(six));
+        assert_eq!(request_pool(&PerFamily::V4(net("10.244.1.0/24")), &v6), Err(Refusal::NoSubnet(Family::V6)));
+        // Docker's restart asks again for the pool it has: the same answer.
+        let again = RequestPool { pool: ANY_V4.into(), ..RequestPool::default() };
+        assert_eq!(request_pool(&subnets(), &again), Ok(any));
+        // --subnet with the node's own subnet: that pool, as asked.
+        let asked = RequestPool { pool: "10.244.1.0/24".into(), ..RequestPool::default() };
+        assert_eq!(request_pool(&subnets(), &asked), Ok((net("10.244.1.0/24"), "10.244.1.0/24".to_string())));
+        let other = RequestPool { pool: "172.18.0.0/16".into(), ..RequestPool::default() };
+        let e = request_pool(&subnets(), &other).expect_err("not ours");
+        assert_eq!(
+            e.to_string(),
+            "pool 172.18.0.0/16 asked for, but this node's IPv4 subnet is 10.244.1.0/24; leave out --subnet/--ip-range"
+        );
+        assert_eq!(pool_of(&subnets(), "10.244.1.0/24"), Ok(net("10.244.1.0/24")));
+        assert!(matches!(pool_of(&subnets(), "10.244.2.0/24"), Err(Refusal::UnknownPool(_))));
+        assert!(matches!(pool_of(&subnets(), "garbage"), Err(Refusal::UnknownPool(_))));
+        let ok = [("0.0.0.0/0", "10.244.1.1/24"), ("10.244.1.0/24", ""), ("fd00:10:244:1::/64", "fd00:10:244:1::1/64")];
+        assert_eq!(check_network_pools(&subnets(), ok), Ok(()));
+        assert!(check_network_pools(&subnets(), [("172.17.0.0/16", "172.17.0.1/16")]).is_err());
+        assert!(check_network_pools(&subnets(), [("0.0.0.0/0", "172.17.0.1/16")]).is_err(), "another IPAM's");
+    }
+
+    #[test]
+    fn addresses_never_collide_with_pods_and_requests_are_idempotent() {
+        let mut pods = BTreeMap::new();
+        pods.insert(ip("10.244.1.2"), "p1".to_string());
+        pods.insert(ip("10.244.1.4"), "p2".to_string());
+        let view = View { subnets: subnets(), pods: &pods };
+        let mut b = Book::default();
+        let gw = b.request_address(&view, &addr_req("10.244.1.0/24", "", true)).expect("gateway");
+        assert_eq!(gw, net("10.244.1.1/24"));
+        assert!(b.reserved.is_empty(), "the gateway is the bridge's, never reserved");
+        assert_eq!(b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.1", true)), Ok(gw));
+        let a = b.request_address(&view, &addr_req("10.244.1.0/24", "", false)).expect("first");
+        assert_eq!(a, net("10.244.1.3/24"), "skips the pod at .2");
+        let c = b.request_address(&view, &addr_req("10.244.1.0/24", "", false)).expect("second");
+        assert_eq!(c, net("10.244.1.5/24"), "skips Docker's .3 and the pod at .4");
+        let e = b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.4", false)).expect_err("pod's");
+        assert_eq!(e.to_string(), "10.244.1.4 belongs to weft pod p2");
+        // Docker asks again for an address it holds (its restart replays): the same answer,
+        // also once an endpoint has it.
+        assert_eq!(b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.3/24", false)), Ok(a));
+        b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("endpoint");
+        assert_eq!(b.request_address(&view, &addr_req("10.244.1.0/24", "10.244.1.3", false)), Ok(a));
+        b.delete_endpoint(EP);
+        assert_eq!(b.reserved, [ip("10.244.1.3"), ip("10.244.1.5")].into());
+        for (asked, want) in [
+            ("10.244.1.1", "10.244.1.1 is the gateway of 10.244.1.0/24, not a container address"),
+            ("10.244.2.9", "10.244.2.9 is not a container address of 10.244.1.0/24"),
+            ("10.244.1.255", "10.244.1.255 is not a container address of 10.244.1.0/24"),
+            ("nonsense", "Address \"nonsense\" is not an IP address"),
+        ] {
+            let e = b.request_address(&view, &addr_req("10.244.1.0/24", asked, false)).expect_err(asked);
+            assert_eq!(e.to_string(), want);
+        }
+        let v6 = b.request_address(&view, &addr_req("fd00:10:244:1::/64", "", false)).expect("v6");
+        assert_eq!(v6, net("fd00:10:244:1::2/64"));
+        assert!(matches!(
+            b.request_address(&view, &addr_req("10.244.9.0/24", "", false)),
+            Err(Refusal::UnknownPool(_))
+        ));
+        assert_eq!(b.release_address("10.244.1.5"), Ok(true));
+        assert_eq!(b.release_address("10.244.1.5"), Ok(false), "releasing twice is fine");
+        assert_eq!(b.release_address("10.244.1.1/24"), Ok(false), "the gateway was never reserved");
+        assert!(b.release_address("x").is_err());
+        let again = b.request_address(&view, &addr_req("10.244.1.0/24", "", false)).expect("reuse");
+        assert_eq!(again, net("10.244.1.5/24"), "a released address is free again");
+    }
+
+    #[test]
+    fn a_full_subnet_is_refused() {
+        let pods = BTreeMap::new();
+        let view = View { subnets: PerFamily::V4(net("10.244.1.0/30")), pods: &pods };
+        let mut b = Book::default();
+        assert_eq!(b.request_address(&view, &addr_req("10.244.1.0/30", "", false)), Ok(net("10.244.1.2/30")));
+        assert_eq!(
+            b.request_address(&view, &addr_req("10.244.1.0/30", "", false)),
+            Err(Refusal::Full(net("10.244.1.0/30")))
+        );
+    }
+
+    #[test]
+    fn endpoints_keep_their_addresses_and_attachment() {
+        let mut pods = BTreeMap::new();
+        pods.insert(ip("10.244.1.2"), "p1".to_string());
+        let view = View { subnets: subnets(), pods: &pods };
+        let mut b = Book::default();
+        let req = endpoint_req(EP, "10.244.1.3/24", "fd00:10:244:1::3/64");
+        assert_eq!(b.create_endpoint(&view, &req), Ok(true));
+        assert_eq!(b.create_endpoint(&view, &req), Ok(false), "idempotent");
+        assert_eq!(
+            b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.9/24", "")),
+            Err(Refusal::EndpointExists(EP.into()))
+        );
+        let e = b.create_endpoint(&view, &endpoint_req(EP2, "10.244.1.3/24", "")).expect_err("taken");
+        assert_eq!(e.to_string(), format!("10.244.1.3 belongs to Docker endpoint {EP}"));
+        let e = b.create_endpoint(&view, &endpoint_req(EP2, "10.244.1.2/24", "")).expect_err("pod's");
+        assert_eq!(e.to_string(), "10.244.1.2 belongs to weft pod p1");
+        let e = b.create_endpoint(&view, &endpoint_req(EP2, "172.17.0.2/16", "")).expect_err("docker's ipam");
+        assert_eq!(e.to_string(), "172.17.0.2 is not a container address of 10.244.1.0/24");
+        assert_eq!(b.create_endpoint(&view, &endpoint_req(EP2, "", "")), Err(Refusal::NoAddress(EP2.into())));
+        assert_eq!(
+            b.create_endpoint(&view, &endpoint_req("short", "10.244.1.7/24", "")),
+            Err(Refusal::BadId("short".into()))
+        );
+        assert_eq!(
+            b.create_endpoint(&view, &endpoint_req("../../etc/passwd0000", "10.244.1.7/24", "")),
+            Err(Refusal::BadId("../../etc/passwd0000".into()))
+        );
+        assert!(b.used().contains(&ip("10.244.1.3")) && b.used().contains(&ip("fd00:10:244:1::3")));
+        assert_eq!(b.gateways(EP, &subnets()), Ok((Some(ip("10.244.1.1")), Some(ip("fd00:10:244:1::1")))));
+
+        let list = b.pod_records();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].name.as_str(), list[0].netns.as_str()), ("docker-0123456789ab", "-"));
+        assert_eq!(list[0].source, PodSource::Docker);
+        let (host, peer) = veth_names(EP);
+        assert_eq!((host.as_str(), peer.as_str()), ("wd0123456789ab", "wc0123456789ab"));
+        let joined = Attachment::Joined { sandbox: "/var/run/docker/netns/abc".into(), host_veth: host.clone() };
+        assert!(b.attach(EP, joined.clone()));
+        assert!(!b.attach(EP, joined), "already so");
+        assert!(!b.attach(EP2, Attachment::Detached), "unknown");
+        assert_eq!(b.pod_records()[0].netns, "/var/run/docker/netns/abc");
+
+        let gone = b.delete_endpoint(EP).expect("known");
+        assert_eq!(gone.addrs.len(), 2);
+        assert_eq!(b.delete_endpoint(EP), None, "deleting twice is fine");
+        assert!(b.used().contains(&ip("10.244.1.3")), "still reserved until Docker releases it");
+        b.release_address("10.244.1.3/24").expect("release");
+        b.release_address("fd00:10:244:1::3/64").expect("release");
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn the_book_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("weft-docker-book-{}", std::process::id()));
+        let state = StateDir::new(&dir);
+        assert_eq!(Book::load(&state).expect("missing is empty"), Book::default());
+        let pods = BTreeMap::new();
+        let view = View { subnets: subnets(), pods: &pods };
+        let mut b = Book::default();
+        b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("create");
+        b.attach(EP, Attachment::Joined { sandbox: "/run/docker/netns/x".into(), host_veth: "wd0123456789ab".into() });
+        b.save(&state).expect("save");
+        assert_eq!(Book::load(&state).expect("load"), b);
+        std::fs::write(dir.join(FILE), b"{oops").expect("write");
+        let e = Book::load(&state).expect_err("corrupt");
+        assert!(format!("{e:#}").contains("docker.json: invalid state file"), "{e:#}");
+        state.remove_all().expect("cleanup");
+    }
+}
