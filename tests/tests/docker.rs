@@ -123,7 +123,7 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
 
     // Time from `docker run` to the first reply across hosts (container start included).
     let pod2 = pod_ip(&lab, 2, "p1");
-    let target = run_sleeper(&lab, 2, "b", &[]);
+    let target = run_sleeper(&lab, 2, "cb", &[]);
     let script = format!("until ping -c1 -W1 {target} >/dev/null; do sleep 0.05; done");
     let t0 = Instant::now();
     let out = lab
@@ -135,29 +135,29 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
 
     // The container's attachment: eth0 with its address in n1's subnet, the pod MTU, the
     // bridge as gateway; the agent lists it as a docker pod.
-    let a = run_sleeper(&lab, 1, "a", &[]);
+    let a = run_sleeper(&lab, 1, "ca", &[]);
     let st = lab.wait_ready(1, Duration::from_secs(10)).expect("ready");
     let subnet = weft_config::subnet::parse_cidr(&st.subnet.expect("subnet")).expect("subnet");
     assert!(subnet.contains(&IpAddr::V4(a)), "{a} in {subnet}");
-    let addr = docker(&lab, 1, &["exec", "a", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    let addr = docker(&lab, 1, &["exec", "ca", "ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {a}/{}", subnet.prefix_len())), "{addr}");
-    let link = docker(&lab, 1, &["exec", "a", "cat", "/sys/class/net/eth0/mtu"]);
+    let link = docker(&lab, 1, &["exec", "ca", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(link.parse::<u64>().ok(), Some(pod_mtu(&lab, 1, "p1")), "container MTU is the pod MTU");
-    let route = docker(&lab, 1, &["exec", "a", "ip", "route"]);
+    let route = docker(&lab, 1, &["exec", "ca", "ip", "route"]);
     let gw = weft_config::subnet::gateway(subnet);
     assert!(route.contains(&format!("default via {gw}")), "{route}");
     let pods = docker_pods(&lab, 1);
     let id =
-        docker(&lab, 1, &["inspect", "--format", "{{(index .NetworkSettings.Networks \"weft\").EndpointID}}", "a"]);
+        docker(&lab, 1, &["inspect", "--format", "{{(index .NetworkSettings.Networks \"weft\").EndpointID}}", "ca"]);
     assert!(
         pods.contains(&(format!("docker-{}", &id[..12]), Some(IpAddr::V4(a)))),
         "n1's pod list has the container as docker-<endpoint>: {pods:?}"
     );
 
     // Containers, pods, across nodes, both ways.
-    assert!(ping_from(&lab, 1, "a", target), "n1 container -> n2 container");
-    assert!(ping_from(&lab, 2, "b", a), "n2 container -> n1 container");
-    assert!(ping_from(&lab, 1, "a", pod2), "n1 container -> n2 pod");
+    assert!(ping_from(&lab, 1, "ca", target), "n1 container -> n2 container");
+    assert!(ping_from(&lab, 2, "cb", a), "n2 container -> n1 container");
+    assert!(ping_from(&lab, 1, "ca", pod2), "n1 container -> n2 pod");
     assert!(ping(&lab, "n2/p1", a), "n2 pod -> n1 container");
 
     // A TCP receiver in n2's pod sees the container's own address.
@@ -176,7 +176,7 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
         .expect("receiver namespace")
     });
     rx.recv_timeout(Duration::from_secs(5)).expect("receiver listening");
-    docker(&lab, 1, &["exec", "a", "sh", "-c", &format!("echo hello | nc -w 3 {pod2} 7700")]);
+    docker(&lab, 1, &["exec", "ca", "sh", "-c", &format!("echo hello | nc -w 3 {pod2} 7700")]);
     let (peer, got) = recv.join().expect("receiver");
     assert_eq!((peer.ip(), got.trim()), (IpAddr::V4(a), "hello"), "the receiver sees the container's address");
 
@@ -186,21 +186,21 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
         let out = lab.exec(&format!("n{i}"), &["iptables", "-P", "FORWARD", "DROP"]).expect("iptables");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    assert!(ping_from(&lab, 1, "a", target), "n1 container -> n2 container with FORWARD DROP");
-    assert!(ping_from(&lab, 1, "a", pod2), "n1 container -> n2 pod with FORWARD DROP");
+    assert!(ping_from(&lab, 1, "ca", target), "n1 container -> n2 container with FORWARD DROP");
+    assert!(ping_from(&lab, 1, "ca", pod2), "n1 container -> n2 pod with FORWARD DROP");
     assert!(ping(&lab, "n2/p1", a), "n2 pod -> n1 container with FORWARD DROP");
 
     // docker rm and docker network rm give everything back.
-    docker(&lab, 1, &["rm", "-f", "a"]);
+    docker(&lab, 1, &["rm", "-f", "ca"]);
     assert!(docker_pods(&lab, 1).is_empty(), "{:?}", docker_pods(&lab, 1));
     assert_eq!(veths(&lab, 1), veths_before[0], "n1's veths after docker rm");
-    docker(&lab, 2, &["rm", "-f", "b"]);
+    docker(&lab, 2, &["rm", "-f", "cb"]);
     docker(&lab, 2, &["network", "rm", DOCKER_NETWORK]);
     assert!(docker_pods(&lab, 2).is_empty(), "{:?}", docker_pods(&lab, 2));
     assert_eq!(veths(&lab, 2), veths_before[1], "n2's veths after docker network rm");
     // A fresh network on the same node works again.
     docker(&lab, 2, &["network", "create", "--driver", "weft", "--ipam-driver", "weft", DOCKER_NETWORK]);
-    let c = run_sleeper(&lab, 2, "c", &[]);
+    let c = run_sleeper(&lab, 2, "cc", &[]);
     assert!(ping(&lab, "n1/p1", c), "n1 pod -> n2's new container");
 
     // A container is left running: lab down removes it with the rest.
@@ -214,25 +214,25 @@ fn agent_and_docker_restarts_keep_running_containers_reachable() {
     let had_run_docker = std::path::Path::new("/run/docker").exists();
     let lab = lab("dk2", 2, 1, |_| {});
     let pod2 = pod_ip(&lab, 2, "p1");
-    let r = run_sleeper(&lab, 1, "r", &["--restart=always"]);
+    let r = run_sleeper(&lab, 1, "cr", &["--restart=always"]);
     assert!(wait_for(Duration::from_secs(10), || ping(&lab, "n2/p1", r)).is_some(), "n2 pod -> {r}");
 
     // Agent restart: the container keeps its address, the agent its record, traffic flows.
     lab.stop_agent(1, nix::sys::signal::Signal::SIGTERM).expect("stop agent");
     lab.start_agent(1).expect("start agent");
     lab.wait_ready(1, Duration::from_secs(30)).expect("ready again");
-    assert_eq!(container_ip(&lab, 1, "r"), r);
+    assert_eq!(container_ip(&lab, 1, "cr"), r);
     assert!(docker_pods(&lab, 1).iter().any(|(_, ip)| *ip == Some(IpAddr::V4(r))), "{:?}", docker_pods(&lab, 1));
     assert!(
         wait_for(Duration::from_secs(10), || ping(&lab, "n2/p1", r)).is_some(),
         "n2 pod -> {r} after agent restart"
     );
-    assert!(ping_from(&lab, 1, "r", pod2), "{r} -> n2 pod after agent restart");
+    assert!(ping_from(&lab, 1, "cr", pod2), "{r} -> n2 pod after agent restart");
     // A new container on the restarted agent's node.
-    let s = run_sleeper(&lab, 1, "s", &[]);
+    let s = run_sleeper(&lab, 1, "cs", &[]);
     assert_ne!(s, r);
-    assert!(ping_from(&lab, 1, "s", pod2), "new container -> n2 pod");
-    docker(&lab, 1, &["rm", "-f", "s"]);
+    assert!(ping_from(&lab, 1, "cs", pod2), "new container -> n2 pod");
+    docker(&lab, 1, &["rm", "-f", "cs"]);
 
     // Docker daemon restart: dockerd stops its containers; the one with --restart=always comes
     // back attached, and new containers attach.
@@ -240,16 +240,16 @@ fn agent_and_docker_restarts_keep_running_containers_reachable() {
     lab.restart_dockerd(1).expect("restart dockerd");
     assert_ne!(lab.dockerd_pid(1), Some(before), "a new dockerd");
     let running = wait_for(Duration::from_secs(30), || {
-        docker_ok(&lab, 1, &["inspect", "--format", "{{.State.Running}}", "r"])
-            && docker(&lab, 1, &["inspect", "--format", "{{.State.Running}}", "r"]) == "true"
+        docker_ok(&lab, 1, &["inspect", "--format", "{{.State.Running}}", "cr"])
+            && docker(&lab, 1, &["inspect", "--format", "{{.State.Running}}", "cr"]) == "true"
     });
     assert!(running.is_some(), "container r did not come back after the daemon restart");
-    let r2 = container_ip(&lab, 1, "r");
+    let r2 = container_ip(&lab, 1, "cr");
     assert!(
         wait_for(Duration::from_secs(15), || ping(&lab, "n2/p1", r2)).is_some(),
         "n2 pod -> {r2} after dockerd restart"
     );
-    assert!(ping_from(&lab, 1, "r", pod2), "{r2} -> n2 pod after dockerd restart");
+    assert!(ping_from(&lab, 1, "cr", pod2), "{r2} -> n2 pod after dockerd restart");
     let out =
         docker(&lab, 1, &["run", "--rm", "--network", DOCKER_NETWORK, IMAGE, "ping", "-c1", "-W2", &pod2.to_string()]);
     assert!(out.contains("1 packets received"), "{out}");

@@ -3,11 +3,13 @@
 //!
 //! In that mount namespace every mount is private (nothing dockerd mounts, overlays, netns and
 //! shm files, propagates to the machine), `/run` is a fresh tmpfs holding only the node's docker
-//! directory (bound back at its own path) and `/run/docker/plugins` (the node's `plugins` dir),
-//! so the daemon finds exactly the plugin of its own node's agent and its shims' sockets
-//! (`/run/containerd/s/`) stay apart; `/etc/docker` and `/usr/lib/docker`, if the machine has
-//! them, are covered by empty tmpfs mounts. The machine's `/run/docker`, `/etc/docker` and
-//! `/var/lib/docker` are never written.
+//! directory (bound back at its own path) and `/run/docker/plugins`, and `/etc/docker` is a
+//! fresh tmpfs holding only `/etc/docker/plugins`; both plugin directories are the node's
+//! `plugins` dir (dockerd finds `.sock` files in the first and `.spec` files only in the
+//! second), so the daemon finds exactly the plugin of its own node's agent, and its shims'
+//! sockets (`/run/containerd/s/`) stay apart. `/usr/lib/docker`, if the machine has it, is
+//! covered by an empty tmpfs. The machine's `/run/docker`, `/etc/docker` and `/var/lib/docker`
+//! are never written. (`/etc/docker` must exist as a mount point: Debian's docker.io ships it.)
 
 use super::config::DockerPaths;
 use crate::netns::{self, NsId};
@@ -33,7 +35,10 @@ struct MountPlan {
     /// Directories to make in the new /run, parents first.
     mkdirs: Vec<CString>,
     plugins_src: CString,
-    plugins_dst: CString,
+    /// `/run/docker/plugins` (made in the new /run), `/etc/docker`, `/etc/docker/plugins`.
+    plugins_run: CString,
+    etc_docker: CString,
+    plugins_etc: CString,
     /// Existing machine directories to cover with an empty tmpfs.
     cover: Vec<CString>,
 }
@@ -50,7 +55,11 @@ impl MountPlan {
         }
         mkdirs.push(cstr(Path::new("/run/docker"))?);
         mkdirs.push(cstr(Path::new("/run/docker/plugins"))?);
-        let cover = ["/etc/docker", "/usr/lib/docker"]
+        anyhow::ensure!(
+            Path::new("/etc/docker").is_dir(),
+            "/etc/docker is missing (Debian's docker.io ships it; the lab's dockerd needs it as a mount point)"
+        );
+        let cover = ["/usr/lib/docker"]
             .into_iter()
             .map(Path::new)
             .filter(|d| d.is_dir())
@@ -60,7 +69,9 @@ impl MountPlan {
             dir: cstr(&p.dir)?,
             mkdirs,
             plugins_src: cstr(&p.plugins)?,
-            plugins_dst: cstr(Path::new("/run/docker/plugins"))?,
+            plugins_run: cstr(Path::new("/run/docker/plugins"))?,
+            etc_docker: cstr(Path::new("/etc/docker"))?,
+            plugins_etc: cstr(Path::new("/etc/docker/plugins"))?,
             cover,
         })
     }
@@ -91,13 +102,14 @@ impl MountPlan {
             }
         }
         nix::mount::mount(Some(fd_path), self.dir.as_c_str(), none, MsFlags::MS_BIND, none)?;
-        nix::mount::mount(
-            Some(self.plugins_src.as_c_str()),
-            self.plugins_dst.as_c_str(),
-            none,
-            MsFlags::MS_BIND,
-            none,
-        )?;
+        let bind = |src: &CStr, dst: &CStr| nix::mount::mount(Some(src), dst, none, MsFlags::MS_BIND, none);
+        bind(&self.plugins_src, &self.plugins_run)?;
+        nix::mount::mount(Some("tmpfs"), self.etc_docker.as_c_str(), Some("tmpfs"), flags, Some("mode=755"))?;
+        match nix::unistd::mkdir(self.plugins_etc.as_c_str(), nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        bind(&self.plugins_src, &self.plugins_etc)?;
         for d in &self.cover {
             nix::mount::mount(Some("tmpfs"), d.as_c_str(), Some("tmpfs"), flags, Some("mode=755"))?;
         }
