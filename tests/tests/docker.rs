@@ -121,6 +121,15 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
         "dockerd runs in the node's network namespace"
     );
 
+    // `weftctl lab docker` passes the CLI's output and exit status through.
+    let cli = std::process::Command::new(lab.agent_bin().with_file_name("weftctl"))
+        .args(["lab", "--id", "dk1", "docker", "n1", "--", "run", "--rm", "--network", "none", IMAGE])
+        .args(["sh", "-c", "echo out; echo err >&2; exit 7"])
+        .output()
+        .expect("weftctl lab docker");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert_eq!((cli.status.code(), text(&cli.stdout), text(&cli.stderr)), (Some(7), "out\n".into(), "err\n".into()));
+
     // Time from `docker run` to the first reply across hosts (container start included).
     let pod2 = pod_ip(&lab, 2, "p1");
     let target = run_sleeper(&lab, 2, "cb", &[]);
@@ -245,10 +254,19 @@ fn agent_and_docker_restarts_keep_running_containers_reachable() {
     });
     assert!(running.is_some(), "container r did not come back after the daemon restart");
     let r2 = container_ip(&lab, 1, "cr");
-    assert!(
-        wait_for(Duration::from_secs(15), || ping(&lab, "n2/p1", r2)).is_some(),
-        "n2 pod -> {r2} after dockerd restart"
-    );
+    if wait_for(Duration::from_secs(15), || ping(&lab, "n2/p1", r2)).is_none() {
+        let inside =
+            lab.docker(1, &["exec", "cr", "ip", "addr"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let log = weft_lab::plumbing::tail(&lab.names().node_paths(1).log, 40);
+        let dlog = weft_lab::plumbing::tail(&DockerPaths::new(lab.names(), 1).dockerd_log, 30);
+        let links = lab
+            .exec("n1", &["sh", "-c", &format!("ip -br link; bridge link; ip neigh show {r2}")])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        panic!(
+            "n2 pod -> {r2} after dockerd restart: no reply\npods of n1: {:?}\ninside cr: {inside:?}\nn1 links: {links:?}\n{log}\n{dlog}",
+            lab.client(1).and_then(|c| Ok(c.pod_list()?))
+        );
+    }
     assert!(ping_from(&lab, 1, "cr", pod2), "{r2} -> n2 pod after dockerd restart");
     let out =
         docker(&lab, 1, &["run", "--rm", "--network", DOCKER_NETWORK, IMAGE, "ping", "-c1", "-W2", &pod2.to_string()]);
