@@ -34,6 +34,11 @@ pkgs=(
   wireguard-go wireguard-tools
   # the controller tests load the cluster page in headless Chromium inside a lab namespace.
   chromium
+  # the Docker tests and `weftctl lab docker`: Debian's dockerd, containerd and runc (not
+  # crun: these machines' cgroups are hybrid) started by the lab per node, never in the root
+  # namespace; busybox-static is the whole `weft-busybox` image the lab imports (no registry is
+  # reachable); dnsmasq-base is the resolver the DNS tests run in a lab namespace.
+  docker.io busybox-static dnsmasq-base
 )
 
 [ "$(id -u)" = 0 ] || { echo "error: run as root (installs packages; the lab creates network namespaces)" >&2; exit 1; }
@@ -55,6 +60,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # docker.io's postinst enables docker.service and docker.socket (systemd) and the docker
+  # init script (sysvinit); the policy above only stopped them starting now. A machine dockerd
+  # would rewrite the root namespace's firewall (docker0, NAT, a FORWARD policy of DROP), and
+  # socket activation would start one at the first touch of /run/docker.sock: when this script
+  # installed docker.io, it stays off until its owner turns it on
+  # (systemctl enable --now docker.socket docker.service).
+  if printf '%s\n' "${missing[@]}" | grep -qx docker.io; then
+    deb-systemd-helper disable docker.socket docker.service >/dev/null 2>&1 || true
+    update-rc.d docker disable >/dev/null 2>&1 || true
+  fi
 fi
 
 command -v cargo >/dev/null || { echo "error: cargo not found; install a Rust toolchain (1.88 or newer) first" >&2; exit 1; }

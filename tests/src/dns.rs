@@ -26,6 +26,11 @@ impl Dnsmasq {
             .arg(format!("--listen-address={RESOLVER}"));
         for (name, addr) in records {
             cmd.arg(format!("--host-record={name},{addr}"));
+            // Authoritative for the name's domain: a query of a type it has no record of (AAAA)
+            // gets an empty answer instead of REFUSED (there is no upstream to forward it to).
+            if let Some((_, domain)) = name.split_once('.') {
+                cmd.arg(format!("--local=/{domain}/"));
+            }
         }
         let child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting dnsmasq")?;

@@ -98,6 +98,8 @@ pub fn agent_toml(names: &LabNames, i: usize, spec: &NodeConfigSpec) -> String {
             let _ = writeln!(t, "renew_before_secs = {before}");
         }
     }
+    // Every node serves the Docker plugin where its own dockerd looks (see `crate::docker`).
+    t.push_str(&crate::docker::agent_section(&crate::docker::DockerPaths::new(names, i)));
     for j in 1..=spec.pods {
         let pod = LabNames::pod_name(j);
         let _ = writeln!(t, "\n[[pods]]\nname = {}\nnetns = {}", q(&pod), q(&names.pod_ns(i, &pod)));
@@ -207,6 +209,10 @@ mod tests {
         assert_eq!(c.timers.reconcile, Duration::from_secs(4));
         let pods: Vec<(&str, &str)> = c.pods.iter().map(|p| (p.name.as_str(), p.netns.as_str())).collect();
         assert_eq!(pods, vec![("p1", "weft3-n2-p1"), ("p2", "weft3-n2-p2")]);
+        let d = c.docker.as_ref().expect("[docker]");
+        assert_eq!(d.plugin_name, "weft");
+        assert_eq!(d.socket, Path::new("/run/weft-lab/3/n2/docker/plugin.sock"));
+        assert_eq!(d.spec_file, Path::new("/run/weft-lab/3/n2/docker/plugins/weft.spec"));
 
         let none = agent_toml(
             &names,

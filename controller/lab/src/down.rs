@@ -1,6 +1,7 @@
 //! `lab down`: undo everything a lab made, also after a crash, carrying on past every failure
 //! and reporting all of them at the end.
 
+use super::docker;
 use super::names::{tunnel_device, LabNames, WG_DAEMON_TAGS, WG_SOCKET_DIR};
 use super::netns::{self, ns_id};
 use super::node;
@@ -15,7 +16,7 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// Tears down lab `names`: its processes, then its nodes (each by its kind, from state.json),
 /// then whatever namespace of the lab is left. `gone(pid)` tells whether a pid has exited (a caller that is the
 /// parent reaps it there; others pass a /proc check).
-pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
+pub fn teardown(names: &LabNames, mut gone: impl FnMut(u32) -> bool) -> DownReport {
     let mut report = DownReport::default();
     let state = match LabState::load(&names.state_file()) {
         Ok(s) => Some(s),
@@ -25,6 +26,10 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
             None
         }
     };
+    // Docker first: removing its containers calls the plugin of the agents, still running.
+    for i in docker_nodes(names) {
+        docker::teardown_node(names, i, &mut gone, &mut report);
+    }
     if let Some(state) = &state {
         stop_processes(names, state, gone, &mut report);
     }
@@ -45,6 +50,18 @@ pub fn teardown(names: &LabNames, gone: impl FnMut(u32) -> bool) -> DownReport {
         Err(e) => report.errors.push(format!("removing {}: {e}", names.dir().display())),
     }
     report
+}
+
+/// Nodes of the lab that have a docker directory (found on disk: state.json may be gone).
+fn docker_nodes(names: &LabNames) -> Vec<usize> {
+    let Ok(rd) = std::fs::read_dir(names.dir()) else { return Vec::new() };
+    let mut found: Vec<usize> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix('n')).and_then(|k| k.parse::<usize>().ok()))
+        .filter(|i| *i >= 1 && docker::DockerPaths::new(names, *i).dir.is_dir())
+        .collect();
+    found.sort_unstable();
+    found
 }
 
 /// Removes the WireGuard control sockets a killed bench of lab `id` left behind (a SIGKILLed

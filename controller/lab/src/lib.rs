@@ -20,6 +20,7 @@ pub mod bench;
 pub mod bins;
 pub mod config_gen;
 pub mod controllers;
+pub mod docker;
 pub mod down;
 mod etcd_members;
 pub mod etcd_server;

@@ -35,6 +35,17 @@ pub enum LabCmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// Run Debian's docker CLI (/usr/bin/docker) against NODE's own dockerd, started on first
+    /// use in the node's namespace with the image weft-busybox and the network weft (driver
+    /// weft); its output and exit status pass through.
+    Docker {
+        node: String,
+        /// The docker arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Restart NODE's dockerd (containers with a restart policy come back by themselves).
+    DockerdRestart { node: String },
     /// Stop or start one node's agent.
     #[command(subcommand)]
     Agent(LabAgentCmd),
@@ -212,6 +223,13 @@ fn node_index(arg: &str) -> Result<usize, UsageError> {
     }
 }
 
+/// A child's exit status as weftctl's own (128 + N for a signal, as shells do).
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
     let id = args.id.as_str();
     match &args.cmd {
@@ -277,9 +295,24 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 .args(rest)
                 .status()
                 .with_context(|| format!("running {program} in {target}"))?;
-            use std::os::unix::process::ExitStatusExt;
-            let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
-            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+            Ok(exit_code(status))
+        }
+        LabCmd::Docker { node, args } => {
+            let i = node_index(node)?;
+            let lab = Lab::attach(id)?;
+            let status = lab
+                .docker_command(i)?
+                .args(args)
+                .status()
+                .with_context(|| format!("running {} on {node}", lab::docker::DOCKER_CLI))?;
+            Ok(exit_code(status))
+        }
+        LabCmd::DockerdRestart { node } => {
+            let i = node_index(node)?;
+            let lab = Lab::attach(id)?;
+            lab.restart_dockerd(i)?;
+            outln!("dockerd of {node} restarted (pid {})", lab.dockerd_pid(i).map_or("-".into(), |p| p.to_string()));
+            Ok(ExitCode::SUCCESS)
         }
         LabCmd::Agent(LabAgentCmd::Stop { node, signal, leave }) => {
             let i = node_index(node)?;
