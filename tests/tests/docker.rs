@@ -158,6 +158,9 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
     assert!(addr.contains(&format!("inet {a}/{}", subnet.prefix_len())), "{addr}");
     let link = docker(&lab, 1, &["exec", "ca", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(link.parse::<u64>().ok(), Some(pod_mtu(&lab, 1, "p1")), "container MTU is the pod MTU");
+    let o = a.octets();
+    let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    assert_eq!(docker(&lab, 1, &["exec", "ca", "cat", "/sys/class/net/eth0/address"]), mac, "MAC from the address");
     let route = docker(&lab, 1, &["exec", "ca", "ip", "route"]);
     let gw = weft_config::subnet::gateway(subnet);
     assert!(route.contains(&format!("default via {gw}")), "{route}");

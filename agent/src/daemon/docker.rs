@@ -74,8 +74,16 @@ impl<K: Kernel, S: Store> Node<K, S> {
                 if self.docker.create_endpoint(&view, &req)? {
                     info!(endpoint = %req.endpoint_id, "docker: endpoint created");
                 }
-                // Docker gave the addresses: the answer's Interface must stay empty.
-                Ok(json!({}))
+                // Docker gave the addresses, so the answer names none. Without a MAC of its own
+                // (`--mac-address`) the container gets one derived from its address, as Docker's
+                // bridge driver does: a container restarted with the same address keeps it, and
+                // the neighbour entries of the node and of other containers stay right (a random
+                // MAC leaves them stale for tens of seconds).
+                let given = req.interface.as_ref().is_some_and(|i| !i.mac_address.is_empty());
+                match self.docker.endpoint(&req.endpoint_id).ok().and_then(|e| book::mac_for(&e.addrs)) {
+                    Some(mac) if !given => Ok(json!({"Interface": {"MacAddress": mac}})),
+                    _ => Ok(json!({})),
+                }
             }
             Call::DeleteEndpoint(req) => {
                 if let Some(ep) = self.docker.endpoints.get(&req.endpoint_id).cloned() {

@@ -80,8 +80,16 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     assert_eq!(docker(&mut d, Method::RequestAddress, address("10.244.0.0/24", "10.244.0.3/24")).await, Ok(a.clone()));
 
     let create = json!({"NetworkID": "net1", "EndpointID": EP, "Interface": {"Address": "10.244.0.3/24", "AddressIPv6": "", "MacAddress": ""}, "Options": {}});
-    assert_eq!(docker(&mut d, Method::CreateEndpoint, create.clone()).await, Ok(json!({})));
-    assert_eq!(docker(&mut d, Method::CreateEndpoint, create).await, Ok(json!({})), "idempotent");
+    let mac = json!({"Interface": {"MacAddress": "02:42:0a:f4:00:03"}});
+    assert_eq!(docker(&mut d, Method::CreateEndpoint, create.clone()).await, Ok(mac.clone()), "a MAC from the address");
+    assert_eq!(docker(&mut d, Method::CreateEndpoint, create.clone()).await, Ok(mac), "idempotent");
+    let mut own_mac = create.clone();
+    own_mac["Interface"]["MacAddress"] = json!("02:00:00:00:00:01");
+    assert_eq!(
+        docker(&mut d, Method::CreateEndpoint, own_mac).await,
+        Ok(json!({})),
+        "Docker's own MAC is not answered"
+    );
     w.nl.take_calls();
     let join =
         json!({"NetworkID": "net1", "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/0f1e", "Options": {}});

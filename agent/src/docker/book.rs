@@ -355,6 +355,20 @@ impl Book {
     }
 }
 
+/// A locally administered MAC derived from an endpoint's address (its IPv4 one, else the last
+/// four bytes of its IPv6 one): `02:42:` and those four bytes, as Docker's bridge driver makes
+/// them.
+pub fn mac_for(addrs: &[IpAddr]) -> Option<String> {
+    let tail: [u8; 4] = match addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first())? {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    Some(format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", tail[0], tail[1], tail[2], tail[3]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +396,15 @@ mod tests {
             options.insert("RequestAddressType".to_string(), json!(crate::docker::protocol::GATEWAY_REQUEST));
         }
         RequestAddress { pool_id: pool.into(), address: address.into(), options }
+    }
+
+    #[test]
+    fn a_mac_follows_the_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("literal");
+        assert_eq!(mac_for(&[ip("10.244.1.3")]).as_deref(), Some("02:42:0a:f4:01:03"));
+        assert_eq!(mac_for(&[ip("fd00:10:244:1::3"), ip("10.244.1.3")]).as_deref(), Some("02:42:0a:f4:01:03"));
+        assert_eq!(mac_for(&[ip("fd00:10:244:1::a:3")]).as_deref(), Some("02:42:00:0a:00:03"));
+        assert_eq!(mac_for(&[]), None);
     }
 
     fn endpoint_req(id: &str, v4: &str, v6: &str) -> CreateEndpoint {
