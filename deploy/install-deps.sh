@@ -67,8 +67,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   # installed docker.io, it stays off until its owner turns it on
   # (systemctl enable --now docker.socket docker.service).
   if printf '%s\n' "${missing[@]}" | grep -qx docker.io; then
-    deb-systemd-helper disable docker.socket docker.service >/dev/null 2>&1 || true
+    # systemctl edits the unit links offline too (deb-systemd-helper only runs under dpkg).
+    if command -v systemctl >/dev/null; then
+      systemctl disable docker.socket docker.service >/dev/null 2>&1 || true
+    fi
     update-rc.d docker disable >/dev/null 2>&1 || true
+    if ls /etc/systemd/system/*.wants/docker.* >/dev/null 2>&1; then
+      echo "warning: docker.service or docker.socket is still enabled; a root-namespace dockerd may start at boot" >&2
+    fi
   fi
 fi
 
