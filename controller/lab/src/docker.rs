@@ -1,6 +1,6 @@
 //! Docker on lab nodes: each node gets its own containerd and dockerd (Debian's `docker.io`),
 //! started on first use ([`Lab::ensure_docker`], `weftctl lab docker NODE -- ARGS`) inside the
-//! node's network namespace and a private mount namespace (see [`spawn`]), with every file
+//! node's network namespace and a private mount namespace (see the `spawn` module), with every file
 //! under `<lab>/n<i>/docker/` ([`DockerPaths`]). A started daemon gets the image `weft-busybox`
 //! (Debian's busybox-static and its applet links, `docker import`ed) and the network `weft` on
 //! the weft driver and IPAM driver that the node's agent serves.
