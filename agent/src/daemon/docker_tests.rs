@@ -178,17 +178,31 @@ async fn a_restarted_docker_cleans_up_endpoints_the_agent_may_not_know() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_calls_wait_for_the_running_node_and_a_failed_join_leaves_no_veth() {
     let w = world();
+    // etcd is away at first: the node cannot run yet.
+    w.host.unreachable.store(true, std::sync::atomic::Ordering::SeqCst);
     let (d, h) = w.daemon();
+    let node_call = |method: Method, body: &[u8]| match protocol::route(method, body).expect("parse") {
+        Route::Node(c) => c,
+        Route::Answer(_) => panic!("a node call"),
+    };
     let test = async {
-        // Sent before the node is up: answered once it runs.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let call = match protocol::route(Method::RequestPool, br#"{"V6":false}"#).expect("parse") {
-            Route::Node(c) => c,
-            Route::Answer(_) => panic!("a node call"),
-        };
-        h.docker.send((call, tx)).await.expect("send");
-        let r = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("reply");
+        // Given up on before the node runs (the plugin answered Docker "not ready"): it must
+        // never run, not even once the node is up.
+        let create = format!(r#"{{"NetworkID":"n","EndpointID":"{EP}","Interface":{{"Address":"10.244.0.9/24"}}}}"#);
+        let (cmd, pending) = plugin::Command::new(node_call(Method::CreateEndpoint, create.as_bytes()));
+        h.docker.send(cmd).await.expect("send");
+        assert!(pending.answer(Duration::from_millis(50)).await.is_none(), "given up on");
+        w.host.unreachable.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Sent before the node is up: answered once it runs (after the one given up on).
+        let (cmd, pending) = plugin::Command::new(node_call(Method::RequestPool, br#"{"V6":false}"#));
+        h.docker.send(cmd).await.expect("send");
+        let r = pending.answer(Duration::from_secs(10)).await.expect("answered in time");
         assert_eq!(r.expect("pool")["PoolID"], "10.244.0.0/24");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        h.commands.send((Request::PodList, tx)).await.expect("send");
+        let Response::Pods { pods } = rx.await.expect("pod list") else { panic!("pod list") };
+        assert!(!pods.iter().any(|p| p.source == "docker"), "the given-up CreateEndpoint ran: {pods:?}");
+        assert!(!w.path("state/docker.json").exists(), "nothing of it was saved");
         h.stop.send(()).await.expect("stop");
     };
     let (exit, ()) =
@@ -208,4 +222,52 @@ async fn plugin_calls_wait_for_the_running_node_and_a_failed_join_leaves_no_veth
     // Docker retries: the second Join works.
     docker(&mut d, Method::Join, join).await.expect("join");
     assert!(link(&w, "wd0123456789ab").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_file_outlives_a_stop_and_goes_with_a_leave() {
+    let mut w = world();
+    let (socket, spec) = (w.path("docker/plugin.sock"), w.path("docker/plugins/weft.spec"));
+    w.extra = format!("[docker]\nsocket = \"{}\"\nspec_file = \"{}\"\n{}", socket.display(), spec.display(), w.extra);
+    // The test host serves no plugin: the files stand for what the real one writes.
+    let plant = || {
+        std::fs::create_dir_all(spec.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&spec, format!("unix://{}\n", socket.display())).expect("spec");
+        std::fs::write(&socket, b"").expect("socket");
+    };
+    /// Runs a daemon until `req` (sent once it is running) or a stop ends it.
+    async fn run_until(w: &World, req: Option<Request>) -> Exit {
+        let (d, h) = w.daemon();
+        let test = async {
+            loop {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                h.commands.send((Request::PodList, tx)).await.expect("send");
+                if matches!(rx.await.expect("reply"), Response::Pods { .. }) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match req {
+                Some(req) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    h.commands.send((req, tx)).await.expect("send");
+                    assert!(matches!(rx.await.expect("reply"), Response::Done));
+                }
+                None => h.stop.send(()).await.expect("stop"),
+            }
+        };
+        let (exit, ()) =
+            tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(d.run(), test) }).await.expect("ends");
+        exit.expect("run")
+    }
+
+    // SIGTERM: Docker's restore at boot gives up on a plugin without a spec file, so it stays.
+    plant();
+    assert!(matches!(run_until(&w, None).await, Exit::Signal));
+    assert!(spec.exists(), "a stop keeps the spec file");
+    assert!(!socket.exists(), "the socket goes");
+    // Leaving the network: the plugin goes for good.
+    plant();
+    assert!(matches!(run_until(&w, Some(Request::Leave)).await, Exit::Left));
+    assert!(!spec.exists() && !socket.exists(), "a leave removes both");
 }

@@ -164,6 +164,10 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     }
     let fw = NodeFirewall::new(&cfg);
     errors.extend(teardown_local(&nl, &cfg, &pods, &state, &fw, &families).await);
+    if let Some(d) = &cfg.docker {
+        // Leaving for good: Docker no longer finds the plugin (a stop keeps its spec file).
+        crate::docker::server::remove_files(d, true);
+    }
     if errors.is_empty() {
         Ok(())
     } else {
