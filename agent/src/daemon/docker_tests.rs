@@ -88,11 +88,11 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let joined = docker(&mut d, Method::Join, join.clone()).await.expect("join");
     assert_eq!(
         joined,
-        json!({"InterfaceName": {"SrcName": "wc0123456789ab", "DstPrefix": "eth"}, "Gateway": "10.244.0.1", "StaticRoutes": []})
+        json!({"InterfaceName": {"SrcName": "wca8ae6e6ee929", "DstPrefix": "eth"}, "Gateway": "10.244.0.1", "StaticRoutes": []})
     );
-    let host = link(&w, "wd0123456789ab").expect("host veth");
+    let host = link(&w, "wda8ae6e6ee929").expect("host veth");
     assert_eq!((host.controller, host.up, host.mtu), (Some(bridge), true, 1500));
-    let peer = link(&w, "wc0123456789ab").expect("the end Docker moves into the sandbox");
+    let peer = link(&w, "wca8ae6e6ee929").expect("the end Docker moves into the sandbox");
     assert_eq!((peer.mtu, peer.controller), (1500, None));
 
     // Listed as a pod with source docker; its address is not given to a new pod; not deletable.
@@ -124,7 +124,7 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let nl = w.nl.clone();
     nl.set_link(host.index, None, false, None).await.expect("down");
     full(&mut d).await;
-    let again = link(&w, "wd0123456789ab").expect("still there");
+    let again = link(&w, "wda8ae6e6ee929").expect("still there");
     assert!(again.up && again.controller == Some(bridge), "{again:?}");
 
     // An agent restart keeps the endpoint, its address and its veth.
@@ -133,13 +133,13 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let (mut d, _h) = w.started().await;
     let Response::Pods { pods } = api(&mut d, Request::PodList).await else { panic!("pod list") };
     assert!(pods.iter().any(|p| p.name == "docker-0123456789ab" && p.source == "docker"), "{pods:?}");
-    assert_eq!(link(&w, "wd0123456789ab").map(|l| l.index), Some(host.index), "the veth is kept");
+    assert_eq!(link(&w, "wda8ae6e6ee929").map(|l| l.index), Some(host.index), "the veth is kept");
     let next = docker(&mut d, Method::RequestAddress, address("10.244.0.0/24", "")).await.expect("address");
     assert_eq!(next["Address"], "10.244.0.5/24", "neither p1, Docker's .3 nor p2");
 
     // docker rm: Leave, DeleteEndpoint, ReleaseAddress; everything comes back.
     assert_eq!(docker(&mut d, Method::Leave, endpoint(EP)).await, Ok(json!({})));
-    assert!(link(&w, "wd0123456789ab").is_none() && link(&w, "wc0123456789ab").is_none());
+    assert!(link(&w, "wda8ae6e6ee929").is_none() && link(&w, "wca8ae6e6ee929").is_none());
     assert_eq!(docker(&mut d, Method::DeleteEndpoint, endpoint(EP)).await, Ok(json!({})));
     for addr in ["10.244.0.3/24", "10.244.0.5/24", "10.244.0.1/24"] {
         let rel = json!({"PoolID": "10.244.0.0/24", "Address": addr});
@@ -165,7 +165,7 @@ async fn a_restarted_docker_cleans_up_endpoints_the_agent_may_not_know() {
     // A Join for an endpoint never created is an error, and makes nothing.
     let join = json!({"NetworkID": "n", "EndpointID": UNKNOWN, "SandboxKey": "/x"});
     assert_eq!(docker(&mut d, Method::Join, join).await, Err(format!("unknown endpoint {UNKNOWN}")));
-    assert!(link(&w, "wdaaaaaaaaaaaa").is_none());
+    assert!(link(&w, "wd00f6bdf50b1c").is_none());
     // A pool id from before a subnet change is refused rather than mis-allocated.
     let e = docker(&mut d, Method::RequestAddress, address("10.244.7.0/24", "")).await.expect_err("stale pool");
     assert!(e.starts_with("pool \"10.244.7.0/24\" is not one of this node's subnets"), "{e}");
@@ -215,13 +215,13 @@ async fn plugin_calls_wait_for_the_running_node_and_a_failed_join_leaves_no_veth
     w.nl.fail_next(|c| matches!(c, KCall::SetLink { .. }), libc::EBUSY);
     let join = json!({"NetworkID": "n", "EndpointID": EP, "SandboxKey": "/x"});
     let e = docker(&mut d, Method::Join, join.clone()).await.expect_err("kernel failure");
-    assert!(e.starts_with("attaching wd0123456789ab to the bridge"), "{e}");
-    assert!(link(&w, "wd0123456789ab").is_none() && link(&w, "wc0123456789ab").is_none(), "undone");
+    assert!(e.starts_with("attaching wda8ae6e6ee929 to the bridge"), "{e}");
+    assert!(link(&w, "wda8ae6e6ee929").is_none() && link(&w, "wca8ae6e6ee929").is_none(), "undone");
     let Response::Pods { pods } = api(&mut d, Request::PodList).await else { panic!("pod list") };
     assert_eq!(pods.iter().find(|p| p.source == "docker").map(|p| p.netns.as_str()), Some("-"), "not joined");
     // Docker retries: the second Join works.
     docker(&mut d, Method::Join, join).await.expect("join");
-    assert!(link(&w, "wd0123456789ab").is_some());
+    assert!(link(&w, "wda8ae6e6ee929").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,4 +270,37 @@ async fn the_spec_file_outlives_a_stop_and_goes_with_a_leave() {
     plant();
     assert!(matches!(run_until(&w, Some(Request::Leave)).await, Exit::Left));
     assert!(!spec.exists() && !socket.exists(), "a leave removes both");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_weft_network_is_refused_and_a_join_not_saved_leaves_no_veth() {
+    let w = world();
+    let (mut d, _h) = w.started().await;
+    let net = |id: &str| json!({"NetworkID": id, "IPv4Data": [{"Pool": "10.244.0.0/24", "Gateway": "10.244.0.1/24"}]});
+    assert_eq!(docker(&mut d, Method::CreateNetwork, net("net1")).await, Ok(json!({})));
+    let create = json!({"NetworkID": "net1", "EndpointID": EP, "Interface": {"Address": "10.244.0.9/24"}});
+    docker(&mut d, Method::CreateEndpoint, create).await.expect("create");
+    // Two networks on weft would give a container on both two interfaces in one subnet.
+    let e = docker(&mut d, Method::CreateNetwork, net("net2")).await.expect_err("a second weft network");
+    assert!(e.starts_with("this node already has a weft network (net1, with containers)"), "{e}");
+    let other = json!({"NetworkID": "net2", "EndpointID": UNKNOWN, "Interface": {"Address": "10.244.0.10/24"}});
+    let e = docker(&mut d, Method::CreateEndpoint, other).await.expect_err("not the node's network");
+    assert_eq!(e, "network net2 is not this node's weft network (net1); use that one");
+    let kept = std::fs::read_to_string(w.path("state/docker.json")).expect("saved");
+    assert!(kept.contains("\"network\": \"net1\"") || kept.contains("\"network\":\"net1\""), "{kept}");
+
+    // A Join whose state cannot be saved is not done: Docker hears an error, and no veth stays.
+    std::fs::remove_file(w.path("state/docker.json")).expect("rm");
+    std::fs::create_dir_all(w.path("state/docker.json/blocked")).expect("mkdir");
+    let join = json!({"NetworkID": "net1", "EndpointID": EP, "SandboxKey": "/x"});
+    let e = docker(&mut d, Method::Join, join.clone()).await.expect_err("not saved");
+    assert!(e.contains("docker.json"), "{e}");
+    let (host, peer) = crate::docker::book::veth_names(EP);
+    assert!(link(&w, &host).is_none() && link(&w, &peer).is_none(), "the veth of a Join not saved is removed");
+    let Response::Pods { pods } = api(&mut d, Request::PodList).await else { panic!("pod list") };
+    assert_eq!(pods.iter().find(|p| p.source == "docker").map(|p| p.netns.as_str()), Some("-"), "not joined");
+    // Once the state dir is writable again, Docker's retry works.
+    std::fs::remove_dir_all(w.path("state/docker.json")).expect("rm");
+    docker(&mut d, Method::Join, join).await.expect("join");
+    assert!(link(&w, &host).is_some());
 }
