@@ -399,6 +399,14 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
             bail!("not connected to etcd")
         };
         let mut node = Node::new(c.store, c.underlay, c.lease, claim);
+        let stale = book.stale(&node.subnets);
+        if !stale.is_empty() {
+            warn!(
+                stale = ?stale, subnets = ?node.subnets,
+                "Docker's weft network still uses an old subnet of this node: its containers have no route; \
+                 remove them and the weft Docker network, then create it again"
+            );
+        }
         node.docker = book;
         self.phase = Phase::Running(Box::new(node));
         Ok(true)

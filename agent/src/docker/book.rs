@@ -206,6 +206,24 @@ impl Book {
         self.reserved.is_empty() && self.endpoints.is_empty()
     }
 
+    /// Addresses Docker holds outside the node's subnets: left from before a subnet change,
+    /// when Docker's weft network (pool, gateway, containers) still has the old subnet.
+    pub fn stale(&self, subnets: &PerFamily<IpNet>) -> Vec<IpAddr> {
+        self.used().into_iter().filter(|a| !subnets.iter().any(|(_, s)| s.contains(a))).collect()
+    }
+
+    /// What leaving the network does to Docker's containers, when it has any here (for the
+    /// log and `--leave`'s output).
+    pub fn leave_warning(&self) -> Option<String> {
+        let n = self.endpoints.len();
+        (n > 0).then(|| {
+            format!(
+                "{n} Docker endpoint(s) on the weft network lose their veth and are cut off; \
+                 remove those containers (and the weft Docker network) with docker"
+            )
+        })
+    }
+
     /// The node's weft network: the one CreateNetwork recorded, else an endpoint's.
     pub fn network(&self) -> Option<&str> {
         self.network.as_deref().or_else(|| self.endpoints.values().next().map(|e| e.network.as_str()))
@@ -659,6 +677,11 @@ mod tests {
             let e = b.request_address(&view, &addr_req("10.244.1.0/24", asked, false)).expect_err(asked);
             assert!(matches!(e, Refusal::NotInPool { .. }), "{asked}: {e}");
         }
+        assert_eq!(b.stale(&subnets()), vec![ip("10.244.7.5")]);
+        assert_eq!(b.leave_warning(), None, "no endpoints, nothing cut off");
+        b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("endpoint");
+        let w = b.leave_warning().expect("a container is cut off");
+        assert!(w.starts_with("1 Docker endpoint(s) on the weft network lose their veth"), "{w}");
     }
 
     #[test]
