@@ -106,6 +106,10 @@ async fn run(cfg: AgentConfig) -> Result<()> {
 
 /// `--leave`: through the running agent if there is one, else offline.
 async fn leave(cfg: AgentConfig) -> Result<()> {
+    let state = weft_agent::state::StateDir::new(&cfg.paths.state_dir);
+    if let Some(w) = weft_agent::docker::Book::load(&state).ok().and_then(|b| b.leave_warning()) {
+        eprintln!("weft-agent: warning: {w}");
+    }
     let sock = cfg.paths.socket.clone();
     let asked = tokio::task::spawn_blocking(move || ask(&sock, &Request::Leave)).await.context("leave task")?;
     match asked {

@@ -55,6 +55,9 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/run/weft/docker.sock";
 /// Where Docker looks for plugin spec files (it reads `.spec` files only in `/etc/docker/plugins`
 /// and `/usr/lib/docker/plugins`; `/run/docker/plugins` is for sockets alone).
 pub const DOCKER_PLUGIN_DIR: &str = "/etc/docker/plugins";
+/// Docker endpoints are listed as pods `docker-<first 12 characters of the endpoint id>`:
+/// no other pod may take a name starting so.
+pub const DOCKER_POD_PREFIX: &str = "docker-";
 
 /// `[docker]` of agent.toml: the Docker plugin's name, the socket it is served on, and the spec
 /// file through which Docker finds that socket (Docker takes the plugin's name from the spec
@@ -577,6 +580,11 @@ fn read_pod(mut r: Reader<'_>) -> Result<PodSpec, ConfigError> {
     if !valid_name(name) {
         return Err(r.err("name", format!("expected {NAME_RULE}, found {name:?}")));
     }
+    if name.starts_with(DOCKER_POD_PREFIX) {
+        return Err(
+            r.err("name", format!("names starting with {DOCKER_POD_PREFIX:?} are Docker endpoints', found {name:?}"))
+        );
+    }
     let netns = r.opt_str("netns")?.unwrap_or(name);
     if !valid_netns(netns) {
         return Err(r.err("netns", format!("expected a namespace name without '/' or spaces, found {netns:?}")));
@@ -856,6 +864,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"a\"", "agent.toml: pods[1].name: duplicate pod name \"a\" (also pods[0])"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nnetns = \"x\"\n[[pods]]\nname = \"b\"\nnetns = \"x\"", "agent.toml: pods[1].netns: namespace \"x\" with interface \"eth0\" is already pods[0]"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nnetns = \"../x\"", "agent.toml: pods[0].netns: expected a namespace name without '/' or spaces, found \"../x\""),
+            ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"docker-web\"", "agent.toml: pods[0].name: names starting with \"docker-\" are Docker endpoints', found \"docker-web\""),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[[pods]]\nname = \"a\"\nifnam = \"x\"", "agent.toml: pods[0].ifnam: unknown key (did you mean `ifname`?)"),
             ("node_name = \"n1\"\npods = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: pods: expected an array of tables ([[...]]), found an integer"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[metrics]\nlisten = \"localhost:9472\"", "agent.toml: metrics.listen: expected an address and port like 127.0.0.1:9472 or [::1]:9472, found \"localhost:9472\""),

@@ -198,6 +198,9 @@ pub fn pod_names(name: &str, netns: Option<String>, ifname: Option<String>) -> R
     if !valid_name(name) {
         bail!("invalid pod name {name:?}: lowercase letters, digits, '-', '_' or '.', 1 to 63 characters");
     }
+    if name.starts_with(weft_config::agent::DOCKER_POD_PREFIX) {
+        bail!("invalid pod name {name:?}: names starting with \"docker-\" are Docker endpoints'");
+    }
     if !valid_netns(&netns) {
         bail!("invalid namespace name {netns:?}");
     }

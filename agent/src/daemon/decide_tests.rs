@@ -211,6 +211,11 @@ fn pod_names_default_and_refuse_bad_names() {
     assert_eq!(pod_names("web", None, None).expect("ok"), ("web".to_string(), "eth0".to_string()));
     assert_eq!(pod_names("web", Some("ns1".into()), Some("net0".into())).expect("ok"), ("ns1".into(), "net0".into()));
     assert!(pod_names("Web!", None, None).is_err());
+    let e = pod_names("docker-0123456789ab", None, None).expect_err("Docker's names");
+    assert_eq!(
+        e.to_string(),
+        "invalid pod name \"docker-0123456789ab\": names starting with \"docker-\" are Docker endpoints'"
+    );
     assert!(pod_names("web", Some("a/b".into()), None).is_err());
     assert!(pod_names("web", None, Some("an-interface-name-too-long".into())).is_err());
 }

@@ -25,11 +25,21 @@ impl<K: Kernel, S: Store> Node<K, S> {
     /// Answers one call: the JSON body, or the message of an `{"Err":...}`.
     pub(super) async fn docker_call<R: Runner>(&mut self, ctx: &Ctx<K, S, R>, call: Call) -> Result<Value, String> {
         let before = self.docker.clone();
+        // The veth a Join makes, to take back if the Join cannot be remembered.
+        let made = match &call {
+            Call::Join(j) => Some(book::veth_names(&j.endpoint_id).0),
+            _ => None,
+        };
         let r = self.docker_inner(ctx, call).await;
         if self.docker != before {
             if let Err(e) = self.docker.save(&ctx.state) {
                 // Not remembered means not done: Docker hears of the failure and retries.
                 self.docker = before;
+                if let Some(host) = made.filter(|_| r.is_ok()) {
+                    if let Err(e) = self.delete_veth(ctx, &host).await {
+                        warn!(veth = %host, error = %format!("{e:#}"), "docker: removing the veth of a Join not saved");
+                    }
+                }
                 return Err(format!("{e:#}"));
             }
             self.publish_pods(ctx);
@@ -63,10 +73,17 @@ impl<K: Kernel, S: Store> Node<K, S> {
             }
             Call::CreateNetwork(req) => {
                 check_network(&self.subnets, &req)?;
+                let old = self.docker.network().map(str::to_string);
+                self.docker.create_network(&req.network_id)?;
+                if let Some(old) = old.filter(|o| *o != req.network_id) {
+                    // Its later endpoints are refused (Docker may have dropped it unheard).
+                    warn!(network = %req.network_id, old = %old, "docker: a weft network replaces one without endpoints");
+                }
                 info!(network = %req.network_id, "docker: network created");
                 Ok(json!({}))
             }
             Call::DeleteNetwork(req) => {
+                self.docker.delete_network(&req.network_id);
                 info!(network = %req.network_id, "docker: network deleted");
                 Ok(json!({}))
             }

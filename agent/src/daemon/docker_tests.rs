@@ -96,11 +96,11 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let joined = docker(&mut d, Method::Join, join.clone()).await.expect("join");
     assert_eq!(
         joined,
-        json!({"InterfaceName": {"SrcName": "wc0123456789ab", "DstPrefix": "eth"}, "Gateway": "10.244.0.1", "StaticRoutes": []})
+        json!({"InterfaceName": {"SrcName": "wca8ae6e6ee929", "DstPrefix": "eth"}, "Gateway": "10.244.0.1", "StaticRoutes": []})
     );
-    let host = link(&w, "wd0123456789ab").expect("host veth");
+    let host = link(&w, "wda8ae6e6ee929").expect("host veth");
     assert_eq!((host.controller, host.up, host.mtu), (Some(bridge), true, 1500));
-    let peer = link(&w, "wc0123456789ab").expect("the end Docker moves into the sandbox");
+    let peer = link(&w, "wca8ae6e6ee929").expect("the end Docker moves into the sandbox");
     assert_eq!((peer.mtu, peer.controller), (1500, None));
 
     // Listed as a pod with source docker; its address is not given to a new pod; not deletable.
@@ -132,7 +132,7 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let nl = w.nl.clone();
     nl.set_link(host.index, None, false, None).await.expect("down");
     full(&mut d).await;
-    let again = link(&w, "wd0123456789ab").expect("still there");
+    let again = link(&w, "wda8ae6e6ee929").expect("still there");
     assert!(again.up && again.controller == Some(bridge), "{again:?}");
 
     // An agent restart keeps the endpoint, its address and its veth.
@@ -141,13 +141,13 @@ async fn docker_addresses_come_from_the_pods_allocator_and_survive_a_restart() {
     let (mut d, _h) = w.started().await;
     let Response::Pods { pods } = api(&mut d, Request::PodList).await else { panic!("pod list") };
     assert!(pods.iter().any(|p| p.name == "docker-0123456789ab" && p.source == "docker"), "{pods:?}");
-    assert_eq!(link(&w, "wd0123456789ab").map(|l| l.index), Some(host.index), "the veth is kept");
+    assert_eq!(link(&w, "wda8ae6e6ee929").map(|l| l.index), Some(host.index), "the veth is kept");
     let next = docker(&mut d, Method::RequestAddress, address("10.244.0.0/24", "")).await.expect("address");
     assert_eq!(next["Address"], "10.244.0.5/24", "neither p1, Docker's .3 nor p2");
 
     // docker rm: Leave, DeleteEndpoint, ReleaseAddress; everything comes back.
     assert_eq!(docker(&mut d, Method::Leave, endpoint(EP)).await, Ok(json!({})));
-    assert!(link(&w, "wd0123456789ab").is_none() && link(&w, "wc0123456789ab").is_none());
+    assert!(link(&w, "wda8ae6e6ee929").is_none() && link(&w, "wca8ae6e6ee929").is_none());
     assert_eq!(docker(&mut d, Method::DeleteEndpoint, endpoint(EP)).await, Ok(json!({})));
     for addr in ["10.244.0.3/24", "10.244.0.5/24", "10.244.0.1/24"] {
         let rel = json!({"PoolID": "10.244.0.0/24", "Address": addr});
@@ -173,7 +173,7 @@ async fn a_restarted_docker_cleans_up_endpoints_the_agent_may_not_know() {
     // A Join for an endpoint never created is an error, and makes nothing.
     let join = json!({"NetworkID": "n", "EndpointID": UNKNOWN, "SandboxKey": "/x"});
     assert_eq!(docker(&mut d, Method::Join, join).await, Err(format!("unknown endpoint {UNKNOWN}")));
-    assert!(link(&w, "wdaaaaaaaaaaaa").is_none());
+    assert!(link(&w, "wd00f6bdf50b1c").is_none());
     // A pool id from before a subnet change is refused rather than mis-allocated.
     let e = docker(&mut d, Method::RequestAddress, address("10.244.7.0/24", "")).await.expect_err("stale pool");
     assert!(e.starts_with("pool \"10.244.7.0/24\" is not one of this node's subnets"), "{e}");
@@ -186,17 +186,31 @@ async fn a_restarted_docker_cleans_up_endpoints_the_agent_may_not_know() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_calls_wait_for_the_running_node_and_a_failed_join_leaves_no_veth() {
     let w = world();
+    // etcd is away at first: the node cannot run yet.
+    w.host.unreachable.store(true, std::sync::atomic::Ordering::SeqCst);
     let (d, h) = w.daemon();
+    let node_call = |method: Method, body: &[u8]| match protocol::route(method, body).expect("parse") {
+        Route::Node(c) => c,
+        Route::Answer(_) => panic!("a node call"),
+    };
     let test = async {
-        // Sent before the node is up: answered once it runs.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let call = match protocol::route(Method::RequestPool, br#"{"V6":false}"#).expect("parse") {
-            Route::Node(c) => c,
-            Route::Answer(_) => panic!("a node call"),
-        };
-        h.docker.send((call, tx)).await.expect("send");
-        let r = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("reply");
+        // Given up on before the node runs (the plugin answered Docker "not ready"): it must
+        // never run, not even once the node is up.
+        let create = format!(r#"{{"NetworkID":"n","EndpointID":"{EP}","Interface":{{"Address":"10.244.0.9/24"}}}}"#);
+        let (cmd, pending) = plugin::Command::new(node_call(Method::CreateEndpoint, create.as_bytes()));
+        h.docker.send(cmd).await.expect("send");
+        assert!(pending.answer(Duration::from_millis(50)).await.is_none(), "given up on");
+        w.host.unreachable.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Sent before the node is up: answered once it runs (after the one given up on).
+        let (cmd, pending) = plugin::Command::new(node_call(Method::RequestPool, br#"{"V6":false}"#));
+        h.docker.send(cmd).await.expect("send");
+        let r = pending.answer(Duration::from_secs(10)).await.expect("answered in time");
         assert_eq!(r.expect("pool")["PoolID"], "10.244.0.0/24");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        h.commands.send((Request::PodList, tx)).await.expect("send");
+        let Response::Pods { pods } = rx.await.expect("pod list") else { panic!("pod list") };
+        assert!(!pods.iter().any(|p| p.source == "docker"), "the given-up CreateEndpoint ran: {pods:?}");
+        assert!(!w.path("state/docker.json").exists(), "nothing of it was saved");
         h.stop.send(()).await.expect("stop");
     };
     let (exit, ()) =
@@ -209,11 +223,92 @@ async fn plugin_calls_wait_for_the_running_node_and_a_failed_join_leaves_no_veth
     w.nl.fail_next(|c| matches!(c, KCall::SetLink { .. }), libc::EBUSY);
     let join = json!({"NetworkID": "n", "EndpointID": EP, "SandboxKey": "/x"});
     let e = docker(&mut d, Method::Join, join.clone()).await.expect_err("kernel failure");
-    assert!(e.starts_with("attaching wd0123456789ab to the bridge"), "{e}");
-    assert!(link(&w, "wd0123456789ab").is_none() && link(&w, "wc0123456789ab").is_none(), "undone");
+    assert!(e.starts_with("attaching wda8ae6e6ee929 to the bridge"), "{e}");
+    assert!(link(&w, "wda8ae6e6ee929").is_none() && link(&w, "wca8ae6e6ee929").is_none(), "undone");
     let Response::Pods { pods } = api(&mut d, Request::PodList).await else { panic!("pod list") };
     assert_eq!(pods.iter().find(|p| p.source == "docker").map(|p| p.netns.as_str()), Some("-"), "not joined");
     // Docker retries: the second Join works.
     docker(&mut d, Method::Join, join).await.expect("join");
-    assert!(link(&w, "wd0123456789ab").is_some());
+    assert!(link(&w, "wda8ae6e6ee929").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_file_outlives_a_stop_and_goes_with_a_leave() {
+    let mut w = world();
+    let (socket, spec) = (w.path("docker/plugin.sock"), w.path("docker/plugins/weft.spec"));
+    w.extra = format!("[docker]\nsocket = \"{}\"\nspec_file = \"{}\"\n{}", socket.display(), spec.display(), w.extra);
+    // The test host serves no plugin: the files stand for what the real one writes.
+    let plant = || {
+        std::fs::create_dir_all(spec.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&spec, format!("unix://{}\n", socket.display())).expect("spec");
+        std::fs::write(&socket, b"").expect("socket");
+    };
+    /// Runs a daemon until `req` (sent once it is running) or a stop ends it.
+    async fn run_until(w: &World, req: Option<Request>) -> Exit {
+        let (d, h) = w.daemon();
+        let test = async {
+            loop {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                h.commands.send((Request::PodList, tx)).await.expect("send");
+                if matches!(rx.await.expect("reply"), Response::Pods { .. }) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match req {
+                Some(req) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    h.commands.send((req, tx)).await.expect("send");
+                    assert!(matches!(rx.await.expect("reply"), Response::Done));
+                }
+                None => h.stop.send(()).await.expect("stop"),
+            }
+        };
+        let (exit, ()) =
+            tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(d.run(), test) }).await.expect("ends");
+        exit.expect("run")
+    }
+
+    // SIGTERM: Docker's restore at boot gives up on a plugin without a spec file, so it stays.
+    plant();
+    assert!(matches!(run_until(&w, None).await, Exit::Signal));
+    assert!(spec.exists(), "a stop keeps the spec file");
+    assert!(!socket.exists(), "the socket goes");
+    // Leaving the network: the plugin goes for good.
+    plant();
+    assert!(matches!(run_until(&w, Some(Request::Leave)).await, Exit::Left));
+    assert!(!spec.exists() && !socket.exists(), "a leave removes both");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_weft_network_is_refused_and_a_join_not_saved_leaves_no_veth() {
+    let w = world();
+    let (mut d, _h) = w.started().await;
+    let net = |id: &str| json!({"NetworkID": id, "IPv4Data": [{"Pool": "10.244.0.0/24", "Gateway": "10.244.0.1/24"}]});
+    assert_eq!(docker(&mut d, Method::CreateNetwork, net("net1")).await, Ok(json!({})));
+    let create = json!({"NetworkID": "net1", "EndpointID": EP, "Interface": {"Address": "10.244.0.9/24"}});
+    docker(&mut d, Method::CreateEndpoint, create).await.expect("create");
+    // Two networks on weft would give a container on both two interfaces in one subnet.
+    let e = docker(&mut d, Method::CreateNetwork, net("net2")).await.expect_err("a second weft network");
+    assert!(e.starts_with("this node already has a weft network (net1, with containers)"), "{e}");
+    let other = json!({"NetworkID": "net2", "EndpointID": UNKNOWN, "Interface": {"Address": "10.244.0.10/24"}});
+    let e = docker(&mut d, Method::CreateEndpoint, other).await.expect_err("not the node's network");
+    assert_eq!(e, "network net2 is not this node's weft network (net1); use that one");
+    let kept = std::fs::read_to_string(w.path("state/docker.json")).expect("saved");
+    assert!(kept.contains("\"network\": \"net1\"") || kept.contains("\"network\":\"net1\""), "{kept}");
+
+    // A Join whose state cannot be saved is not done: Docker hears an error, and no veth stays.
+    std::fs::remove_file(w.path("state/docker.json")).expect("rm");
+    std::fs::create_dir_all(w.path("state/docker.json/blocked")).expect("mkdir");
+    let join = json!({"NetworkID": "net1", "EndpointID": EP, "SandboxKey": "/x"});
+    let e = docker(&mut d, Method::Join, join.clone()).await.expect_err("not saved");
+    assert!(e.contains("docker.json"), "{e}");
+    let (host, peer) = crate::docker::book::veth_names(EP);
+    assert!(link(&w, &host).is_none() && link(&w, &peer).is_none(), "the veth of a Join not saved is removed");
+    let Response::Pods { pods } = api(&mut d, Request::PodList).await else { panic!("pod list") };
+    assert_eq!(pods.iter().find(|p| p.source == "docker").map(|p| p.netns.as_str()), Some("-"), "not joined");
+    // Once the state dir is writable again, Docker's retry works.
+    std::fs::remove_dir_all(w.path("state/docker.json")).expect("rm");
+    docker(&mut d, Method::Join, join).await.expect("join");
+    assert!(link(&w, &host).is_some());
 }

@@ -50,25 +50,22 @@ impl Host<EtcdStore> for SystemHost {
         live: &api::LiveQuic,
         commands: mpsc::Sender<Command>,
         docker: mpsc::Sender<plugin::Command>,
-    ) {
+    ) -> Result<()> {
         let sock = self.cfg.paths.socket.clone();
         let st = status.clone();
         let live2 = live.clone();
         let counters = plugin::Counters::default();
-        crate::metrics::spawn(&self.cfg.metrics, status.clone(), live.clone(), counters.clone());
-        if let Some(d) = self.cfg.docker.clone() {
-            tokio::spawn(async move {
-                if let Err(e) = plugin::server::serve(d, docker, counters).await {
-                    error!(error = %format!("{e:#}"), "docker plugin stopped");
-                }
-            });
+        if let Some(d) = &self.cfg.docker {
+            plugin::server::start(d, docker, counters.clone())?;
         }
+        crate::metrics::spawn(&self.cfg.metrics, status.clone(), live.clone(), counters);
         crate::notify::spawn_watchdog(status.clone(), live.clone());
         tokio::spawn(async move {
             if let Err(e) = api::serve(&sock, st, live2, commands).await {
                 error!(error = %format!("{e:#}"), "api server stopped");
             }
         });
+        Ok(())
     }
 
     fn ready(&self, line: &str) {

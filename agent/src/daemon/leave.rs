@@ -13,7 +13,7 @@ use crate::state::{PodRecord, StateDir};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use std::time::Duration;
-use tracing::info;
+use tracing::{info, warn};
 use weft_config::subnet::Family;
 use weft_config::{AgentConfig, Keys, SubnetRecord};
 use weft_store::{EtcdStore, Store};
@@ -40,6 +40,9 @@ impl<K: Kernel, S: Store> Node<K, S> {
             }
         }
         let families: Vec<Family> = self.subnets.families().collect();
+        if let Some(w) = self.docker.leave_warning() {
+            warn!("{w}");
+        }
         // Docker's endpoints lose their veths too (owns_netns is false: sandboxes are Docker's).
         let all = self.all_pods();
         errors.extend(teardown_local(&ctx.nl, &ctx.cfg, &all, &ctx.state, &ctx.firewall, &families).await);
@@ -130,7 +133,11 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     let keys = Keys::new(&cfg.network);
     let mut pods = state.load_pods().unwrap_or_default();
     // Docker endpoints' veths go too (their sandboxes are Docker's).
-    pods.extend(crate::docker::Book::load(&state).unwrap_or_default().pod_records());
+    let book = crate::docker::Book::load(&state).unwrap_or_default();
+    if let Some(w) = book.leave_warning() {
+        warn!("{w}");
+    }
+    pods.extend(book.pod_records());
     let mut errors = Vec::new();
     let held: Vec<IpNet> = [Family::V4, Family::V6]
         .into_iter()
@@ -164,6 +171,10 @@ pub async fn leave_offline(cfg: AgentConfig) -> Result<()> {
     }
     let fw = NodeFirewall::new(&cfg);
     errors.extend(teardown_local(&nl, &cfg, &pods, &state, &fw, &families).await);
+    if let Some(d) = &cfg.docker {
+        // Leaving for good: Docker no longer finds the plugin (a stop keeps its spec file).
+        crate::docker::server::remove_files(d, true);
+    }
     if errors.is_empty() {
         Ok(())
     } else {

@@ -93,14 +93,15 @@ pub trait Host<S: Store>: Send + Sync + 'static {
     /// `net/ipv6/conf/all/forwarding` = 1, in the agent's own namespace).
     fn enable_ipv6_forwarding(&self, underlay: &str) -> Result<()>;
     /// Starts the API socket (fed into `commands`), the Docker plugin with `[docker]` (fed
-    /// into `docker`), `/metrics` and the watchdog.
+    /// into `docker`), `/metrics` and the watchdog. An error (the Docker plugin's socket or
+    /// spec file cannot be made) fails the start.
     fn spawn_services(
         &self,
         status: &Arc<RwLock<Status>>,
         live: &api::LiveQuic,
         commands: mpsc::Sender<Command>,
         docker: mpsc::Sender<plugin::Command>,
-    );
+    ) -> Result<()>;
     /// The node is set up (READY=1 to systemd).
     fn ready(&self, line: &str);
     /// The loop is ending (STOPPING=1 to systemd).
@@ -189,8 +190,9 @@ pub struct Daemon<K: Kernel, S: Store, R: Runner = SystemRunner> {
     ctx: Ctx<K, S, R>,
     phase: Phase<K, S>,
     commands: mpsc::Receiver<Command>,
-    /// Calls of the Docker plugin; only a running node takes them (until then they wait, and
-    /// the plugin answers "not ready" when they wait too long).
+    /// Calls of the Docker plugin; only a running node takes them. Until then they wait; one
+    /// that waits too long is answered "not ready" by the plugin and never runs (see
+    /// [`plugin::Command::take`]).
     docker: mpsc::Receiver<plugin::Command>,
     /// One message per SIGTERM/SIGINT (production) or per test's stop.
     stop: mpsc::Receiver<()>,
@@ -261,7 +263,7 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
         let (docker_tx, docker_rx) = mpsc::channel(32);
         let (stop_tx, stop_rx) = mpsc::channel(4);
         let live: api::LiveQuic = Arc::default();
-        host.spawn_services(&status, &live, tx.clone(), docker_tx.clone());
+        host.spawn_services(&status, &live, tx.clone(), docker_tx.clone())?;
         let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
         let ctx = Ctx {
             firewall: NodeFirewall::with_runner(&cfg, runner),
@@ -304,7 +306,8 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
         let _ = std::fs::remove_file(&self.ctx.cfg.paths.socket);
         let _ = std::fs::remove_file(&self.ctx.cfg.paths.pid_file);
         if let Some(d) = &self.ctx.cfg.docker {
-            plugin::server::remove_files(d);
+            // The spec file stays unless the node left: Docker's restore at boot needs it.
+            plugin::server::remove_files(d, matches!(r, Ok(Exit::Left)));
         }
         r
     }
@@ -396,6 +399,14 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
             bail!("not connected to etcd")
         };
         let mut node = Node::new(c.store, c.underlay, c.lease, claim);
+        let stale = book.stale(&node.subnets);
+        if !stale.is_empty() {
+            warn!(
+                stale = ?stale, subnets = ?node.subnets,
+                "Docker's weft network still uses an old subnet of this node: its containers have no route; \
+                 remove them and the weft Docker network, then create it again"
+            );
+        }
         node.docker = book;
         self.phase = Phase::Running(Box::new(node));
         Ok(true)
@@ -434,8 +445,14 @@ impl<K: Kernel, S: Store, R: Runner + Send + Sync> Daemon<K, S, R> {
                         return Ok(Exit::Left);
                     }
                 }
-                Some((call, reply)) = self.docker.recv() => {
-                    let _ = reply.send(node.docker_call(ctx, call).await);
+                Some(cmd) = self.docker.recv() => {
+                    let method = cmd.method();
+                    match cmd.take() {
+                        Some((call, reply)) => reply.send(node.docker_call(ctx, call).await),
+                        // Docker already heard "not ready": running it now would do what
+                        // Docker believes failed.
+                        None => info!(method = method.name(), "docker: skipping a call its caller gave up on"),
+                    }
                 }
                 msg = watch_msg => {
                     if let Some(msg) = msg {

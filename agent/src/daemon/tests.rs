@@ -75,7 +75,8 @@ impl Host<MemStore> for TestHost {
         _: &api::LiveQuic,
         _: mpsc::Sender<Command>,
         _: mpsc::Sender<plugin::Command>,
-    ) {
+    ) -> Result<()> {
+        Ok(())
     }
     fn ready(&self, _: &str) {
         self.ready.fetch_add(1, Ordering::SeqCst);

@@ -57,6 +57,12 @@ pub enum Refusal {
     UnknownEndpoint(String),
     #[error("network pool {pool:?} is not one of this node's subnets: create the network with --ipam-driver weft")]
     NetworkPool { pool: String },
+    #[error("this node already has a weft network ({have}, with containers): Docker networks on weft share the node's subnet and bridge, so there is one; use it")]
+    SecondNetwork { have: String },
+    #[error("network {asked} is not this node's weft network ({have}); use that one")]
+    OtherNetwork { asked: String, have: String },
+    #[error("endpoint id {id} shares its first 12 characters with endpoint {other}")]
+    IdCollision { id: String, other: String },
 }
 
 /// Where an endpoint is.
@@ -87,6 +93,11 @@ pub struct Book {
     /// Endpoints by Docker's endpoint id.
     #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// The id of the Docker network on the weft driver (there is one per node: every network
+    /// on weft would share the node's subnet and bridge). Learned from CreateNetwork, or from
+    /// an endpoint for a book written before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// The node as the book sees it: its subnets, and the addresses of weft's own pods (with the
@@ -158,15 +169,19 @@ fn with_prefix(addr: IpAddr, pool: IpNet) -> IpNet {
 }
 
 /// Host and container names of an endpoint's veth (both within the 15-byte limit, stable for
-/// the endpoint, so a repeated Join finds what an earlier one made).
+/// the endpoint, so a repeated Join finds what an earlier one made). They come from a hash of
+/// the whole id: two ids alike in their first characters get different veths.
 pub fn veth_names(endpoint_id: &str) -> (String, String) {
-    let short: String = endpoint_id.chars().take(12).collect();
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(endpoint_id.as_bytes());
+    let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     (format!("wd{short}"), format!("wc{short}"))
 }
 
 /// The pod name an endpoint is listed under.
 pub fn pod_name(endpoint_id: &str) -> String {
-    format!("docker-{}", endpoint_id.chars().take(12).collect::<String>())
+    let short: String = endpoint_id.chars().take(12).collect();
+    format!("{}{short}", weft_config::agent::DOCKER_POD_PREFIX)
 }
 
 pub fn check_id(id: &str) -> Result<(), Refusal> {
@@ -189,6 +204,57 @@ impl Book {
 
     pub fn is_empty(&self) -> bool {
         self.reserved.is_empty() && self.endpoints.is_empty()
+    }
+
+    /// Addresses Docker holds outside the node's subnets: left from before a subnet change,
+    /// when Docker's weft network (pool, gateway, containers) still has the old subnet.
+    pub fn stale(&self, subnets: &PerFamily<IpNet>) -> Vec<IpAddr> {
+        self.used().into_iter().filter(|a| !subnets.iter().any(|(_, s)| s.contains(a))).collect()
+    }
+
+    /// What leaving the network does to Docker's containers, when it has any here (for the
+    /// log and `--leave`'s output).
+    pub fn leave_warning(&self) -> Option<String> {
+        let n = self.endpoints.len();
+        (n > 0).then(|| {
+            format!(
+                "{n} Docker endpoint(s) on the weft network lose their veth and are cut off; \
+                 remove those containers (and the weft Docker network) with docker"
+            )
+        })
+    }
+
+    /// The node's weft network: the one CreateNetwork recorded, else an endpoint's.
+    pub fn network(&self) -> Option<&str> {
+        self.network.as_deref().or_else(|| self.endpoints.values().next().map(|e| e.network.as_str()))
+    }
+
+    /// CreateNetwork: records the node's one weft network. A second one is refused while the
+    /// first has containers; an empty one is replaced (Docker removes a network even when the
+    /// plugin cannot hear of it), and its later endpoints are refused. True when something
+    /// changed.
+    pub fn create_network(&mut self, id: &str) -> Result<bool, Refusal> {
+        match self.network().map(str::to_string) {
+            Some(have) if have == id => {
+                let changed = self.network.is_none();
+                self.network = Some(have);
+                Ok(changed)
+            }
+            Some(have) if self.endpoints.values().any(|e| e.network == have) => Err(Refusal::SecondNetwork { have }),
+            _ => {
+                self.network = Some(id.to_string());
+                Ok(true)
+            }
+        }
+    }
+
+    /// DeleteNetwork: forgets the network if it is the node's. True when something changed.
+    pub fn delete_network(&mut self, id: &str) -> bool {
+        if self.network.as_deref() == Some(id) {
+            self.network = None;
+            return true;
+        }
+        false
     }
 
     /// Every address Docker holds: reservations and endpoints' addresses.
@@ -223,9 +289,10 @@ impl Book {
             subnet::first_free_addr(pool, &used).ok_or(Refusal::Full(pool))?
         } else {
             let asked = parse_addr("Address", &req.address)?;
-            // Already Docker's (its restart replays the addresses of the endpoints it keeps):
-            // the same answer. Otherwise it must be free.
-            if !self.used().contains(&asked) {
+            // Already Docker's in this pool (its restart replays the addresses of the endpoints
+            // it keeps): the same answer. Otherwise (another pool's or family's) it must be
+            // free here.
+            if !(pool.contains(&asked) && self.used().contains(&asked)) {
                 self.check_free(view, pool, asked, None)?;
             }
             asked
@@ -265,6 +332,13 @@ impl Book {
     /// Idempotent for the same addresses. True when something changed.
     pub fn create_endpoint(&mut self, view: &View<'_>, req: &CreateEndpoint) -> Result<bool, Refusal> {
         check_id(&req.endpoint_id)?;
+        if let Some(have) = self.network().filter(|have| *have != req.network_id) {
+            return Err(Refusal::OtherNetwork { asked: req.network_id.clone(), have: have.to_string() });
+        }
+        let name = pod_name(&req.endpoint_id);
+        if let Some(other) = self.endpoints.keys().find(|o| **o != req.endpoint_id && pod_name(o) == name) {
+            return Err(Refusal::IdCollision { id: req.endpoint_id.clone(), other: other.clone() });
+        }
         let iface = req.interface.clone().unwrap_or_default();
         let mut addrs = Vec::new();
         for (what, family, text) in
@@ -288,6 +362,7 @@ impl Book {
             return if e.addrs == addrs { Ok(false) } else { Err(Refusal::EndpointExists(req.endpoint_id.clone())) };
         }
         self.reserved.extend(addrs.iter().copied());
+        self.network.get_or_insert_with(|| req.network_id.clone());
         let ep = Endpoint { network: req.network_id.clone(), addrs, attachment: Attachment::Detached };
         self.endpoints.insert(req.endpoint_id.clone(), ep);
         Ok(true)
@@ -544,7 +619,7 @@ mod tests {
         assert_eq!((list[0].name.as_str(), list[0].netns.as_str()), ("docker-0123456789ab", "-"));
         assert_eq!(list[0].source, PodSource::Docker);
         let (host, peer) = veth_names(EP);
-        assert_eq!((host.as_str(), peer.as_str()), ("wd0123456789ab", "wc0123456789ab"));
+        assert_eq!((host.as_str(), peer.as_str()), ("wda8ae6e6ee929", "wca8ae6e6ee929"));
         let joined = Attachment::Joined { sandbox: "/var/run/docker/netns/abc".into(), host_veth: host.clone() };
         assert!(b.attach(EP, joined.clone()));
         assert!(!b.attach(EP, joined), "already so");
@@ -561,6 +636,78 @@ mod tests {
     }
 
     #[test]
+    fn one_weft_network_per_node() {
+        let pods = BTreeMap::new();
+        let view = View { subnets: subnets(), pods: &pods };
+        let mut b = Book::default();
+        assert_eq!(b.create_network("net1"), Ok(true));
+        assert_eq!(b.create_network("net1"), Ok(false), "idempotent");
+        b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("endpoint");
+        // A second network on weft would share the subnet and bridge: refused while the first
+        // has containers.
+        let e = b.create_network("net2").expect_err("second network");
+        assert!(e.to_string().starts_with("this node already has a weft network (net1, with containers)"), "{e}");
+        let other = CreateEndpoint { network_id: "net2".into(), ..endpoint_req(EP2, "10.244.1.4/24", "") };
+        assert_eq!(
+            b.create_endpoint(&view, &other),
+            Err(Refusal::OtherNetwork { asked: "net2".into(), have: "net1".into() })
+        );
+        // Without containers the old one is replaced (Docker may have removed it unheard); its
+        // endpoints are then refused.
+        b.delete_endpoint(EP);
+        assert_eq!(b.create_network("net2"), Ok(true));
+        assert!(matches!(
+            b.create_endpoint(&view, &endpoint_req(EP2, "10.244.1.4/24", "")),
+            Err(Refusal::OtherNetwork { .. })
+        ));
+        assert!(b.delete_network("net2"));
+        assert!(!b.delete_network("net2"), "deleting twice is fine");
+        assert_eq!(b.network(), None);
+        // A book from before the network was kept learns it from its endpoints.
+        let mut old = Book::default();
+        old.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("endpoint");
+        old.network = None;
+        assert_eq!(old.network(), Some("net1"));
+        assert!(matches!(old.create_network("net2"), Err(Refusal::SecondNetwork { .. })));
+    }
+
+    #[test]
+    fn ids_alike_in_their_first_characters_neither_share_a_veth_nor_a_pod_name() {
+        let pods = BTreeMap::new();
+        let view = View { subnets: subnets(), pods: &pods };
+        let (a, b_id) = ("0123456789ab", "0123456789abX");
+        assert_ne!(veth_names(a), veth_names(b_id), "the whole id names the veth");
+        assert_ne!(veth_names(a).0, veth_names(EP).0);
+        let (host, peer) = veth_names(EP);
+        assert!(host.len() <= 15 && peer.len() <= 15 && host.starts_with("wd") && peer.starts_with("wc"));
+        let mut b = Book::default();
+        b.create_endpoint(&view, &endpoint_req(a, "10.244.1.3/24", "")).expect("endpoint");
+        assert_eq!(
+            b.create_endpoint(&view, &endpoint_req(b_id, "10.244.1.4/24", "")),
+            Err(Refusal::IdCollision { id: b_id.into(), other: a.into() })
+        );
+        assert_eq!(pod_name(EP), "docker-0123456789ab");
+    }
+
+    #[test]
+    fn an_address_docker_holds_elsewhere_is_not_answered_for_this_pool() {
+        let pods = BTreeMap::new();
+        let view = View { subnets: subnets(), pods: &pods };
+        let mut b = Book::default();
+        b.request_address(&view, &addr_req("fd00:10:244:1::/64", "fd00:10:244:1::5", false)).expect("v6");
+        b.reserved.insert(ip("10.244.7.5")); // from before a subnet change
+        for asked in ["fd00:10:244:1::5", "10.244.7.5"] {
+            let e = b.request_address(&view, &addr_req("10.244.1.0/24", asked, false)).expect_err(asked);
+            assert!(matches!(e, Refusal::NotInPool { .. }), "{asked}: {e}");
+        }
+        assert_eq!(b.stale(&subnets()), vec![ip("10.244.7.5")]);
+        assert_eq!(b.leave_warning(), None, "no endpoints, nothing cut off");
+        b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("endpoint");
+        let w = b.leave_warning().expect("a container is cut off");
+        assert!(w.starts_with("1 Docker endpoint(s) on the weft network lose their veth"), "{w}");
+    }
+
+    #[test]
     fn the_book_survives_a_restart() {
         let dir = std::env::temp_dir().join(format!("weft-docker-book-{}", std::process::id()));
         let state = StateDir::new(&dir);
@@ -569,7 +716,7 @@ mod tests {
         let view = View { subnets: subnets(), pods: &pods };
         let mut b = Book::default();
         b.create_endpoint(&view, &endpoint_req(EP, "10.244.1.3/24", "")).expect("create");
-        b.attach(EP, Attachment::Joined { sandbox: "/run/docker/netns/x".into(), host_veth: "wd0123456789ab".into() });
+        b.attach(EP, Attachment::Joined { sandbox: "/run/docker/netns/x".into(), host_veth: "wda8ae6e6ee929".into() });
         b.save(&state).expect("save");
         assert_eq!(Book::load(&state).expect("load"), b);
         std::fs::write(dir.join(FILE), b"{oops").expect("write");

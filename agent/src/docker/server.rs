@@ -4,8 +4,9 @@
 //! capabilities itself and hands every other call to the daemon's loop. Every answer is JSON;
 //! every failure is `{"Err":"..."}`, logged and counted.
 
+use super::protocol::Call;
 use super::protocol::{self, Method, Route, CONTENT_TYPE};
-use super::{Command, Counters, Outcome};
+use super::{Answer as CallAnswer, Command, Counters, Outcome};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 use weft_config::agent::DockerConfig;
 
@@ -25,7 +26,9 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Time the client gets to send the whole request.
     pub read_timeout: Duration,
-    /// Time the daemon gets to answer (Docker's plugin client gives up after 30 s).
+    /// Time the daemon gets to take a call (dockerd's plugin client itself waits without a
+    /// limit: this bound makes a call during a long start-up fail instead of hanging Docker).
+    /// A call taken in time is waited for to its end; one not taken never runs.
     pub answer_timeout: Duration,
     pub max_connections: usize,
 }
@@ -43,13 +46,23 @@ impl Default for Limits {
 }
 
 /// Creates the socket (replacing a stale one, mode 0660) and writes the spec file that points
-/// Docker at it (its directory made 0755 when missing).
+/// Docker at it (its directory made 0755 when missing). On a failure nothing is left behind
+/// (no socket without its spec file).
 pub fn bind(cfg: &DockerConfig) -> Result<UnixListener> {
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     remove_if_there(&cfg.socket).with_context(|| format!("removing stale socket {}", cfg.socket.display()))?;
     let listener = UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
+    if let Err(e) = finish_bind(cfg) {
+        let _ = remove_if_there(&cfg.socket);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// The bound socket's mode and the spec file.
+fn finish_bind(cfg: &DockerConfig) -> Result<()> {
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", cfg.socket.display()))?;
     if let Some(dir) = cfg.spec_file.parent() {
@@ -60,8 +73,8 @@ pub fn bind(cfg: &DockerConfig) -> Result<UnixListener> {
         }
     }
     let spec = format!("unix://{}\n", cfg.socket.display());
-    crate::state::write_atomic(&cfg.spec_file, spec.as_bytes(), 0o644)?;
-    Ok(listener)
+    crate::state::write_atomic(&cfg.spec_file, spec.as_bytes(), 0o644)
+        .with_context(|| format!("writing the Docker plugin spec file {}", cfg.spec_file.display()))
 }
 
 fn remove_if_there(path: &Path) -> std::io::Result<()> {
@@ -71,20 +84,25 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes the socket and the spec file (the agent is exiting).
-pub fn remove_files(cfg: &DockerConfig) {
-    for p in [&cfg.spec_file, &cfg.socket] {
+/// Removes the socket (the agent is exiting); the spec file too when `spec_file` (the node
+/// leaves). On a plain stop the spec file stays: dockerd's boot-time restore gives up at once
+/// on a plugin whose spec file is missing, but retries one whose socket does not answer yet.
+pub fn remove_files(cfg: &DockerConfig, spec_file: bool) {
+    let spec = spec_file.then_some(&cfg.spec_file);
+    for p in spec.into_iter().chain([&cfg.socket]) {
         if let Err(e) = remove_if_there(p) {
             warn!(path = %p.display(), error = %e, "removing a Docker plugin file");
         }
     }
 }
 
-/// Serves the plugin until the process ends.
-pub async fn serve(cfg: DockerConfig, commands: mpsc::Sender<Command>, counters: Counters) -> Result<()> {
-    let listener = bind(&cfg)?;
+/// Binds the socket and writes the spec file now (an error fails the agent's start-up:
+/// Docker must not find a plugin nobody serves), then serves it on a task until the process
+/// ends.
+pub fn start(cfg: &DockerConfig, commands: mpsc::Sender<Command>, counters: Counters) -> Result<()> {
+    let listener = bind(cfg).context("starting the Docker plugin ([docker] of agent.toml)")?;
     info!(plugin = %cfg.plugin_name, socket = %cfg.socket.display(), spec = %cfg.spec_file.display(), "serving the Docker plugin");
-    serve_listener(listener, Limits::default(), commands, counters).await;
+    tokio::spawn(serve_listener(listener, Limits::default(), commands, counters));
     Ok(())
 }
 
@@ -97,6 +115,10 @@ pub async fn serve_listener(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        // A slot first, then the connection: connections over the cap wait in the socket's
+        // backlog (their read timeout starts once accepted). Dropping one unanswered would make
+        // Go's client retry the call with an already drained, empty body.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -104,10 +126,6 @@ pub async fn serve_listener(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
         };
         let (commands, counters) = (commands.clone(), counters.clone());
         tokio::spawn(async move {
@@ -221,18 +239,23 @@ async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, cap: u
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| ReadError::Malformed(format!("bad chunk size {size_text:?}")))?;
-        if body.len() + size > cap {
+        // Checked without overflow: the size is the client's (`ffffffffffffffff` is valid hex).
+        if size > cap.saturating_sub(body.len()) {
             return Err(ReadError::TooLarge(cap));
         }
         let start = line_end + 2;
         if size == 0 {
             return Ok(body); // trailers, if any, are left unread: the connection closes
         }
-        while buf.len() < start + size + 2 {
+        let end = start.checked_add(size).ok_or(ReadError::TooLarge(cap))?;
+        while buf.len() < end + 2 {
             fill(s, buf, cap + 4096).await?;
         }
-        body.extend_from_slice(&buf[start..start + size]);
-        pos = start + size + 2;
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(ReadError::Malformed(format!("chunk of {size} bytes not followed by CRLF")));
+        }
+        body.extend_from_slice(&buf[start..end]);
+        pos = end + 2;
     }
 }
 
@@ -306,15 +329,7 @@ pub async fn answer(
             return Answer::err(400, &e.to_string());
         }
     };
-    let (tx, rx) = oneshot::channel();
-    let asked = async {
-        commands.send((call, tx)).await.map_err(|_| "the agent is shutting down".to_string())?;
-        rx.await.unwrap_or_else(|_| Err("the agent dropped the request".to_string()))
-    };
-    let result = match tokio::time::timeout(limits.answer_timeout, asked).await {
-        Ok(r) => r,
-        Err(_) => Err("the agent is not ready (no subnet or node not set up yet); try again".to_string()),
-    };
+    let result = ask_daemon(call, limits.answer_timeout, commands).await;
     match result {
         Ok(v) => {
             counters.count(name, Outcome::Ok);
@@ -327,6 +342,21 @@ pub async fn answer(
             Answer::err(500, &message)
         }
     }
+}
+
+/// Hands a call to the daemon and waits for its answer. A call the daemon has not taken
+/// within `wait` (it has no running node yet, or is busy) is given up and answered with an
+/// error; given up, it never runs. A call taken in time is waited for to its end.
+async fn ask_daemon(call: Call, wait: Duration, commands: &mpsc::Sender<Command>) -> CallAnswer {
+    let not_ready = || Err("the agent is not ready (no subnet or node not set up yet); try again".to_string());
+    let start = tokio::time::Instant::now();
+    let (cmd, pending) = Command::new(call);
+    match tokio::time::timeout(wait, commands.send(cmd)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err("the agent is shutting down".to_string()),
+        Err(_) => return not_ready(),
+    }
+    pending.answer(wait.saturating_sub(start.elapsed())).await.unwrap_or_else(not_ready)
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -403,12 +433,13 @@ mod tests {
         // A daemon that answers every call with what it was.
         let (tx, mut rx) = mpsc::channel::<Command>(4);
         tokio::spawn(async move {
-            while let Some((call, reply)) = rx.recv().await {
+            while let Some(cmd) = rx.recv().await {
+                let Some((call, reply)) = cmd.take() else { continue };
                 let r = match call.method() {
                     Method::Leave => Err("no such thing".to_string()),
                     m => Ok(json!({ "Seen": m.name() })),
                 };
-                let _ = reply.send(r);
+                reply.send(r);
             }
         });
         let counters = Counters::default();
@@ -448,8 +479,84 @@ mod tests {
         assert_eq!(get("unknown", "not_found"), 1);
         assert_eq!(get("unknown", "malformed"), 4);
 
-        remove_files(&cfg);
+        remove_files(&cfg, false);
+        assert!(!cfg.socket.exists() && cfg.spec_file.exists(), "a plain stop keeps the spec file");
+        remove_files(&cfg, true);
         assert!(!cfg.socket.exists() && !cfg.spec_file.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A served socket in a fresh directory, with a daemon that answers every call with its
+    /// method's name.
+    async fn served(tag: &str, limits: Limits) -> (std::path::PathBuf, DockerConfig) {
+        let dir = std::env::temp_dir().join(format!("weft-docker-{tag}-{}", std::process::id()));
+        let cfg = config(&dir);
+        let listener = bind(&cfg).expect("bind");
+        let (tx, mut rx) = mpsc::channel::<Command>(4);
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                if let Some((call, reply)) = cmd.take() {
+                    reply.send(Ok(json!({ "Seen": call.method().name() })));
+                }
+            }
+        });
+        tokio::spawn(serve_listener(listener, limits, tx, Counters::default()));
+        (dir, cfg)
+    }
+
+    #[tokio::test]
+    async fn hostile_chunk_sizes_are_refused_without_a_panic() {
+        let (dir, cfg) =
+            served("chunks", Limits { read_timeout: Duration::from_millis(500), ..Limits::default() }).await;
+        let head = "POST /IpamDriver.RequestPool HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // A size near usize::MAX after a first chunk: no overflow, a 413.
+        let huge = format!("{head}1\r\nA\r\nffffffffffffffff\r\nAAAA\r\n0\r\n\r\n");
+        assert_eq!(ask(&cfg.socket, huge.as_bytes()).await.0, 413);
+        let huge = format!("{head}fffffffffffffff0\r\nAAAA\r\n0\r\n\r\n");
+        assert_eq!(ask(&cfg.socket, huge.as_bytes()).await.0, 413);
+        // A chunk longer than its size says: not silently cut, a 400.
+        let long = format!("{head}1\r\nAB\r\n0\r\n\r\n");
+        let (st, v) = ask(&cfg.socket, long.as_bytes()).await;
+        assert_eq!(st, 400, "{v}");
+        // The server still serves.
+        assert_eq!(ask(&cfg.socket, &post("/IpamDriver.RequestPool", "{}")).await.0, 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_for_a_slot_instead_of_being_dropped() {
+        let limits = Limits { max_connections: 1, read_timeout: Duration::from_secs(5), ..Limits::default() };
+        let (dir, cfg) = served("cap", limits).await;
+        // The one slot is held by a client that sends nothing yet.
+        let holder = UnixStream::connect(&cfg.socket).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = {
+            let sock = cfg.socket.clone();
+            tokio::spawn(async move { ask(&sock, &post("/IpamDriver.RequestPool", "{}")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(holder);
+        let answered = tokio::time::timeout(Duration::from_secs(5), second).await.expect("in time").expect("join");
+        assert_eq!(answered, (200, json!({"Seen": "IpamDriver.RequestPool"})));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_cannot_be_set_up_fails_start_up_and_leaves_no_socket() {
+        let dir = std::env::temp_dir().join(format!("weft-docker-bindfail-{}", std::process::id()));
+        let cfg = config(&dir);
+        // The spec file's place is taken by a directory: it cannot be written.
+        std::fs::create_dir_all(cfg.spec_file.join("x")).expect("mkdir");
+        let (tx, _rx) = mpsc::channel::<Command>(1);
+        let e = start(&cfg, tx, Counters::default()).expect_err("no spec file, no plugin");
+        let text = format!("{e:#}");
+        assert!(
+            text.starts_with(
+                "starting the Docker plugin ([docker] of agent.toml): writing the Docker plugin spec file"
+            ),
+            "{text}"
+        );
+        assert!(!cfg.socket.exists(), "no socket left without its spec file");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
