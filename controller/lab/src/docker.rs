@@ -348,12 +348,15 @@ impl Lab {
         if have.status.success() {
             return Ok(());
         }
+        // The spec file outlives a stopped agent (so dockerd keeps finding the plugin across a
+        // restart): the plugin is served once its socket also takes a connection.
         let deadline = Instant::now() + PLUGIN_TIMEOUT;
-        while !p.spec_file.exists() {
+        while !(p.spec_file.exists() && std::os::unix::net::UnixStream::connect(&p.plugin_socket).is_ok()) {
             if Instant::now() >= deadline {
                 anyhow::bail!(
-                    "the agent of n{i} serves no Docker plugin: {} missing after {} s (is the agent running with a [docker] section?)",
+                    "the agent of n{i} serves no Docker plugin: {} or a listener on {} missing after {} s (is the agent running with a [docker] section?)",
                     p.spec_file.display(),
+                    p.plugin_socket.display(),
                     PLUGIN_TIMEOUT.as_secs()
                 );
             }
