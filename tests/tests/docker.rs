@@ -156,11 +156,14 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
     assert!(subnet.contains(&IpAddr::V4(a)), "{a} in {subnet}");
     let addr = docker(&lab, 1, &["exec", "ca", "ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {a}/{}", subnet.prefix_len())), "{addr}");
-    let link = docker(&lab, 1, &["exec", "ca", "cat", "/sys/class/net/eth0/mtu"]);
-    assert_eq!(link.parse::<u64>().ok(), Some(pod_mtu(&lab, 1, "p1")), "container MTU is the pod MTU");
+    // Over netlink: a /sys read through `docker exec` can show another namespace's interfaces
+    // when dockerd runs chrooted (CI's fresh root), where eth0 is the machine's.
+    let link = docker(&lab, 1, &["exec", "ca", "ip", "-o", "link", "show", "eth0"]);
+    let mtu = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1).and_then(|m| m.parse::<u64>().ok());
+    assert_eq!(mtu, Some(pod_mtu(&lab, 1, "p1")), "container MTU is the pod MTU: {link}");
     let o = a.octets();
     let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
-    assert_eq!(docker(&lab, 1, &["exec", "ca", "cat", "/sys/class/net/eth0/address"]), mac, "MAC from the address");
+    assert!(link.contains(&format!("link/ether {mac} ")), "MAC from the address: {link}");
     let route = docker(&lab, 1, &["exec", "ca", "ip", "route"]);
     let gw = weft_config::subnet::gateway(subnet);
     assert!(route.contains(&format!("default via {gw}")), "{route}");
@@ -180,9 +183,16 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
 
     // The container resolves with the network's settings (the daemon's dns): on a user-defined
     // network Docker's embedded resolver (127.0.0.11) forwards to them, here to dnsmasq.
-    let conf = docker(&lab, 1, &["exec", "ca", "cat", "/etc/resolv.conf"]);
+    // A new container's own process (not `docker exec`: when dockerd runs chrooted, as in CI's
+    // fresh root, runc cannot pivot_root and an exec'd process sees the machine's files).
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", DOCKER_NETWORK, IMAGE];
+        all.extend(args);
+        docker(&lab, 1, &all)
+    };
+    let conf = run(&["cat", "/etc/resolv.conf"]);
     assert!(conf.contains("search weft.test"), "{conf}");
-    let answer = docker(&lab, 1, &["exec", "ca", "nslookup", "web.weft.test"]);
+    let answer = run(&["nslookup", "web.weft.test"]);
     assert!(answer.contains("203.0.113.80"), "lookup from a container: {answer}");
 
     // A TCP receiver in n2's pod sees the container's own address.

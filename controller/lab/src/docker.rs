@@ -270,6 +270,7 @@ impl Lab {
             .with_context(|| format!("writing {}", p.daemon_json.display()))?;
         let ctd = rec.containerd.clone().context("dockerd without a recorded containerd")?;
         let mnt = spawn::open_mnt_ns(ctd.pid, rec.mnt().context("no recorded mount namespace")?)?;
+        let root = spawn::open_root(ctd.pid)?;
         let _ = std::fs::remove_file(&p.socket);
         let log = crate::agents::open_log(&p.dockerd_log, &format!("starting {DOCKERD}"))?;
         let log2 = log.try_clone().with_context(|| format!("opening {}", p.dockerd_log.display()))?;
@@ -278,7 +279,7 @@ impl Lab {
         cmd.args(dockerd_args(p, &cgroup_parent(&self.names, i))).stdin(Stdio::null()).stdout(log).stderr(log2);
         // dockerd finds runc, docker-init and docker-proxy on PATH.
         cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        spawn::in_mount_ns(&mut cmd, &ns, mnt)?;
+        spawn::in_mount_ns(&mut cmd, &ns, mnt, root)?;
         let child = cmd.spawn().with_context(|| format!("starting {DOCKERD} for n{i}"))?;
         let pid = child.id();
         lock(&self.children).insert(pid, child);

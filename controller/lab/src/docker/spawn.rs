@@ -173,19 +173,39 @@ pub fn in_new_mount_ns(cmd: &mut Command, ns: &str, p: &DockerPaths) -> anyhow::
 }
 
 /// Makes `cmd` (dockerd) start in network namespace `ns` and in the mount namespace
-/// `mnt` (containerd's, opened from `/proc/<pid>/ns/mnt` after checking it is ours), as a
-/// daemon.
-pub fn in_mount_ns(cmd: &mut Command, ns: &str, mnt: OwnedFd) -> anyhow::Result<()> {
+/// `mnt` (containerd's, opened from `/proc/<pid>/ns/mnt` after checking it is ours), with
+/// containerd's root directory `root` (from [`open_root`]), as a daemon.
+///
+/// Joining a mount namespace also moves the process to that namespace's own root; when the
+/// lab runs chrooted (as CI's fresh root does), that is not the root containerd sees, and
+/// dockerd would miss every path of the lab. So the child chroots to containerd's root.
+pub fn in_mount_ns(cmd: &mut Command, ns: &str, mnt: OwnedFd, root: OwnedFd) -> anyhow::Result<()> {
     let net = open_netns(ns)?;
-    // SAFETY: runs in the forked child before exec; setns, setsid and close_range only.
+    // SAFETY: runs in the forked child before exec; setns, fchdir, chroot, chdir, setsid and
+    // close_range only.
     unsafe {
         cmd.pre_exec(move || {
             nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             nix::sched::setns(&mnt, CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+            nix::unistd::fchdir(&root).map_err(std::io::Error::from)?;
+            nix::unistd::chroot(".").map_err(std::io::Error::from)?;
+            nix::unistd::chdir("/").map_err(std::io::Error::from)?;
             daemonize()
         });
     }
     Ok(())
+}
+
+/// `pid`'s root directory (`/proc/<pid>/root`), to chroot to after joining its mount namespace.
+pub fn open_root(pid: u32) -> anyhow::Result<OwnedFd> {
+    let path = format!("/proc/{pid}/root");
+    let fd = nix::fcntl::open(
+        path.as_str(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening {path}"))?;
+    Ok(fd)
 }
 
 /// The mount namespace of `pid`, if it is alive and visible.
