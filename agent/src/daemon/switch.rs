@@ -57,24 +57,19 @@ impl<K: Kernel, S: Store> Node<K, S> {
         if net == self.net {
             return Ok(changed);
         }
-        if net.same_but_dns(&self.net) {
+        // Resolvers need no more than new resolv.conf files, whatever else changed with them.
+        if net.dns != self.net.dns {
             info!("the network's resolver settings changed; rewriting the pods' resolv.conf");
-            self.net = net;
+            self.net.dns = net.dns.clone();
             for pod in &self.pods {
                 self.sync_resolv(ctx, pod);
             }
             self.publish_pods(ctx);
-            return Ok(changed);
+            if net == self.net {
+                return Ok(changed);
+            }
         }
         if net.pools() != self.net.pools() {
-            if net.dns != self.net.dns {
-                info!("the network's resolver settings changed; rewriting the pods' resolv.conf");
-                self.net.dns = net.dns.clone();
-                for pod in &self.pods {
-                    self.sync_resolv(ctx, pod);
-                }
-                self.publish_pods(ctx);
-            }
             warn!("the network's address pools changed; restart the agents to follow (nothing else changed here)");
             return Ok(changed);
         }

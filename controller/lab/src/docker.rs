@@ -247,17 +247,29 @@ impl Lab {
             "containerd of n{i} (pid {pid}) exited at once\n{}",
             tail(&p.containerd_log, 20)
         );
+        let who = format!("containerd of n{i}");
+        self.wait_started(&who, pid, "opened no socket", (&p.containerd_log, 20), || {
+            std::os::unix::net::UnixStream::connect(&p.containerd_socket).is_ok()
+        })
+    }
+
+    /// Polls `ready` every 100 ms until it holds; fails, with the last lines of the daemon's
+    /// log, when `pid` exits or after [`START_TIMEOUT`] (`who` `not_ready` within N s).
+    fn wait_started(
+        &self,
+        who: &str,
+        pid: u32,
+        not_ready: &str,
+        (log, lines): (&Path, usize),
+        mut ready: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
-        while std::os::unix::net::UnixStream::connect(&p.containerd_socket).is_err() {
+        while !ready() {
             if self.gone(pid) {
-                anyhow::bail!("containerd of n{i} exited\n{}", tail(&p.containerd_log, 20));
+                anyhow::bail!("{who} exited\n{}", tail(log, lines));
             }
             if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "containerd of n{i} opened no socket within {} s\n{}",
-                    START_TIMEOUT.as_secs(),
-                    tail(&p.containerd_log, 20)
-                );
+                anyhow::bail!("{who} {not_ready} within {} s\n{}", START_TIMEOUT.as_secs(), tail(log, lines));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -289,21 +301,8 @@ impl Lab {
 
     fn wait_dockerd(&self, i: usize, p: &DockerPaths, rec: &DaemonRecords) -> anyhow::Result<()> {
         let pid = rec.dockerd.as_ref().map(|r| r.pid).context("no dockerd recorded")?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !ping(&p.socket) {
-            if self.gone(pid) {
-                anyhow::bail!("dockerd of n{i} exited\n{}", tail(&p.dockerd_log, 30));
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "dockerd of n{i} not answering within {} s\n{}",
-                    START_TIMEOUT.as_secs(),
-                    tail(&p.dockerd_log, 30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        let who = format!("dockerd of n{i}");
+        self.wait_started(&who, pid, "not answering", (&p.dockerd_log, 30), || ping(&p.socket))
     }
 
     /// Stops node `i`'s dockerd (SIGTERM: it stops its containers first) and starts it again in
