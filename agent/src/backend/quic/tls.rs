@@ -89,8 +89,14 @@ fn not_after(cert: &CertificateDer<'_>) -> Result<i64> {
     Ok(x.validity().not_after.timestamp())
 }
 
+/// ring's provider with AES-128-GCM preferred over rustls's default AES-256-GCM: the tunnel's
+/// packets are sealed and opened with the suite the handshake picks, and AES-128 runs 10 rounds
+/// per block against AES-256's 14 (docs/BENCHMARKS.md has what it saves). Both suites are offered and accepted, so an agent that prefers
+/// AES-256 still connects; the server's order decides.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 /// Server side: requires a client certificate from the cluster CA.
@@ -105,6 +111,7 @@ pub fn server_config(id: &Identity, transport: Arc<quinn::TransportConfig>) -> R
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .context("loading the node certificate and key")?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.ignore_client_order = true;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC server TLS")?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     sc.transport_config(transport);
@@ -144,4 +151,18 @@ pub fn peer_names(identity: Option<Box<dyn std::any::Any>>) -> Result<Vec<String
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| anyhow!("unexpected peer identity type"))?;
     let leaf = certs.first().context("peer presented an empty chain")?;
     dns_names(leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_128_gcm_is_preferred_and_the_other_suites_stay_offered() {
+        let p = provider();
+        let suites: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256));
+    }
 }
