@@ -3,11 +3,13 @@
 //! actions of the peer table ([`super::table`]), which decides the peer lifecycle. This file is
 //! the I/O and the packet path; `control` the commands and the table's actions.
 
+mod bufs;
 mod control;
 
 use super::packet::{self, DropReason, Prefix};
 use super::shared::{Cmd, PeerCounters, Shared, Wake};
 use super::table::PeerTable;
+use bufs::ReadBuf;
 use bytes::BytesMut;
 use ipnet::IpNet;
 use quinn_proto as qp;
@@ -22,9 +24,6 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use weft_config::subnet::PerFamily;
 
-/// Packet arena the outgoing datagrams are copied into and split off (one allocation per
-/// ~1400 full-size packets; quinn keeps each `Bytes` until it is sent).
-const ARENA: usize = 2 << 20;
 /// Datagrams gathered before they are written to the tun together (GRO).
 const RX_BATCH: usize = 64;
 /// Tun reads (each up to 64 KB) before the loop looks at the socket again.
@@ -95,7 +94,6 @@ pub(super) struct Loop {
     rx_batch: Vec<BytesMut>,
     rx_spare: Vec<BytesMut>,
     gro: tun_rs::GROTable,
-    arena: BytesMut,
     /// Set when stopping: exit once every connection is drained, or at this instant.
     stopping: Option<Instant>,
     status_due: Instant,
@@ -136,7 +134,6 @@ impl Loop {
             rx_batch: Vec::with_capacity(RX_BATCH),
             rx_spare: Vec::with_capacity(RX_BATCH),
             gro: tun_rs::GROTable::default(),
-            arena: BytesMut::with_capacity(ARENA),
             stopping: None,
             status_due: Instant::now(),
         }
@@ -145,10 +142,13 @@ impl Loop {
     pub(super) fn run(&mut self) {
         let gro_segments = self.udp.gro_segments().max(1);
         let chunk = usize::from(u16::MAX).max(1500 * gro_segments);
-        let mut storage = vec![0u8; chunk * quinn_udp::BATCH_SIZE];
+        // UDP reads (each up to a GRO batch of datagrams) and tun reads (each one segment of a
+        // split super-packet) land in buffers that then carry the packets (`bufs`).
+        let mut udp_bufs: Vec<ReadBuf> = (0..quinn_udp::BATCH_SIZE).map(|_| ReadBuf::new(chunk)).collect();
         let mut metas = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65535];
-        let mut bufs = vec![vec![0u8; self.sh.tun_mtu as usize + 64]; tun_rs::IDEAL_BATCH_SIZE];
+        let segment = self.sh.tun_mtu as usize + 64;
+        let mut bufs: Vec<ReadBuf> = (0..tun_rs::IDEAL_BATCH_SIZE).map(|_| ReadBuf::new(segment)).collect();
         let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
         let mut fds = [
             libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -187,7 +187,7 @@ impl Loop {
                 self.commands();
             }
             if fds[0].revents != 0 {
-                self.read_udp(&mut storage, chunk, &mut metas);
+                self.read_udp(&mut udp_bufs, &mut metas);
             }
             if fds[1].revents != 0 {
                 self.read_tun(&mut original, &mut bufs, &mut sizes);
@@ -323,9 +323,10 @@ impl Loop {
         }
     }
 
-    fn read_udp(&mut self, storage: &mut [u8], chunk: usize, metas: &mut [quinn_udp::RecvMeta]) {
+    fn read_udp(&mut self, bufs: &mut [ReadBuf], metas: &mut [quinn_udp::RecvMeta]) {
         loop {
-            let mut iovs: Vec<IoSliceMut<'_>> = storage.chunks_mut(chunk).map(IoSliceMut::new).collect();
+            bufs.iter_mut().for_each(ReadBuf::ready);
+            let mut iovs: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b.as_mut())).collect();
             let n = match self.udp.recv((&self.socket).into(), &mut iovs, metas) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -334,9 +335,11 @@ impl Loop {
                     return;
                 }
             };
+            drop(iovs);
             let now = Instant::now();
-            for (meta, iov) in metas.iter().zip(iovs.iter()).take(n) {
-                let mut data = BytesMut::from(&iov[..meta.len]);
+            for (meta, buf) in metas.iter().zip(bufs.iter_mut()).take(n) {
+                // quinn decrypts in place and hands the datagrams over as slices of this memory.
+                let mut data = buf.take(meta.len);
                 while !data.is_empty() {
                     let piece = data.split_to(meta.stride.min(data.len()));
                     let ecn = meta.ecn.and_then(|e| qp::EcnCodepoint::from_bits(e as u8));
@@ -378,8 +381,9 @@ impl Loop {
         }
     }
 
-    fn read_tun(&mut self, original: &mut [u8], bufs: &mut [Vec<u8>], sizes: &mut [usize]) {
+    fn read_tun(&mut self, original: &mut [u8], bufs: &mut [ReadBuf], sizes: &mut [usize]) {
         for _ in 0..TUN_READS_PER_TURN {
+            bufs.iter_mut().for_each(ReadBuf::ready);
             let n = match self.dev.recv_multiple(original, bufs, sizes, 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -388,9 +392,10 @@ impl Loop {
                     return;
                 }
             };
-            for (buf, &size) in bufs.iter().zip(sizes.iter()).take(n) {
-                let pkt = &buf[..size];
-                let dst = match packet::outbound_dst(pkt) {
+            for (buf, &size) in bufs.iter_mut().zip(sizes.iter()).take(n) {
+                // The segment becomes the datagram as it is: no copy out of the read buffer.
+                let pkt = buf.take(size);
+                let dst = match packet::outbound_dst(&pkt) {
                     Ok(d) => d,
                     Err(d) => {
                         self.sh.drops[d.index()].fetch_add(1, Relaxed);
@@ -409,11 +414,7 @@ impl Loop {
                     self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
                     continue;
                 }
-                if self.arena.capacity() < size {
-                    self.arena = BytesMut::with_capacity(ARENA);
-                }
-                self.arena.extend_from_slice(pkt);
-                match c.conn.datagrams().send(self.arena.split().freeze(), true) {
+                match c.conn.datagrams().send(pkt.freeze(), true) {
                     Ok(()) => {
                         if let Some((_, counters)) = &c.peer {
                             counters.tx_packets.fetch_add(1, Relaxed);
