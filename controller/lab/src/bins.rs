@@ -65,8 +65,12 @@ pub fn resolve(name: &'static str, explicit: Option<&Path>, flag: &str) -> Resul
     check_executable(name, &path, &hint)
 }
 
-/// `name` in the directories of PATH.
+/// `name` in the directories of PATH; an absolute `name` (such as `/usr/bin/wireguard-go`)
+/// is that file alone.
 pub fn on_path(name: &'static str, hint: &'static str) -> Result<PathBuf, BinError> {
+    if Path::new(name).is_absolute() {
+        return check_executable(name, Path::new(name), hint);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(name))
@@ -97,5 +101,13 @@ mod tests {
         let _ = std::fs::remove_file(&plain);
         assert!(e.to_string().contains("not executable"), "{e}");
         assert!(resolve(AGENT, Some(Path::new("/bin/sh")), "--agent-bin").is_ok());
+    }
+
+    #[test]
+    fn absolute_names_are_not_looked_up_on_path() {
+        assert_eq!(on_path("/bin/sh", ""), Ok(PathBuf::from("/bin/sh")));
+        let e = on_path("/nonexistent/sh", "hint").expect_err("missing");
+        assert!(e.to_string().starts_with("/nonexistent/sh binary not found at /nonexistent/sh: "), "{e}");
+        assert!(on_path("sh", "").is_ok_and(|p| p.is_absolute() && p.ends_with("sh")));
     }
 }

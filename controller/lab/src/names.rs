@@ -69,7 +69,7 @@ pub const MAX_PODS: usize = 50;
 pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
 /// Device tags of the bench's userspace WireGuard daemons, whose control sockets outlive a
 /// bench killed with SIGKILL (`lab down` removes them).
-pub const WG_DAEMON_TAGS: [&str; 2] = ["wg", "bt"];
+pub const WG_DAEMON_TAGS: [&str; 3] = ["wg", "wo", "bt"];
 
 /// The bench's tunnel device `<tag><id><i>` for host `i` of lab `id` (tags are two letters).
 pub fn tunnel_device(tag: &str, id: &str, i: usize) -> String {

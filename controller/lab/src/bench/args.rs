@@ -16,11 +16,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Rows besides the kernel baseline (always measured first): host-gw, quic, kernel-vxlan,
-    /// vxlan, quinn-raw, quincy, wireguard-go, boringtun.
+    /// vxlan, quinn-raw, quincy, wireguard-go (the one first on PATH), wireguard-go-2022
+    /// (/usr/bin/wireguard-go, Debian bookworm's), boringtun.
     #[arg(long, default_value = "host-gw,quic,quinn-raw", value_name = "ROW[,ROW...]")]
     pub backends: String,
     /// Also measure the other userspace tunnels between the same two hosts: quincy,
-    /// wireguard-go and boringtun (installed by deploy/bench-peers.sh; missing ones are an error).
+    /// wireguard-go, wireguard-go-2022 and boringtun (installed by deploy/bench-peers.sh; missing
+    /// ones are an error).
     #[arg(long)]
     pub with_peers: bool,
     /// Address families between the pods: v4, v6 or dual. With IPv6 the kernel, host-gw and

@@ -345,8 +345,11 @@ fn measure_lab_family(
         Family::V4 => lab.node_ip(2).into(),
         Family::V6 => lab.node_ip6(2).context("the lab's n2 has no IPv6 underlay address")?.into(),
     };
-    let watch: Vec<(String, u32)> =
-        (1..=2).filter_map(|i| lab.agent_pid(i).map(|pid| (LabNames::node_name(i), pid))).collect();
+    // n1/p1 sends, so n1's agent is the sender side.
+    let watch: Vec<Watched> = [(1, Side::Sender), (2, Side::Receiver)]
+        .into_iter()
+        .filter_map(|(i, side)| lab.agent_pid(i).map(|pid| Watched::new(LabNames::node_name(i), pid, side)))
+        .collect();
     anyhow::ensure!(watch.len() == 2, "an agent of the lab is not running");
     let ep = Endpoints { client_ns: lab.pod_ns(1, 1), server_ns: lab.pod_ns(2, 1), server_ip: ip };
     // The pods must talk over the backend under test, not whatever an agent that does not know
@@ -355,6 +358,6 @@ fn measure_lab_family(
     let path = route_get(&lab.node_ns(1), ip)?;
     check_path(lab.spec().backend, &path, peer).map_err(anyhow::Error::msg)?;
     let m = measure(&ep, opts, &watch)?;
-    let pids: Vec<u32> = watch.iter().map(|w| w.1).collect();
+    let pids: Vec<u32> = watch.iter().map(|w| w.pid).collect();
     Ok(Measurement { path: Some(path), idle_cpu_pct: idle_cpu_pct(&pids, IDLE_WINDOW), ..m })
 }

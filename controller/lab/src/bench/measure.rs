@@ -1,5 +1,5 @@
-//! Effects of one measurement: processes with timeouts, iperf3, ping, reachability, RSS and
-//! idle CPU sampling.
+//! Effects of one measurement: processes with timeouts, iperf3, ping, reachability, RSS
+//! sampling, and CPU time (over the single-stream run, and idle).
 
 use super::super::netns;
 use super::parse::*;
@@ -254,6 +254,26 @@ pub fn with_rss_sampling<T>(procs: &[(String, u32)], every: Duration, f: impl Fn
     (result, peaks)
 }
 
+/// A process a row watches: its RSS through the runs, its CPU time over the single-stream run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// What the process is (`n1`, `kh2 wireguard-go`, ...).
+    pub name: String,
+    pub pid: u32,
+    pub side: Side,
+}
+
+impl Watched {
+    pub fn new(name: impl Into<String>, pid: u32, side: Side) -> Watched {
+        Watched { name: name.into(), pid, side }
+    }
+}
+
+/// The CPU ticks of every one of `watch` now.
+fn ticks_now(watch: &[Watched]) -> Vec<Option<u64>> {
+    watch.iter().map(|w| cpu_ticks(w.pid)).collect()
+}
+
 /// Where a row's traffic goes: from a pod to another pod's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -271,20 +291,30 @@ pub struct MeasureOpts {
 }
 
 /// One row's measurement: wait until the server pod answers, then the iperf3 run and the pings,
-/// while sampling the RSS of `watch` (name, pid).
-pub fn measure(ep: &Endpoints, opts: MeasureOpts, watch: &[(String, u32)]) -> anyhow::Result<Measurement> {
+/// while sampling the RSS of `watch`; their CPU time is read right before and after the
+/// single-stream iperf3 run (not around the `-P N` run or the pings).
+pub fn measure(ep: &Endpoints, opts: MeasureOpts, watch: &[Watched]) -> anyhow::Result<Measurement> {
     wait_reachable(&ep.client_ns, ep.server_ip, REACH_TIMEOUT)?;
-    let (res, rss) = with_rss_sampling(watch, RSS_EVERY, || -> anyhow::Result<_> {
+    let procs: Vec<(String, u32)> = watch.iter().map(|w| (w.name.clone(), w.pid)).collect();
+    let (res, rss) = with_rss_sampling(&procs, RSS_EVERY, || -> anyhow::Result<_> {
+        let before = ticks_now(watch);
         let iperf = iperf_tcp(&ep.client_ns, &ep.server_ns, ep.server_ip, opts.seconds)?;
+        let after = ticks_now(watch);
+        let spans: Vec<TickSpan> = watch
+            .iter()
+            .zip(before.into_iter().zip(after))
+            .map(|(w, (before, after))| TickSpan { side: w.side, before, after })
+            .collect();
+        let cpu = (!watch.is_empty()).then(|| RunCpu::from_ticks(&spans, CLK_TCK, iperf.bytes));
         let parallel = match opts.parallel {
             0 | 1 => None,
             n => Some(iperf_tcp_streams(&ep.client_ns, &ep.server_ns, ep.server_ip, opts.seconds, n)?),
         };
         let ping = ping(&ep.client_ns, ep.server_ip, opts.pings)?;
-        Ok((iperf, parallel, ping))
+        Ok((iperf, cpu, parallel, ping))
     });
-    let (iperf, iperf_parallel, ping) = res?;
-    Ok(Measurement { iperf, iperf_parallel, idle_cpu_pct: None, ping, rss, path: None })
+    let (iperf, cpu, iperf_parallel, ping) = res?;
+    Ok(Measurement { iperf, iperf_parallel, idle_cpu_pct: None, ping, rss, path: None, cpu, program: None })
 }
 
 /// How long watched processes are left idle to measure their CPU.

@@ -7,7 +7,8 @@
 //! - [`HostPair`]: two hosts and two pods in namespaces, wired like shared/bench/baseline.sh,
 //!   removed by its `Drop`;
 //! - [`measure`]: reachability check, iperf3 run ([`iperf_tcp`]), ping run ([`ping`]), with the
-//!   RSS of the given processes sampled meanwhile ([`with_rss_sampling`]);
+//!   RSS of the given processes ([`Watched`]) sampled meanwhile ([`with_rss_sampling`]) and their
+//!   CPU time per side over the single-stream run ([`RunCpu`]);
 //! - [`bench_kernel`], [`bench_lab`]: one row each per address family (`--ip-family`: an
 //!   IPv6 twin `ROW/ipv6` measured in the same host pair or dual-stack lab); [`run`]: the
 //!   whole table.

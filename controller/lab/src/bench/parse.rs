@@ -12,6 +12,9 @@ pub struct IperfResult {
     pub bits_per_second: f64,
     /// `end.sum_sent.retransmits` (TCP retransmissions seen by the sender), when reported.
     pub retransmits: Option<u64>,
+    /// `end.sum_received.bytes`: what the run moved (reports from before it have none).
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 impl IperfResult {
@@ -35,7 +38,8 @@ pub fn parse_iperf_json(text: &str) -> Result<IperfResult, String> {
         return Err(format!("iperf3 reported {bps} bits per second"));
     }
     let retransmits = v.pointer("/end/sum_sent/retransmits").and_then(serde_json::Value::as_u64);
-    Ok(IperfResult { bits_per_second: bps, retransmits })
+    let bytes = v.pointer("/end/sum_received/bytes").and_then(serde_json::Value::as_u64);
+    Ok(IperfResult { bits_per_second: bps, retransmits, bytes })
 }
 
 /// What one ping run reports.
@@ -180,7 +184,8 @@ pub fn check_path(backend: Backend, route: &str, peer_underlay: IpAddr) -> Resul
     }
 }
 
-/// utime + stime (clock ticks) from the text of `/proc/<pid>/stat`.
+/// utime + stime (clock ticks) from the text of `/proc/<pid>/stat`: of every thread of the
+/// process, the exited ones included (the kernel sums the thread group), not of its children.
 pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     // The command name may hold spaces and parentheses: fields count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

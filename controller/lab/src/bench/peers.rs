@@ -7,11 +7,15 @@
 //! device, waits until pod 1 reaches pod 2 through it ([`TUNNEL_TIMEOUT`]), checks that host 1
 //! really routes pod 2 through the device, and measures with the daemons' RSS sampled:
 //!
-//! - `wireguard-go` and `boringtun` (userspace WireGuard in Go and in Rust), set up like
-//!   shared/bench/baseline.sh: one daemon per host making device `wg<id><i>` / `bt<id><i>`,
-//!   configured with `wg set` (fresh keys, listen port [`WG_PORT`], the peer's pod subnet as
-//!   allowed IPs, endpoint the peer's underlay address), MTU [`WG_MTU`], route
-//!   `10.244.j.0/24 dev <device>`. boringtun runs [`BORINGTUN_THREADS`] threads like baseline.sh.
+//! - `wireguard-go`, `wireguard-go-2022` and `boringtun` (userspace WireGuard in Go and in
+//!   Rust), set up like shared/bench/baseline.sh: one daemon per host making device
+//!   `wg<id><i>` / `wo<id><i>` / `bt<id><i>`, configured with `wg set` (fresh keys, listen port
+//!   [`WG_PORT`], the peer's pod subnet as allowed IPs, endpoint the peer's underlay address),
+//!   MTU [`WG_MTU`], route `10.244.j.0/24 dev <device>`. `wireguard-go` is the one found first on
+//!   PATH (Debian trixie's 0.0.20231211 build once deploy/bench-peers.sh has run),
+//!   `wireguard-go-2022` Debian bookworm's `/usr/bin/wireguard-go` (0.0.20220316); the row
+//!   records the daemon's path and its `--version` ([`Measurement::program`]). boringtun runs
+//!   [`BORINGTUN_THREADS`] threads like baseline.sh.
 //! - `quincy` (a QUIC VPN on quinn; packets travel as QUIC DATAGRAM frames like weft's quic
 //!   backend): `quincy-server` on host 2, `quincy-client` on host 1, in its default TLS mode
 //!   (mutual TLS 1.3 with a throwaway CA made for the row and the client's certificate
@@ -27,15 +31,18 @@
 //!   server could not deliver it). Connections go from pod 1 to pod 2 only, which is all the
 //!   row measures.
 //!
+//! The daemons on host 1 are the sender side of the row's CPU figure, those on host 2 the
+//! receiver side.
+//!
 //! Files (keys 0600, certificates, configs, daemon logs) live in `<lab dir>/peer-<name>/`;
 //! daemons are stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reaped, their control
 //! sockets and files removed, and the namespaces deleted when a row returns, Ok or Err. The
 //! root namespace gets no address, route or rule.
 
 use super::hosts::{batch, HostPair};
-use super::measure::{measure, route_get, run_timeout, wait_reachable, MeasureOpts};
+use super::measure::{measure, route_get, run_timeout, wait_reachable, MeasureOpts, Watched};
 use super::parse::udp_bound;
-use super::report::Measurement;
+use super::report::{Measurement, Side};
 use super::rows::{missing, PeerTunnel};
 use crate::names::LabNames;
 use crate::{netns, plumbing};
@@ -76,9 +83,9 @@ pub const QUINCY_USER: &str = "bench";
 pub use crate::names::WG_SOCKET_DIR;
 
 /// One row: a [`HostPair`] whose pod subnets are routed through `peer`'s tunnel, then
-/// [`measure`] with the tunnel daemons' (name, pid) watched for RSS. `path` is host 1's
-/// `ip -o route get 10.244.2.2`. Everything (processes, files, namespaces) is gone when it
-/// returns, Ok or Err.
+/// [`measure`] with the tunnel daemons watched (RSS, CPU). `path` is host 1's
+/// `ip -o route get 10.244.2.2`, `program` the WireGuard daemon that ran. Everything
+/// (processes, files, namespaces) is gone when it returns, Ok or Err.
 pub fn bench(peer: PeerTunnel, names: &LabNames, opts: MeasureOpts) -> anyhow::Result<Measurement> {
     let missing = missing(&[peer]);
     anyhow::ensure!(
@@ -90,9 +97,13 @@ pub fn bench(peer: PeerTunnel, names: &LabNames, opts: MeasureOpts) -> anyhow::R
     // their namespaces go away.
     let pair = HostPair::up(&names.prefix())?;
     let mut run = Run::new(names, peer)?;
-    let watch = match peer {
-        PeerTunnel::WireguardGo | PeerTunnel::Boringtun => wireguard_up(peer, names, &pair, &mut run)?,
-        PeerTunnel::Quincy => quincy_up(names, &pair, &mut run)?,
+    let (watch, program) = match peer {
+        PeerTunnel::WireguardGo | PeerTunnel::WireguardGo2022 | PeerTunnel::Boringtun => {
+            let daemon = crate::bins::on_path(peer.binaries()[0], "install with deploy/bench-peers.sh")?;
+            let program = describe_program(peer, &daemon);
+            (wireguard_up(peer, &daemon, names, &pair, &mut run)?, Some(program))
+        }
+        PeerTunnel::Quincy => (quincy_up(names, &pair, &mut run)?, None),
     };
     let ep = pair.endpoints();
     wait_reachable(&ep.client_ns, ep.server_ip, TUNNEL_TIMEOUT)
@@ -105,7 +116,7 @@ pub fn bench(peer: PeerTunnel, names: &LabNames, opts: MeasureOpts) -> anyhow::R
     );
     let m = measure(&ep, opts, &watch).with_context(|| format!("{peer}: {}", run.logs()))?;
     run.check_alive()?;
-    Ok(Measurement { path: Some(path), ..m })
+    Ok(Measurement { path: Some(path), program, ..m })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,6 +128,34 @@ pub fn bench(peer: PeerTunnel, names: &LabNames, opts: MeasureOpts) -> anyhow::R
 /// device in [`WG_SOCKET_DIR`], which all namespaces share.
 pub fn device_name(peer: PeerTunnel, id: &str, i: usize) -> String {
     crate::names::tunnel_device(peer.tag(), id, i)
+}
+
+/// How a row names its daemon: `path`, `-> real` when that is a link to another file, and the
+/// first line of `version` (its `--version` output) in parentheses.
+pub fn program_text(path: &Path, real: Option<&Path>, version: Option<&str>) -> String {
+    let mut out = path.display().to_string();
+    if let Some(real) = real.filter(|r| *r != path) {
+        out.push_str(&format!(" -> {}", real.display()));
+    }
+    if let Some(line) = version.and_then(|v| v.lines().map(str::trim).find(|l| !l.is_empty())) {
+        out.push_str(&format!(" ({line})"));
+    }
+    out
+}
+
+/// [`program_text`] of the daemon at `daemon`; wireguard-go is asked for its `--version`.
+fn describe_program(peer: PeerTunnel, daemon: &Path) -> String {
+    let real = std::fs::canonicalize(daemon).ok();
+    let version = match peer {
+        PeerTunnel::WireguardGo | PeerTunnel::WireguardGo2022 => {
+            run_timeout(Command::new(daemon).arg("--version"), None, CMD_TIMEOUT, "wireguard-go --version")
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        }
+        PeerTunnel::Boringtun | PeerTunnel::Quincy => None,
+    };
+    program_text(daemon, real.as_deref(), version.as_deref())
 }
 
 /// The `dev` of an `ip -o route get` line.
@@ -335,7 +374,7 @@ impl Run {
     }
 
     /// Starts `program args` in namespace `ns`, output to `<dir>/<label>.log`. Returns its pid.
-    fn spawn(&mut self, label: &str, ns: &str, program: &str, args: &[String]) -> anyhow::Result<u32> {
+    fn spawn(&mut self, label: &str, ns: &str, program: &Path, args: &[String]) -> anyhow::Result<u32> {
         let log = self.dir()?.join(format!("{}.log", label.replace(' ', "-")));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().with_context(|| format!("opening {}", log.display()))?;
@@ -345,7 +384,7 @@ impl Run {
         for key in foreign_env(std::env::vars_os().map(|(k, _)| k)) {
             cmd.env_remove(key);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {program} in {ns}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {} in {ns}", program.display()))?;
         let pid = child.id();
         self.daemons.push(Daemon { label: label.to_string(), child, log });
         Ok(pid)
@@ -460,16 +499,28 @@ fn wg_keypair(run: &Run, name: &str) -> anyhow::Result<(PathBuf, String)> {
     Ok((path, public))
 }
 
-/// wireguard-go or boringtun on both hosts; returns the daemons to watch.
+/// The name of a WireGuard row's daemon in labels and logs (the 2022 wireguard-go apart from
+/// the current one).
+fn daemon_label(peer: PeerTunnel) -> &'static str {
+    match peer {
+        PeerTunnel::Boringtun => "boringtun-cli",
+        PeerTunnel::WireguardGo2022 => "wireguard-go-2022",
+        PeerTunnel::WireguardGo | PeerTunnel::Quincy => "wireguard-go",
+    }
+}
+
+/// A WireGuard daemon (`daemon`: wireguard-go or boringtun-cli) on both hosts; returns the
+/// daemons to watch.
 fn wireguard_up(
     peer: PeerTunnel,
+    daemon: &Path,
     names: &LabNames,
     pair: &HostPair,
     run: &mut Run,
-) -> anyhow::Result<Vec<(String, u32)>> {
+) -> anyhow::Result<Vec<Watched>> {
     let keys = [wg_keypair(run, "h1")?, wg_keypair(run, "h2")?];
     let mut watch = Vec::new();
-    for (i, j) in [(1, 2), (2, 1)] {
+    for (i, j, side) in [(1, 2, Side::Sender), (2, 1, Side::Receiver)] {
         let (ns, dev) = (pair.host_ns(i), device_name(peer, names.id(), i));
         let socket = Path::new(WG_SOCKET_DIR).join(format!("{dev}.sock"));
         anyhow::ensure!(
@@ -477,12 +528,12 @@ fn wireguard_up(
             "{} exists: another {peer} has device {dev} (a crashed bench? stop it and remove the socket)",
             socket.display()
         );
-        let (program, args) = match peer {
-            PeerTunnel::Boringtun => ("boringtun-cli", boringtun_args(&dev)),
-            _ => ("wireguard-go", wireguard_go_args(&dev)),
+        let args = match peer {
+            PeerTunnel::Boringtun => boringtun_args(&dev),
+            _ => wireguard_go_args(&dev),
         };
-        let label = format!("kh{i} {program}");
-        let pid = run.spawn(&label, &ns, program, &args)?;
+        let label = format!("kh{i} {}", daemon_label(peer));
+        let pid = run.spawn(&label, &ns, daemon, &args)?;
         run.sockets.push(socket.clone());
         run.wait_for(&format!("{label}'s control socket {}", socket.display()), START_TIMEOUT, || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
@@ -494,14 +545,14 @@ fn wireguard_up(
             &ns,
             &[format!("link set {dev} mtu {WG_MTU} up"), format!("route add {} dev {dev}", HostPair::pod_subnet(j))],
         )?;
-        watch.push((label, pid));
+        watch.push(Watched::new(label, pid, side));
     }
     Ok(watch)
 }
 
 /// quincy-server on host 2, quincy-client on host 1, host 1 routing pod 2's subnet into the
 /// client's tun with masquerading; returns the daemons to watch.
-fn quincy_up(names: &LabNames, pair: &HostPair, run: &mut Run) -> anyhow::Result<Vec<(String, u32)>> {
+fn quincy_up(names: &LabNames, pair: &HostPair, run: &mut Run) -> anyhow::Result<Vec<Watched>> {
     let dir = run.dir()?.to_path_buf();
     let pki_dir = dir.join("pki");
     let server_ip = HostPair::underlay_ip(2);
@@ -537,17 +588,20 @@ fn quincy_up(names: &LabNames, pair: &HostPair, run: &mut Run) -> anyhow::Result
 
     let (h1, h2) = (pair.host_ns(1), pair.host_ns(2));
     let config = |p: &Path| vec!["--config-path".to_string(), p.display().to_string()];
-    let server_pid = run.spawn("kh2 quincy-server", &h2, "quincy-server", &config(&server_toml))?;
+    let server_pid = run.spawn("kh2 quincy-server", &h2, Path::new("quincy-server"), &config(&server_toml))?;
     run.wait_for("quincy-server's tun and UDP socket", START_TIMEOUT, || {
         has_ipv4(&h2, &server_dev)
             && std::fs::read_to_string(format!("/proc/{server_pid}/net/udp")).is_ok_and(|t| udp_bound(&t, QUINCY_PORT))
     })?;
-    let client_pid = run.spawn("kh1 quincy-client", &h1, "quincy-client", &config(&client_toml))?;
+    let client_pid = run.spawn("kh1 quincy-client", &h1, Path::new("quincy-client"), &config(&client_toml))?;
     run.wait_for("quincy-client's tun (connected to the server)", TUNNEL_TIMEOUT, || has_ipv4(&h1, &client_dev))?;
     batch(&h1, &[format!("route add {} dev {client_dev}", HostPair::pod_subnet(2))])?;
     let masq = ["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-o", &client_dev, "-j", "MASQUERADE"];
     run_ok(netns::command_in(&h1, "iptables")?.args(masq), None, &format!("iptables MASQUERADE in {h1}"))?;
-    Ok(vec![("kh1 quincy-client".to_string(), client_pid), ("kh2 quincy-server".to_string(), server_pid)])
+    Ok(vec![
+        Watched::new("kh1 quincy-client", client_pid, Side::Sender),
+        Watched::new("kh2 quincy-server", server_pid, Side::Receiver),
+    ])
 }
 
 /// quincy's fingerprint (`sha256:<hex>` of the DER) of the PEM certificate at `path`.
@@ -567,8 +621,11 @@ mod tests {
     #[test]
     fn peers_and_binaries() {
         let names: Vec<&str> = PeerTunnel::ALL.iter().map(|p| p.name()).collect();
-        assert_eq!(names, ["quincy", "wireguard-go", "boringtun"]);
+        assert_eq!(names, ["quincy", "wireguard-go", "wireguard-go-2022", "boringtun"]);
         assert!(PeerTunnel::WireguardGo.binaries().contains(&"wg"));
+        assert_eq!(PeerTunnel::WireguardGo.binaries()[0], "wireguard-go", "the one first on PATH");
+        assert_eq!(PeerTunnel::WireguardGo2022.binaries(), ["/usr/bin/wireguard-go", "wg"], "Debian bookworm's");
+        assert!(PeerTunnel::ALL.iter().all(|p| p.superseded() == (*p == PeerTunnel::WireguardGo2022)));
         assert!(PeerTunnel::Boringtun.binaries().contains(&"wg"));
         assert_eq!(PeerTunnel::Quincy.binaries(), ["quincy-server", "quincy-client"]);
         assert_eq!(PeerTunnel::Boringtun.to_string(), "boringtun");
@@ -585,8 +642,28 @@ mod tests {
         assert_eq!(device_name(PeerTunnel::WireguardGo, "pz", 1), "wgpz1");
         assert_eq!(device_name(PeerTunnel::Boringtun, "pz", 2), "btpz2");
         assert_eq!(device_name(PeerTunnel::Quincy, "7", 1), "qc71");
-        let daemons = [PeerTunnel::WireguardGo.tag(), PeerTunnel::Boringtun.tag()];
+        assert_eq!(device_name(PeerTunnel::WireguardGo2022, "pz", 2), "wopz2");
+        let tags: std::collections::HashSet<&str> = PeerTunnel::ALL.iter().map(|p| p.tag()).collect();
+        assert_eq!(tags.len(), PeerTunnel::ALL.len(), "every peer's devices have names of their own");
+        let daemons = [PeerTunnel::WireguardGo.tag(), PeerTunnel::WireguardGo2022.tag(), PeerTunnel::Boringtun.tag()];
         assert_eq!(crate::names::WG_DAEMON_TAGS, daemons, "lab down removes these daemons' sockets");
+    }
+
+    #[test]
+    fn programs() {
+        let version = "wireguard-go v0.0.20220316\n\nUserspace WireGuard daemon for linux-amd64.\n";
+        let old = Path::new("/usr/bin/wireguard-go");
+        assert_eq!(program_text(old, Some(old), Some(version)), "/usr/bin/wireguard-go (wireguard-go v0.0.20220316)");
+        let real = Path::new("/usr/local/lib/weft-bench/wireguard-go_0.0.20231211-1+b9/wireguard-go");
+        assert_eq!(
+            program_text(Path::new("/usr/local/bin/wireguard-go"), Some(real), Some("\nwireguard-go v0.0.20230223\n")),
+            "/usr/local/bin/wireguard-go -> /usr/local/lib/weft-bench/wireguard-go_0.0.20231211-1+b9/wireguard-go \
+             (wireguard-go v0.0.20230223)"
+        );
+        assert_eq!(program_text(Path::new("/b/boringtun-cli"), None, None), "/b/boringtun-cli");
+        assert_eq!(program_text(old, None, Some("")), "/usr/bin/wireguard-go");
+        assert_eq!(daemon_label(PeerTunnel::WireguardGo2022), "wireguard-go-2022");
+        assert_eq!(daemon_label(PeerTunnel::WireguardGo), "wireguard-go");
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! full-size DATAGRAM frames as fast as congestion control allows from host 1 to host 2 for
 //! the row's seconds; the receiver's count over the time between its first and last datagram
 //! is the figure. Certificates come from a throwaway CA in a directory removed afterwards.
+//! The row's CPU figure is each process's whole CPU time (they live for the run only), which
+//! the kernel reports once the bench has reaped it (`getrusage(RUSAGE_CHILDREN)`).
 
 use super::hosts::HostPair;
 use super::measure::{collect_timeout, with_rss_sampling, LISTEN_TIMEOUT, RSS_EVERY};
 use super::parse::{IperfResult, PingSummary};
-use super::report::{Measurement, RssPeak};
+use super::report::{Measurement, RssPeak, RunCpu};
 use crate::names::LabNames;
 use crate::netns;
 use anyhow::Context;
@@ -39,6 +41,31 @@ pub struct RawRun {
     pub received: Received,
     /// Peak RSS of the sender and the receiver.
     pub rss: Vec<RssPeak>,
+    /// The sender's and the receiver's CPU time, and the bytes that arrived.
+    pub cpu: RunCpu,
+}
+
+/// User + system CPU seconds of every child of this process reaped so far, their own reaped
+/// children included (`getrusage(RUSAGE_CHILDREN)`); `None` if the call fails.
+fn reaped_children_cpu_s() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage the pointer points to; on failure it is left zeroed,
+    // which is a valid rusage too.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised and filled in by getrusage above.
+    let usage = unsafe { usage.assume_init() };
+    // Seconds and microseconds of CPU time are far below 2^52, where f64 is exact.
+    #[allow(clippy::cast_precision_loss)]
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// The CPU time between two [`reaped_children_cpu_s`] readings.
+fn cpu_between(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?).filter(|s| *s >= 0.0)
 }
 
 /// Parses the receiver's output (its last non-empty line).
@@ -135,12 +162,16 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Nothing else this process started is reaped from here to the receiver's end, so each
+    // difference of the reaped children's CPU time is one process's.
+    let cpu_start = reaped_children_cpu_s();
     let client = Reaped(client_cmd.spawn().with_context(|| format!("starting {}", bin.display()))?);
     let watch = vec![("sender".to_string(), client.0.id()), ("receiver".to_string(), spid)];
     let mut client = client;
     let (client_out, rss) = with_rss_sampling(&watch, RSS_EVERY, || {
         collect_timeout(&mut client.0, Duration::from_secs(seconds + 30), "weft-quic-raw sender")
     });
+    let cpu_sent = reaped_children_cpu_s();
     let client_out = client_out?;
     anyhow::ensure!(
         client_out.status.success(),
@@ -149,6 +180,7 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         last_line(&client_out.stderr)
     );
     let server_out = collect_timeout(&mut server.0, Duration::from_secs(30), "weft-quic-raw receiver")?;
+    let cpu_received = reaped_children_cpu_s();
     anyhow::ensure!(
         server_out.status.success(),
         "{BIN} server failed ({}): {}",
@@ -156,7 +188,12 @@ pub fn bench(names: &LabNames, bin: &Path, seconds: u64, connections: usize) -> 
         last_line(&server_out.stderr)
     );
     let received = parse_received(&String::from_utf8_lossy(&server_out.stdout)).map_err(anyhow::Error::msg)?;
-    Ok(RawRun { received, rss })
+    let cpu = RunCpu {
+        sender_s: cpu_between(cpu_start, cpu_sent),
+        receiver_s: cpu_between(cpu_sent, cpu_received),
+        bytes: Some(received.bytes),
+    };
+    Ok(RawRun { received, rss, cpu })
 }
 
 fn last_line(bytes: &[u8]) -> String {
@@ -169,7 +206,11 @@ pub fn row(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
     let bin = crate::bins::resolve(BIN, None, "WEFT_BIN_DIR")?;
     let run = bench(names, &bin, seconds, 1)?;
     Ok(Measurement {
-        iperf: IperfResult { bits_per_second: run.received.gbps * 1e9, retransmits: None },
+        iperf: IperfResult {
+            bits_per_second: run.received.gbps * 1e9,
+            retransmits: None,
+            bytes: Some(run.received.bytes),
+        },
         iperf_parallel: None,
         idle_cpu_pct: None,
         ping: PingSummary { transmitted: 0, received: 0, times_ms: Vec::new() },
@@ -178,6 +219,8 @@ pub fn row(names: &LabNames, seconds: u64) -> anyhow::Result<Measurement> {
             "{} datagrams of {} bytes in {:.2} s over {} connection(s)",
             run.received.datagrams, run.received.max_datagram, run.received.seconds, run.received.connections
         )),
+        cpu: Some(run.cpu),
+        program: None,
     })
 }
 
@@ -194,5 +237,21 @@ mod tests {
         assert!(parse_received(none).expect_err("nothing arrived").contains("no datagrams"));
         assert!(parse_received("").is_err());
         assert!(parse_received("not json").is_err());
+    }
+
+    #[test]
+    fn reaped_children_cpu() {
+        let before = reaped_children_cpu_s();
+        assert!(before.is_some_and(|s| s >= 0.0), "{before:?}");
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let after = reaped_children_cpu_s();
+        assert!(cpu_between(before, after).is_some_and(|s| s >= 0.0), "{before:?} {after:?}");
+        assert_eq!(cpu_between(Some(2.0), Some(1.0)), None);
+        assert_eq!(cpu_between(None, Some(1.0)), None);
+        assert_eq!(cpu_between(Some(1.0), Some(1.5)), Some(0.5));
     }
 }

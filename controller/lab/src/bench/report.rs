@@ -34,6 +34,76 @@ pub struct RssPeak {
     pub peak_kib: Option<u64>,
 }
 
+/// Which end of a row's traffic a watched process serves: host 1 / n1 sends (pod 1 is the
+/// iperf3 client), host 2 / n2 receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Sender,
+    Receiver,
+}
+
+/// One watched process's CPU time (utime + stime, in clock ticks) before and after a run;
+/// `None` where it could not be read (the process had exited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickSpan {
+    pub side: Side,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+}
+
+/// The CPU time a row's watched processes spent during its single-stream iperf3 run (the
+/// `-P N` run and the pings are not in it), per side, and the bytes that run moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunCpu {
+    /// Seconds of CPU of the sender side's processes; `None` without one, or when one of them
+    /// could not be read.
+    pub sender_s: Option<f64>,
+    /// The same for the receiver side.
+    pub receiver_s: Option<f64>,
+    /// What the receiver got in the run (iperf3's `end.sum_received.bytes`).
+    pub bytes: Option<u64>,
+}
+
+impl RunCpu {
+    /// Each side's CPU over `spans`, whose ticks are `ticks_per_s` a second: the sum of its
+    /// processes' after - before. A side with no process, a process not read before or after,
+    /// or one whose count went down (another process with the pid) gets `None`.
+    pub fn from_ticks(spans: &[TickSpan], ticks_per_s: f64, bytes: Option<u64>) -> RunCpu {
+        let side = |side: Side| -> Option<f64> {
+            let mine: Vec<&TickSpan> = spans.iter().filter(|s| s.side == side).collect();
+            if mine.is_empty() {
+                return None;
+            }
+            let mut ticks: u64 = 0;
+            for s in mine {
+                ticks = ticks.checked_add(s.after?.checked_sub(s.before?)?)?;
+            }
+            // Tick counts stay far below 2^52, where f64 is exact.
+            #[allow(clippy::cast_precision_loss)]
+            Some(ticks as f64 / ticks_per_s)
+        };
+        RunCpu { sender_s: side(Side::Sender), receiver_s: side(Side::Receiver), bytes }
+    }
+
+    pub fn sender_s_per_gb(&self) -> Option<f64> {
+        cpu_s_per_gb(self.sender_s, self.bytes)
+    }
+
+    pub fn receiver_s_per_gb(&self) -> Option<f64> {
+        cpu_s_per_gb(self.receiver_s, self.bytes)
+    }
+}
+
+/// CPU seconds per gigabyte (10^9 bytes) moved; `None` without either figure or with nothing
+/// moved.
+pub fn cpu_s_per_gb(cpu_s: Option<f64>, bytes: Option<u64>) -> Option<f64> {
+    let bytes = bytes.filter(|b| *b > 0)?;
+    // Byte counts of one run stay far below 2^52, where f64 is exact.
+    #[allow(clippy::cast_precision_loss)]
+    Some(cpu_s? / (bytes as f64 / 1e9))
+}
+
 /// One measured row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
@@ -47,6 +117,13 @@ pub struct Measurement {
     pub rss: Vec<RssPeak>,
     /// How the sending node routes to the receiving pod (`ip -o route get`), when checked.
     pub path: Option<String>,
+    /// CPU of the watched processes in the single-stream run (rows that watch processes).
+    #[serde(default)]
+    pub cpu: Option<RunCpu>,
+    /// The program a peer row ran and what it says of its version, e.g.
+    /// `/usr/bin/wireguard-go (wireguard-go v0.0.20220316)`.
+    #[serde(default)]
+    pub program: Option<String>,
 }
 
 /// One row of the report: figures, or the error that stopped the row.
@@ -74,6 +151,19 @@ pub struct RowResult {
     pub agent_rss: Vec<RssPeak>,
     /// How the sending node routed to the receiving pod, for rows that check it.
     pub path: Option<String>,
+    /// CPU seconds of the sender side's watched processes (agent, tunnel daemon, quinn-raw
+    /// sender) per GB moved in the single-stream run.
+    #[serde(default)]
+    pub sender_cpu_s_per_gb: Option<f64>,
+    /// The same for the receiver side.
+    #[serde(default)]
+    pub receiver_cpu_s_per_gb: Option<f64>,
+    /// What those two figures come from.
+    #[serde(default)]
+    pub cpu: Option<RunCpu>,
+    /// The program a peer row ran, with its version (see [`Measurement::program`]).
+    #[serde(default)]
+    pub program: Option<String>,
     pub error: Option<String>,
 }
 
@@ -124,6 +214,10 @@ impl RowResult {
             pings_received: None,
             agent_rss: Vec::new(),
             path: None,
+            sender_cpu_s_per_gb: None,
+            receiver_cpu_s_per_gb: None,
+            cpu: None,
+            program: None,
             error: None,
         };
         match result {
@@ -137,6 +231,10 @@ impl RowResult {
                 r.pings_received = Some(m.ping.received);
                 r.agent_rss = m.rss;
                 r.path = m.path;
+                r.sender_cpu_s_per_gb = m.cpu.as_ref().and_then(RunCpu::sender_s_per_gb);
+                r.receiver_cpu_s_per_gb = m.cpu.as_ref().and_then(RunCpu::receiver_s_per_gb);
+                r.cpu = m.cpu;
+                r.program = m.program;
             }
             Err(e) => r.error = Some(format!("{e:#}")),
         }
@@ -210,11 +308,24 @@ pub(super) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-pub(super) const HEADERS: [&str; 9] =
-    ["row", "Gbit/s", "x kernel", "-P N Gbit/s", "RTT ms", "x kernel", "RSS MiB", "idle CPU %", "error"];
+pub(super) const HEADERS: [&str; 11] = [
+    "row",
+    "Gbit/s",
+    "x kernel",
+    "-P N Gbit/s",
+    "RTT ms",
+    "x kernel",
+    "RSS MiB",
+    "idle CPU %",
+    "snd CPU s/GB",
+    "rcv CPU s/GB",
+    "error",
+];
+/// The column of the error in [`HEADERS`]: the last one.
+const ERROR: usize = HEADERS.len() - 1;
 
 /// The cells of every row, in [`HEADERS`] order (errors cut to their first line).
-pub(super) fn cells(rows: &[RowResult]) -> Vec<[String; 9]> {
+pub(super) fn cells(rows: &[RowResult]) -> Vec<[String; HEADERS.len()]> {
     rows.iter()
         .map(|r| {
             [
@@ -226,6 +337,8 @@ pub(super) fn cells(rows: &[RowResult]) -> Vec<[String; 9]> {
                 fmt_opt(r.rtt_vs_kernel, 2),
                 fmt_mib(r.max_rss_kib()),
                 fmt_opt(r.idle_cpu_pct, 1),
+                fmt_opt(r.sender_cpu_s_per_gb, 2),
+                fmt_opt(r.receiver_cpu_s_per_gb, 2),
                 r.error.as_deref().map(first_line).unwrap_or("").to_string(),
             ]
         })
@@ -246,7 +359,7 @@ pub fn render_table(rows: &[RowResult]) -> String {
         let mut s = String::new();
         for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
             match i {
-                0 | 8 => s.push_str(&format!("{c:<w$}  ")),
+                0 | ERROR => s.push_str(&format!("{c:<w$}  ")),
                 _ => s.push_str(&format!("{c:>w$}  ")),
             }
         }
@@ -276,6 +389,7 @@ pub fn render(report: &BenchReport) -> String {
         families_text(report.ip_family)
     );
     out.push_str(&render_table(&report.rows));
+    out.push_str(&render_programs(&report.rows));
     out.push_str(&render_notes(&report.notes));
     let targets = render_targets(&report.rows);
     if !targets.is_empty() {
@@ -299,6 +413,17 @@ fn families_text(ip_family: IpFamily) -> &'static str {
              x kernel against the kernel row of the same family)"
         }
     }
+}
+
+/// The programs the peer rows ran, as lines `program of ROW: ...`, after a blank line; empty
+/// when no row says.
+fn render_programs(rows: &[RowResult]) -> String {
+    let lines: String =
+        rows.iter().filter_map(|r| Some(format!("program of {}: {}\n", r.row, r.program.as_deref()?))).collect();
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("\n{lines}")
 }
 
 /// The notes as lines `note: ...`, after a blank line; empty without notes.
@@ -333,6 +458,7 @@ pub fn targets(rows: &[RowResult]) -> Vec<Target> {
         }
     };
     ratio("quic / quincy >= 2".into(), get(PeerTunnel::Quincy.name()).and_then(|r| r.gbps), 2.0);
+    // The current WireGuards; wireguard-go-2022 only keeps older figures comparable.
     let wg = [PeerTunnel::WireguardGo, PeerTunnel::Boringtun]
         .iter()
         .filter_map(|p| get(p.name())?.gbps)
@@ -343,7 +469,11 @@ pub fn targets(rows: &[RowResult]) -> Vec<Target> {
         out.push(Target { what: "quic -P N / quic 1 stream >= 1".into(), value: p / q, met: p >= q });
     }
     if let Some(rtt) = quic.rtt_median_ms {
-        let best = PeerTunnel::ALL.iter().filter_map(|p| get(p.name())?.rtt_median_ms).min_by(f64::total_cmp);
+        let best = PeerTunnel::ALL
+            .iter()
+            .filter(|p| !p.superseded())
+            .filter_map(|p| get(p.name())?.rtt_median_ms)
+            .min_by(f64::total_cmp);
         if let Some(b) = best {
             out.push(Target { what: "quic RTT - best peer RTT <= 0 ms".into(), value: rtt - b, met: rtt <= b });
         }
@@ -374,17 +504,19 @@ pub fn render_markdown(report: &BenchReport) -> String {
         report.command
     );
     out.push_str(&format!(
-        "| row | Gbit/s | × kernel | -P {} Gbit/s | RTT median ms | × kernel | RSS peak MiB | idle CPU % |\n",
+        "| row | Gbit/s | × kernel | -P {} Gbit/s | RTT median ms | × kernel | RSS peak MiB | idle CPU % \
+         | sender CPU s/GB | receiver CPU s/GB |\n",
         report.parallel
     ));
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (r, c) in report.rows.iter().zip(cells(&report.rows)) {
         if r.error.is_some() {
-            out.push_str(&format!("| {} | failed: {} | | | | | | |\n", c[0], c[8].replace('|', "\\|")));
+            out.push_str(&format!("| {} | failed: {} | | | | | | | | |\n", c[0], c[ERROR].replace('|', "\\|")));
         } else {
-            out.push_str(&format!("| {} |\n", c[..8].join(" | ")));
+            out.push_str(&format!("| {} |\n", c[..ERROR].join(" | ")));
         }
     }
+    out.push_str(&render_programs(&report.rows));
     out.push_str(&render_notes(&report.notes));
     let targets = render_targets(&report.rows);
     if !targets.is_empty() {

@@ -28,7 +28,7 @@ pub enum RowKind {
 }
 
 impl RowKind {
-    pub const ALL: [RowKind; 9] = [
+    pub const ALL: [RowKind; 10] = [
         RowKind::Kernel,
         RowKind::HostGw,
         RowKind::Quic,
@@ -37,6 +37,7 @@ impl RowKind {
         RowKind::QuinnRaw,
         RowKind::PeerTunnel(PeerTunnel::Quincy),
         RowKind::PeerTunnel(PeerTunnel::WireguardGo),
+        RowKind::PeerTunnel(PeerTunnel::WireguardGo2022),
         RowKind::PeerTunnel(PeerTunnel::Boringtun),
     ];
 
@@ -166,8 +167,13 @@ pub fn check_peers_installed(rows: &[RowKind]) -> Result<(), UsageError> {
 /// Another userspace tunnel measured by `--with-peers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerTunnel {
-    /// wireguard-go (the Go userspace WireGuard), configured with `wg`.
+    /// wireguard-go (the Go userspace WireGuard) found first on PATH, configured with `wg`:
+    /// Debian trixie's 0.0.20231211 build, with TUN offload, vectorised I/O and UDP GSO/GRO, once
+    /// `deploy/bench-peers.sh` has put it in /usr/local/bin.
     WireguardGo,
+    /// Debian bookworm's wireguard-go 0.0.20220316 at `/usr/bin/wireguard-go` (none of that
+    /// work), so figures measured before the trixie build stay comparable.
+    WireguardGo2022,
     /// boringtun-cli (Cloudflare's userspace WireGuard in Rust), configured with `wg`.
     Boringtun,
     /// quincy-server and quincy-client (a QUIC VPN on quinn).
@@ -175,22 +181,30 @@ pub enum PeerTunnel {
 }
 
 impl PeerTunnel {
-    pub const ALL: [PeerTunnel; 3] = [PeerTunnel::Quincy, PeerTunnel::WireguardGo, PeerTunnel::Boringtun];
+    pub const ALL: [PeerTunnel; 4] =
+        [PeerTunnel::Quincy, PeerTunnel::WireguardGo, PeerTunnel::WireguardGo2022, PeerTunnel::Boringtun];
 
     pub fn name(self) -> &'static str {
         match self {
             PeerTunnel::WireguardGo => "wireguard-go",
+            PeerTunnel::WireguardGo2022 => "wireguard-go-2022",
             PeerTunnel::Boringtun => "boringtun",
             PeerTunnel::Quincy => "quincy",
         }
     }
 
-    /// The programs the row runs, which must be on PATH (`deploy/bench-peers.sh` installs them);
-    /// besides these it uses `ip`, and for quincy `iptables` and `sha256sum`, which weft's own
-    /// setup already installs.
+    /// Whether the row only keeps earlier figures comparable: the quic targets leave it out.
+    pub fn superseded(self) -> bool {
+        self == PeerTunnel::WireguardGo2022
+    }
+
+    /// The programs the row runs, the daemon first, which must be on PATH, or at their absolute
+    /// path (`deploy/bench-peers.sh` installs them); besides these it uses `ip`, and for quincy
+    /// `iptables` and `sha256sum`, which weft's own setup already installs.
     pub fn binaries(self) -> &'static [&'static str] {
         match self {
             PeerTunnel::WireguardGo => &["wireguard-go", "wg"],
+            PeerTunnel::WireguardGo2022 => &["/usr/bin/wireguard-go", "wg"],
             PeerTunnel::Boringtun => &["boringtun-cli", "wg"],
             PeerTunnel::Quincy => &["quincy-server", "quincy-client"],
         }
@@ -200,6 +214,7 @@ impl PeerTunnel {
     pub(super) fn tag(self) -> &'static str {
         match self {
             PeerTunnel::WireguardGo => "wg",
+            PeerTunnel::WireguardGo2022 => "wo",
             PeerTunnel::Boringtun => "bt",
             PeerTunnel::Quincy => "qc",
         }

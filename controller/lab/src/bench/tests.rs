@@ -163,6 +163,7 @@ fn iperf_json() {
     let r = parse_iperf_json(IPERF_SAMPLE).expect("parse");
     assert_eq!(r.bits_per_second, 12576398903.710726);
     assert_eq!(r.retransmits, Some(58));
+    assert_eq!(r.bytes, Some(3_144_417_280));
     assert!((r.gbps() - 12.5764).abs() < 1e-3);
     let e = parse_iperf_json(
         r#"{"start":{"connected":[]},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}"#,
@@ -175,7 +176,7 @@ fn iperf_json() {
         "iperf3 output has no end.sum_received.bits_per_second"
     );
     let r = parse_iperf_json(r#"{"end":{"sum_received":{"bits_per_second":5e9}}}"#).expect("udp-like");
-    assert_eq!(r, IperfResult { bits_per_second: 5e9, retransmits: None });
+    assert_eq!(r, IperfResult { bits_per_second: 5e9, retransmits: None, bytes: None });
 }
 
 #[test]
@@ -248,6 +249,49 @@ fn proc_files() {
 }
 
 #[test]
+fn proc_stat_cpu_ticks() {
+    // A command name with spaces and parentheses, even ") S 1 2": fields count from the last ')'.
+    let tricky = "4242 (a) S 1 (x) y) R 1 4242 4242 0 -1 4194560 812 0 0 0 137 45 7 9 20 0 6 0 9876 12345 678";
+    assert_eq!(parse_stat_ticks(tricky), Some(182), "utime 137 + stime 45; cutime and cstime not counted");
+    let plain = "17 (wireguard-go) S 1 17 17 0 -1 4194560 3 0 0 0 0 0 0 0 20 0 9 0 555 1000 200";
+    assert_eq!(parse_stat_ticks(plain), Some(0));
+    let own = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+    assert!(parse_stat_ticks(&own).is_some(), "{own}");
+    assert_eq!(parse_stat_ticks("17 (x) S 1 17 17 0 -1 4194560 3 0 0 0 abc 1"), None);
+    assert_eq!(parse_stat_ticks("17 (x) S 1"), None, "cut short");
+    assert_eq!(parse_stat_ticks("17 no parenthesis S 1 2 3 4 5 6 7 8 9 10 11 12 13"), None);
+}
+
+#[test]
+fn cpu_per_gigabyte() {
+    let span = |side, before, after| TickSpan { side, before, after };
+    // Two sender processes (an agent and a helper) and one receiver, ticks of 1/100 s.
+    let spans = [
+        span(Side::Sender, Some(100), Some(350)),
+        span(Side::Sender, Some(5), Some(55)),
+        span(Side::Receiver, Some(1000), Some(1150)),
+    ];
+    let cpu = RunCpu::from_ticks(&spans, 100.0, Some(2_000_000_000));
+    assert_eq!((cpu.sender_s, cpu.receiver_s), (Some(3.0), Some(1.5)));
+    assert_eq!((cpu.sender_s_per_gb(), cpu.receiver_s_per_gb()), (Some(1.5), Some(0.75)));
+    // A process that could not be read (it exited) leaves its side without a figure; so does
+    // a count that went down (the pid is another process) and a side without processes.
+    let gone = RunCpu::from_ticks(
+        &[span(Side::Sender, Some(1), None), span(Side::Receiver, Some(9), Some(8))],
+        100.0,
+        Some(1),
+    );
+    assert_eq!((gone.sender_s, gone.receiver_s), (None, None));
+    let one = RunCpu::from_ticks(&[span(Side::Receiver, Some(0), Some(0))], 100.0, Some(5_000_000_000));
+    assert_eq!((one.sender_s, one.receiver_s, one.receiver_s_per_gb()), (None, Some(0.0), Some(0.0)));
+    // Nothing moved, or no byte count: no figure.
+    assert_eq!(cpu_s_per_gb(Some(1.0), Some(0)), None);
+    assert_eq!(cpu_s_per_gb(Some(1.0), None), None);
+    assert_eq!(cpu_s_per_gb(None, Some(1)), None);
+    assert_eq!(cpu_s_per_gb(Some(0.5), Some(250_000_000)), Some(2.0));
+}
+
+#[test]
 fn dates() {
     assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
     assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
@@ -273,7 +317,17 @@ fn rows_flag() {
             RowKind::Quic,
             RowKind::PeerTunnel(PeerTunnel::Boringtun),
             RowKind::PeerTunnel(PeerTunnel::Quincy),
-            RowKind::PeerTunnel(PeerTunnel::WireguardGo)
+            RowKind::PeerTunnel(PeerTunnel::WireguardGo),
+            RowKind::PeerTunnel(PeerTunnel::WireguardGo2022)
+        ]
+    );
+    assert_eq!(
+        parse_rows("quic,wireguard-go,wireguard-go-2022", false).expect("ok"),
+        vec![
+            k,
+            RowKind::Quic,
+            RowKind::PeerTunnel(PeerTunnel::WireguardGo),
+            RowKind::PeerTunnel(PeerTunnel::WireguardGo2022)
         ]
     );
     assert_eq!(parse_rows("vxlan,kernel-vxlan", false).expect("ok"), vec![k, RowKind::Vxlan, RowKind::KernelVxlan]);
@@ -281,7 +335,7 @@ fn rows_flag() {
     assert_eq!(
         e.to_string(),
         "--backends: expected one of kernel, host-gw, quic, kernel-vxlan, vxlan, quinn-raw, quincy, wireguard-go, \
-         boringtun, found \"ipip\""
+         wireguard-go-2022, boringtun, found \"ipip\""
     );
 }
 
@@ -308,9 +362,12 @@ fn options_are_checked() {
 }
 
 fn measured(gbps: f64, rtt: f64, rss: &[u64]) -> anyhow::Result<Measurement> {
+    // 10 s at `gbps`; rows with processes: the sender spent 2 s of CPU per GB, the receiver 1 s.
+    let bytes = (gbps * 1e9 / 8.0 * 10.0).round() as u64;
+    let gb = gbps / 8.0 * 10.0;
     Ok(Measurement {
-        iperf: IperfResult { bits_per_second: gbps * 1e9, retransmits: Some(3) },
-        iperf_parallel: Some(IperfResult { bits_per_second: gbps * 1.1e9, retransmits: Some(4) }),
+        iperf: IperfResult { bits_per_second: gbps * 1e9, retransmits: Some(3), bytes: Some(bytes) },
+        iperf_parallel: Some(IperfResult { bits_per_second: gbps * 1.1e9, retransmits: Some(4), bytes: None }),
         idle_cpu_pct: Some(0.2),
         ping: PingSummary { transmitted: 3, received: 3, times_ms: vec![rtt, rtt, rtt * 2.0] },
         rss: rss
@@ -319,6 +376,8 @@ fn measured(gbps: f64, rtt: f64, rss: &[u64]) -> anyhow::Result<Measurement> {
             .map(|(i, &k)| RssPeak { name: format!("n{}", i + 1), pid: 100, start_kib: Some(k / 2), peak_kib: Some(k) })
             .collect(),
         path: None,
+        cpu: (!rss.is_empty()).then_some(RunCpu { sender_s: Some(2.0 * gb), receiver_s: Some(gb), bytes: Some(bytes) }),
+        program: None,
     })
 }
 
@@ -349,10 +408,10 @@ fn ratios() {
 fn table() {
     let t = render_table(&sample_rows());
     let want = "\
-row      Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  error
-kernel    20.00      1.00        22.00   0.040      1.00        -         0.2
-host-gw   19.00      0.95        20.90   0.050      1.25     12.5         0.2
-quic          -         -            -       -         -        -           -  building lab b1: agent of n1 exited
+row      Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  snd CPU s/GB  rcv CPU s/GB  error
+kernel    20.00      1.00        22.00   0.040      1.00        -         0.2             -             -
+host-gw   19.00      0.95        20.90   0.050      1.25     12.5         0.2          2.00          1.00
+quic          -         -            -       -         -        -           -             -             -  building lab b1: agent of n1 exited
 ";
     assert_eq!(t, want, "\n{t}");
     let report = BenchReport {
@@ -382,10 +441,22 @@ quic          -         -            -       -         -        -           -  b
     );
     assert!(full.ends_with("\nquic failed: building lab b1: agent of n1 exited\nlast lines of log\n"), "{full}");
     let md = render_markdown(&report);
-    assert!(md.contains("| host-gw | 19.00 | 0.95 | 20.90 | 0.050 | 1.25 | 12.5 | 0.2 |\n"), "{md}");
-    assert!(md.contains("| quic | failed: building lab b1: agent of n1 exited | | | | | | |\n"), "{md}");
+    assert!(
+        md.contains(
+            "| row | Gbit/s | × kernel | -P 4 Gbit/s | RTT median ms | × kernel | RSS peak MiB | idle CPU % \
+             | sender CPU s/GB | receiver CPU s/GB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("| host-gw | 19.00 | 0.95 | 20.90 | 0.050 | 1.25 | 12.5 | 0.2 | 2.00 | 1.00 |\n"), "{md}");
+    assert!(md.contains("| kernel | 20.00 | 1.00 | 22.00 | 0.040 | 1.00 | - | 0.2 | - | - |\n"), "{md}");
+    assert!(md.contains("| quic | failed: building lab b1: agent of n1 exited | | | | | | | | |\n"), "{md}");
     let json: serde_json::Value = serde_json::to_value(&report).expect("json");
     assert_eq!(json["rows"][1]["gbps"], 19.0);
+    assert_eq!(json["rows"][1]["sender_cpu_s_per_gb"], 2.0);
+    assert_eq!(json["rows"][1]["receiver_cpu_s_per_gb"], 1.0);
+    assert_eq!(json["rows"][1]["cpu"]["bytes"], 23_750_000_000u64);
+    assert!(json["rows"][0]["sender_cpu_s_per_gb"].is_null(), "no process watched in the kernel row");
     assert_eq!(json["rows"][1]["agent_rss"][1]["peak_kib"], 12_800);
     assert_eq!(json["machine"]["nproc"], 2);
 }
@@ -624,12 +695,12 @@ fn reports_with_ipv6_rows() {
     };
     let t = render(&report);
     let want_table = "\
-row           Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  error
-kernel         20.00      1.00        22.00   0.040      1.00        -         0.2
-kernel/ipv6    10.00      1.00        11.00   0.050      1.00        -         0.2
-host-gw        19.00      0.95        20.90   0.050      1.25     12.5         0.2
-host-gw/ipv6    9.00      0.90         9.90   0.100      2.00     12.5         0.2
-quic/ipv6          -         -            -       -         -        -           -  no reply
+row           Gbit/s  x kernel  -P N Gbit/s  RTT ms  x kernel  RSS MiB  idle CPU %  snd CPU s/GB  rcv CPU s/GB  error
+kernel         20.00      1.00        22.00   0.040      1.00        -         0.2             -             -
+kernel/ipv6    10.00      1.00        11.00   0.050      1.00        -         0.2             -             -
+host-gw        19.00      0.95        20.90   0.050      1.25     12.5         0.2          2.00          1.00
+host-gw/ipv6    9.00      0.90         9.90   0.100      2.00     12.5         0.2          2.00          1.00
+quic/ipv6          -         -            -       -         -        -           -             -             -  no reply
 ";
     assert!(t.contains(want_table), "\n{t}");
     assert!(
@@ -646,7 +717,7 @@ quic/ipv6          -         -            -       -         -        -          
     );
     assert!(t.ends_with("\nquic/ipv6 failed: no reply\n"), "{t}");
     let md = render_markdown(&report);
-    assert!(md.contains("| host-gw/ipv6 | 9.00 | 0.90 | 9.90 | 0.100 | 2.00 | 12.5 | 0.2 |\n"), "{md}");
+    assert!(md.contains("| host-gw/ipv6 | 9.00 | 0.90 | 9.90 | 0.100 | 2.00 | 12.5 | 0.2 | 2.00 | 1.00 |\n"), "{md}");
     assert!(md.contains("at the start; pods over IPv4, then IPv6"), "{md}");
     assert!(md.contains("ROW/ipv6, × kernel against"), "{md}");
     assert!(md.contains("\nnote: no IPv6 rows for quinn-raw"), "{md}");
@@ -664,10 +735,14 @@ quic/ipv6          -         -            -       -         -        -          
     let back: BenchReport = serde_json::from_value(json.clone()).expect("read back");
     assert_eq!(back, report);
 
-    // A report written before IPv6 rows (no family, no ip_family, no notes) reads as IPv4.
+    // A report written before IPv6 rows (no family, no ip_family, no notes) and before the
+    // CPU figures and programs reads as IPv4, without them.
     let mut old = json;
     for r in old["rows"].as_array_mut().expect("rows") {
-        r.as_object_mut().expect("row").remove("family");
+        let r = r.as_object_mut().expect("row");
+        for key in ["family", "sender_cpu_s_per_gb", "receiver_cpu_s_per_gb", "cpu", "program"] {
+            r.remove(key);
+        }
     }
     let obj = old.as_object_mut().expect("report");
     obj.remove("ip_family");
@@ -675,4 +750,65 @@ quic/ipv6          -         -            -       -         -        -          
     let back: BenchReport = serde_json::from_value(old).expect("old report");
     assert_eq!(back.ip_family, IpFamily::V4);
     assert!(back.notes.is_empty() && back.rows.iter().all(|r| r.family == Family::V4));
+    assert!(back.rows.iter().all(|r| r.sender_cpu_s_per_gb.is_none() && r.cpu.is_none() && r.program.is_none()));
+}
+
+#[test]
+fn peer_programs_are_printed_once_under_the_table() {
+    let mut rows = vec![
+        RowResult::new("kernel", measured(10.0, 0.1, &[])),
+        RowResult::new("wireguard-go", measured(1.5, 0.7, &[40_000, 40_000])),
+        RowResult::new("wireguard-go-2022", measured(0.4, 0.6, &[40_000, 40_000])),
+    ];
+    rows[1].program =
+        Some("/usr/local/bin/wireguard-go -> /usr/local/lib/x/wireguard-go (wireguard-go v0.0.20230223)".into());
+    rows[2].program = Some("/usr/bin/wireguard-go (wireguard-go v0.0.20220316)".into());
+    let report = BenchReport {
+        machine: Machine {
+            nproc: 2,
+            kernel: "6.18.44".into(),
+            cpu_model: "Xeon".into(),
+            date: "2026-12-01T10:00:00Z".into(),
+            iperf3: "iperf 3.12".into(),
+            loadavg: "1.00 1.00 1.00".into(),
+        },
+        command: "weftctl lab bench --backends wireguard-go,wireguard-go-2022".into(),
+        agent_bin: None,
+        seconds: 3,
+        pings: 50,
+        ping_interval_s: PING_INTERVAL_S,
+        parallel: 4,
+        ip_family: IpFamily::V4,
+        rows,
+        notes: Vec::new(),
+    };
+    let programs = "\nprogram of wireguard-go: /usr/local/bin/wireguard-go -> /usr/local/lib/x/wireguard-go \
+                    (wireguard-go v0.0.20230223)\n\
+                    program of wireguard-go-2022: /usr/bin/wireguard-go (wireguard-go v0.0.20220316)\n";
+    let t = render(&report);
+    assert!(t.ends_with(programs), "{t}");
+    assert!(render_markdown(&report).ends_with(programs));
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["rows"][2]["program"], "/usr/bin/wireguard-go (wireguard-go v0.0.20220316)");
+    assert!(json["rows"][0]["program"].is_null());
+}
+
+#[test]
+fn the_2022_wireguard_go_is_no_target() {
+    // Its figures only keep older reports comparable: quic is held against the current peers.
+    let rows = vec![
+        RowResult::new("quic", measured(2.0, 0.5, &[])),
+        RowResult::new("wireguard-go", measured(1.6, 0.7, &[])),
+        RowResult::new("wireguard-go-2022", measured(0.35, 0.4, &[])),
+    ];
+    let got: Vec<(String, String)> =
+        targets(&rows).iter().map(|t| (t.what.clone(), format!("{:.2}", t.value))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("quic / best WireGuard >= 5".to_string(), "1.25".to_string()),
+            ("quic -P N / quic 1 stream >= 1".to_string(), "1.10".to_string()),
+            ("quic RTT - best peer RTT <= 0 ms".to_string(), "-0.20".to_string()),
+        ]
+    );
 }
