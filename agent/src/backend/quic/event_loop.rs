@@ -301,7 +301,7 @@ impl Loop {
             }
         }
         flush_tun(&self.dev, &self.sh, &mut self.gro, &mut self.rx_batch, &mut self.rx_spare);
-        let segments = self.udp.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+        let segments = gso_segments(self.udp.max_gso_segments(), self.sh.udp_payload);
         loop {
             self.tx.clear();
             let Some(t) = c.conn.poll_transmit(now, segments, &mut self.tx) else { break };
@@ -432,8 +432,20 @@ impl Loop {
     }
 }
 
-/// UDP GSO segments per send, as quinn's own driver uses.
-const MAX_GSO_SEGMENTS: usize = 10;
+/// UDP GSO segments per send at most. quinn's own driver sends 10; 32 cost both nodes less CPU
+/// per gigabyte on the bench (docs/BENCHMARKS.md, issue 18): a third of the sends, each a larger
+/// batch through the kernel's UDP path.
+const MAX_GSO_SEGMENTS: usize = 32;
+/// What one UDP send may carry in all (an IPv4 datagram's 65535 bytes less its IP and UDP
+/// headers): a send of more segments than fit fails with EMSGSIZE, and the packets are lost.
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// Segments per UDP send: as many as the socket takes, up to [`MAX_GSO_SEGMENTS`], and no more
+/// than fit in one send at `udp_payload` bytes each.
+fn gso_segments(socket_max: usize, udp_payload: u16) -> usize {
+    let fit = GSO_MAX_BYTES / usize::from(udp_payload.max(1));
+    socket_max.min(fit).clamp(1, MAX_GSO_SEGMENTS)
+}
 
 fn flush_tun(
     dev: &tun_rs::SyncDevice,
@@ -464,5 +476,20 @@ fn send_udp(state: &quinn_udp::UdpSocketState, socket: &std::net::UdpSocket, t: 
         if e.kind() != ErrorKind::WouldBlock {
             debug!(error = %e, destination = %t.destination, "sending UDP");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_segments_fit_one_send_and_the_socket() {
+        assert_eq!(gso_segments(64, 1472), 32, "a 1500-byte underlay: the cap");
+        assert_eq!(gso_segments(64, 8972), 7, "jumbo frames: what fits in 64 KB");
+        assert!(gso_segments(64, 8972) * 8972 <= GSO_MAX_BYTES);
+        assert_eq!(gso_segments(1, 1472), 1, "a socket without GSO");
+        assert_eq!(gso_segments(0, 1472), 1);
+        assert_eq!(gso_segments(64, 65535), 1);
     }
 }
