@@ -520,9 +520,11 @@ mod tests {
                 rx_packets: 9,
                 rx_bytes: 900,
                 connects: 1,
+                threads: 1,
             }],
             drops,
             refused: 4,
+            threads: 1,
         });
         let text = render(&st, now);
         for (series, want) in [

@@ -302,6 +302,13 @@ pub struct QuicStatus {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Connections refused during the handshake or after it (bad certificate, unknown node, wrong address).
     pub refused: u64,
+    /// Data path threads (each on UDP port `endpoint`'s + its index); 1 from an older agent.
+    #[serde(default = "one")]
+    pub threads: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -321,8 +328,13 @@ pub struct QuicPeerStatus {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// Connections made to this peer since start (1 + reconnects).
+    /// Connections made to this peer since start (1 + reconnects), summed over the pair's
+    /// threads.
     pub connects: u64,
+    /// Data path threads the pair uses (the smaller count of the two nodes), each with its own
+    /// connection; `connected` when all of them are, `rtt_us` thread 0's. 1 from an older agent.
+    #[serde(default = "one")]
+    pub threads: usize,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 mod driver;
 mod event_loop;
 pub mod packet;
+mod shard;
 mod shared;
 pub mod table;
 pub mod tls;
@@ -37,7 +38,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
+use weft_config::agent::QuicConfig;
 use weft_config::subnet::Family;
+
+/// The data path threads of `q`: `quic.threads`, or unset ("auto") the machine's core count
+/// (at most 8, see [`shard::auto_threads`]).
+pub fn data_threads(q: &QuicConfig) -> usize {
+    q.threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        shard::auto_threads(cores, q.port)
+    })
+}
 
 /// IPv4 + UDP headers.
 pub const UDP_IP_OVERHEAD: u32 = 28;
