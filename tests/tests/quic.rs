@@ -556,3 +556,127 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     let failures = cross_node_ping_failures_all(&lab, 2, &["p1"]);
     assert!(failures.is_empty(), "pod pairs that do not ping over the IPv6 underlay: {failures:?}");
 }
+
+/// `flows` TCP connections at once from pod `from` to pod `to` ((node, pod) indices), each
+/// carrying `bytes` of its own pseudo-random data: what each sent and what arrived, as sorted
+/// (bytes, SHA-256) lists (several flows spread over the tun queues, so over the data path
+/// threads).
+fn parallel_flows(
+    lab: &Lab,
+    from: (usize, usize),
+    to: (usize, usize),
+    port: u16,
+    flows: usize,
+    bytes: usize,
+) -> (Vec<(usize, Vec<u8>)>, Vec<(usize, Vec<u8>)>) {
+    let server_ip = pod_ip(lab, to.0, &format!("p{}", to.1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server_ns = lab.pod_ns(to.0, to.1);
+    let server = std::thread::spawn(move || {
+        in_netns(&server_ns, || -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+            let l = TcpListener::bind((server_ip, port))?;
+            let _ = tx.send(());
+            // Threads started here inherit the pod's namespace.
+            let mut readers = Vec::new();
+            for _ in 0..flows {
+                let (mut s, _) = l.accept()?;
+                readers.push(std::thread::spawn(move || -> anyhow::Result<(usize, Vec<u8>)> {
+                    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    let (mut h, mut n, mut buf) = (Sha256::new(), 0, vec![0u8; 1 << 16]);
+                    loop {
+                        let k = s.read(&mut buf)?;
+                        if k == 0 {
+                            return Ok((n, h.finalize().to_vec()));
+                        }
+                        h.update(&buf[..k]);
+                        n += k;
+                    }
+                }));
+            }
+            let mut got = Vec::new();
+            for r in readers {
+                got.push(r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??);
+            }
+            got.sort();
+            Ok(got)
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    let mut sent = in_netns(&lab.pod_ns(from.0, from.1), || -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+        let writers: Vec<_> = (0..flows)
+            .map(|f| {
+                std::thread::spawn(move || -> anyhow::Result<(usize, Vec<u8>)> {
+                    let mut c = TcpStream::connect((server_ip, port))?;
+                    let (mut h, mut chunk) = (Sha256::new(), vec![0u8; 1 << 16]);
+                    let mut x: u32 = 0x1234_5678 ^ (f as u32 + 1).wrapping_mul(0x9e37_79b9);
+                    for _ in 0..bytes / chunk.len() {
+                        for b in chunk.iter_mut() {
+                            x ^= x << 13;
+                            x ^= x >> 17;
+                            x ^= x << 5;
+                            *b = x as u8;
+                        }
+                        h.update(&chunk);
+                        c.write_all(&chunk)?;
+                    }
+                    Ok((bytes / chunk.len() * chunk.len(), h.finalize().to_vec()))
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?).collect()
+    })
+    .expect("netns")
+    .expect("send");
+    sent.sort();
+    let got = server.join().expect("server thread").expect("netns").expect("receive");
+    (sent, got)
+}
+
+#[test]
+fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() {
+    let lab = quic_lab("q9", 3, 1);
+    // n2 runs one data path thread, n1 and n3 two: n1-n3 use two connections (thread i to
+    // thread i, on port 7946 + i), n1-n2 and n2-n3 one (their thread 1 hands over to thread 0).
+    let threads = [(1, 2), (2, 1), (3, 2)];
+    for (i, _) in threads {
+        lab.stop_agent(i, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    }
+    for (i, n) in threads {
+        let path = lab.node_paths(i).config;
+        let toml = std::fs::read_to_string(&path).expect("agent.toml");
+        assert!(toml.contains("[quic]\n"), "{toml}");
+        std::fs::write(&path, toml.replacen("[quic]\n", &format!("[quic]\nthreads = {n}\n"), 1)).expect("written");
+    }
+    for (i, _) in threads {
+        lab.start_agent(i).expect("start");
+    }
+    for i in 1..=3 {
+        wait_tunnels_up(&lab, i, 2);
+    }
+    let shown = |i: usize| {
+        let q = status(&lab, i).quic.expect("quic");
+        let peers: Vec<(String, usize, bool)> =
+            q.peers.iter().map(|p| (p.node.clone(), p.threads, p.connected)).collect();
+        (q.threads, peers)
+    };
+    let (n1, n2, n3) = (shown(1), shown(2), shown(3));
+    eprintln!("(threads, [(peer, pair threads, connected)]): n1 {n1:?}, n2 {n2:?}, n3 {n3:?}");
+    assert_eq!(n1, (2, vec![("n2".into(), 1, true), ("n3".into(), 2, true)]), "n1's status");
+    assert_eq!(n2, (1, vec![("n1".into(), 1, true), ("n3".into(), 1, true)]), "n2's status");
+    assert_eq!(n3, (2, vec![("n1".into(), 2, true), ("n2".into(), 1, true)]), "n3's status");
+
+    let pods = all_pods(&lab, 3, &["p1"]);
+    let failures = cross_node_ping_failures(&lab, &pods);
+    assert!(failures.is_empty(), "pod pairs that do not ping: {failures:?}");
+
+    // Eight flows at once each way between the two-thread nodes, and between a two-thread node
+    // and the one-thread node (what n1 reads on queue 1 goes through its thread 0).
+    for (k, (from, to)) in [(1, 3), (3, 1), (1, 2), (2, 1)].into_iter().enumerate() {
+        let (sent, got) = parallel_flows(&lab, (from, 1), (to, 1), 7300 + k as u16, 8, 4 << 20);
+        let short =
+            |v: &[(usize, Vec<u8>)]| v.iter().map(|(n, h)| format!("{n}:{:02x}{:02x}", h[0], h[1])).collect::<Vec<_>>();
+        assert_eq!(got, sent, "n{from} to n{to}: (bytes, sha) arrived {:?}, sent {:?}", short(&got), short(&sent));
+    }
+    let q1 = status(&lab, 1).quic.expect("quic");
+    eprintln!("n1 after the flows: peers {:?}, drops {:?}", q1.peers, q1.drops);
+}

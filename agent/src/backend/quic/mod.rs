@@ -7,6 +7,9 @@
 //!   (source in the peer's subnet, destination in ours) and written to the tun through GRO.
 //!   Compared with the same path on tokio + quinn (tasks, drivers, channels, the runtime's
 //!   self-wakes) it takes a quarter off the round trip: docs/BENCHMARKS.md.
+//! - Threads: `quic.threads` such loops, each with its own tun queue, UDP port (`quic.port + i`)
+//!   and connections; thread `i` talks only to thread `i` of a peer, a pair uses the smaller
+//!   count, and a thread past it hands its packets to one below (`shard`).
 //! - Control: the daemon hands over the peer set on every reconcile, through a command queue
 //!   and the eventfd. Of each pair the node with the smaller name dials (reconnecting with
 //!   backoff), the other accepts and identifies the peer by its certificate and address. A peer
@@ -15,8 +18,10 @@
 //!   event loop carries them out.
 //!
 //! Files: `tunnel` (the handle the daemon holds, settings, status); `shared` (what the handle
-//! and the loop share: state, commands, the wake-up eventfd); `event_loop` (ppoll,
-//! quinn-udp, the tun, quinn-proto) and `event_loop/control.rs` (commands, the table's actions);
+//! and the loops share: state, commands, the wake-up eventfd, the hand-off queues); `shard`
+//! (which thread does what with each peer); `event_loop` (ppoll, quinn-udp, the tun,
+//! quinn-proto), `event_loop/control.rs` (commands, the table's actions) and
+//! `event_loop/hand_off.rs` (packets between threads);
 //! [`table`] (the peer lifecycle); [`packet`] (checks, the subnet table); [`tls`]; `driver` (the
 //! backend behind the seam).
 
