@@ -305,6 +305,10 @@ pub struct QuicStatus {
     /// Data path threads (each on UDP port `endpoint`'s + its index); 1 from an older agent.
     #[serde(default = "one")]
     pub threads: usize,
+    /// Packets a data path thread read for a peer whose connection another thread holds, and
+    /// handed over (pairs with fewer threads than this node).
+    #[serde(default)]
+    pub handed: u64,
 }
 
 fn one() -> usize {
@@ -335,6 +339,19 @@ pub struct QuicPeerStatus {
     /// connection; `connected` when all of them are, `rtt_us` thread 0's. 1 from an older agent.
     #[serde(default = "one")]
     pub threads: usize,
+    /// Each of the pair's threads' connection, thread 0 first (empty from an older agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<QuicShardStatus>,
+}
+
+/// One data path thread's connection to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QuicShardStatus {
+    pub connected: bool,
+    pub rtt_us: u64,
+    /// DATAGRAM frames (tunnelled packets) sent and received on the current connection.
+    pub tx_datagrams: u64,
+    pub rx_datagrams: u64,
 }
 
 #[cfg(test)]

@@ -671,12 +671,22 @@ fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() 
 
     // Eight flows at once each way between the two-thread nodes, and between a two-thread node
     // and the one-thread node (what n1 reads on queue 1 goes through its thread 0).
-    for (k, (from, to)) in [(1, 3), (3, 1), (1, 2), (2, 1)].into_iter().enumerate() {
-        let (sent, got) = parallel_flows(&lab, (from, 1), (to, 1), 7300 + k as u16, 8, 4 << 20);
+    // (A flow n1 opens to n2 starts on the queue of its hash; once n2's answer is written to
+    // queue 0, the kernel sends the rest of it there too: 16 flows make it all but certain that
+    // some first packets are handed over.)
+    for (k, (from, to, flows)) in [(1, 3, 8), (3, 1, 8), (1, 2, 16), (2, 1, 8)].into_iter().enumerate() {
+        let (sent, got) = parallel_flows(&lab, (from, 1), (to, 1), 7300 + k as u16, flows, 4 << 20);
         let short =
             |v: &[(usize, Vec<u8>)]| v.iter().map(|(n, h)| format!("{n}:{:02x}{:02x}", h[0], h[1])).collect::<Vec<_>>();
         assert_eq!(got, sent, "n{from} to n{to}: (bytes, sha) arrived {:?}, sent {:?}", short(&got), short(&sent));
     }
     let q1 = status(&lab, 1).quic.expect("quic");
-    eprintln!("n1 after the flows: peers {:?}, drops {:?}", q1.peers, q1.drops);
+    eprintln!("n1 after the flows: handed {}, peers {:?}, drops {:?}", q1.handed, q1.peers, q1.drops);
+    let n3 = q1.peers.iter().find(|p| p.node == "n3").expect("n3");
+    let carried: Vec<(u64, u64)> = n3.shards.iter().map(|s| (s.tx_datagrams, s.rx_datagrams)).collect();
+    assert!(
+        carried.len() == 2 && carried.iter().all(|&(tx, rx)| tx > 0 && rx > 0),
+        "n1-n3 should carry the 16 flows on both threads' connections: (tx, rx) datagrams by thread {carried:?}"
+    );
+    assert!(q1.handed > 0, "n1 handed no packet for n2 from thread 1 to thread 0: {q1:?}");
 }

@@ -46,6 +46,8 @@ pub(super) struct Shared {
     pub(super) peers: Vec<Mutex<Vec<PeerView>>>,
     pub(super) drops: [AtomicU64; DropReason::ALL.len()],
     pub(super) refused: AtomicU64,
+    /// Packets handed to another thread.
+    pub(super) handed: AtomicU64,
 }
 
 pub(super) struct PeerView {
@@ -58,6 +60,9 @@ pub(super) struct PeerView {
     pub(super) counters: Arc<PeerCounters>,
     /// Threads the pair uses.
     pub(super) threads: usize,
+    /// DATAGRAM frames sent and received on this thread's connection.
+    pub(super) tx_datagrams: u64,
+    pub(super) rx_datagrams: u64,
 }
 
 /// One thread's share of a peer set ([`super::shard::ThreadPlan`]) and the counters of every peer.

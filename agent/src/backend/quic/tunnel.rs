@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 use weft_config::agent::QuicConfig;
-use weft_config::api::{QuicPeerStatus, QuicStatus};
+use weft_config::api::{QuicPeerStatus, QuicShardStatus, QuicStatus};
 use weft_config::subnet::{Family, PerFamily};
 
 pub struct Settings {
@@ -188,6 +188,7 @@ impl Tunnel {
             peers: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
             drops: Default::default(),
             refused: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
         });
         let mut links = Vec::with_capacity(threads);
         let mut inboxes = Vec::with_capacity(threads);
@@ -299,7 +300,18 @@ fn peer_status(p: &PeerView, rest: &[&[PeerView]]) -> QuicPeerStatus {
         rx_bytes: p.counters.rx_bytes.load(Relaxed),
         connects: p.connects + shards.iter().flatten().map(|s| s.connects).sum::<u64>(),
         threads: p.threads,
+        shards: std::iter::once(Some(p)).chain(shards.iter().copied()).map(shard_status).collect(),
     }
+}
+
+/// One thread's connection to a peer (`None`: the thread has no view of the peer yet).
+fn shard_status(v: Option<&PeerView>) -> QuicShardStatus {
+    v.map_or_else(QuicShardStatus::default, |v| QuicShardStatus {
+        connected: v.connected,
+        rtt_us: v.rtt_us,
+        tx_datagrams: v.tx_datagrams,
+        rx_datagrams: v.rx_datagrams,
+    })
 }
 
 fn status_of(sh: &Shared) -> QuicStatus {
@@ -319,6 +331,7 @@ fn status_of(sh: &Shared) -> QuicStatus {
         drops: DropReason::ALL.iter().map(|d| (d.as_str().to_string(), sh.drops[d.index()].load(Relaxed))).collect(),
         refused: sh.refused.load(Relaxed),
         threads: sh.threads,
+        handed: sh.handed.load(Relaxed),
     }
 }
 
@@ -332,4 +345,48 @@ fn rng_seed() -> Result<[u8; 32]> {
     let mut seed = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut seed).map_err(|_| anyhow!("the system random generator failed"))?;
     Ok(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(node: &str, threads: usize, connected: bool, rtt_us: u64, connects: u64) -> PeerView {
+        PeerView {
+            node: node.into(),
+            subnets: weft_config::subnet::PerFamily::V4("10.244.2.0/24".parse().expect("literal")),
+            connected,
+            dialer: true,
+            rtt_us,
+            connects,
+            counters: Arc::default(),
+            threads,
+            tx_datagrams: connects * 10,
+            rx_datagrams: connects * 20,
+        }
+    }
+
+    #[test]
+    fn a_peer_is_one_view_of_the_threads_of_its_pair() {
+        let (b0, b1) = (view("b", 2, true, 300, 1), view("b", 2, true, 900, 2));
+        let s = peer_status(&b0, &[&[b1]]);
+        assert_eq!(
+            (s.connected, s.rtt_us, s.connects, s.threads),
+            (true, 300, 3, 2),
+            "thread 0's RTT, connects summed"
+        );
+        assert_eq!(
+            s.shards.iter().map(|s| (s.connected, s.rx_datagrams)).collect::<Vec<_>>(),
+            [(true, 20), (true, 40)]
+        );
+        // Thread 1 down, or without a view of the peer yet: not connected.
+        let s = peer_status(&b0, &[&[view("b", 2, false, 0, 0)]]);
+        assert!(!s.connected);
+        let s = peer_status(&b0, &[&[view("c", 2, true, 1, 1)]]);
+        assert!(!s.connected);
+        assert_eq!(s.shards[1], QuicShardStatus::default());
+        // A pair of one thread: the other threads' views do not count.
+        let s = peer_status(&view("c", 1, true, 400, 1), &[&[view("c", 1, false, 0, 5)]]);
+        assert_eq!((s.connected, s.connects, s.shards.len()), (true, 1, 1));
+    }
 }

@@ -131,6 +131,8 @@ impl Loop {
             .peers()
             .map(|p| {
                 let conn = p.installed().and_then(|ch| self.conns.get(&ch));
+                let frames =
+                    conn.map(|c| c.conn.stats()).map_or((0, 0), |s| (s.frame_tx.datagram, s.frame_rx.datagram));
                 PeerView {
                     node: p.spec.node.clone(),
                     subnets: p.spec.subnets,
@@ -140,6 +142,8 @@ impl Loop {
                     connects: p.connects,
                     counters: self.counters.entry(p.spec.node.clone()).or_default().clone(),
                     threads: p.spec.threads,
+                    tx_datagrams: frames.0,
+                    rx_datagrams: frames.1,
                 }
             })
             .collect();

@@ -38,8 +38,12 @@ impl Loop {
             return;
         }
         let batch = std::mem::replace(out, Vec::with_capacity(HAND_OFF_BATCH));
+        let n = batch.len() as u64;
         match link.handed.try_send(batch) {
-            Ok(()) => link.wake.wake(),
+            Ok(()) => {
+                link.wake.wake();
+                self.sh.handed.fetch_add(n, Relaxed);
+            }
             // The thread is behind (or stopped): the packets are lost, as on a full socket.
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 self.sh.drops[DropReason::SendFailed.index()].fetch_add(b.len() as u64, Relaxed);
