@@ -77,6 +77,11 @@ fn routed_cluster_carries_pod_traffic_through_the_tunnel() {
     // MTU: the pod's interface, the tun and FLANNEL_MTU agree, and a DF ping filling it passes.
     let st = status(&lab, 1);
     let q = st.quic.clone().expect("quic status");
+    // quic.threads unset: the core count (at most 8), and every pair uses all of them.
+    let auto = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let pairs: Vec<usize> = q.peers.iter().map(|p| p.threads).collect();
+    eprintln!("n1: {} data path threads, pairs {pairs:?}, endpoint {}", q.threads, q.endpoint);
+    assert_eq!((q.threads, pairs), (auto, vec![auto, auto]), "threads of n1 and of its pairs: {:?}", q.peers);
     let env = std::fs::read_to_string(lab.node_config(1).expect("cfg").paths.subnet_env).expect("subnet.env");
     assert!(env.contains(&format!("FLANNEL_MTU={}\n", q.mtu)), "subnet.env {env:?} vs tun MTU {}", q.mtu);
     let link = run_ok(&lab, "n1/p1", &["ip", "-j", "link", "show", "eth0"]);
@@ -557,6 +562,9 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     assert!(failures.is_empty(), "pod pairs that do not ping over the IPv6 underlay: {failures:?}");
 }
 
+/// What went through one TCP connection: its bytes and their SHA-256.
+type Carried = (usize, Vec<u8>);
+
 /// `flows` TCP connections at once from pod `from` to pod `to` ((node, pod) indices), each
 /// carrying `bytes` of its own pseudo-random data: what each sent and what arrived, as sorted
 /// (bytes, SHA-256) lists (several flows spread over the tun queues, so over the data path
@@ -568,19 +576,19 @@ fn parallel_flows(
     port: u16,
     flows: usize,
     bytes: usize,
-) -> (Vec<(usize, Vec<u8>)>, Vec<(usize, Vec<u8>)>) {
+) -> (Vec<Carried>, Vec<Carried>) {
     let server_ip = pod_ip(lab, to.0, &format!("p{}", to.1));
     let (tx, rx) = std::sync::mpsc::channel();
     let server_ns = lab.pod_ns(to.0, to.1);
     let server = std::thread::spawn(move || {
-        in_netns(&server_ns, || -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+        in_netns(&server_ns, || -> anyhow::Result<Vec<Carried>> {
             let l = TcpListener::bind((server_ip, port))?;
             let _ = tx.send(());
             // Threads started here inherit the pod's namespace.
             let mut readers = Vec::new();
             for _ in 0..flows {
                 let (mut s, _) = l.accept()?;
-                readers.push(std::thread::spawn(move || -> anyhow::Result<(usize, Vec<u8>)> {
+                readers.push(std::thread::spawn(move || -> anyhow::Result<Carried> {
                     s.set_read_timeout(Some(Duration::from_secs(30)))?;
                     let (mut h, mut n, mut buf) = (Sha256::new(), 0, vec![0u8; 1 << 16]);
                     loop {
@@ -602,10 +610,10 @@ fn parallel_flows(
         })
     });
     rx.recv_timeout(Duration::from_secs(5)).expect("server up");
-    let mut sent = in_netns(&lab.pod_ns(from.0, from.1), || -> anyhow::Result<Vec<(usize, Vec<u8>)>> {
+    let mut sent = in_netns(&lab.pod_ns(from.0, from.1), || -> anyhow::Result<Vec<Carried>> {
         let writers: Vec<_> = (0..flows)
             .map(|f| {
-                std::thread::spawn(move || -> anyhow::Result<(usize, Vec<u8>)> {
+                std::thread::spawn(move || -> anyhow::Result<Carried> {
                     let mut c = TcpStream::connect((server_ip, port))?;
                     let (mut h, mut chunk) = (Sha256::new(), vec![0u8; 1 << 16]);
                     let mut x: u32 = 0x1234_5678 ^ (f as u32 + 1).wrapping_mul(0x9e37_79b9);
@@ -676,8 +684,7 @@ fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() 
     // some first packets are handed over.)
     for (k, (from, to, flows)) in [(1, 3, 8), (3, 1, 8), (1, 2, 16), (2, 1, 8)].into_iter().enumerate() {
         let (sent, got) = parallel_flows(&lab, (from, 1), (to, 1), 7300 + k as u16, flows, 4 << 20);
-        let short =
-            |v: &[(usize, Vec<u8>)]| v.iter().map(|(n, h)| format!("{n}:{:02x}{:02x}", h[0], h[1])).collect::<Vec<_>>();
+        let short = |v: &[Carried]| v.iter().map(|(n, h)| format!("{n}:{:02x}{:02x}", h[0], h[1])).collect::<Vec<_>>();
         assert_eq!(got, sent, "n{from} to n{to}: (bytes, sha) arrived {:?}, sent {:?}", short(&got), short(&sent));
     }
     let q1 = status(&lab, 1).quic.expect("quic");

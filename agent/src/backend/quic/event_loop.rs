@@ -111,7 +111,8 @@ pub(super) struct Loop {
     conns: HashMap<qp::ConnectionHandle, Conn>,
     /// The peers and the lifecycle of their connections.
     table: PeerTable<qp::ConnectionHandle>,
-    /// Each peer's traffic counters (kept across its connections, dropped when it leaves).
+    /// Each peer's traffic counters, one per peer for all the threads (the tunnel keeps them
+    /// across connections and hands them over with each peer set).
     counters: HashMap<String, Arc<PeerCounters>>,
     /// Peer subnet → installed connection, or the thread carrying the peer.
     routes: packet::SubnetTable<Via>,

@@ -9,7 +9,7 @@
 //!   self-wakes) it takes a quarter off the round trip: docs/BENCHMARKS.md.
 //! - Threads: `quic.threads` such loops, each with its own tun queue, UDP port (`quic.port + i`)
 //!   and connections; thread `i` talks only to thread `i` of a peer, a pair uses the smaller
-//!   count, and a thread past it hands its packets to one below (`shard`).
+//!   count, and a thread past it hands its packets to one below ([`shard`]).
 //! - Control: the daemon hands over the peer set on every reconcile, through a command queue
 //!   and the eventfd. Of each pair the node with the smaller name dials (reconnecting with
 //!   backoff), the other accepts and identifies the peer by its certificate and address. A peer
@@ -28,7 +28,7 @@
 mod driver;
 mod event_loop;
 pub mod packet;
-mod shard;
+pub mod shard;
 mod shared;
 pub mod table;
 pub mod tls;
