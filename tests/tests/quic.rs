@@ -642,7 +642,7 @@ fn parallel_flows(
 
 #[test]
 fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() {
-    let lab = quic_lab("q9", 3, 1);
+    let lab = quic_lab("q10", 3, 1);
     // n2 runs one data path thread, n1 and n3 two: n1-n3 use two connections (thread i to
     // thread i, on port 7946 + i), n1-n2 and n2-n3 one (their thread 1 hands over to thread 0).
     let threads = [(1, 2), (2, 1), (3, 2)];
@@ -655,12 +655,18 @@ fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() 
         assert!(toml.contains("[quic]\n"), "{toml}");
         std::fs::write(&path, toml.replacen("[quic]\n", &format!("[quic]\nthreads = {n}\n"), 1)).expect("written");
     }
+    // n2 finds the single-queue device an agent from before threads left: it cannot attach to
+    // it with the multi-queue flag (the kernel refuses other flags) and recreates it.
+    run_ok(&lab, "n2", &["ip", "link", "del", "weft-tun0"]);
+    run_ok(&lab, "n2", &["ip", "tuntap", "add", "dev", "weft-tun0", "mode", "tun", "vnet_hdr"]);
     for (i, _) in threads {
         lab.start_agent(i).expect("start");
     }
     for i in 1..=3 {
         wait_tunnels_up(&lab, i, 2);
     }
+    let tun = run_ok(&lab, "n2", &["ip", "-d", "link", "show", "weft-tun0"]);
+    assert!(tun.contains(" multi_queue "), "n2's tun was not recreated multi-queue: {tun}");
     let shown = |i: usize| {
         let q = status(&lab, i).quic.expect("quic");
         let peers: Vec<(String, usize, bool)> =
