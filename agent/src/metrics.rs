@@ -520,9 +520,13 @@ mod tests {
                 rx_packets: 9,
                 rx_bytes: 900,
                 connects: 1,
+                threads: 1,
+                shards: Vec::new(),
             }],
             drops,
             refused: 4,
+            threads: 1,
+            handed: 0,
         });
         let text = render(&st, now);
         for (series, want) in [

@@ -165,17 +165,18 @@ pub struct QuicConfig {
     pub tun: String,
     /// Tun and pod MTU; `None` = derived from the underlay MTU (see docs/ARCHITECTURE.md).
     pub mtu: Option<u32>,
-    /// Accepted (1 to 64) so that older files still load, and ignored: the data path is one
-    /// event loop thread (docs/ARCHITECTURE.md).
-    pub threads: usize,
+    /// Data path threads (1 to 64), each with its own tun queue, UDP port (`port + i`) and
+    /// connection per peer; `None` ("auto", the key absent) = the machine's core count, at most
+    /// [`QUIC_THREADS_AUTO_MAX`] (the agent decides; docs/ARCHITECTURE.md).
+    pub threads: Option<usize>,
     /// Which underlay the tunnel runs over (`endpoint_family = "ipv4"` or `"ipv6"`): the
     /// endpoint published in the record is `public_ip` or `public_ip6` and the port. IPv4 unless
     /// set, also in dual-stack networks; every node of a cluster must use the same family.
     pub endpoint_family: Family,
 }
 
-/// Default of `quic.threads`.
-pub const DEFAULT_QUIC_THREADS: usize = 1;
+/// The most data path threads `quic.threads` "auto" (the key absent) chooses.
+pub const QUIC_THREADS_AUTO_MAX: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
@@ -478,7 +479,19 @@ fn read_quic(mut r: Reader<'_>) -> Result<Option<QuicConfig>, ConfigError> {
         return Err(r.err("tun", format!("expected an interface name of 1 to 15 characters, found {tun:?}")));
     }
     let mtu = r.opt_int("mtu", 576, 65535)?.map(|m| m as u32);
-    let threads = r.opt_int("threads", 1, 64)?.map_or(DEFAULT_QUIC_THREADS, |t| t as usize);
+    let threads = r.opt_int("threads", 1, 64)?.map(|t| t as usize);
+    // Thread i listens on port + i.
+    if let Some(t) = threads {
+        let last = usize::from(port) + t - 1;
+        if last > usize::from(u16::MAX) {
+            return Err(r.err(
+                "threads",
+                format!(
+                    "{t} threads listen on UDP ports {port} to {last}, past 65535 (lower quic.port or quic.threads)"
+                ),
+            ));
+        }
+    }
     let endpoint_family = match r.opt_str("endpoint_family")? {
         None | Some("ipv4") => Family::V4,
         Some("ipv6") => Family::V6,
@@ -723,9 +736,16 @@ endpoints = ["http://10.0.0.5:2379"]
         assert_eq!(q.port, DEFAULT_QUIC_PORT);
         assert_eq!(q.tun, "weft-tun0");
         assert_eq!(q.mtu, None);
-        assert_eq!(q.threads, DEFAULT_QUIC_THREADS);
+        assert_eq!(q.threads, None, "auto");
         let two = AgentConfig::parse("agent.toml", &format!("{full}threads = 2")).expect("valid").quic.expect("quic");
-        assert_eq!(two.threads, 2);
+        assert_eq!(two.threads, Some(2));
+        let top = AgentConfig::parse("agent.toml", &format!("{full}port = 65534\nthreads = 2")).expect("fits");
+        assert_eq!(top.quic.map(|q| (q.port, q.threads)), Some((65534, Some(2))));
+        let e = AgentConfig::parse("agent.toml", &format!("{full}port = 65534\nthreads = 3")).expect_err("ports");
+        assert_eq!(
+            e.to_string(),
+            "agent.toml: quic.threads: 3 threads listen on UDP ports 65534 to 65536, past 65535 (lower quic.port or quic.threads)"
+        );
         let e = AgentConfig::parse("agent.toml", &format!("{full}threads = 0")).expect_err("threads");
         assert_eq!(e.to_string(), "agent.toml: quic.threads: expected an integer from 1 to 64, found 0");
         let e = AgentConfig::parse("agent.toml", &format!("{base}ca_file = \"/ca.pem\"")).expect_err("no cert");

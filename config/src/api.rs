@@ -302,6 +302,17 @@ pub struct QuicStatus {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Connections refused during the handshake or after it (bad certificate, unknown node, wrong address).
     pub refused: u64,
+    /// Data path threads (each on UDP port `endpoint`'s + its index); 1 from an older agent.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Packets a data path thread read for a peer whose connection another thread holds, and
+    /// handed over (pairs with fewer threads than this node).
+    #[serde(default)]
+    pub handed: u64,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -321,8 +332,26 @@ pub struct QuicPeerStatus {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// Connections made to this peer since start (1 + reconnects).
+    /// Connections made to this peer since start (1 + reconnects), summed over the pair's
+    /// threads.
     pub connects: u64,
+    /// Data path threads the pair uses (the smaller count of the two nodes), each with its own
+    /// connection; `connected` when all of them are, `rtt_us` thread 0's. 1 from an older agent.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Each of the pair's threads' connection, thread 0 first (empty from an older agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<QuicShardStatus>,
+}
+
+/// One data path thread's connection to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QuicShardStatus {
+    pub connected: bool,
+    pub rtt_us: u64,
+    /// DATAGRAM frames (tunnelled packets) sent and received on the current connection.
+    pub tx_datagrams: u64,
+    pub rx_datagrams: u64,
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ fn spec(i: usize, variant: u8) -> PeerSpec {
         },
         endpoint: SocketAddr::from(([192, 0, 2, n + 10 * (variant >> 1 & 1)], 4433)),
         epoch: u64::from(variant & 1),
+        threads: 1,
     }
 }
 

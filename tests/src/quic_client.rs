@@ -39,7 +39,7 @@ where
         key_file: files.key.to_path_buf(),
         tun: "unused".into(),
         mtu: None,
-        threads: 1,
+        threads: Some(1),
         endpoint_family: weft_config::subnet::Family::V4,
     };
     let id = tls::load(&q, files.name)?;

@@ -77,6 +77,11 @@ fn routed_cluster_carries_pod_traffic_through_the_tunnel() {
     // MTU: the pod's interface, the tun and FLANNEL_MTU agree, and a DF ping filling it passes.
     let st = status(&lab, 1);
     let q = st.quic.clone().expect("quic status");
+    // quic.threads unset: the core count (at most 8), and every pair uses all of them.
+    let auto = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let pairs: Vec<usize> = q.peers.iter().map(|p| p.threads).collect();
+    eprintln!("n1: {} data path threads, pairs {pairs:?}, endpoint {}", q.threads, q.endpoint);
+    assert_eq!((q.threads, pairs), (auto, vec![auto, auto]), "threads of n1 and of its pairs: {:?}", q.peers);
     let env = std::fs::read_to_string(lab.node_config(1).expect("cfg").paths.subnet_env).expect("subnet.env");
     assert!(env.contains(&format!("FLANNEL_MTU={}\n", q.mtu)), "subnet.env {env:?} vs tun MTU {}", q.mtu);
     let link = run_ok(&lab, "n1/p1", &["ip", "-j", "link", "show", "eth0"]);
@@ -555,4 +560,146 @@ fn dual_stack_carries_both_families_over_one_connection_per_pair() {
     assert!(wait_for(Duration::from_secs(3), ping6).is_some(), "n1 cannot reach {gw2} over the IPv6 underlay");
     let failures = cross_node_ping_failures_all(&lab, 2, &["p1"]);
     assert!(failures.is_empty(), "pod pairs that do not ping over the IPv6 underlay: {failures:?}");
+}
+
+/// What went through one TCP connection: its bytes and their SHA-256.
+type Carried = (usize, Vec<u8>);
+
+/// `flows` TCP connections at once from pod `from` to pod `to` ((node, pod) indices), each
+/// carrying `bytes` of its own pseudo-random data: what each sent and what arrived, as sorted
+/// (bytes, SHA-256) lists (several flows spread over the tun queues, so over the data path
+/// threads).
+fn parallel_flows(
+    lab: &Lab,
+    from: (usize, usize),
+    to: (usize, usize),
+    port: u16,
+    flows: usize,
+    bytes: usize,
+) -> (Vec<Carried>, Vec<Carried>) {
+    let server_ip = pod_ip(lab, to.0, &format!("p{}", to.1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server_ns = lab.pod_ns(to.0, to.1);
+    let server = std::thread::spawn(move || {
+        in_netns(&server_ns, || -> anyhow::Result<Vec<Carried>> {
+            let l = TcpListener::bind((server_ip, port))?;
+            let _ = tx.send(());
+            // Threads started here inherit the pod's namespace.
+            let mut readers = Vec::new();
+            for _ in 0..flows {
+                let (mut s, _) = l.accept()?;
+                readers.push(std::thread::spawn(move || -> anyhow::Result<Carried> {
+                    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    let (mut h, mut n, mut buf) = (Sha256::new(), 0, vec![0u8; 1 << 16]);
+                    loop {
+                        let k = s.read(&mut buf)?;
+                        if k == 0 {
+                            return Ok((n, h.finalize().to_vec()));
+                        }
+                        h.update(&buf[..k]);
+                        n += k;
+                    }
+                }));
+            }
+            let mut got = Vec::new();
+            for r in readers {
+                got.push(r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??);
+            }
+            got.sort();
+            Ok(got)
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    let mut sent = in_netns(&lab.pod_ns(from.0, from.1), || -> anyhow::Result<Vec<Carried>> {
+        let writers: Vec<_> = (0..flows)
+            .map(|f| {
+                std::thread::spawn(move || -> anyhow::Result<Carried> {
+                    let mut c = TcpStream::connect((server_ip, port))?;
+                    let (mut h, mut chunk) = (Sha256::new(), vec![0u8; 1 << 16]);
+                    let mut x: u32 = 0x1234_5678 ^ (f as u32 + 1).wrapping_mul(0x9e37_79b9);
+                    for _ in 0..bytes / chunk.len() {
+                        for b in chunk.iter_mut() {
+                            x ^= x << 13;
+                            x ^= x >> 17;
+                            x ^= x << 5;
+                            *b = x as u8;
+                        }
+                        h.update(&chunk);
+                        c.write_all(&chunk)?;
+                    }
+                    Ok((bytes / chunk.len() * chunk.len(), h.finalize().to_vec()))
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?).collect()
+    })
+    .expect("netns")
+    .expect("send");
+    sent.sort();
+    let got = server.join().expect("server thread").expect("netns").expect("receive");
+    (sent, got)
+}
+
+#[test]
+fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() {
+    let lab = quic_lab("q10", 3, 1);
+    // n2 runs one data path thread, n1 and n3 two: n1-n3 use two connections (thread i to
+    // thread i, on port 7946 + i), n1-n2 and n2-n3 one (their thread 1 hands over to thread 0).
+    let threads = [(1, 2), (2, 1), (3, 2)];
+    for (i, _) in threads {
+        lab.stop_agent(i, nix::sys::signal::Signal::SIGTERM).expect("stop");
+    }
+    for (i, n) in threads {
+        let path = lab.node_paths(i).config;
+        let toml = std::fs::read_to_string(&path).expect("agent.toml");
+        assert!(toml.contains("[quic]\n"), "{toml}");
+        std::fs::write(&path, toml.replacen("[quic]\n", &format!("[quic]\nthreads = {n}\n"), 1)).expect("written");
+    }
+    // n2 finds the single-queue device an agent from before threads left: it cannot attach to
+    // it with the multi-queue flag (the kernel refuses other flags) and recreates it.
+    run_ok(&lab, "n2", &["ip", "link", "del", "weft-tun0"]);
+    run_ok(&lab, "n2", &["ip", "tuntap", "add", "dev", "weft-tun0", "mode", "tun", "vnet_hdr"]);
+    for (i, _) in threads {
+        lab.start_agent(i).expect("start");
+    }
+    for i in 1..=3 {
+        wait_tunnels_up(&lab, i, 2);
+    }
+    let tun = run_ok(&lab, "n2", &["ip", "-d", "link", "show", "weft-tun0"]);
+    assert!(tun.contains(" multi_queue "), "n2's tun was not recreated multi-queue: {tun}");
+    let shown = |i: usize| {
+        let q = status(&lab, i).quic.expect("quic");
+        let peers: Vec<(String, usize, bool)> =
+            q.peers.iter().map(|p| (p.node.clone(), p.threads, p.connected)).collect();
+        (q.threads, peers)
+    };
+    let (n1, n2, n3) = (shown(1), shown(2), shown(3));
+    eprintln!("(threads, [(peer, pair threads, connected)]): n1 {n1:?}, n2 {n2:?}, n3 {n3:?}");
+    assert_eq!(n1, (2, vec![("n2".into(), 1, true), ("n3".into(), 2, true)]), "n1's status");
+    assert_eq!(n2, (1, vec![("n1".into(), 1, true), ("n3".into(), 1, true)]), "n2's status");
+    assert_eq!(n3, (2, vec![("n1".into(), 2, true), ("n2".into(), 1, true)]), "n3's status");
+
+    let pods = all_pods(&lab, 3, &["p1"]);
+    let failures = cross_node_ping_failures(&lab, &pods);
+    assert!(failures.is_empty(), "pod pairs that do not ping: {failures:?}");
+
+    // Eight flows at once each way between the two-thread nodes, and between a two-thread node
+    // and the one-thread node (what n1 reads on queue 1 goes through its thread 0).
+    // (A flow n1 opens to n2 starts on the queue of its hash; once n2's answer is written to
+    // queue 0, the kernel sends the rest of it there too: 16 flows make it all but certain that
+    // some first packets are handed over.)
+    for (k, (from, to, flows)) in [(1, 3, 8), (3, 1, 8), (1, 2, 16), (2, 1, 8)].into_iter().enumerate() {
+        let (sent, got) = parallel_flows(&lab, (from, 1), (to, 1), 7300 + k as u16, flows, 4 << 20);
+        let short = |v: &[Carried]| v.iter().map(|(n, h)| format!("{n}:{:02x}{:02x}", h[0], h[1])).collect::<Vec<_>>();
+        assert_eq!(got, sent, "n{from} to n{to}: (bytes, sha) arrived {:?}, sent {:?}", short(&got), short(&sent));
+    }
+    let q1 = status(&lab, 1).quic.expect("quic");
+    eprintln!("n1 after the flows: handed {}, peers {:?}, drops {:?}", q1.handed, q1.peers, q1.drops);
+    let n3 = q1.peers.iter().find(|p| p.node == "n3").expect("n3");
+    let carried: Vec<(u64, u64)> = n3.shards.iter().map(|s| (s.tx_datagrams, s.rx_datagrams)).collect();
+    assert!(
+        carried.len() == 2 && carried.iter().all(|&(tx, rx)| tx > 0 && rx > 0),
+        "n1-n3 should carry the 16 flows on both threads' connections: (tx, rx) datagrams by thread {carried:?}"
+    );
+    assert!(q1.handed > 0, "n1 handed no packet for n2 from thread 1 to thread 0: {q1:?}");
 }

@@ -152,6 +152,11 @@ fn broken_configs() -> Vec<(&'static str, String, &'static str)> {
             format!("{good}[quic]\nport = 70000\n"),
             "quic.port: expected an integer from 1 to 65535, found 70000",
         ),
+        (
+            "data path threads past port 65535",
+            format!("{good}[quic]\nca_file = \"/ca.pem\"\ncert_file = \"/n.pem\"\nkey_file = \"/n.key\"\nport = 65535\nthreads = 2\n"),
+            "quic.threads: 2 threads listen on UDP ports 65535 to 65536, past 65535 (lower quic.port or quic.threads)",
+        ),
     ]
 }
 

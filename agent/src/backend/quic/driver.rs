@@ -8,7 +8,7 @@
 //! unless `quic.endpoint_family = "ipv6"`; nodes of one cluster must agree (a peer whose
 //! endpoint is of the other family is refused with that reason).
 
-use super::{bind_socket, tls, tun_mtu_over, udp_ip_overhead, PeerSpec, Settings, Tunnel};
+use super::{bind_socket, data_threads, tls, tun_mtu_over, udp_ip_overhead, PeerSpec, Settings, Tunnel};
 use crate::api::LiveQuic;
 use crate::backend::{BuildContext, Driver, NodeView, Plan, Refused, Registration, UnderlayInfo};
 use crate::firewall::ForwardMode;
@@ -45,11 +45,12 @@ fn build<K: Kernel>(ctx: &BuildContext) -> Result<Box<dyn Driver<K>>> {
             "the network's backend is quic but agent.toml has no [quic] section (ca_file, cert_file, key_file)",
         )?;
     Ok(Box::new(QuicDriver {
+        threads: data_threads(&q),
         q,
         node: ctx.cfg.node_name.clone(),
         live: ctx.live.clone(),
         tunnel: None,
-        socket: None,
+        sockets: Vec::new(),
         fingerprint: None,
         tun_index: 0,
     }))
@@ -60,9 +61,11 @@ pub struct QuicDriver {
     node: String,
     live: LiveQuic,
     tunnel: Option<Tunnel>,
-    /// The UDP socket, bound before the record that makes peers dial is published, and handed
-    /// to the tunnel when it starts.
-    socket: Option<std::net::UdpSocket>,
+    /// Data path threads ([`data_threads`]), each on UDP port `quic.port` + its index.
+    threads: usize,
+    /// The UDP sockets, one per thread, bound before the record that makes peers dial is
+    /// published, and handed to the tunnel when it starts.
+    sockets: Vec<std::net::UdpSocket>,
     fingerprint: Option<String>,
     /// The tun device's index, read before each plan.
     tun_index: u32,
@@ -71,6 +74,19 @@ pub struct QuicDriver {
 /// What the tunnel needs of a peer: its endpoint from the peer's `backend_data`.
 fn endpoint(peer: &Peer) -> Option<SocketAddr> {
     peer.backend_data.get(NAME)?.get("endpoint")?.as_str()?.parse().ok()
+}
+
+/// The data path threads `peer` advertises (`threads` in its `backend_data`): 1 when absent (an
+/// agent from before threads), and 1, logged, when not a count from 1 to 64.
+fn peer_threads(peer: &Peer) -> usize {
+    let Some(v) = peer.backend_data.get(NAME).and_then(|d| d.get("threads")) else { return 1 };
+    match v.as_u64() {
+        Some(n @ 1..=64) => n as usize,
+        _ => {
+            warn!(peer = %peer.node, threads = %v, "the record's quic threads is not a count from 1 to 64; using 1");
+            1
+        }
+    }
 }
 
 /// The endpoint of `peer` that a node whose tunnel runs over `family` can dial, or why there is
@@ -107,6 +123,7 @@ pub fn specs(peers: &[&Peer], family: Family) -> Vec<PeerSpec> {
                 subnets: PerFamily::from_options(v4, v6)?,
                 endpoint: reachable(p, family).ok()?,
                 epoch: p.epoch,
+                threads: peer_threads(p),
             })
         })
         .collect()
@@ -177,8 +194,10 @@ impl<K: Kernel> Driver<K> for QuicDriver {
         }
         let id = tls::load(&self.q, &self.node)?;
         self.fingerprint = Some(id.fingerprint);
-        if self.tunnel.is_none() && self.socket.is_none() {
-            self.socket = Some(bind_socket(self.q.port, self.q.endpoint_family)?);
+        if self.tunnel.is_none() && self.sockets.is_empty() {
+            // The config checked that the ports fit ("auto" stays within them).
+            let ports = (0..self.threads).map(|i| self.q.port.saturating_add(i as u16));
+            self.sockets = ports.map(|p| bind_socket(p, self.q.endpoint_family)).collect::<Result<_>>()?;
         }
         Ok(())
     }
@@ -188,6 +207,8 @@ impl<K: Kernel> Driver<K> for QuicDriver {
         // `prepare` refused an IPv6 endpoint without an IPv6 underlay address.
         let ip = underlay.public_ip_of(self.q.endpoint_family).unwrap_or(underlay.public_ip);
         data.insert("endpoint".into(), SocketAddr::from((ip, self.q.port)).to_string().into());
+        // Thread i listens on the endpoint's port + i; a record without it is one thread.
+        data.insert("threads".into(), self.threads.into());
         if let Some(f) = &self.fingerprint {
             data.insert("cert_fingerprint".into(), f.clone().into());
         }
@@ -209,7 +230,8 @@ impl<K: Kernel> Driver<K> for QuicDriver {
                         )
                         .unwrap_or(1472),
                         quic: self.q.clone(),
-                        socket: self.socket.take(),
+                        threads: self.threads,
+                        sockets: std::mem::take(&mut self.sockets),
                     };
                     let t = Tunnel::start(settings)?;
                     *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(t.status_fn());
@@ -311,6 +333,22 @@ mod tests {
         assert_eq!(s[0].endpoint, "172.30.1.12:7946".parse().expect("literal"));
     }
 
+    #[test]
+    fn specs_carry_the_advertised_threads_one_when_absent_or_bad() {
+        let with = |threads: Option<serde_json::Value>| {
+            let mut p = quic_peer("n2", "10.244.2.0/24", Some("172.30.1.12:7946"));
+            if let Some(t) = threads {
+                p.backend_data.insert(NAME.into(), serde_json::json!({ "endpoint": "172.30.1.12:7946", "threads": t }));
+            }
+            specs(&[&p], Family::V4)[0].threads
+        };
+        assert_eq!(with(None), 1, "an agent from before threads");
+        assert_eq!(with(Some(4.into())), 4);
+        for bad in [serde_json::json!(0), serde_json::json!(65), serde_json::json!("2"), serde_json::json!(-1)] {
+            assert_eq!(with(Some(bad.clone())), 1, "{bad}");
+        }
+    }
+
     /// Peer `name` (number `n`) of a dual-stack network: its IPv4 and IPv6 subnet, one record
     /// (so one endpoint and epoch) for both.
     fn dual_peer(name: &str, n: u8, endpoint: &str) -> [Peer; 2] {
@@ -390,18 +428,21 @@ mod tests {
                     subnets: PerFamily::Dual(net("10.244.2.0/24"), net("fd00:10:244:2::/64")),
                     endpoint: "172.30.1.12:7946".parse().expect("literal"),
                     epoch: 7,
+                    threads: 1,
                 },
                 PeerSpec {
                     node: "n3".into(),
                     subnets: PerFamily::V4(net("10.244.3.0/24")),
                     endpoint: "172.30.0.13:7946".parse().expect("literal"),
                     epoch: 7,
+                    threads: 1,
                 },
                 PeerSpec {
                     node: "n4".into(),
                     subnets: PerFamily::V6(net("fd00:10:244:4::/64")),
                     endpoint: "172.30.0.14:7946".parse().expect("literal"),
                     epoch: 1,
+                    threads: 1,
                 },
             ]
         );
@@ -439,7 +480,7 @@ mod tests {
             key_file: "/nonexistent/n1.key".into(),
             tun: "weft-tun0".into(),
             mtu: None,
-            threads: 1,
+            threads: Some(2),
             endpoint_family,
         };
         QuicDriver {
@@ -447,7 +488,8 @@ mod tests {
             node: "n1".into(),
             live: LiveQuic::default(),
             tunnel: None,
-            socket: None,
+            threads: 2,
+            sockets: Vec::new(),
             fingerprint: None,
             tun_index: 0,
         }
@@ -457,7 +499,9 @@ mod tests {
     fn the_endpoint_and_mtu_follow_the_underlay_family() {
         let u = dual_node("172.30.0.11/24", "fd00:172:30::11/64").underlay;
         let over4 = driver(Family::V4);
-        assert_eq!(Driver::<FakeKernel>::backend_data(&over4, &u).expect("data")["endpoint"], "172.30.0.11:7946");
+        let data = Driver::<FakeKernel>::backend_data(&over4, &u).expect("data");
+        assert_eq!(data["endpoint"], "172.30.0.11:7946", "thread 0's, which an agent from before threads dials");
+        assert_eq!(data["threads"], 2);
         assert_eq!(Driver::<FakeKernel>::pod_mtu(&over4, 1500, None), 1434);
         let mut over6 = driver(Family::V6);
         assert_eq!(Driver::<FakeKernel>::backend_data(&over6, &u).expect("data")["endpoint"], "[fd00:172:30::11]:7946");

@@ -1,13 +1,17 @@
 //! The quic data path's event loop: `ppoll` over the UDP socket (quinn-udp), the tun and a
 //! wake-up eventfd, driving quinn-proto's endpoint and connections, and carrying out the
 //! actions of the peer table ([`super::table`]), which decides the peer lifecycle. This file is
-//! the I/O and the packet path; `control` the commands and the table's actions.
+//! the I/O and the packet path; `control` the commands and the table's actions; `hand_off` the
+//! packets passed between threads. Each data path thread runs one loop with its own tun queue,
+//! socket, endpoint and connections ([`super::shard`]).
 
 mod bufs;
 mod control;
+mod hand_off;
 
 use super::packet::{self, DropReason, Prefix};
-use super::shared::{Cmd, PeerCounters, Shared, Wake};
+use super::shard::HandOff;
+use super::shared::{Cmd, Handed, PeerCounters, Shared, ThreadLink, Wake};
 use super::table::PeerTable;
 use bufs::ReadBuf;
 use bytes::BytesMut;
@@ -59,7 +63,25 @@ impl Conn {
     }
 }
 
-/// What the loop does its I/O with: the QUIC endpoint, the UDP socket and the tun device.
+/// Where the route table sends a packet read from the tun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// This thread's connection to the peer.
+    Conn(qp::ConnectionHandle),
+    /// Thread `k` carries the peer's packets (the pair uses fewer threads than this one's index).
+    Thread(usize),
+}
+
+/// This loop among the data path threads: its index, the way to every thread (itself
+/// included, unused), and its own queue of packets handed to it.
+pub(super) struct Sharding {
+    pub(super) index: usize,
+    pub(super) links: Vec<ThreadLink>,
+    pub(super) handed: mpsc::Receiver<Handed>,
+}
+
+/// What the loop does its I/O with: the QUIC endpoint, the UDP socket and the tun device (its
+/// thread's queue).
 pub(super) struct Io {
     pub(super) endpoint: qp::Endpoint,
     pub(super) socket: std::net::UdpSocket,
@@ -69,6 +91,14 @@ pub(super) struct Io {
 
 pub(super) struct Loop {
     sh: Arc<Shared>,
+    /// This thread's index: the peers' threads of the same index are its peers.
+    index: usize,
+    links: Vec<ThreadLink>,
+    handed: mpsc::Receiver<Handed>,
+    /// Packets read for each other thread, not yet handed over.
+    outbox: Vec<Handed>,
+    /// The peers whose packets other threads carry, from the last peer set.
+    hand_off: Vec<HandOff>,
     local: Prefix,
     endpoint: qp::Endpoint,
     socket: std::net::UdpSocket,
@@ -80,10 +110,11 @@ pub(super) struct Loop {
     conns: HashMap<qp::ConnectionHandle, Conn>,
     /// The peers and the lifecycle of their connections.
     table: PeerTable<qp::ConnectionHandle>,
-    /// Each peer's traffic counters (kept across its connections, dropped when it leaves).
+    /// Each peer's traffic counters, one per peer for all the threads (the tunnel keeps them
+    /// across connections and hands them over with each peer set).
     counters: HashMap<String, Arc<PeerCounters>>,
-    /// Peer subnet → installed connection.
-    routes: packet::SubnetTable<qp::ConnectionHandle>,
+    /// Peer subnet → installed connection, or the thread carrying the peer.
+    routes: packet::SubnetTable<Via>,
     /// Connections with something to do (events, datagrams, packets to send).
     dirty: Vec<qp::ConnectionHandle>,
     /// Connection timeouts, earliest first. Entries are checked against the connection when
@@ -108,6 +139,7 @@ impl Loop {
         sh: Arc<Shared>,
         local_subnets: PerFamily<IpNet>,
         io: Io,
+        sharding: Sharding,
         wake: Arc<Wake>,
         cmds: mpsc::Receiver<Cmd>,
         client: qp::ClientConfig,
@@ -117,6 +149,11 @@ impl Loop {
         Loop {
             table: PeerTable::new(&sh.node),
             sh,
+            index: sharding.index,
+            outbox: vec![Vec::new(); sharding.links.len()],
+            links: sharding.links,
+            handed: sharding.handed,
+            hand_off: Vec::new(),
             local,
             endpoint: io.endpoint,
             socket: io.socket,
@@ -185,12 +222,14 @@ impl Loop {
             if fds[2].revents != 0 {
                 self.wake.reset();
                 self.commands();
+                self.take_handed();
             }
             if fds[0].revents != 0 {
                 self.read_udp(&mut udp_bufs, &mut metas);
             }
             if fds[1].revents != 0 {
                 self.read_tun(&mut original, &mut bufs, &mut sizes);
+                self.flush_hand_offs();
             }
         }
     }
@@ -402,9 +441,16 @@ impl Loop {
                         continue;
                     }
                 };
-                let Some(&ch) = self.routes.lookup(dst) else {
+                let Some(&via) = self.routes.lookup(dst) else {
                     self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
                     continue;
+                };
+                let ch = match via {
+                    Via::Conn(ch) => ch,
+                    Via::Thread(k) => {
+                        self.hand_off(k, pkt);
+                        continue;
+                    }
                 };
                 let Some(c) = self.conns.get_mut(&ch) else {
                     self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);

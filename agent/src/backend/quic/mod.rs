@@ -7,6 +7,9 @@
 //!   (source in the peer's subnet, destination in ours) and written to the tun through GRO.
 //!   Compared with the same path on tokio + quinn (tasks, drivers, channels, the runtime's
 //!   self-wakes) it takes a quarter off the round trip: docs/BENCHMARKS.md.
+//! - Threads: `quic.threads` such loops, each with its own tun queue, UDP port (`quic.port + i`)
+//!   and connections; thread `i` talks only to thread `i` of a peer, a pair uses the smaller
+//!   count, and a thread past it hands its packets to one below ([`shard`]).
 //! - Control: the daemon hands over the peer set on every reconcile, through a command queue
 //!   and the eventfd. Of each pair the node with the smaller name dials (reconnecting with
 //!   backoff), the other accepts and identifies the peer by its certificate and address. A peer
@@ -15,14 +18,17 @@
 //!   event loop carries them out.
 //!
 //! Files: `tunnel` (the handle the daemon holds, settings, status); `shared` (what the handle
-//! and the loop share: state, commands, the wake-up eventfd); `event_loop` (ppoll,
-//! quinn-udp, the tun, quinn-proto) and `event_loop/control.rs` (commands, the table's actions);
+//! and the loops share: state, commands, the wake-up eventfd, the hand-off queues); `shard`
+//! (which thread does what with each peer); `event_loop` (ppoll, quinn-udp, the tun,
+//! quinn-proto), `event_loop/control.rs` (commands, the table's actions) and
+//! `event_loop/hand_off.rs` (packets between threads);
 //! [`table`] (the peer lifecycle); [`packet`] (checks, the subnet table); [`tls`]; `driver` (the
 //! backend behind the seam).
 
 mod driver;
 mod event_loop;
 pub mod packet;
+pub mod shard;
 mod shared;
 pub mod table;
 pub mod tls;
@@ -37,7 +43,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
+use weft_config::agent::QuicConfig;
 use weft_config::subnet::Family;
+
+/// The data path threads of `q`: `quic.threads`, or unset ("auto") the machine's core count
+/// (at most 8, see [`shard::auto_threads`]).
+pub fn data_threads(q: &QuicConfig) -> usize {
+    q.threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        shard::auto_threads(cores, q.port)
+    })
+}
 
 /// IPv4 + UDP headers.
 pub const UDP_IP_OVERHEAD: u32 = 28;

@@ -42,6 +42,9 @@ pub struct PeerSpec {
     pub subnets: PerFamily<IpNet>,
     pub endpoint: SocketAddr,
     pub epoch: u64,
+    /// Data path threads: as the peer advertises them (from the driver), or, in the specs of
+    /// one thread ([`super::shard::plan`]), how many of them the pair uses.
+    pub threads: usize,
 }
 
 /// Why this side closes a connection: the application close code and reason the peer sees.
@@ -462,6 +465,7 @@ mod tests {
             subnets: PerFamily::V4(format!("10.244.{n}.0/24").parse().expect("a valid subnet")),
             endpoint: SocketAddr::from(([192, 0, 2, n], 4433)),
             epoch,
+            threads: 1,
         }
     }
 

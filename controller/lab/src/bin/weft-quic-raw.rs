@@ -84,7 +84,7 @@ impl TlsArgs {
             key_file: self.key.clone(),
             tun: String::new(),
             mtu: None,
-            threads: 1,
+            threads: Some(1),
             endpoint_family: weft_config::subnet::Family::V4,
         };
         tls::load(&q, &self.name)

@@ -1,7 +1,7 @@
 //! The event loop's control side: the daemon's commands, and the peer table's actions carried
 //! out on quinn-proto (dial, close, install), the route table and the status the API reads.
 
-use super::{close_code, Conn, Loop};
+use super::{close_code, Conn, Loop, Via};
 use crate::backend::quic::packet::{self, Prefix};
 use crate::backend::quic::shared::{lock, Cmd, PeerView, CLOSE_GRACE, STATUS_EVERY};
 use crate::backend::quic::table::{Action, Closing};
@@ -48,9 +48,11 @@ impl Loop {
     pub(super) fn commands(&mut self) {
         while let Ok(cmd) = self.cmds.try_recv() {
             match cmd {
-                Cmd::Peers(specs) => {
+                Cmd::Peers(set) => {
                     let now = Instant::now();
-                    let actions = self.table.set_peers(specs, now);
+                    self.counters = set.counters;
+                    self.hand_off = set.hand_off;
+                    let actions = self.table.set_peers(set.specs, now);
                     self.execute(actions, now);
                 }
                 Cmd::Tls { server, client } => {
@@ -110,9 +112,11 @@ impl Loop {
 
     fn rebuild_routes(&mut self) {
         let mut routes = packet::SubnetTable::new(self.local);
-        for (subnets, ch) in self.table.installed() {
+        let installed = self.table.installed().map(|(subnets, ch)| (subnets, Via::Conn(ch)));
+        let handed = self.hand_off.iter().map(|h| (h.subnets, Via::Thread(h.to)));
+        for (subnets, via) in installed.chain(handed) {
             for (_, subnet) in subnets.iter() {
-                if !routes.insert(*subnet, ch) {
+                if !routes.insert(*subnet, via) {
                     warn!(%subnet, "a peer subnet of another length or family than this node's: no route to it");
                 }
             }
@@ -127,6 +131,8 @@ impl Loop {
             .peers()
             .map(|p| {
                 let conn = p.installed().and_then(|ch| self.conns.get(&ch));
+                let frames =
+                    conn.map(|c| c.conn.stats()).map_or((0, 0), |s| (s.frame_tx.datagram, s.frame_rx.datagram));
                 PeerView {
                     node: p.spec.node.clone(),
                     subnets: p.spec.subnets,
@@ -135,10 +141,15 @@ impl Loop {
                     rtt_us: conn.map_or(0, |c| c.conn.rtt().as_micros() as u64),
                     connects: p.connects,
                     counters: self.counters.entry(p.spec.node.clone()).or_default().clone(),
+                    threads: p.spec.threads,
+                    tx_datagrams: frames.0,
+                    rx_datagrams: frames.1,
                 }
             })
             .collect();
-        *lock(&self.sh.peers) = view;
+        if let Some(mine) = self.sh.peers.get(self.index) {
+            *lock(mine) = view;
+        }
         self.status_due = Instant::now() + STATUS_EVERY;
     }
 
