@@ -14,7 +14,7 @@ use super::shard::HandOff;
 use super::shared::{Cmd, Handed, PeerCounters, Shared, ThreadLink, Wake};
 use super::table::PeerTable;
 use bufs::ReadBuf;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use quinn_proto as qp;
 use std::cmp::Reverse;
@@ -420,6 +420,32 @@ impl Loop {
         }
     }
 
+    /// Queues `pkt` as a datagram on connection `ch` (a peer's tunnel) and counts it, or counts
+    /// why it was dropped.
+    fn send_datagram(&mut self, ch: qp::ConnectionHandle, pkt: Bytes) {
+        let Some(c) = self.conns.get_mut(&ch) else {
+            self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
+            return;
+        };
+        let size = pkt.len();
+        if size > c.max_datagram {
+            self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
+            return;
+        }
+        match c.conn.datagrams().send(pkt, true) {
+            Ok(()) => {
+                if let Some((_, counters)) = &c.peer {
+                    counters.tx_packets.fetch_add(1, Relaxed);
+                    counters.tx_bytes.fetch_add(size as u64, Relaxed);
+                }
+            }
+            Err(_) => {
+                self.sh.drops[DropReason::SendFailed.index()].fetch_add(1, Relaxed);
+            }
+        }
+        self.mark(ch);
+    }
+
     fn read_tun(&mut self, original: &mut [u8], bufs: &mut [ReadBuf], sizes: &mut [usize]) {
         for _ in 0..TUN_READS_PER_TURN {
             bufs.iter_mut().for_each(ReadBuf::ready);
@@ -445,33 +471,10 @@ impl Loop {
                     self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
                     continue;
                 };
-                let ch = match via {
-                    Via::Conn(ch) => ch,
-                    Via::Thread(k) => {
-                        self.hand_off(k, pkt);
-                        continue;
-                    }
-                };
-                let Some(c) = self.conns.get_mut(&ch) else {
-                    self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
-                    continue;
-                };
-                if size > c.max_datagram {
-                    self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
-                    continue;
+                match via {
+                    Via::Conn(ch) => self.send_datagram(ch, pkt.freeze()),
+                    Via::Thread(k) => self.hand_off(k, pkt.freeze()),
                 }
-                match c.conn.datagrams().send(pkt.freeze(), true) {
-                    Ok(()) => {
-                        if let Some((_, counters)) = &c.peer {
-                            counters.tx_packets.fetch_add(1, Relaxed);
-                            counters.tx_bytes.fetch_add(size as u64, Relaxed);
-                        }
-                    }
-                    Err(_) => {
-                        self.sh.drops[DropReason::SendFailed.index()].fetch_add(1, Relaxed);
-                    }
-                }
-                self.mark(ch);
             }
             self.drive_dirty();
         }

@@ -14,12 +14,12 @@ const HAND_OFF_BATCH: usize = 64;
 
 impl Loop {
     /// Queues `pkt`, read from this thread's tun queue, for thread `k`.
-    pub(super) fn hand_off(&mut self, k: usize, pkt: &[u8]) {
+    pub(super) fn hand_off(&mut self, k: usize, pkt: Bytes) {
         let Some(out) = self.outbox.get_mut(k) else {
             self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
             return;
         };
-        out.push(Bytes::copy_from_slice(pkt));
+        out.push(pkt);
         if out.len() >= HAND_OFF_BATCH {
             self.flush_hand_off(k);
         }
@@ -80,26 +80,6 @@ impl Loop {
             self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
             return;
         };
-        let Some(c) = self.conns.get_mut(&ch) else {
-            self.sh.drops[DropReason::NoPeer.index()].fetch_add(1, Relaxed);
-            return;
-        };
-        let size = pkt.len();
-        if size > c.max_datagram {
-            self.sh.drops[DropReason::TooBig.index()].fetch_add(1, Relaxed);
-            return;
-        }
-        match c.conn.datagrams().send(pkt, true) {
-            Ok(()) => {
-                if let Some((_, counters)) = &c.peer {
-                    counters.tx_packets.fetch_add(1, Relaxed);
-                    counters.tx_bytes.fetch_add(size as u64, Relaxed);
-                }
-            }
-            Err(_) => {
-                self.sh.drops[DropReason::SendFailed.index()].fetch_add(1, Relaxed);
-            }
-        }
-        self.mark(ch);
+        self.send_datagram(ch, pkt);
     }
 }
