@@ -24,6 +24,8 @@ pub struct NodeConfigSpec {
     /// Nodes that join with a token get a `[bootstrap]` section; their `[etcd]` and `[quic]`
     /// certificate paths stay the same and do not exist until the node has joined.
     pub bootstrap: Option<NodeBootstrap>,
+    /// `quic.threads` in the `[quic]` section; `None`: left to the agent's default.
+    pub quic_threads: Option<usize>,
 }
 
 /// An agent's `[bootstrap]`: the controller's join service, the token and the CA pin.
@@ -91,6 +93,9 @@ pub fn agent_toml(names: &LabNames, i: usize, spec: &NodeConfigSpec) -> String {
     if spec.backend == Backend::Quic || (spec.backend == Backend::Auto && spec.encap == Backend::Quic) {
         let _ =
             writeln!(t, "\n[quic]\nca_file = {}\ncert_file = {}\nkey_file = {}", qp(&ca), qp(&me.cert), qp(&me.key));
+        if let Some(n) = spec.quic_threads {
+            let _ = writeln!(t, "threads = {n}");
+        }
     }
     if let Some(b) = &spec.bootstrap {
         let _ = writeln!(t, "\n[bootstrap]\nurl = {}\ntoken = {}\nca_pin = {}", q(&b.url), q(&b.token), q(&b.ca_pin));
@@ -188,6 +193,7 @@ mod tests {
             encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
             bootstrap: None,
+            quic_threads: None,
         };
         let text = agent_toml(&names, 2, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -225,6 +231,7 @@ mod tests {
                 encap: Backend::Vxlan,
                 etcd_endpoints: super::super::etcd_server::endpoints(3),
                 bootstrap: None,
+                quic_threads: None,
             },
         );
         let c = AgentConfig::parse("agent.toml", &none).expect("valid");
@@ -244,6 +251,7 @@ mod tests {
             encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
             bootstrap: None,
+            quic_threads: None,
         };
         let text = agent_toml(&names, 3, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -253,7 +261,15 @@ mod tests {
         assert_eq!(quic.cert_file, Path::new("/run/weft-lab/4/pki/n3.pem"));
         assert_eq!(quic.key_file, Path::new("/run/weft-lab/4/pki/n3.key"));
         let (cert, key) = c.etcd.tls.and_then(|t| t.identity).expect("etcd client certificate");
-        assert_eq!((cert, key), (quic.cert_file, quic.key_file), "one certificate serves QUIC and etcd");
+        assert_eq!(
+            (cert, key),
+            (quic.cert_file.clone(), quic.key_file.clone()),
+            "one certificate serves QUIC and etcd"
+        );
+        assert_eq!(quic.threads, None, "no threads: the agent's default");
+        let text = agent_toml(&names, 3, &NodeConfigSpec { quic_threads: Some(1), ..spec });
+        let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.quic.expect("[quic] section").threads, Some(1), "the lab's quic threads");
     }
 
     #[test]
@@ -273,6 +289,7 @@ mod tests {
             encap: Backend::Vxlan,
             etcd_endpoints: vec!["https://172.30.0.2:2379".into()],
             bootstrap: Some(bootstrap.clone()),
+            quic_threads: None,
         };
         let text = agent_toml(&names, 2, &spec);
         let c = AgentConfig::parse("agent.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -273,6 +273,7 @@ impl Lab {
             encap: self.spec.encap,
             etcd_endpoints: self.etcd_endpoints(),
             bootstrap: bootstrap.cloned(),
+            quic_threads: self.spec.quic_threads,
         };
         let text = config_gen::agent_toml(&self.names, i, &spec);
         std::fs::write(&p.config, text).with_context(|| format!("writing {}", p.config.display()))?;

@@ -158,6 +158,10 @@ pub struct LabSpec {
     /// lab's Docker daemons' `dns` settings.
     #[serde(default)]
     pub dns: Option<weft_config::dns::DnsSettings>,
+    /// With quic (or auto over quic): every agent's `quic.threads`; `None`: the agent's default
+    /// (the core count, at most 8).
+    #[serde(default)]
+    pub quic_threads: Option<usize>,
 }
 
 fn default_encap() -> Backend {
@@ -213,6 +217,7 @@ impl Default for LabSpec {
             join_renew_before: None,
             controller_bin: None,
             dns: None,
+            quic_threads: None,
         }
     }
 }

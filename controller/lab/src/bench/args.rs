@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// weft-agent binary (default: next to weftctl, or in WEFT_BIN_DIR).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// The quic row's data path threads per agent (`quic.threads`); default: the agent's (the
+    /// core count, at most 8).
+    #[arg(long, value_name = "N", conflicts_with = "scale")]
+    pub quic_threads: Option<usize>,
     /// Seconds each lab gets for every agent to be ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,

@@ -58,6 +58,8 @@ pub struct BenchOpts {
     pub agent_bin: Option<PathBuf>,
     pub weftctl_bin: Option<PathBuf>,
     pub ready_timeout_secs: u64,
+    /// `quic.threads` of the lab agents (`None`: the agent's default).
+    pub quic_threads: Option<usize>,
 }
 
 impl BenchOpts {
@@ -125,6 +127,7 @@ pub fn run(opts: &BenchOpts, command: String, mut progress: impl FnMut(&str)) ->
                     weftctl_bin: opts.weftctl_bin.clone(),
                     ready_timeout_secs: opts.ready_timeout_secs,
                     ip_family: lab_family(&families),
+                    quic_threads: opts.quic_threads,
                     ..LabSpec::default()
                 };
                 if agent_bin.is_none() {
@@ -191,6 +194,7 @@ pub fn cli(id: &str, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         agent_bin: args.agent_bin.clone(),
         weftctl_bin: std::env::current_exe().ok(),
         ready_timeout_secs: args.ready_timeout,
+        quic_threads: args.quic_threads,
     };
     check_peers_installed(&opts.rows)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");

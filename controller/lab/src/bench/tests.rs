@@ -351,6 +351,7 @@ fn options_are_checked() {
         agent_bin: None,
         weftctl_bin: None,
         ready_timeout_secs: 60,
+        quic_threads: None,
     };
     assert!(ok.validate().is_ok());
     let e = BenchOpts { seconds: 0, ..ok.clone() }.validate().expect_err("bad");

@@ -84,6 +84,9 @@ pub struct UpArgs {
     /// Do not start the agents of the last N nodes (start them with `lab agent start`).
     #[arg(long, default_value_t = 0, value_name = "N")]
     deferred_agents: usize,
+    /// quic: every agent's data path threads (`quic.threads`); default: the agent's (the core count, at most 8).
+    #[arg(long, value_name = "N")]
+    quic_threads: Option<usize>,
     /// Cluster CIDR written by network init.
     #[arg(long, default_value = "10.244.0.0/16")]
     cidr: String,
@@ -261,6 +264,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 join_renew_before: None,
                 controller_bin: up.controller_bin.clone(),
                 dns: Some(up.dns.network_settings()?).filter(|d| !d.is_empty()),
+                quic_threads: up.quic_threads,
             };
             let lab = Lab::up(spec)?;
             lab.detach();
