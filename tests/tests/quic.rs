@@ -127,12 +127,7 @@ fn fifty_megabytes_arrive_intact() {
         let mut chunk = vec![0u8; 1 << 16];
         let mut x: u32 = 0x1234_5678;
         for _ in 0..(total / chunk.len()) {
-            for b in chunk.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                *b = x as u8;
-            }
+            fill_xorshift(&mut chunk, &mut x);
             h.update(&chunk);
             c.write_all(&chunk)?;
         }
@@ -618,12 +613,7 @@ fn parallel_flows(
                     let (mut h, mut chunk) = (Sha256::new(), vec![0u8; 1 << 16]);
                     let mut x: u32 = 0x1234_5678 ^ (f as u32 + 1).wrapping_mul(0x9e37_79b9);
                     for _ in 0..bytes / chunk.len() {
-                        for b in chunk.iter_mut() {
-                            x ^= x << 13;
-                            x ^= x >> 17;
-                            x ^= x << 5;
-                            *b = x as u8;
-                        }
+                        fill_xorshift(&mut chunk, &mut x);
                         h.update(&chunk);
                         c.write_all(&chunk)?;
                     }
@@ -702,4 +692,15 @@ fn nodes_of_one_and_two_data_path_threads_carry_every_pair_and_parallel_flows() 
         "n1-n3 should carry the 16 flows on both threads' connections: (tx, rx) datagrams by thread {carried:?}"
     );
     assert!(q1.handed > 0, "n1 handed no packet for n2 from thread 1 to thread 0: {q1:?}");
+}
+
+/// Fills `chunk` with the next bytes of a xorshift32 stream whose state is `x`: data that TCP
+/// cannot compress away and a hash checks end to end.
+fn fill_xorshift(chunk: &mut [u8], x: &mut u32) {
+    for b in chunk.iter_mut() {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        *b = *x as u8;
+    }
 }

@@ -136,12 +136,12 @@ fn open_tun(name: &str, mtu: u32, ipv6: bool) -> Result<tun_rs::SyncDevice> {
 /// one queue (by its hash, or the queue its packets last came in on).
 fn open_queues(first: tun_rs::SyncDevice, name: &str, threads: usize) -> Result<Vec<tun_rs::SyncDevice>> {
     let mut queues = Vec::with_capacity(threads);
+    queues.push(first);
     for i in 1..threads {
-        let q = first.try_clone().with_context(|| format!("opening queue {i} of tun device {name}"))?;
+        let q = queues[0].try_clone().with_context(|| format!("opening queue {i} of tun device {name}"))?;
         q.set_nonblocking(true).with_context(|| format!("making queue {i} of {name} non-blocking"))?;
         queues.push(q);
     }
-    queues.insert(0, first);
     Ok(queues)
 }
 
