@@ -196,6 +196,9 @@ impl Lab {
 
     /// One node's view: recorded pid, whether it runs, and the agent's own status.
     pub fn node_status(&self, i: usize) -> NodeStatus {
+        if self.is_vm() {
+            return self.vm_node_status(i);
+        }
         let node = LabNames::node_name(i);
         let recorded = lock(&self.state).agents.get(&node).map(|r| r.pid);
         let running = recorded.is_some_and(|p| !self.gone(p));
@@ -311,6 +314,9 @@ impl Lab {
     /// Runs `args` in `target` (`n1`, `n1/p2`, `etcd`, `u`, `ext`) and collects its output.
     pub fn exec(&self, target: &str, args: &[&str]) -> anyhow::Result<Output> {
         let t: Target = target.parse()?;
+        if self.is_vm() {
+            return self.exec_vm_target(&t, args);
+        }
         let (program, rest) = args.split_first().context("exec: expected a command to run")?;
         let mut cmd = self.command(&t, program)?;
         cmd.args(rest).stdin(Stdio::null());

@@ -87,11 +87,11 @@ fn stop_processes(names: &LabNames, state: &LabState, mut gone: impl FnMut(u32) 
         report.errors.push(format!("not signalling pid {}: its namespace {} is not one of this lab's", p.pid, p.netns));
     }
     // Controllers first (they resign through etcd, and must not see the agents go), then
-    // agents (they would only retry against a vanished etcd), then etcd.
+    // agents and VMs (QEMU; their agents would only retry against a vanished etcd), then etcd.
     let (controllers, rest): (Vec<ProcRecord>, Vec<ProcRecord>) =
         inside.into_iter().partition(|p| state.controllers.values().any(|c| c == p));
     let (agents, etcd): (Vec<ProcRecord>, Vec<ProcRecord>) =
-        rest.into_iter().partition(|p| state.agents.values().any(|a| a == p));
+        rest.into_iter().partition(|p| state.agents.values().chain(state.vms.values()).any(|a| a == p));
     for group in [controllers, agents, etcd] {
         let (signalled, errors) = procs::terminate(&group, GRACE, &mut gone);
         report.signalled.extend(signalled);

@@ -34,6 +34,10 @@ pub mod spec;
 pub mod state;
 pub mod status;
 pub mod teardown;
+pub mod vm;
+pub mod vm_node;
+pub mod vm_seed;
+mod vms;
 
 pub use controllers::HttpReply;
 pub use down::DownReport;
@@ -177,19 +181,29 @@ impl Lab {
         for k in 1..=self.spec.controllers {
             self.start_controller(k)?;
         }
-        if self.spec.join {
-            let bootstrap = self.create_join_token()?;
-            for i in 1..=self.spec.nodes {
-                self.write_node_config(i, Some(&bootstrap))?;
-            }
-        }
-        for i in 1..=self.spec.nodes - self.spec.deferred_agents {
-            self.start_agent(i)?;
-        }
         let deadline = std::time::Instant::now() + Duration::from_secs(self.spec.ready_timeout_secs);
-        self.wait_all_ready(deadline.saturating_duration_since(std::time::Instant::now()))?;
+        if self.is_vm() {
+            // VMs are configured by the guide's cloud-init file; their agents start under systemd.
+            let bootstrap = self.create_join_token()?;
+            self.start_vms(&bootstrap)?;
+            self.wait_vms_ready(deadline.saturating_duration_since(std::time::Instant::now()))?;
+        } else {
+            if self.spec.join {
+                let bootstrap = self.create_join_token()?;
+                for i in 1..=self.spec.nodes {
+                    self.write_node_config(i, Some(&bootstrap))?;
+                }
+            }
+            for i in 1..=self.spec.nodes - self.spec.deferred_agents {
+                self.start_agent(i)?;
+            }
+            self.wait_all_ready(deadline.saturating_duration_since(std::time::Instant::now()))?;
+        }
         for k in 1..=self.spec.controllers {
             self.wait_controller(k, deadline.saturating_duration_since(std::time::Instant::now()))?;
+        }
+        if self.is_vm() {
+            self.add_vm_pods()?;
         }
         Ok(())
     }
@@ -256,6 +270,9 @@ impl Lab {
         self.node(i).create(&|made| match made {
             node::Made::Namespace(ns) => self.update(|s| s.add_namespace(&ns)),
         })?;
+        if self.is_vm() {
+            return Ok(()); // the guide's cloud-init file writes a VM's agent.toml
+        }
         let p = self.names.node_paths(i);
         std::fs::create_dir_all(&p.state_dir).with_context(|| format!("creating {}", p.state_dir.display()))?;
         self.write_node_config(i, None)

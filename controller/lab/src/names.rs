@@ -295,6 +295,27 @@ impl LabNames {
         pki::cert_files(&self.pki_dir(), name)
     }
 
+    /// VM node `i`'s directory: QEMU's control socket and console log, its disk, its seed.
+    pub fn vm_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("vm{i}"))
+    }
+
+    /// What the VM guide copies to `/usr/local/src/weft` on every node (VM labs).
+    pub fn src_dir(&self) -> PathBuf {
+        self.dir.join("src")
+    }
+
+    /// VM node `i`'s tap in the underlay namespace.
+    pub fn vm_tap(i: usize) -> String {
+        format!("vm{i}")
+    }
+
+    /// VM node `i`'s MAC address: QEMU's prefix, then the last two octets of its IPv4 address.
+    pub fn vm_mac(i: usize) -> String {
+        let [_, _, c, d] = Self::node_ip(i).octets();
+        format!("52:54:00:30:{c:02x}:{d:02x}")
+    }
+
     pub fn node_paths(&self, i: usize) -> NodePaths {
         let dir = self.dir.join(Self::node_name(i));
         NodePaths {

@@ -30,12 +30,16 @@ pub enum NodeKind {
     /// A network namespace on this machine, wired to the underlay by a veth pair.
     #[default]
     Netns,
+    /// A QEMU virtual machine with its own kernel and systemd, on a tap in the underlay
+    /// namespace, configured by the VM guide's cloud-init file (see [`crate::vm_node`]).
+    Vm,
 }
 
 impl std::fmt::Display for NodeKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             NodeKind::Netns => "netns",
+            NodeKind::Vm => "vm",
         })
     }
 }
@@ -65,6 +69,17 @@ pub trait LabNode: Send + Sync {
     /// that started it. The caller adds the arguments, output and records the child.
     fn agent_command(&self, agent_bin: &Path) -> anyhow::Result<Command>;
 
+    /// Runs `argv` on the node and collects its output (stdin empty), killing it after
+    /// `timeout` where the node kind can (a VM's guest agent does; a namespace's command is
+    /// waited for).
+    fn exec(&self, argv: &[&str], _timeout: std::time::Duration) -> anyhow::Result<std::process::Output> {
+        use anyhow::Context;
+        let (program, rest) = argv.split_first().context("exec: expected a command to run")?;
+        let mut cmd = self.command(OsStr::new(program))?;
+        cmd.args(rest).stdin(std::process::Stdio::null());
+        cmd.output().with_context(|| format!("running {program} on {}", self.name()))
+    }
+
     /// A client for the node's agent, whose config names `socket`.
     fn agent_client(&self, socket: &Path) -> AgentClient;
 
@@ -79,6 +94,7 @@ pub fn node(spec: &LabSpec, names: &LabNames, i: usize) -> Box<dyn LabNode> {
         NodeKind::Netns => {
             Box::new(NetnsNode { names: names.clone(), topology: spec.topology, family: spec.ip_family, index: i })
         }
+        NodeKind::Vm => Box::new(crate::vm_node::VmNode::new(names, i)),
     }
 }
 
@@ -161,7 +177,8 @@ mod tests {
     fn kind_is_recorded_and_defaults_to_netns() {
         assert_eq!(serde_json::to_string(&NodeKind::Netns).expect("json"), "\"netns\"");
         assert_eq!(serde_json::from_str::<NodeKind>("\"netns\"").expect("json"), NodeKind::Netns);
-        assert!(serde_json::from_str::<NodeKind>("\"vm\"").is_err(), "no such kind yet");
+        assert_eq!(serde_json::from_str::<NodeKind>("\"vm\"").expect("json"), NodeKind::Vm);
+        assert!(serde_json::from_str::<NodeKind>("\"lxc\"").is_err(), "no such kind");
         assert_eq!(NodeKind::default().to_string(), "netns");
     }
 

@@ -222,10 +222,31 @@ impl Default for LabSpec {
     }
 }
 
+/// Most VM nodes a lab boots (each takes 250-600 MB of memory and a share of two cores under
+/// TCG).
+pub const MAX_VMS: usize = 8;
+
 impl LabSpec {
+    /// A lab of `n` VM nodes: they join with a token through one controller, as the VM guide's
+    /// nodes do, and get 15 minutes to become ready (software emulation).
+    pub fn vms(id: &str, n: usize) -> Self {
+        Self {
+            id: id.to_string(),
+            nodes: n,
+            node_kind: NodeKind::Vm,
+            controllers: 1,
+            join: true,
+            ready_timeout_secs: 900,
+            ..Self::default()
+        }
+    }
+
     /// Checks the spec; errors name the flag and the expectation.
     pub fn validate(&self) -> Result<(), UsageError> {
         names::validate_id(&self.id).map_err(|e| UsageError::new(e.to_string()))?;
+        if self.node_kind == NodeKind::Vm {
+            self.validate_vms()?;
+        }
         if !(1..=MAX_NODES).contains(&self.nodes) {
             return Err(UsageError::new(format!("--nodes: expected 1 to {MAX_NODES}, found {}", self.nodes)));
         }
@@ -283,6 +304,31 @@ impl LabSpec {
     }
 }
 
+impl LabSpec {
+    /// What VM labs do not have (yet): they are one flat IPv4 segment with one etcd member, and
+    /// their nodes join through a controller.
+    fn validate_vms(&self) -> Result<(), UsageError> {
+        if !(1..=MAX_VMS).contains(&self.nodes) {
+            return Err(UsageError::new(format!("--vms: expected 1 to {MAX_VMS}, found {}", self.nodes)));
+        }
+        let unsupported = [
+            (self.topology != Topology::Flat, "--topology routed"),
+            (self.ip_family != IpFamily::V4, "--ip-family v6 or dual"),
+            (self.etcd_members != 1, "--etcd-members above 1"),
+            (self.deferred_agents != 0, "--deferred-agents"),
+        ];
+        if let Some((_, flag)) = unsupported.iter().find(|(bad, _)| *bad) {
+            return Err(UsageError::new(format!("--vms: {flag} is not supported with VM nodes")));
+        }
+        if self.controllers == 0 || !self.join {
+            return Err(UsageError::new(
+                "--vms: VM nodes join with a token through the controller, as the VM guide's do (needs a controller and join)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A duration as `lab up --evict-after` takes it: a whole number followed by `s`, `m` or `h`
 /// (`30s`, `5m`, `1h`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -331,6 +377,18 @@ mod tests {
         assert!(bad(LabSpec { evict_after: Some(Duration::from_millis(1500)), ..ctl(1) }).contains("whole seconds"));
         assert!(bad(LabSpec { join: true, ..ctl(0) }).starts_with("--join: needs --controller"));
         assert!(LabSpec { join: true, ..ctl(1) }.validate().is_ok());
+    }
+
+    #[test]
+    fn vm_labs_are_checked() {
+        assert!(LabSpec::vms("v1", 3).validate().is_ok());
+        let bad = |spec: LabSpec| spec.validate().expect_err("refused").to_string();
+        assert_eq!(bad(LabSpec::vms("v1", 9)), "--vms: expected 1 to 8, found 9");
+        assert_eq!(
+            bad(LabSpec { topology: Topology::Routed, ..LabSpec::vms("v1", 2) }),
+            "--vms: --topology routed is not supported with VM nodes"
+        );
+        assert!(bad(LabSpec { join: false, ..LabSpec::vms("v1", 2) }).contains("join with a token"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct LabState {
     /// Running `weft-controller` replicas by name (`c1`); removed once stopped.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub controllers: BTreeMap<String, ProcRecord>,
+    /// Running QEMU processes of VM nodes by node name (`n1`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vms: BTreeMap<String, ProcRecord>,
     /// The `weft-controller` binary, in labs with controllers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_bin: Option<PathBuf>,
@@ -68,6 +71,7 @@ impl LabState {
             etcd_members: BTreeMap::new(),
             agents: BTreeMap::new(),
             controllers: BTreeMap::new(),
+            vms: BTreeMap::new(),
             controller_bin: None,
         }
     }
@@ -79,12 +83,13 @@ impl LabState {
     }
 
     /// Every recorded process: controllers first (they resign through etcd and would evict
-    /// agents stopped before them), agents next (they use etcd), then etcd's members.
+    /// agents stopped before them), agents and VMs next (they use etcd), then etcd's members.
     pub fn processes(&self) -> Vec<ProcRecord> {
         self.controllers
             .values()
             .cloned()
             .chain(self.agents.values().cloned())
+            .chain(self.vms.values().cloned())
             .chain(self.etcd.clone())
             .chain(self.etcd_members.values().cloned())
             .collect()

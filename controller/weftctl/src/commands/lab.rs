@@ -58,8 +58,14 @@ pub enum LabCmd {
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    #[arg(long)]
-    nodes: usize,
+    /// Namespace nodes (one of --nodes and --vms).
+    #[arg(long, required_unless_present = "vms", conflicts_with = "vms")]
+    nodes: Option<usize>,
+    /// N QEMU virtual machines as nodes (1 to 8): each boots Debian's kernel and systemd and is
+    /// configured by the VM guide's cloud-init file (deploy/vm/user-data-node.yaml); they join
+    /// through a controller the lab runs. Needs deploy/vm-assets.sh once.
+    #[arg(long, value_name = "N")]
+    vms: Option<usize>,
     /// Pods per node.
     #[arg(long, default_value_t = 0)]
     pods: usize,
@@ -75,9 +81,9 @@ pub struct UpArgs {
     /// weft-agent binary (default: next to weftctl, or in WEFT_BIN_DIR).
     #[arg(long)]
     agent_bin: Option<PathBuf>,
-    /// Seconds to wait for every agent to be ready.
-    #[arg(long, default_value_t = 60)]
-    ready_timeout: u64,
+    /// Seconds to wait for every agent to be ready (default 60; 900 with --vms).
+    #[arg(long)]
+    ready_timeout: Option<u64>,
     /// etcd members (1 to 5), at 172.30.0.2 upward; agents get every endpoint.
     #[arg(long, default_value_t = 1)]
     etcd_members: usize,
@@ -237,9 +243,10 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
     let id = args.id.as_str();
     match &args.cmd {
         LabCmd::Up(up) => {
+            let vms = up.vms.is_some();
             let spec = LabSpec {
                 id: id.to_string(),
-                nodes: up.nodes,
+                nodes: up.vms.or(up.nodes).unwrap_or(0),
                 pods: up.pods,
                 backend: up.backend,
                 topology: up.topology,
@@ -247,19 +254,19 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
                 reconcile_secs: up.reconcile_secs,
                 agent_bin: up.agent_bin.clone(),
                 weftctl_bin: std::env::current_exe().ok(),
-                ready_timeout_secs: up.ready_timeout,
+                ready_timeout_secs: up.ready_timeout.unwrap_or(if vms { 900 } else { 60 }),
                 etcd_members: up.etcd_members,
                 deferred_agents: up.deferred_agents,
                 cidr: up.cidr.clone(),
                 subnet_len: up.subnet_len,
-                node_kind: lab::NodeKind::Netns,
+                node_kind: if vms { lab::NodeKind::Vm } else { lab::NodeKind::Netns },
                 ip_family: up.ip_family,
                 cidr6: up.cidr6.clone(),
                 subnet_len6: up.subnet_len6,
                 encap: up.encap,
-                controllers: up.controller_count()?,
+                controllers: if vms { up.controller_count()?.max(1) } else { up.controller_count()? },
                 evict_after: up.evict_after,
-                join: up.join == Some(JoinMode::Token),
+                join: vms || up.join == Some(JoinMode::Token),
                 join_cert_lifetime: None,
                 join_renew_before: None,
                 controller_bin: up.controller_bin.clone(),
@@ -294,6 +301,15 @@ pub fn run(args: &LabArgs) -> anyhow::Result<ExitCode> {
             let lab = Lab::attach(id)?;
             let (program, rest) =
                 cmd.split_first().ok_or_else(|| UsageError::new("CMD: expected a command after --"))?;
+            if lab.is_vm() {
+                // Through the guest agent: output collected, then passed on as it came.
+                use std::io::Write;
+                let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let out = lab.exec(target, &argv)?;
+                std::io::stdout().write_all(&out.stdout).context("writing stdout")?;
+                std::io::stderr().write_all(&out.stderr).context("writing stderr")?;
+                return Ok(exit_code(out.status));
+            }
             let status = lab
                 .command(&t, program)?
                 .args(rest)
