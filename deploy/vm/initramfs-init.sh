@@ -64,8 +64,12 @@ while [ ! -b /dev/vda ]; do
 done
 mkdir -p /mnt/disk /mnt/host /mnt/layer /mnt/seed
 mount -t ext4 /dev/vda /mnt/disk || fail "cannot mount /dev/vda (ext4)"
+# cache=loose: without a cache every lookup is a round trip to QEMU, and Python's imports
+# (cloud-init's four stages) made the first boot minutes long. The price: a file the machine
+# changes while the VM runs may be seen stale in the guest until it is evicted or the VM
+# reboots (start a lab after building, not during).
 p9=trans=virtio,version=9p2000.L,msize=262144
-mount -t 9p -o "$p9,ro" hostroot /mnt/host || fail "cannot mount the 9p share hostroot"
+mount -t 9p -o "$p9,ro,cache=loose" hostroot /mnt/host || fail "cannot mount the 9p share hostroot"
 mount -t 9p -o "$p9,ro,cache=loose" layer /mnt/layer || fail "cannot mount the 9p share layer"
 mount -t 9p -o "$p9,ro" seed /mnt/seed || fail "cannot mount the 9p share seed"
 

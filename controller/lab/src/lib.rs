@@ -34,6 +34,7 @@ pub mod spec;
 pub mod state;
 pub mod status;
 pub mod teardown;
+pub mod vm;
 
 pub use controllers::HttpReply;
 pub use down::DownReport;
