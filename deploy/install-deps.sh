@@ -39,6 +39,10 @@ pkgs=(
   # namespace; busybox-static is the whole `weft-busybox` image the lab imports (no registry is
   # reachable); dnsmasq-base is the resolver the DNS tests run in a lab namespace.
   docker.io busybox-static dnsmasq-base
+  # the VM lab (deploy/vm-assets.sh, run below): QEMU (TCG), python3 for the guests' cloud-init
+  # (the guest runs the machine's own), xz for the kernel image, e2fsprogs for the VMs' disks;
+  # busybox-static (above) is the initramfs.
+  qemu-system-x86 python3 xz-utils e2fsprogs
 )
 
 [ "$(id -u)" = 0 ] || { echo "error: run as root (installs packages; the lab creates network namespaces)" >&2; exit 1; }
@@ -77,6 +81,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
   fi
 fi
+
+# The VM lab's kernel, initramfs and cloud-init layer (cached; quick when up to date).
+"$(dirname "$0")/vm-assets.sh"
 
 command -v cargo >/dev/null || { echo "error: cargo not found; install a Rust toolchain (1.88 or newer) first" >&2; exit 1; }
 modprobe tun 2>/dev/null || true

@@ -10,6 +10,8 @@ pub const WEFTCTL: &str = "weftctl";
 /// The controller daemon (a binary of the `weft-controller` package).
 pub const CONTROLLER: &str = "weft-controller";
 pub const ETCD: &str = "etcd";
+/// The VM lab's guest command agent (run inside each VM, from the host's root).
+pub const GUEST: &str = "weft-lab-guest";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BinError {
