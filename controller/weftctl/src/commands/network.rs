@@ -21,7 +21,7 @@ pub enum NetworkCmd {
         /// UDP port of a vxlan network (flannel's and the kernel's default 8472; IANA's is 4789).
         #[arg(long, default_value_t = VxlanOptions::default().port)]
         vxlan_port: u16,
-        /// With --backend auto: the encapsulation for peers that are not on-link (vxlan or quic).
+        /// With --backend auto: the encapsulation for peers that are not on-link (vxlan, quic or wireguard).
         #[arg(long, value_parser = super::parse_backend, default_value = "vxlan")]
         encap: Backend,
         /// The pods' resolvers (a pod may bring its own over these).
