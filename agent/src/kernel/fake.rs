@@ -379,7 +379,7 @@ impl Kernel for FakeKernel {
         if self.w().wireguard {
             Ok(())
         } else {
-            Err(os_err(libc::ENOENT, missing_module_message()))
+            Err(anyhow::anyhow!(missing_module_message()))
         }
     }
 

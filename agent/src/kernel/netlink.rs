@@ -327,8 +327,9 @@ impl Kernel for Netlink {
         // `net-pf-16-proto-16-family-wireguard`); ENOENT: there is none to load.
         match self.genl.resolve_family::<netlink_packet_wireguard::WireguardMessage>().await {
             Ok(_) => Ok(()),
+            // Not the errno's own words ("No such file or directory"): they would mislead.
             Err(genetlink::GenetlinkError::NetlinkError(io)) if io.raw_os_error() == Some(libc::ENOENT) => {
-                Err(anyhow!(io).context(missing_module_message()))
+                Err(anyhow!(missing_module_message()))
             }
             Err(e) => Err(genl_error(e).context("asking the kernel for its WireGuard netlink family")),
         }

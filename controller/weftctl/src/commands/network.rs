@@ -222,6 +222,20 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_is_a_backend_and_auto_s_encapsulation() {
+        let ok = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend wireguard");
+        let Ok(NetworkCmd::Init { pools, backend, encap, .. }) = ok else { panic!("{ok:?}") };
+        let c = network_config(&pools, backend).expect("valid").with_encap("--encap", encap).expect("valid");
+        assert_eq!(c.backend, Backend::WireGuard);
+        let ok = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend auto --encap wireguard");
+        let Ok(NetworkCmd::Init { pools, backend, encap, .. }) = ok else { panic!("{ok:?}") };
+        let c = network_config(&pools, backend).expect("valid").with_encap("--encap", encap).expect("valid");
+        assert_eq!((c.backend, c.encap), (Backend::Auto, Backend::WireGuard));
+        let e = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend wg").expect_err("unknown");
+        assert!(e.to_string().contains("expected one of host-gw, quic, vxlan, wireguard, auto"), "{e}");
+    }
+
+    #[test]
     fn clap_refuses_a_missing_pool_or_half_a_pool_naming_the_flags() {
         let ok = parse(
             "init --cidr 10.244.0.0/16 --subnet-len 24 --cidr6 fd00:10:244::/56 --subnet-len6 64 --backend host-gw",
