@@ -59,7 +59,11 @@ pub fn readyz(st: &Status, now: u64) -> Result<(), Vec<String>> {
         why.push(e);
     }
     if !st.holds_subnet() {
-        why.push("no subnet held yet".to_string());
+        // Why not, when the last attempt said (a backend this node cannot run, for one).
+        match &st.last_error {
+            Some(e) => why.push(format!("no subnet held yet: {e}")),
+            None => why.push("no subnet held yet".to_string()),
+        }
     }
     if !st.ready {
         why.push("node setup (bridge, firewall, pods, first reconcile) not done".to_string());
@@ -444,6 +448,12 @@ mod tests {
         starting.subnet = None;
         starting.health.etcd_ok = 0;
         assert_eq!(readyz(&starting, now).expect_err("starting").len(), 3);
+        starting.last_error = Some("the wireguard backend cannot run on this node: no WireGuard".into());
+        assert_eq!(
+            readyz(&starting, now).expect_err("refused")[0],
+            "no subnet held yet: the wireguard backend cannot run on this node: no WireGuard",
+            "the reason a subnet is not held is said"
+        );
         assert_eq!(healthz(&starting, now), Ok(()), "starting is healthy");
         let mut cut_off = st.clone();
         cut_off.health.etcd_ok = now - 31;

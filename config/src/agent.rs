@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub timers: Timers,
     /// Settings of the quic backend; required when the network's backend is quic.
     pub quic: Option<QuicConfig>,
+    /// `[wireguard]`: settings of the wireguard backend (defaults when the section is absent).
+    pub wireguard: WireGuardConfig,
     pub pods: Vec<PodSpec>,
     /// `[metrics]`: the HTTP endpoint for /metrics, /healthz and /readyz.
     pub metrics: MetricsConfig,
@@ -175,6 +177,22 @@ pub struct QuicConfig {
     pub endpoint_family: Family,
 }
 
+/// The default UDP port of the wireguard backend (WireGuard's and flannel's).
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+/// The wireguard backend's key file in the state dir, unless `wireguard.key_file` says otherwise.
+pub const WIREGUARD_KEY_FILE: &str = "wireguard.key";
+
+/// `[wireguard]` of agent.toml: the kernel WireGuard backend's port, keepalive and key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardConfig {
+    /// UDP port the device listens on (published in the node's record).
+    pub port: u16,
+    /// Persistent keepalive towards every peer, in seconds; 0 = off (as in flannel).
+    pub persistent_keepalive_secs: u16,
+    /// The node's private key (base64, as `wg genkey` writes it); made on first start, 0600.
+    pub key_file: PathBuf,
+}
+
 /// The most data path threads `quic.threads` "auto" (the key absent) chooses.
 pub const QUIC_THREADS_AUTO_MAX: usize = 8;
 
@@ -302,6 +320,7 @@ impl AgentConfig {
         let paths = read_paths(r.table("paths")?)?;
         let timers = read_timers(r.table("timers")?)?;
         let quic = read_quic(r.table("quic")?)?;
+        let wireguard = read_wireguard(r.table("wireguard")?, &paths)?;
         let metrics = read_metrics(r.table("metrics")?)?;
         let probes = read_probes(r.table("probes")?)?;
         let bootstrap = read_bootstrap(r.table("bootstrap")?)?;
@@ -348,6 +367,7 @@ impl AgentConfig {
             paths,
             timers,
             quic,
+            wireguard,
             pods,
             metrics,
             probes,
@@ -499,6 +519,18 @@ fn read_quic(mut r: Reader<'_>) -> Result<Option<QuicConfig>, ConfigError> {
     };
     r.finish()?;
     Ok(Some(QuicConfig { port, ca_file, cert_file, key_file, tun: tun.to_string(), mtu, threads, endpoint_family }))
+}
+
+fn read_wireguard(mut r: Reader<'_>, paths: &Paths) -> Result<WireGuardConfig, ConfigError> {
+    let port = r.opt_int("port", 1, 65535)?.map_or(DEFAULT_WIREGUARD_PORT, |p| p as u16);
+    let persistent_keepalive_secs = r.opt_int("persistent_keepalive_secs", 0, 65535)?.map_or(0, |s| s as u16);
+    let key_file = match r.opt_str("key_file")? {
+        None => paths.state_dir.join(WIREGUARD_KEY_FILE),
+        Some(p) if p.starts_with('/') && !p.ends_with('/') => PathBuf::from(p),
+        Some(p) => return Err(r.err("key_file", format!("expected an absolute path of a file, found {p:?}"))),
+    };
+    r.finish()?;
+    Ok(WireGuardConfig { port, persistent_keepalive_secs, key_file })
 }
 
 fn read_metrics(mut r: Reader<'_>) -> Result<MetricsConfig, ConfigError> {
@@ -729,6 +761,45 @@ endpoints = ["http://10.0.0.5:2379"]
     }
 
     #[test]
+    fn wireguard_section_defaults_and_errors() {
+        let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[paths]\nstate_dir = \"/var/lib/w\"\n";
+        let d = AgentConfig::parse("agent.toml", base).expect("valid").wireguard;
+        assert_eq!(
+            d,
+            WireGuardConfig {
+                port: 51820,
+                persistent_keepalive_secs: 0,
+                key_file: PathBuf::from("/var/lib/w/wireguard.key"),
+            },
+            "absent section: the defaults, the key in the state dir"
+        );
+        let set = format!(
+            "{base}[wireguard]\nport = 51821\npersistent_keepalive_secs = 25\nkey_file = \"/etc/weft/wg.key\"\n"
+        );
+        let w = AgentConfig::parse("agent.toml", &set).expect("valid").wireguard;
+        assert_eq!((w.port, w.persistent_keepalive_secs, w.key_file), (51821, 25, PathBuf::from("/etc/weft/wg.key")));
+        for (extra, want) in [
+            ("port = 0", "agent.toml: wireguard.port: expected an integer from 1 to 65535, found 0"),
+            (
+                "persistent_keepalive_secs = -1",
+                "agent.toml: wireguard.persistent_keepalive_secs: expected an integer from 0 to 65535, found -1",
+            ),
+            (
+                "key_file = \"wg.key\"",
+                "agent.toml: wireguard.key_file: expected an absolute path of a file, found \"wg.key\"",
+            ),
+            (
+                "key_file = \"/etc/\"",
+                "agent.toml: wireguard.key_file: expected an absolute path of a file, found \"/etc/\"",
+            ),
+            ("prot = 1", "agent.toml: wireguard.prot: unknown key (did you mean `port`?)"),
+        ] {
+            let e = AgentConfig::parse("agent.toml", &format!("{base}[wireguard]\n{extra}\n")).expect_err(extra);
+            assert_eq!(e.to_string(), want, "{extra}");
+        }
+    }
+
+    #[test]
     fn quic_section() {
         let base = "node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[quic]\n";
         let full = format!("{base}ca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"\n");
@@ -868,7 +939,7 @@ ifname = "net0"
             ("node_name = \"n1\"\n[etcd]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoints: expected at least one URL"),
             ("node_name = \"n1\"\nnode_nmae = \"x\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_nmae: unknown key (did you mean `node_name`?)"),
             ("node_name = \"n1\"\n[etcd]\nendpoints = [\"http://a:1\"]\nendpoint = [\"http://a:1\"]", "agent.toml: etcd.endpoint: unknown key (did you mean `endpoints`?)"),
-            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bootstrap, bridge, docker, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay)"),
+            ("node_name = \"n1\"\nzzzz = 1\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: zzzz: unknown key (known keys here: bootstrap, bridge, docker, etcd, ip_masq, ip_masq6, metrics, network, node_id, node_name, paths, pods, probes, quic, timers, underlay, wireguard)"),
             ("node_name = \"n1\"\nnode_id = \"\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: node_id: expected a non-empty string of at most 128 characters"),
             ("node_name = \"n1\"\nip_masq = \"yes\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: ip_masq: expected true or false, found a string"),
             ("node_name = \"n1\"\nnetwork = \"a/b\"\n[etcd]\nendpoints = [\"http://a:1\"]", "agent.toml: network: expected lowercase letters, digits, '-', '_' or '.', 1 to 63 characters, found \"a/b\""),

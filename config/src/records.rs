@@ -30,8 +30,11 @@ pub enum Backend {
     Quic,
     /// A kernel VXLAN device per family: pod packets in UDP to the peer's underlay address.
     Vxlan,
+    /// A kernel WireGuard device: pod packets encrypted in UDP to the peer's underlay address.
+    #[serde(rename = "wireguard")]
+    WireGuard,
     /// Per peer and family: host-gw's plain route when the peer's underlay address is on-link,
-    /// else the network's `encap` backend (vxlan or quic).
+    /// else the network's `encap` backend (vxlan, quic or wireguard).
     Auto,
 }
 
@@ -41,6 +44,7 @@ impl fmt::Display for Backend {
             Backend::HostGw => "host-gw",
             Backend::Quic => "quic",
             Backend::Vxlan => "vxlan",
+            Backend::WireGuard => "wireguard",
             Backend::Auto => "auto",
         })
     }
@@ -53,8 +57,9 @@ impl std::str::FromStr for Backend {
             "host-gw" => Ok(Backend::HostGw),
             "quic" => Ok(Backend::Quic),
             "vxlan" => Ok(Backend::Vxlan),
+            "wireguard" => Ok(Backend::WireGuard),
             "auto" => Ok(Backend::Auto),
-            other => Err(format!("expected one of host-gw, quic, vxlan, auto, found {other:?}")),
+            other => Err(format!("expected one of host-gw, quic, vxlan, wireguard, auto, found {other:?}")),
         }
     }
 }
@@ -215,7 +220,7 @@ impl NetworkConfig {
         Ok(c)
     }
 
-    /// The same config with `auto`'s encapsulation (vxlan or quic; an error names `encap`).
+    /// The same config with `auto`'s encapsulation (vxlan, quic or wireguard; an error names `encap`).
     pub fn with_encap(mut self, source: &str, encap: Backend) -> Result<Self, ConfigError> {
         self.encap = encap;
         self.validate(source)?;
@@ -266,8 +271,12 @@ impl NetworkConfig {
         }
         self.vxlan.check(source)?;
         self.dns.check(source, "dns")?;
-        if !matches!(self.encap, Backend::Vxlan | Backend::Quic) {
-            return Err(ConfigError::new(source, "encap", format!("expected vxlan or quic, found {}", self.encap)));
+        if !matches!(self.encap, Backend::Vxlan | Backend::Quic | Backend::WireGuard) {
+            return Err(ConfigError::new(
+                source,
+                "encap",
+                format!("expected vxlan, quic or wireguard, found {}", self.encap),
+            ));
         }
         Ok(())
     }
@@ -656,8 +665,29 @@ mod tests {
             r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"auto","encap":"quic"}"#
         );
         assert_eq!(NetworkConfig::from_json(k, q.to_json().as_bytes()).expect("parse"), q);
+        let wg = c.clone().with_encap("--encap", Backend::WireGuard).expect("valid");
+        assert_eq!(
+            wg.to_json(),
+            r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"auto","encap":"wireguard"}"#
+        );
+        assert_eq!(NetworkConfig::from_json(k, wg.to_json().as_bytes()).expect("parse"), wg);
+        assert!(wg.uses(Backend::WireGuard) && !wg.uses(Backend::Vxlan));
         let e = c.with_encap("--encap", Backend::HostGw).expect_err("host-gw cannot encapsulate");
-        assert_eq!(e.to_string(), "--encap: encap: expected vxlan or quic, found host-gw");
+        assert_eq!(e.to_string(), "--encap: encap: expected vxlan, quic or wireguard, found host-gw");
+    }
+
+    #[test]
+    fn the_wireguard_backend_reads_and_writes_as_wireguard() {
+        assert_eq!("wireguard".parse::<Backend>(), Ok(Backend::WireGuard));
+        assert_eq!(Backend::WireGuard.to_string(), "wireguard");
+        assert_eq!(serde_json::to_string(&Backend::WireGuard).expect("json"), r#""wireguard""#);
+        let c = NetworkConfig::new("x", "10.244.0.0/16", 24, Backend::WireGuard).expect("valid");
+        assert_eq!(c.to_json(), r#"{"schema":1,"cidr":"10.244.0.0/16","subnet_len":24,"backend":"wireguard"}"#);
+        assert_eq!(NetworkConfig::from_json("/k", c.to_json().as_bytes()).expect("parse"), c);
+        assert_eq!(
+            "wire-guard".parse::<Backend>(),
+            Err("expected one of host-gw, quic, vxlan, wireguard, auto, found \"wire-guard\"".to_string())
+        );
     }
 
     #[test]

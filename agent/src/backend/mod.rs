@@ -21,10 +21,11 @@
 pub mod host_gw;
 pub mod quic;
 pub mod vxlan;
+pub mod wireguard;
 
 use crate::api::LiveQuic;
 use crate::firewall::{ForwardMode, ForwardPolicy};
-use crate::kernel::{Fdb, Kernel, Neighbour};
+use crate::kernel::{Fdb, Kernel, Neighbour, WgPeer};
 use crate::routes::Route;
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
@@ -103,6 +104,16 @@ pub struct Plan {
     pub entry_links: Vec<u32>,
     /// Which driver carries each peer subnet (filled by [`Drivers::plan`]).
     pub carriers: BTreeMap<IpNet, &'static str>,
+    /// The peers each of the drivers' WireGuard devices should hold (every other peer on
+    /// such a device is stale).
+    pub wireguard: Vec<WgPlan>,
+}
+
+/// The peers one WireGuard device should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPlan {
+    pub link: u32,
+    pub peers: Vec<WgPeer>,
 }
 
 impl Plan {
@@ -113,6 +124,7 @@ impl Plan {
         self.fdb.extend(other.fdb);
         self.entry_links.extend(other.entry_links);
         self.carriers.extend(other.carriers);
+        self.wireguard.extend(other.wireguard);
     }
 }
 
@@ -128,6 +140,12 @@ pub trait Driver<K: Kernel>: Send {
     /// `None` when a changed underlay MTU can be followed at run time; else why not.
     fn fixed_mtu_note(&self) -> Option<&'static str> {
         None
+    }
+
+    /// Whether the kernel can run this driver, asked before [`Driver::prepare`]: a driver the
+    /// node cannot run is refused before its record is published, with the reason.
+    fn check<'a>(&'a self, _nl: &'a K) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Before the node's record is published (and again on every re-acquire): load
@@ -187,8 +205,8 @@ pub struct BuildContext<'a> {
 }
 
 /// Every backend weft knows. Adding one: a module with a `registration()`, listed here.
-pub fn registry<K: Kernel>() -> [Registration<K>; 3] {
-    [host_gw::registration(), quic::registration(), vxlan::registration()]
+pub fn registry<K: Kernel>() -> [Registration<K>; 4] {
+    [host_gw::registration(), quic::registration(), vxlan::registration(), wireguard::registration()]
 }
 
 /// The names of the drivers a network config runs, in order: its backend's, or for `auto`
@@ -283,6 +301,14 @@ impl<K: Kernel> Drivers<K> {
 
     pub fn fixed_mtu_note(&self) -> Option<&'static str> {
         self.list.iter().find_map(|d| d.fixed_mtu_note())
+    }
+
+    /// Every driver's [`Driver::check`]: the first that cannot run fails it.
+    pub async fn check(&self, nl: &K) -> Result<()> {
+        for d in &self.list {
+            d.check(nl).await?;
+        }
+        Ok(())
     }
 
     pub fn prepare(&mut self, underlay: &UnderlayInfo) -> Result<()> {

@@ -212,11 +212,17 @@ key_file = "/nonexistent/n1.key"
     assert!(quic.fixed_mtu_note().is_some(), "the tunnel's MTU is fixed at start");
     let vx = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::Vxlan).expect("valid");
     assert_eq!(build::<FakeKernel>(&ctx(&vx)).expect("vxlan").names(), "vxlan");
-    assert_eq!(leftover_links::<FakeKernel>(&cfg), ["weft-tun0", "weft-vxlan", "weft-vxlan6"]);
+    let wg = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::WireGuard).expect("valid");
+    assert_eq!(build::<FakeKernel>(&ctx(&wg)).expect("wireguard").names(), "wireguard");
+    let auto_wg = NetworkConfig::new("t", "10.244.0.0/16", 24, Backend::Auto)
+        .and_then(|n| n.with_encap("--encap", Backend::WireGuard))
+        .expect("valid");
+    assert_eq!(build::<FakeKernel>(&ctx(&auto_wg)).expect("auto").names(), "host-gw+wireguard");
+    assert_eq!(leftover_links::<FakeKernel>(&cfg), ["weft-tun0", "weft-vxlan", "weft-vxlan6", "weft-wg0"]);
     let mut no_quic = cfg.clone();
     no_quic.quic = None;
     let e =
         build::<FakeKernel>(&BuildContext { cfg: &no_quic, net: &q, live: &live }).err().expect("quic needs [quic]");
     assert!(e.to_string().contains("no [quic] section"), "{e}");
-    assert_eq!(leftover_links::<FakeKernel>(&no_quic), ["weft-vxlan", "weft-vxlan6"]);
+    assert_eq!(leftover_links::<FakeKernel>(&no_quic), ["weft-vxlan", "weft-vxlan6", "weft-wg0"]);
 }

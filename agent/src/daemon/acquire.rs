@@ -178,6 +178,7 @@ pub(super) async fn try_acquire<K: Kernel, S: Store, R: Runner>(
         Some(d) if d.serve(&net) => drivers.insert(d),
         _ => drivers.insert(backend::build(&BuildContext { cfg, net: &net, live: &ctx.live })?),
     };
+    d.check(&ctx.nl).await?;
     d.prepare(u)?;
     let (raw, _) = store.list(&ctx.keys.subnet_records_prefix(net.pools())).await?;
     let hb_key = ctx.keys.node(&cfg.node_name);

@@ -41,7 +41,7 @@ mod ops;
 mod plumb;
 mod reconcile;
 mod switch;
-mod sync_entries;
+pub(crate) mod sync_entries;
 #[cfg(test)]
 mod tests;
 

@@ -235,6 +235,8 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         // Neighbour and FDB entries before the routes that go via them.
         let mut errors = super::sync_entries::sync(nl, &plan).await;
+        // WireGuard peers (and their allowed IPs) before the routes into their device.
+        errors.extend(super::sync_entries::sync_wireguard(nl, &plan).await);
         let Plan { routes: desired, refused, carriers, .. } = plan;
         let current = nl.weft_routes().await?;
         let actions = routes::plan(&desired, &current);

@@ -84,6 +84,7 @@ impl<K: Kernel, S: Store> Node<K, S> {
         }
         let live = &ctx.live;
         let mut new = backend::build(&BuildContext { cfg: &ctx.cfg, net: &net, live })?;
+        new.check(&ctx.nl).await?;
         new.prepare(&self.underlay)?;
         let old = std::mem::replace(&mut self.drivers, Drivers::from_list(vec![]));
         self.drivers = old.hand_over_to(new, net.backend);

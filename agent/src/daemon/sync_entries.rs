@@ -1,5 +1,6 @@
 //! Applies the drivers' neighbour and FDB entries (a vxlan peer's VTEP MAC and address) on
-//! their own devices, diffed by [`crate::entries::plan`] like routes are.
+//! their own devices, diffed by [`crate::entries::plan`] like routes are, and the peers of
+//! their WireGuard devices, diffed by [`crate::backend::wireguard::peer_changes`].
 
 use crate::backend::Plan;
 use crate::entries::{self, Entry, EntryAction};
@@ -23,6 +24,28 @@ pub async fn sync<K: Kernel>(nl: &K, plan: &Plan) -> Vec<String> {
         match nl.neighbours(link).await {
             Ok(listed) => apply(nl, "neighbour", entries::plan(&neighbours, &listed), &mut errors).await,
             Err(e) => errors.push(format!("listing neighbours of link #{link}: {e:#}")),
+        }
+    }
+    errors
+}
+
+/// Every WireGuard device the plan covers brought to its peers: each peer not wanted removed,
+/// each missing or different one set; peers as wanted untouched. Returns the errors.
+pub async fn sync_wireguard<K: Kernel>(nl: &K, plan: &Plan) -> Vec<String> {
+    let mut errors = Vec::new();
+    for dev in &plan.wireguard {
+        let current = match nl.wireguard(dev.link).await {
+            Ok(d) => d.peers,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        for change in crate::backend::wireguard::peer_changes(&dev.peers, &current) {
+            info!(change = ?change, "wireguard peer");
+            if let Err(e) = nl.set_wireguard(dev.link, &change).await {
+                errors.push(format!("wireguard peer: {e:#}"));
+            }
         }
     }
     errors

@@ -4,7 +4,8 @@
 //! and records, in order, every change a real kernel would have been sent. Tests drive code
 //! that is generic over [`Kernel`] against it and assert "this setup sends these changes".
 
-use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan, WEFT_PROTO};
+use super::wireguard::missing_module_message;
+use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan, WgChange, WgDevice, WEFT_PROTO};
 use crate::routes::{Action, Family, Route, RouteKind};
 use anyhow::Result;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -368,8 +369,60 @@ impl Kernel for FakeKernel {
         let mut link = w.new_link(name, mtu, "wireguard");
         link.mac = None;
         let index = link.index;
-        w.ns_mut(&self.ns)?.links.insert(index, FakeLink { link, peer: None });
+        let ns = w.ns_mut(&self.ns)?;
+        ns.links.insert(index, FakeLink { link, peer: None });
+        ns.wg.insert(index, Default::default());
         Ok(index)
+    }
+
+    async fn wireguard_available(&self) -> Result<()> {
+        if self.w().wireguard {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(missing_module_message()))
+        }
+    }
+
+    async fn wireguard(&self, index: u32) -> Result<WgDevice> {
+        let w = self.w();
+        let ns = w.ns(&self.ns)?;
+        ns.get(index, "reading wireguard device")?;
+        match ns.wg.get(&index) {
+            Some(wg) => Ok(wg.dev.clone()),
+            None => Err(os_err(libc::EOPNOTSUPP, format!("reading wireguard device: link #{index} is not one"))),
+        }
+    }
+
+    /// As the kernel: a peer set again keeps its place with new endpoint, keepalive and
+    /// allowed IPs; an allowed IP belongs to one peer only (set on one, it leaves the others);
+    /// removing an absent peer is fine.
+    async fn set_wireguard(&self, index: u32, change: &WgChange) -> Result<()> {
+        let mut w = self.w();
+        w.send(&self.ns, Call::SetWireguard { index, change: change.clone() })?;
+        let ns = w.ns_mut(&self.ns)?;
+        ns.get(index, "configuring wireguard device")?;
+        let Some(wg) = ns.wg.get_mut(&index) else {
+            return Err(os_err(libc::EOPNOTSUPP, format!("configuring wireguard device: link #{index} is not one")));
+        };
+        match change {
+            WgChange::Device { private_key, listen_port } => {
+                wg.private_key = Some(*private_key);
+                let secret = x25519_dalek::StaticSecret::from(*private_key);
+                wg.dev.public_key = Some(x25519_dalek::PublicKey::from(&secret).to_bytes());
+                wg.dev.listen_port = *listen_port;
+            }
+            WgChange::SetPeer(p) => {
+                for other in wg.dev.peers.iter_mut().filter(|o| o.public_key != p.public_key) {
+                    other.allowed_ips.retain(|ip| !p.allowed_ips.contains(ip));
+                }
+                match wg.dev.peers.iter_mut().find(|o| o.public_key == p.public_key) {
+                    Some(o) => *o = p.clone(),
+                    None => wg.dev.peers.push(p.clone()),
+                }
+            }
+            WgChange::RemovePeer(key) => wg.dev.peers.retain(|o| o.public_key != *key),
+        }
+        Ok(())
     }
 
     async fn addrs(&self, index: u32) -> Result<Vec<IpNet>> {

@@ -12,10 +12,12 @@
 
 pub mod fake;
 pub mod netlink;
+pub mod wireguard;
 
 pub use crate::routes::WEFT_PROTO;
 pub use fake::FakeKernel;
 pub use netlink::{write_sysctl, Netlink};
+pub use wireguard::{WgChange, WgDevice, WgKey, WgPeer};
 
 use crate::routes::{Action, Family, Route};
 use anyhow::Result;
@@ -177,6 +179,13 @@ pub trait Kernel: Clone + Send + Sync + 'static {
     /// Creates a WireGuard device (down). Returns its index. Fails clearly where the kernel
     /// has no WireGuard.
     fn add_wireguard(&self, name: &str, mtu: u32) -> impl Future<Output = Result<u32>> + Send;
+    /// Whether the kernel has WireGuard: its generic netlink family is asked for, which loads
+    /// the module where the kernel can. The error names the module ([`wireguard::MODULE`]).
+    fn wireguard_available(&self) -> impl Future<Output = Result<()>> + Send;
+    /// A WireGuard device's key, port and peers (`WG_CMD_GET_DEVICE`).
+    fn wireguard(&self, index: u32) -> impl Future<Output = Result<WgDevice>> + Send;
+    /// Makes one change to a WireGuard device (`WG_CMD_SET_DEVICE`).
+    fn set_wireguard(&self, index: u32, change: &WgChange) -> impl Future<Output = Result<()>> + Send;
 
     /// Addresses (with prefix) on a link, both families (IPv6 link-local ones included).
     fn addrs(&self, index: u32) -> impl Future<Output = Result<Vec<IpNet>>> + Send;

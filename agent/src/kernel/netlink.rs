@@ -2,7 +2,8 @@
 //! neighbour and FDB entries; AF_INET and AF_INET6 alike). Decisions live in `routes`, `pods` and the backends; this module
 //! only reads and writes kernel state.
 
-use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan};
+use super::wireguard::{self as wg, missing_module_message};
+use super::{Fdb, Kernel, Link, Listed, Mac, Neighbour, NotOurs, Owner, Vxlan, WgChange, WgDevice};
 use crate::routes::{Action, Family, Route, WEFT_PROTO};
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
@@ -28,32 +29,73 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-/// A netlink socket bound to one network namespace (the one it was opened in).
+/// Netlink sockets bound to one network namespace (the one they were opened in): route
+/// netlink for links, addresses, routes and entries; generic netlink for WireGuard.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    genl: genetlink::GenetlinkHandle,
 }
 
+/// Both sockets, made in the calling thread's namespace; their event loops still to spawn.
+fn connect() -> std::io::Result<(Handle, genetlink::GenetlinkHandle, Vec<BoxedConn>)> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let (gconn, genl, _) = genetlink::new_connection()?;
+    Ok((handle, genl, vec![Box::pin(conn), Box::pin(gconn)]))
+}
+
+type BoxedConn = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Netlink {
-    /// Opens a socket in the caller's namespace. Needs a tokio runtime.
+    /// Opens the sockets in the caller's namespace. Needs a tokio runtime.
     pub fn open() -> Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
-        tokio::spawn(conn);
-        Ok(Self { handle })
+        let (handle, genl, conns) = connect().context("opening a netlink socket")?;
+        conns.into_iter().for_each(|c| drop(tokio::spawn(c)));
+        Ok(Self { handle, genl })
     }
 
-    /// Opens a socket inside the named namespace: a dedicated thread enters it and creates the
-    /// socket, which stays bound to that namespace wherever it is used afterwards.
+    /// Opens the sockets inside the named namespace: a dedicated thread enters it and creates
+    /// them, and they stay bound to that namespace wherever they are used afterwards.
     pub fn open_in(netns: &str) -> Result<Self> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = crate::netns::run_in(netns, move || {
+        let (handle, genl, conns) = crate::netns::run_in(netns, move || {
             let _guard = rt.enter();
-            rtnetlink::new_connection()
+            connect()
         })
         .with_context(|| format!("entering namespace {netns}"))?
         .with_context(|| format!("opening a netlink socket in namespace {netns}"))?;
-        tokio::spawn(conn);
-        Ok(Self { handle })
+        conns.into_iter().for_each(|c| drop(tokio::spawn(c)));
+        Ok(Self { handle, genl })
+    }
+
+    /// Sends one WireGuard request and collects the answers; an error answer fails it.
+    async fn wg_request(
+        &self,
+        message: netlink_packet_wireguard::WireguardMessage,
+        flags: u16,
+    ) -> Result<Vec<netlink_packet_wireguard::WireguardMessage>> {
+        use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+        let mut req = NetlinkMessage::from(netlink_packet_generic::GenlMessage::from_payload(message));
+        req.header.flags = flags;
+        let mut genl = self.genl.clone();
+        let mut answers = genl.request(req).await.map_err(genl_error)?;
+        let mut out = Vec::new();
+        while let Some(m) = answers.try_next().await.context("decoding a wireguard netlink answer")? {
+            match m.payload {
+                NetlinkPayload::InnerMessage(g) => out.push(g.payload),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(anyhow!(e.to_io())),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A generic netlink failure as an error with the kernel's errno in its chain.
+fn genl_error(e: genetlink::GenetlinkError) -> anyhow::Error {
+    match e {
+        genetlink::GenetlinkError::NetlinkError(io) => anyhow!(io),
+        other => anyhow!(other),
     }
 }
 
@@ -278,6 +320,36 @@ impl Kernel for Netlink {
             Err(e) => return Err(anyhow!(e).context(format!("creating wireguard device {name}"))),
         }
         Ok(self.link(name).await?.with_context(|| format!("wireguard device {name} vanished after creation"))?.index)
+    }
+
+    async fn wireguard_available(&self) -> Result<()> {
+        // Asking for the family makes the kernel load the module if it can (its alias
+        // `net-pf-16-proto-16-family-wireguard`); ENOENT: there is none to load.
+        match self.genl.resolve_family::<netlink_packet_wireguard::WireguardMessage>().await {
+            Ok(_) => Ok(()),
+            // Not the errno's own words ("No such file or directory"): they would mislead.
+            Err(genetlink::GenetlinkError::NetlinkError(io)) if io.raw_os_error() == Some(libc::ENOENT) => {
+                Err(anyhow!(missing_module_message()))
+            }
+            Err(e) => Err(genl_error(e).context("asking the kernel for its WireGuard netlink family")),
+        }
+    }
+
+    async fn wireguard(&self, index: u32) -> Result<WgDevice> {
+        use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+        let answers = self
+            .wg_request(wg::get_message(index), NLM_F_REQUEST | NLM_F_DUMP)
+            .await
+            .with_context(|| format!("reading wireguard device #{index}"))?;
+        wg::parse_device(&answers).with_context(|| format!("reading wireguard device #{index}"))
+    }
+
+    async fn set_wireguard(&self, index: u32, change: &WgChange) -> Result<()> {
+        use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
+        self.wg_request(wg::set_message(index, change), NLM_F_REQUEST | NLM_F_ACK)
+            .await
+            .with_context(|| format!("configuring wireguard device #{index}: {change:?}"))?;
+        Ok(())
     }
 
     async fn addrs(&self, index: u32) -> Result<Vec<IpNet>> {

@@ -129,7 +129,7 @@ pub struct LabSpec {
     pub cidr6: String,
     #[serde(default = "default_subnet_len6")]
     pub subnet_len6: u8,
-    /// With `backend` auto: how peers behind the router are reached (vxlan or quic).
+    /// With `backend` auto: how peers behind the router are reached (vxlan, quic or wireguard).
     #[serde(default = "default_encap")]
     pub encap: Backend,
     /// `weft-controller` replicas (0: none, at most [`MAX_CONTROLLERS`]): replica `k` runs in

@@ -221,7 +221,7 @@ fn r7_bad_weftctl_arguments_exit_2_with_one_exact_line() {
         ),
         (
             [&e[..], &["network", "init", "--cidr", "10.244.0.0/16", "--subnet-len", "24", "--backend", "ipip"]].concat(),
-            "error: invalid value 'ipip' for '--backend <BACKEND>': expected one of host-gw, quic, vxlan, auto, found \"ipip\"",
+            "error: invalid value 'ipip' for '--backend <BACKEND>': expected one of host-gw, quic, vxlan, wireguard, auto, found \"ipip\"",
         ),
         (
             [&e[..], &["network", "init", "--cidr", "10.244.0.0/16", "--subnet-len", "400", "--backend", "quic"]].concat(),

@@ -1,7 +1,7 @@
 //! The fake kernel's state: namespaces with their links, addresses, routes, neighbour and FDB
 //! entries, the record of changes sent, and the rules the kernel applies to them.
 
-use crate::kernel::{Fdb, Link, Listed, Mac, Neighbour, Vxlan};
+use crate::kernel::{Fdb, Link, Listed, Mac, Neighbour, Vxlan, WgChange, WgDevice, WgKey};
 use crate::routes::{Action, Route};
 use anyhow::Result;
 use ipnet::IpNet;
@@ -22,6 +22,7 @@ pub enum Call {
     DelLink(u32),
     AddVxlan { name: String, mtu: u32, spec: Vxlan },
     AddWireguard { name: String, mtu: u32 },
+    SetWireguard { index: u32, change: WgChange },
     AddAddress { index: u32, addr: IpNet },
     DelAddress { index: u32, addr: IpNet },
     Route(Action),
@@ -56,6 +57,15 @@ pub(super) struct Ns {
     pub(super) routes: Vec<TableRoute>,
     pub(super) neighbours: Vec<Listed<Neighbour>>,
     pub(super) fdb: Vec<Listed<Fdb>>,
+    /// The settings of each WireGuard device, by link index.
+    pub(super) wg: BTreeMap<u32, FakeWg>,
+}
+
+/// A fake WireGuard device: its private key (the public one is derived) and what it reports.
+#[derive(Default)]
+pub(super) struct FakeWg {
+    pub(super) private_key: Option<WgKey>,
+    pub(super) dev: WgDevice,
 }
 
 pub(super) type Matcher = Box<dyn Fn(&Call) -> bool + Send>;
@@ -117,6 +127,7 @@ impl Ns {
         self.routes.retain(|r| r.route.oif != Some(index));
         self.neighbours.retain(|n| n.entry.ifindex != index);
         self.fdb.retain(|f| f.entry.ifindex != index);
+        self.wg.remove(&index);
         for l in self.links.values_mut() {
             if l.link.controller == Some(index) {
                 l.link.controller = None;

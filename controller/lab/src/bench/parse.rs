@@ -170,6 +170,12 @@ pub fn check_path(backend: Backend, route: &str, peer_underlay: IpAddr) -> Resul
             route.trim()
         )),
         Backend::Vxlan if after("dev").is_some_and(|d| d.starts_with("weft-vxlan")) => Ok(()),
+        Backend::WireGuard if after("dev") == Some("weft-wg0") => Ok(()),
+        Backend::WireGuard => Err(format!(
+            "the sending node routes the pod as `{}`, not through the weft-wg0 device (the agent does not run \
+             the wireguard backend)",
+            route.trim()
+        )),
         // auto: a direct route to an on-link peer, an encapsulating device for the others.
         Backend::Auto if via_peer || after("dev").is_some_and(|d| d != "eth0") => Ok(()),
         Backend::Auto => Err(format!(

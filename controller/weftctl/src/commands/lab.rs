@@ -103,7 +103,7 @@ pub struct UpArgs {
     /// addresses beside its IPv4 ones (etcd stays on IPv4).
     #[arg(long, value_parser = parse_ip_family, default_value = "v4")]
     ip_family: IpFamily,
-    /// With --backend auto: how peers that are not on-link are reached (vxlan or quic).
+    /// With --backend auto: how peers that are not on-link are reached (vxlan, quic or wireguard).
     #[arg(long, value_parser = super::parse_backend, default_value = "vxlan")]
     encap: Backend,
     /// IPv6 cluster CIDR written by network init (with --ip-family v6 or dual).

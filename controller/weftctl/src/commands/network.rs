@@ -21,7 +21,7 @@ pub enum NetworkCmd {
         /// UDP port of a vxlan network (flannel's and the kernel's default 8472; IANA's is 4789).
         #[arg(long, default_value_t = VxlanOptions::default().port)]
         vxlan_port: u16,
-        /// With --backend auto: the encapsulation for peers that are not on-link (vxlan or quic).
+        /// With --backend auto: the encapsulation for peers that are not on-link (vxlan, quic or wireguard).
         #[arg(long, value_parser = super::parse_backend, default_value = "vxlan")]
         encap: Backend,
         /// The pods' resolvers (a pod may bring its own over these).
@@ -219,6 +219,20 @@ mod tests {
             panic!("defaults")
         };
         assert_eq!((vni, vxlan_port), (1, 8472), "flannel's defaults");
+    }
+
+    #[test]
+    fn wireguard_is_a_backend_and_auto_s_encapsulation() {
+        let ok = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend wireguard");
+        let Ok(NetworkCmd::Init { pools, backend, encap, .. }) = ok else { panic!("{ok:?}") };
+        let c = network_config(&pools, backend).expect("valid").with_encap("--encap", encap).expect("valid");
+        assert_eq!(c.backend, Backend::WireGuard);
+        let ok = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend auto --encap wireguard");
+        let Ok(NetworkCmd::Init { pools, backend, encap, .. }) = ok else { panic!("{ok:?}") };
+        let c = network_config(&pools, backend).expect("valid").with_encap("--encap", encap).expect("valid");
+        assert_eq!((c.backend, c.encap), (Backend::Auto, Backend::WireGuard));
+        let e = parse("init --cidr 10.244.0.0/16 --subnet-len 24 --backend wg").expect_err("unknown");
+        assert!(e.to_string().contains("expected one of host-gw, quic, vxlan, wireguard, auto"), "{e}");
     }
 
     #[test]
