@@ -24,6 +24,9 @@ use weft_controller::pki;
 
 /// Where labs keep their files.
 pub const LAB_ROOT: &str = "/run/weft-lab";
+/// Where VM labs keep the files their VMs read through the shared root (not under /run, which
+/// is a tmpfs of each guest's own).
+pub const VM_SRC_ROOT: &str = "/var/lib/weft-lab";
 /// Address of the underlay namespace on segment A (bridge `br0`); it routes between the
 /// segments and toward the external namespace.
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
@@ -300,9 +303,15 @@ impl LabNames {
         self.dir.join(format!("vm{i}"))
     }
 
-    /// What the VM guide copies to `/usr/local/src/weft` on every node (VM labs).
+    /// What the VM guide copies to `/usr/local/src/weft` on every node (VM labs), where the
+    /// VMs see it: on disk under [`VM_SRC_ROOT`], since a guest's `/run` and `/tmp` are its own.
     pub fn src_dir(&self) -> PathBuf {
-        self.dir.join("src")
+        self.vm_files_dir().join("src")
+    }
+
+    /// The lab's files that its VMs read from this machine's root (`lab down` removes it).
+    pub fn vm_files_dir(&self) -> PathBuf {
+        Path::new(VM_SRC_ROOT).join(&self.id)
     }
 
     /// VM node `i`'s tap in the underlay namespace.

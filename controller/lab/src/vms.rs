@@ -31,6 +31,12 @@ impl Lab {
     /// as it starts).
     pub(crate) fn start_vms(&self, bootstrap: &config_gen::NodeBootstrap) -> anyhow::Result<()> {
         let bin_dir = self.agent_bin.parent().context("the agent binary has no directory")?.to_path_buf();
+        let files = self.names.vm_files_dir();
+        match std::fs::remove_dir_all(&files) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the old {}", files.display())),
+        }
         vm_seed::write_src_dir(&self.names.src_dir(), &bin_dir)?;
         let guest = bins::resolve(GUEST_BIN, None, "WEFT_BIN_DIR")?;
         let assets = vm::assets()?;
