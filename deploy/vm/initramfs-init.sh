@@ -155,7 +155,7 @@ done
 mkdir -p $r/var/lib/cloud/seed/nocloud
 mount --move /mnt/seed $r/var/lib/cloud/seed/nocloud || fail "cannot mount the seed at /var/lib/cloud/seed/nocloud"
 
-log "root ready (ip $ip${gw:+ via $gw}${first:+, first boot}); starting systemd"
+log "root ready at $(cut -d" " -f1 /proc/uptime) s (ip $ip${gw:+ via $gw}${first:+, first boot}); starting systemd"
 mount --move /dev $r/dev
 umount /proc /sys
 exec switch_root $r /lib/systemd/systemd

@@ -312,7 +312,8 @@ fn exec_waiting(dir: &Path, argv: &[&str], timeout: Duration, wait: Duration) ->
 }
 
 /// Waits until the guest agent in `dir` answers (`true` exits 0), polling until `timeout`.
-/// The error carries the last failure and the console log's tail.
+/// The error carries the last failure, QEMU's own messages and the console log's tail. (This
+/// does not wait for cloud-init: `exec(dir, &["cloud-init", "status", "--wait"], ..)` does.)
 pub fn wait_booted(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not tried");
@@ -325,9 +326,11 @@ pub fn wait_booted(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    let qemu_log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
     anyhow::bail!(
-        "the guest in {} did not answer within {timeout:?} (last: {last}); console:\n{}",
+        "the guest in {} did not answer within {timeout:?} (last: {last}); qemu.log: {:?}; console:\n{}",
         dir.display(),
+        qemu_log.trim(),
         console_tail(dir, 30)
     )
 }

@@ -189,16 +189,17 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(validate(&spec()), Ok(()));
-        let cases: Vec<(Box<dyn Fn(&mut MachineSpec)>, &str)> = vec![
-            (Box::new(|s| s.machine_id = "0123456789ABCDEF0123456789abcdef".into()), "machine_id"),
-            (Box::new(|s| s.machine_id = "abc".into()), "machine_id"),
-            (Box::new(|s| s.guest_bin = PathBuf::from("weft-lab-guest")), "guest_bin"),
-            (Box::new(|s| s.guest_bin = PathBuf::from("/a b/weft-lab-guest")), "guest_bin"),
-            (Box::new(|s| s.name = "n 1".into()), "name"),
-            (Box::new(|s| s.tap = "a-very-long-tap-name".into()), "tap"),
-            (Box::new(|s| s.mac = "52:54:00:30:00".into()), "mac"),
-            (Box::new(|s| s.prefix = 33), "prefix"),
-            (Box::new(|s| s.memory_mb = 64), "memory_mb"),
+        type Change = fn(&mut MachineSpec);
+        let cases: [(Change, &str); 9] = [
+            (|s| s.machine_id = "0123456789ABCDEF0123456789abcdef".into(), "machine_id"),
+            (|s| s.machine_id = "abc".into(), "machine_id"),
+            (|s| s.guest_bin = PathBuf::from("weft-lab-guest"), "guest_bin"),
+            (|s| s.guest_bin = PathBuf::from("/a b/weft-lab-guest"), "guest_bin"),
+            (|s| s.name = "n 1".into(), "name"),
+            (|s| s.tap = "a-very-long-tap-name".into(), "tap"),
+            (|s| s.mac = "52:54:00:30:00".into(), "mac"),
+            (|s| s.prefix = 33, "prefix"),
+            (|s| s.memory_mb = 64, "memory_mb"),
         ];
         for (change, what) in cases {
             let mut s = spec();
