@@ -63,7 +63,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # qemu-system-x86 and an installed qemu-utils of another QEMU release (say 10.0 from
+  # backports) break each other, and apt would silently remove qemu-utils: install the
+  # qemu-utils of qemu-system-x86's release with it instead (qemu-img stays available).
+  extra=()
+  if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86 \
+    && dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q "install ok installed"; then
+    want=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    have=$(dpkg-query -W -f='${Version}' qemu-utils)
+    if [ -n "$want" ] && [ "$want" != "$have" ]; then
+      echo "replacing qemu-utils $have by $want, the release of qemu-system-x86 (they cannot be mixed)"
+      extra=("qemu-utils=$want" --allow-downgrades)
+    fi
+  fi
+  apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" "${extra[@]}" >/dev/null
   # docker.io's postinst enables docker.service and docker.socket (systemd) and the docker
   # init script (sysvinit); the policy above only stopped them starting now. A machine dockerd
   # would rewrite the root namespace's firewall (docker0, NAT, a FORWARD policy of DROP), and
