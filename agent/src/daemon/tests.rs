@@ -300,6 +300,9 @@ mod dual_node;
 #[path = "dns_tests.rs"]
 mod dns;
 
+#[path = "wireguard_tests.rs"]
+mod wireguard;
+
 // ---- acquire ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
