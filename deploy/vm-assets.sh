@@ -155,7 +155,10 @@ network: {config: disabled}
 # Only the modules the lab's VMs use: under TCG every module costs seconds, and others would
 # fail or crawl here (ssh host keys, locales, growpart/resizefs of an overlay root, package
 # installs without internet). A seed that needs another module lists it in its own config.
-cloud_init_modules: [migrator, seed_random, bootcmd, write-files, set_hostname, update_hostname, update_etc_hosts, users-groups]
+# Not set_hostname/update_hostname: with systemd they run hostnamectl, which needs dbus, and a
+# machine whose root the VMs share may have none (a minimal Debian has not); the initramfs writes
+# /etc/hostname from weft.name instead.
+cloud_init_modules: [migrator, seed_random, bootcmd, write-files, update_etc_hosts, users-groups]
 cloud_config_modules: [runcmd]
 cloud_final_modules: [write-files-deferred, scripts-vendor, scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user, final-message, power-state-change]
 EOF

@@ -137,10 +137,17 @@ fn the_vm_guide_runs_end_to_end_on_three_vms() {
         let pid = unit(&lab, 3, "MainPID");
         pid != stuck && pid != "0" && unit(&lab, 3, "ActiveState") == "active"
     });
-    assert!(back.is_some(), "the watchdog did not restart the stopped agent: {}", sh(&lab, "n3", "systemctl status --no-pager weft-agent || true"));
+    assert!(
+        back.is_some(),
+        "the watchdog did not restart the stopped agent: {}",
+        sh(&lab, "n3", "systemctl status --no-pager weft-agent || true")
+    );
     eprintln!("watchdog: stopped agent replaced after {:.0?}", start.elapsed());
     assert_ne!(unit(&lab, 3, "NRestarts"), restarts);
-    assert!(sh(&lab, "n3", "journalctl -u weft-agent --no-pager").contains("Watchdog timeout"), "killed by the watchdog");
+    assert!(
+        sh(&lab, "n3", "journalctl -u weft-agent --no-pager").contains("Watchdog timeout"),
+        "killed by the watchdog"
+    );
 
     // A rebooted VM comes back with its subnet and its pod's address (state on its disk).
     let subnet = status(&lab, 3).subnet.expect("a subnet");
@@ -169,7 +176,7 @@ fn the_wireguard_backend_carries_pods_across_vms_encrypted() {
     let (a, b) = (vm_pod_ip(&lab, 1, "p1"), vm_pod_ip(&lab, 2, "p1"));
 
     // The receiver sees the sender's pod address.
-    sh(&lab, "n2/p1", "setsid sh -c 'timeout 60 nc -v -l 7001 > /tmp/tcp.log 2>&1' < /dev/null > /dev/null 2>&1 &");
+    sh(&lab, "n2/p1", "setsid sh -c 'timeout 60 nc -n -v -l 7001 > /tmp/tcp.log 2>&1' < /dev/null > /dev/null 2>&1 &");
     std::thread::sleep(Duration::from_secs(2));
     sh(&lab, "n1/p1", &format!("echo hello | nc -N -w 10 {b} 7001"));
     let seen = wait_for(Duration::from_secs(30), || sh(&lab, "n2", "cat /tmp/tcp.log").contains("hello"));

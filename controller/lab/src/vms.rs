@@ -188,9 +188,11 @@ impl Lab {
         let node = LabNames::node_name(i);
         let recorded = lock(&self.state).vms.get(&node).map(|r| r.pid);
         let running = recorded.is_some_and(|p| !self.gone(p));
-        let asked = running
-            .then(|| self.exec_vm(i, &["weftctl", "agent", "status", "--json"], Duration::from_secs(20)))
-            .unwrap_or_else(|| Err(anyhow::anyhow!("QEMU is not running")));
+        let asked = if running {
+            self.exec_vm(i, &["weftctl", "agent", "status", "--json"], Duration::from_secs(20))
+        } else {
+            Err(anyhow::anyhow!("QEMU is not running"))
+        };
         let (agent, error) = match asked {
             Ok(out) if out.status.success() => match serde_json::from_slice(&out.stdout) {
                 Ok(s) => (Some(s), None),
