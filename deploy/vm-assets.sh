@@ -32,17 +32,9 @@ drop_dirs=(sound drivers/gpu drivers/media drivers/infiniband drivers/net/wirele
   drivers/input/touchscreen drivers/hid drivers/platform drivers/scsi drivers/ata drivers/mmc
   drivers/net/ethernet drivers/net/can drivers/nfc net/wireless net/mac80211)
 
-# Python modules cloud-init 22.4 imports (directly or through its dependencies) and the Debian
-# packages that hold them: a package is unpacked into the layer only when /usr/bin/python3
-# cannot import its module.
-py_modules=(
-  configobj:python3-configobj jinja2:python3-jinja2 markupsafe:python3-markupsafe
-  jsonpatch:python3-jsonpatch jsonpointer:python3-json-pointer jsonschema:python3-jsonschema
-  attr:python3-attr pyrsistent:python3-pyrsistent netifaces:python3-netifaces
-  oauthlib:python3-oauthlib requests:python3-requests urllib3:python3-urllib3 idna:python3-idna
-  certifi:python3-certifi chardet:python3-chardet charset_normalizer:python3-charset-normalizer
-  serial:python3-serial yaml:python3-yaml
-)
+# cloud-init's Python dependencies come from what apt would install with it on this machine (a
+# dry run, `apt-get -s`): every python3-* package in that list is unpacked into the layer, so the
+# layer holds exactly what this machine's python3 lacks (on a minimal Debian: all of them).
 
 [ "$(id -u)" = 0 ] || { echo "error: run as root (installs qemu-system-x86, writes $cache)" >&2; exit 1; }
 [ -f "$init_src" ] || { echo "error: $init_src is missing" >&2; exit 1; }
@@ -70,10 +62,8 @@ fi
 kver=${kpkg#linux-image-}
 kpkg_ver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ { print $2 }')
 ci_ver=$(apt-cache policy cloud-init | awk '/Candidate:/ { print $2 }')
-missing_py=()
-for entry in "${py_modules[@]}"; do
-  /usr/bin/python3 -c "import ${entry%%:*}" 2>/dev/null || missing_py+=("${entry#*:}")
-done
+mapfile -t missing_py < <(apt-get -s -qq install --no-install-recommends cloud-init 2>/dev/null \
+  | awk '$1 == "Inst" && $2 ~ /^python3-/ { print $2 }' | sort -u)
 stamp=$(
   {
     sha256sum "$0" "$init_src" | awk '{ print $1 }'
