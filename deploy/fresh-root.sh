@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the README's commands on a fresh machine: a minimal Debian bookworm root built from
 # Debian's packages (mmdebstrap --variant=minbase, plus gcc and libc6-dev, which any Rust
-# toolchain needs to link), this machine's Rust toolchain bind-mounted read-only, its trust
-# store, and a clean clone of one commit. Inside, as root, it runs the commands exactly as the
-# README gives them. Nothing else of this machine is visible in there, so a package the build,
+# toolchain needs to link, and mount, which every Debian install has), this machine's Rust
+# toolchain bind-mounted read-only, its trust store, and a clean clone of one commit. The root
+# is made the root of its own mount namespace (pivot_root) and, inside, as root, runs the
+# commands exactly as the README gives them. Nothing else of this machine is visible in there, so a package the build,
 # the demo or a test needs and deploy/install-deps.sh does not install fails here.
 #
 # Usage (as root):  ./deploy/fresh-root.sh [--commit REV] [--demo-only]
@@ -56,8 +57,10 @@ cleanup() {
   local rc=$?
   set +e
   # Processes whose root is the fresh root (a lab's etcd and agents, a stuck build): end them.
+  # Compared by device and inode (-ef): inside, the fresh root is its mount namespace's root,
+  # so readlink shows "/".
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
+    [ "$p/root" -ef "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
   done
   sleep 0.2
   # Innermost first; a lazy unmount for anything still busy.
@@ -77,9 +80,9 @@ trap 'exit 130' INT TERM
 # The root is a mount point: `ip netns` remounts / as a slave inside it, which needs one.
 mount --bind "$root" "$root"
 
-echo "== fresh root: mmdebstrap --variant=minbase bookworm (+ gcc, libc6-dev) in $root"
+echo "== fresh root: mmdebstrap --variant=minbase bookworm (+ gcc, libc6-dev, mount) in $root"
 t=$(date +%s)
-mmdebstrap --quiet --variant=minbase --include=gcc,libc6-dev \
+mmdebstrap --quiet --variant=minbase --include=gcc,libc6-dev,mount \
   bookworm "$root" \
   "deb http://deb.debian.org/debian bookworm main" \
   "deb http://deb.debian.org/debian bookworm-updates main" \
@@ -116,7 +119,14 @@ echo "clone of $(git -C "$repo" log -1 --format='%h %s' "$sha" | cut -c1-100)"
 cmds='./deploy/demo.sh && ./target/release/weftctl lab down --id demo'
 [ $demo_only = 1 ] || cmds="$cmds && ./deploy/test.sh"
 echo "== inside the fresh root: $cmds"
-chroot "$root" /usr/bin/env -i \
+# The fresh root becomes the root of a mount namespace of its own (pivot_root, not chroot), as
+# on a machine: a process that joins a mount namespace lands at that namespace's root, so under
+# a chroot `docker exec` (runc joining a container's namespaces) ran in this machine's files,
+# not in the container's, and a test passed or failed by what this machine had installed.
+mkdir -p "$root/.old-root"
+unshare -m --propagation private /bin/bash -c \
+  'cd "$0" && pivot_root . .old-root && cd / && umount -l /.old-root && rmdir /.old-root && exec "$@"' "$root" \
+  /usr/bin/env -i \
   HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 CI="${CI:-}" \
   RUSTUP_HOME=/opt/rustup RUSTUP_TOOLCHAIN="$toolchain" CARGO_HOME=/root/.cargo \
   PATH=/opt/cargo-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -157,7 +157,7 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
     let addr = docker(&lab, 1, &["exec", "ca", "ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {a}/{}", subnet.prefix_len())), "{addr}");
     // Over netlink: a /sys read through `docker exec` can show another namespace's interfaces
-    // when dockerd runs chrooted (CI's fresh root), where eth0 is the machine's.
+    // when the lab runs inside a chroot, where eth0 is the machine's.
     let link = docker(&lab, 1, &["exec", "ca", "ip", "-o", "link", "show", "eth0"]);
     let mtu = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1).and_then(|m| m.parse::<u64>().ok());
     assert_eq!(mtu, Some(pod_mtu(&lab, 1, "p1")), "container MTU is the pod MTU: {link}");
@@ -183,8 +183,9 @@ fn containers_reach_containers_and_pods_across_nodes_by_their_own_address() {
 
     // The container resolves with the network's settings (the daemon's dns): on a user-defined
     // network Docker's embedded resolver (127.0.0.11) forwards to them, here to dnsmasq.
-    // A new container's own process (not `docker exec`: when dockerd runs chrooted, as in CI's
-    // fresh root, runc cannot pivot_root and an exec'd process sees the machine's files).
+    // A new container's own process (not `docker exec`: when the lab runs inside a chroot, an
+    // exec'd process joins the container's mount namespace at that namespace's root, the
+    // machine's files, not the container's).
     let run = |args: &[&str]| {
         let mut all = vec!["run", "--rm", "--network", DOCKER_NETWORK, IMAGE];
         all.extend(args);
