@@ -76,6 +76,15 @@ if [ ${#missing[@]} -gt 0 ]; then
       extra=("qemu-utils=$want" --allow-downgrades)
     fi
   fi
+  # busybox-static conflicts with Debian's dynamically linked busybox, which many machines have
+  # (initramfs-tools wants one or the other): the Docker image and the VM initramfs need the
+  # static one, which provides the same commands, so it takes busybox's place, said here
+  # (--no-remove below refuses every removal it is not told about).
+  if printf '%s\n' "${missing[@]}" | grep -qx busybox-static \
+    && dpkg-query -W -f='${Status}' busybox 2>/dev/null | grep -q "install ok installed"; then
+    echo "replacing busybox by busybox-static (same commands; the Docker image and the VM initramfs need it static)"
+    apt-get install -y -qq --no-install-recommends busybox-static busybox- >/dev/null
+  fi
   apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" "${extra[@]}" >/dev/null
   # docker.io's postinst enables docker.service and docker.socket (systemd) and the docker
   # init script (sysvinit); the policy above only stopped them starting now. A machine dockerd

@@ -42,6 +42,10 @@ drop_dirs=(sound drivers/gpu drivers/media drivers/infiniband drivers/net/wirele
 for tool in busybox depmod xz dpkg-deb apt-get; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found; run deploy/install-deps.sh" >&2; exit 1; }
 done
+# The initramfs has no libraries: Debian's busybox package is linked dynamically and would not
+# start as /init (the kernel panics); busybox-static's is the one that works.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" \
+  || { echo "error: busybox-static is not installed (the VMs' initramfs needs a static busybox); run deploy/install-deps.sh" >&2; exit 1; }
 
 # QEMU. --no-remove: never trade a package the machine has for it (say so instead).
 if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
@@ -52,7 +56,9 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
 fi
 
 # The kernel linux-image-amd64 depends on, and the versions the cache is keyed on.
-kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
+# (apt-cache fails while apt has no package lists: then the answer is empty, and apt-get update
+# runs below.)
+kernel_pkg() { { apt-cache depends linux-image-amd64 2>/dev/null || true; } | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
 kpkg=$(kernel_pkg)
 if [ -z "$kpkg" ]; then
   apt-get update -qq
@@ -165,7 +171,7 @@ fi
 # initrd.img: busybox, the modules in load order (dependencies first, from modules.dep), /init.
 initrd="$work/initrd"
 mkdir -p "$initrd/bin" "$initrd/lib/modules" "$initrd/proc" "$initrd/sys" "$initrd/dev" "$initrd/newroot" "$initrd/mnt"
-cp "$(command -v busybox)" "$initrd/bin/busybox"
+cp /bin/busybox "$initrd/bin/busybox"
 ln -s busybox "$initrd/bin/sh"
 install -m 0755 "$init_src" "$initrd/init"
 moddir="$layer/usr/lib/modules/$kver"

@@ -15,7 +15,9 @@
 #     (running weft.guest=PATH) and runtime masks for the units the machine has enabled;
 #  7. mounts the seed at /var/lib/cloud/seed/nocloud and switch_roots to the machine's systemd,
 #     which boots weft-lab-vm.target (systemd.unit= on the command line).
-# Any failure powers the VM off (QEMU exits) after saying why on the console (console.log).
+# A failure powers the VM off (QEMU exits) after saying why on the console (console.log); should
+# /init itself end (switch_root failing after its checks), the kernel panics, and the lab, which
+# watches the console for that, gives up on the VM.
 
 PATH=/bin
 export PATH
@@ -108,10 +110,10 @@ fi
 
 # /tmp is the guest's own (systemd-tmpfiles would otherwise empty the machine's /tmp as seen
 # through the overlay, one whiteout per file: slow, and pointless).
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/tmp
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/tmp || fail "cannot mount a tmpfs on /tmp"
 # /run: a tmpfs mounted here is kept by systemd, so the units below are there when it starts.
 mkdir -p $r/run
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $r/run
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $r/run || fail "cannot mount a tmpfs on /run"
 units=$r/run/systemd/system
 mkdir -p $units
 cat > $units/weft-lab-vm.target <<EOF
@@ -155,8 +157,10 @@ done
 mkdir -p $r/var/lib/cloud/seed/nocloud
 mount --move /mnt/seed $r/var/lib/cloud/seed/nocloud || fail "cannot mount the seed at /var/lib/cloud/seed/nocloud"
 
+# A failed exec would end /init and panic the kernel (which reboots, over and over): check
+# what switch_root needs while a failure can still power the VM off.
+[ -x $r/lib/systemd/systemd ] || fail "no /lib/systemd/systemd in the root (is systemd installed on this machine?)"
 log "root ready at $(cut -d" " -f1 /proc/uptime) s (ip $ip${gw:+ via $gw}${first:+, first boot}); starting systemd"
-mount --move /dev $r/dev
+mount --move /dev $r/dev || fail "cannot move /dev into the root"
 umount /proc /sys
 exec switch_root $r /lib/systemd/systemd
-fail "switch_root failed"

@@ -136,7 +136,8 @@ fn one_vm_boots_runs_cloud_init_answers_exactly_and_keeps_its_disk_across_a_rebo
     assert_eq!(exec(&dir, &["printf", "a\\nb\\n"]).stdout, b"a\nb\n");
     let e = exec(&dir, &["sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!((e.code, e.stdout.as_slice(), e.stderr.as_slice()), (3, &b""[..], &b"oops\n"[..]));
-    assert!(vm::exec(&dir, &["/nonexistent/cmd"], Duration::from_secs(10)).is_err());
+    let missing = vm::exec(&dir, &["/nonexistent/cmd"], Duration::from_secs(10)).expect_err("no such program");
+    assert!(format!("{missing:#}").contains("spawning /nonexistent/cmd"), "{missing:#}");
     let t = vm::exec(&dir, &["sleep", "30"], Duration::from_secs(2)).expect("timed exec");
     assert_eq!(t.code, -1, "a command past its timeout is killed");
 

@@ -13,7 +13,7 @@ use weft_tests::*;
 
 fn vm_lab(id: &str, n: usize, tweak: impl FnOnce(&mut LabSpec)) -> Lab {
     require_root();
-    let mut spec = LabSpec { pods: 1, reconcile_secs: 5, ..LabSpec::vms(id, n) };
+    let mut spec = LabSpec { pods: 1, ..LabSpec::vms(id, n) };
     tweak(&mut spec);
     let start = Instant::now();
     let lab = Lab::up(spec).unwrap_or_else(|e| panic!("VM lab {id} did not come up: {e:#}"));
@@ -198,13 +198,15 @@ fn the_wireguard_backend_carries_pods_across_vms_encrypted() {
     let key_before = sh(&lab, "n1", "wg show all peers");
     sh(&lab, "n2", "systemctl stop weft-agent && rm -f /var/lib/weft/wireguard.key && ip link del weft-wg0 || true");
     sh(&lab, "n2", "systemctl start weft-agent");
-    let picked = wait_for(Duration::from_secs(120), || sh(&lab, "n1", "wg show all peers") != key_before);
-    assert!(picked.is_some(), "n1 still has n2's old key: {key_before}");
+    // `systemctl start` returns once the agent is READY, with its new key on weft-wg0.
     let n2_key = sh(&lab, "n2", "wg show all public-key");
+    let new_key = n2_key.split_whitespace().last().unwrap_or("?").to_string();
     assert!(
-        sh(&lab, "n1", "wg show all peers").contains(n2_key.split_whitespace().last().unwrap_or("?")),
-        "n1's peer is not n2's new key {n2_key}"
+        new_key.len() == 44 && !key_before.contains(&new_key),
+        "n2 has no new key: {n2_key:?}, n1 had {key_before:?}"
     );
+    let picked = wait_for(Duration::from_secs(120), || sh(&lab, "n1", "wg show all peers").contains(&new_key));
+    assert!(picked.is_some(), "n1 never took n2's new key {new_key}; it had {key_before:?}");
     assert!(
         wait_for(Duration::from_secs(60), || ping_within(&lab, "n1/p1", b, "2")).is_some(),
         "n1/p1 cannot reach n2/p1 after the key change"

@@ -298,9 +298,11 @@ impl LabNames {
         pki::cert_files(&self.pki_dir(), name)
     }
 
-    /// VM node `i`'s directory: QEMU's control socket and console log, its disk, its seed.
+    /// VM node `i`'s directory: QEMU's control socket and console log, its disk, its seed. On
+    /// disk under [`VM_SRC_ROOT`], not in /run: /run is usually a small tmpfs, and everything a
+    /// guest writes (install.sh's copies of the binaries, journals) lands in its disk image.
     pub fn vm_dir(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("vm{i}"))
+        self.vm_files_dir().join(format!("vm{i}"))
     }
 
     /// What the VM guide copies to `/usr/local/src/weft` on every node (VM labs), where the
@@ -309,7 +311,8 @@ impl LabNames {
         self.vm_files_dir().join("src")
     }
 
-    /// The lab's files that its VMs read from this machine's root (`lab down` removes it).
+    /// The lab's files that its VMs read from this machine's root, and the VMs' own directories
+    /// (`lab down` removes it).
     pub fn vm_files_dir(&self) -> PathBuf {
         Path::new(VM_SRC_ROOT).join(&self.id)
     }

@@ -316,6 +316,7 @@ impl LabSpec {
             (self.ip_family != IpFamily::V4, "--ip-family v6 or dual"),
             (self.etcd_members != 1, "--etcd-members above 1"),
             (self.deferred_agents != 0, "--deferred-agents"),
+            (self.quic_threads.is_some(), "--quic-threads (the guide's agent.toml decides)"),
         ];
         if let Some((_, flag)) = unsupported.iter().find(|(bad, _)| *bad) {
             return Err(UsageError::new(format!("--vms: {flag} is not supported with VM nodes")));
@@ -389,6 +390,7 @@ mod tests {
             "--vms: --topology routed is not supported with VM nodes"
         );
         assert!(bad(LabSpec { join: false, ..LabSpec::vms("v1", 2) }).contains("join with a token"));
+        assert!(bad(LabSpec { quic_threads: Some(2), ..LabSpec::vms("v1", 2) }).contains("--quic-threads"));
     }
 
     #[test]

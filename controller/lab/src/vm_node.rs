@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(m.ip.to_string(), "172.30.0.12");
         assert_eq!(m.gateway.map(|g| g.to_string()).as_deref(), Some("172.30.0.1"));
         assert_eq!((m.netns.as_str(), m.bridge.as_str()), ("weftv1-u", "br0"));
-        assert_eq!(m.dir, PathBuf::from("/run/weft-lab/v1/vm2"));
+        assert_eq!(m.dir, PathBuf::from("/var/lib/weft-lab/v1/vm2"));
         assert!(n.command(OsStr::new("true")).expect_err("a VM").to_string().contains("guest agent"));
     }
 }

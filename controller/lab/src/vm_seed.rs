@@ -79,18 +79,29 @@ pub fn user_data(guide: &str, v: &SeedValues) -> anyhow::Result<String> {
 }
 
 /// NoCloud's meta-data: the instance id (cloud-init runs its once-per-instance modules, like
-/// write_files, again only when it changes) and the host name.
+/// write_files, again only when it changes) and the host name (for the record: the lab's
+/// cloud-init has no set_hostname; the initramfs names the machine).
 pub fn meta_data(lab_id: &str, node_name: &str) -> String {
     format!("instance-id: weft-lab-{lab_id}-{node_name}\nlocal-hostname: {node_name}\n")
 }
 
-/// Writes the seed (`meta-data`, `user-data`) into `dir`.
+/// Writes the seed (`meta-data`, `user-data`) into `dir`, readable by root only: user-data
+/// carries the join token.
 pub fn write_seed(dir: &Path, lab_id: &str, v: &SeedValues) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ud = user_data(GUIDE_USER_DATA, v)?;
     for (name, text) in [("meta-data", meta_data(lab_id, &v.node_name)), ("user-data", ud)] {
         let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use crate::names::LabNames;
 use crate::node::NodeKind;
 use crate::status::NodeStatus;
 use crate::vm_node::{VmNode, AGENT_HTTP_PORT};
-use crate::{bins, config_gen, controllers, lock, netns, plumbing, vm, vm_seed, Lab, Target};
+use crate::{bins, config_gen, controllers, lock, netns, vm, vm_seed, Lab, Target};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::process::Output;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// How long one command in a VM may run before the guest agent kills it (`Lab::exec`).
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
 /// The guest command agent's binary, next to the other binaries.
-pub const GUEST_BIN: &str = "weft-lab-guest";
+pub const GUEST_BIN: &str = bins::GUEST;
 
 impl Lab {
     /// Whether this lab's nodes are VMs.
@@ -31,7 +31,8 @@ impl Lab {
     /// as it starts).
     pub(crate) fn start_vms(&self, bootstrap: &config_gen::NodeBootstrap) -> anyhow::Result<()> {
         let bin_dir = self.agent_bin.parent().context("the agent binary has no directory")?.to_path_buf();
-        let files = self.names.vm_files_dir();
+        // The VMs' directories (made with their disks by the nodes' setup) are beside it.
+        let files = self.names.src_dir();
         match std::fs::remove_dir_all(&files) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -93,10 +94,14 @@ impl Lab {
     pub fn wait_vm_ready(&self, i: usize, deadline: Instant) -> anyhow::Result<()> {
         let node = self.vm_node(i);
         let name = LabNames::node_name(i);
-        let console = || plumbing::tail(&node.console_log(), 30);
+        let console = || vm::console_tail(&node.dir(), 30);
         loop {
             if self.vm_pid(i).is_none() {
                 anyhow::bail!("VM {name}: QEMU exited\n{}", console());
+            }
+            // QEMU reboots a panicked kernel (panic=-1), over and over: no reason to wait.
+            if vm::kernel_panicked(&node.dir()) {
+                anyhow::bail!("VM {name}: the kernel panicked (its /init ended?)\n{}", console());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if vm::wait_booted(&node.dir(), left.min(Duration::from_secs(5))).is_ok() {

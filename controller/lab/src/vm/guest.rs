@@ -119,8 +119,11 @@ fn take(v: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
 /// Runs `req`: stdin /dev/null, in `/`, [`GUEST_PATH`], its own process group (killed whole,
 /// with SIGKILL, after `timeout_secs`; code -1).
 pub fn run(req: &Request) -> Response {
-    let mut cmd = Command::new(&req.argv[0]);
-    cmd.args(&req.argv[1..])
+    let Some((program, args)) = req.argv.split_first() else {
+        return Response::error(req.id, "empty argv");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -129,7 +132,7 @@ pub fn run(req: &Request) -> Response {
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Response::error(req.id, format!("spawning {}: {e}", req.argv[0])),
+        Err(e) => return Response::error(req.id, format!("spawning {program}: {e}")),
     };
     let (Some(so), Some(se)) = (child.stdout.take(), child.stderr.take()) else {
         return Response::error(req.id, "no pipes to the command");

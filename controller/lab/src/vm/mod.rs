@@ -117,7 +117,8 @@ pub fn assets_in(root: &Path) -> anyhow::Result<Assets> {
 /// One machine, as the lab describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineSpec {
-    /// "n1": hostname fallback (cloud-init's meta-data sets the real one), console log name.
+    /// "n1": the guest's hostname (the initramfs writes /etc/hostname from it on a new disk;
+    /// cloud-init's set_hostname is left out, since hostnamectl needs dbus), console log name.
     pub name: String,
     /// The machine's own directory (the lab makes it): ctl.sock, ctl.lock, console.log,
     /// qemu.log and disk.img live here.
@@ -334,6 +335,14 @@ pub fn wait_booted(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
         console_tail(dir, 30)
     )
 }
+
+/// Whether the guest's kernel has panicked since QEMU started (`DIR/console.log` says so).
+pub fn kernel_panicked(dir: &Path) -> bool {
+    let text = std::fs::read(dir.join("console.log")).unwrap_or_default();
+    text.windows(PANIC.len()).any(|w| w == PANIC)
+}
+
+const PANIC: &[u8] = b"Kernel panic - not syncing";
 
 /// The last `lines` lines of `DIR/console.log` (ANSI colours and carriage returns removed).
 pub fn console_tail(dir: &Path, lines: usize) -> String {
