@@ -4,8 +4,9 @@
 # toolchain needs to link, and mount, which every Debian install has), this machine's Rust
 # toolchain bind-mounted read-only, its trust store, and a clean clone of one commit. The root
 # is made the root of its own mount namespace (pivot_root) and, inside, as root, runs the
-# commands exactly as the README gives them. Nothing else of this machine is visible in there, so a package the build,
-# the demo or a test needs and deploy/install-deps.sh does not install fails here.
+# commands exactly as the README gives them. Nothing else of this machine is visible in there,
+# so a package the build, the demo or a test needs and deploy/install-deps.sh does not install
+# fails here.
 #
 # Usage (as root):  ./deploy/fresh-root.sh [--commit REV] [--demo-only]
 #   --commit REV   the commit to clone (default HEAD; uncommitted changes are not included)

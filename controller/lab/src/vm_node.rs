@@ -51,10 +51,6 @@ impl VmNode {
         self.dir().join("seed")
     }
 
-    pub fn console_log(&self) -> PathBuf {
-        self.dir().join("console.log")
-    }
-
     /// A machine id of its own (systemd's, and weft's default node identity), made from the
     /// lab id and the node so a rebooted VM keeps it (the disk keeps it too).
     pub fn machine_id(&self) -> String {
