@@ -196,18 +196,28 @@ impl Lab {
 
     /// One node's view: recorded pid, whether it runs, and the agent's own status.
     pub fn node_status(&self, i: usize) -> NodeStatus {
-        if self.is_vm() {
-            return self.vm_node_status(i);
-        }
         let node = LabNames::node_name(i);
-        let recorded = lock(&self.state).agents.get(&node).map(|r| r.pid);
+        // The recorded process: a namespace node's agent, or a VM node's QEMU (its agent is the
+        // guest's systemd's).
+        let recorded = {
+            let state = lock(&self.state);
+            if self.is_vm() {
+                state.vms.get(&node).map(|r| r.pid)
+            } else {
+                state.agents.get(&node).map(|r| r.pid)
+            }
+        };
         let running = recorded.is_some_and(|p| !self.gone(p));
-        let (agent, error) = match self.client(i).map(|c| c.with_timeout(Duration::from_secs(2))) {
-            Err(e) => (None, Some(format!("{e:#}"))),
-            Ok(c) => match c.status() {
-                Ok(s) => (Some(s), None),
-                Err(e) => (None, Some(e.to_string())),
-            },
+        let (agent, error) = if self.is_vm() {
+            self.vm_agent_status(i, running)
+        } else {
+            match self.client(i).map(|c| c.with_timeout(Duration::from_secs(2))) {
+                Err(e) => (None, Some(format!("{e:#}"))),
+                Ok(c) => match c.status() {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+            }
         };
         NodeStatus {
             node,
@@ -314,8 +324,8 @@ impl Lab {
     /// Runs `args` in `target` (`n1`, `n1/p2`, `etcd`, `u`, `ext`) and collects its output.
     pub fn exec(&self, target: &str, args: &[&str]) -> anyhow::Result<Output> {
         let t: Target = target.parse()?;
-        if self.is_vm() {
-            return self.exec_vm_target(&t, args);
+        if let Some(out) = self.is_vm().then(|| self.exec_vm_target(&t, args)).flatten() {
+            return out;
         }
         let (program, rest) = args.split_first().context("exec: expected a command to run")?;
         let mut cmd = self.command(&t, program)?;

@@ -44,18 +44,8 @@ pub fn teardown(names: &LabNames, mut gone: impl FnMut(u32) -> bool) -> DownRepo
     }
     remove_namespaces(names, &mut report);
     remove_netns_etc(names, std::path::Path::new(NETNS_ETC), &mut report);
-    for dir in [names.vm_files_dir()] {
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => report.errors.push(format!("removing {}: {e}", dir.display())),
-        }
-    }
-    match std::fs::remove_dir_all(names.dir()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => report.errors.push(format!("removing {}: {e}", names.dir().display())),
-    }
+    report.remove_dir(&names.vm_files_dir());
+    report.remove_dir(names.dir());
     report
 }
 

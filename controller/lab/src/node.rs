@@ -69,17 +69,6 @@ pub trait LabNode: Send + Sync {
     /// that started it. The caller adds the arguments, output and records the child.
     fn agent_command(&self, agent_bin: &Path) -> anyhow::Result<Command>;
 
-    /// Runs `argv` on the node and collects its output (stdin empty), killing it after
-    /// `timeout` where the node kind can (a VM's guest agent does; a namespace's command is
-    /// waited for).
-    fn exec(&self, argv: &[&str], _timeout: std::time::Duration) -> anyhow::Result<std::process::Output> {
-        use anyhow::Context;
-        let (program, rest) = argv.split_first().context("exec: expected a command to run")?;
-        let mut cmd = self.command(OsStr::new(program))?;
-        cmd.args(rest).stdin(std::process::Stdio::null());
-        cmd.output().with_context(|| format!("running {program} on {}", self.name()))
-    }
-
     /// A client for the node's agent, whose config names `socket`.
     fn agent_client(&self, socket: &Path) -> AgentClient;
 

@@ -26,4 +26,20 @@ impl DownReport {
             anyhow::bail!("lab down finished with {} error(s): {}", self.errors.len(), self.errors.join("; "))
         }
     }
+
+    /// Removes `dir` and everything in it; a directory already gone is no error, any other
+    /// failure goes into `errors`.
+    pub fn remove_dir(&mut self, dir: &std::path::Path) {
+        if let Err(e) = remove_dir_if_exists(dir) {
+            self.errors.push(format!("removing {}: {e}", dir.display()));
+        }
+    }
+}
+
+/// `remove_dir_all`, where a directory already gone is no error.
+pub fn remove_dir_if_exists(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }

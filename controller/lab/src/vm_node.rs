@@ -92,6 +92,18 @@ pub fn machine_id(lab_id: &str, index: usize) -> String {
     format!("{:016x}{:016x}", fnv(1), fnv(2) | 1)
 }
 
+impl VmNode {
+    /// Runs `argv` in the guest through its command agent and collects its output (stdin
+    /// empty), killed after `timeout`.
+    pub fn exec(&self, argv: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+        use std::os::unix::process::ExitStatusExt;
+        let out = vm::exec(&self.dir(), argv, timeout)?;
+        // A command killed by the guest agent (timeout) reads as killed by SIGKILL.
+        let raw = if out.code < 0 { 9 } else { (out.code & 0xff) << 8 };
+        Ok(Output { status: std::process::ExitStatus::from_raw(raw), stdout: out.stdout, stderr: out.stderr })
+    }
+}
+
 impl LabNode for VmNode {
     fn name(&self) -> String {
         LabNames::node_name(self.index)
@@ -122,14 +134,6 @@ impl LabNode for VmNode {
         )
     }
 
-    fn exec(&self, argv: &[&str], timeout: Duration) -> anyhow::Result<Output> {
-        use std::os::unix::process::ExitStatusExt;
-        let out = vm::exec(&self.dir(), argv, timeout)?;
-        // A command killed by the guest agent (timeout) reads as killed by SIGKILL.
-        let raw = if out.code < 0 { 9 } else { (out.code & 0xff) << 8 };
-        Ok(Output { status: std::process::ExitStatus::from_raw(raw), stdout: out.stdout, stderr: out.stderr })
-    }
-
     /// Not reachable from this machine (the socket is inside the guest): the lab asks a VM's
     /// agent through `weftctl agent status` in the guest instead.
     fn agent_client(&self, socket: &Path) -> AgentClient {
@@ -140,11 +144,7 @@ impl LabNode for VmNode {
     /// the underlay namespace anyway) and the VM's files (disk included).
     fn destroy(&self, report: &mut DownReport) {
         vm::remove_tap(&self.names.underlay_ns(), &LabNames::vm_tap(self.index));
-        match std::fs::remove_dir_all(self.dir()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => report.errors.push(format!("removing {}: {e}", self.dir().display())),
-        }
+        report.remove_dir(&self.dir());
     }
 }
 

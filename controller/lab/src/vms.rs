@@ -4,13 +4,13 @@
 
 use crate::names::LabNames;
 use crate::node::NodeKind;
-use crate::status::NodeStatus;
 use crate::vm_node::{VmNode, AGENT_HTTP_PORT};
 use crate::{bins, config_gen, controllers, lock, netns, vm, vm_seed, Lab, Target};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
+use weft_config::api::Status;
 
 /// How long one command in a VM may run before the guest agent kills it (`Lab::exec`).
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
@@ -33,11 +33,8 @@ impl Lab {
         let bin_dir = self.agent_bin.parent().context("the agent binary has no directory")?.to_path_buf();
         // The VMs' directories (made with their disks by the nodes' setup) are beside it.
         let files = self.names.src_dir();
-        match std::fs::remove_dir_all(&files) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing the old {}", files.display())),
-        }
+        crate::teardown::remove_dir_if_exists(&files)
+            .with_context(|| format!("removing the old {}", files.display()))?;
         vm_seed::write_src_dir(&self.names.src_dir(), &bin_dir)?;
         let guest = bins::resolve(GUEST_BIN, None, "WEFT_BIN_DIR")?;
         let assets = vm::assets()?;
@@ -149,25 +146,21 @@ impl Lab {
     /// Runs `argv` in VM `i` (through its guest agent) and collects the output.
     pub fn exec_vm(&self, i: usize, argv: &[&str], timeout: Duration) -> anyhow::Result<Output> {
         self.check_node(i)?;
-        crate::node::LabNode::exec(&self.vm_node(i), argv, timeout)
+        self.vm_node(i).exec(argv, timeout)
     }
 
-    /// `target`'s command in a VM lab: a node's in the guest, a pod's in its namespace there
-    /// (`ip netns exec`; pods the guide adds are named after their namespace).
-    pub(crate) fn exec_vm_target(&self, target: &Target, argv: &[&str]) -> anyhow::Result<Output> {
+    /// `target`'s command when it runs in a guest: a node's there, a pod's in its namespace
+    /// there (`ip netns exec`; pods the guide adds are named after their namespace). `None`
+    /// for the lab's own namespaces (etcd, underlay, ext), which are on this machine.
+    pub(crate) fn exec_vm_target(&self, target: &Target, argv: &[&str]) -> Option<anyhow::Result<Output>> {
         match target {
-            Target::Node(i) => self.exec_vm(*i, argv, EXEC_TIMEOUT),
+            Target::Node(i) => Some(self.exec_vm(*i, argv, EXEC_TIMEOUT)),
             Target::Pod(i, pod) => {
                 let mut full = vec!["ip", "netns", "exec", pod.as_str()];
                 full.extend_from_slice(argv);
-                self.exec_vm(*i, &full, EXEC_TIMEOUT)
+                Some(self.exec_vm(*i, &full, EXEC_TIMEOUT))
             }
-            other => {
-                let (program, rest) = argv.split_first().context("exec: expected a command to run")?;
-                let mut cmd = self.command(other, program)?;
-                cmd.args(rest).stdin(std::process::Stdio::null());
-                cmd.output().with_context(|| format!("running {program}"))
-            }
+            _ => None,
         }
     }
 
@@ -188,34 +181,21 @@ impl Lab {
         Ok(())
     }
 
-    /// VM `i`'s status: QEMU's pid, and its agent's own answer through `weftctl agent status`.
-    pub(crate) fn vm_node_status(&self, i: usize) -> NodeStatus {
-        let node = LabNames::node_name(i);
-        let recorded = lock(&self.state).vms.get(&node).map(|r| r.pid);
-        let running = recorded.is_some_and(|p| !self.gone(p));
+    /// VM `i`'s agent's own answer, through `weftctl agent status` in the guest (its socket is
+    /// not reachable from this machine), or why there is none.
+    pub(crate) fn vm_agent_status(&self, i: usize, running: bool) -> (Option<Status>, Option<String>) {
         let asked = if running {
             self.exec_vm(i, &["weftctl", "agent", "status", "--json"], Duration::from_secs(20))
         } else {
             Err(anyhow::anyhow!("QEMU is not running"))
         };
-        let (agent, error) = match asked {
+        match asked {
             Ok(out) if out.status.success() => match serde_json::from_slice(&out.stdout) {
                 Ok(s) => (Some(s), None),
                 Err(e) => (None, Some(format!("weftctl agent status --json: {e}"))),
             },
             Ok(out) => (None, Some(String::from_utf8_lossy(&out.stderr).trim().to_string())),
             Err(e) => (None, Some(format!("{e:#}"))),
-        };
-        NodeStatus {
-            node,
-            index: i,
-            netns: crate::node::LabNode::location(&self.vm_node(i)),
-            underlay_ip: self.node_ip(i),
-            underlay_ip6: None,
-            pid: recorded,
-            running,
-            agent,
-            error,
         }
     }
 }
